@@ -1,0 +1,9 @@
+//! Pure Rust: configuration, validation, selection and the random generator. No raw pointers.
+
+pub mod config;
+pub mod dtype;
+pub mod error;
+pub mod rng;
+pub mod select;
+pub mod shape;
+pub mod workspace;

@@ -1,0 +1,240 @@
+//! The compressed AdamW step with its scatter update into W, the dense AdamW step, and the
+//! state remap at a refresh.
+
+use half::{bf16, f16};
+
+use crate::core::config::Side;
+use crate::core::config::{AdamW, DecayMode, RefreshMode};
+use crate::core::dtype::Elem;
+use crate::core::error::Result;
+use crate::core::shape::Projected;
+use crate::core::workspace::Carver;
+use crate::cpu::project::Act;
+
+/// A weight tensor of any supported dtype.
+pub enum Weights<'a> {
+    F32(&'a mut [f32]),
+    Bf16(&'a mut [bf16]),
+    F16(&'a mut [f16]),
+}
+
+/// An optimizer state tensor (f32 or bf16).
+pub enum State<'a> {
+    F32(&'a mut [f32]),
+    Bf16(&'a mut [bf16]),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepOutcome {
+    /// The gradient held a NaN or infinity: nothing was written but the flag.
+    pub skipped: bool,
+}
+
+/// One Adam moment update in f32; returns the update direction `u`.
+#[inline(always)]
+pub fn adam_update(cfg: &AdamW, c1: f32, c2: f32, m: &mut f32, v: &mut f32, g: f32) -> f32 {
+    *m = cfg.beta1 * *m + (1.0 - cfg.beta1) * g;
+    *v = cfg.beta2 * *v + (1.0 - cfg.beta2) * g * g;
+    (*m / c1) / ((*v / c2).sqrt() + cfg.eps)
+}
+
+macro_rules! with_weights {
+    ($w:expr, $name:ident => $body:expr) => {
+        match $w {
+            Weights::F32($name) => $body,
+            Weights::Bf16($name) => $body,
+            Weights::F16($name) => $body,
+        }
+    };
+}
+
+macro_rules! with_state {
+    ($s:expr, $name:ident => $body:expr) => {
+        match $s {
+            State::F32($name) => $body,
+            State::Bf16($name) => $body,
+        }
+    };
+}
+
+fn decay_all<W: Elem>(w: &mut [W], factor: f32) {
+    for x in w.iter_mut() {
+        *x = W::from_f32(x.to_f32() * factor);
+    }
+}
+
+/// Applies the compressed AdamW step. `indices` are sorted ascending (as `select` writes them);
+/// repeated indices add their updates into one row, which is rounded once.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_sparse_step(
+    cfg: &AdamW,
+    p: &Projected,
+    w: Weights<'_>,
+    indices: &[i32],
+    scales: &[f32],
+    g: &[f32],
+    m: State<'_>,
+    v: State<'_>,
+    step: &mut i32,
+    lr: f32,
+) -> StepOutcome {
+    if !g.iter().all(|x| x.is_finite()) {
+        return StepOutcome { skipped: true };
+    }
+    *step += 1;
+    let (c1, c2) = cfg.bias_corrections(*step);
+    with_weights!(w, w => with_state!(m, m => with_state!(v, v => {
+        sparse_inner(cfg, p, w, indices, scales, g, m, v, c1, c2, lr)
+    })));
+    StepOutcome { skipped: false }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sparse_inner<W: Elem, S: Elem, T: Elem>(
+    cfg: &AdamW,
+    p: &Projected,
+    w: &mut [W],
+    indices: &[i32],
+    scales: &[f32],
+    g: &[f32],
+    ms: &mut [S],
+    vs: &mut [T],
+    c1: f32,
+    c2: f32,
+    lr: f32,
+) {
+    let decay = 1.0 - lr * cfg.weight_decay;
+    let decaying = cfg.weight_decay > 0.0;
+    if decaying && cfg.decay_mode == DecayMode::Dense {
+        decay_all(w, decay);
+    }
+    let row_decay = if decaying && cfg.decay_mode == DecayMode::Selected {
+        decay
+    } else {
+        1.0
+    };
+    let (k, r) = (p.k, indices.len());
+    // element c of projected index i in W
+    let at = |i: usize, c: usize| {
+        if p.side == Side::Cols {
+            c * p.n + i
+        } else {
+            i * p.n + c
+        }
+    };
+    let mut j0 = 0;
+    while j0 < r {
+        let i = indices[j0] as usize;
+        let mut j1 = j0 + 1;
+        while j1 < r && indices[j1] as usize == i {
+            j1 += 1;
+        }
+        for c in 0..k {
+            let mut acc = w[at(i, c)].to_f32() * row_decay;
+            for j in j0..j1 {
+                let e = j * k + c;
+                let (mut mv, mut vv) = (ms[e].to_f32(), vs[e].to_f32());
+                let u = adam_update(cfg, c1, c2, &mut mv, &mut vv, g[e]);
+                ms[e] = S::from_f32(mv);
+                vs[e] = T::from_f32(vv);
+                acc += (-lr * cfg.alpha * scales[j]) * u;
+            }
+            w[at(i, c)] = W::from_f32(acc);
+        }
+        j0 = j1;
+    }
+}
+
+/// Plain AdamW on a dense parameter (embeddings, norms, biases).
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_dense_step(
+    cfg: &AdamW,
+    w: Weights<'_>,
+    grad: Act<'_>,
+    m: State<'_>,
+    v: State<'_>,
+    step: &mut i32,
+    lr: f32,
+) -> StepOutcome {
+    if !grad.all_finite() {
+        return StepOutcome { skipped: true };
+    }
+    *step += 1;
+    let (c1, c2) = cfg.bias_corrections(*step);
+    let decay = if cfg.weight_decay > 0.0 && cfg.decay_mode != DecayMode::Off {
+        1.0 - lr * cfg.weight_decay
+    } else {
+        1.0
+    };
+    with_weights!(w, w => with_state!(m, m => with_state!(v, v => {
+        for e in 0..w.len() {
+            let (mut mv, mut vv) = (m[e].to_f32(), v[e].to_f32());
+            let u = adam_update(cfg, c1, c2, &mut mv, &mut vv, grad.get(e));
+            m[e] = Elem::from_f32(mv);
+            v[e] = Elem::from_f32(vv);
+            w[e] = Elem::from_f32(w[e].to_f32() * decay + (-lr) * u);
+        }
+    })));
+    StepOutcome { skipped: false }
+}
+
+/// Bytes of scratch [`state_refresh`] needs: a copy of both states for `carry`.
+pub fn state_refresh_workspace_size(
+    mode: RefreshMode,
+    r: usize,
+    k: usize,
+    state_size: usize,
+) -> usize {
+    match mode {
+        RefreshMode::Reset => 0,
+        RefreshMode::Carry => 2 * crate::core::workspace::region(r * k * state_size, 1) + 2 * 64,
+    }
+}
+
+/// At a refresh: `reset` zeroes M, V and the step; `carry` keeps the rows of indices that stay
+/// selected (matched in sorted order, so repeated indices pair up one to one) and zeroes the rest.
+#[allow(clippy::too_many_arguments)]
+pub fn state_refresh(
+    mode: RefreshMode,
+    k: usize,
+    old: &[i32],
+    new: &[i32],
+    m: State<'_>,
+    v: State<'_>,
+    step: &mut i32,
+    ws: &mut [u8],
+) -> Result<()> {
+    let mut carver = Carver::new(ws);
+    for s in [m, v] {
+        with_state!(s, s => {
+            if mode == RefreshMode::Reset {
+                s.iter_mut().for_each(|x| *x = Elem::from_f32(0.0));
+            } else {
+                let copy = carver.take(s.len())?;
+                copy.copy_from_slice(s);
+                carry_rows(k, old, new, copy, s);
+            }
+        });
+    }
+    if mode == RefreshMode::Reset {
+        *step = 0;
+    }
+    Ok(())
+}
+
+fn carry_rows<S: Elem>(k: usize, old: &[i32], new: &[i32], src: &[S], dst: &mut [S]) {
+    let (mut a, mut b) = (0, 0);
+    while b < new.len() {
+        while a < old.len() && old[a] < new[b] {
+            a += 1;
+        }
+        let row = &mut dst[b * k..(b + 1) * k];
+        if a < old.len() && old[a] == new[b] {
+            row.copy_from_slice(&src[a * k..(a + 1) * k]);
+            a += 1;
+        } else {
+            row.iter_mut().for_each(|x| *x = S::from_f32(0.0));
+        }
+        b += 1;
+    }
+}

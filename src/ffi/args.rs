@@ -1,0 +1,91 @@
+//! Checks of raw arguments, each naming the argument it rejects.
+
+use std::ffi::c_void;
+
+use crate::backend::Scratch;
+use crate::core::dtype::Dtype;
+use crate::core::error::Result;
+use crate::ffi::context::grass_context;
+use crate::{bail, ensure};
+
+/// A required pointer to `T`: non-NULL and aligned.
+pub(crate) fn req<T>(name: &str, p: *const T) -> Result<usize> {
+    ensure!(!p.is_null(), NullPointer, "{name} is NULL");
+    let align = std::mem::align_of::<T>().max(1);
+    ensure!(
+        p as usize % align == 0,
+        Misaligned,
+        "{name} = {p:p} is not aligned to {align} bytes"
+    );
+    Ok(p as usize)
+}
+
+/// A required untyped tensor pointer of `dtype`.
+pub(crate) fn req_typed(name: &str, p: *const c_void, dtype: Dtype) -> Result<usize> {
+    ensure!(!p.is_null(), NullPointer, "{name} is NULL");
+    let align = dtype.size();
+    ensure!(
+        p as usize % align == 0,
+        Misaligned,
+        "{name} = {p:p} is not aligned to {align} bytes ({})",
+        dtype.name()
+    );
+    Ok(p as usize)
+}
+
+/// An optional pointer: NULL becomes address 0.
+pub(crate) fn opt<T>(name: &str, p: *const T) -> Result<usize> {
+    if p.is_null() {
+        Ok(0)
+    } else {
+        req(name, p)
+    }
+}
+
+pub(crate) fn ctx<'a>(p: *const grass_context) -> Result<&'a grass_context> {
+    ensure!(!p.is_null(), NullPointer, "ctx is NULL");
+    // SAFETY: non-NULL contexts come from grass_context_create_* and live until destroyed.
+    Ok(unsafe { &*p })
+}
+
+pub(crate) fn handle<'a, T>(name: &str, p: *const T) -> Result<&'a T> {
+    ensure!(!p.is_null(), NullPointer, "{name} is NULL");
+    // SAFETY: non-NULL handles come from their _create function and live until destroyed.
+    Ok(unsafe { &*p })
+}
+
+pub(crate) fn handle_mut<'a, T>(name: &str, p: *mut T) -> Result<&'a mut T> {
+    ensure!(!p.is_null(), NullPointer, "{name} is NULL");
+    // SAFETY: as `handle`; the caller does not use one handle from two threads at once.
+    Ok(unsafe { &mut *p })
+}
+
+/// Writes an out-parameter (checked non-NULL beforehand with [`req`]).
+pub(crate) fn write<T>(addr: usize, v: T) {
+    // SAFETY: `addr` passed `req` for this T.
+    unsafe { (addr as *mut T).write(v) }
+}
+
+pub(crate) fn workspace(
+    ws: *mut c_void,
+    bytes: usize,
+    need: usize,
+    query: &str,
+) -> Result<Scratch> {
+    if bytes < need {
+        bail!(
+            WorkspaceTooSmall,
+            "workspace_bytes = {bytes} but this call needs {need} (ask {query})"
+        );
+    }
+    if bytes > 0 && ws.is_null() {
+        bail!(
+            NullPointer,
+            "workspace is NULL but workspace_bytes = {bytes}"
+        );
+    }
+    Ok(Scratch {
+        addr: if bytes == 0 { 0 } else { ws as usize },
+        bytes,
+    })
+}

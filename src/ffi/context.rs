@@ -1,0 +1,186 @@
+//! Contexts: which device the pointers of a call live on, and how handles get memory there.
+
+use crate::backend::*;
+use crate::core::error::Result;
+use crate::ffi::host;
+use crate::{bail, cuda};
+
+pub(crate) enum Backend {
+    Cpu,
+    Cuda(Box<cuda::Device>),
+}
+
+/// A device: CPU (host pointers) or one CUDA device (device pointers, the caller's streams).
+pub struct grass_context {
+    pub(crate) backend: Backend,
+}
+
+/// Memory owned by a handle, in its context's memory space.
+pub(crate) enum Buffer {
+    Host(Vec<u64>),
+    Cuda(cuda::DeviceBuffer),
+}
+
+impl Buffer {
+    pub(crate) fn addr(&self) -> usize {
+        match self {
+            Buffer::Host(v) => v.as_ptr() as usize,
+            Buffer::Cuda(b) => b.addr(),
+        }
+    }
+}
+
+impl grass_context {
+    pub(crate) fn is_cuda(&self) -> bool {
+        matches!(self.backend, Backend::Cuda(_))
+    }
+
+    /// Zero-filled memory of `bytes` bytes (at least 8-byte aligned).
+    pub(crate) fn alloc(&self, bytes: usize) -> Result<Buffer> {
+        match &self.backend {
+            Backend::Cpu => {
+                let words = bytes.div_ceil(8).max(1);
+                let mut v = Vec::new();
+                if v.try_reserve_exact(words).is_err() {
+                    bail!(OutOfMemory, "cannot allocate {bytes} bytes of host memory");
+                }
+                v.resize(words, 0u64);
+                Ok(Buffer::Host(v))
+            }
+            Backend::Cuda(d) => Ok(Buffer::Cuda(d.alloc_zeroed(bytes)?)),
+        }
+    }
+
+    /// Copies device memory to the host and waits for it (synchronizes `stream` on CUDA).
+    pub(crate) fn download(&self, addr: usize, dst: &mut [u8], stream: usize) -> Result<()> {
+        match &self.backend {
+            // SAFETY: `addr` is a region of at least dst.len() bytes owned by the caller.
+            Backend::Cpu => unsafe {
+                std::ptr::copy_nonoverlapping(addr as *const u8, dst.as_mut_ptr(), dst.len())
+            },
+            Backend::Cuda(d) => d.download(addr, dst, stream)?,
+        }
+        Ok(())
+    }
+
+    /// Copies host memory to the device and waits for it (synchronizes `stream` on CUDA).
+    pub(crate) fn upload(&self, addr: usize, src: &[u8], stream: usize) -> Result<()> {
+        match &self.backend {
+            // SAFETY: `addr` is a region of at least src.len() bytes owned by the caller.
+            Backend::Cpu => unsafe {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), addr as *mut u8, src.len())
+            },
+            Backend::Cuda(d) => d.upload(addr, src, stream)?,
+        }
+        Ok(())
+    }
+
+    pub(crate) fn scores_workspace_size(
+        &self,
+        p: &crate::core::shape::Projected,
+        b: usize,
+        dtype: crate::core::dtype::Dtype,
+    ) -> usize {
+        match &self.backend {
+            Backend::Cpu => crate::cpu::scores_workspace_size(p, b, dtype),
+            Backend::Cuda(d) => d.scores_workspace_size(p, b, dtype),
+        }
+    }
+
+    pub(crate) fn select_workspace_size(&self, d: usize, r: usize) -> usize {
+        match &self.backend {
+            Backend::Cpu => crate::core::select::workspace_size(d, r),
+            Backend::Cuda(dev) => dev.select_workspace_size(d, r),
+        }
+    }
+
+    pub(crate) fn sparse_grad_workspace_size(
+        &self,
+        p: &crate::core::shape::Projected,
+        b: usize,
+        r: usize,
+        dtype: crate::core::dtype::Dtype,
+    ) -> usize {
+        match &self.backend {
+            Backend::Cpu => crate::cpu::sparse_grad_workspace_size(p, b, r, dtype),
+            Backend::Cuda(d) => d.sparse_grad_workspace_size(p, b, r, dtype),
+        }
+    }
+
+    pub(crate) fn sparse_step_workspace_size(
+        &self,
+        p: &crate::core::shape::Projected,
+        r: usize,
+    ) -> usize {
+        match &self.backend {
+            Backend::Cpu => 0,
+            Backend::Cuda(d) => d.sparse_step_workspace_size(p, r),
+        }
+    }
+
+    pub(crate) fn dense_step_workspace_size(&self, numel: usize) -> usize {
+        match &self.backend {
+            Backend::Cpu => 0,
+            Backend::Cuda(d) => d.dense_step_workspace_size(numel),
+        }
+    }
+
+    pub(crate) fn refresh_workspace_size(
+        &self,
+        cfg: &crate::core::config::AdamW,
+        r: usize,
+        k: usize,
+    ) -> usize {
+        match &self.backend {
+            Backend::Cpu => crate::cpu::adamw::state_refresh_workspace_size(
+                cfg.refresh_mode,
+                r,
+                k,
+                cfg.state_dtype.size(),
+            ),
+            Backend::Cuda(d) => d.refresh_workspace_size(cfg, r, k),
+        }
+    }
+
+    pub(crate) fn row_scores(&self, a: &ScoresArgs) -> Result<()> {
+        match &self.backend {
+            Backend::Cpu => host::row_scores(a),
+            Backend::Cuda(d) => d.row_scores(a),
+        }
+    }
+
+    pub(crate) fn select(&self, a: &SelectArgs) -> Result<()> {
+        match &self.backend {
+            Backend::Cpu => host::select(a),
+            Backend::Cuda(d) => d.select(a),
+        }
+    }
+
+    pub(crate) fn sparse_grad(&self, a: &SparseGradArgs) -> Result<()> {
+        match &self.backend {
+            Backend::Cpu => host::sparse_grad(a),
+            Backend::Cuda(d) => d.sparse_grad(a),
+        }
+    }
+
+    pub(crate) fn sparse_step(&self, a: &SparseStepArgs) -> Result<()> {
+        match &self.backend {
+            Backend::Cpu => host::sparse_step(a),
+            Backend::Cuda(d) => d.sparse_step(a),
+        }
+    }
+
+    pub(crate) fn dense_step(&self, a: &DenseStepArgs) -> Result<()> {
+        match &self.backend {
+            Backend::Cpu => host::dense_step(a),
+            Backend::Cuda(d) => d.dense_step(a),
+        }
+    }
+
+    pub(crate) fn state_refresh(&self, a: &RefreshArgs) -> Result<()> {
+        match &self.backend {
+            Backend::Cpu => host::state_refresh(a),
+            Backend::Cuda(d) => d.state_refresh(a),
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The CPU backend behind the dispatch: turns validated host addresses into slices and runs
+//! the reference implementation. Data-dependent checks (index ranges and order) happen here,
+//! before anything is written.
+
+use std::slice;
+
+use half::{bf16, f16};
+
+use crate::backend::*;
+use crate::core::dtype::Dtype;
+use crate::core::error::Result;
+use crate::cpu::adamw::{State, Weights};
+use crate::cpu::project::{Act, Activations};
+use crate::{bail, cpu};
+
+/// # Safety
+/// `addr` must point to `len` valid, aligned `T`s that nothing else mutates during the call.
+unsafe fn view<'a, T>(addr: usize, len: usize) -> &'a [T] {
+    slice::from_raw_parts(addr as *const T, len)
+}
+
+/// # Safety
+/// As [`view`], and the region must not be aliased by any other slice of the call.
+unsafe fn view_mut<'a, T>(addr: usize, len: usize) -> &'a mut [T] {
+    slice::from_raw_parts_mut(addr as *mut T, len)
+}
+
+unsafe fn act<'a>(addr: usize, len: usize, dtype: Dtype) -> Act<'a> {
+    match dtype {
+        Dtype::F32 => Act::F32(view(addr, len)),
+        Dtype::Bf16 => Act::Bf16(view(addr, len)),
+        Dtype::F16 => Act::F16(view(addr, len)),
+    }
+}
+
+unsafe fn weights<'a>(addr: usize, len: usize, dtype: Dtype) -> Weights<'a> {
+    match dtype {
+        Dtype::F32 => Weights::F32(view_mut(addr, len)),
+        Dtype::Bf16 => Weights::Bf16(view_mut::<bf16>(addr, len)),
+        Dtype::F16 => Weights::F16(view_mut::<f16>(addr, len)),
+    }
+}
+
+unsafe fn state<'a>(addr: usize, len: usize, dtype: Dtype) -> State<'a> {
+    match dtype {
+        Dtype::Bf16 => State::Bf16(view_mut(addr, len)),
+        _ => State::F32(view_mut(addr, len)),
+    }
+}
+
+unsafe fn scratch<'a>(s: Scratch) -> &'a mut [u8] {
+    if s.bytes == 0 {
+        &mut []
+    } else {
+        view_mut(s.addr, s.bytes)
+    }
+}
+
+unsafe fn activations<'a>(
+    p: &crate::core::shape::Projected,
+    b: usize,
+    dtype: Dtype,
+    x: usize,
+    dy: usize,
+) -> Activations<'a> {
+    Activations {
+        x: act(x, b * p.n, dtype),
+        dy: act(dy, b * p.m, dtype),
+        b,
+    }
+}
+
+/// Indices must lie in [0, d) and be sorted ascending (as `grass_select` writes them).
+pub(crate) fn check_indices(name: &str, idx: &[i32], d: usize) -> Result<()> {
+    for (j, &i) in idx.iter().enumerate() {
+        if i < 0 || i as usize >= d {
+            bail!(InvalidValue, "{name}[{j}] = {i} is outside [0, {d})");
+        }
+        if j > 0 && idx[j - 1] > i {
+            bail!(
+                InvalidValue,
+                "{name} must be sorted ascending: {name}[{}] = {} > {name}[{j}] = {i}",
+                j - 1,
+                idx[j - 1]
+            );
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn row_scores(a: &ScoresArgs) -> Result<()> {
+    unsafe {
+        let act = activations(&a.p, a.b, a.dtype, a.x, a.dy);
+        cpu::row_scores(&a.p, &act, view_mut(a.scores, a.p.d), scratch(a.ws))
+    }
+}
+
+pub(crate) fn select(a: &SelectArgs) -> Result<()> {
+    unsafe {
+        crate::core::select::select(
+            view(a.scores, a.d),
+            &a.sel,
+            a.refresh_index,
+            view_mut(a.indices, a.sel.rank),
+            view_mut(a.scales, a.sel.rank),
+            scratch(a.ws),
+        )
+    }
+}
+
+pub(crate) fn sparse_grad(a: &SparseGradArgs) -> Result<()> {
+    unsafe {
+        let idx = view::<i32>(a.indices, a.r);
+        check_indices("indices", idx, a.p.d)?;
+        let act = activations(&a.p, a.b, a.dtype, a.x, a.dy);
+        cpu::sparse_grad(
+            &a.p,
+            &act,
+            idx,
+            view(a.scales, a.r),
+            view_mut(a.g, a.r * a.p.k),
+            a.accumulate,
+            scratch(a.ws),
+        )
+    }
+}
+
+unsafe fn effective_lr(b: &StepBuffers) -> f32 {
+    if b.lr_scale == 0 {
+        b.lr
+    } else {
+        b.lr * *(b.lr_scale as *const f32)
+    }
+}
+
+unsafe fn report(b: &StepBuffers, skipped: bool) {
+    if b.skipped != 0 {
+        *(b.skipped as *mut i32) = skipped as i32;
+    }
+}
+
+pub(crate) fn sparse_step(a: &SparseStepArgs) -> Result<()> {
+    unsafe {
+        let idx = view::<i32>(a.indices, a.r);
+        check_indices("indices", idx, a.p.d)?;
+        let b = &a.buf;
+        let lr = effective_lr(b);
+        if !(lr.is_finite() && lr >= 0.0) {
+            report(b, true);
+            return Ok(());
+        }
+        let n = a.r * a.p.k;
+        let out = cpu::adamw_sparse_step(
+            &b.cfg,
+            &a.p,
+            weights(b.w, a.p.m * a.p.n, b.w_dtype),
+            idx,
+            view(a.scales, a.r),
+            view(a.g, n),
+            state(b.m, n, b.cfg.state_dtype),
+            state(b.v, n, b.cfg.state_dtype),
+            &mut *(b.step as *mut i32),
+            lr,
+        );
+        report(b, out.skipped);
+    }
+    Ok(())
+}
+
+pub(crate) fn dense_step(a: &DenseStepArgs) -> Result<()> {
+    unsafe {
+        let b = &a.buf;
+        let lr = effective_lr(b);
+        if !(lr.is_finite() && lr >= 0.0) {
+            report(b, true);
+            return Ok(());
+        }
+        let out = cpu::adamw_dense_step(
+            &b.cfg,
+            weights(b.w, a.numel, b.w_dtype),
+            act(a.grad, a.numel, a.grad_dtype),
+            state(b.m, a.numel, b.cfg.state_dtype),
+            state(b.v, a.numel, b.cfg.state_dtype),
+            &mut *(b.step as *mut i32),
+            lr,
+        );
+        report(b, out.skipped);
+    }
+    Ok(())
+}
+
+pub(crate) fn state_refresh(a: &RefreshArgs) -> Result<()> {
+    unsafe {
+        let new = view::<i32>(a.new_indices, a.r);
+        let old: &[i32] = if a.old_indices == 0 {
+            &[]
+        } else {
+            view(a.old_indices, a.r)
+        };
+        check_indices("new_indices", new, usize::MAX)?;
+        check_indices("old_indices", old, usize::MAX)?;
+        let n = a.r * a.k;
+        cpu::state_refresh(
+            a.cfg.refresh_mode,
+            a.k,
+            old,
+            new,
+            state(a.m, n, a.cfg.state_dtype),
+            state(a.v, n, a.cfg.state_dtype),
+            &mut *(a.step as *mut i32),
+            scratch(a.ws),
+        )
+    }
+}

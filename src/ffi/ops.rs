@@ -1,0 +1,520 @@
+//! Layer 1: stateless ops on caller-owned buffers. Each takes the context first and the
+//! stream last, validates every argument before touching memory, and enqueues its work
+//! (CPU contexts run it synchronously on the calling thread and ignore `stream`).
+
+use std::ffi::c_void;
+
+use crate::backend::*;
+use crate::core::config::check_lr;
+use crate::core::dtype::Dtype;
+use crate::core::error::Result;
+use crate::core::shape::{positive, product, Projected};
+use crate::ensure;
+use crate::ffi::args::{ctx, opt, req, req_typed, workspace, write};
+use crate::ffi::context::grass_context;
+use crate::ffi::status::{grass_status, guard};
+use crate::ffi::types::*;
+
+fn projected(m: i64, n: i64, s: grass_side) -> Result<Projected> {
+    let m = positive("m", m)?;
+    let n = positive("n", n)?;
+    product("m * n", &[m, n])?;
+    Ok(Projected::new(m, n, side(s)?))
+}
+
+fn rank(r: i64, p: &Projected) -> Result<usize> {
+    let r = positive("r", r)?;
+    ensure!(
+        r <= p.d,
+        InvalidValue,
+        "r = {r} exceeds the projected dimension {} ({:?} of a {} x {} weight)",
+        p.d,
+        p.side,
+        p.m,
+        p.n
+    );
+    Ok(r)
+}
+
+fn tokens(b: i64, p: &Projected) -> Result<usize> {
+    let b = positive("b", b)?;
+    product("b * max(m, n)", &[b, p.m.max(p.n)])?;
+    Ok(b)
+}
+
+/// Writes the projected dimension d and kept dimension k that `side` resolves to for an
+/// `m x n` weight (`GRASS_SIDE_AUTO` picks the longer dimension). Either out-pointer may be NULL.
+#[no_mangle]
+pub unsafe extern "C" fn grass_resolve_side(
+    m: i64,
+    n: i64,
+    side: grass_side,
+    side_out: *mut grass_side,
+    d_out: *mut i64,
+    k_out: *mut i64,
+) -> grass_status {
+    guard("grass_resolve_side", || {
+        let p = projected(m, n, side)?;
+        let (so, dout, kout) = (
+            opt("side_out", side_out)?,
+            opt("d_out", d_out)?,
+            opt("k_out", k_out)?,
+        );
+        if so != 0 {
+            write(so, side_code(p.side));
+        }
+        if dout != 0 {
+            write(dout, p.d as i64);
+        }
+        if kout != 0 {
+            write(kout, p.k as i64);
+        }
+        Ok(())
+    })
+}
+
+/// Scratch bytes `grass_row_scores` needs for these shapes.
+#[no_mangle]
+pub unsafe extern "C" fn grass_scores_workspace_size(
+    ctx: *const grass_context,
+    m: i64,
+    n: i64,
+    b: i64,
+    side: grass_side,
+    dtype: grass_dtype,
+    bytes_out: *mut usize,
+) -> grass_status {
+    guard("grass_scores_workspace_size", || {
+        let c = self::ctx(ctx)?;
+        let p = projected(m, n, side)?;
+        let b = tokens(b, &p)?;
+        let dt = self::dtype("dtype", dtype)?;
+        let out = req("bytes_out", bytes_out)?;
+        write(out, c.scores_workspace_size(&p, b, dt));
+        Ok(())
+    })
+}
+
+/// Exact norms of the rows (side ROWS) or columns (side COLS) of G = dYᵀX, computed from
+/// X (b x n) and dY (b x m) in chunks: no m x n buffer. `scores` receives d floats.
+#[no_mangle]
+pub unsafe extern "C" fn grass_row_scores(
+    ctx: *const grass_context,
+    m: i64,
+    n: i64,
+    b: i64,
+    side: grass_side,
+    dtype: grass_dtype,
+    x: *const c_void,
+    dy: *const c_void,
+    scores: *mut f32,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+    stream: *mut c_void,
+) -> grass_status {
+    guard("grass_row_scores", || {
+        let c = self::ctx(ctx)?;
+        let p = projected(m, n, side)?;
+        let b = tokens(b, &p)?;
+        let dt = self::dtype("dtype", dtype)?;
+        let a = ScoresArgs {
+            p,
+            b,
+            dtype: dt,
+            x: req_typed("x", x, dt)?,
+            dy: req_typed("dy", dy, dt)?,
+            scores: req("scores", scores)?,
+            ws: self::workspace(
+                workspace,
+                workspace_bytes,
+                c.scores_workspace_size(&p, b, dt),
+                "grass_scores_workspace_size",
+            )?,
+            stream: stream as usize,
+        };
+        c.row_scores(&a)
+    })
+}
+
+/// Scratch bytes `grass_select` needs for `d` scores and rank `r`.
+#[no_mangle]
+pub unsafe extern "C" fn grass_select_workspace_size(
+    ctx: *const grass_context,
+    d: i64,
+    r: i64,
+    bytes_out: *mut usize,
+) -> grass_status {
+    guard("grass_select_workspace_size", || {
+        let c = self::ctx(ctx)?;
+        let d = positive("d", d)?;
+        let r = positive("r", r)?;
+        ensure!(r <= d, InvalidValue, "r = {r} exceeds d = {d}");
+        let out = req("bytes_out", bytes_out)?;
+        write(out, c.select_workspace_size(d, r));
+        Ok(())
+    })
+}
+
+/// Chooses `config->rank` of `d` indices from `scores` with `config`'s method, power, scaling,
+/// seed and layer id at refresh `refresh_index`. Writes `indices` (sorted ascending; repeats
+/// possible only for the with-replacement methods) and their scales ρ. Non-finite or negative
+/// scores count as 0; if no score is positive the choice is uniform.
+#[no_mangle]
+pub unsafe extern "C" fn grass_select(
+    ctx: *const grass_context,
+    config: *const grass_projection_config,
+    d: i64,
+    refresh_index: u32,
+    scores: *const f32,
+    indices: *mut i32,
+    scales: *mut f32,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+    stream: *mut c_void,
+) -> grass_status {
+    guard("grass_select", || {
+        let c = self::ctx(ctx)?;
+        let cfg = *crate::ffi::args::handle("config", config)?;
+        let sel = cfg.selection()?;
+        let d = positive("d", d)?;
+        ensure!(
+            sel.rank <= d,
+            InvalidValue,
+            "config->rank = {} exceeds d = {d}",
+            sel.rank
+        );
+        let a = SelectArgs {
+            sel,
+            d,
+            refresh_index,
+            scores: req("scores", scores)?,
+            indices: req("indices", indices)?,
+            scales: req("scales", scales)?,
+            ws: self::workspace(
+                workspace,
+                workspace_bytes,
+                c.select_workspace_size(d, sel.rank),
+                "grass_select_workspace_size",
+            )?,
+            stream: stream as usize,
+        };
+        c.select(&a)
+    })
+}
+
+/// Scratch bytes `grass_sparse_grad` needs for these shapes.
+#[no_mangle]
+pub unsafe extern "C" fn grass_sparse_grad_workspace_size(
+    ctx: *const grass_context,
+    m: i64,
+    n: i64,
+    b: i64,
+    side: grass_side,
+    r: i64,
+    dtype: grass_dtype,
+    bytes_out: *mut usize,
+) -> grass_status {
+    guard("grass_sparse_grad_workspace_size", || {
+        let c = self::ctx(ctx)?;
+        let p = projected(m, n, side)?;
+        let b = tokens(b, &p)?;
+        let r = rank(r, &p)?;
+        let dt = self::dtype("dtype", dtype)?;
+        let out = req("bytes_out", bytes_out)?;
+        write(out, c.sparse_grad_workspace_size(&p, b, r, dt));
+        Ok(())
+    })
+}
+
+/// The compressed gradient g = PᵀG (r x k, f32) straight from X and dY:
+/// row j = scales[j] · Σ_t A[t, indices[j]] · B[t, :], with (A, B) = (dY, X) for side ROWS and
+/// (X, dY) for side COLS. `accumulate != 0` adds into g (micro-batches).
+#[no_mangle]
+pub unsafe extern "C" fn grass_sparse_grad(
+    ctx: *const grass_context,
+    m: i64,
+    n: i64,
+    b: i64,
+    side: grass_side,
+    r: i64,
+    dtype: grass_dtype,
+    x: *const c_void,
+    dy: *const c_void,
+    indices: *const i32,
+    scales: *const f32,
+    g: *mut f32,
+    accumulate: i32,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+    stream: *mut c_void,
+) -> grass_status {
+    guard("grass_sparse_grad", || {
+        let c = self::ctx(ctx)?;
+        let p = projected(m, n, side)?;
+        let b = tokens(b, &p)?;
+        let r = rank(r, &p)?;
+        let dt = self::dtype("dtype", dtype)?;
+        let a = SparseGradArgs {
+            p,
+            b,
+            r,
+            dtype: dt,
+            x: req_typed("x", x, dt)?,
+            dy: req_typed("dy", dy, dt)?,
+            indices: req("indices", indices)?,
+            scales: req("scales", scales)?,
+            g: req("g", g)?,
+            accumulate: accumulate != 0,
+            ws: self::workspace(
+                workspace,
+                workspace_bytes,
+                c.sparse_grad_workspace_size(&p, b, r, dt),
+                "grass_sparse_grad_workspace_size",
+            )?,
+            stream: stream as usize,
+        };
+        c.sparse_grad(&a)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn step_buffers(
+    c: &grass_context,
+    config: *const grass_adamw_config,
+    w_dtype: grass_dtype,
+    w: *mut c_void,
+    m_state: *mut c_void,
+    v_state: *mut c_void,
+    step: *mut i32,
+    lr: f32,
+    lr_scale: *const f32,
+    skipped: *mut i32,
+    stream: *mut c_void,
+) -> Result<StepBuffers> {
+    let cfg = crate::ffi::args::handle("config", config)?.adamw()?;
+    let wd = self::dtype("w_dtype", w_dtype)?;
+    check_lr(lr)?;
+    let _ = c;
+    Ok(StepBuffers {
+        cfg,
+        w_dtype: wd,
+        w: req_typed("w", w, wd)?,
+        m: req_typed("m_state", m_state, cfg.state_dtype)?,
+        v: req_typed("v_state", v_state, cfg.state_dtype)?,
+        step: req("step", step)?,
+        lr,
+        lr_scale: opt("lr_scale", lr_scale)?,
+        skipped: opt("skipped", skipped)?,
+        ws: Scratch { addr: 0, bytes: 0 },
+        stream: stream as usize,
+    })
+}
+
+/// Scratch bytes `grass_sparse_adamw_step` needs.
+#[no_mangle]
+pub unsafe extern "C" fn grass_sparse_adamw_workspace_size(
+    ctx: *const grass_context,
+    m: i64,
+    n: i64,
+    side: grass_side,
+    r: i64,
+    bytes_out: *mut usize,
+) -> grass_status {
+    guard("grass_sparse_adamw_workspace_size", || {
+        let c = self::ctx(ctx)?;
+        let p = projected(m, n, side)?;
+        let r = rank(r, &p)?;
+        let out = req("bytes_out", bytes_out)?;
+        write(out, c.sparse_step_workspace_size(&p, r));
+        Ok(())
+    })
+}
+
+/// The compressed AdamW step: updates M, V (r x k, `config->state_dtype`) from g and adds
+/// `-lr·lr_scale·α·ρ_j·u_j` into row (side ROWS) or column (side COLS) `indices[j]` of W
+/// (m x n, `w_dtype`), after decoupled weight decay per `config->decay_mode`. `*step` (the Adam
+/// step since the last reset) is read and incremented. If g holds a NaN or infinity, or the
+/// effective learning rate is not finite, nothing is written but `*skipped = 1`.
+/// `lr_scale` and `skipped` may be NULL; like every buffer they live in the context's memory.
+#[no_mangle]
+pub unsafe extern "C" fn grass_sparse_adamw_step(
+    ctx: *const grass_context,
+    config: *const grass_adamw_config,
+    m: i64,
+    n: i64,
+    side: grass_side,
+    r: i64,
+    w_dtype: grass_dtype,
+    w: *mut c_void,
+    indices: *const i32,
+    scales: *const f32,
+    g: *const f32,
+    m_state: *mut c_void,
+    v_state: *mut c_void,
+    step: *mut i32,
+    lr: f32,
+    lr_scale: *const f32,
+    skipped: *mut i32,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+    stream: *mut c_void,
+) -> grass_status {
+    guard("grass_sparse_adamw_step", || {
+        let c = self::ctx(ctx)?;
+        let p = projected(m, n, side)?;
+        let r = rank(r, &p)?;
+        let mut buf = step_buffers(
+            c, config, w_dtype, w, m_state, v_state, step, lr, lr_scale, skipped, stream,
+        )?;
+        buf.ws = self::workspace(
+            workspace,
+            workspace_bytes,
+            c.sparse_step_workspace_size(&p, r),
+            "grass_sparse_adamw_workspace_size",
+        )?;
+        let a = SparseStepArgs {
+            p,
+            r,
+            indices: req("indices", indices)?,
+            scales: req("scales", scales)?,
+            g: req("g", g)?,
+            buf,
+        };
+        c.sparse_step(&a)
+    })
+}
+
+/// Scratch bytes `grass_adamw_step` needs for `numel` elements.
+#[no_mangle]
+pub unsafe extern "C" fn grass_adamw_workspace_size(
+    ctx: *const grass_context,
+    numel: i64,
+    bytes_out: *mut usize,
+) -> grass_status {
+    guard("grass_adamw_workspace_size", || {
+        let c = self::ctx(ctx)?;
+        let numel = positive("numel", numel)?;
+        let out = req("bytes_out", bytes_out)?;
+        write(out, c.dense_step_workspace_size(numel));
+        Ok(())
+    })
+}
+
+/// Plain AdamW on a dense parameter of `numel` elements (embeddings, norms, biases): same
+/// contract as `grass_sparse_adamw_step` (step counter, skip on non-finite gradient); weight
+/// decay applies to every element unless `config->decay_mode` is `GRASS_DECAY_OFF`.
+#[no_mangle]
+pub unsafe extern "C" fn grass_adamw_step(
+    ctx: *const grass_context,
+    config: *const grass_adamw_config,
+    numel: i64,
+    w_dtype: grass_dtype,
+    w: *mut c_void,
+    grad_dtype: grass_dtype,
+    grad: *const c_void,
+    m_state: *mut c_void,
+    v_state: *mut c_void,
+    step: *mut i32,
+    lr: f32,
+    lr_scale: *const f32,
+    skipped: *mut i32,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+    stream: *mut c_void,
+) -> grass_status {
+    guard("grass_adamw_step", || {
+        let c = self::ctx(ctx)?;
+        let numel = positive("numel", numel)?;
+        let mut buf = step_buffers(
+            c, config, w_dtype, w, m_state, v_state, step, lr, lr_scale, skipped, stream,
+        )?;
+        buf.ws = self::workspace(
+            workspace,
+            workspace_bytes,
+            c.dense_step_workspace_size(numel),
+            "grass_adamw_workspace_size",
+        )?;
+        let gd = self::dtype("grad_dtype", grad_dtype)?;
+        let a = DenseStepArgs {
+            numel,
+            grad_dtype: gd,
+            grad: req_typed("grad", grad, gd)?,
+            buf,
+        };
+        c.dense_step(&a)
+    })
+}
+
+/// Scratch bytes `grass_state_refresh` needs.
+#[no_mangle]
+pub unsafe extern "C" fn grass_state_refresh_workspace_size(
+    ctx: *const grass_context,
+    config: *const grass_adamw_config,
+    r: i64,
+    k: i64,
+    bytes_out: *mut usize,
+) -> grass_status {
+    guard("grass_state_refresh_workspace_size", || {
+        let c = self::ctx(ctx)?;
+        let cfg = crate::ffi::args::handle("config", config)?.adamw()?;
+        let r = positive("r", r)?;
+        let k = positive("k", k)?;
+        product("r * k", &[r, k, 8])?;
+        let out = req("bytes_out", bytes_out)?;
+        write(out, c.refresh_workspace_size(&cfg, r, k));
+        Ok(())
+    })
+}
+
+/// Adapts M and V (r x k) to a new selection. `GRASS_REFRESH_RESET` zeroes them and `*step`;
+/// `GRASS_REFRESH_CARRY` keeps the rows whose index is in both `old_indices` and `new_indices`
+/// (both sorted; repeats pair up in order), zeroes the others and leaves `*step`.
+/// `old_indices` may be NULL (no previous selection).
+#[no_mangle]
+pub unsafe extern "C" fn grass_state_refresh(
+    ctx: *const grass_context,
+    config: *const grass_adamw_config,
+    r: i64,
+    k: i64,
+    old_indices: *const i32,
+    new_indices: *const i32,
+    m_state: *mut c_void,
+    v_state: *mut c_void,
+    step: *mut i32,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+    stream: *mut c_void,
+) -> grass_status {
+    guard("grass_state_refresh", || {
+        let c = self::ctx(ctx)?;
+        let cfg = crate::ffi::args::handle("config", config)?.adamw()?;
+        let r = positive("r", r)?;
+        let k = positive("k", k)?;
+        product("r * k", &[r, k, 8])?;
+        let a = RefreshArgs {
+            cfg,
+            r,
+            k,
+            old_indices: opt("old_indices", old_indices)?,
+            new_indices: req("new_indices", new_indices)?,
+            m: req_typed("m_state", m_state, cfg.state_dtype)?,
+            v: req_typed("v_state", v_state, cfg.state_dtype)?,
+            step: req("step", step)?,
+            ws: self::workspace(
+                workspace,
+                workspace_bytes,
+                c.refresh_workspace_size(&cfg, r, k),
+                "grass_state_refresh_workspace_size",
+            )?,
+            stream: stream as usize,
+        };
+        c.state_refresh(&a)
+    })
+}
+
+/// Elements of a dtype, for sizing buffers: 4 for f32, 2 for bf16 and f16; 0 for an unknown
+/// dtype.
+#[no_mangle]
+pub extern "C" fn grass_dtype_size(dtype: grass_dtype) -> usize {
+    self::dtype("dtype", dtype).map(Dtype::size).unwrap_or(0)
+}

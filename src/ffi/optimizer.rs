@@ -1,0 +1,505 @@
+//! Layer 2: an optimizer handle owns M, V, the step counter and (for GRASS layers) its
+//! projection and the compressed-gradient accumulator, and checkpoints all of it.
+
+use std::ffi::c_void;
+
+use crate::backend::*;
+use crate::core::config::{check_lr, AdamW};
+use crate::core::dtype::Dtype;
+use crate::core::error::Result;
+use crate::core::shape::positive;
+use crate::ffi::args::{ctx, handle, handle_mut, opt, req, req_typed, write};
+use crate::ffi::context::{grass_context, Buffer};
+use crate::ffi::projection::grass_projection;
+use crate::ffi::status::{grass_status, guard, guard_value};
+use crate::ffi::types::*;
+use crate::{bail, ensure};
+
+pub(crate) enum Kind {
+    Sparse {
+        proj: Box<grass_projection>,
+        g: Buffer,
+        accumulated: u32,
+    },
+    Dense {
+        numel: usize,
+        grad_dtype: Dtype,
+    },
+}
+
+pub struct grass_optimizer {
+    ctx: *const grass_context,
+    cfg: AdamW,
+    w_dtype: Dtype,
+    kind: Kind,
+    m: Buffer,
+    v: Buffer,
+    /// i32[2]: Adam step since the last reset, and the skip flag of the last step.
+    counters: Buffer,
+    ws: Buffer,
+    ws_bytes: usize,
+    steps: u64,
+}
+
+/// Sizes and progress of an optimizer.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct grass_optimizer_info {
+    /// Set to `sizeof(grass_optimizer_info)` before the call.
+    pub struct_size: usize,
+    /// 1 for a GRASS (projected) layer, 0 for a dense parameter.
+    pub is_sparse: i32,
+    /// Calls of `grass_optimizer_step` so far (skipped steps included).
+    pub steps: i64,
+    /// Micro-batches accumulated since the last step (GRASS layers).
+    pub accumulated: i32,
+    /// Elements of each of M and V.
+    pub state_elements: i64,
+    /// Bytes of context memory the optimizer owns (states, accumulator, selection, scratch).
+    pub memory_bytes: i64,
+}
+
+impl grass_optimizer {
+    fn context(&self) -> &grass_context {
+        // SAFETY: the context outlives its handles (documented contract of the ABI).
+        unsafe { &*self.ctx }
+    }
+
+    fn state_elements(&self) -> usize {
+        match &self.kind {
+            Kind::Sparse { proj, .. } => proj.sel.rank * proj.p.k,
+            Kind::Dense { numel, .. } => *numel,
+        }
+    }
+
+    fn new(c: &grass_context, cfg: AdamW, w_dtype: Dtype, kind: Kind) -> Result<grass_optimizer> {
+        let (elems, ws_bytes) = match &kind {
+            Kind::Sparse { proj, .. } => {
+                let (r, k) = (proj.sel.rank, proj.p.k);
+                (
+                    r * k,
+                    c.sparse_step_workspace_size(&proj.p, r)
+                        .max(c.refresh_workspace_size(&cfg, r, k)),
+                )
+            }
+            Kind::Dense { numel, .. } => (*numel, c.dense_step_workspace_size(*numel)),
+        };
+        let bytes = elems * cfg.state_dtype.size();
+        Ok(grass_optimizer {
+            ctx: c,
+            cfg,
+            w_dtype,
+            kind,
+            m: c.alloc(bytes)?,
+            v: c.alloc(bytes)?,
+            counters: c.alloc(8)?,
+            ws: c.alloc(ws_bytes)?,
+            ws_bytes,
+            steps: 0,
+        })
+    }
+
+    fn step_buffers(&self, w: usize, lr: f32, stream: usize) -> StepBuffers {
+        let counters = self.counters.addr();
+        StepBuffers {
+            cfg: self.cfg,
+            w_dtype: self.w_dtype,
+            w,
+            m: self.m.addr(),
+            v: self.v.addr(),
+            step: counters,
+            lr,
+            lr_scale: 0,
+            skipped: counters + 4,
+            ws: Scratch {
+                addr: self.ws.addr(),
+                bytes: self.ws_bytes,
+            },
+            stream,
+        }
+    }
+
+    fn backward(
+        &mut self,
+        b: i64,
+        x: *const c_void,
+        dy: *const c_void,
+        scores: usize,
+        stream: usize,
+    ) -> Result<()> {
+        let refresh = RefreshParts {
+            m: self.m.addr(),
+            v: self.v.addr(),
+            step: self.counters.addr(),
+            ws: Scratch {
+                addr: self.ws.addr(),
+                bytes: self.ws_bytes,
+            },
+        };
+        let cfg = self.cfg;
+        let c = self.context() as *const grass_context;
+        let Kind::Sparse {
+            proj,
+            g,
+            accumulated,
+        } = &mut self.kind
+        else {
+            bail!(BadState, "grass_optimizer_backward is for GRASS layers; pass the gradient of a dense parameter to grass_optimizer_step");
+        };
+        if *accumulated == 0 && proj.refresh_due() {
+            if scores != 0 {
+                proj.refresh_from(scores, stream)?;
+            } else {
+                proj.refresh(b, x, dy, stream)?;
+            }
+            let a = RefreshArgs {
+                cfg,
+                r: proj.sel.rank,
+                k: proj.p.k,
+                old_indices: if proj.has_prev {
+                    proj.prev_indices.addr()
+                } else {
+                    0
+                },
+                new_indices: proj.indices.addr(),
+                m: refresh.m,
+                v: refresh.v,
+                step: refresh.step,
+                ws: refresh.ws,
+                stream,
+            };
+            // SAFETY: the context outlives the optimizer.
+            unsafe { &*c }.state_refresh(&a)?;
+        }
+        proj.compress(b, x, dy, g.addr(), *accumulated > 0, stream)?;
+        *accumulated += 1;
+        Ok(())
+    }
+
+    fn step(&mut self, w: *mut c_void, grad: *const c_void, lr: f32, stream: usize) -> Result<()> {
+        check_lr(lr)?;
+        let w = req_typed("w", w, self.w_dtype)?;
+        let buf = self.step_buffers(w, lr, stream);
+        let c = self.context() as *const grass_context;
+        // SAFETY: the context outlives the optimizer.
+        let c = unsafe { &*c };
+        match &mut self.kind {
+            Kind::Sparse {
+                proj,
+                g,
+                accumulated,
+            } => {
+                ensure!(grad.is_null(), InvalidValue, "grad must be NULL for a GRASS layer (its gradient comes from grass_optimizer_backward)");
+                ensure!(*accumulated > 0, BadState, "no gradient accumulated since the last step: call grass_optimizer_backward first");
+                let a = SparseStepArgs {
+                    p: proj.p,
+                    r: proj.sel.rank,
+                    indices: proj.indices.addr(),
+                    scales: proj.scales.addr(),
+                    g: g.addr(),
+                    buf,
+                };
+                c.sparse_step(&a)?;
+                *accumulated = 0;
+                proj.steps_since_refresh += 1;
+            }
+            Kind::Dense { numel, grad_dtype } => {
+                let a = DenseStepArgs {
+                    numel: *numel,
+                    grad_dtype: *grad_dtype,
+                    grad: req_typed("grad", grad, *grad_dtype)?,
+                    buf,
+                };
+                c.dense_step(&a)?;
+            }
+        }
+        self.steps += 1;
+        Ok(())
+    }
+}
+
+struct RefreshParts {
+    m: usize,
+    v: usize,
+    step: usize,
+    ws: Scratch,
+}
+
+/// Creates the optimizer of one GRASS layer (`m x n` weight of `w_dtype`, X and dY of
+/// `act_dtype` with at most `max_tokens` rows); it owns its projection.
+#[no_mangle]
+pub unsafe extern "C" fn grass_optimizer_create_sparse(
+    ctx: *const grass_context,
+    projection_config: *const grass_projection_config,
+    adamw_config: *const grass_adamw_config,
+    m: i64,
+    n: i64,
+    max_tokens: i64,
+    act_dtype: grass_dtype,
+    w_dtype: grass_dtype,
+    optimizer_out: *mut *mut grass_optimizer,
+) -> grass_status {
+    guard("grass_optimizer_create_sparse", || {
+        let c = self::ctx(ctx)?;
+        let pcfg = handle("projection_config", projection_config)?;
+        let acfg = handle("adamw_config", adamw_config)?.adamw()?;
+        let ad = self::dtype("act_dtype", act_dtype)?;
+        let wd = self::dtype("w_dtype", w_dtype)?;
+        let out = req("optimizer_out", optimizer_out)?;
+        let proj = grass_projection::new(c, pcfg, m, n, max_tokens, ad)?;
+        let g = c.alloc(proj.sel.rank * proj.p.k * 4)?;
+        let o = grass_optimizer::new(
+            c,
+            acfg,
+            wd,
+            Kind::Sparse {
+                proj: Box::new(proj),
+                g,
+                accumulated: 0,
+            },
+        )?;
+        write(out, Box::into_raw(Box::new(o)));
+        Ok(())
+    })
+}
+
+/// Creates a plain AdamW optimizer for a dense parameter of `numel` elements.
+#[no_mangle]
+pub unsafe extern "C" fn grass_optimizer_create_dense(
+    ctx: *const grass_context,
+    adamw_config: *const grass_adamw_config,
+    numel: i64,
+    w_dtype: grass_dtype,
+    grad_dtype: grass_dtype,
+    optimizer_out: *mut *mut grass_optimizer,
+) -> grass_status {
+    guard("grass_optimizer_create_dense", || {
+        let c = self::ctx(ctx)?;
+        let acfg = handle("adamw_config", adamw_config)?.adamw()?;
+        let numel = positive("numel", numel)?;
+        let wd = self::dtype("w_dtype", w_dtype)?;
+        let gd = self::dtype("grad_dtype", grad_dtype)?;
+        let out = req("optimizer_out", optimizer_out)?;
+        let o = grass_optimizer::new(
+            c,
+            acfg,
+            wd,
+            Kind::Dense {
+                numel,
+                grad_dtype: gd,
+            },
+        )?;
+        write(out, Box::into_raw(Box::new(o)));
+        Ok(())
+    })
+}
+
+/// Destroys an optimizer and its projection (NULL is allowed).
+#[no_mangle]
+pub unsafe extern "C" fn grass_optimizer_destroy(optimizer: *mut grass_optimizer) {
+    guard_value("grass_optimizer_destroy", (), || {
+        if !optimizer.is_null() {
+            drop(Box::from_raw(optimizer));
+        }
+    })
+}
+
+/// The projection a GRASS-layer optimizer owns (borrowed: valid until the optimizer is
+/// destroyed). Read its selection or compute scores with it; refreshing it directly bypasses
+/// the optimizer's state remap, so leave that to `grass_optimizer_backward`.
+#[no_mangle]
+pub unsafe extern "C" fn grass_optimizer_projection(
+    optimizer: *mut grass_optimizer,
+    projection_out: *mut *mut grass_projection,
+) -> grass_status {
+    guard("grass_optimizer_projection", || {
+        let o = handle_mut("optimizer", optimizer)?;
+        let out = req("projection_out", projection_out)?;
+        match &mut o.kind {
+            Kind::Sparse { proj, .. } => write(out, proj.as_mut() as *mut grass_projection),
+            Kind::Dense { .. } => bail!(BadState, "a dense optimizer has no projection"),
+        }
+        Ok(())
+    })
+}
+
+/// Writes 1 when the next `grass_optimizer_backward` will refresh the selection (so a data-
+/// parallel caller can all-reduce scores first), else 0. Always 0 for dense optimizers.
+#[no_mangle]
+pub unsafe extern "C" fn grass_optimizer_refresh_due(
+    optimizer: *const grass_optimizer,
+    due_out: *mut i32,
+) -> grass_status {
+    guard("grass_optimizer_refresh_due", || {
+        let o = handle("optimizer", optimizer)?;
+        let out = req("due_out", due_out)?;
+        let due = matches!(&o.kind, Kind::Sparse { proj, accumulated, .. } if *accumulated == 0 && proj.refresh_due());
+        write(out, due as i32);
+        Ok(())
+    })
+}
+
+/// Feeds one micro-batch of a GRASS layer: X (b x n) and dY (b x m). On the first micro-batch
+/// of a step where a refresh is due it selects new rows — from `scores` (d floats in context
+/// memory, e.g. all-reduced across ranks) when not NULL, else from this batch's exact scores —
+/// and resets or carries the state; then it adds the compressed gradient into the accumulator.
+#[no_mangle]
+pub unsafe extern "C" fn grass_optimizer_backward(
+    optimizer: *mut grass_optimizer,
+    b: i64,
+    x: *const c_void,
+    dy: *const c_void,
+    scores: *const f32,
+    stream: *mut c_void,
+) -> grass_status {
+    guard("grass_optimizer_backward", || {
+        let o = handle_mut("optimizer", optimizer)?;
+        let s = opt("scores", scores)?;
+        o.backward(b, x, dy, s, stream as usize)
+    })
+}
+
+/// Applies one AdamW step with learning rate `lr` to `w` (context memory). For a GRASS layer
+/// `grad` must be NULL (the accumulated compressed gradient is used and cleared); for a dense
+/// parameter it is the gradient of `grad_dtype`. A non-finite gradient skips the step (see
+/// `grass_optimizer_last_step_skipped`).
+#[no_mangle]
+pub unsafe extern "C" fn grass_optimizer_step(
+    optimizer: *mut grass_optimizer,
+    w: *mut c_void,
+    grad: *const c_void,
+    lr: f32,
+    stream: *mut c_void,
+) -> grass_status {
+    guard("grass_optimizer_step", || {
+        handle_mut("optimizer", optimizer)?.step(w, grad, lr, stream as usize)
+    })
+}
+
+/// Writes 1 if the last step was skipped because its gradient was not finite, else 0.
+/// Synchronizes `stream` on CUDA contexts (it reads device memory): not for the hot path.
+#[no_mangle]
+pub unsafe extern "C" fn grass_optimizer_last_step_skipped(
+    optimizer: *const grass_optimizer,
+    skipped_out: *mut i32,
+    stream: *mut c_void,
+) -> grass_status {
+    guard("grass_optimizer_last_step_skipped", || {
+        let o = handle("optimizer", optimizer)?;
+        let out = req("skipped_out", skipped_out)?;
+        ensure!(o.steps > 0, BadState, "no step has been taken yet");
+        let mut c = [0u8; 8];
+        o.context()
+            .download(o.counters.addr(), &mut c, stream as usize)?;
+        write(out, i32::from_le_bytes([c[4], c[5], c[6], c[7]]));
+        Ok(())
+    })
+}
+
+/// Fills `info` (whose `struct_size` the caller sets).
+#[no_mangle]
+pub unsafe extern "C" fn grass_optimizer_get_info(
+    optimizer: *const grass_optimizer,
+    info: *mut grass_optimizer_info,
+) -> grass_status {
+    guard("grass_optimizer_get_info", || {
+        let o = handle("optimizer", optimizer)?;
+        let out = req("info", info)?;
+        let want = std::mem::size_of::<grass_optimizer_info>();
+        if (*info).struct_size != want {
+            bail!(
+                StructSize,
+                "info->struct_size = {}, expected {want}",
+                (*info).struct_size
+            );
+        }
+        let elems = o.state_elements();
+        let (sparse, acc, extra) = match &o.kind {
+            Kind::Sparse {
+                proj, accumulated, ..
+            } => (
+                1,
+                *accumulated as i32,
+                elems * 4 + proj.sel.rank * 12 + proj.p.d * 4,
+            ),
+            Kind::Dense { .. } => (0, 0, 0),
+        };
+        write(
+            out,
+            grass_optimizer_info {
+                struct_size: want,
+                is_sparse: sparse,
+                steps: o.steps as i64,
+                accumulated: acc,
+                state_elements: elems as i64,
+                memory_bytes: (2 * elems * o.cfg.state_dtype.size() + extra + 8 + o.ws_bytes)
+                    as i64,
+            },
+        );
+        Ok(())
+    })
+}
+
+pub(crate) mod checkpoint;
+
+/// Bytes `grass_optimizer_export_state` writes.
+#[no_mangle]
+pub unsafe extern "C" fn grass_optimizer_state_size(
+    optimizer: *const grass_optimizer,
+    bytes_out: *mut usize,
+) -> grass_status {
+    guard("grass_optimizer_state_size", || {
+        let o = handle("optimizer", optimizer)?;
+        let out = req("bytes_out", bytes_out)?;
+        write(out, checkpoint::size(o));
+        Ok(())
+    })
+}
+
+/// Writes the whole optimizer state (counters, M, V, and for GRASS layers the selection, the
+/// schedule and the accumulator) to host memory `dst` as a versioned, checksummed blob.
+/// Synchronizes `stream` on CUDA contexts.
+#[no_mangle]
+pub unsafe extern "C" fn grass_optimizer_export_state(
+    optimizer: *const grass_optimizer,
+    dst: *mut c_void,
+    bytes: usize,
+    stream: *mut c_void,
+) -> grass_status {
+    guard("grass_optimizer_export_state", || {
+        let o = handle("optimizer", optimizer)?;
+        let d = req("dst", dst as *const u8)?;
+        let need = checkpoint::size(o);
+        ensure!(
+            bytes >= need,
+            InvalidValue,
+            "bytes = {bytes} but the state takes {need} (ask grass_optimizer_state_size)"
+        );
+        checkpoint::export(
+            o,
+            std::slice::from_raw_parts_mut(d as *mut u8, need),
+            stream as usize,
+        )
+    })
+}
+
+/// Restores a blob written by `grass_optimizer_export_state` for an optimizer of the same
+/// shapes, dtypes and kind; fails with `GRASS_ERROR_BAD_CHECKPOINT`, changing nothing, when it
+/// does not match or is damaged. Synchronizes `stream` on CUDA contexts.
+#[no_mangle]
+pub unsafe extern "C" fn grass_optimizer_import_state(
+    optimizer: *mut grass_optimizer,
+    src: *const c_void,
+    bytes: usize,
+    stream: *mut c_void,
+) -> grass_status {
+    guard("grass_optimizer_import_state", || {
+        let o = handle_mut("optimizer", optimizer)?;
+        let s = req("src", src as *const u8)?;
+        checkpoint::import(
+            o,
+            std::slice::from_raw_parts(s as *const u8, bytes),
+            stream as usize,
+        )
+    })
+}

@@ -1,0 +1,148 @@
+//! Helpers shared by the Rust integration tests: a deterministic random source, naive f64
+//! references, and thin wrappers that call the C ABI and turn a status into a Result.
+#![allow(dead_code)]
+
+use std::ffi::CStr;
+use std::ptr;
+
+use grass::ffi::*;
+
+/// SplitMix64: small, deterministic, good enough for test data.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1), never exactly zero.
+    pub fn sym(&mut self) -> f32 {
+        let u = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        let v = 2.0 * u - 1.0;
+        if v == 0.0 {
+            0.5
+        } else {
+            v
+        }
+    }
+    pub fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.sym()).collect()
+    }
+}
+
+pub fn last_error() -> String {
+    unsafe { CStr::from_ptr(grass_last_error_message()).to_string_lossy().into_owned() }
+}
+
+pub fn check(s: grass_status) -> Result<(), (grass_status, String)> {
+    if s == grass_status::GRASS_OK {
+        Ok(())
+    } else {
+        Err((s, last_error()))
+    }
+}
+
+pub struct Ctx(pub *mut grass_context);
+
+impl Ctx {
+    pub fn cpu() -> Ctx {
+        let mut c = ptr::null_mut();
+        check(unsafe { grass_context_create_cpu(&mut c) }).unwrap();
+        Ctx(c)
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        unsafe { grass_context_destroy(self.0) }
+    }
+}
+
+pub fn pcfg(rank: i64, method: grass_method, scaling: grass_scaling, side: grass_side) -> grass_projection_config {
+    let mut c = grass_projection_config::defaults();
+    c.rank = rank;
+    c.method = method;
+    c.scaling = scaling;
+    c.side = side;
+    c
+}
+
+/// G = dYᵀX in f64 (m x n), from X (b x n) and dY (b x m).
+pub fn full_grad(x: &[f32], dy: &[f32], b: usize, m: usize, n: usize) -> Vec<f64> {
+    let mut g = vec![0.0f64; m * n];
+    for t in 0..b {
+        for i in 0..m {
+            let d = dy[t * m + i] as f64;
+            for c in 0..n {
+                g[i * n + c] += d * x[t * n + c] as f64;
+            }
+        }
+    }
+    g
+}
+
+pub fn scores(ctx: &Ctx, m: usize, n: usize, b: usize, side: grass_side, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (mut d, mut ws) = (0i64, 0usize);
+    unsafe {
+        check(grass_resolve_side(m as i64, n as i64, side, ptr::null_mut(), &mut d, ptr::null_mut())).unwrap();
+        check(grass_scores_workspace_size(ctx.0, m as i64, n as i64, b as i64, side, GRASS_DTYPE_F32, &mut ws)).unwrap();
+        let mut w = vec![0u8; ws];
+        let mut s = vec![f32::NAN; d as usize];
+        check(grass_row_scores(
+            ctx.0, m as i64, n as i64, b as i64, side, GRASS_DTYPE_F32,
+            x.as_ptr().cast(), dy.as_ptr().cast(), s.as_mut_ptr(), w.as_mut_ptr().cast(), ws, ptr::null_mut(),
+        ))
+        .unwrap();
+        s
+    }
+}
+
+pub fn select(ctx: &Ctx, cfg: &grass_projection_config, scores: &[f32], refresh: u32) -> (Vec<i32>, Vec<f32>) {
+    let r = cfg.rank as usize;
+    let d = scores.len() as i64;
+    let mut ws = 0usize;
+    unsafe {
+        check(grass_select_workspace_size(ctx.0, d, cfg.rank, &mut ws)).unwrap();
+        let mut w = vec![0u8; ws];
+        let mut idx = vec![-1i32; r];
+        let mut sc = vec![f32::NAN; r];
+        check(grass_select(ctx.0, cfg, d, refresh, scores.as_ptr(), idx.as_mut_ptr(), sc.as_mut_ptr(), w.as_mut_ptr().cast(), ws, ptr::null_mut()))
+            .unwrap();
+        (idx, sc)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn sparse_grad(ctx: &Ctx, m: usize, n: usize, b: usize, side: grass_side, x: &[f32], dy: &[f32], idx: &[i32], sc: &[f32], g: &mut [f32], acc: bool) {
+    let r = idx.len() as i64;
+    let mut ws = 0usize;
+    unsafe {
+        check(grass_sparse_grad_workspace_size(ctx.0, m as i64, n as i64, b as i64, side, r, GRASS_DTYPE_F32, &mut ws)).unwrap();
+        let mut w = vec![0u8; ws];
+        check(grass_sparse_grad(
+            ctx.0, m as i64, n as i64, b as i64, side, r, GRASS_DTYPE_F32, x.as_ptr().cast(), dy.as_ptr().cast(),
+            idx.as_ptr(), sc.as_ptr(), g.as_mut_ptr(), acc as i32, w.as_mut_ptr().cast(), ws, ptr::null_mut(),
+        ))
+        .unwrap();
+    }
+}
+
+/// First mismatches of `got` against `want` under a relative-to-norm tolerance, as a message.
+pub fn compare(what: &str, want: &[f64], got: &[f32], tol: f64) -> Result<(), String> {
+    let norm = want.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-30);
+    let scale = norm / (want.len() as f64).sqrt();
+    let mut bad = vec![];
+    for (i, (&w, &g)) in want.iter().zip(got).enumerate() {
+        if !((g as f64 - w).abs() <= tol * (w.abs() + scale)) {
+            bad.push(format!("[{i}] expected {w:.6e} got {g:.6e}"));
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{what}: {} of {} mismatch (tol {tol:.2e}); first: {}", bad.len(), want.len(), bad[..bad.len().min(5)].join(", ")))
+    }
+}

@@ -146,6 +146,10 @@ impl grass_optimizer {
         else {
             bail!(BadState, "grass_optimizer_backward is for GRASS layers; pass the gradient of a dense parameter to grass_optimizer_step");
         };
+        // validate everything the calls below use before the refresh changes anything
+        proj.tokens(b)?;
+        req_typed("x", x, proj.dtype)?;
+        req_typed("dy", dy, proj.dtype)?;
         if *accumulated == 0 && proj.refresh_due() {
             if scores != 0 {
                 proj.refresh_from(scores, stream)?;

@@ -116,7 +116,7 @@ impl grass_projection {
         !self.has_selection || self.steps_since_refresh >= self.refresh_every
     }
 
-    fn tokens(&self, b: i64) -> Result<usize> {
+    pub(crate) fn tokens(&self, b: i64) -> Result<usize> {
         let b = positive("b", b)?;
         ensure!(
             b <= self.max_tokens,

@@ -18,3 +18,6 @@ fi
 
 echo "== cargo test"
 cargo test --release
+
+echo "== pytest: PyTorch/ctypes binding"
+python3 -m pytest -q -rs bindings/torch/tests

@@ -1,0 +1,183 @@
+"""GPU benchmark of one linear layer: grass's sparse gradient, optimizer step, both, and a
+refresh (row scores + selection), against the floor and, in the same process on the same card
+and data, the peers of ../shared/reference/peers_torch.py (full-rank cuBLAS dW + fused AdamW,
+GaLore, GRASS in eager PyTorch). Also peak memory of one 13824 x 5120 layer per method.
+
+Usage (GPU machine): PYTHONPATH=<dir with peers_torch.py>:bindings/torch python3 bench/bench_layer.py
+Writes $OUT/bench.json and $OUT/bench.md when OUT is set.
+"""
+import json
+import os
+import statistics
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bindings", "torch"))
+import grass_torch as gt  # noqa: E402
+import peers_torch as peers  # noqa: E402
+
+B = 8192
+K = 200
+SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (13824, 5120)]
+RANKS = (256, 1024)
+
+
+def timeit(fn, warm=5, n=50):
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(n):
+        a = torch.cuda.Event(enable_timing=True)
+        b = torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b))
+    return statistics.median(ts)
+
+
+def floors(m, n, b, r, bw, fl):
+    """Floors in ms of (grad, step, both), side = rows (every row of DESIGN.md's table)."""
+    grad_bytes = b * n * 2 + b * r * 2 + r * n * 4
+    step_bytes = r * n * 4 + r * n * 4 * 4 + r * n * 2 * 2
+    both_bytes = b * n * 2 + b * r * 2 + r * n * 4 * 4 + r * n * 2 * 2
+    flops = 2 * r * b * n
+    f = lambda by, fo: max(by / bw, fo / fl) * 1e3  # noqa: E731
+    return f(grad_bytes, flops), f(step_bytes, 0), f(both_bytes, flops)
+
+
+def bench_grass(ops, m, n, b, r):
+    torch.manual_seed(0)
+    x = torch.randn(b, n, dtype=torch.bfloat16, device="cuda")
+    dy = torch.randn(b, m, dtype=torch.bfloat16, device="cuda") * 0.01
+    w = torch.randn(m, n, dtype=torch.bfloat16, device="cuda") * 0.02
+    side = gt.SIDE_ROWS
+    layer = gt.GrassLayer(ops, w, rank=r, side=side, refresh_every=K)
+    layer.refresh(x, dy)
+    g = layer.g
+    out = {}
+    out["grass_grad_ms"] = timeit(lambda: ops.sparse_grad(x, dy, layer.idx, layer.rho, side, out=g))
+    out["grass_step_ms"] = timeit(lambda: ops.sparse_adamw_step(layer.acfg, w, layer.idx, layer.rho, g, layer.m_state,
+                                                                layer.v_state, layer.step_count, 1e-3, side,
+                                                                skipped=layer.skipped))
+
+    def both():
+        ops.sparse_grad(x, dy, layer.idx, layer.rho, side, out=g)
+        ops.sparse_adamw_step(layer.acfg, w, layer.idx, layer.rho, g, layer.m_state, layer.v_state,
+                              layer.step_count, 1e-3, side, skipped=layer.skipped)
+    out["grass_both_ms"] = timeit(both)
+
+    def refresh():
+        s = ops.row_scores(x, dy, side)
+        ops.select(s, layer.pcfg, 0)
+    out["grass_refresh_ms"] = timeit(refresh, 2, 10)
+    out["scores_workspace_bytes"] = ops.lib.size_query("grass_scores_workspace_size", ops.lib.context(0), m, n, b,
+                                                       side, 1)
+    # graph capture of one full step: proves no host sync or allocation inside
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        both()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        both()
+    out["grass_both_graph_ms"] = timeit(graph.replay)
+    return out
+
+
+def peak_memory(fn):
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def memory_13824(ops, r=256):
+    m, n, b = 13824, 5120, B
+
+    def grass():
+        x = torch.randn(b, n, dtype=torch.bfloat16, device="cuda")
+        dy = torch.randn(b, m, dtype=torch.bfloat16, device="cuda")
+        w = torch.randn(m, n, dtype=torch.bfloat16, device="cuda")
+        layer = gt.GrassLayer(ops, w, rank=r, side=gt.SIDE_ROWS, refresh_every=K)
+        for _ in range(3):
+            layer.step(w, x, dy, 1e-3)
+
+    def adamw():
+        x = torch.randn(b, n, dtype=torch.bfloat16, device="cuda")
+        dy = torch.randn(b, m, dtype=torch.bfloat16, device="cuda")
+        w = torch.nn.Parameter(torch.randn(m, n, dtype=torch.bfloat16, device="cuda"))
+        opt = torch.optim.AdamW([w], lr=1e-3, fused=True)
+        for _ in range(3):
+            w.grad = dy.t() @ x
+            opt.step()
+
+    def galore():
+        x = torch.randn(b, n, dtype=torch.bfloat16, device="cuda")
+        dy = torch.randn(b, m, dtype=torch.bfloat16, device="cuda")
+        w = torch.nn.Parameter(torch.randn(m, n, dtype=torch.bfloat16, device="cuda"))
+        opt = peers.GaLoreAdamW([{"params": [w], "rank": r, "update_proj_gap": K, "scale": 0.25,
+                                  "proj_type": "std"}], lr=1e-3)
+        for _ in range(3):
+            w.grad = dy.t() @ x
+            opt.step()
+
+    ops._ws.clear()
+    return {"grass_peak_mib": peak_memory(grass), "adamw_peak_mib": peak_memory(adamw),
+            "galore_peak_mib": peak_memory(galore)}
+
+
+def main():
+    bw, fl = peers.ceilings()
+    card = torch.cuda.get_device_name()
+    print(f"{card}: copy {bw / 1e12:.2f} TB/s, bf16 GEMM {fl / 1e12:.0f} TFLOP/s", flush=True)
+    ops = gt.Torch()
+    rows = []
+    for (m, n) in SHAPES:
+        for r in RANKS:
+            row = {"m": m, "n": n, "b": B, "r": r}
+            row.update(bench_grass(ops, m, n, B, r))
+            row.update(peers.bench(m, n, B, r, K, bw, fl))
+            fg, fs, fb = floors(m, n, B, r, bw, fl)
+            row.update({"floor_grad_ms": fg, "floor_step_ms": fs, "floor_both_ms": fb})
+            row["grass_ms"] = row["grass_both_ms"] + row["grass_refresh_ms"] / K
+            rows.append(row)
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    mem = memory_13824(ops)
+    lines = [f"card: {card}; copy {bw / 1e12:.2f} TB/s, bf16 GEMM {fl / 1e12:.0f} TFLOP/s; b = {B}, K = {K}, bf16, "
+             "side = rows",
+             "",
+             "| m x n | r | grad ms (x floor) | step ms (x floor) | grad+step ms (x floor) | graph replay ms "
+             "| refresh ms (x dense dW) | grass amortized ms | full dW+AdamW ms (ratio) | GaLore ms (ratio) "
+             "| eager GRASS ms (ratio) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for o in rows:
+        g = o["grass_ms"]
+        lines.append(
+            f"| {o['m']} x {o['n']} | {o['r']} | {o['grass_grad_ms']:.3f} ({o['grass_grad_ms'] / o['floor_grad_ms']:.2f}) "
+            f"| {o['grass_step_ms']:.3f} ({o['grass_step_ms'] / o['floor_step_ms']:.2f}) "
+            f"| {o['grass_both_ms']:.3f} ({o['grass_both_ms'] / o['floor_both_ms']:.2f}) "
+            f"| {o['grass_both_graph_ms']:.3f} "
+            f"| {o['grass_refresh_ms']:.3f} ({o['grass_refresh_ms'] / o['full_grad_ms']:.2f}) | {g:.3f} "
+            f"| {o['full_ms']:.3f} ({o['full_ms'] / g:.1f}x) | {o['galore_ms']:.3f} ({o['galore_ms'] / g:.1f}x) "
+            f"| {o['grass_t_ms']:.3f} ({o['grass_t_ms'] / g:.1f}x) |")
+    lines += ["", f"peak memory of one 13824 x 5120 layer (r = 256, 3 steps, MiB above the start): "
+              f"GRASS {mem['grass_peak_mib']:.0f}, AdamW {mem['adamw_peak_mib']:.0f}, GaLore {mem['galore_peak_mib']:.0f}"]
+    table = "\n".join(lines)
+    print(table)
+    if os.environ.get("OUT"):
+        with open(os.path.join(os.environ["OUT"], "bench.json"), "w") as f:
+            json.dump({"card": card, "bw": bw, "flops": fl, "rows": rows, "memory": mem}, f, indent=1)
+        with open(os.path.join(os.environ["OUT"], "bench.md"), "w") as f:
+            f.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

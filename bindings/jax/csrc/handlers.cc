@@ -1,0 +1,393 @@
+// XLA FFI handlers of grass's layer-1 ops. Each handler decodes XLA's buffers and attributes,
+// calls one libgrass op on them and maps its status to an FFI error. XLA owns every buffer:
+// scratch arrives as the last result (a u8 vector sized by the matching *_workspace_size
+// query at trace time), and in-place updates are results aliased to their inputs.
+//
+// Every op has two symbols: <Name>Cpu (the CPU context, no stream) and <Name>Cuda (the CUDA
+// context of the call's device ordinal and XLA's stream). Both are registered under one target
+// name, for platforms "cpu" and "CUDA".
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include "contexts.h"
+#include "cuda_driver.h"
+#include "grass.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace grass_jax {
+namespace {
+
+using U8Result = ffi::Result<ffi::Buffer<ffi::U8>>;
+
+ffi::Error DtypeOf(const ffi::AnyBuffer& b, const char* name, grass_dtype* out) {
+  switch (b.element_type()) {
+    case ffi::DataType::F32: *out = GRASS_DTYPE_F32; return ffi::Error::Success();
+    case ffi::DataType::BF16: *out = GRASS_DTYPE_BF16; return ffi::Error::Success();
+    case ffi::DataType::F16: *out = GRASS_DTYPE_F16; return ffi::Error::Success();
+    default:
+      return ffi::Error::InvalidArgument(std::string(name) +
+                                         " must be float32, bfloat16 or float16");
+  }
+}
+
+ffi::Error Rank2(const ffi::AnyBuffer& b, const char* name, int64_t* rows, int64_t* cols) {
+  auto d = b.dimensions();
+  if (d.size() != 2) {
+    return ffi::Error::InvalidArgument(std::string(name) + " must be 2-D, got rank " +
+                                       std::to_string(d.size()));
+  }
+  *rows = d[0];
+  *cols = d[1];
+  return ffi::Error::Success();
+}
+
+// XLA honours input_output_aliases by handing the same buffer as argument and result.
+ffi::Error SameBuffer(const void* arg, const void* result, const char* name) {
+  if (arg == result) return ffi::Error::Success();
+  return ffi::Error::Internal(std::string(name) +
+                              ": XLA did not alias the result to its input");
+}
+
+#define GRASS_TRY(expr)                        \
+  do {                                         \
+    ffi::Error grass_try_err = (expr);         \
+    if (grass_try_err.failure()) return grass_try_err; \
+  } while (0)
+
+// ---------------------------------------------------------------------------------------------
+// Op bodies, shared by both platforms.
+
+ffi::Error RowScores(const Device& dev, ffi::AnyBuffer x, ffi::AnyBuffer dy, int32_t side,
+                     ffi::Result<ffi::Buffer<ffi::F32>> scores, U8Result ws) {
+  int64_t b, n, b2, m;
+  grass_dtype dt, dt2;
+  GRASS_TRY(Rank2(x, "x", &b, &n));
+  GRASS_TRY(Rank2(dy, "dy", &b2, &m));
+  GRASS_TRY(DtypeOf(x, "x", &dt));
+  GRASS_TRY(DtypeOf(dy, "dy", &dt2));
+  if (b != b2 || dt != dt2) {
+    return ffi::Error::InvalidArgument("x and dy must have the same rows and dtype");
+  }
+  return StatusError(grass_row_scores(dev.ctx, m, n, b, side, dt, x.untyped_data(),
+                                      dy.untyped_data(), scores->typed_data(),
+                                      ws->untyped_data(), ws->size_bytes(), dev.stream));
+}
+
+ffi::Error Select(const Device& dev, ffi::Buffer<ffi::F32> scores,
+                  ffi::Buffer<ffi::U32> refresh_index, int64_t rank, int32_t method,
+                  int32_t power, int32_t scaling, uint64_t seed, uint32_t layer_id,
+                  ffi::Result<ffi::Buffer<ffi::S32>> indices,
+                  ffi::Result<ffi::Buffer<ffi::F32>> scales, U8Result ws) {
+  grass_projection_config cfg;
+  GRASS_TRY(StatusError(grass_projection_config_init(&cfg)));
+  cfg.rank = rank;
+  cfg.method = method;
+  cfg.power = power;
+  cfg.scaling = scaling;
+  cfg.seed = seed;
+  cfg.layer_id = layer_id;
+  // grass_select takes the refresh index by value: read it from the host buffer on CPU, or
+  // copy it from the device on CUDA (the one wait on a stream in this binding, see README).
+  uint32_t index = 0;
+  if (dev.stream == nullptr) {
+    index = *refresh_index.typed_data();
+  } else {
+    GRASS_TRY(CopyScalarToHost(refresh_index.typed_data(), &index, dev.stream));
+  }
+  return StatusError(grass_select(dev.ctx, &cfg, static_cast<int64_t>(scores.element_count()),
+                                  index, scores.typed_data(), indices->typed_data(),
+                                  scales->typed_data(), ws->untyped_data(), ws->size_bytes(),
+                                  dev.stream));
+}
+
+ffi::Error SparseGrad(const Device& dev, ffi::AnyBuffer x, ffi::AnyBuffer dy,
+                      ffi::Buffer<ffi::S32> indices, ffi::Buffer<ffi::F32> scales,
+                      int32_t side, ffi::Result<ffi::Buffer<ffi::F32>> g, U8Result ws) {
+  int64_t b, n, b2, m;
+  grass_dtype dt, dt2;
+  GRASS_TRY(Rank2(x, "x", &b, &n));
+  GRASS_TRY(Rank2(dy, "dy", &b2, &m));
+  GRASS_TRY(DtypeOf(x, "x", &dt));
+  GRASS_TRY(DtypeOf(dy, "dy", &dt2));
+  if (b != b2 || dt != dt2) {
+    return ffi::Error::InvalidArgument("x and dy must have the same rows and dtype");
+  }
+  int64_t r = static_cast<int64_t>(indices.element_count());
+  if (static_cast<int64_t>(scales.element_count()) != r) {
+    return ffi::Error::InvalidArgument("indices and scales must have the same length");
+  }
+  return StatusError(grass_sparse_grad(dev.ctx, m, n, b, side, r, dt, x.untyped_data(),
+                                       dy.untyped_data(), indices.typed_data(),
+                                       scales.typed_data(), g->typed_data(), /*accumulate=*/0,
+                                       ws->untyped_data(), ws->size_bytes(), dev.stream));
+}
+
+struct AdamWAttrs {
+  float beta1, beta2, eps, weight_decay, alpha;
+  int32_t decay_mode;
+};
+
+ffi::Error AdamWConfig(const AdamWAttrs& a, const ffi::AnyBuffer& m_state,
+                       const ffi::AnyBuffer& v_state, grass_adamw_config* cfg) {
+  GRASS_TRY(StatusError(grass_adamw_config_init(cfg)));
+  cfg->beta1 = a.beta1;
+  cfg->beta2 = a.beta2;
+  cfg->eps = a.eps;
+  cfg->weight_decay = a.weight_decay;
+  cfg->alpha = a.alpha;
+  cfg->decay_mode = a.decay_mode;
+  if (m_state.element_type() != v_state.element_type()) {
+    return ffi::Error::InvalidArgument("m_state and v_state must have the same dtype");
+  }
+  switch (m_state.element_type()) {
+    case ffi::DataType::F32: cfg->state_dtype = GRASS_DTYPE_F32; break;
+    case ffi::DataType::BF16: cfg->state_dtype = GRASS_DTYPE_BF16; break;
+    default: return ffi::Error::InvalidArgument("optimizer states must be float32 or bfloat16");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error SparseAdamWStep(const Device& dev, ffi::AnyBuffer w, ffi::Buffer<ffi::S32> indices,
+                           ffi::Buffer<ffi::F32> scales, ffi::Buffer<ffi::F32> g,
+                           ffi::AnyBuffer m_state, ffi::AnyBuffer v_state,
+                           ffi::Buffer<ffi::S32> step, ffi::Buffer<ffi::F32> lr_scale,
+                           int32_t side, float beta1, float beta2, float eps,
+                           float weight_decay, int32_t decay_mode, float alpha, float lr,
+                           ffi::Result<ffi::AnyBuffer> w_out,
+                           ffi::Result<ffi::AnyBuffer> m_out,
+                           ffi::Result<ffi::AnyBuffer> v_out,
+                           ffi::Result<ffi::Buffer<ffi::S32>> step_out,
+                           ffi::Result<ffi::Buffer<ffi::S32>> skipped, U8Result ws) {
+  int64_t m, n;
+  grass_dtype wd;
+  GRASS_TRY(Rank2(w, "w", &m, &n));
+  GRASS_TRY(DtypeOf(w, "w", &wd));
+  GRASS_TRY(SameBuffer(w.untyped_data(), w_out->untyped_data(), "w"));
+  GRASS_TRY(SameBuffer(m_state.untyped_data(), m_out->untyped_data(), "m_state"));
+  GRASS_TRY(SameBuffer(v_state.untyped_data(), v_out->untyped_data(), "v_state"));
+  GRASS_TRY(SameBuffer(step.untyped_data(), step_out->untyped_data(), "step"));
+  int64_t r = static_cast<int64_t>(indices.element_count());
+  if (static_cast<int64_t>(scales.element_count()) != r) {
+    return ffi::Error::InvalidArgument("indices and scales must have the same length");
+  }
+  int64_t k = r == 0 ? 0 : static_cast<int64_t>(g.element_count()) / r;
+  if (k * r != static_cast<int64_t>(g.element_count()) ||
+      m_state.element_count() != g.element_count() ||
+      v_state.element_count() != g.element_count()) {
+    return ffi::Error::InvalidArgument("g, m_state and v_state must all be rank x k");
+  }
+  grass_adamw_config cfg;
+  GRASS_TRY(AdamWConfig({beta1, beta2, eps, weight_decay, alpha, decay_mode}, m_state, v_state,
+                        &cfg));
+  return StatusError(grass_sparse_adamw_step(
+      dev.ctx, &cfg, m, n, side, r, wd, w_out->untyped_data(), indices.typed_data(),
+      scales.typed_data(), g.typed_data(), m_out->untyped_data(), v_out->untyped_data(),
+      step_out->typed_data(), lr, lr_scale.typed_data(), skipped->typed_data(),
+      ws->untyped_data(), ws->size_bytes(), dev.stream));
+}
+
+ffi::Error StateRefresh(const Device& dev, ffi::Buffer<ffi::S32> old_indices,
+                        ffi::Buffer<ffi::S32> new_indices, ffi::AnyBuffer m_state,
+                        ffi::AnyBuffer v_state, ffi::Buffer<ffi::S32> step,
+                        int32_t refresh_mode, ffi::Result<ffi::AnyBuffer> m_out,
+                        ffi::Result<ffi::AnyBuffer> v_out,
+                        ffi::Result<ffi::Buffer<ffi::S32>> step_out, U8Result ws) {
+  GRASS_TRY(SameBuffer(m_state.untyped_data(), m_out->untyped_data(), "m_state"));
+  GRASS_TRY(SameBuffer(v_state.untyped_data(), v_out->untyped_data(), "v_state"));
+  GRASS_TRY(SameBuffer(step.untyped_data(), step_out->untyped_data(), "step"));
+  int64_t r = static_cast<int64_t>(new_indices.element_count());
+  if (static_cast<int64_t>(old_indices.element_count()) != r || r == 0) {
+    return ffi::Error::InvalidArgument("old_indices and new_indices must both have rank entries");
+  }
+  int64_t k = static_cast<int64_t>(m_state.element_count()) / r;
+  grass_adamw_config cfg;
+  GRASS_TRY(AdamWConfig({0.9f, 0.999f, 1e-8f, 0.0f, 1.0f, GRASS_DECAY_SELECTED}, m_state,
+                        v_state, &cfg));
+  cfg.refresh_mode = refresh_mode;
+  return StatusError(grass_state_refresh(dev.ctx, &cfg, r, k, old_indices.typed_data(),
+                                         new_indices.typed_data(), m_out->untyped_data(),
+                                         v_out->untyped_data(), step_out->typed_data(),
+                                         ws->untyped_data(), ws->size_bytes(), dev.stream));
+}
+
+ffi::Error AdamWStep(const Device& dev, ffi::AnyBuffer w, ffi::AnyBuffer grad,
+                     ffi::AnyBuffer m_state, ffi::AnyBuffer v_state, ffi::Buffer<ffi::S32> step,
+                     ffi::Buffer<ffi::F32> lr_scale, float beta1, float beta2, float eps,
+                     float weight_decay, int32_t decay_mode, float lr,
+                     ffi::Result<ffi::AnyBuffer> w_out, ffi::Result<ffi::AnyBuffer> m_out,
+                     ffi::Result<ffi::AnyBuffer> v_out,
+                     ffi::Result<ffi::Buffer<ffi::S32>> step_out,
+                     ffi::Result<ffi::Buffer<ffi::S32>> skipped, U8Result ws) {
+  grass_dtype wd, gd;
+  GRASS_TRY(DtypeOf(w, "w", &wd));
+  GRASS_TRY(DtypeOf(grad, "grad", &gd));
+  GRASS_TRY(SameBuffer(w.untyped_data(), w_out->untyped_data(), "w"));
+  GRASS_TRY(SameBuffer(m_state.untyped_data(), m_out->untyped_data(), "m_state"));
+  GRASS_TRY(SameBuffer(v_state.untyped_data(), v_out->untyped_data(), "v_state"));
+  GRASS_TRY(SameBuffer(step.untyped_data(), step_out->untyped_data(), "step"));
+  size_t numel = w.element_count();
+  if (grad.element_count() != numel || m_state.element_count() != numel ||
+      v_state.element_count() != numel) {
+    return ffi::Error::InvalidArgument("w, grad, m_state and v_state must have the same size");
+  }
+  grass_adamw_config cfg;
+  GRASS_TRY(AdamWConfig({beta1, beta2, eps, weight_decay, 1.0f, decay_mode}, m_state, v_state,
+                        &cfg));
+  return StatusError(grass_adamw_step(
+      dev.ctx, &cfg, static_cast<int64_t>(numel), wd, w_out->untyped_data(), gd,
+      grad.untyped_data(), m_out->untyped_data(), v_out->untyped_data(), step_out->typed_data(),
+      lr, lr_scale.typed_data(), skipped->typed_data(), ws->untyped_data(), ws->size_bytes(),
+      dev.stream));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Platform adapters: resolve the Device, then run the shared body.
+
+template <auto Body>
+struct OnCpu {
+  template <typename... A>
+  ffi::Error operator()(A... args) const {
+    Device dev;
+    GRASS_TRY(CpuDevice(&dev));
+    return Body(dev, args...);
+  }
+};
+
+template <auto Body>
+struct OnCuda {
+  template <typename... A>
+  ffi::Error operator()(void* stream, int32_t ordinal, A... args) const {
+    Device dev;
+    GRASS_TRY(CudaDevice(ordinal, stream, &dev));
+    return Body(dev, args...);
+  }
+};
+
+// The CUDA bindings start with XLA's stream and the device ordinal; the rest is shared.
+ffi::Binding<ffi::ExecutionStage::kExecute> CpuBind() { return ffi::Ffi::Bind(); }
+auto CudaBind() {
+  return ffi::Ffi::Bind().Ctx<ffi::PlatformStream<void*>>().Ctx<ffi::DeviceOrdinal>();
+}
+
+template <typename B>
+auto RowScoresArgs(B b) {
+  return std::move(b).template Arg<ffi::AnyBuffer>()                   // x (b x n)
+      .template Arg<ffi::AnyBuffer>()                       // dy (b x m)
+      .template Attr<int32_t>("side")                       // GRASS_SIDE_ROWS or _COLS
+      .template Ret<ffi::Buffer<ffi::F32>>()                // scores (d)
+      .template Ret<ffi::Buffer<ffi::U8>>();                // workspace
+}
+
+template <typename B>
+auto SelectArgs(B b) {
+  return std::move(b).template Arg<ffi::Buffer<ffi::F32>>()            // scores (d)
+      .template Arg<ffi::Buffer<ffi::U32>>()                // refresh index (scalar)
+      .template Attr<int64_t>("rank")
+      .template Attr<int32_t>("method")
+      .template Attr<int32_t>("power")
+      .template Attr<int32_t>("scaling")
+      .template Attr<uint64_t>("seed")
+      .template Attr<uint32_t>("layer_id")
+      .template Ret<ffi::Buffer<ffi::S32>>()                // indices (r)
+      .template Ret<ffi::Buffer<ffi::F32>>()                // scales (r)
+      .template Ret<ffi::Buffer<ffi::U8>>();                // workspace
+}
+
+template <typename B>
+auto SparseGradArgs(B b) {
+  return std::move(b).template Arg<ffi::AnyBuffer>()                   // x (b x n)
+      .template Arg<ffi::AnyBuffer>()                       // dy (b x m)
+      .template Arg<ffi::Buffer<ffi::S32>>()                // indices (r)
+      .template Arg<ffi::Buffer<ffi::F32>>()                // scales (r)
+      .template Attr<int32_t>("side")
+      .template Ret<ffi::Buffer<ffi::F32>>()                // g (r x k)
+      .template Ret<ffi::Buffer<ffi::U8>>();                // workspace
+}
+
+template <typename B>
+auto SparseAdamWArgs(B b) {
+  return std::move(b).template Arg<ffi::AnyBuffer>()                   // w (m x n)
+      .template Arg<ffi::Buffer<ffi::S32>>()                // indices (r)
+      .template Arg<ffi::Buffer<ffi::F32>>()                // scales (r)
+      .template Arg<ffi::Buffer<ffi::F32>>()                // g (r x k)
+      .template Arg<ffi::AnyBuffer>()                       // M (r x k)
+      .template Arg<ffi::AnyBuffer>()                       // V (r x k)
+      .template Arg<ffi::Buffer<ffi::S32>>()                // step (scalar)
+      .template Arg<ffi::Buffer<ffi::F32>>()                // lr_scale (scalar)
+      .template Attr<int32_t>("side")
+      .template Attr<float>("beta1")
+      .template Attr<float>("beta2")
+      .template Attr<float>("eps")
+      .template Attr<float>("weight_decay")
+      .template Attr<int32_t>("decay_mode")
+      .template Attr<float>("alpha")
+      .template Attr<float>("lr")
+      .template Ret<ffi::AnyBuffer>()                       // w, aliased
+      .template Ret<ffi::AnyBuffer>()                       // M, aliased
+      .template Ret<ffi::AnyBuffer>()                       // V, aliased
+      .template Ret<ffi::Buffer<ffi::S32>>()                // step, aliased
+      .template Ret<ffi::Buffer<ffi::S32>>()                // skipped (scalar)
+      .template Ret<ffi::Buffer<ffi::U8>>();                // workspace
+}
+
+template <typename B>
+auto StateRefreshArgs(B b) {
+  return std::move(b).template Arg<ffi::Buffer<ffi::S32>>()            // old indices (r)
+      .template Arg<ffi::Buffer<ffi::S32>>()                // new indices (r)
+      .template Arg<ffi::AnyBuffer>()                       // M (r x k)
+      .template Arg<ffi::AnyBuffer>()                       // V (r x k)
+      .template Arg<ffi::Buffer<ffi::S32>>()                // step (scalar)
+      .template Attr<int32_t>("refresh_mode")
+      .template Ret<ffi::AnyBuffer>()                       // M, aliased
+      .template Ret<ffi::AnyBuffer>()                       // V, aliased
+      .template Ret<ffi::Buffer<ffi::S32>>()                // step, aliased
+      .template Ret<ffi::Buffer<ffi::U8>>();                // workspace
+}
+
+template <typename B>
+auto AdamWArgs(B b) {
+  return std::move(b).template Arg<ffi::AnyBuffer>()                   // w
+      .template Arg<ffi::AnyBuffer>()                       // grad
+      .template Arg<ffi::AnyBuffer>()                       // M
+      .template Arg<ffi::AnyBuffer>()                       // V
+      .template Arg<ffi::Buffer<ffi::S32>>()                // step (scalar)
+      .template Arg<ffi::Buffer<ffi::F32>>()                // lr_scale (scalar)
+      .template Attr<float>("beta1")
+      .template Attr<float>("beta2")
+      .template Attr<float>("eps")
+      .template Attr<float>("weight_decay")
+      .template Attr<int32_t>("decay_mode")
+      .template Attr<float>("lr")
+      .template Ret<ffi::AnyBuffer>()                       // w, aliased
+      .template Ret<ffi::AnyBuffer>()                       // M, aliased
+      .template Ret<ffi::AnyBuffer>()                       // V, aliased
+      .template Ret<ffi::Buffer<ffi::S32>>()                // step, aliased
+      .template Ret<ffi::Buffer<ffi::S32>>()                // skipped (scalar)
+      .template Ret<ffi::Buffer<ffi::U8>>();                // workspace
+}
+
+}  // namespace
+}  // namespace grass_jax
+
+// The library is built with hidden visibility; only the handler symbols are exported.
+#define GRASS_JAX_EXPORT extern "C" __attribute__((visibility("default")))
+
+#define GRASS_JAX_HANDLERS(Name, Body, Args)                                           \
+  GRASS_JAX_EXPORT XLA_FFI_Error* Name##Cpu(XLA_FFI_CallFrame* call_frame);           \
+  GRASS_JAX_EXPORT XLA_FFI_Error* Name##Cuda(XLA_FFI_CallFrame* call_frame);          \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(Name##Cpu, grass_jax::OnCpu<grass_jax::Body>{},       \
+                                grass_jax::Args(grass_jax::CpuBind()));               \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(Name##Cuda, grass_jax::OnCuda<grass_jax::Body>{},     \
+                                grass_jax::Args(grass_jax::CudaBind()));
+
+GRASS_JAX_HANDLERS(GrassRowScores, RowScores, RowScoresArgs)
+GRASS_JAX_HANDLERS(GrassSelect, Select, SelectArgs)
+GRASS_JAX_HANDLERS(GrassSparseGrad, SparseGrad, SparseGradArgs)
+GRASS_JAX_HANDLERS(GrassSparseAdamWStep, SparseAdamWStep, SparseAdamWArgs)
+GRASS_JAX_HANDLERS(GrassStateRefresh, StateRefresh, StateRefreshArgs)
+GRASS_JAX_HANDLERS(GrassAdamWStep, AdamWStep, AdamWArgs)

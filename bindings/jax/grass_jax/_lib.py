@@ -1,0 +1,204 @@
+"""Loads libgrass and the FFI handlers shipped in this package, registers the handlers with
+XLA, and asks libgrass (through ctypes, at trace time) for workspace sizes and shape rules."""
+
+import ctypes
+import functools
+import os
+import threading
+from pathlib import Path
+
+import jax
+
+from .errors import GrassError
+
+_HERE = Path(__file__).resolve().parent
+
+# Constants of grass.h.
+DTYPE_F32, DTYPE_BF16, DTYPE_F16 = 0, 1, 2
+SIDE_ROWS, SIDE_COLS, SIDE_AUTO = 0, 1, 2
+METHODS = {"top_r": 0, "multinomial": 1, "multinomial_nr": 2, "uniform": 3, "uniform_nr": 4}
+SCALINGS = {"unbiased": 0, "none": 1}
+DECAY_MODES = {"off": 0, "selected": 1, "dense": 2}
+REFRESH_MODES = {"reset": 0, "carry": 1}
+SIDES = {"rows": SIDE_ROWS, "cols": SIDE_COLS, "auto": SIDE_AUTO}
+ABI_VERSION = 1
+
+# Target name -> handler symbol prefix in libgrass_jax_ffi.so (suffixed Cpu / Cuda).
+TARGETS = {
+    "grass_row_scores": "GrassRowScores",
+    "grass_select": "GrassSelect",
+    "grass_sparse_grad": "GrassSparseGrad",
+    "grass_sparse_adamw_step": "GrassSparseAdamWStep",
+    "grass_state_refresh": "GrassStateRefresh",
+    "grass_adamw_step": "GrassAdamWStep",
+}
+
+_c = ctypes
+_i64, _i32, _u32, _sz = _c.c_int64, _c.c_int32, _c.c_uint32, _c.c_size_t
+_p = _c.c_void_p
+_PROTOTYPES = {
+    "grass_version": (_c.c_char_p, []),
+    "grass_abi_version": (_u32, []),
+    "grass_status_string": (_c.c_char_p, [_i32]),
+    "grass_last_error_message": (_c.c_char_p, []),
+    "grass_context_create_cpu": (_i32, [_c.POINTER(_p)]),
+    "grass_context_create_cuda": (_i32, [_i32, _c.POINTER(_p)]),
+    "grass_cuda_available": (_i32, [_c.POINTER(_i32), _c.c_char_p, _sz]),
+    "grass_resolve_side": (_i32, [_i64, _i64, _i32, _c.POINTER(_i32), _c.POINTER(_i64),
+                                  _c.POINTER(_i64)]),
+    "grass_scores_workspace_size": (_i32, [_p, _i64, _i64, _i64, _i32, _i32, _c.POINTER(_sz)]),
+    "grass_select_workspace_size": (_i32, [_p, _i64, _i64, _c.POINTER(_sz)]),
+    "grass_sparse_grad_workspace_size": (_i32, [_p, _i64, _i64, _i64, _i32, _i64, _i32,
+                                                _c.POINTER(_sz)]),
+    "grass_sparse_adamw_workspace_size": (_i32, [_p, _i64, _i64, _i32, _i64, _c.POINTER(_sz)]),
+    "grass_adamw_workspace_size": (_i32, [_p, _i64, _c.POINTER(_sz)]),
+    "grass_state_refresh_workspace_size": (_i32, [_p, _p, _i64, _i64, _c.POINTER(_sz)]),
+    "grass_adamw_config_init": (_i32, [_p]),
+}
+
+
+class _AdamWConfig(ctypes.Structure):
+    """grass_adamw_config, as far as the workspace query of a state refresh reads it."""
+
+    _fields_ = [
+        ("struct_size", _sz), ("beta1", _c.c_float), ("beta2", _c.c_float),
+        ("eps", _c.c_float), ("weight_decay", _c.c_float), ("decay_mode", _i32),
+        ("alpha", _c.c_float), ("refresh_mode", _i32), ("state_dtype", _i32),
+    ]
+
+
+@functools.cache
+def libgrass():
+    """libgrass.so, from this package (where `pip install` put it) or $GRASS_JAX_LIBGRASS."""
+    path = os.environ.get("GRASS_JAX_LIBGRASS", str(_HERE / "libgrass.so"))
+    # RTLD_GLOBAL: the handler library then binds to this very copy of libgrass.
+    lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    for name, (res, args) in _PROTOTYPES.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = res, args
+    if lib.grass_abi_version() != ABI_VERSION:
+        raise ImportError(
+            f"{path} implements grass ABI {lib.grass_abi_version()}, this package needs "
+            f"{ABI_VERSION}: rebuild the binding against the library you load"
+        )
+    return lib
+
+
+@functools.cache
+def handlers():
+    return ctypes.CDLL(str(_HERE / "libgrass_jax_ffi.so"))
+
+
+_registered = False
+_register_lock = threading.Lock()
+
+
+def register():
+    """Registers every handler for platforms "cpu" and "CUDA" (idempotent)."""
+    global _registered
+    with _register_lock:
+        if _registered:
+            return
+        libgrass()
+        h = handlers()
+        for target, symbol in TARGETS.items():
+            for platform, suffix in (("cpu", "Cpu"), ("CUDA", "Cuda")):
+                capsule = jax.ffi.pycapsule(getattr(h, symbol + suffix))
+                jax.ffi.register_ffi_target(target, capsule, platform=platform)
+        _registered = True
+
+
+def check(status, fn):
+    if status != 0:
+        raise GrassError.from_status(libgrass(), status, fn)
+
+
+def version():
+    return libgrass().grass_version().decode()
+
+
+def cuda_available():
+    """(available, reason) as libgrass sees it."""
+    ok, buf = ctypes.c_int32(0), ctypes.create_string_buffer(512)
+    check(libgrass().grass_cuda_available(ctypes.byref(ok), buf, len(buf)), "grass_cuda_available")
+    return bool(ok.value), buf.value.decode(errors="replace")
+
+
+_contexts = {}
+_ctx_lock = threading.Lock()
+
+
+def _context(kind, ordinal=0):
+    with _ctx_lock:
+        key = (kind, ordinal)
+        if key not in _contexts:
+            ctx = ctypes.c_void_p()
+            lib = libgrass()
+            if kind == "cpu":
+                check(lib.grass_context_create_cpu(ctypes.byref(ctx)), "grass_context_create_cpu")
+            else:
+                check(lib.grass_context_create_cuda(ordinal, ctypes.byref(ctx)),
+                      "grass_context_create_cuda")
+            _contexts[key] = ctx  # kept for the life of the process, like the handlers' own
+        return _contexts[key]
+
+
+def _gpu_ordinals():
+    try:
+        return sorted({d.local_hardware_id for d in jax.local_devices(backend="gpu")})
+    except RuntimeError:
+        return []
+
+
+def query_contexts():
+    """Contexts whose workspace sizes bound a call: the CPU one, plus one CUDA context per
+    local GPU when JAX has a GPU backend (a traced call may be lowered for either)."""
+    return [_context("cpu")] + [_context("cuda", o) for o in _gpu_ordinals()]
+
+
+def _workspace(fn_name, *args):
+    fn = getattr(libgrass(), fn_name)
+    need = 0
+    for ctx in query_contexts():
+        out = ctypes.c_size_t(0)
+        check(fn(ctx, *args, ctypes.byref(out)), fn_name)
+        need = max(need, out.value)
+    return need
+
+
+def scores_workspace(m, n, b, side, dtype):
+    return _workspace("grass_scores_workspace_size", m, n, b, side, dtype)
+
+
+def select_workspace(d, r):
+    return _workspace("grass_select_workspace_size", d, r)
+
+
+def sparse_grad_workspace(m, n, b, side, r, dtype):
+    return _workspace("grass_sparse_grad_workspace_size", m, n, b, side, r, dtype)
+
+
+def sparse_adamw_workspace(m, n, side, r):
+    return _workspace("grass_sparse_adamw_workspace_size", m, n, side, r)
+
+
+def adamw_workspace(numel):
+    return _workspace("grass_adamw_workspace_size", numel)
+
+
+def state_refresh_workspace(refresh_mode, state_dtype, r, k):
+    cfg = _AdamWConfig()
+    check(libgrass().grass_adamw_config_init(ctypes.byref(cfg)), "grass_adamw_config_init")
+    if cfg.struct_size != ctypes.sizeof(_AdamWConfig):
+        raise ImportError("grass_adamw_config in libgrass differs from this binding's copy")
+    cfg.refresh_mode, cfg.state_dtype = refresh_mode, state_dtype
+    return _workspace("grass_state_refresh_workspace_size", ctypes.byref(cfg), r, k)
+
+
+@functools.cache
+def resolve_side(m, n, side):
+    """(side, d, k) for an m x n weight: the resolved side, projected and kept dimension."""
+    s, d, k = ctypes.c_int32(), ctypes.c_int64(), ctypes.c_int64()
+    check(libgrass().grass_resolve_side(m, n, side, ctypes.byref(s), ctypes.byref(d),
+                                        ctypes.byref(k)), "grass_resolve_side")
+    return s.value, d.value, k.value

@@ -1,0 +1,211 @@
+"""The layer-1 ops of libgrass as JAX functions (one `jax.ffi.ffi_call` each).
+
+Every op runs on CPU and on CUDA with the same code. Scratch is an extra result of the call,
+sized at trace time by libgrass's *_workspace_size query (the largest over the platforms JAX
+has here, so that one traced call lowers to either); shapes, ranks and dtypes are checked by
+those queries too, so most bad arguments raise `GrassError` at trace time. Ops that update
+state in place alias their inputs to their outputs (`input_output_aliases`): donate the
+buffers to `jax.jit` to have the update happen without a copy.
+
+vmap: every op batches as a loop of calls, one per batch element (vmap_method="sequential").
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _lib
+
+_VMAP = "sequential"
+
+
+def _dtype_code(dtype, what):
+    dtype = jnp.dtype(dtype)
+    codes = {jnp.dtype(jnp.float32): _lib.DTYPE_F32, jnp.dtype(jnp.bfloat16): _lib.DTYPE_BF16,
+             jnp.dtype(jnp.float16): _lib.DTYPE_F16}
+    if dtype not in codes:
+        raise TypeError(f"{what} must be float32, bfloat16 or float16, got {dtype}")
+    return codes[dtype]
+
+
+def _state_code(dtype):
+    code = _dtype_code(dtype, "optimizer states")
+    if code == _lib.DTYPE_F16:
+        raise TypeError("optimizer states must be float32 or bfloat16, got float16")
+    return code
+
+
+def _side_code(side):
+    if isinstance(side, str):
+        if side not in _lib.SIDES:
+            raise ValueError(f"side must be one of {sorted(_lib.SIDES)}, got {side!r}")
+        return _lib.SIDES[side]
+    return int(side)
+
+
+def _enum(table, value, what):
+    if isinstance(value, str):
+        if value not in table:
+            raise ValueError(f"{what} must be one of {sorted(table)}, got {value!r}")
+        return table[value]
+    return int(value)
+
+
+def resolve_side(m, n, side="auto"):
+    """(side, d, k) for an m x n weight: side is "rows" or "cols"; compressed tensors are d-long
+    scores and r x k gradients and states."""
+    s, d, k = _lib.resolve_side(int(m), int(n), _side_code(side))
+    return ("rows" if s == _lib.SIDE_ROWS else "cols"), d, k
+
+
+def _activations(x, dy, what):
+    if x.ndim != 2 or dy.ndim != 2 or x.shape[0] != dy.shape[0]:
+        raise ValueError(f"{what}: x must be (b, n) and dy (b, m), got {x.shape} and {dy.shape}")
+    if x.dtype != dy.dtype:
+        raise TypeError(f"{what}: x and dy must have one dtype, got {x.dtype} and {dy.dtype}")
+    b, n = x.shape
+    return b, n, dy.shape[1], _dtype_code(x.dtype, "x")
+
+
+def _ws(nbytes):
+    return jax.ShapeDtypeStruct((int(nbytes),), jnp.uint8)
+
+
+def row_scores(x, dy, side="auto"):
+    """Exact norms of the rows (side rows) or columns (side cols) of G = dyᵀx: f32[d]."""
+    _lib.register()
+    b, n, m, dt = _activations(x, dy, "row_scores")
+    s, d, _ = _lib.resolve_side(m, n, _side_code(side))
+    ws = _lib.scores_workspace(m, n, b, s, dt)
+    scores, _ = jax.ffi.ffi_call(
+        "grass_row_scores",
+        (jax.ShapeDtypeStruct((d,), jnp.float32), _ws(ws)),
+        vmap_method=_VMAP,
+    )(x, dy, side=np.int32(s))
+    return scores
+
+
+def select(scores, refresh_index, *, rank, method="multinomial_nr", power=2,
+           scaling="unbiased", seed=0, layer_id=0):
+    """Chooses `rank` of the len(scores) indices: (indices i32[rank] sorted, scales f32[rank]).
+    The choice is a function of (scores, seed, layer_id, refresh_index) only, identical on
+    every device. `refresh_index` is a uint32 scalar array (it may be traced)."""
+    _lib.register()
+    if scores.ndim != 1 or scores.dtype != jnp.float32:
+        raise ValueError(f"scores must be a float32 vector, got {scores.dtype}{scores.shape}")
+    d, r = scores.shape[0], int(rank)
+    ws = _lib.select_workspace(d, r)
+    indices, scales, _ = jax.ffi.ffi_call(
+        "grass_select",
+        (jax.ShapeDtypeStruct((r,), jnp.int32), jax.ShapeDtypeStruct((r,), jnp.float32), _ws(ws)),
+        vmap_method=_VMAP,
+    )(scores, jnp.asarray(refresh_index, jnp.uint32),
+      rank=np.int64(r), method=np.int32(_enum(_lib.METHODS, method, "method")),
+      power=np.int32(power), scaling=np.int32(_enum(_lib.SCALINGS, scaling, "scaling")),
+      seed=np.uint64(seed), layer_id=np.uint32(layer_id))
+    return indices, scales
+
+
+def sparse_grad(x, dy, indices, scales, side="auto"):
+    """The compressed gradient g = PᵀG (f32[r, k]) straight from x (b, n) and dy (b, m):
+    row j = scales[j] · Σ_t A[t, indices[j]] · B[t, :], (A, B) = (dy, x) for rows, (x, dy) for
+    cols. The m x n gradient is never formed."""
+    _lib.register()
+    b, n, m, dt = _activations(x, dy, "sparse_grad")
+    s, _, k = _lib.resolve_side(m, n, _side_code(side))
+    r = indices.shape[0]
+    ws = _lib.sparse_grad_workspace(m, n, b, s, r, dt)
+    g, _ = jax.ffi.ffi_call(
+        "grass_sparse_grad",
+        (jax.ShapeDtypeStruct((r, k), jnp.float32), _ws(ws)),
+        vmap_method=_VMAP,
+    )(x, dy, jnp.asarray(indices, jnp.int32), jnp.asarray(scales, jnp.float32), side=np.int32(s))
+    return g
+
+
+def _hyper(beta1, beta2, eps, weight_decay, decay_mode):
+    return dict(beta1=np.float32(beta1), beta2=np.float32(beta2), eps=np.float32(eps),
+                weight_decay=np.float32(weight_decay),
+                decay_mode=np.int32(_enum(_lib.DECAY_MODES, decay_mode, "decay_mode")))
+
+
+def _lr(lr):
+    # The learning rate travels as a buffer (libgrass's lr_scale, with lr = 1), so a schedule
+    # that depends on the step counter needs no recompilation.
+    return jnp.asarray(lr, jnp.float32).reshape(())
+
+
+def _step(step):
+    return jnp.asarray(step, jnp.int32).reshape(())
+
+
+def sparse_adamw_step(w, indices, scales, g, m_state, v_state, step, lr, *, side="auto",
+                      beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                      decay_mode="selected", alpha=1.0):
+    """The compressed AdamW step, in place: returns (w, m_state, v_state, step, skipped).
+    w (m x n) gets `-lr·α·ρ_j·u_j` added into row / column indices[j]; M and V (r x k, f32 or
+    bf16) and the int32 step counter advance. A non-finite g or lr skips the step (skipped=1)
+    and changes nothing. w, M, V and step are aliased to the outputs."""
+    _lib.register()
+    if w.ndim != 2:
+        raise ValueError(f"w must be 2-D, got {w.shape}")
+    m, n = w.shape
+    _dtype_code(w.dtype, "w")
+    s, _, k = _lib.resolve_side(m, n, _side_code(side))
+    r = indices.shape[0]
+    _state_code(m_state.dtype)
+    ws = _lib.sparse_adamw_workspace(m, n, s, r)
+    sd = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
+    out = jax.ffi.ffi_call(
+        "grass_sparse_adamw_step",
+        (sd(w), sd(m_state), sd(v_state), jax.ShapeDtypeStruct((), jnp.int32),
+         jax.ShapeDtypeStruct((), jnp.int32), _ws(ws)),
+        input_output_aliases={0: 0, 4: 1, 5: 2, 6: 3},
+        vmap_method=_VMAP,
+    )(w, jnp.asarray(indices, jnp.int32), jnp.asarray(scales, jnp.float32),
+      jnp.asarray(g, jnp.float32).reshape(r, k), m_state, v_state, _step(step), _lr(lr),
+      side=np.int32(s), alpha=np.float32(alpha), lr=np.float32(1.0),
+      **_hyper(beta1, beta2, eps, weight_decay, decay_mode))
+    return tuple(out[:5])
+
+
+def state_refresh(old_indices, new_indices, m_state, v_state, step, *, refresh_mode="reset"):
+    """Adapts M and V (r x k) to a new selection, in place: returns (m_state, v_state, step).
+    "reset" zeroes them and the step; "carry" keeps the rows of indices selected before and
+    after (both index vectors sorted) and zeroes the others."""
+    _lib.register()
+    mode = _enum(_lib.REFRESH_MODES, refresh_mode, "refresh_mode")
+    r, k = m_state.shape
+    ws = _lib.state_refresh_workspace(mode, _state_code(m_state.dtype), r, k)
+    sd = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
+    out = jax.ffi.ffi_call(
+        "grass_state_refresh",
+        (sd(m_state), sd(v_state), jax.ShapeDtypeStruct((), jnp.int32), _ws(ws)),
+        input_output_aliases={2: 0, 3: 1, 4: 2},
+        vmap_method=_VMAP,
+    )(jnp.asarray(old_indices, jnp.int32), jnp.asarray(new_indices, jnp.int32), m_state,
+      v_state, _step(step), refresh_mode=np.int32(mode))
+    return tuple(out[:3])
+
+
+def adamw_step(w, grad, m_state, v_state, step, lr, *, beta1=0.9, beta2=0.999, eps=1e-8,
+               weight_decay=0.0, decay_mode="selected"):
+    """Plain AdamW on a dense parameter, in place: returns (w, m_state, v_state, step, skipped).
+    Weight decay applies to every element unless decay_mode is "off"."""
+    _lib.register()
+    _dtype_code(w.dtype, "w")
+    _dtype_code(grad.dtype, "grad")
+    _state_code(m_state.dtype)
+    if grad.size != w.size or m_state.size != w.size or v_state.size != w.size:
+        raise ValueError("w, grad, m_state and v_state must have the same size")
+    ws = _lib.adamw_workspace(max(int(w.size), 1))
+    sd = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
+    out = jax.ffi.ffi_call(
+        "grass_adamw_step",
+        (sd(w), sd(m_state), sd(v_state), jax.ShapeDtypeStruct((), jnp.int32),
+         jax.ShapeDtypeStruct((), jnp.int32), _ws(ws)),
+        input_output_aliases={0: 0, 2: 1, 3: 2, 4: 3},
+        vmap_method=_VMAP,
+    )(w, grad, m_state, v_state, _step(step), _lr(lr), lr=np.float32(1.0),
+      **_hyper(beta1, beta2, eps, weight_decay, decay_mode))
+    return tuple(out[:5])

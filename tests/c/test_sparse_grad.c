@@ -112,6 +112,44 @@ static void check_micro_batches(grass_context* ctx) {
   free(dy);
 }
 
+/* Workspaces are untyped bytes: any start address works with exactly the queried size. */
+static void check_workspace_offsets(grass_context* ctx) {
+  const int64_t m = 30, n = 20, b = 8, r = 6;
+  tk_rng rng = {88};
+  void* x = tk_random_tensor(&rng, GRASS_DTYPE_BF16, (size_t)(b * n), 1.0f, NULL);
+  void* dy = tk_random_tensor(&rng, GRASS_DTYPE_BF16, (size_t)(b * m), 1.0f, NULL);
+  float scores[30], scales[6], g[6 * 20], ms[6 * 20] = {0}, vs[6 * 20] = {0};
+  int32_t idx[6];
+  int32_t step = 0;
+  grass_projection_config pc;
+  TK_OK(grass_projection_config_init(&pc));
+  pc.rank = r;
+  pc.side = GRASS_SIDE_ROWS;
+  grass_adamw_config ac;
+  TK_OK(grass_adamw_config_init(&ac));
+  ac.refresh_mode = GRASS_REFRESH_CARRY;
+  size_t sizes[4];
+  TK_OK(grass_scores_workspace_size(ctx, m, n, b, GRASS_SIDE_ROWS, GRASS_DTYPE_BF16, &sizes[0]));
+  TK_OK(grass_select_workspace_size(ctx, m, r, &sizes[1]));
+  TK_OK(grass_sparse_grad_workspace_size(ctx, m, n, b, GRASS_SIDE_ROWS, r, GRASS_DTYPE_BF16,
+                                         &sizes[2]));
+  TK_OK(grass_state_refresh_workspace_size(ctx, &ac, r, n, &sizes[3]));
+  for (size_t off = 0; off < 64; off += 3) {
+    unsigned char* ws[4];
+    for (int i = 0; i < 4; ++i) ws[i] = (unsigned char*)malloc(sizes[i] + off);
+    TK_OK(grass_row_scores(ctx, m, n, b, GRASS_SIDE_ROWS, GRASS_DTYPE_BF16, x, dy, scores,
+                           ws[0] + off, sizes[0], NULL));
+    TK_OK(grass_select(ctx, &pc, m, 0, scores, idx, scales, ws[1] + off, sizes[1], NULL));
+    TK_OK(grass_sparse_grad(ctx, m, n, b, GRASS_SIDE_ROWS, r, GRASS_DTYPE_BF16, x, dy, idx,
+                            scales, g, 0, ws[2] + off, sizes[2], NULL));
+    TK_OK(grass_state_refresh(ctx, &ac, r, n, idx, idx, ms, vs, &step, ws[3] + off, sizes[3],
+                              NULL));
+    for (int i = 0; i < 4; ++i) free(ws[i]);
+  }
+  free(x);
+  free(dy);
+}
+
 int main(void) {
   grass_context* ctx = tk_cpu();
   const grass_dtype dtypes[] = {GRASS_DTYPE_F32, GRASS_DTYPE_BF16, GRASS_DTYPE_F16};
@@ -128,6 +166,7 @@ int main(void) {
   }
   check_grad(ctx, 300, 200, 64, GRASS_SIDE_ROWS, GRASS_DTYPE_BF16, 1, seed++);
   check_micro_batches(ctx);
+  check_workspace_offsets(ctx);
   grass_context_destroy(ctx);
   return tk_report("test_sparse_grad");
 }

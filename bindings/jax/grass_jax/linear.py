@@ -1,0 +1,176 @@
+"""grass_linear: a linear layer whose weight gradient leaves the backward pass compressed.
+
+    y = x @ w.T              w: (m, n) = (out, in), x: (..., n), y: (..., m)
+
+The backward pass returns dx = dy @ w as usual, but no gradient for w: the cotangent of w is
+zero by construction (w is used like `stop_gradient(w)`). The gradient goes instead to the
+`Projection` passed beside w: the cotangent of its `sink` (r x k) is the compressed gradient
+g = PᵀG, computed by `ops.sparse_grad` from x and dy, and at a refresh step the cotangent of
+its `score_sink` (d) holds the exact row scores the new rows were chosen from. So XLA never
+forms the m x n weight gradient.
+
+The rule for users: a GRASS weight reaches the loss only through grass_linear, once per
+training step, with the Projection the optimizer made for it (`grass_adamw.projections`).
+Differentiate with respect to the projections too (`allow_int=True`, since they carry the
+integer row indices) and hand both gradients to the optimizer's `step`.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from . import ops
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerConfig:
+    """What is fixed about one GRASS layer (static under jit)."""
+
+    m: int
+    n: int
+    side: str            # "rows" or "cols", resolved
+    d: int               # projected dimension
+    k: int               # kept dimension: g, M and V are rank x k
+    rank: int
+    method: str = "multinomial_nr"
+    power: int = 2
+    scaling: str = "unbiased"
+    seed: int = 0
+    layer_id: int = 0
+    axis_name: Any = None        # data-parallel mesh axis (inside shard_map), or None
+    dp_scores: str = "exact"     # how scores are combined across axis_name: "exact" | "sum_sq"
+    dp_chunk_elems: int = 1 << 22
+
+    @staticmethod
+    def make(m, n, rank, side="auto", **kw):
+        side, d, k = ops.resolve_side(m, n, side)
+        return LayerConfig(m=m, n=n, side=side, d=d, k=k, rank=min(int(rank), d), **kw)
+
+
+@jax.tree_util.register_pytree_node_class
+class Projection:
+    """The selection of one GRASS layer for one step, and the sinks its gradient flows into.
+
+    indices (i32[r]) and scales (f32[r]) are the current rows σ and scales ρ; `refresh` says
+    whether this step chooses new rows (from this step's exact scores, at refresh index
+    `refresh_index`, u32) before compressing. `refresh` is either a traced bool (one compiled
+    step, a `lax.cond` inside) or a Python bool (static: compile a refresh step and a plain one).
+    """
+
+    def __init__(self, indices, scales, sink, score_sink, refresh_index, refresh, config):
+        self.indices, self.scales = indices, scales
+        self.sink, self.score_sink = sink, score_sink
+        self.refresh_index, self.refresh = refresh_index, refresh
+        self.config = config
+
+    @property
+    def static_refresh(self) -> Optional[bool]:
+        return self.refresh if isinstance(self.refresh, bool) else None
+
+    def tree_flatten(self):
+        children = (self.indices, self.scales, self.sink, self.score_sink, self.refresh_index)
+        if isinstance(self.refresh, bool):
+            return children, (self.config, self.refresh)
+        return children + (self.refresh,), (self.config, None)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        config, static = aux
+        refresh = static if static is not None else children[5]
+        return cls(*children[:5], refresh, config)
+
+    def __repr__(self):
+        return f"Projection({self.config.m}x{self.config.n}, side={self.config.side}, " \
+               f"rank={self.config.rank}, refresh={self.refresh})"
+
+
+def grass_linear(x, w, proj: Projection):
+    """y = x @ w.T, with the compressed weight gradient routed to `proj` (see module doc)."""
+    cfg = proj.config
+    if w.shape != (cfg.m, cfg.n):
+        raise ValueError(f"w has shape {w.shape} but its projection was made for "
+                         f"({cfg.m}, {cfg.n})")
+    if x.shape[-1] != cfg.n:
+        raise ValueError(f"x has {x.shape[-1]} features, w expects {cfg.n}")
+    if x.dtype != w.dtype:
+        raise TypeError(f"x ({x.dtype}) and w ({w.dtype}) must have one dtype")
+    refresh = proj.refresh
+    static = proj.static_refresh
+    if static is not None:
+        refresh = jnp.bool_(static)  # unused placeholder; the static flag decides
+    return _linear(cfg, static, x, w, proj.indices, proj.scales, proj.sink, proj.score_sink,
+                   proj.refresh_index, refresh)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _linear(cfg, static, x, w, indices, scales, sink, score_sink, refresh_index, refresh):
+    return x @ w.T
+
+
+def _linear_fwd(cfg, static, x, w, indices, scales, sink, score_sink, refresh_index, refresh):
+    return x @ w.T, (x, w, indices, scales, refresh_index, refresh)
+
+
+def _linear_bwd(cfg, static, res, dy):
+    x, w, indices, scales, refresh_index, refresh = res
+    dx = (dy @ w).astype(x.dtype)
+    x2 = x.reshape(-1, cfg.n)
+    dy2 = dy.reshape(-1, cfg.m).astype(x.dtype)
+
+    def fresh():
+        scores = layer_scores(cfg, x2, dy2)
+        idx, sc = select_rows(cfg, scores, refresh_index)
+        return idx, sc, scores
+
+    def kept():
+        return indices, scales, jnp.zeros((cfg.d,), jnp.float32)
+
+    if static is None:
+        idx, sc, scores = lax.cond(refresh, fresh, kept)
+    else:
+        idx, sc, scores = fresh() if static else kept()
+    g = ops.sparse_grad(x2, dy2, idx, sc, cfg.side)
+    return dx, None, None, None, g, scores, None, None
+
+
+_linear.defvjp(_linear_fwd, _linear_bwd)
+
+
+def select_rows(cfg: LayerConfig, scores, refresh_index):
+    return ops.select(scores, refresh_index, rank=cfg.rank, method=cfg.method, power=cfg.power,
+                      scaling=cfg.scaling, seed=cfg.seed, layer_id=cfg.layer_id)
+
+
+def layer_scores(cfg: LayerConfig, x2, dy2):
+    """Row scores of this step's weight gradient, identical on every device of cfg.axis_name.
+
+    One device: exact norms from `ops.row_scores`. Data parallel (the gradient is the mean of
+    the devices' gradients, as the optimizer averages them):
+      "exact"  the rows of the mean gradient, built chunk by chunk (`ops.sparse_grad` with
+               identity selection, rank-chunk x k) and averaged with `pmean`, then their norms:
+               exact, memory chunk x k, communication m·n floats once per refresh.
+      "sum_sq" sqrt(mean over devices of each device's squared row norms): d floats of
+               communication, but only an estimate (it ignores cross-device terms).
+    """
+    if cfg.axis_name is None:
+        return ops.row_scores(x2, dy2, cfg.side)
+    if cfg.dp_scores == "sum_sq":
+        s = ops.row_scores(x2, dy2, cfg.side)
+        return jnp.sqrt(lax.pmean(s * s, cfg.axis_name))
+    if cfg.dp_scores != "exact":
+        raise ValueError(f"dp_scores must be 'exact' or 'sum_sq', got {cfg.dp_scores!r}")
+    chunk = max(1, min(cfg.d, cfg.dp_chunk_elems // max(cfg.k, 1)))
+    starts = jnp.arange(0, cfg.d, chunk, dtype=jnp.int32)
+    ones = jnp.ones((chunk,), jnp.float32)
+
+    def body(carry, start):
+        idx = jnp.minimum(start + jnp.arange(chunk, dtype=jnp.int32), cfg.d - 1)
+        rows = lax.pmean(ops.sparse_grad(x2, dy2, idx, ones, cfg.side), cfg.axis_name)
+        return carry, jnp.sqrt(jnp.sum(rows * rows, axis=1))
+
+    _, norms = lax.scan(body, None, starts)
+    return norms.reshape(-1)[: cfg.d]

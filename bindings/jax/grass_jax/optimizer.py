@@ -1,0 +1,285 @@
+"""grass_adamw: GRASS for the projected weights, any optax transform for the rest.
+
+    opt = grass_adamw(1e-3, grass_mask=mask, rank=64, refresh_every=200)
+    state = opt.init(params)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def train_step(params, state, batch):
+        proj = opt.projections(params, state)
+        loss, grads = opt.value_and_grad(loss_fn)(params, proj, batch)
+        params, state = opt.step(params, grads, state)
+        return params, state, loss
+
+The state is a pytree of arrays (save it with `save_state`, or any checkpointer): a step
+counter, and for each GRASS weight its row indices σ, scales ρ, Adam moments M and V (r x k),
+Adam step, refresh counter and last-skipped flag; for the other leaves the dense optimizer's
+state. The interface is optax-like (init / step) rather than optax's init / update because
+GRASS writes W in place (a scatter into r rows); an `update` returning W_new - W would build
+the m x n tensor GRASS exists to avoid.
+"""
+
+from typing import Any, Callable, NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from . import ops
+from .linear import LayerConfig, Projection, select_rows
+
+
+class GrassLayerState(NamedTuple):
+    indices: jax.Array        # i32[r], sorted
+    scales: jax.Array         # f32[r]
+    m: jax.Array              # [r, k], f32 or bf16
+    v: jax.Array              # [r, k]
+    step: jax.Array           # i32[], Adam step since the last reset
+    refresh_count: jax.Array  # u32[], refreshes done (the next refresh's index)
+    skipped: jax.Array        # i32[], 1 if the last step was skipped (non-finite gradient)
+
+
+class DenseAdamWState(NamedTuple):
+    """State of the built-in dense AdamW (grass's own op) for one leaf."""
+
+    m: jax.Array
+    v: jax.Array
+    step: jax.Array
+    skipped: jax.Array
+
+
+class GrassState(NamedTuple):
+    count: jax.Array   # i32[], optimizer steps taken
+    layers: Any        # params-shaped: GrassLayerState at GRASS leaves, None elsewhere
+    dense: Any         # state of the dense optimizer over the other leaves
+
+
+def _is_node(x):
+    return x is None or isinstance(x, (GrassLayerState, DenseAdamWState, Projection))
+
+
+def _aligned(tree, treedef):
+    """The leaves of a params-shaped tree whose entries may be None or a state node, one per
+    leaf of `treedef`."""
+    items = jax.tree_util.tree_flatten(tree, is_leaf=_is_node)[0]
+    if len(items) != treedef.num_leaves:
+        raise ValueError("tree does not have the structure of the parameters")
+    return items
+
+
+class grass_adamw:
+    """GRASS (compressed AdamW over selected rows) for the leaves `grass_mask` selects, and
+    `dense` (an optax GradientTransformation; default: grass's own in-place AdamW with the same
+    hyper-parameters) for the others.
+
+    learning_rate   float or optax-style schedule `count -> lr` (traced: no recompilation)
+    grass_mask      params-shaped tree of bools, or `fn(path, leaf) -> bool`; each selected
+                    leaf is an (m, n) weight used through `grass_linear`
+    rank            r (capped at the projected dimension); refresh_every: K
+    method, power, scaling, side, seed: the row selection (see grass.h)
+    b1, b2, eps, weight_decay, decay_mode ("off" | "selected" | "dense"), alpha,
+    refresh_mode ("reset" | "carry"), state_dtype (float32 | bfloat16): the compressed AdamW
+    axis_name       data parallel: the mesh axis (inside shard_map) whose devices each see a
+                    part of the batch. Gradients are averaged over it (compressed ones only)
+                    and row scores combined by `dp_scores` ("exact" | "sum_sq", see
+                    linear.layer_scores), so that every device selects the same rows.
+    """
+
+    def __init__(self, learning_rate: Union[float, Callable], *, grass_mask, rank=256,
+                 refresh_every=200, method="multinomial_nr", power=2, scaling="unbiased",
+                 side="auto", seed=0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+                 decay_mode="selected", alpha=1.0, refresh_mode="reset",
+                 state_dtype=jnp.float32, dense=None, axis_name=None, dp_scores="exact",
+                 dp_chunk_elems=1 << 22):
+        if refresh_every < 1:
+            raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
+        if dp_scores not in ("exact", "sum_sq"):
+            raise ValueError(f"dp_scores must be 'exact' or 'sum_sq', got {dp_scores!r}")
+        self.learning_rate = learning_rate
+        self.grass_mask = grass_mask
+        self.rank, self.refresh_every = int(rank), int(refresh_every)
+        self.selection = dict(method=method, power=int(power), scaling=scaling, seed=int(seed))
+        self.side = side
+        self.adam = dict(beta1=b1, beta2=b2, eps=eps, weight_decay=weight_decay,
+                         decay_mode=decay_mode)
+        self.alpha, self.refresh_mode = alpha, refresh_mode
+        self.state_dtype = jnp.dtype(state_dtype)
+        self.dense = dense
+        self.axis_name, self.dp_scores, self.dp_chunk_elems = axis_name, dp_scores, dp_chunk_elems
+
+    # -- structure ---------------------------------------------------------------------------
+
+    def _mask(self, params):
+        leaves_p, treedef = jax.tree_util.tree_flatten_with_path(params)
+        if callable(self.grass_mask):
+            mask = [bool(self.grass_mask(path, leaf)) for path, leaf in leaves_p]
+        else:
+            mask = treedef.flatten_up_to(self.grass_mask)
+            mask = [bool(m) for m in mask]
+        return [leaf for _, leaf in leaves_p], treedef, mask
+
+    def layer_configs(self, params):
+        """LayerConfig per GRASS leaf (None elsewhere), in flattened order. layer_id counts the
+        GRASS leaves in that order, so each layer draws its rows independently."""
+        leaves, treedef, mask = self._mask(params)
+        configs, layer_id = [], 0
+        for leaf, is_grass in zip(leaves, mask):
+            if not is_grass:
+                configs.append(None)
+                continue
+            if jnp.ndim(leaf) != 2:
+                raise ValueError(f"a GRASS leaf must be a 2-D (out, in) weight, got shape "
+                                 f"{jnp.shape(leaf)}")
+            m, n = jnp.shape(leaf)
+            configs.append(LayerConfig.make(
+                m, n, self.rank, self.side, layer_id=layer_id, axis_name=self.axis_name,
+                dp_scores=self.dp_scores, dp_chunk_elems=self.dp_chunk_elems, **self.selection))
+            layer_id += 1
+        return leaves, treedef, configs
+
+    def _dense_params(self, leaves, treedef, configs):
+        return treedef.unflatten([None if c else p for p, c in zip(leaves, configs)])
+
+    # -- init --------------------------------------------------------------------------------
+
+    def init(self, params) -> GrassState:
+        leaves, treedef, configs = self.layer_configs(params)
+        layers = []
+        for c in configs:
+            if c is None:
+                layers.append(None)
+                continue
+            # Distinct buffers (never one array twice): the state is donated to jit.
+            z = lambda: jnp.zeros((c.rank, c.k), self.state_dtype)
+            layers.append(GrassLayerState(
+                indices=jnp.zeros((c.rank,), jnp.int32), scales=jnp.ones((c.rank,), jnp.float32),
+                m=z(), v=z(), step=jnp.zeros((), jnp.int32), refresh_count=jnp.zeros((), jnp.uint32),
+                skipped=jnp.zeros((), jnp.int32)))
+        dense_params = self._dense_params(leaves, treedef, configs)
+        if self.dense is None:
+            dense = jax.tree_util.tree_map(
+                lambda p: DenseAdamWState(jnp.zeros(p.shape, self.state_dtype),
+                                          jnp.zeros(p.shape, self.state_dtype),
+                                          jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)),
+                dense_params)
+        else:
+            dense = self.dense.init(dense_params)
+        return GrassState(jnp.zeros((), jnp.int32), treedef.unflatten(layers), dense)
+
+    # -- one training step -------------------------------------------------------------------
+
+    def refresh_due(self, state):
+        """Traced bool: whether the coming step chooses new rows (every refresh_every steps,
+        starting with the first)."""
+        return state.count % self.refresh_every == 0
+
+    def projections(self, params, state, refresh: Optional[bool] = None):
+        """Params-shaped tree: a Projection for each GRASS leaf, None elsewhere. Pass it to the
+        loss and use `grass_linear(x, w, proj[...])` for each GRASS weight.
+
+        refresh=None decides on the device (`lax.cond`, one compiled step); True / False
+        decides at trace time, for a loop that calls a refresh step every refresh_every steps
+        (`opt.refresh_due_host(step)`) and a plain one otherwise."""
+        leaves, treedef, configs = self.layer_configs(params)
+        layers = _aligned(state.layers, treedef)
+        flag = self.refresh_due(state) if refresh is None else bool(refresh)
+        out = []
+        for c, ls in zip(configs, layers):
+            if c is None:
+                out.append(None)
+                continue
+            out.append(Projection(ls.indices, ls.scales, jnp.zeros((c.rank, c.k), jnp.float32),
+                                  jnp.zeros((c.d,), jnp.float32), ls.refresh_count, flag, c))
+        return treedef.unflatten(out)
+
+    def refresh_due_host(self, step: int) -> bool:
+        return step % self.refresh_every == 0
+
+    @staticmethod
+    def value_and_grad(fun, has_aux=False):
+        """`fun(params, projections, *args)` -> (value, (param_grads, projection_grads))."""
+        return jax.value_and_grad(fun, argnums=(0, 1), has_aux=has_aux, allow_int=True)
+
+    def _lr(self, count):
+        lr = self.learning_rate(count) if callable(self.learning_rate) else self.learning_rate
+        return jnp.asarray(lr, jnp.float32)
+
+    def _mean(self, tree):
+        if self.axis_name is None:
+            return tree
+        return lax.pmean(tree, self.axis_name)
+
+    def step(self, params, grads, state: GrassState):
+        """Applies one step: returns (params, state). `grads` is (param_grads,
+        projection_grads) from `value_and_grad`; the param grads of GRASS leaves are ignored
+        (zero by construction). Under data parallelism the gradients are averaged here."""
+        param_grads, proj_grads = grads
+        leaves, treedef, configs = self.layer_configs(params)
+        layers = _aligned(state.layers, treedef)
+        pcts = _aligned(proj_grads, treedef)
+        gleaves = treedef.flatten_up_to(param_grads)
+        lr = self._lr(state.count)
+        new_leaves, new_layers = list(leaves), list(layers)
+        for i, (w, c, ls, pct) in enumerate(zip(leaves, configs, layers, pcts)):
+            if c is None:
+                continue
+            if not isinstance(pct, Projection):
+                raise ValueError("projection_grads must hold a Projection for each GRASS leaf: "
+                                 "differentiate the loss with respect to the projections")
+            static = pct.static_refresh
+            refresh = self.refresh_due(state) if static is None else static
+            ls = self._maybe_refresh(c, ls, pct.score_sink, refresh)
+            g = self._mean(pct.sink)
+            w, m, v, st, skipped = ops.sparse_adamw_step(
+                w, ls.indices, ls.scales, g, ls.m, ls.v, ls.step, lr, side=c.side,
+                alpha=self.alpha, **self.adam)
+            new_leaves[i] = w
+            new_layers[i] = ls._replace(m=m, v=v, step=st, skipped=skipped)
+        dense = self._dense_step(leaves, gleaves, configs, treedef, state, lr, new_leaves)
+        return (treedef.unflatten(new_leaves),
+                GrassState(state.count + 1, treedef.unflatten(new_layers), dense))
+
+    def _maybe_refresh(self, c, ls, scores, refresh):
+        def fresh(ls):
+            # The same op on the same scores as in the backward pass: the same rows.
+            idx, sc = select_rows(c, scores, ls.refresh_count)
+            m, v, st = ops.state_refresh(ls.indices, idx, ls.m, ls.v, ls.step,
+                                         refresh_mode=self.refresh_mode)
+            return ls._replace(indices=idx, scales=sc, m=m, v=v, step=st,
+                               refresh_count=ls.refresh_count + jnp.uint32(1))
+
+        if isinstance(refresh, bool):
+            return fresh(ls) if refresh else ls
+        return lax.cond(refresh, fresh, lambda ls: ls, ls)
+
+    def _dense_step(self, leaves, gleaves, configs, treedef, state, lr, new_leaves):
+        """Steps the leaves that are not projected; writes them into new_leaves."""
+        idx = [i for i, c in enumerate(configs) if c is None]
+        grads = self._mean([gleaves[i] for i in idx])
+        if self.dense is None:
+            dstates = _aligned(state.dense, treedef)
+            out = list(dstates)
+            for i, g in zip(idx, grads):
+                ds = dstates[i]
+                w, m, v, st, sk = ops.adamw_step(leaves[i], g, ds.m, ds.v, ds.step, lr,
+                                                 **self.adam)
+                new_leaves[i] = w
+                out[i] = DenseAdamWState(m, v, st, sk)
+            return treedef.unflatten(out)
+        only = lambda items: treedef.unflatten(
+            [items.get(i) for i in range(treedef.num_leaves)])
+        dense_params = only({i: leaves[i] for i in idx})
+        dense_grads = only(dict(zip(idx, grads)))
+        updates, dense_state = self.dense.update(dense_grads, state.dense, dense_params)
+        updated = _aligned(optax.apply_updates(dense_params, updates), treedef)
+        for i in idx:
+            new_leaves[i] = updated[i]
+        return dense_state
+
+    # -- introspection -----------------------------------------------------------------------
+
+    def skipped(self, params, state):
+        """Params-shaped tree: 1 where the last step was skipped (non-finite gradient)."""
+        leaves, treedef, configs = self.layer_configs(params)
+        layers = _aligned(state.layers, treedef)
+        return treedef.unflatten([ls.skipped if ls is not None else None for ls in layers])

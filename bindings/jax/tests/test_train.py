@@ -1,0 +1,145 @@
+"""The optimizer over many steps: a model trains, full rank equals AdamW, checkpoints resume
+the same trajectory, a static refresh schedule equals the traced one, non-finite steps skip."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import assert_close
+import grass_jax as gj
+import model
+
+
+def copy(tree):
+    return jax.tree_util.tree_map(jnp.array, tree)
+
+
+def test_small_model_trains(platform):
+    params = model.init_params(jax.random.PRNGKey(0))
+    opt = gj.grass_adamw(3e-3, grass_mask=model.GRASS_MASK, rank=8, refresh_every=50,
+                         dense=optax.adamw(3e-3))
+    state = opt.init(params)
+    step = model.make_step(opt)
+    losses = []
+    for i in range(300):
+        ids, target = model.batch(jax.random.PRNGKey(i), 64)
+        params, state, loss = step(params, state, ids, target)
+        losses.append(float(loss))
+    first, last = np.mean(losses[:10]), np.mean(losses[-10:])
+    assert last < 0.3 * first, f"loss fell only from {first:.4f} to {last:.4f}"
+    assert int(state.count) == 300
+    assert int(state.layers["up"].refresh_count) == 6
+    assert not any(int(x) for x in jax.tree_util.tree_leaves(opt.skipped(params, state)))
+
+
+def test_full_rank_top_r_equals_adamw(platform):
+    """r = d, top_r, no scaling and one refresh: every row is selected, so the compressed
+    step is plain AdamW (the built-in dense AdamW serves the other leaves)."""
+    params = model.init_params(jax.random.PRNGKey(1))
+    lr = 1e-2
+    opt = gj.grass_adamw(lr, grass_mask=model.GRASS_MASK, rank=10_000, method="top_r",
+                         scaling="none", refresh_every=10_000, weight_decay=0.01,
+                         decay_mode="selected")
+    ref = optax.adamw(lr, weight_decay=0.01)
+    p_ref, s_ref = copy(params), ref.init(params)
+    state = opt.init(params)
+    step = model.make_step(opt)
+
+    @jax.jit
+    def ref_step(p, s, ids, target):
+        g = jax.grad(model.loss_fn)(p, None, ids, target)
+        u, s = ref.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    for i in range(12):
+        ids, target = model.batch(jax.random.PRNGKey(100 + i), 32)
+        params, state, _ = step(params, state, ids, target)
+        p_ref, s_ref = ref_step(p_ref, s_ref, ids, target)
+    for name in params:
+        # Adam normalises each element, so f32 rounding in tiny gradients shows up at ~lr·1e-3
+        assert_close(params[name], p_ref[name], scale=5.0, what=name)
+
+
+def run(opt, params, state, steps, start, refresh=None):
+    plain = {r: model.make_step(opt, refresh=r) for r in (True, False)} if refresh else None
+    traced = model.make_step(opt)
+    losses = []
+    for i in range(start, start + steps):
+        ids, target = model.batch(jax.random.PRNGKey(i), 32)
+        f = plain[opt.refresh_due_host(i)] if refresh else traced
+        params, state, loss = f(params, state, ids, target)
+        losses.append(float(loss))
+    return params, state, losses
+
+
+def test_checkpoint_round_trip_resumes_the_trajectory(platform, tmp_path):
+    opt = gj.grass_adamw(5e-3, grass_mask=model.GRASS_MASK, rank=6, refresh_every=7,
+                         refresh_mode="carry", dense=optax.adamw(5e-3))
+    params = model.init_params(jax.random.PRNGKey(2))
+    params, state, _ = run(opt, params, opt.init(params), 10, 0)
+    gj.save_state(tmp_path / "state.npz", state)
+    gj.save_state(tmp_path / "params.npz", params)
+    a_params, a_state, a_losses = run(opt, copy(params), copy(state), 10, 10)
+
+    fresh = model.init_params(jax.random.PRNGKey(99))
+    r_params = gj.load_state(tmp_path / "params.npz", fresh)
+    r_state = gj.load_state(tmp_path / "state.npz", opt.init(fresh))
+    b_params, b_state, b_losses = run(opt, r_params, r_state, 10, 10)
+    assert a_losses == b_losses
+    for x, y in zip(jax.tree_util.tree_leaves((a_params, a_state)),
+                    jax.tree_util.tree_leaves((b_params, b_state))):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="expected"):
+        gj.load_state(tmp_path / "state.npz", gj.grass_adamw(
+            1e-3, grass_mask=model.GRASS_MASK, rank=5, dense=optax.adamw(1e-3)).init(fresh))
+
+
+def test_static_refresh_schedule_equals_traced(platform):
+    opt = gj.grass_adamw(5e-3, grass_mask=model.GRASS_MASK, rank=6, refresh_every=4)
+    params = model.init_params(jax.random.PRNGKey(3))
+    a = run(opt, copy(params), opt.init(params), 9, 0)
+    b = run(opt, copy(params), opt.init(params), 9, 0, refresh=True)
+    np.testing.assert_allclose(a[2], b[2], rtol=1e-6)
+    np.testing.assert_array_equal(a[1].layers["down"].indices, b[1].layers["down"].indices)
+
+
+def test_non_finite_gradient_skips_the_step(platform):
+    opt = gj.grass_adamw(1e-2, grass_mask=model.GRASS_MASK, rank=4)
+    params = model.init_params(jax.random.PRNGKey(4))
+    state = opt.init(params)
+    step = model.make_step(opt, donate=False)
+    ids, target = model.batch(jax.random.PRNGKey(0), 16)
+    params, state, _ = step(params, state, ids, target)
+    new_params, new_state, _ = step(params, state, ids, target.at[0, 0].set(jnp.nan))
+    skipped = opt.skipped(new_params, new_state)
+    assert int(skipped["up"]) == 1 and int(skipped["down"]) == 1
+    np.testing.assert_array_equal(new_params["up"], params["up"])
+    assert int(new_state.layers["up"].step) == int(state.layers["up"].step)
+
+
+def test_learning_rate_schedule(platform):
+    sched = optax.linear_schedule(1e-2, 0.0, 5)
+    opt = gj.grass_adamw(sched, grass_mask=model.GRASS_MASK, rank=4, refresh_every=100)
+    params = model.init_params(jax.random.PRNGKey(5))
+    params, state, _ = run(opt, params, opt.init(params), 5, 0)
+    before = copy(params)
+    params, state, _ = run(opt, params, state, 1, 5)  # lr(5) = 0: nothing moves
+    np.testing.assert_array_equal(params["up"], before["up"])
+
+
+def test_bf16_weights_and_state(platform):
+    params = jax.tree_util.tree_map(lambda p: p.astype(jnp.bfloat16),
+                                    model.init_params(jax.random.PRNGKey(6)))
+    opt = gj.grass_adamw(3e-3, grass_mask=model.GRASS_MASK, rank=8, refresh_every=20,
+                         state_dtype=jnp.bfloat16)
+    state = opt.init(params)
+    step = model.make_step(opt)
+    losses = []
+    for i in range(60):
+        ids, target = model.batch(jax.random.PRNGKey(i), 64)
+        params, state, loss = step(params, state, ids, target.astype(jnp.bfloat16))
+        losses.append(float(loss))
+    assert state.layers["up"].m.dtype == jnp.bfloat16
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])

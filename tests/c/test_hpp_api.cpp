@@ -1,0 +1,284 @@
+// grass.hpp: ownership (move-only handles), errors as grass::Error with status and message,
+// config builders and their defaults, the free functions, every layer-1 op through Context, the
+// Projection handle, and that an Optimizer handle computes exactly what the same layer-1 ops
+// compose to.
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "testkit.hpp"
+
+namespace {
+
+template <typename T>
+constexpr bool move_only_v = !std::is_copy_constructible_v<T> && !std::is_copy_assignable_v<T> &&
+                             std::is_nothrow_move_constructible_v<T> &&
+                             std::is_nothrow_move_assignable_v<T>;
+static_assert(move_only_v<grass::Context>);
+static_assert(move_only_v<grass::Projection>);
+static_assert(move_only_v<grass::Optimizer>);
+static_assert(std::is_base_of_v<std::runtime_error, grass::Error>);
+static_assert(std::is_copy_constructible_v<grass::ProjectionRef>);  // a borrowed view
+static_assert(sizeof(grass::Context) == sizeof(void*));              // no overhead over the handle
+
+void versions() {
+  std::string expect = std::to_string(GRASS_VERSION_MAJOR) + "." +
+                       std::to_string(GRASS_VERSION_MINOR) + "." +
+                       std::to_string(GRASS_VERSION_PATCH);
+  TK_CHECK(expect == grass::version());
+  TK_CHECK(grass::abi_version() == GRASS_ABI_VERSION);
+  TK_CHECK(grass::abi_compatible());
+  TK_CHECK(std::string(grass::status_string(GRASS_ERROR_DTYPE)) ==
+           grass_status_string(GRASS_ERROR_DTYPE));
+  TK_CHECK(grass::dtype_size(grass::Dtype::Bf16) == 2);
+  TK_CHECK(grass::dtype_size(grass::Dtype::F32) == 4);
+  auto r = grass::resolve_side(10, 30, grass::Side::Auto);
+  TK_CHECK(r.side == grass::Side::Cols && r.d == 30 && r.k == 10);
+  TK_THROWS(grass::resolve_side(0, 3, grass::Side::Rows), GRASS_ERROR_INVALID_VALUE, "m = 0");
+}
+
+void configs() {
+  grass::ProjectionConfig p;
+  TK_CHECK(p.raw().struct_size == sizeof(grass_projection_config));
+  TK_CHECK(p.side() == grass::Side::Auto && p.rank() == 256 && p.power() == 2);
+  TK_CHECK(p.method() == grass::Method::MultinomialNr && p.scaling() == grass::Scaling::Unbiased);
+  TK_CHECK(p.refresh_every() == 200 && p.seed() == 0 && p.layer_id() == 0);
+  p.side(grass::Side::Cols)
+      .rank(5)
+      .method(grass::Method::TopR)
+      .power(1)
+      .scaling(grass::Scaling::None)
+      .refresh_every(9)
+      .seed(42)
+      .layer_id(3);
+  TK_CHECK(p.side() == grass::Side::Cols && p.rank() == 5 && p.method() == grass::Method::TopR);
+  TK_CHECK(p.power() == 1 && p.scaling() == grass::Scaling::None && p.refresh_every() == 9);
+  TK_CHECK(p.seed() == 42 && p.layer_id() == 3 && p.raw().rank == 5);
+
+  grass::AdamWConfig a;
+  TK_CHECK(a.raw().struct_size == sizeof(grass_adamw_config));
+  TK_CHECK(a.beta1() == 0.9f && a.beta2() == 0.999f && a.eps() == 1e-8f);
+  TK_CHECK(a.weight_decay() == 0.0f && a.alpha() == 1.0f);
+  TK_CHECK(a.decay_mode() == grass::DecayMode::Selected);
+  TK_CHECK(a.refresh_mode() == grass::RefreshMode::Reset && a.state_dtype() == grass::Dtype::F32);
+  a.beta1(0.8f)
+      .beta2(0.9f)
+      .eps(1e-6f)
+      .weight_decay(0.1f)
+      .decay_mode(grass::DecayMode::Dense)
+      .alpha(0.25f)
+      .refresh_mode(grass::RefreshMode::Carry)
+      .state_dtype(grass::Dtype::Bf16);
+  TK_CHECK(a.beta1() == 0.8f && a.beta2() == 0.9f && a.eps() == 1e-6f);
+  TK_CHECK(a.weight_decay() == 0.1f && a.decay_mode() == grass::DecayMode::Dense);
+  TK_CHECK(a.alpha() == 0.25f && a.refresh_mode() == grass::RefreshMode::Carry);
+  TK_CHECK(a.state_dtype() == grass::Dtype::Bf16);
+  grass::AdamWConfig copy(a.raw());
+  TK_CHECK(copy.alpha() == 0.25f);
+}
+
+void errors_and_ownership() {
+  auto ctx = grass::Context::cpu();
+  TK_CHECK(static_cast<bool>(ctx));
+  TK_CHECK(ctx.device_kind() == grass::DeviceKind::Cpu);
+
+  // an exception carries the status and the library's message, naming function and argument
+  try {
+    (void)grass::Optimizer::sparse(ctx, grass::ProjectionConfig().rank(65), grass::AdamWConfig(),
+                                   64, 32, 8, grass::Dtype::F32, grass::Dtype::F32);
+    tk_fail_at(__FILE__, __LINE__, "rank > d must throw");
+  } catch (const grass::Error& e) {
+    TK_CHECK(e.status() == GRASS_ERROR_INVALID_VALUE);
+    TK_CHECK(std::strstr(e.what(), "grass_optimizer_create_sparse") != nullptr);
+    TK_CHECK(std::strstr(e.what(), "rank") != nullptr);
+    TK_CHECK(std::string(e.what()) == grass::last_error_message());
+    TK_CHECK(std::string(e.status_string()) == grass_status_string(GRASS_ERROR_INVALID_VALUE));
+  }
+  TK_THROWS(grass::Optimizer::dense(ctx, grass::AdamWConfig().beta1(1.5f), 4, grass::Dtype::F32,
+                                    grass::Dtype::F32),
+            GRASS_ERROR_INVALID_VALUE, "beta1");
+  TK_THROWS(grass::Optimizer::dense(ctx, grass::AdamWConfig().state_dtype(grass::Dtype::F16), 4,
+                                    grass::Dtype::F32, grass::Dtype::F32),
+            GRASS_ERROR_DTYPE, "state_dtype");
+  TK_THROWS(grass::Projection::create(ctx, grass::ProjectionConfig().rank(3), 8, 8, 4,
+                                      static_cast<grass::Dtype>(7)),
+            GRASS_ERROR_INVALID_ENUM, "dtype");
+
+  // moving transfers ownership; a moved-from handle is empty and its calls throw
+  grass::Context moved = std::move(ctx);
+  TK_CHECK(!ctx && moved);  // NOLINT(bugprone-use-after-move): checking the moved-from state
+  TK_THROWS(ctx.device_kind(), GRASS_ERROR_NULL_POINTER, "ctx");
+  auto opt = grass::Optimizer::dense(moved, grass::AdamWConfig(), 4, grass::Dtype::F32,
+                                     grass::Dtype::F32);
+  grass::Optimizer other(nullptr);
+  other = std::move(opt);
+  TK_CHECK(!opt && other);  // NOLINT(bugprone-use-after-move)
+  TK_THROWS(opt.info(), GRASS_ERROR_NULL_POINTER, "optimizer");
+  TK_CHECK(other.info().is_sparse == 0 && other.info().state_elements == 4);
+  TK_THROWS(other.projection(), GRASS_ERROR_INVALID_STATE, "dense");
+  TK_THROWS(other.last_step_skipped(), GRASS_ERROR_INVALID_STATE, nullptr);
+
+  // release() hands the handle back to C
+  grass_optimizer* raw = other.release();
+  TK_CHECK(raw != nullptr && !other);
+  grass_optimizer_destroy(raw);
+
+  // CUDA: unavailable here gives CUDA_UNAVAILABLE, with the reason in the message
+  auto cuda = grass::cuda_available();
+  TK_CHECK(!cuda.reason.empty());
+  if (!cuda.available) {
+    TK_THROWS(grass::Context::cuda(0), GRASS_ERROR_CUDA_UNAVAILABLE, "grass_context_create_cuda");
+  }
+}
+
+// scores -> select -> sparse_grad -> state_refresh -> sparse step, through Context, must equal an
+// Optimizer handle fed the same batches (same config, same seed), bit for bit; plus the dense
+// step against the dense handle.
+void layer1_matches_handles() {
+  const int64_t m = 24, n = 10, b = 6, r = 5;
+  auto ctx = grass::Context::cpu();
+  auto pc = grass::ProjectionConfig()
+                .side(grass::Side::Rows)
+                .rank(r)
+                .method(grass::Method::MultinomialNr)
+                .refresh_every(2)
+                .seed(99)
+                .layer_id(4);
+  auto ac = grass::AdamWConfig().refresh_mode(grass::RefreshMode::Carry).weight_decay(0.05f);
+  auto opt = grass::Optimizer::sparse(ctx, pc, ac, m, n, b, grass::Dtype::F32, grass::Dtype::F32);
+  auto dense = grass::Optimizer::dense(ctx, ac, n, grass::Dtype::F32, grass::Dtype::F32);
+
+  tk_rng rng{5};
+  std::vector<float> w_ops(static_cast<size_t>(m * n)), bias_ops(static_cast<size_t>(n));
+  for (auto& v : w_ops) v = tk_nonzero(&rng);
+  for (auto& v : bias_ops) v = tk_nonzero(&rng);
+  auto w_opt = w_ops;
+  auto bias_opt = bias_ops;
+
+  std::vector<float> scores(static_cast<size_t>(m)), scales(static_cast<size_t>(r));
+  std::vector<float> g(static_cast<size_t>(r * n)), ms(g.size()), vs(g.size());
+  std::vector<float> bm(static_cast<size_t>(n)), bv(static_cast<size_t>(n));
+  std::vector<int32_t> idx(static_cast<size_t>(r)), old_idx(static_cast<size_t>(r));
+  int32_t step = 0, bstep = 0, skipped = -1;
+  size_t ws_bytes = std::max({ctx.scores_workspace_size(m, n, b, grass::Side::Rows,
+                                                        grass::Dtype::F32),
+                              ctx.select_workspace_size(m, r),
+                              ctx.sparse_grad_workspace_size(m, n, b, grass::Side::Rows, r,
+                                                             grass::Dtype::F32),
+                              ctx.sparse_adamw_workspace_size(m, n, grass::Side::Rows, r),
+                              ctx.state_refresh_workspace_size(ac, r, n),
+                              ctx.adamw_workspace_size(n)});
+  std::vector<unsigned char> ws(ws_bytes);
+  uint32_t refreshes = 0;
+  bool has_old = false;
+
+  for (int s = 0; s < 7; ++s) {
+    std::vector<float> x(static_cast<size_t>(b * n)), dy(static_cast<size_t>(b * m));
+    std::vector<float> x2(x.size()), dy2(dy.size()), bgrad(static_cast<size_t>(n));
+    for (auto* v : {&x, &x2}) {
+      for (auto& e : *v) e = tk_nonzero(&rng);
+    }
+    for (auto* v : {&dy, &dy2}) {
+      for (auto& e : *v) e = tk_nonzero(&rng);
+    }
+    for (auto& e : bgrad) e = tk_nonzero(&rng);
+
+    // through the handle (two micro-batches)
+    TK_CHECK(opt.refresh_due() == (s % 2 == 0));
+    opt.backward(b, x.data(), dy.data());
+    opt.backward(b, x2.data(), dy2.data());
+    opt.step(w_opt.data(), 0.01f);
+    dense.step(bias_opt.data(), bgrad.data(), 0.01f);
+    TK_CHECK(!opt.last_step_skipped());
+
+    // the same with layer-1 ops
+    if (s % 2 == 0) {
+      ctx.row_scores(m, n, b, grass::Side::Rows, grass::Dtype::F32, x.data(), dy.data(),
+                     scores.data(), ws.data(), ws.size());
+      old_idx = idx;
+      ctx.select(pc, m, refreshes++, scores.data(), idx.data(), scales.data(), ws.data(),
+                 ws.size());
+      ctx.state_refresh(ac, r, n, has_old ? old_idx.data() : nullptr, idx.data(), ms.data(),
+                        vs.data(), &step, ws.data(), ws.size());
+      has_old = true;
+    }
+    ctx.sparse_grad(m, n, b, grass::Side::Rows, r, grass::Dtype::F32, x.data(), dy.data(),
+                    idx.data(), scales.data(), g.data(), false, ws.data(), ws.size());
+    ctx.sparse_grad(m, n, b, grass::Side::Rows, r, grass::Dtype::F32, x2.data(), dy2.data(),
+                    idx.data(), scales.data(), g.data(), true, ws.data(), ws.size());
+    ctx.sparse_adamw_step(ac, m, n, grass::Side::Rows, r, grass::Dtype::F32, w_ops.data(),
+                          idx.data(), scales.data(), g.data(), ms.data(), vs.data(), &step, 0.01f,
+                          nullptr, &skipped, ws.data(), ws.size());
+    TK_CHECK(skipped == 0);
+    ctx.adamw_step(ac, n, grass::Dtype::F32, bias_ops.data(), grass::Dtype::F32, bgrad.data(),
+                   bm.data(), bv.data(), &bstep, 0.01f, nullptr, nullptr, ws.data(), ws.size());
+
+    auto sel = opt.projection().selection();
+    TK_SAME_BYTES(sel.indices, idx.data(), idx.size() * sizeof(int32_t));
+    TK_SAME_BYTES(sel.scales, scales.data(), scales.size() * sizeof(float));
+  }
+  TK_SAME_BYTES(w_opt.data(), w_ops.data(), w_ops.size() * sizeof(float));
+  TK_SAME_BYTES(bias_opt.data(), bias_ops.data(), bias_ops.size() * sizeof(float));
+  auto info = opt.info();
+  TK_CHECK(info.is_sparse == 1 && info.steps == 7 && info.accumulated == 0);
+  TK_CHECK(info.state_elements == r * n && info.memory_bytes > 0);
+  TK_CHECK(opt.projection().info().refresh_count == refreshes);
+}
+
+void projection_handle() {
+  const int64_t m = 12, n = 30, b = 5;
+  auto ctx = grass::Context::cpu();
+  auto pc = grass::ProjectionConfig().rank(4).method(grass::Method::TopR).refresh_every(2);
+  auto p = grass::Projection::create(ctx, pc, m, n, b, grass::Dtype::F32);
+  auto info = p.info();
+  TK_CHECK(info.side == GRASS_SIDE_COLS && info.d == n && info.k == m && info.rank == 4);
+  TK_CHECK(info.has_selection == 0 && info.refresh_due == 1 && info.refresh_count == 0);
+  TK_THROWS(p.selection(), GRASS_ERROR_INVALID_STATE, "selection");
+
+  tk_rng rng{8};
+  std::vector<float> x(static_cast<size_t>(b * n)), dy(static_cast<size_t>(b * m));
+  for (auto& e : x) e = tk_nonzero(&rng);
+  for (auto& e : dy) e = tk_nonzero(&rng);
+  std::vector<float> scores(static_cast<size_t>(n)), g(static_cast<size_t>(4 * m));
+  p.scores(b, x.data(), dy.data(), scores.data());
+  TK_CHECK(p.info().has_selection == 0);  // scores change nothing
+  p.refresh(b, x.data(), dy.data());
+  info = p.info();
+  TK_CHECK(info.has_selection == 1 && info.refresh_due == 0 && info.refresh_count == 1);
+  auto sel = p.selection();
+  // top_r from these scores: the 4 largest columns of G
+  std::vector<int32_t> order(static_cast<size_t>(n));
+  for (int32_t i = 0; i < n; ++i) order[static_cast<size_t>(i)] = i;
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t c) {
+    return scores[static_cast<size_t>(a)] > scores[static_cast<size_t>(c)];
+  });
+  std::sort(order.begin(), order.begin() + 4);
+  for (size_t j = 0; j < 4; ++j) TK_CHECK(sel.indices[j] == order[j]);
+
+  p.compress(b, x.data(), dy.data(), g.data(), false);
+  p.advance();
+  TK_CHECK(p.info().steps_since_refresh == 1 && p.info().refresh_due == 0);
+  p.advance();
+  TK_CHECK(p.info().refresh_due == 1);
+  std::vector<float> flat(static_cast<size_t>(n), 1.0f);
+  flat[3] = 5.0f;
+  p.refresh_from_scores(flat.data());
+  sel = p.selection();
+  TK_CHECK(sel.indices[0] == 0 && sel.indices[1] == 1 && sel.indices[2] == 2 &&
+           sel.indices[3] == 3);
+  TK_CHECK(p.info().refresh_count == 2 && p.ref().info().refresh_count == 2);
+}
+
+}  // namespace
+
+int main() {
+  tk_run("versions", versions);
+  tk_run("configs", configs);
+  tk_run("errors_and_ownership", errors_and_ownership);
+  tk_run("layer1_matches_handles", layer1_matches_handles);
+  tk_run("projection_handle", projection_handle);
+  return tk_report("test_hpp_api");
+}

@@ -284,7 +284,8 @@ static void row_scores(void) {
       GRASS_ERROR_MISALIGNED, f, "scores");
   BAD(SCORES(fx.ctx, M, N, B, S, F, misaligned(), fx.dy, fx.scores, fx.ws, need),
       GRASS_ERROR_MISALIGNED, f, "x");
-  BAD(SCORES(fx.ctx, M, N, B, S, GRASS_DTYPE_BF16, fx.x, fx.spare + 1, fx.scores, fx.ws, fx.ws_bytes),
+  BAD(SCORES(fx.ctx, M, N, B, S, GRASS_DTYPE_BF16, fx.x, fx.spare + 1, fx.scores, fx.ws,
+             fx.ws_bytes),
       GRASS_ERROR_MISALIGNED, f, "dy");
 #undef SCORES
 }
@@ -585,7 +586,8 @@ static void projection_handle(void) {
   const char* f = "grass_projection_create";
   grass_projection* p = SENTINEL(grass_projection);
   grass_projection_config c;
-#define CREATE(cfg, m, n, tokens, dtype) grass_projection_create(fx.ctx, cfg, m, n, tokens, dtype, &p)
+#define CREATE(cfg, m, n, tokens, dtype) \
+  grass_projection_create(fx.ctx, cfg, m, n, tokens, dtype, &p)
 #define WITH(field, value) (c = fx.pc, c.field = (value), &c)
   BAD(grass_projection_create(NULL, &fx.pc, M, N, B, GRASS_DTYPE_F32, &p),
       GRASS_ERROR_NULL_POINTER, f, "ctx");

@@ -102,7 +102,9 @@ static void check_micro_batches(grass_context* ctx) {
     ref[e] = whole[e];
     mag[e] = 0.0;
     int j = e / 12, c = e % 12;
-    for (int64_t t = 0; t < 2 * b; ++t) mag[e] += fabs(scales[j] * dy[t * m + idx[j]] * x[t * n + c]);
+    for (int64_t t = 0; t < 2 * b; ++t) {
+      mag[e] += fabs(scales[j] * dy[t * m + idx[j]] * x[t * n + c]);
+    }
   }
   tk_compare("g(two micro-batches) vs g(one batch)", split, GRASS_DTYPE_F32, ref, mag, 5 * 12,
              (double)(2 * b + 2));

@@ -272,7 +272,8 @@ static inline long tk_first_diff(const void* a, const void* b, size_t bytes) {
 }
 
 /* Checks two byte ranges are identical; prints the first differing byte otherwise. */
-#define TK_SAME_BYTES(a, b, bytes) tk_same_bytes((a), (b), (bytes), __FILE__, __LINE__, #a " == " #b)
+#define TK_SAME_BYTES(a, b, bytes) \
+  tk_same_bytes((a), (b), (bytes), __FILE__, __LINE__, #a " == " #b)
 
 static inline int tk_same_bytes(const void* a, const void* b, size_t bytes, const char* file,
                                 int line, const char* what) {

@@ -150,10 +150,23 @@ def _gpu_ordinals():
         return []
 
 
+_cuda_unusable = {}
+
+
 def query_contexts():
     """Contexts whose workspace sizes bound a call: the CPU one, plus one CUDA context per
-    local GPU when JAX has a GPU backend (a traced call may be lowered for either)."""
-    return [_context("cpu")] + [_context("cuda", o) for o in _gpu_ordinals()]
+    local GPU when JAX has a GPU backend (a traced call may be lowered for either). A GPU on
+    which libgrass cannot make a context is left out here: the call would fail there anyway,
+    with libgrass's reason, when the CUDA handler runs."""
+    out = [_context("cpu")]
+    for o in _gpu_ordinals():
+        if o in _cuda_unusable:
+            continue
+        try:
+            out.append(_context("cuda", o))
+        except GrassError as e:
+            _cuda_unusable[o] = e
+    return out
 
 
 def _workspace(fn_name, *args):

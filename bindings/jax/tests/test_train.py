@@ -143,3 +143,14 @@ def test_bf16_weights_and_state(platform):
         losses.append(float(loss))
     assert state.layers["up"].m.dtype == jnp.bfloat16
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_mask_as_a_function_of_path_and_leaf():
+    params = model.init_params(jax.random.PRNGKey(7))
+    by_name = lambda path, leaf: path[-1].key in ("up", "down")
+    a = gj.grass_adamw(1e-3, grass_mask=by_name, rank=4).init(params)
+    b = gj.grass_adamw(1e-3, grass_mask=model.GRASS_MASK, rank=4).init(params)
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    assert a.layers["up"].m.shape == (4, model.DIM)  # (HIDDEN, DIM): rows projected, k = DIM
+    with pytest.raises(ValueError, match="2-D"):
+        gj.grass_adamw(1e-3, grass_mask=lambda p, x: True, rank=4).init(params)

@@ -1,8 +1,6 @@
 """A small model for the training tests: an embedding, two GRASS linear layers, a bias and a
 dense output head; the target is a fixed random teacher."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 

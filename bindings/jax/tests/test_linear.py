@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_close, random
-import grass_jax as gj
-from grass_jax import LayerConfig, Projection, grass_linear, ops
+from grass_jax import LayerConfig, Projection, grass_linear
 
 
 def make_projection(cfg, indices, scales, refresh=False, refresh_index=0):

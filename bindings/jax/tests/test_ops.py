@@ -79,7 +79,8 @@ def test_select_without_replacement(platform, method):
     assert any((o != np.asarray(idx)).any() for o in other)  # the refresh index matters
 
 
-def adam_reference(w_rows, g, m, v, step, lr, b1, b2, eps, scale_rows, alpha):
+def adam_reference(g, m, v, step, b1, b2, eps):
+    """New M, V and the update direction u after Adam step `step + 1`."""
     m = b1 * m + (1 - b1) * g
     v = b2 * v + (1 - b2) * g * g
     t = step + 1
@@ -105,7 +106,7 @@ def test_sparse_adamw_step(platform, w_dtype, side, decay_mode):
         *a, side=side, beta1=b1, beta2=b2, eps=eps, weight_decay=wd, decay_mode=decay_mode,
         alpha=alpha))
     w1, m1, v1, step1, skipped = f(w, idx, sc, g, m0, v0, jnp.int32(3), lr)
-    mr, vr, u = adam_reference(None, g, m0, v0, 3, lr, b1, b2, eps, None, alpha)
+    mr, vr, u = adam_reference(g, m0, v0, 3, b1, b2, eps)
     wf = w.astype(jnp.float32)
     wp = projected_rows(wf, side)
     if decay_mode == "dense":

@@ -705,6 +705,7 @@ static void optimizer_handle(void) {
 
   grass_optimizer* sparse = NULL;
   grass_optimizer* dense = NULL;
+  int32_t due = -1;
   TK_OK(grass_optimizer_create_sparse(fx.ctx, &fx.pc, &fx.ac, M, N, B, GRASS_DTYPE_F32,
                                       GRASS_DTYPE_F32, &sparse));
   TK_OK(grass_optimizer_create_dense(fx.ctx, &fx.ac, NUMEL, GRASS_DTYPE_F32, GRASS_DTYPE_F32,
@@ -737,7 +738,26 @@ static void optimizer_handle(void) {
   BAD(grass_optimizer_backward(sparse, B, fx.x, fx.dy, (const float*)misaligned(), NULL),
       GRASS_ERROR_MISALIGNED, "grass_optimizer_backward", "scores");
 
+  /* the rejected micro-batches above did not refresh the selection either */
+  grass_projection* owned = NULL;
+  TK_OK(grass_optimizer_projection(sparse, &owned));
+  grass_projection_info pinfo;
+  pinfo.struct_size = sizeof pinfo;
+  TK_OK(grass_projection_get_info(owned, &pinfo));
+  TK_CHECK(pinfo.has_selection == 0 && pinfo.refresh_count == 0);
+  TK_OK(grass_optimizer_refresh_due(sparse, &due));
+  TK_CHECK(due == 1);
+
   TK_OK(grass_optimizer_backward(sparse, B, fx.x, fx.dy, NULL, NULL));
+  /* and after a good one, a rejected one changes neither selection nor accumulator */
+  grass_optimizer_info oinfo;
+  oinfo.struct_size = sizeof oinfo;
+  BAD(grass_optimizer_backward(sparse, B + 1, fx.x, fx.dy, NULL, NULL), GRASS_ERROR_INVALID_VALUE,
+      "grass_optimizer_backward", "max_tokens");
+  TK_OK(grass_optimizer_get_info(sparse, &oinfo));
+  TK_CHECK(oinfo.accumulated == 1);
+  TK_OK(grass_projection_get_info(owned, &pinfo));
+  TK_CHECK(pinfo.refresh_count == 1);
   BAD(grass_optimizer_step(sparse, fx.w, fx.dgrad, 0.01f, NULL), GRASS_ERROR_INVALID_VALUE,
       "grass_optimizer_step", "grad");
   BAD(grass_optimizer_step(sparse, NULL, NULL, 0.01f, NULL), GRASS_ERROR_NULL_POINTER,
@@ -767,7 +787,7 @@ static void optimizer_handle(void) {
       "grass_optimizer_import_state", "src");
   free(blob);
 
-  int32_t due = -1;
+  due = -1;
   BAD(grass_optimizer_refresh_due(sparse, NULL), GRASS_ERROR_NULL_POINTER,
       "grass_optimizer_refresh_due", "due_out");
   BAD(grass_optimizer_refresh_due(NULL, &due), GRASS_ERROR_NULL_POINTER,

@@ -4,7 +4,9 @@
 // compose to.
 #include <algorithm>
 #include <cmath>
+#include <atomic>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -272,6 +274,73 @@ void projection_handle() {
   TK_CHECK(p.info().refresh_count == 2 && p.ref().info().refresh_count == 2);
 }
 
+// The last error is per thread: a failure on one thread does not replace another's message.
+void last_error_per_thread() {
+  std::atomic<int> stage{0};
+  std::string a_after, b_after;
+  auto wait_for = [&](int s) {
+    while (stage.load() < s) std::this_thread::yield();
+  };
+  std::thread a([&] {
+    TK_THROWS(grass::resolve_side(0, 4, grass::Side::Rows), GRASS_ERROR_INVALID_VALUE, "m = 0");
+    stage = 1;
+    wait_for(2);
+    a_after = grass::last_error_message();
+  });
+  std::thread b([&] {
+    wait_for(1);
+    TK_THROWS(grass::resolve_side(4, -5, grass::Side::Rows), GRASS_ERROR_INVALID_VALUE, "n = -5");
+    b_after = grass::last_error_message();
+    stage = 2;
+  });
+  a.join();
+  b.join();
+  TK_CHECK(a_after.find("m = 0") != std::string::npos);
+  TK_CHECK(b_after.find("n = -5") != std::string::npos);
+}
+
+// Distinct handles on one context, used from several threads at once, compute exactly what
+// they compute one after the other.
+void concurrent_handles() {
+  constexpr int kThreads = 4, kSteps = 12;
+  constexpr int64_t m = 40, n = 24, b = 8;
+  auto ctx = grass::Context::cpu();
+  auto train = [&](int which, std::vector<float>& w) {
+    auto opt = grass::Optimizer::sparse(
+        ctx, grass::ProjectionConfig().rank(8).refresh_every(5).layer_id(uint32_t(which)),
+        grass::AdamWConfig(), m, n, b, grass::Dtype::F32, grass::Dtype::F32);
+    tk_rng rng{uint64_t(100 + which)};
+    w.assign(size_t(m * n), 0.0f);
+    for (auto& e : w) e = tk_nonzero(&rng);
+    std::vector<float> x(size_t(b * n)), dy(size_t(b * m));
+    for (int s = 0; s < kSteps; ++s) {
+      for (auto& e : x) e = tk_nonzero(&rng);
+      for (auto& e : dy) e = tk_nonzero(&rng);
+      opt.backward(b, x.data(), dy.data());
+      opt.step(w.data(), 0.01f);
+    }
+  };
+  std::vector<std::vector<float>> sequential(kThreads), parallel(kThreads);
+  for (int i = 0; i < kThreads; ++i) train(i, sequential[size_t(i)]);
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&, i] {
+      try {
+        train(i, parallel[size_t(i)]);
+      } catch (const std::exception& e) {
+        std::printf("     thread %d: %s\n", i, e.what());
+        ++failures;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  TK_CHECK(failures == 0);
+  for (int i = 0; i < kThreads; ++i) {
+    TK_CHECK(sequential[size_t(i)] == parallel[size_t(i)]);
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -280,5 +349,7 @@ int main() {
   tk_run("errors_and_ownership", errors_and_ownership);
   tk_run("layer1_matches_handles", layer1_matches_handles);
   tk_run("projection_handle", projection_handle);
+  tk_run("last_error_per_thread", last_error_per_thread);
+  tk_run("concurrent_handles", concurrent_handles);
   return tk_report("test_hpp_api");
 }

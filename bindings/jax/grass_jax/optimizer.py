@@ -83,6 +83,8 @@ class grass_adamw:
                     part of the batch. Gradients are averaged over it (compressed ones only)
                     and row scores combined by `dp_scores` ("exact" | "sum_sq", see
                     linear.layer_scores), so that every device selects the same rows.
+                    Run the step under `jax.shard_map(..., check_vma=False)`: with vma
+                    checking on, autodiff itself sums the gradients over the axis.
     """
 
     def __init__(self, learning_rate: Union[float, Callable], *, grass_mask, rank=256,

@@ -1,6 +1,6 @@
-// Memory of the device a grass::Context runs on, for the examples: host vectors for a CPU
-// context; for a CUDA context, device allocations made through the CUDA driver API, which is
-// loaded at run time (libcuda.so.1) so that the examples build without the CUDA toolkit.
+// Memory of the device a grass::Context runs on, for the examples: the host vectors themselves
+// for a CPU context; for a CUDA context, device buffers made through the CUDA driver API, which
+// is loaded at run time (libcuda.so.1) so that the examples build without the CUDA toolkit.
 #ifndef GRASS_EXAMPLES_DEVICE_MEMORY_HPP
 #define GRASS_EXAMPLES_DEVICE_MEMORY_HPP
 
@@ -21,20 +21,29 @@ class CudaDriver {
   explicit CudaDriver(int ordinal) {
     lib_ = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
     if (lib_ == nullptr) throw std::runtime_error("cannot load libcuda.so.1");
-    load(init_, "cuInit");
-    load(device_get_, "cuDeviceGet");
-    load(retain_, "cuDevicePrimaryCtxRetain");
-    load(release_, "cuDevicePrimaryCtxRelease_v2");
-    load(set_current_, "cuCtxSetCurrent");
-    load(alloc_, "cuMemAlloc_v2");
-    load(free_, "cuMemFree_v2");
-    load(htod_, "cuMemcpyHtoD_v2");
-    load(dtoh_, "cuMemcpyDtoH_v2");
-    check(init_(0), "cuInit");
-    check(device_get_(&device_, ordinal), "cuDeviceGet");
-    // the primary context: the one grass (and PyTorch, XLA) use on this device
-    check(retain_(&ctx_, device_), "cuDevicePrimaryCtxRetain");
-    check(set_current_(ctx_), "cuCtxSetCurrent");
+    try {
+      load(init_, "cuInit");
+      load(device_get_, "cuDeviceGet");
+      load(retain_, "cuDevicePrimaryCtxRetain");
+      load(release_, "cuDevicePrimaryCtxRelease_v2");
+      load(set_current_, "cuCtxSetCurrent");
+      load(alloc_, "cuMemAlloc_v2");
+      load(free_, "cuMemFree_v2");
+      load(htod_, "cuMemcpyHtoD_v2");
+      load(dtoh_, "cuMemcpyDtoH_v2");
+      check(init_(0), "cuInit");
+      check(device_get_(&device_, ordinal), "cuDeviceGet");
+      // the primary context: the one grass (and PyTorch, XLA) use on this device
+      check(retain_(&ctx_, device_), "cuDevicePrimaryCtxRetain");
+    } catch (...) {
+      dlclose(lib_);
+      throw;
+    }
+    if (set_current_(ctx_) != 0) {
+      release_(device_);
+      dlclose(lib_);
+      throw std::runtime_error("cuCtxSetCurrent failed");
+    }
   }
   ~CudaDriver() {
     release_(device_);

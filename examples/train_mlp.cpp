@@ -19,6 +19,7 @@
 // Runs on a CUDA device when grass can create a CUDA context there (buffers then live in device
 // memory), else on the CPU.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -287,8 +288,8 @@ class Trainer {
 void print_memory(const Trainer& trainer) {
   std::printf("\noptimizer memory per parameter (grass_optimizer_get_info):\n");
   std::printf("  %-10s %-11s %-26s %12s %14s\n", "parameter", "shape", "optimizer", "grass bytes",
-              "AdamW bytes");
-  int64_t total_grass = 0, total_dense = 0;
+              "AdamW M+V");
+  int64_t total_grass = 0, total_dense = 0, weight_grads = 0;
   for (const auto& row : trainer.table()) {
     const auto info = row.opt->info();
     char shape[32], kind[64];
@@ -298,20 +299,21 @@ void print_memory(const Trainer& trainer) {
       const auto p = row.opt->projection().info();
       std::snprintf(kind, sizeof kind, "GRASS r=%lld of %lld %s", static_cast<long long>(p.rank),
                     static_cast<long long>(p.d), p.side == GRASS_SIDE_ROWS ? "rows" : "cols");
+      weight_grads += row.m * row.n * 4;
     } else {
       std::snprintf(kind, sizeof kind, "dense AdamW");
     }
-    // dense AdamW keeps f32 M and V of the whole parameter, and needs its full gradient
-    const int64_t dense = 3 * row.m * row.n * 4;
+    const int64_t dense = 2 * row.m * row.n * 4;  // f32 M and V of the whole parameter
     std::printf("  %-10s %-11s %-26s %12lld %14lld\n", row.name, shape, kind,
                 static_cast<long long>(info.memory_bytes), static_cast<long long>(dense));
     total_grass += info.memory_bytes;
     total_dense += dense;
   }
-  std::printf("  %-49s %12lld %14lld  (%.0f%%)\n", "total", static_cast<long long>(total_grass),
-              static_cast<long long>(total_dense), 100.0 * double(total_grass) / double(total_dense));
-  std::printf("  (AdamW bytes: f32 M and V plus the m x n gradient; GRASS holds r x n states, the\n"
-              "   r x n compressed gradient, the selection and its scratch)\n\n");
+  std::printf("  %-49s %12lld %14lld\n", "total", static_cast<long long>(total_grass),
+              static_cast<long long>(total_dense));
+  std::printf("  dense AdamW would also need the m x n gradients of W1 and W2 (%lld bytes); the\n"
+              "  GRASS step computes only the r selected rows of them.\n\n",
+              static_cast<long long>(weight_grads));
 }
 
 // ---- checkpoints -----------------------------------------------------------------------------
@@ -444,7 +446,9 @@ int run(const Options& opt) {
   std::printf("saved checkpoint after step %d to %s\n", opt.steps, opt.checkpoint.c_str());
   const auto train_on = [&](Trainer& t) {
     double sum = 0.0;
-    for (int s = opt.steps; s < opt.steps + opt.resume_steps; ++s) sum += t.step(text, uint64_t(s));
+    for (int s = opt.steps; s < opt.steps + opt.resume_steps; ++s) {
+      sum += t.step(text, uint64_t(s));
+    }
     return sum / opt.resume_steps;
   };
   const double loss_a = train_on(trainer);
@@ -454,7 +458,9 @@ int run(const Options& opt) {
   load(opt.checkpoint, resumed, restored);
   const double loss_b = train_on(restored);
   bool same = loss_a == loss_b;
-  for (size_t i = 0; i < 5; ++i) same = same && *model.parameters()[i] == *resumed.parameters()[i];
+  for (size_t i = 0; i < 5; ++i) {
+    same = same && *model.parameters()[i] == *resumed.parameters()[i];
+  }
   std::printf("trained %d more steps twice, straight on and resumed from the checkpoint: mean "
               "loss %.6f vs %.6f, weights %s\n",
               opt.resume_steps, loss_a, loss_b, same ? "bit-identical" : "DIFFERENT");

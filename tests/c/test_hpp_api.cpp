@@ -274,6 +274,64 @@ void projection_handle() {
   TK_CHECK(p.info().refresh_count == 2 && p.ref().info().refresh_count == 2);
 }
 
+// Data parallelism: two ranks with different batches select identical rows when a due refresh
+// is fed the all-reduced (summed) scores, and top_r then picks the largest of those sums.
+void shared_scores() {
+  constexpr int64_t m = 32, n = 16, b = 8, r = 6;
+  auto ctx = grass::Context::cpu();
+  auto pc = grass::ProjectionConfig().side(grass::Side::Rows).rank(r).refresh_every(3);
+  std::vector<grass::Optimizer> ranks;
+  for (int i = 0; i < 2; ++i) {
+    ranks.push_back(grass::Optimizer::sparse(ctx, grass::ProjectionConfig(pc.raw()),
+                                             grass::AdamWConfig(), m, n, b, grass::Dtype::F32,
+                                             grass::Dtype::F32));
+  }
+  auto top_config = grass::ProjectionConfig(pc.raw()).method(grass::Method::TopR);
+  auto top = grass::Optimizer::sparse(ctx, top_config, grass::AdamWConfig(), m, n, b,
+                                      grass::Dtype::F32, grass::Dtype::F32);
+  tk_rng rng{77};
+  std::vector<float> w(size_t(m * n), 0.5f);
+  for (int s = 0; s < 7; ++s) {
+    std::vector<std::vector<float>> x(2, std::vector<float>(size_t(b * n)));
+    std::vector<std::vector<float>> dy(2, std::vector<float>(size_t(b * m)));
+    for (int i = 0; i < 2; ++i) {
+      for (auto& e : x[size_t(i)]) e = tk_nonzero(&rng);
+      for (auto& e : dy[size_t(i)]) e = tk_nonzero(&rng) * float(1 + (i * 7 + s) % 3);
+    }
+    const bool due = ranks[0].refresh_due();
+    TK_CHECK(due == ranks[1].refresh_due() && due == (s % 3 == 0));
+    std::vector<float> summed(static_cast<size_t>(m), 0.0f), part(static_cast<size_t>(m));
+    if (due) {
+      for (int i = 0; i < 2; ++i) {
+        ranks[size_t(i)].projection().scores(b, x[size_t(i)].data(), dy[size_t(i)].data(),
+                                             part.data());
+        for (size_t k = 0; k < part.size(); ++k) summed[k] += part[k];
+      }
+    }
+    for (int i = 0; i < 2; ++i) {
+      ranks[size_t(i)].backward(b, x[size_t(i)].data(), dy[size_t(i)].data(),
+                                due ? summed.data() : nullptr);
+    }
+    top.backward(b, x[0].data(), dy[0].data(), due ? summed.data() : nullptr);
+    auto s0 = ranks[0].projection().selection();
+    auto s1 = ranks[1].projection().selection();
+    TK_SAME_BYTES(s0.indices, s1.indices, size_t(r) * sizeof(int32_t));
+    TK_SAME_BYTES(s0.scales, s1.scales, size_t(r) * sizeof(float));
+    if (due) {
+      std::vector<int32_t> order(static_cast<size_t>(m));
+      for (int32_t k = 0; k < m; ++k) order[size_t(k)] = k;
+      std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t c) {
+        return summed[size_t(a)] > summed[size_t(c)];
+      });
+      std::sort(order.begin(), order.begin() + r);
+      auto st = top.projection().selection();
+      for (size_t j = 0; j < size_t(r); ++j) TK_CHECK(st.indices[j] == order[j]);
+    }
+    for (auto& o : ranks) o.step(w.data(), 0.0f);
+    top.step(w.data(), 0.0f);
+  }
+}
+
 // The last error is per thread: a failure on one thread does not replace another's message.
 void last_error_per_thread() {
   std::atomic<int> stage{0};
@@ -349,6 +407,7 @@ int main() {
   tk_run("errors_and_ownership", errors_and_ownership);
   tk_run("layer1_matches_handles", layer1_matches_handles);
   tk_run("projection_handle", projection_handle);
+  tk_run("shared_scores", shared_scores);
   tk_run("last_error_per_thread", last_error_per_thread);
   tk_run("concurrent_handles", concurrent_handles);
   return tk_report("test_hpp_api");

@@ -60,9 +60,10 @@ impl<'a> Activations<'a> {
     }
 }
 
-/// Rows of G per chunk: at most 8 MiB of f32 per chunk.
+/// Rows of G per chunk: at most 8 MiB of f32 and at most a quarter of the rows, so even a
+/// small layer never has its whole gradient in scratch.
 fn chunk_rows(p: &Projected) -> usize {
-    ((2usize << 20) / p.k).clamp(1, p.d)
+    ((2usize << 20) / p.k).min(p.d.div_ceil(4)).max(1)
 }
 
 fn needs_conversion(dtype: Dtype) -> usize {

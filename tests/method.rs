@@ -530,3 +530,14 @@ fn step_before_backward_is_an_invalid_state() {
     assert!(w.iter().all(|&v| v == 1.0));
     unsafe { grass_optimizer_destroy(o) };
 }
+
+/// Row scores work in chunks: their scratch stays well under one m x n f32 gradient.
+#[test]
+fn score_workspace_never_holds_the_whole_gradient() {
+    let ctx = Ctx::cpu();
+    for (m, n) in [(64i64, 64i64), (512, 128), (128, 512), (4096, 1024)] {
+        let mut ws = 0usize;
+        check(unsafe { grass_scores_workspace_size(ctx.0, m, n, 1, GRASS_SIDE_AUTO, GRASS_DTYPE_F32, &mut ws) }).unwrap();
+        assert!(ws * 2 < (m * n * 4) as usize, "{m} x {n}: scratch {ws} bytes");
+    }
+}

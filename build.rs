@@ -6,6 +6,8 @@ use std::path::Path;
 fn main() {
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
+    // A SONAME lets programs record the library's name rather than the path it was linked from.
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libgrass.so");
     let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
     let config =
         cbindgen::Config::from_file(Path::new(&dir).join("cbindgen.toml")).expect("cbindgen.toml");

@@ -16,17 +16,27 @@ pub struct grass_context {
 }
 
 /// Memory owned by a handle, in its context's memory space.
-pub(crate) enum Buffer {
+pub(crate) struct Buffer {
+    mem: Mem,
+    bytes: usize,
+}
+
+enum Mem {
     Host(Vec<u64>),
     Cuda(cuda::DeviceBuffer),
 }
 
 impl Buffer {
     pub(crate) fn addr(&self) -> usize {
-        match self {
-            Buffer::Host(v) => v.as_ptr() as usize,
-            Buffer::Cuda(b) => b.addr(),
+        match &self.mem {
+            Mem::Host(v) => v.as_ptr() as usize,
+            Mem::Cuda(b) => b.addr(),
         }
+    }
+
+    /// Bytes actually held (host buffers are whole 8-byte words).
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
     }
 }
 
@@ -45,9 +55,9 @@ impl grass_context {
                     bail!(OutOfMemory, "cannot allocate {bytes} bytes of host memory");
                 }
                 v.resize(words, 0u64);
-                Ok(Buffer::Host(v))
+                Ok(Buffer { mem: Mem::Host(v), bytes: words * 8 })
             }
-            Backend::Cuda(d) => Ok(Buffer::Cuda(d.alloc_zeroed(bytes)?)),
+            Backend::Cuda(d) => Ok(Buffer { mem: Mem::Cuda(d.alloc_zeroed(bytes)?), bytes }),
         }
     }
 

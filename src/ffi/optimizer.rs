@@ -419,15 +419,10 @@ pub unsafe extern "C" fn grass_optimizer_get_info(
         }
         let elems = o.state_elements();
         let (sparse, acc, extra) = match &o.kind {
-            Kind::Sparse {
-                proj, accumulated, ..
-            } => (
-                1,
-                *accumulated as i32,
-                elems * 4 + proj.sel.rank * 12 + proj.p.d * 4,
-            ),
+            Kind::Sparse { proj, g, accumulated } => (1, *accumulated as i32, g.bytes() + proj.memory_bytes()),
             Kind::Dense { .. } => (0, 0, 0),
         };
+        let owned = [&o.m, &o.v, &o.counters, &o.ws].iter().map(|b| b.bytes()).sum::<usize>() + extra;
         write(
             out,
             grass_optimizer_info {
@@ -436,8 +431,7 @@ pub unsafe extern "C" fn grass_optimizer_get_info(
                 steps: o.steps as i64,
                 accumulated: acc,
                 state_elements: elems as i64,
-                memory_bytes: (2 * elems * o.cfg.state_dtype.size() + extra + 8 + o.ws_bytes)
-                    as i64,
+                memory_bytes: owned as i64,
             },
         );
         Ok(())

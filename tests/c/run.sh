@@ -3,7 +3,6 @@
 # AddressSanitizer and UBSan. Run from anywhere; extra arguments go to ctest (e.g. -R select).
 #
 #   tests/c/run.sh                    # everything
-#   tests/c/run.sh -LE library-bug    # without the tests that document known library bugs
 #
 # Environment: BUILD_DIR (default build), BUILD_TYPE (default Debug).
 set -euo pipefail

@@ -19,5 +19,12 @@ fi
 echo "== cargo test"
 cargo test --release
 
+echo "== ctest: C and C++ consumers under ASan/UBSan, install tree, demo"
+BUILD_DIR=build/ctest tests/c/run.sh
+
 echo "== pytest: PyTorch/ctypes binding"
 python3 -m pytest -q -rs bindings/torch/tests
+
+echo "== pytest: JAX binding (installs bindings/jax against this build)"
+python3 -m pip install -q --disable-pip-version-check --no-build-isolation ./bindings/jax
+python3 -m pytest -q -rs bindings/jax/tests

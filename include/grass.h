@@ -281,7 +281,7 @@ grass_status grass_context_device_kind(const struct grass_context *ctx,
 
 // Whether a CUDA context could be created on this machine: writes 1 or 0 to `available_out`
 // and, when `reason` is not NULL, a NUL-terminated explanation (truncated to `reason_len`).
-// Loads the driver library but creates no context.
+// Loads the driver, NVRTC and cuBLAS libraries but creates no context.
 grass_status grass_cuda_available(int32_t *available_out, char *reason, size_t reason_len);
 
 // Writes the projected dimension d and kept dimension k that `side` resolves to for an

@@ -20,7 +20,10 @@ pub const HEADERS: [(&str, &str); 2] = [
 pub const MODULES: [(&str, &str); 4] = [
     ("scores.cu", include_str!("../../kernels/scores.cu")),
     ("select.cu", include_str!("../../kernels/select.cu")),
-    ("sparse_grad.cu", include_str!("../../kernels/sparse_grad.cu")),
+    (
+        "sparse_grad.cu",
+        include_str!("../../kernels/sparse_grad.cu"),
+    ),
     ("adamw.cu", include_str!("../../kernels/adamw.cu")),
 ];
 
@@ -42,6 +45,12 @@ fn options(major: i32, minor: i32) -> Vec<CString> {
 pub struct Cubin {
     pub name: &'static str,
     pub image: Vec<u8>,
+}
+
+impl std::fmt::Debug for Cubin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cubin({}, {} bytes)", self.name, self.image.len())
+    }
 }
 
 struct Program(sys::nvrtcProgram);

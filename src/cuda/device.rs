@@ -135,7 +135,10 @@ impl Device {
                 ctx: self.ctx.clone(),
             };
             launch::memset_zero(buf.addr, bytes.max(1), 0)?;
-            check("cuStreamSynchronize", sys::cuStreamSynchronize(std::ptr::null_mut()))?;
+            check(
+                "cuStreamSynchronize",
+                sys::cuStreamSynchronize(std::ptr::null_mut()),
+            )?;
             Ok(buf)
         }
     }

@@ -8,8 +8,7 @@ use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::cuda::blas::Gemm;
 use crate::cuda::device::{
-    fits_i32, refresh_layout, scores_layout, select_layout, sparse_grad_layout, Device,
-    STEP_HEADER,
+    fits_i32, refresh_layout, scores_layout, select_layout, sparse_grad_layout, Device, STEP_HEADER,
 };
 use crate::cuda::launch::{self, launch, Arg, Shape};
 use crate::cuda::scratch::Plan;

@@ -344,3 +344,33 @@ pub(crate) fn fits_i32(name: &str, v: usize) -> Result<i32> {
     );
     Ok(v as i32)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::config::Side;
+
+    #[test]
+    fn scores_scratch_stays_under_64_mib_for_the_benchmark_shapes() {
+        for (m, n) in [(4096, 4096), (11008, 4096), (4096, 11008), (13824, 5120)] {
+            for side in [Side::Rows, Side::Auto, Side::Cols] {
+                let p = Projected::new(m, n, side);
+                let mut plan = Plan::sizing();
+                let l = scores_layout(&mut plan, &p);
+                assert!(plan.size() <= 64 << 20, "{m}x{n} {side:?}: {}", plan.size());
+                assert!(
+                    l.rows >= 64 && l.rows % 64 == 0,
+                    "{m}x{n} {side:?}: {}",
+                    l.rows
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_cover_small_and_wide_problems() {
+        assert_eq!(chunk_rows(&Projected::new(5, 3, Side::Rows)), 5);
+        assert_eq!(chunk_rows(&Projected::new(100, 1 << 24, Side::Rows)), 1);
+        assert_eq!(chunk_rows(&Projected::new(4096, 4096, Side::Rows)), 2048);
+    }
+}

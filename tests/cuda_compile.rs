@@ -109,3 +109,60 @@ fn kernels_include_no_cuda_header() {
         }
     }
 }
+
+/// (kernel, PTX types of its parameters) of every `.entry` in a PTX text.
+fn entries(ptx: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut lines = ptx.lines();
+    while let Some(line) = lines.next() {
+        let Some(pos) = line.find(".entry ") else {
+            continue;
+        };
+        let name = line[pos + 7..].trim_end_matches('(').trim().to_string();
+        let mut types = Vec::new();
+        for l in lines.by_ref() {
+            let l = l.trim();
+            if l.starts_with(')') {
+                break;
+            }
+            if let Some(rest) = l.strip_prefix(".param ") {
+                types.push(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+        out.push((name, types));
+    }
+    out
+}
+
+#[test]
+fn launch_signatures_match_the_kernels_parameters() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let sigs = grass::cuda::kernels::SIGNATURES;
+    let mut seen = 0;
+    for (module, src) in compile::MODULES {
+        let ptx = compile::ptx(module, src, 9, 0).unwrap();
+        for (name, types) in entries(&ptx) {
+            let Some(&(m, _, params)) = sigs.iter().find(|s| s.1 == name) else {
+                panic!("kernel {name} of {module} has no entry in kernels::SIGNATURES");
+            };
+            assert_eq!(
+                m, module,
+                "{name} is listed under {m} but lives in {module}"
+            );
+            let want: Vec<&str> = params
+                .chars()
+                .map(|c| match c {
+                    'p' | 'l' | 'q' => ".u64",
+                    'i' | 'u' => ".u32",
+                    'f' => ".f32",
+                    _ => panic!("unknown parameter letter {c} for {name}"),
+                })
+                .collect();
+            assert_eq!(types, want, "parameters of {name} ({params})");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, sigs.len(), "every listed kernel exists");
+}

@@ -27,11 +27,12 @@ pub const MODULES: [(&str, &str); 4] = [
     ("adamw.cu", include_str!("../../kernels/adamw.cu")),
 ];
 
-/// Options of every compilation. `--fmad=false` keeps each multiply and add separately
-/// rounded, as in the host reference, so that the optimizer updates agree bit for bit.
-fn options(major: i32, minor: i32) -> Vec<CString> {
+/// Options of every compilation for `target` (`sm_90` for CUBIN, `compute_90` for PTX).
+/// `--fmad=false` keeps each multiply and add separately rounded, as in the host reference,
+/// so that the optimizer updates agree bit for bit.
+fn options(target: &str) -> Vec<CString> {
     [
-        format!("--gpu-architecture=sm_{major}{minor}"),
+        format!("--gpu-architecture={target}"),
         "--std=c++17".into(),
         "--fmad=false".into(),
         "--generate-line-info".into(),
@@ -123,8 +124,8 @@ pub fn supported_archs() -> Result<Vec<i32>> {
     }
 }
 
-/// Compiles one module for `sm_{major}{minor}` and returns its CUBIN.
-pub fn compile(name: &'static str, source: &str, major: i32, minor: i32) -> Result<Cubin> {
+/// Compiles one module for `target`; the program holds the result.
+fn build(name: &str, source: &str, target: &str) -> Result<Program> {
     libs::ensure(Lib::Nvrtc)?;
     let src = CString::new(source).unwrap();
     let cname = CString::new(name).unwrap();
@@ -132,11 +133,11 @@ pub fn compile(name: &'static str, source: &str, major: i32, minor: i32) -> Resu
     let hname: Vec<CString> = HEADERS.iter().map(|h| CString::new(h.0).unwrap()).collect();
     let hsrc_p: Vec<*const c_char> = hsrc.iter().map(|s| s.as_ptr()).collect();
     let hname_p: Vec<*const c_char> = hname.iter().map(|s| s.as_ptr()).collect();
-    let opts = options(major, minor);
+    let opts = options(target);
     let opts_p: Vec<*const c_char> = opts.iter().map(|s| s.as_ptr()).collect();
     let mut raw = ptr::null_mut();
-    // SAFETY: every pointer refers to a NUL-terminated string that outlives the program's
-    // use of it (the program is destroyed before this function returns).
+    // SAFETY: every pointer refers to a NUL-terminated string that outlives the calls that
+    // read it (NVRTC copies the sources and options).
     unsafe {
         let rc = sys::nvrtcCreateProgram(
             &mut raw,
@@ -152,22 +153,30 @@ pub fn compile(name: &'static str, source: &str, major: i32, minor: i32) -> Resu
         let prog = Program(raw);
         let rc = sys::nvrtcCompileProgram(prog.0, opts_p.len() as i32, opts_p.as_ptr());
         match rc {
-            sys::nvrtcResult::NVRTC_SUCCESS => {}
+            sys::nvrtcResult::NVRTC_SUCCESS => Ok(prog),
             sys::nvrtcResult::NVRTC_ERROR_INVALID_OPTION => {
                 let (vmaj, vmin) = nvrtc_version().unwrap_or((0, 0));
                 bail!(
                     CudaUnavailable,
-                    "NVRTC {vmaj}.{vmin} cannot compile for sm_{major}{minor}: {}",
+                    "NVRTC {vmaj}.{vmin} cannot compile for {target}: {}",
                     log(&prog).trim()
                 )
             }
             _ => bail!(
                 Internal,
-                "kernels/{name} does not compile for sm_{major}{minor}: {}",
+                "kernels/{name} does not compile for {target}: {}",
                 log(&prog).trim()
             ),
         }
-        let mut size = 0usize;
+    }
+}
+
+/// Compiles one module for `sm_{major}{minor}` and returns its CUBIN.
+pub fn compile(name: &'static str, source: &str, major: i32, minor: i32) -> Result<Cubin> {
+    let prog = build(name, source, &format!("sm_{major}{minor}"))?;
+    let mut size = 0usize;
+    // SAFETY: the program compiled; the buffer holds the size NVRTC reported.
+    unsafe {
         let rc = sys::nvrtcGetCUBINSize(prog.0, &mut size);
         if rc != sys::nvrtcResult::NVRTC_SUCCESS {
             return Err(nvrtc_error("nvrtcGetCUBINSize", rc));
@@ -178,6 +187,28 @@ pub fn compile(name: &'static str, source: &str, major: i32, minor: i32) -> Resu
             return Err(nvrtc_error("nvrtcGetCUBIN", rc));
         }
         Ok(Cubin { name, image })
+    }
+}
+
+/// Compiles one module to PTX for `compute_{major}{minor}` (read by tests: the PTX states
+/// each kernel's parameter types).
+pub fn ptx(name: &str, source: &str, major: i32, minor: i32) -> Result<String> {
+    let prog = build(name, source, &format!("compute_{major}{minor}"))?;
+    let mut size = 0usize;
+    // SAFETY: the program compiled; the buffer holds the size NVRTC reported.
+    unsafe {
+        let rc = sys::nvrtcGetPTXSize(prog.0, &mut size);
+        if rc != sys::nvrtcResult::NVRTC_SUCCESS {
+            return Err(nvrtc_error("nvrtcGetPTXSize", rc));
+        }
+        let mut text = vec![0u8; size.max(1)];
+        let rc = sys::nvrtcGetPTX(prog.0, text.as_mut_ptr() as *mut c_char);
+        if rc != sys::nvrtcResult::NVRTC_SUCCESS {
+            return Err(nvrtc_error("nvrtcGetPTX", rc));
+        }
+        Ok(CStr::from_bytes_until_nul(&text)
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default())
     }
 }
 

@@ -7,6 +7,7 @@ use cudarc::driver::result::DriverError;
 use cudarc::driver::sys;
 
 use crate::core::error::{Error, ErrorKind, Result};
+use crate::cuda::kernels::Kernel;
 
 /// A driver failure as a grass error naming `what`.
 pub(crate) fn driver_error(what: &str, e: DriverError) -> Error {
@@ -43,6 +44,18 @@ pub(crate) enum Arg {
 }
 
 impl Arg {
+    /// The letter of this kind in a kernel's parameter list (see `kernels::SIGNATURES`).
+    fn letter(self) -> u8 {
+        match self {
+            Arg::Ptr(_) => b'p',
+            Arg::I32(_) => b'i',
+            Arg::U32(_) => b'u',
+            Arg::I64(_) => b'l',
+            Arg::U64(_) => b'q',
+            Arg::F32(_) => b'f',
+        }
+    }
+
     fn slot(self) -> u64 {
         match self {
             Arg::Ptr(p) => p as u64,
@@ -89,19 +102,26 @@ impl Shape {
     }
 }
 
-/// Enqueues `f` on `stream` with `args` (the kernel's parameters, in order and of these
-/// kinds).
+/// Enqueues kernel `k` on `stream` with `args`, which must match its parameter list.
 ///
 /// # Safety
-/// `f` must be a live kernel whose parameters match `args`, and every address in `args` must
-/// be valid for what the kernel does with it once the stream reaches the launch.
+/// Every address in `args` must be valid for what the kernel does with it once the stream
+/// reaches the launch.
 pub(crate) unsafe fn launch<const N: usize>(
-    name: &str,
-    f: sys::CUfunction,
+    k: &Kernel,
     shape: Shape,
     stream: usize,
     args: [Arg; N],
 ) -> Result<()> {
+    if !args.iter().map(|a| a.letter()).eq(k.params.bytes()) {
+        let given: String = args.iter().map(|a| a.letter() as char).collect();
+        crate::bail!(
+            Internal,
+            "launch of {} with parameters ({given}) but the kernel takes ({})",
+            k.name,
+            k.params
+        );
+    }
     let mut slots = [0u64; N];
     for (s, a) in slots.iter_mut().zip(args) {
         *s = a.slot();
@@ -111,7 +131,7 @@ pub(crate) unsafe fn launch<const N: usize>(
         *p = s as *mut u64 as *mut c_void;
     }
     let rc = sys::cuLaunchKernel(
-        f,
+        k.f,
         shape.grid.0,
         shape.grid.1,
         shape.grid.2,
@@ -123,7 +143,7 @@ pub(crate) unsafe fn launch<const N: usize>(
         params.as_mut_ptr(),
         std::ptr::null_mut(),
     );
-    check(name, rc)
+    check(k.name, rc)
 }
 
 /// Enqueues a fill of `bytes` bytes at `addr` with zeros.

@@ -10,7 +10,7 @@
 mod blas;
 pub mod compile;
 mod device;
-mod kernels;
+pub mod kernels;
 mod launch;
 pub mod libs;
 mod ops;

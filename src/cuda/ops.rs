@@ -69,8 +69,7 @@ impl Device {
             // SAFETY: the chunk holds rows x k f32 written by the GEMM; scores holds d f32.
             unsafe {
                 launch(
-                    "row_norms",
-                    self.kernels.row_norms,
+                    &self.kernels.row_norms,
                     Shape::linear(rows as u64 * 256, 256, i32::MAX as u32),
                     a.stream,
                     [
@@ -97,8 +96,7 @@ impl Device {
         // the sizes select_layout gave them.
         unsafe {
             launch(
-                "select_rows",
-                self.kernels.select_rows,
+                &self.kernels.select_rows,
                 Shape::single(SELECT_THREADS),
                 a.stream,
                 [
@@ -136,8 +134,7 @@ impl Device {
         // g holds r x k f32, and the scratch regions have the sizes of the layout.
         unsafe {
             launch(
-                "gather_cols",
-                self.kernels.gather_cols,
+                &self.kernels.gather_cols,
                 Shape::rows(a.r as u64, BLOCK, a.b as u64),
                 a.stream,
                 [
@@ -162,8 +159,7 @@ impl Device {
             };
             self.blas.run(&g, l.blas, a.stream)?;
             launch(
-                "scale_rows",
-                self.kernels.scale_rows,
+                &self.kernels.scale_rows,
                 Shape::rows(p.k as u64, BLOCK, a.r as u64),
                 a.stream,
                 [
@@ -197,8 +193,7 @@ impl Device {
         // i32, lr_scale and skipped (when not 0) one value each, header STEP_HEADER bytes.
         unsafe {
             launch(
-                "step_check",
-                self.kernels.step_check,
+                &self.kernels.step_check,
                 Shape::linear(numel.max(r) as u64, BLOCK, MAX_BLOCKS),
                 b.stream,
                 [
@@ -212,8 +207,7 @@ impl Device {
                 ],
             )?;
             launch(
-                "step_prepare",
-                self.kernels.step_prepare,
+                &self.kernels.step_prepare,
                 Shape::single(1),
                 b.stream,
                 [
@@ -242,8 +236,7 @@ impl Device {
         unsafe {
             if decaying && b.cfg.decay_mode == DecayMode::Dense {
                 launch(
-                    "decay_all",
-                    self.kernels.decay_all,
+                    &self.kernels.decay_all,
                     Shape::linear((p.m * p.n) as u64, BLOCK, MAX_BLOCKS),
                     b.stream,
                     [
@@ -255,8 +248,7 @@ impl Device {
                 )?;
             }
             launch(
-                "sparse_adamw",
-                self.kernels.sparse_adamw,
+                &self.kernels.sparse_adamw,
                 Shape::rows(p.k as u64, BLOCK, a.r as u64),
                 b.stream,
                 [
@@ -292,8 +284,7 @@ impl Device {
         // prepared above on the same stream.
         unsafe {
             launch(
-                "dense_adamw",
-                self.kernels.dense_adamw,
+                &self.kernels.dense_adamw,
                 Shape::linear(a.numel as u64, BLOCK, MAX_BLOCKS),
                 b.stream,
                 [
@@ -336,8 +327,7 @@ impl Device {
                 // the index arrays r entries each (old may be 0 for none).
                 unsafe {
                     launch(
-                        "carry_rows",
-                        self.kernels.carry_rows,
+                        &self.kernels.carry_rows,
                         Shape::rows(a.k as u64, BLOCK, a.r as u64),
                         a.stream,
                         [

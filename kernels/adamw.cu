@@ -98,24 +98,24 @@ extern "C" __global__ void sparse_adamw(void* w, i32 w_dt, i64 n, i32 cols,
     if (h->skip) return;
     const float lr = h->lr, c1 = h->c1, c2 = h->c2;
     const float row_decay = decay_rows ? h->decay : 1.0f;
-    const u64 c = global_x();
-    if (c >= (u64)k) return;
     for (i64 j0 = blockIdx.y; j0 < r; j0 += gridDim.y) {
         const i32 i = idx[j0];
         if (j0 > 0 && idx[j0 - 1] == i) continue;
         i64 j1 = j0 + 1;
         while (j1 < r && idx[j1] == i) ++j1;
-        const u64 at = cols ? c * (u64)n + (u64)i : (u64)i * (u64)n + c;
-        float acc = load_as_f32(w, w_dt, at) * row_decay;
-        for (i64 j = j0; j < j1; ++j) {
-            const u64 e = (u64)j * (u64)k + c;
-            float m = load_as_f32(ms, s_dt, e), v = load_as_f32(vs, s_dt, e);
-            float u = adam_direction(beta1, beta2, eps, c1, c2, m, v, g[e]);
-            store_from_f32(ms, s_dt, e, m);
-            store_from_f32(vs, s_dt, e, v);
-            acc += (-lr * alpha * scales[j]) * u;
+        for (u64 c = global_x(); c < (u64)k; c += grid_x()) {
+            const u64 at = cols ? c * (u64)n + (u64)i : (u64)i * (u64)n + c;
+            float acc = load_as_f32(w, w_dt, at) * row_decay;
+            for (i64 j = j0; j < j1; ++j) {
+                const u64 e = (u64)j * (u64)k + c;
+                float m = load_as_f32(ms, s_dt, e), v = load_as_f32(vs, s_dt, e);
+                float u = adam_direction(beta1, beta2, eps, c1, c2, m, v, g[e]);
+                store_from_f32(ms, s_dt, e, m);
+                store_from_f32(vs, s_dt, e, v);
+                acc += (-lr * alpha * scales[j]) * u;
+            }
+            store_from_f32(w, w_dt, at, acc);
         }
-        store_from_f32(w, w_dt, at, acc);
     }
 }
 

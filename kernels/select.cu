@@ -7,7 +7,11 @@
 #include "common.cuh"
 #include "rng.cuh"
 
+// Threads of the block (a power of two; the host launches 1024). Tests that run the kernel
+// on the host use fewer.
+#ifndef SEL_THREADS
 #define SEL_THREADS 1024
+#endif
 #define NONE 0xFFFFFFFFu
 
 // Values of core::config::Method, in declaration order.

@@ -8,17 +8,17 @@
 extern "C" __global__ void gather_cols(const void* __restrict__ a, i32 dt, i64 b, i64 d,
                                        const i32* __restrict__ idx, i32 r,
                                        void* __restrict__ out) {
-    u64 j = global_x();
-    if (j >= (u64)r) return;
-    i32 col = idx[j];
-    bool ok = col >= 0 && (i64)col < d;
-    for (i64 t = blockIdx.y; t < b; t += gridDim.y) {
-        u64 src = (u64)t * (u64)d + (u64)(ok ? col : 0);
-        u64 dst = (u64)t * (u64)r + j;
-        if (dt == DT_F32) {
-            ((u32*)out)[dst] = ok ? ((const u32*)a)[src] : nan_bits(dt);
-        } else {
-            ((u16*)out)[dst] = ok ? ((const u16*)a)[src] : (u16)nan_bits(dt);
+    for (u64 j = global_x(); j < (u64)r; j += grid_x()) {
+        i32 col = idx[j];
+        bool ok = col >= 0 && (i64)col < d;
+        for (i64 t = blockIdx.y; t < b; t += gridDim.y) {
+            u64 src = (u64)t * (u64)d + (u64)(ok ? col : 0);
+            u64 dst = (u64)t * (u64)r + j;
+            if (dt == DT_F32) {
+                ((u32*)out)[dst] = ok ? ((const u32*)a)[src] : nan_bits(dt);
+            } else {
+                ((u16*)out)[dst] = ok ? ((const u16*)a)[src] : (u16)nan_bits(dt);
+            }
         }
     }
 }

@@ -92,6 +92,7 @@ impl DevBuf {
     pub fn poisoned(bytes: usize) -> DevBuf {
         let ptr = unsafe { result::malloc_sync(bytes.max(1)) }.expect("cuMemAlloc");
         unsafe { result::memset_d8_sync(ptr, 0xFF, bytes.max(1)) }.expect("cuMemsetD8");
+        sync(); // the fill is asynchronous: finish it before any stream uses the buffer
         DevBuf { ptr, bytes }
     }
 

@@ -23,9 +23,10 @@ use crate::core::error::Result;
 
 /// Loads the driver library and counts devices.
 pub fn probe() -> Result<i32> {
-    // SAFETY: loading the system's CUDA driver library runs its initialisers only.
+    // SAFETY: loading the system's CUDA driver library runs its initialisers only. It is
+    // never unloaded: once cuInit has run, the driver must stay mapped.
     let lib = match unsafe { libloading::Library::new("libcuda.so.1") } {
-        Ok(l) => l,
+        Ok(l) => std::mem::ManuallyDrop::new(l),
         Err(e) => bail!(
             CudaUnavailable,
             "the CUDA driver library libcuda.so.1 cannot be loaded: {e}"

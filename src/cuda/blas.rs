@@ -10,8 +10,14 @@ use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::{bail, ensure};
 
-/// Scratch bytes reserved for cuBLAS in every op that runs a GEMM.
+/// Most scratch bytes given to cuBLAS by an op that runs a GEMM.
 pub(crate) const WORKSPACE: usize = 16 << 20;
+
+/// cuBLAS scratch for a GEMM writing `out_bytes`: half of that, at most WORKSPACE (small
+/// products need little, and the op's scratch then stays small next to the product).
+pub(crate) fn workspace_for(out_bytes: usize) -> usize {
+    (out_bytes / 2).clamp(256, WORKSPACE) / 256 * 256
+}
 
 pub(crate) struct Blas {
     handle: Mutex<sys::cublasHandle_t>,
@@ -69,8 +75,8 @@ impl Blas {
         })
     }
 
-    /// Enqueues the product on `stream` using `ws` (WORKSPACE bytes) as cuBLAS's scratch.
-    pub fn run(&self, g: &Gemm, ws: usize, stream: usize) -> Result<()> {
+    /// Enqueues the product on `stream` using `ws_bytes` bytes at `ws` as cuBLAS's scratch.
+    pub fn run(&self, g: &Gemm, ws: usize, ws_bytes: usize, stream: usize) -> Result<()> {
         for (name, v) in [("b", g.b), ("k", g.k), ("n", g.n), ("lda", g.lda)] {
             ensure!(
                 v <= i32::MAX as usize,
@@ -90,7 +96,7 @@ impl Blas {
             )?;
             check(
                 "cublasSetWorkspace",
-                sys::cublasSetWorkspace_v2(*h, ws as *mut _, WORKSPACE),
+                sys::cublasSetWorkspace_v2(*h, ws as *mut _, ws_bytes),
             )?;
             check(
                 "cublasGemmEx",

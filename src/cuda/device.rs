@@ -253,10 +253,11 @@ fn step_workspace_size() -> usize {
     plan.size()
 }
 
-/// Rows of G per chunk of the score computation: at most 32 MiB of f32, a multiple of 64
-/// rows when there are that many.
+/// Rows of G per chunk of the score computation: at most 32 MiB of f32 and at most a quarter
+/// of the rows (so no layer's whole gradient sits in scratch), a multiple of 64 rows when
+/// there are that many.
 pub(crate) fn chunk_rows(p: &Projected) -> usize {
-    let rows = (32usize << 20) / (4 * p.k);
+    let rows = ((32usize << 20) / (4 * p.k)).min(p.d.div_ceil(4));
     let rows = if rows >= 64 { rows / 64 * 64 } else { rows };
     rows.clamp(1, p.d)
 }
@@ -265,14 +266,17 @@ pub(crate) struct ScoresLayout {
     pub rows: usize,
     pub chunk: usize,
     pub blas: usize,
+    pub blas_bytes: usize,
 }
 
 pub(crate) fn scores_layout(plan: &mut Plan, p: &Projected) -> ScoresLayout {
     let rows = chunk_rows(p);
+    let bytes = rows * p.k * 4;
     ScoresLayout {
         rows,
-        chunk: plan.take(rows * p.k * 4),
-        blas: plan.take(blas::WORKSPACE),
+        chunk: plan.take(bytes),
+        blas: plan.take(blas::workspace_for(bytes)),
+        blas_bytes: blas::workspace_for(bytes),
     }
 }
 
@@ -301,6 +305,7 @@ pub(crate) struct SparseGradLayout {
     pub gathered: usize,
     pub product: usize,
     pub blas: usize,
+    pub blas_bytes: usize,
 }
 
 pub(crate) fn sparse_grad_layout(
@@ -310,10 +315,12 @@ pub(crate) fn sparse_grad_layout(
     r: usize,
     dtype: Dtype,
 ) -> SparseGradLayout {
+    let product = r * p.k * 4;
     SparseGradLayout {
         gathered: plan.take(b * r * dtype.size()),
-        product: plan.take(r * p.k * 4),
-        blas: plan.take(blas::WORKSPACE),
+        product: plan.take(product),
+        blas: plan.take(blas::workspace_for(product)),
+        blas_bytes: blas::workspace_for(product),
     }
 }
 
@@ -369,8 +376,24 @@ mod tests {
 
     #[test]
     fn chunks_cover_small_and_wide_problems() {
-        assert_eq!(chunk_rows(&Projected::new(5, 3, Side::Rows)), 5);
+        assert_eq!(chunk_rows(&Projected::new(5, 3, Side::Rows)), 2);
         assert_eq!(chunk_rows(&Projected::new(100, 1 << 24, Side::Rows)), 1);
-        assert_eq!(chunk_rows(&Projected::new(4096, 4096, Side::Rows)), 2048);
+        assert_eq!(chunk_rows(&Projected::new(4096, 4096, Side::Rows)), 1024);
+        assert_eq!(chunk_rows(&Projected::new(13824, 5120, Side::Rows)), 1600);
+    }
+
+    #[test]
+    fn scores_scratch_never_holds_the_whole_gradient() {
+        for (m, n) in [(64, 64), (512, 128), (128, 512), (4096, 1024), (3, 2)] {
+            let mut plan = Plan::sizing();
+            scores_layout(&mut plan, &Projected::new(m, n, Side::Auto));
+            if m * n >= 64 {
+                assert!(
+                    plan.size() * 2 < m * n * 4,
+                    "{m} x {n}: {} bytes",
+                    plan.size()
+                );
+            }
+        }
     }
 }

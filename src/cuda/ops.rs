@@ -65,7 +65,7 @@ impl Device {
                 lda: p.d,
                 out: l.chunk,
             };
-            self.blas.run(&g, l.blas, a.stream)?;
+            self.blas.run(&g, l.blas, l.blas_bytes, a.stream)?;
             // SAFETY: the chunk holds rows x k f32 written by the GEMM; scores holds d f32.
             unsafe {
                 launch(
@@ -157,7 +157,7 @@ impl Device {
                 lda: a.r,
                 out: l.product,
             };
-            self.blas.run(&g, l.blas, a.stream)?;
+            self.blas.run(&g, l.blas, l.blas_bytes, a.stream)?;
             launch(
                 &self.kernels.scale_rows,
                 Shape::rows(p.k as u64, BLOCK, a.r as u64),

@@ -281,7 +281,7 @@ grass_status grass_context_device_kind(const struct grass_context *ctx,
 
 // Whether a CUDA context could be created on this machine: writes 1 or 0 to `available_out`
 // and, when `reason` is not NULL, a NUL-terminated explanation (truncated to `reason_len`).
-// Loads the driver library but creates no context.
+// Loads the driver, NVRTC and cuBLAS libraries but creates no context.
 grass_status grass_cuda_available(int32_t *available_out, char *reason, size_t reason_len);
 
 // Writes the projected dimension d and kept dimension k that `side` resolves to for an
@@ -351,6 +351,8 @@ grass_status grass_sparse_grad_workspace_size(const struct grass_context *ctx,
 // The compressed gradient g = PᵀG (r x k, f32) straight from X and dY:
 // row j = scales[j] · Σ_t A[t, indices[j]] · B[t, :], with (A, B) = (dY, X) for side ROWS and
 // (X, dY) for side COLS. `accumulate != 0` adds into g (micro-batches).
+// Indices must lie in [0, d): a CPU context rejects others; a CUDA context, which cannot
+// read them without waiting for the device, writes NaN into their rows of g instead.
 grass_status grass_sparse_grad(const struct grass_context *ctx,
                                int64_t m,
                                int64_t n,
@@ -382,6 +384,8 @@ grass_status grass_sparse_adamw_workspace_size(const struct grass_context *ctx,
 // step since the last reset) is read and incremented. If g holds a NaN or infinity, or the
 // effective learning rate is not finite, nothing is written but `*skipped = 1`.
 // `lr_scale` and `skipped` may be NULL; like every buffer they live in the context's memory.
+// Indices must be sorted ascending within [0, d): a CPU context rejects others with
+// `GRASS_ERROR_INVALID_VALUE`; a CUDA context checks them on the device and skips the step.
 grass_status grass_sparse_adamw_step(const struct grass_context *ctx,
                                      const struct grass_adamw_config *config,
                                      int64_t m,
@@ -438,7 +442,9 @@ grass_status grass_state_refresh_workspace_size(const struct grass_context *ctx,
 // Adapts M and V (r x k) to a new selection. `GRASS_REFRESH_RESET` zeroes them and `*step`;
 // `GRASS_REFRESH_CARRY` keeps the rows whose index is in both `old_indices` and `new_indices`
 // (both sorted; repeats pair up in order), zeroes the others and leaves `*step`.
-// `old_indices` may be NULL (no previous selection).
+// `old_indices` may be NULL (no previous selection). A CPU context rejects unsorted
+// indices; a CUDA context does not check them (the result is then unspecified but stays
+// within M and V).
 grass_status grass_state_refresh(const struct grass_context *ctx,
                                  const struct grass_adamw_config *config,
                                  int64_t r,

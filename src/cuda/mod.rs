@@ -1,18 +1,32 @@
-//! CUDA backend. `probe` finds the driver without creating a context; `Device` holds the
-//! retained primary context of one GPU and runs every op on the caller's stream.
+//! CUDA backend. [`probe`] finds the driver without creating a context; a [`Device`] holds
+//! the retained primary context of one GPU, the kernels of `kernels/*.cu` compiled by NVRTC
+//! for its exact architecture when it opens, and a cuBLAS handle; its ops run on the
+//! caller's stream without allocating or waiting.
+//!
+//! One build serves machines with and without CUDA: cudarc loads every library at run time
+//! and panics where one is missing, so [`libs`] checks each library first and [`Device::open`]
+//! turns any failure into `CudaUnavailable` with the reason.
 
-use crate::backend::*;
+mod blas;
+pub mod compile;
+mod device;
+pub mod kernels;
+mod launch;
+pub mod libs;
+mod ops;
+mod scratch;
+
+pub use device::{available, Device, DeviceBuffer};
+
 use crate::bail;
-use crate::core::config::AdamW;
-use crate::core::dtype::Dtype;
 use crate::core::error::Result;
-use crate::core::shape::Projected;
 
 /// Loads the driver library and counts devices.
 pub fn probe() -> Result<i32> {
-    // SAFETY: loading the system's CUDA driver library runs its initialisers only.
+    // SAFETY: loading the system's CUDA driver library runs its initialisers only. It is
+    // never unloaded: once cuInit has run, the driver must stay mapped.
     let lib = match unsafe { libloading::Library::new("libcuda.so.1") } {
-        Ok(l) => l,
+        Ok(l) => std::mem::ManuallyDrop::new(l),
         Err(e) => bail!(
             CudaUnavailable,
             "the CUDA driver library libcuda.so.1 cannot be loaded: {e}"
@@ -46,92 +60,5 @@ pub fn probe() -> Result<i32> {
             );
         }
         Ok(n)
-    }
-}
-
-pub struct DeviceBuffer {
-    addr: usize,
-}
-
-impl DeviceBuffer {
-    pub fn addr(&self) -> usize {
-        self.addr
-    }
-}
-
-pub struct Device {
-    _private: (),
-}
-
-impl Device {
-    pub fn open(ordinal: i32) -> Result<Device> {
-        if ordinal < 0 {
-            bail!(InvalidValue, "ordinal = {ordinal} must be non-negative");
-        }
-        let n = probe()?;
-        if ordinal >= n {
-            bail!(
-                InvalidValue,
-                "ordinal = {ordinal} but only {n} CUDA device(s) exist"
-            );
-        }
-        bail!(
-            CudaUnavailable,
-            "this build of grass has no CUDA kernels yet"
-        )
-    }
-    pub fn alloc_zeroed(&self, _bytes: usize) -> Result<DeviceBuffer> {
-        unreachable!()
-    }
-    pub fn memset_zero(&self, _addr: usize, _bytes: usize, _stream: usize) -> Result<()> {
-        unreachable!()
-    }
-    pub fn download(&self, _addr: usize, _dst: &mut [u8], _stream: usize) -> Result<()> {
-        unreachable!()
-    }
-    pub fn upload(&self, _addr: usize, _src: &[u8], _stream: usize) -> Result<()> {
-        unreachable!()
-    }
-    pub fn scores_workspace_size(&self, _p: &Projected, _b: usize, _dtype: Dtype) -> usize {
-        unreachable!()
-    }
-    pub fn select_workspace_size(&self, _d: usize, _r: usize) -> usize {
-        unreachable!()
-    }
-    pub fn sparse_grad_workspace_size(
-        &self,
-        _p: &Projected,
-        _b: usize,
-        _r: usize,
-        _dtype: Dtype,
-    ) -> usize {
-        unreachable!()
-    }
-    pub fn sparse_step_workspace_size(&self, _p: &Projected, _r: usize) -> usize {
-        unreachable!()
-    }
-    pub fn dense_step_workspace_size(&self, _numel: usize) -> usize {
-        unreachable!()
-    }
-    pub fn refresh_workspace_size(&self, _cfg: &AdamW, _r: usize, _k: usize) -> usize {
-        unreachable!()
-    }
-    pub fn row_scores(&self, _a: &ScoresArgs) -> Result<()> {
-        unreachable!()
-    }
-    pub fn select(&self, _a: &SelectArgs) -> Result<()> {
-        unreachable!()
-    }
-    pub fn sparse_grad(&self, _a: &SparseGradArgs) -> Result<()> {
-        unreachable!()
-    }
-    pub fn sparse_step(&self, _a: &SparseStepArgs) -> Result<()> {
-        unreachable!()
-    }
-    pub fn dense_step(&self, _a: &DenseStepArgs) -> Result<()> {
-        unreachable!()
-    }
-    pub fn state_refresh(&self, _a: &RefreshArgs) -> Result<()> {
-        unreachable!()
     }
 }

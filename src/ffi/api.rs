@@ -135,7 +135,7 @@ pub unsafe extern "C" fn grass_context_device_kind(
 
 /// Whether a CUDA context could be created on this machine: writes 1 or 0 to `available_out`
 /// and, when `reason` is not NULL, a NUL-terminated explanation (truncated to `reason_len`).
-/// Loads the driver library but creates no context.
+/// Loads the driver, NVRTC and cuBLAS libraries but creates no context.
 #[no_mangle]
 pub unsafe extern "C" fn grass_cuda_available(
     available_out: *mut i32,
@@ -144,8 +144,11 @@ pub unsafe extern "C" fn grass_cuda_available(
 ) -> grass_status {
     guard("grass_cuda_available", || {
         let out = req("available_out", available_out)?;
-        let (ok, why) = match cuda::probe() {
-            Ok(n) => (1, format!("CUDA driver found with {n} device(s)")),
+        let (ok, why) = match cuda::available() {
+            Ok(n) => (
+                1,
+                format!("CUDA driver found with {n} device(s); NVRTC and cuBLAS load"),
+            ),
             Err(e) => (0, e.message),
         };
         if !reason.is_null() && reason_len > 0 {

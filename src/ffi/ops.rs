@@ -229,6 +229,8 @@ pub unsafe extern "C" fn grass_sparse_grad_workspace_size(
 /// The compressed gradient g = PᵀG (r x k, f32) straight from X and dY:
 /// row j = scales[j] · Σ_t A[t, indices[j]] · B[t, :], with (A, B) = (dY, X) for side ROWS and
 /// (X, dY) for side COLS. `accumulate != 0` adds into g (micro-batches).
+/// Indices must lie in [0, d): a CPU context rejects others; a CUDA context, which cannot
+/// read them without waiting for the device, writes NaN into their rows of g instead.
 #[no_mangle]
 pub unsafe extern "C" fn grass_sparse_grad(
     ctx: *const grass_context,
@@ -336,6 +338,8 @@ pub unsafe extern "C" fn grass_sparse_adamw_workspace_size(
 /// step since the last reset) is read and incremented. If g holds a NaN or infinity, or the
 /// effective learning rate is not finite, nothing is written but `*skipped = 1`.
 /// `lr_scale` and `skipped` may be NULL; like every buffer they live in the context's memory.
+/// Indices must be sorted ascending within [0, d): a CPU context rejects others with
+/// `GRASS_ERROR_INVALID_VALUE`; a CUDA context checks them on the device and skips the step.
 #[no_mangle]
 pub unsafe extern "C" fn grass_sparse_adamw_step(
     ctx: *const grass_context,
@@ -469,7 +473,9 @@ pub unsafe extern "C" fn grass_state_refresh_workspace_size(
 /// Adapts M and V (r x k) to a new selection. `GRASS_REFRESH_RESET` zeroes them and `*step`;
 /// `GRASS_REFRESH_CARRY` keeps the rows whose index is in both `old_indices` and `new_indices`
 /// (both sorted; repeats pair up in order), zeroes the others and leaves `*step`.
-/// `old_indices` may be NULL (no previous selection).
+/// `old_indices` may be NULL (no previous selection). A CPU context rejects unsorted
+/// indices; a CUDA context does not check them (the result is then unspecified but stays
+/// within M and V).
 #[no_mangle]
 pub unsafe extern "C" fn grass_state_refresh(
     ctx: *const grass_context,

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The GPU suite, run on a machine with a GPU and CUDA (no Rust needed) from the repository
+# root after scripts/gpu_prepare.sh built .carry/ elsewhere:
+#
+#   bash scripts/gpu_suite.sh            # logs to $OUT, or ./gpu-logs when OUT is unset
+#
+# It runs every test binary in .carry/bin with the GPU required (a missing GPU or library
+# fails instead of skipping), then the CUDA tests under compute-sanitizer's memcheck and
+# racecheck. Logs: summary.txt, tests.log, memcheck.log, racecheck.log, nvidia-smi.txt.
+# MEMCHECK_FILTER and RACECHECK_FILTER name the tests each sanitizer runs (test-name
+# filters; memcheck runs all by default), SANITIZE_TIMEOUT bounds each run (300 s).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-logs}
+mkdir -p "$OUT"
+BIN=.carry/bin
+[ -x "$BIN/cuda" ] || { echo "no $BIN/cuda: run scripts/gpu_prepare.sh first" >&2; exit 2; }
+
+# Directories that may hold libnvrtc and libcublas: the toolkit and the Python wheels.
+dirs=""
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [ -d "$d" ] && dirs="$dirs:$d"
+done
+py_dirs=$(python3 - 2>/dev/null <<'PY'
+import os
+try:
+    import nvidia
+except ImportError:
+    raise SystemExit
+for p in nvidia.__path__:
+    for s in sorted(os.listdir(p)):
+        d = os.path.join(p, s, "lib")
+        if os.path.isdir(d):
+            print(d)
+PY
+)
+for d in $py_dirs; do dirs="$dirs:$d"; done
+export GRASS_CUDA_LIBRARY_PATH="${dirs#:}"
+export GRASS_REQUIRE_GPU=1 GRASS_REQUIRE_NVRTC=1 RUST_BACKTRACE=1
+
+SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+summary="$OUT/summary.txt"
+: >"$summary"
+nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
+{
+    echo "GRASS_CUDA_LIBRARY_PATH=$GRASS_CUDA_LIBRARY_PATH"
+    echo "compute-sanitizer: $SAN"
+} | tee -a "$summary"
+
+status=0
+record() { # name rc seconds
+    echo "$1: rc=$2 (${3}s)" | tee -a "$summary"
+    [ "$2" -eq 0 ] || status=1
+}
+
+: >"$OUT/tests.log"
+for t in "$BIN"/*; do
+    name=$(basename "$t")
+    start=$SECONDS
+    "$t" --test-threads=1 --nocapture >"$OUT/one.log" 2>&1
+    rc=$?
+    record "$name" $rc $((SECONDS - start))
+    grep -E "^test result|SKIPPED|panicked" "$OUT/one.log" | tail -n 3
+    { echo "===== $name"; cat "$OUT/one.log"; } >>"$OUT/tests.log"
+    rm -f "$OUT/one.log"
+done
+
+# Only select_rows and row_norms use shared memory, which is what racecheck inspects.
+MEMCHECK_FILTER=${MEMCHECK_FILTER-}
+RACECHECK_FILTER=${RACECHECK_FILTER-"select:: project::row_scores"}
+for tool in memcheck racecheck; do
+    start=$SECONDS
+    filter=$MEMCHECK_FILTER
+    [ "$tool" = racecheck ] && filter=$RACECHECK_FILTER
+    # shellcheck disable=SC2086
+    timeout "${SANITIZE_TIMEOUT:-300}" "$SAN" --tool "$tool" --error-exitcode 86 \
+        "$BIN/cuda" --test-threads=1 $filter >"$OUT/$tool.log" 2>&1
+    rc=$?
+    record "compute-sanitizer $tool ($filter)" $rc $((SECONDS - start))
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^test result" "$OUT/$tool.log" | tail -n 3
+    if [ "$(stat -c %s "$OUT/$tool.log")" -gt 8000000 ]; then # keep what comes back small
+        { head -c 3000000 "$OUT/$tool.log"; echo; echo "[... cut ...]"; tail -c 3000000 "$OUT/$tool.log"; } >"$OUT/cut.log"
+        mv "$OUT/cut.log" "$OUT/$tool.log"
+    fi
+done
+
+echo "suite: $([ $status -eq 0 ] && echo PASSED || echo FAILED)" | tee -a "$summary"
+exit $status

@@ -1,0 +1,399 @@
+//! One GPU: the retained primary context, the kernels compiled for its architecture, the
+//! cuBLAS handle, memory owned by handles, and the workspace each op needs.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use cudarc::driver::{result, sys, CudaContext};
+
+use crate::core::config::{AdamW, RefreshMode};
+use crate::core::dtype::Dtype;
+use crate::core::error::Result;
+use crate::core::shape::Projected;
+use crate::cuda::blas::{self, Blas};
+use crate::cuda::kernels::{Kernels, Modules};
+use crate::cuda::launch::{self, check, driver_error};
+use crate::cuda::libs::{self, Lib};
+use crate::cuda::scratch::Plan;
+use crate::cuda::{compile, probe};
+use crate::{bail, ensure};
+
+pub struct Device {
+    pub(crate) kernels: Kernels,
+    pub(crate) blas: Blas,
+    /// Keeps the kernels' modules loaded.
+    _modules: Modules,
+    arch: (i32, i32),
+    /// Last: the primary context is released after the modules and the cuBLAS handle.
+    pub(crate) ctx: Arc<CudaContext>,
+}
+
+/// Device memory owned by a handle (zero-filled at allocation, freed on drop).
+pub struct DeviceBuffer {
+    addr: usize,
+    ctx: Arc<CudaContext>,
+}
+
+impl DeviceBuffer {
+    pub fn addr(&self) -> usize {
+        self.addr
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        // SAFETY: the address came from cuMemAlloc in this context and is freed once.
+        let _ = self.ctx.bind_to_thread();
+        unsafe {
+            let _ = result::free_sync(self.addr as sys::CUdeviceptr);
+        }
+    }
+}
+
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Checks everything a CUDA context needs without creating one: the driver with at least one
+/// device, NVRTC and cuBLAS. Returns the number of devices.
+pub fn available() -> Result<i32> {
+    let n = probe()?;
+    libs::ensure(Lib::Nvrtc)?;
+    libs::ensure(Lib::Cublas)?;
+    Ok(n)
+}
+
+impl Device {
+    /// Retains the primary context of device `ordinal`, compiles every kernel for its exact
+    /// architecture and creates the cuBLAS handle. Fails with `CudaUnavailable` when a
+    /// driver, device or library is missing.
+    pub fn open(ordinal: i32) -> Result<Device> {
+        if ordinal < 0 {
+            bail!(InvalidValue, "ordinal = {ordinal} must be non-negative");
+        }
+        let n = available()?;
+        if ordinal >= n {
+            bail!(
+                InvalidValue,
+                "ordinal = {ordinal} but only {n} CUDA device(s) exist"
+            );
+        }
+        match catch_unwind(AssertUnwindSafe(|| Device::open_checked(ordinal))) {
+            Ok(r) => r,
+            Err(p) => bail!(
+                CudaUnavailable,
+                "initialising CUDA on device {ordinal} failed inside cudarc: {}",
+                panic_text(p)
+            ),
+        }
+    }
+
+    fn open_checked(ordinal: i32) -> Result<Device> {
+        let ctx = CudaContext::new(ordinal as usize)
+            .map_err(|e| driver_error("retaining the primary context", e))?;
+        let arch = ctx
+            .compute_capability()
+            .map_err(|e| driver_error("cuDeviceGetAttribute(compute capability)", e))?;
+        let cubins = compile::compile_all(arch.0, arch.1)?;
+        let modules = Modules::load(&cubins)?;
+        let kernels = modules.kernels()?;
+        let blas = Blas::new()?;
+        Ok(Device {
+            kernels,
+            blas,
+            _modules: modules,
+            arch,
+            ctx,
+        })
+    }
+
+    /// The compute capability the kernels were compiled for.
+    pub fn arch(&self) -> (i32, i32) {
+        self.arch
+    }
+
+    /// Makes the context current on the calling thread (cheap when it already is).
+    pub(crate) fn bind(&self) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| driver_error("cuCtxSetCurrent", e))
+    }
+
+    /// Zero-filled device memory (not an op: it allocates and waits for the fill).
+    pub fn alloc_zeroed(&self, bytes: usize) -> Result<DeviceBuffer> {
+        self.bind()?;
+        // SAFETY: allocation in the bound context; the fill covers exactly the allocation
+        // and runs on the legacy stream, which is then waited for.
+        unsafe {
+            let addr = result::malloc_sync(bytes.max(1))
+                .map_err(|e| driver_error(&format!("cuMemAlloc({bytes} bytes)"), e))?;
+            let buf = DeviceBuffer {
+                addr: addr as usize,
+                ctx: self.ctx.clone(),
+            };
+            launch::memset_zero(buf.addr, bytes.max(1), 0)?;
+            check(
+                "cuStreamSynchronize",
+                sys::cuStreamSynchronize(std::ptr::null_mut()),
+            )?;
+            Ok(buf)
+        }
+    }
+
+    /// Enqueues a zero fill of `bytes` bytes at `addr`.
+    pub fn memset_zero(&self, addr: usize, bytes: usize, stream: usize) -> Result<()> {
+        self.bind()?;
+        launch::memset_zero(addr, bytes, stream)
+    }
+
+    /// Copies device memory to the host after the work queued on `stream`, and waits.
+    pub fn download(&self, addr: usize, dst: &mut [u8], stream: usize) -> Result<()> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: `addr` holds dst.len() bytes of device memory (the caller's contract).
+        unsafe {
+            check(
+                "cuMemcpyDtoHAsync",
+                sys::cuMemcpyDtoHAsync_v2(
+                    dst.as_mut_ptr() as *mut _,
+                    addr as sys::CUdeviceptr,
+                    dst.len(),
+                    stream as sys::CUstream,
+                ),
+            )?;
+            check(
+                "cuStreamSynchronize",
+                sys::cuStreamSynchronize(stream as sys::CUstream),
+            )
+        }
+    }
+
+    /// Copies host memory to the device in order on `stream`, and waits.
+    pub fn upload(&self, addr: usize, src: &[u8], stream: usize) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: `addr` holds src.len() bytes of device memory (the caller's contract).
+        unsafe {
+            check(
+                "cuMemcpyHtoDAsync",
+                sys::cuMemcpyHtoDAsync_v2(
+                    addr as sys::CUdeviceptr,
+                    src.as_ptr() as *const _,
+                    src.len(),
+                    stream as sys::CUstream,
+                ),
+            )?;
+            check(
+                "cuStreamSynchronize",
+                sys::cuStreamSynchronize(stream as sys::CUstream),
+            )
+        }
+    }
+
+    pub fn scores_workspace_size(&self, p: &Projected, _b: usize, _dtype: Dtype) -> usize {
+        let mut plan = Plan::sizing();
+        scores_layout(&mut plan, p);
+        plan.size()
+    }
+
+    pub fn select_workspace_size(&self, d: usize, _r: usize) -> usize {
+        let mut plan = Plan::sizing();
+        select_layout(&mut plan, d);
+        plan.size()
+    }
+
+    pub fn sparse_grad_workspace_size(
+        &self,
+        p: &Projected,
+        b: usize,
+        r: usize,
+        dtype: Dtype,
+    ) -> usize {
+        let mut plan = Plan::sizing();
+        sparse_grad_layout(&mut plan, p, b, r, dtype);
+        plan.size()
+    }
+
+    pub fn sparse_step_workspace_size(&self, _p: &Projected, _r: usize) -> usize {
+        step_workspace_size()
+    }
+
+    pub fn dense_step_workspace_size(&self, _numel: usize) -> usize {
+        step_workspace_size()
+    }
+
+    pub fn refresh_workspace_size(&self, cfg: &AdamW, r: usize, k: usize) -> usize {
+        let mut plan = Plan::sizing();
+        refresh_layout(&mut plan, cfg, r, k);
+        plan.size()
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        // The modules and the cuBLAS handle are released by their own drops, which need
+        // this context current.
+        let _ = self.ctx.bind_to_thread();
+    }
+}
+
+/// Bytes of the step header in kernels/adamw.cu (`StepHeader`, rounded up).
+pub(crate) const STEP_HEADER: usize = 32;
+
+fn step_workspace_size() -> usize {
+    let mut plan = Plan::sizing();
+    plan.take(STEP_HEADER);
+    plan.size()
+}
+
+/// Rows of G per chunk of the score computation: at most 32 MiB of f32 and at most a quarter
+/// of the rows (so no layer's whole gradient sits in scratch), a multiple of 64 rows when
+/// there are that many.
+pub(crate) fn chunk_rows(p: &Projected) -> usize {
+    let rows = ((32usize << 20) / (4 * p.k)).min(p.d.div_ceil(4));
+    let rows = if rows >= 64 { rows / 64 * 64 } else { rows };
+    rows.clamp(1, p.d)
+}
+
+pub(crate) struct ScoresLayout {
+    pub rows: usize,
+    pub chunk: usize,
+    pub blas: usize,
+    pub blas_bytes: usize,
+}
+
+pub(crate) fn scores_layout(plan: &mut Plan, p: &Projected) -> ScoresLayout {
+    let rows = chunk_rows(p);
+    let bytes = rows * p.k * 4;
+    ScoresLayout {
+        rows,
+        chunk: plan.take(bytes),
+        blas: plan.take(blas::workspace_for(bytes)),
+        blas_bytes: blas::workspace_for(bytes),
+    }
+}
+
+pub(crate) struct SelectLayout {
+    pub padded: usize,
+    pub w: usize,
+    pub aux: usize,
+    pub keys: usize,
+    pub vals: usize,
+    pub taken: usize,
+}
+
+pub(crate) fn select_layout(plan: &mut Plan, d: usize) -> SelectLayout {
+    let padded = d.next_power_of_two();
+    SelectLayout {
+        padded,
+        w: plan.take(d * 8),
+        aux: plan.take(d * 8),
+        keys: plan.take(padded * 8),
+        vals: plan.take(padded * 4),
+        taken: plan.take(d),
+    }
+}
+
+pub(crate) struct SparseGradLayout {
+    pub gathered: usize,
+    pub product: usize,
+    pub blas: usize,
+    pub blas_bytes: usize,
+}
+
+pub(crate) fn sparse_grad_layout(
+    plan: &mut Plan,
+    p: &Projected,
+    b: usize,
+    r: usize,
+    dtype: Dtype,
+) -> SparseGradLayout {
+    let product = r * p.k * 4;
+    SparseGradLayout {
+        gathered: plan.take(b * r * dtype.size()),
+        product: plan.take(product),
+        blas: plan.take(blas::workspace_for(product)),
+        blas_bytes: blas::workspace_for(product),
+    }
+}
+
+pub(crate) struct RefreshLayout {
+    pub m: usize,
+    pub v: usize,
+}
+
+pub(crate) fn refresh_layout(plan: &mut Plan, cfg: &AdamW, r: usize, k: usize) -> RefreshLayout {
+    match cfg.refresh_mode {
+        RefreshMode::Reset => RefreshLayout { m: 0, v: 0 },
+        RefreshMode::Carry => {
+            let bytes = r * k * cfg.state_dtype.size();
+            RefreshLayout {
+                m: plan.take(bytes),
+                v: plan.take(bytes),
+            }
+        }
+    }
+}
+
+/// Validates that a size fits the i32 / i64 kernel parameters it travels in.
+pub(crate) fn fits_i32(name: &str, v: usize) -> Result<i32> {
+    ensure!(
+        v <= i32::MAX as usize,
+        InvalidValue,
+        "{name} = {v} exceeds 2^31 - 1"
+    );
+    Ok(v as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::config::Side;
+
+    #[test]
+    fn scores_scratch_stays_under_64_mib_for_the_benchmark_shapes() {
+        for (m, n) in [(4096, 4096), (11008, 4096), (4096, 11008), (13824, 5120)] {
+            for side in [Side::Rows, Side::Auto, Side::Cols] {
+                let p = Projected::new(m, n, side);
+                let mut plan = Plan::sizing();
+                let l = scores_layout(&mut plan, &p);
+                assert!(plan.size() <= 64 << 20, "{m}x{n} {side:?}: {}", plan.size());
+                assert!(
+                    l.rows >= 64 && l.rows % 64 == 0,
+                    "{m}x{n} {side:?}: {}",
+                    l.rows
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_cover_small_and_wide_problems() {
+        assert_eq!(chunk_rows(&Projected::new(5, 3, Side::Rows)), 2);
+        assert_eq!(chunk_rows(&Projected::new(100, 1 << 24, Side::Rows)), 1);
+        assert_eq!(chunk_rows(&Projected::new(4096, 4096, Side::Rows)), 1024);
+        assert_eq!(chunk_rows(&Projected::new(13824, 5120, Side::Rows)), 1600);
+    }
+
+    #[test]
+    fn scores_scratch_never_holds_the_whole_gradient() {
+        for (m, n) in [(64, 64), (512, 128), (128, 512), (4096, 1024), (3, 2)] {
+            let mut plan = Plan::sizing();
+            scores_layout(&mut plan, &Projected::new(m, n, Side::Auto));
+            if m * n >= 64 {
+                assert!(
+                    plan.size() * 2 < m * n * 4,
+                    "{m} x {n}: {} bytes",
+                    plan.size()
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! The layer-1 ops on device pointers: each validates what the kernels need, carves its
+//! scratch from the caller's workspace and enqueues its work on the caller's stream. None
+//! allocates or waits for the device.
+
+use crate::backend::*;
+use crate::core::config::{DecayMode, Method, RefreshMode, Scaling, Side};
+use crate::core::dtype::Dtype;
+use crate::core::error::Result;
+use crate::cuda::blas::Gemm;
+use crate::cuda::device::{
+    fits_i32, refresh_layout, scores_layout, select_layout, sparse_grad_layout, Device, STEP_HEADER,
+};
+use crate::cuda::launch::{self, launch, Arg, Shape};
+use crate::cuda::scratch::Plan;
+use crate::ffi::types::dtype_code;
+
+/// Threads per block of the elementwise kernels.
+const BLOCK: u32 = 256;
+/// Blocks of the grid-stride kernels (enough to fill any current GPU).
+const MAX_BLOCKS: u32 = 4096;
+/// Threads of the selection kernel (SEL_THREADS in kernels/select.cu).
+const SELECT_THREADS: u32 = 1024;
+
+fn dt(d: Dtype) -> Arg {
+    Arg::I32(dtype_code(d))
+}
+
+fn method_code(m: Method) -> i32 {
+    match m {
+        Method::TopR => 0,
+        Method::Multinomial => 1,
+        Method::MultinomialNr => 2,
+        Method::Uniform => 3,
+        Method::UniformNr => 4,
+    }
+}
+
+/// (A, B) of G_sel = Aᵀ B: A's columns are the projected dimension.
+fn operands(side: Side, x: usize, dy: usize) -> (usize, usize) {
+    if side == Side::Cols {
+        (x, dy)
+    } else {
+        (dy, x)
+    }
+}
+
+impl Device {
+    pub fn row_scores(&self, a: &ScoresArgs) -> Result<()> {
+        let p = a.p;
+        let mut plan = Plan::within(a.ws);
+        let l = scores_layout(&mut plan, &p);
+        plan.check()?;
+        let (amat, bmat) = operands(p.side, a.x, a.dy);
+        self.bind()?;
+        let mut i0 = 0;
+        while i0 < p.d {
+            let rows = l.rows.min(p.d - i0);
+            let g = Gemm {
+                dtype: a.dtype,
+                b: a.b,
+                k: p.k,
+                n: rows,
+                bmat,
+                amat: amat + i0 * a.dtype.size(),
+                lda: p.d,
+                out: l.chunk,
+            };
+            self.blas.run(&g, l.blas, l.blas_bytes, a.stream)?;
+            // SAFETY: the chunk holds rows x k f32 written by the GEMM; scores holds d f32.
+            unsafe {
+                launch(
+                    &self.kernels.row_norms,
+                    Shape::linear(rows as u64 * 256, 256, i32::MAX as u32),
+                    a.stream,
+                    [
+                        Arg::Ptr(l.chunk),
+                        Arg::I32(rows as i32),
+                        Arg::I64(p.k as i64),
+                        Arg::Ptr(a.scores + i0 * 4),
+                    ],
+                )?;
+            }
+            i0 += rows;
+        }
+        Ok(())
+    }
+
+    pub fn select(&self, a: &SelectArgs) -> Result<()> {
+        let d = fits_i32("d", a.d)?;
+        let r = fits_i32("rank", a.sel.rank)?;
+        let mut plan = Plan::within(a.ws);
+        let l = select_layout(&mut plan, a.d);
+        plan.check()?;
+        self.bind()?;
+        // SAFETY: scores holds d f32, indices and scales r entries, and the scratch regions
+        // the sizes select_layout gave them.
+        unsafe {
+            launch(
+                &self.kernels.select_rows,
+                Shape::single(SELECT_THREADS),
+                a.stream,
+                [
+                    Arg::Ptr(a.scores),
+                    Arg::I32(d),
+                    Arg::I32(r),
+                    Arg::I32(method_code(a.sel.method)),
+                    Arg::I32(a.sel.power as i32),
+                    Arg::I32((a.sel.scaling == Scaling::None) as i32),
+                    Arg::U64(a.sel.seed),
+                    Arg::U32(a.sel.layer_id),
+                    Arg::U32(a.refresh_index),
+                    Arg::Ptr(a.indices),
+                    Arg::Ptr(a.scales),
+                    Arg::Ptr(l.w),
+                    Arg::Ptr(l.aux),
+                    Arg::Ptr(l.keys),
+                    Arg::Ptr(l.vals),
+                    Arg::Ptr(l.taken),
+                    Arg::U32(l.padded as u32),
+                ],
+            )
+        }
+    }
+
+    pub fn sparse_grad(&self, a: &SparseGradArgs) -> Result<()> {
+        let p = a.p;
+        let r = fits_i32("r", a.r)?;
+        let mut plan = Plan::within(a.ws);
+        let l = sparse_grad_layout(&mut plan, &p, a.b, a.r, a.dtype);
+        plan.check()?;
+        let (amat, bmat) = operands(p.side, a.x, a.dy);
+        self.bind()?;
+        // SAFETY: A is b x d and B is b x k of `dtype`, indices and scales hold r entries,
+        // g holds r x k f32, and the scratch regions have the sizes of the layout.
+        unsafe {
+            launch(
+                &self.kernels.gather_cols,
+                Shape::rows(a.r as u64, BLOCK, a.b as u64),
+                a.stream,
+                [
+                    Arg::Ptr(amat),
+                    dt(a.dtype),
+                    Arg::I64(a.b as i64),
+                    Arg::I64(p.d as i64),
+                    Arg::Ptr(a.indices),
+                    Arg::I32(r),
+                    Arg::Ptr(l.gathered),
+                ],
+            )?;
+            let g = Gemm {
+                dtype: a.dtype,
+                b: a.b,
+                k: p.k,
+                n: a.r,
+                bmat,
+                amat: l.gathered,
+                lda: a.r,
+                out: l.product,
+            };
+            self.blas.run(&g, l.blas, l.blas_bytes, a.stream)?;
+            launch(
+                &self.kernels.scale_rows,
+                Shape::rows(p.k as u64, BLOCK, a.r as u64),
+                a.stream,
+                [
+                    Arg::Ptr(l.product),
+                    Arg::Ptr(a.scales),
+                    Arg::I32(r),
+                    Arg::I64(p.k as i64),
+                    Arg::Ptr(a.g),
+                    Arg::I32(a.accumulate as i32),
+                ],
+            )
+        }
+    }
+
+    /// Zeroes the step header, flags a bad gradient (or bad indices) on the device and lets
+    /// one thread decide the step; returns the header's address.
+    fn prepare_step(
+        &self,
+        b: &StepBuffers,
+        grad: usize,
+        grad_dtype: Dtype,
+        numel: usize,
+        indices: (usize, usize, usize),
+    ) -> Result<usize> {
+        let mut plan = Plan::within(b.ws);
+        let header = plan.take(STEP_HEADER);
+        plan.check()?;
+        let (idx, r, d) = indices;
+        launch::memset_zero(header, STEP_HEADER, b.stream)?;
+        // SAFETY: grad holds numel elements of grad_dtype, idx (when not 0) r i32, step one
+        // i32, lr_scale and skipped (when not 0) one value each, header STEP_HEADER bytes.
+        unsafe {
+            launch(
+                &self.kernels.step_check,
+                Shape::linear(numel.max(r) as u64, BLOCK, MAX_BLOCKS),
+                b.stream,
+                [
+                    Arg::Ptr(grad),
+                    dt(grad_dtype),
+                    Arg::I64(numel as i64),
+                    Arg::Ptr(idx),
+                    Arg::I32(r as i32),
+                    Arg::I64(d as i64),
+                    Arg::Ptr(header),
+                ],
+            )?;
+            launch(
+                &self.kernels.step_prepare,
+                Shape::single(1),
+                b.stream,
+                [
+                    Arg::Ptr(header),
+                    Arg::Ptr(b.step),
+                    Arg::F32(b.lr),
+                    Arg::Ptr(b.lr_scale),
+                    Arg::F32(b.cfg.beta1),
+                    Arg::F32(b.cfg.beta2),
+                    Arg::F32(b.cfg.weight_decay),
+                    Arg::Ptr(b.skipped),
+                ],
+            )?;
+        }
+        Ok(header)
+    }
+
+    pub fn sparse_step(&self, a: &SparseStepArgs) -> Result<()> {
+        let (p, b) = (a.p, &a.buf);
+        let r = fits_i32("r", a.r)?;
+        self.bind()?;
+        let header = self.prepare_step(b, a.g, Dtype::F32, a.r * p.k, (a.indices, a.r, p.d))?;
+        let decaying = b.cfg.weight_decay > 0.0;
+        // SAFETY: W holds m x n elements of w_dtype; M, V and g hold r x k; indices and
+        // scales r; the header was prepared above on the same stream.
+        unsafe {
+            if decaying && b.cfg.decay_mode == DecayMode::Dense {
+                launch(
+                    &self.kernels.decay_all,
+                    Shape::linear((p.m * p.n) as u64, BLOCK, MAX_BLOCKS),
+                    b.stream,
+                    [
+                        Arg::Ptr(b.w),
+                        dt(b.w_dtype),
+                        Arg::I64((p.m * p.n) as i64),
+                        Arg::Ptr(header),
+                    ],
+                )?;
+            }
+            launch(
+                &self.kernels.sparse_adamw,
+                Shape::rows(p.k as u64, BLOCK, a.r as u64),
+                b.stream,
+                [
+                    Arg::Ptr(b.w),
+                    dt(b.w_dtype),
+                    Arg::I64(p.n as i64),
+                    Arg::I32((p.side == Side::Cols) as i32),
+                    Arg::Ptr(b.m),
+                    Arg::Ptr(b.v),
+                    dt(b.cfg.state_dtype),
+                    Arg::Ptr(a.g),
+                    Arg::Ptr(a.indices),
+                    Arg::Ptr(a.scales),
+                    Arg::I32(r),
+                    Arg::I64(p.k as i64),
+                    Arg::F32(b.cfg.beta1),
+                    Arg::F32(b.cfg.beta2),
+                    Arg::F32(b.cfg.eps),
+                    Arg::F32(b.cfg.alpha),
+                    Arg::I32((decaying && b.cfg.decay_mode == DecayMode::Selected) as i32),
+                    Arg::Ptr(header),
+                ],
+            )
+        }
+    }
+
+    pub fn dense_step(&self, a: &DenseStepArgs) -> Result<()> {
+        let b = &a.buf;
+        self.bind()?;
+        let header = self.prepare_step(b, a.grad, a.grad_dtype, a.numel, (0, 0, 0))?;
+        let decay_on = b.cfg.weight_decay > 0.0 && b.cfg.decay_mode != DecayMode::Off;
+        // SAFETY: W, grad, M and V hold numel elements of their dtypes; the header was
+        // prepared above on the same stream.
+        unsafe {
+            launch(
+                &self.kernels.dense_adamw,
+                Shape::linear(a.numel as u64, BLOCK, MAX_BLOCKS),
+                b.stream,
+                [
+                    Arg::Ptr(b.w),
+                    dt(b.w_dtype),
+                    Arg::Ptr(a.grad),
+                    dt(a.grad_dtype),
+                    Arg::Ptr(b.m),
+                    Arg::Ptr(b.v),
+                    dt(b.cfg.state_dtype),
+                    Arg::I64(a.numel as i64),
+                    Arg::F32(b.cfg.beta1),
+                    Arg::F32(b.cfg.beta2),
+                    Arg::F32(b.cfg.eps),
+                    Arg::I32(decay_on as i32),
+                    Arg::Ptr(header),
+                ],
+            )
+        }
+    }
+
+    pub fn state_refresh(&self, a: &RefreshArgs) -> Result<()> {
+        let r = fits_i32("r", a.r)?;
+        let mut plan = Plan::within(a.ws);
+        let l = refresh_layout(&mut plan, &a.cfg, a.r, a.k);
+        plan.check()?;
+        let size = a.cfg.state_dtype.size();
+        let bytes = a.r * a.k * size;
+        self.bind()?;
+        match a.cfg.refresh_mode {
+            RefreshMode::Reset => {
+                launch::memset_zero(a.m, bytes, a.stream)?;
+                launch::memset_zero(a.v, bytes, a.stream)?;
+                launch::memset_zero(a.step, 4, a.stream)
+            }
+            RefreshMode::Carry => {
+                launch::copy(l.m, a.m, bytes, a.stream)?;
+                launch::copy(l.v, a.v, bytes, a.stream)?;
+                // SAFETY: the copies hold the old states; M and V hold r x k elements;
+                // the index arrays r entries each (old may be 0 for none).
+                unsafe {
+                    launch(
+                        &self.kernels.carry_rows,
+                        Shape::rows(a.k as u64, BLOCK, a.r as u64),
+                        a.stream,
+                        [
+                            Arg::Ptr(l.m),
+                            Arg::Ptr(l.v),
+                            Arg::Ptr(a.m),
+                            Arg::Ptr(a.v),
+                            Arg::I32(size as i32),
+                            Arg::Ptr(a.old_indices),
+                            Arg::Ptr(a.new_indices),
+                            Arg::I32(r),
+                            Arg::I64(a.k as i64),
+                        ],
+                    )
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! The compressed and the dense AdamW step and the state refresh agree with the host bit for
+//! bit, over several steps, for every weight, gradient and state dtype.
+
+use grass::core::dtype::Dtype;
+use grass::ffi::*;
+
+use crate::gpu::*;
+
+const STATES: [Dtype; 2] = [Dtype::F32, Dtype::Bf16];
+
+pub fn adamw_config(
+    decay: grass_decay_mode,
+    state: Dtype,
+    refresh: grass_refresh_mode,
+) -> grass_adamw_config {
+    let mut cfg = std::mem::MaybeUninit::<grass_adamw_config>::uninit();
+    ok(unsafe { grass_adamw_config_init(cfg.as_mut_ptr()) });
+    let mut cfg = unsafe { cfg.assume_init() };
+    cfg.decay_mode = decay;
+    cfg.weight_decay = if decay == GRASS_DECAY_OFF { 0.0 } else { 0.1 };
+    cfg.alpha = 0.25;
+    cfg.state_dtype = code(state);
+    cfg.refresh_mode = refresh;
+    cfg
+}
+
+/// One backend's buffers of a step: W, M, V, the step counter and the skip flag, with the
+/// op's scratch. Host buffers for the CPU context, device buffers for CUDA.
+enum Bufs {
+    Host {
+        w: Vec<u8>,
+        m: Vec<u8>,
+        v: Vec<u8>,
+        counters: Vec<i32>,
+        lr_scale: Vec<f32>,
+        ws: Vec<u8>,
+    },
+    Dev {
+        w: DevBuf,
+        m: DevBuf,
+        v: DevBuf,
+        counters: DevBuf,
+        lr_scale: DevBuf,
+        ws: DevBuf,
+    },
+}
+
+impl Bufs {
+    fn new(cuda: bool, w: &[u8], state_bytes: usize, ws: usize) -> Bufs {
+        if cuda {
+            Bufs::Dev {
+                w: DevBuf::from_bytes(w),
+                m: DevBuf::from_bytes(&vec![0; state_bytes]),
+                v: DevBuf::from_bytes(&vec![0; state_bytes]),
+                counters: DevBuf::from(&[0i32, -1]),
+                lr_scale: DevBuf::from(&[1f32]),
+                ws: DevBuf::poisoned(ws),
+            }
+        } else {
+            Bufs::Host {
+                w: w.to_vec(),
+                m: vec![0; state_bytes],
+                v: vec![0; state_bytes],
+                counters: vec![0, -1],
+                lr_scale: vec![1.0],
+                ws: vec![0; ws],
+            }
+        }
+    }
+    /// (w, m, v, step, skipped, lr_scale, ws, ws_bytes)
+    #[allow(clippy::type_complexity)]
+    fn ptrs(
+        &mut self,
+    ) -> (
+        *mut u8,
+        *mut u8,
+        *mut u8,
+        *mut i32,
+        *mut i32,
+        *mut f32,
+        *mut u8,
+        usize,
+    ) {
+        match self {
+            Bufs::Host {
+                w,
+                m,
+                v,
+                counters,
+                lr_scale,
+                ws,
+            } => (
+                w.as_mut_ptr(),
+                m.as_mut_ptr(),
+                v.as_mut_ptr(),
+                counters.as_mut_ptr(),
+                unsafe { counters.as_mut_ptr().add(1) },
+                lr_scale.as_mut_ptr(),
+                ws.as_mut_ptr(),
+                ws.len(),
+            ),
+            Bufs::Dev {
+                w,
+                m,
+                v,
+                counters,
+                lr_scale,
+                ws,
+            } => (
+                w.ptr(),
+                m.ptr(),
+                v.ptr(),
+                counters.ptr(),
+                unsafe { counters.ptr::<i32>().add(1) },
+                lr_scale.ptr(),
+                ws.ptr(),
+                ws.bytes,
+            ),
+        }
+    }
+    fn set_lr_scale(&mut self, s: f32) {
+        match self {
+            Bufs::Host { lr_scale, .. } => lr_scale[0] = s,
+            Bufs::Dev { lr_scale, .. } => lr_scale.write(as_bytes(&[s])),
+        }
+    }
+    /// (W, M, V, counters) as bytes.
+    fn read(&self) -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
+        match self {
+            Bufs::Host {
+                w, m, v, counters, ..
+            } => (w.clone(), m.clone(), v.clone(), as_bytes(counters).to_vec()),
+            Bufs::Dev {
+                w, m, v, counters, ..
+            } => (w.bytes(), m.bytes(), v.bytes(), counters.bytes()),
+        }
+    }
+}
+
+fn compare(what: &str, cpu: &Bufs, gpu: &Bufs, w_dt: Dtype, s_dt: Dtype) {
+    let (cw, cm, cv, cc) = cpu.read();
+    let (gw, gm, gv, gc) = gpu.read();
+    assert_same_bits(&format!("W, {what}"), &gw, &cw, w_dt.size());
+    assert_same_bits(&format!("M, {what}"), &gm, &cm, s_dt.size());
+    assert_same_bits(&format!("V, {what}"), &gv, &cv, s_dt.size());
+    assert_same_bits(&format!("step and skipped, {what}"), &gc, &cc, 4);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sparse_step(
+    ctx: *const grass_context,
+    cfg: &grass_adamw_config,
+    m: usize,
+    n: usize,
+    side: grass_side,
+    r: usize,
+    w_dt: Dtype,
+    b: &mut Bufs,
+    idx: *const i32,
+    scales: *const f32,
+    g: *const f32,
+    lr: f32,
+    use_scale: bool,
+) {
+    let (w, ms, vs, step, skipped, lr_scale, ws, wsb) = b.ptrs();
+    ok(unsafe {
+        grass_sparse_adamw_step(
+            ctx,
+            cfg,
+            m as i64,
+            n as i64,
+            side,
+            r as i64,
+            code(w_dt),
+            w.cast(),
+            idx,
+            scales,
+            g,
+            ms.cast(),
+            vs.cast(),
+            step,
+            lr,
+            if use_scale {
+                lr_scale
+            } else {
+                std::ptr::null_mut()
+            },
+            skipped,
+            ws.cast(),
+            wsb,
+            std::ptr::null_mut(),
+        )
+    });
+}
+
+#[test]
+fn sparse_step_matches_the_host_bit_for_bit() {
+    let Some(gpu_) = gpu("sparse_step_matches_the_host_bit_for_bit") else {
+        return;
+    };
+    let mut rng = Rng::new(6);
+    let (m, n, r) = (40usize, 24usize, 10usize);
+    for side in [GRASS_SIDE_ROWS, GRASS_SIDE_COLS] {
+        let (d, k) = if side == GRASS_SIDE_ROWS {
+            (m, n)
+        } else {
+            (n, m)
+        };
+        for w_dt in DTYPES {
+            for s_dt in STATES {
+                for decay in [GRASS_DECAY_OFF, GRASS_DECAY_SELECTED, GRASS_DECAY_DENSE] {
+                    let cfg = adamw_config(decay, s_dt, GRASS_REFRESH_RESET);
+                    let w0 = encode(&rng.normals(m * n), w_dt);
+                    let idx = rng.sorted_indices(r, d); // repeats allowed: one run per row
+                    let scales: Vec<f32> = (0..r).map(|_| 0.5 + rng.unit() as f32).collect();
+                    let mut wsb = 0;
+                    ok(unsafe {
+                        grass_sparse_adamw_workspace_size(
+                            gpu_.cuda, m as i64, n as i64, side, r as i64, &mut wsb,
+                        )
+                    });
+                    let mut cpu = Bufs::new(false, &w0, r * k * s_dt.size(), 0);
+                    let mut dev = Bufs::new(true, &w0, r * k * s_dt.size(), wsb);
+                    let (didx, dsc) = (DevBuf::from(&idx), DevBuf::from(&scales));
+                    for t in 0..4 {
+                        let mut g = rng.normals(r * k);
+                        let lr_scale = if t == 2 { 0.5 } else { 1.0 };
+                        if t == 3 {
+                            g[r * k / 2] = f32::NAN; // skipped: nothing but the flag changes
+                        }
+                        cpu.set_lr_scale(lr_scale);
+                        dev.set_lr_scale(lr_scale);
+                        let dg = DevBuf::from(&g);
+                        sparse_step(
+                            gpu_.cpu,
+                            &cfg,
+                            m,
+                            n,
+                            side,
+                            r,
+                            w_dt,
+                            &mut cpu,
+                            idx.as_ptr(),
+                            scales.as_ptr(),
+                            g.as_ptr(),
+                            1e-2,
+                            t % 2 == 0,
+                        );
+                        sparse_step(
+                            gpu_.cuda,
+                            &cfg,
+                            m,
+                            n,
+                            side,
+                            r,
+                            w_dt,
+                            &mut dev,
+                            didx.ptr(),
+                            dsc.ptr(),
+                            dg.ptr(),
+                            1e-2,
+                            t % 2 == 0,
+                        );
+                        let what =
+                            format!("side {side} W {w_dt:?} state {s_dt:?} decay {decay} step {t}");
+                        compare(&what, &cpu, &dev, w_dt, s_dt);
+                    }
+                    let (_, _, _, c) = dev.read();
+                    assert_eq!(
+                        from_bytes::<i32>(&c),
+                        vec![3, 1],
+                        "three steps applied, the last skipped"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_non_finite_learning_rate_scale_skips_the_step() {
+    let Some(gpu_) = gpu("a_non_finite_learning_rate_scale_skips_the_step") else {
+        return;
+    };
+    let mut rng = Rng::new(7);
+    let (m, n, r) = (8usize, 6usize, 3usize);
+    let cfg = adamw_config(GRASS_DECAY_DENSE, Dtype::F32, GRASS_REFRESH_RESET);
+    let w0 = encode(&rng.normals(m * n), Dtype::F32);
+    let mut wsb = 0;
+    ok(unsafe {
+        grass_sparse_adamw_workspace_size(
+            gpu_.cuda,
+            m as i64,
+            n as i64,
+            GRASS_SIDE_ROWS,
+            r as i64,
+            &mut wsb,
+        )
+    });
+    let mut dev = Bufs::new(true, &w0, r * n * 4, wsb);
+    dev.set_lr_scale(f32::INFINITY);
+    let (didx, dsc, dg) = (
+        DevBuf::from(&[0i32, 2, 5]),
+        DevBuf::from(&[1f32; 3]),
+        DevBuf::from(&rng.normals(r * n)),
+    );
+    sparse_step(
+        gpu_.cuda,
+        &cfg,
+        m,
+        n,
+        GRASS_SIDE_ROWS,
+        r,
+        Dtype::F32,
+        &mut dev,
+        didx.ptr(),
+        dsc.ptr(),
+        dg.ptr(),
+        1e-2,
+        true,
+    );
+    let (w, mm, _, c) = dev.read();
+    assert_eq!(w, w0, "W must be untouched");
+    assert!(mm.iter().all(|&x| x == 0), "M must be untouched");
+    assert_eq!(from_bytes::<i32>(&c), vec![0, 1]);
+}
+
+#[test]
+fn unsorted_or_out_of_range_indices_skip_the_step_on_the_device() {
+    let Some(gpu_) = gpu("unsorted_or_out_of_range_indices_skip_the_step_on_the_device") else {
+        return;
+    };
+    let mut rng = Rng::new(8);
+    let (m, n, r) = (8usize, 6usize, 3usize);
+    let cfg = adamw_config(GRASS_DECAY_OFF, Dtype::F32, GRASS_REFRESH_RESET);
+    let w0 = encode(&rng.normals(m * n), Dtype::F32);
+    let mut wsb = 0;
+    ok(unsafe {
+        grass_sparse_adamw_workspace_size(
+            gpu_.cuda,
+            m as i64,
+            n as i64,
+            GRASS_SIDE_ROWS,
+            r as i64,
+            &mut wsb,
+        )
+    });
+    for bad in [[2i32, 1, 5], [0, 2, 8], [-1, 2, 5]] {
+        let mut dev = Bufs::new(true, &w0, r * n * 4, wsb);
+        let (didx, dsc, dg) = (
+            DevBuf::from(&bad),
+            DevBuf::from(&[1f32; 3]),
+            DevBuf::from(&rng.normals(r * n)),
+        );
+        sparse_step(
+            gpu_.cuda,
+            &cfg,
+            m,
+            n,
+            GRASS_SIDE_ROWS,
+            r,
+            Dtype::F32,
+            &mut dev,
+            didx.ptr(),
+            dsc.ptr(),
+            dg.ptr(),
+            1e-2,
+            false,
+        );
+        let (w, _, _, c) = dev.read();
+        assert_eq!(w, w0, "indices {bad:?}: W must be untouched");
+        assert_eq!(from_bytes::<i32>(&c), vec![0, 1], "indices {bad:?}");
+    }
+}
+
+#[test]
+fn dense_step_matches_the_host_bit_for_bit() {
+    let Some(gpu_) = gpu("dense_step_matches_the_host_bit_for_bit") else {
+        return;
+    };
+    let mut rng = Rng::new(9);
+    for numel in [1000usize, 1_500_007] {
+        for w_dt in DTYPES {
+            for g_dt in DTYPES {
+                for s_dt in STATES {
+                    for decay in [GRASS_DECAY_OFF, GRASS_DECAY_SELECTED] {
+                        if numel > 1000 && (g_dt != w_dt || decay == GRASS_DECAY_OFF) {
+                            continue; // the large size checks the grid stride once per pair
+                        }
+                        let cfg = adamw_config(decay, s_dt, GRASS_REFRESH_RESET);
+                        let w0 = encode(&rng.normals(numel), w_dt);
+                        let mut wsb = 0;
+                        ok(unsafe {
+                            grass_adamw_workspace_size(gpu_.cuda, numel as i64, &mut wsb)
+                        });
+                        let mut cpu = Bufs::new(false, &w0, numel * s_dt.size(), 0);
+                        let mut dev = Bufs::new(true, &w0, numel * s_dt.size(), wsb);
+                        for t in 0..3 {
+                            let mut g = rng.normals(numel);
+                            if t == 2 {
+                                g[numel - 1] = f32::INFINITY;
+                            }
+                            let g = encode(&g, g_dt);
+                            let dg = DevBuf::from_bytes(&g);
+                            for (ctx, b, gp) in [
+                                (gpu_.cpu, &mut cpu, g.as_ptr()),
+                                (gpu_.cuda, &mut dev, dg.ptr::<u8>() as *const u8),
+                            ] {
+                                let (w, ms, vs, step, skipped, lr_scale, ws, wsl) = b.ptrs();
+                                ok(unsafe {
+                                    grass_adamw_step(
+                                        ctx,
+                                        &cfg,
+                                        numel as i64,
+                                        code(w_dt),
+                                        w.cast(),
+                                        code(g_dt),
+                                        gp.cast(),
+                                        ms.cast(),
+                                        vs.cast(),
+                                        step,
+                                        3e-3,
+                                        lr_scale,
+                                        skipped,
+                                        ws.cast(),
+                                        wsl,
+                                        std::ptr::null_mut(),
+                                    )
+                                });
+                            }
+                            let what = format!("numel {numel} W {w_dt:?} grad {g_dt:?} state {s_dt:?} decay {decay} step {t}");
+                            compare(&what, &cpu, &dev, w_dt, s_dt);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn state_refresh_matches_the_host_bit_for_bit() {
+    let Some(gpu_) = gpu("state_refresh_matches_the_host_bit_for_bit") else {
+        return;
+    };
+    let mut rng = Rng::new(10);
+    let (r, k) = (12usize, 7usize);
+    let old = vec![0i32, 2, 2, 2, 5, 6, 9, 9, 11, 15, 15, 20];
+    let new = vec![1i32, 2, 2, 5, 5, 7, 9, 9, 9, 15, 20, 21];
+    for s_dt in STATES {
+        for mode in [GRASS_REFRESH_RESET, GRASS_REFRESH_CARRY] {
+            for with_old in [true, false] {
+                let cfg = adamw_config(GRASS_DECAY_OFF, s_dt, mode);
+                let ms = encode(&rng.normals(r * k), s_dt);
+                let vs = encode(
+                    &rng.normals(r * k).iter().map(|x| x * x).collect::<Vec<_>>(),
+                    s_dt,
+                );
+                let mut wsb = 0;
+                ok(unsafe {
+                    grass_state_refresh_workspace_size(
+                        gpu_.cuda, &cfg, r as i64, k as i64, &mut wsb,
+                    )
+                });
+                let mut cws = 0;
+                ok(unsafe {
+                    grass_state_refresh_workspace_size(gpu_.cpu, &cfg, r as i64, k as i64, &mut cws)
+                });
+                let (mut hm, mut hv, mut hstep, mut hws) =
+                    (ms.clone(), vs.clone(), 5i32, vec![0u8; cws]);
+                ok(unsafe {
+                    grass_state_refresh(
+                        gpu_.cpu,
+                        &cfg,
+                        r as i64,
+                        k as i64,
+                        if with_old {
+                            old.as_ptr()
+                        } else {
+                            std::ptr::null()
+                        },
+                        new.as_ptr(),
+                        hm.as_mut_ptr().cast(),
+                        hv.as_mut_ptr().cast(),
+                        &mut hstep,
+                        hws.as_mut_ptr().cast(),
+                        hws.len(),
+                        std::ptr::null_mut(),
+                    )
+                });
+                let (dold, dnew) = (DevBuf::from(&old), DevBuf::from(&new));
+                let (dm, dv, dstep, dws) = (
+                    DevBuf::from_bytes(&ms),
+                    DevBuf::from_bytes(&vs),
+                    DevBuf::from(&[5i32]),
+                    DevBuf::poisoned(wsb),
+                );
+                ok(unsafe {
+                    grass_state_refresh(
+                        gpu_.cuda,
+                        &cfg,
+                        r as i64,
+                        k as i64,
+                        if with_old {
+                            dold.ptr()
+                        } else {
+                            std::ptr::null_mut()
+                        },
+                        dnew.ptr(),
+                        dm.void(),
+                        dv.void(),
+                        dstep.ptr(),
+                        dws.void(),
+                        wsb,
+                        std::ptr::null_mut(),
+                    )
+                });
+                let what = format!("state {s_dt:?} mode {mode} old {with_old}");
+                assert_same_bits(&format!("M, {what}"), &dm.bytes(), &hm, s_dt.size());
+                assert_same_bits(&format!("V, {what}"), &dv.bytes(), &hv, s_dt.size());
+                assert_eq!(dstep.i32s(), vec![hstep], "step, {what}");
+            }
+        }
+    }
+}

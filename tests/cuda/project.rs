@@ -1,0 +1,294 @@
+//! Row scores and the sparse gradient.
+
+use grass::core::dtype::{tolerance, Dtype};
+use grass::ffi::*;
+
+use crate::gpu::*;
+
+const SIDES: [grass_side; 2] = [GRASS_SIDE_ROWS, GRASS_SIDE_COLS];
+
+/// X (b x n) and dY (b x m), random normal, stored as `dt`.
+fn activations(rng: &mut Rng, m: usize, n: usize, b: usize, dt: Dtype) -> (Vec<u8>, Vec<u8>) {
+    (
+        encode(&rng.normals(b * n), dt),
+        encode(&rng.normals(b * m), dt),
+    )
+}
+
+fn dims(m: usize, n: usize, side: grass_side) -> (usize, usize) {
+    let (mut d, mut k) = (0i64, 0i64);
+    ok(unsafe {
+        grass_resolve_side(
+            m as i64,
+            n as i64,
+            side,
+            std::ptr::null_mut(),
+            &mut d,
+            &mut k,
+        )
+    });
+    (d as usize, k as usize)
+}
+
+fn scores_ws(
+    ctx: *const grass_context,
+    m: usize,
+    n: usize,
+    b: usize,
+    side: grass_side,
+    dt: Dtype,
+) -> usize {
+    let mut bytes = 0;
+    ok(unsafe {
+        grass_scores_workspace_size(
+            ctx,
+            m as i64,
+            n as i64,
+            b as i64,
+            side,
+            code(dt),
+            &mut bytes,
+        )
+    });
+    bytes
+}
+
+#[test]
+fn row_scores_match_the_host() {
+    let Some(g) = gpu("row_scores_match_the_host") else {
+        return;
+    };
+    let mut rng = Rng::new(1);
+    // The second shape needs several chunks on either side.
+    for &(m, n, b) in &[(96usize, 80usize, 33usize), (500, 40000, 8)] {
+        for dt in DTYPES {
+            for side in SIDES {
+                let (x, dy) = activations(&mut rng, m, n, b, dt);
+                let (d, _) = dims(m, n, side);
+                let mut want = vec![0f32; d];
+                let mut ws = vec![0u8; scores_ws(g.cpu, m, n, b, side, dt)];
+                ok(unsafe {
+                    grass_row_scores(
+                        g.cpu,
+                        m as i64,
+                        n as i64,
+                        b as i64,
+                        side,
+                        code(dt),
+                        x.as_ptr().cast(),
+                        dy.as_ptr().cast(),
+                        want.as_mut_ptr(),
+                        ws.as_mut_ptr().cast(),
+                        ws.len(),
+                        std::ptr::null_mut(),
+                    )
+                });
+                let wsb = scores_ws(g.cuda, m, n, b, side, dt);
+                let (dx, ddy) = (DevBuf::from_bytes(&x), DevBuf::from_bytes(&dy));
+                let (out, dws) = (DevBuf::poisoned(d * 4), DevBuf::poisoned(wsb));
+                ok(unsafe {
+                    grass_row_scores(
+                        g.cuda,
+                        m as i64,
+                        n as i64,
+                        b as i64,
+                        side,
+                        code(dt),
+                        dx.void(),
+                        ddy.void(),
+                        out.ptr(),
+                        dws.void(),
+                        wsb,
+                        std::ptr::null_mut(),
+                    )
+                });
+                let what = format!("scores {m}x{n} b={b} {dt:?} side {side}");
+                assert_close(&what, &out.f32s(), &want, tolerance(Dtype::F32, b));
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sparse_grad(
+    ctx: *const grass_context,
+    m: usize,
+    n: usize,
+    b: usize,
+    side: grass_side,
+    r: usize,
+    dt: Dtype,
+    x: *const u8,
+    dy: *const u8,
+    idx: *const i32,
+    scales: *const f32,
+    out: *mut f32,
+    accumulate: bool,
+    ws: (*mut u8, usize),
+) -> grass_status {
+    unsafe {
+        grass_sparse_grad(
+            ctx,
+            m as i64,
+            n as i64,
+            b as i64,
+            side,
+            r as i64,
+            code(dt),
+            x.cast(),
+            dy.cast(),
+            idx,
+            scales,
+            out,
+            accumulate as i32,
+            ws.0.cast(),
+            ws.1,
+            std::ptr::null_mut(),
+        )
+    }
+}
+
+fn grad_ws(
+    ctx: *const grass_context,
+    m: usize,
+    n: usize,
+    b: usize,
+    side: grass_side,
+    r: usize,
+    dt: Dtype,
+) -> usize {
+    let mut bytes = 0;
+    ok(unsafe {
+        grass_sparse_grad_workspace_size(
+            ctx,
+            m as i64,
+            n as i64,
+            b as i64,
+            side,
+            r as i64,
+            code(dt),
+            &mut bytes,
+        )
+    });
+    bytes
+}
+
+#[test]
+fn sparse_grad_matches_the_host() {
+    let Some(g) = gpu("sparse_grad_matches_the_host") else {
+        return;
+    };
+    let mut rng = Rng::new(2);
+    for &(m, n, b, r) in &[
+        (64usize, 48usize, 40usize, 17usize),
+        (300, 200, 64, 150),
+        (33, 700, 9, 33),
+    ] {
+        for dt in DTYPES {
+            for side in SIDES {
+                for accumulate in [false, true] {
+                    let (x, dy) = activations(&mut rng, m, n, b, dt);
+                    let (d, k) = dims(m, n, side);
+                    let r = r.min(d);
+                    let idx = rng.sorted_indices(r, d);
+                    let scales: Vec<f32> = (0..r).map(|_| 0.5 + rng.unit() as f32).collect();
+                    let start = rng.normals(r * k);
+                    let mut want = start.clone();
+                    let mut ws = vec![0u8; grad_ws(g.cpu, m, n, b, side, r, dt)];
+                    ok(sparse_grad(
+                        g.cpu,
+                        m,
+                        n,
+                        b,
+                        side,
+                        r,
+                        dt,
+                        x.as_ptr(),
+                        dy.as_ptr(),
+                        idx.as_ptr(),
+                        scales.as_ptr(),
+                        want.as_mut_ptr(),
+                        accumulate,
+                        (ws.as_mut_ptr(), ws.len()),
+                    ));
+                    let wsb = grad_ws(g.cuda, m, n, b, side, r, dt);
+                    let (dx, ddy) = (DevBuf::from_bytes(&x), DevBuf::from_bytes(&dy));
+                    let (didx, dscales) = (DevBuf::from(&idx), DevBuf::from(&scales));
+                    let out = if accumulate {
+                        DevBuf::from(&start)
+                    } else {
+                        DevBuf::poisoned(r * k * 4)
+                    };
+                    let dws = DevBuf::poisoned(wsb);
+                    ok(sparse_grad(
+                        g.cuda,
+                        m,
+                        n,
+                        b,
+                        side,
+                        r,
+                        dt,
+                        dx.ptr(),
+                        ddy.ptr(),
+                        didx.ptr(),
+                        dscales.ptr(),
+                        out.ptr(),
+                        accumulate,
+                        (dws.ptr(), wsb),
+                    ));
+                    let what =
+                        format!("g {m}x{n} b={b} r={r} {dt:?} side {side} accumulate {accumulate}");
+                    assert_close(&what, &out.f32s(), &want, tolerance(Dtype::F32, b));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn an_index_out_of_range_yields_nan_rows_instead_of_a_fault() {
+    let Some(g) = gpu("an_index_out_of_range_yields_nan_rows_instead_of_a_fault") else {
+        return;
+    };
+    let (m, n, b, r) = (16usize, 12usize, 5usize, 4usize);
+    let mut rng = Rng::new(3);
+    let (x, dy) = activations(&mut rng, m, n, b, Dtype::F32);
+    let idx = vec![1i32, 3, 99, -5];
+    let scales = vec![1f32; r];
+    let wsb = grad_ws(g.cuda, m, n, b, GRASS_SIDE_ROWS, r, Dtype::F32);
+    let (dx, ddy) = (DevBuf::from_bytes(&x), DevBuf::from_bytes(&dy));
+    let (didx, dscales) = (DevBuf::from(&idx), DevBuf::from(&scales));
+    let (out, dws) = (DevBuf::poisoned(r * n * 4), DevBuf::poisoned(wsb));
+    ok(sparse_grad(
+        g.cuda,
+        m,
+        n,
+        b,
+        GRASS_SIDE_ROWS,
+        r,
+        Dtype::F32,
+        dx.ptr(),
+        ddy.ptr(),
+        didx.ptr(),
+        dscales.ptr(),
+        out.ptr(),
+        false,
+        (dws.ptr(), wsb),
+    ));
+    let got = out.f32s();
+    for j in 0..r {
+        let row = &got[j * n..(j + 1) * n];
+        if j < 2 {
+            assert!(
+                row.iter().all(|v| v.is_finite()),
+                "row {j} should be finite"
+            );
+        } else {
+            assert!(
+                row.iter().all(|v| v.is_nan()),
+                "row {j} (index {}) should be NaN",
+                idx[j]
+            );
+        }
+    }
+}

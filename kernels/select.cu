@@ -205,6 +205,9 @@ __device__ void inclusion_probabilities(const double* w, i32 d, i32 r, double to
     __syncthreads();
 }
 
+// Bit 31 of a key marks its row as taken (indices are below 2^31), as in src/core/select.rs.
+#define TAKEN (1ull << 31)
+
 // Systematic sampling over a random order (src/core/select.rs systematic): writes r distinct
 // indices to out in the order they are taken.
 __device__ void systematic(const double* pi, i32 d, i32 r, RngKey rng, u64* keys, u32* vals,
@@ -237,7 +240,7 @@ __device__ void systematic(const double* pi, i32 d, i32 r, RngKey rng, u64* keys
                 if (next < r && u + (double)next < cum) {
                     u32 i = tile_idx[q];
                     out[chosen++] = (i32)i;
-                    keys[base + q] |= 1ull << 63;
+                    keys[base + q] |= TAKEN;
                     taken[i] = 1;
                     next += 1;
                     while (next < r && u + (double)next < cum) next += 1;
@@ -256,7 +259,7 @@ __device__ void systematic(const double* pi, i32 d, i32 r, RngKey rng, u64* keys
         double best_p = 0.0;
         u32 best_t = NONE;
         for (u32 t = threadIdx.x; t < (u32)d; t += SEL_THREADS) {
-            if ((keys[t] >> 63) == 0) {
+            if ((keys[t] & TAKEN) == 0) {
                 double p = pi[(u32)keys[t]];
                 if (best_t == NONE || p > best_p) {
                     best_p = p;
@@ -269,7 +272,7 @@ __device__ void systematic(const double* pi, i32 d, i32 r, RngKey rng, u64* keys
         if (t != NONE) {
             pick = (u32)keys[t];
         } else {
-            // The host gives up here (it cannot find a row); take the lowest row not taken.
+            // Unreachable while fewer than r <= d rows are taken; kept as a guard.
             u32 first = NONE;
             for (u32 i = threadIdx.x; i < (u32)d && first == NONE; i += SEL_THREADS) {
                 if (!taken[i]) first = i;
@@ -279,7 +282,7 @@ __device__ void systematic(const double* pi, i32 d, i32 r, RngKey rng, u64* keys
         if (threadIdx.x == 0) {
             out[have] = (i32)pick;
             taken[pick] = 1;
-            if (t != NONE) keys[t] |= 1ull << 63;
+            if (t != NONE) keys[t] |= TAKEN;
             s_int[0] = have + 1;
         }
         __syncthreads();

@@ -181,6 +181,10 @@ pub fn inclusion_probabilities(w: &[f64], total: f64, r: usize, order: &mut [u32
     }
 }
 
+/// Marks a key as taken: bit 31 is free because indices are below 2^31 (the random bits sit
+/// above bit 32, so marking never changes the order or an index read before it).
+const TAKEN: u64 = 1 << 31;
+
 /// Systematic sampling over a random order: exactly `r` distinct indices, index `i` included
 /// with probability `π_i`.
 fn systematic(pi: &[f64], r: usize, rng: &Stream, keys: &mut [u64], out: &mut [i32]) {
@@ -199,7 +203,7 @@ fn systematic(pi: &[f64], r: usize, rng: &Stream, keys: &mut [u64], out: &mut [i
         if next < r && u + (next as f64) < cum {
             out[chosen] = i as i32;
             chosen += 1;
-            *key |= 1 << 63; // mark as taken
+            *key |= TAKEN;
             next += 1;
             while next < r && u + (next as f64) < cum {
                 next += 1; // an interval longer than 1 after rounding: never take a row twice
@@ -210,7 +214,7 @@ fn systematic(pi: &[f64], r: usize, rng: &Stream, keys: &mut [u64], out: &mut [i
     while chosen < r {
         let mut best: Option<usize> = None;
         for (pos, key) in keys.iter().enumerate() {
-            if key >> 63 == 0 {
+            if key & TAKEN == 0 {
                 let i = (key & 0xffff_ffff) as usize;
                 if best.is_none_or(|b| pi[i] > pi[(keys[b] & 0xffff_ffff) as usize]) {
                     best = Some(pos);
@@ -219,7 +223,7 @@ fn systematic(pi: &[f64], r: usize, rng: &Stream, keys: &mut [u64], out: &mut [i
         }
         let pos = best.expect("fewer than r rows available");
         out[chosen] = (keys[pos] & 0xffff_ffff) as i32;
-        keys[pos] |= 1 << 63;
+        keys[pos] |= TAKEN;
         chosen += 1;
     }
     let _ = d;
@@ -235,5 +239,28 @@ fn sort_pairs(indices: &mut [i32], scales: &mut [f32], tmp: &mut [u64]) {
     for j in 0..r {
         indices[j] = (tmp[j] >> 32) as i32;
         scales[j] = f32::from_bits(tmp[j] as u32);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An inclusion weight above 1 (which rounding can produce) swallows two sampling points;
+    /// the completion step must still return r distinct rows.
+    #[test]
+    fn systematic_completes_to_r_distinct_rows() {
+        let pi = [2.0, 0.5, 0.5, 0.25];
+        for refresh in 0..64 {
+            let rng = Stream { seed: 5, layer_id: 1, refresh_index: refresh };
+            let mut keys = [0u64; 4];
+            let mut out = [-1i32; 3];
+            systematic(&pi, 3, &rng, &mut keys, &mut out);
+            let mut seen = out.to_vec();
+            seen.sort();
+            seen.dedup();
+            assert_eq!(seen.len(), 3, "refresh {refresh}: {out:?}");
+            assert!(out.contains(&0));
+        }
     }
 }

@@ -324,13 +324,16 @@ grass_status grass_select_workspace_size(const struct grass_context *ctx,
                                          size_t *bytes_out);
 
 // Chooses `config->rank` of `d` indices from `scores` with `config`'s method, power, scaling,
-// seed and layer id at refresh `refresh_index`. Writes `indices` (sorted ascending; repeats
+// seed and layer id at refresh `refresh_index` — or, when `refresh_index_at` is not NULL, at the
+// refresh index stored there in context memory (a device-side counter needs no host round
+// trip). Writes `indices` (sorted ascending; repeats
 // possible only for the with-replacement methods) and their scales ρ. Non-finite or negative
 // scores count as 0; if no score is positive the choice is uniform.
 grass_status grass_select(const struct grass_context *ctx,
                           const struct grass_projection_config *config,
                           int64_t d,
                           uint32_t refresh_index,
+                          const uint32_t *refresh_index_at,
                           const float *scores,
                           int32_t *indices,
                           float *scales,

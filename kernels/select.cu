@@ -295,13 +295,13 @@ __device__ void systematic(const double* pi, i32 d, i32 r, RngKey rng, u64* keys
 extern "C" __global__ void __launch_bounds__(SEL_THREADS)
 select_rows(const float* __restrict__ scores, i32 d, i32 r, i32 method, i32 power,
             i32 scaling_none, u64 seed, u32 layer_id, u32 refresh_index,
-            i32* indices, float* scales, double* w, double* aux, u64* keys, u32* vals,
+            const u32* refresh_index_at, i32* indices, float* scales, double* w, double* aux, u64* keys, u32* vals,
             u8* taken, u32 padded) {
     __shared__ double tile[SEL_THREADS];
     __shared__ u32 tile_idx[SEL_THREADS];
     __shared__ double s_real[2];
     __shared__ i32 s_int[4];
-    const RngKey rng = {seed, layer_id, refresh_index};
+    const RngKey rng = {seed, layer_id, refresh_index_at ? *refresh_index_at : refresh_index};
     const bool uniform = method == M_UNIFORM || method == M_UNIFORM_NR;
 
     for (i64 i = threadIdx.x; i < d; i += SEL_THREADS) {

@@ -31,6 +31,8 @@ pub struct SelectArgs {
     pub sel: Selection,
     pub d: usize,
     pub refresh_index: u32,
+    /// u32[1] holding the refresh index (overrides `refresh_index`), or 0 for none.
+    pub refresh_index_at: usize,
     /// f32[d]
     pub scores: usize,
     /// i32[r]

@@ -146,7 +146,7 @@ fn config_init_and_struct_size() {
     let (mut idx, mut sc, mut ws) = (vec![-1i32; 4], vec![0f32; 4], vec![0u8; 1 << 16]);
     cfg.rank = 4;
     cfg.struct_size -= 8;
-    let st = unsafe { grass_select(ctx.0, &cfg, 8, 0, scores.as_ptr(), idx.as_mut_ptr(), sc.as_mut_ptr(), ws.as_mut_ptr().cast(), ws.len(), ptr::null_mut()) };
+    let st = unsafe { grass_select(ctx.0, &cfg, 8, 0, ptr::null(), scores.as_ptr(), idx.as_mut_ptr(), sc.as_mut_ptr(), ws.as_mut_ptr().cast(), ws.len(), ptr::null_mut()) };
     assert_eq!(st, grass_status::GRASS_ERROR_STRUCT_SIZE);
     assert!(last_error().contains("struct_size"), "{}", last_error());
     assert_eq!(idx, vec![-1; 4], "nothing written");

@@ -297,6 +297,7 @@ fn selection_kernel_matches_the_host_selection() {
                             &cfg,
                             d as i64,
                             refresh,
+                            std::ptr::null(),
                             scores.as_ptr(),
                             wi.as_mut_ptr(),
                             ws.as_mut_ptr(),

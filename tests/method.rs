@@ -118,6 +118,7 @@ fn selection_is_sorted_in_range_and_deterministic() {
                 assert!(idx.windows(2).all(|w| w[0] < w[1]), "method {method} r {r}: repeated index");
             }
             assert_eq!((idx.clone(), sc.clone()), select(&ctx, &cfg, &s, 3), "same inputs, same bits");
+            assert_eq!((idx.clone(), sc.clone()), select_at(&ctx, &cfg, &s, 3), "index from memory");
             let mut other = cfg;
             other.seed = 99;
             if method != GRASS_METHOD_TOP_R && r > 1 && r < 300 {

@@ -341,7 +341,15 @@ class Context {
   void select(const ProjectionConfig& config, int64_t d, uint32_t refresh_index,
               const float* scores, int32_t* indices, float* scales, void* workspace,
               std::size_t workspace_bytes, Stream stream = nullptr) const {
-    check(grass_select(get(), &config.raw(), d, refresh_index, scores, indices, scales,
+    check(grass_select(get(), &config.raw(), d, refresh_index, nullptr, scores, indices, scales,
+                       workspace, workspace_bytes, stream));
+  }
+
+  // As select, with the refresh index read from context memory (e.g. a device-side counter).
+  void select_at(const ProjectionConfig& config, int64_t d, const uint32_t* refresh_index_at,
+                 const float* scores, int32_t* indices, float* scales, void* workspace,
+                 std::size_t workspace_bytes, Stream stream = nullptr) const {
+    check(grass_select(get(), &config.raw(), d, 0, refresh_index_at, scores, indices, scales,
                        workspace, workspace_bytes, stream));
   }
 

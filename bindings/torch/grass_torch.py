@@ -47,7 +47,7 @@ _SIGNATURES = {
     "grass_scores_workspace_size": [P, I64, I64, I64, c_int32, c_int32, POINTER(SZ)],
     "grass_row_scores": [P, I64, I64, I64, c_int32, c_int32, P, P, P, P, SZ, P],
     "grass_select_workspace_size": [P, I64, I64, POINTER(SZ)],
-    "grass_select": [P, POINTER(ProjectionConfig), I64, c_uint32, P, P, P, P, SZ, P],
+    "grass_select": [P, POINTER(ProjectionConfig), I64, c_uint32, P, P, P, P, P, SZ, P],
     "grass_sparse_grad_workspace_size": [P, I64, I64, I64, c_int32, I64, c_int32, POINTER(SZ)],
     "grass_sparse_grad": [P, I64, I64, I64, c_int32, I64, c_int32, P, P, P, P, P, c_int32, P, SZ, P],
     "grass_sparse_adamw_workspace_size": [P, I64, I64, c_int32, I64, POINTER(SZ)],
@@ -192,7 +192,7 @@ class Torch:
         ws = self.workspace(wsb, scores)
         idx = torch.empty(r, dtype=torch.int32, device=scores.device)
         rho = torch.empty(r, dtype=torch.float32, device=scores.device)
-        self.lib.call("grass_select", ctx, ctypes.byref(config), d, refresh_index, scores.data_ptr(), idx.data_ptr(),
+        self.lib.call("grass_select", ctx, ctypes.byref(config), d, refresh_index, None, scores.data_ptr(), idx.data_ptr(),
                       rho.data_ptr(), ws.data_ptr(), ws.numel(), stream)
         return idx, rho
 

@@ -15,7 +15,7 @@ use crate::cuda::launch::driver_error;
 /// `u` a u32, `l` an i64, `q` a u64, `f` an f32.
 pub const SIGNATURES: [(&str, &str, &str); 10] = [
     ("scores.cu", "row_norms", "pilp"),
-    ("select.cu", "select_rows", "piiiiiquupppppppu"),
+    ("select.cu", "select_rows", "piiiiiquuppppppppu"),
     ("sparse_grad.cu", "gather_cols", "pillpip"),
     ("sparse_grad.cu", "scale_rows", "ppilpi"),
     ("adamw.cu", "step_check", "pilpilp"),

@@ -109,6 +109,7 @@ impl Device {
                     Arg::U64(a.sel.seed),
                     Arg::U32(a.sel.layer_id),
                     Arg::U32(a.refresh_index),
+                    Arg::Ptr(a.refresh_index_at),
                     Arg::Ptr(a.indices),
                     Arg::Ptr(a.scales),
                     Arg::Ptr(l.w),

@@ -156,7 +156,9 @@ pub unsafe extern "C" fn grass_select_workspace_size(
 }
 
 /// Chooses `config->rank` of `d` indices from `scores` with `config`'s method, power, scaling,
-/// seed and layer id at refresh `refresh_index`. Writes `indices` (sorted ascending; repeats
+/// seed and layer id at refresh `refresh_index` — or, when `refresh_index_at` is not NULL, at the
+/// refresh index stored there in context memory (a device-side counter needs no host round
+/// trip). Writes `indices` (sorted ascending; repeats
 /// possible only for the with-replacement methods) and their scales ρ. Non-finite or negative
 /// scores count as 0; if no score is positive the choice is uniform.
 #[no_mangle]
@@ -165,6 +167,7 @@ pub unsafe extern "C" fn grass_select(
     config: *const grass_projection_config,
     d: i64,
     refresh_index: u32,
+    refresh_index_at: *const u32,
     scores: *const f32,
     indices: *mut i32,
     scales: *mut f32,
@@ -187,6 +190,7 @@ pub unsafe extern "C" fn grass_select(
             sel,
             d,
             refresh_index,
+            refresh_index_at: opt("refresh_index_at", refresh_index_at)?,
             scores: req("scores", scores)?,
             indices: req("indices", indices)?,
             scales: req("scales", scales)?,

@@ -160,6 +160,7 @@ impl grass_projection {
             sel: self.sel,
             d: self.p.d,
             refresh_index: self.refresh_count,
+            refresh_index_at: 0,
             scores,
             indices: self.indices.addr(),
             scales: self.scales.addr(),

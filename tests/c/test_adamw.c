@@ -325,7 +325,7 @@ static void check_full_rank_is_adamw(grass_context* ctx, grass_decay_mode decay)
   void* ws = tk_workspace(ws_bytes);
   TK_OK(grass_row_scores(ctx, m, n, b, GRASS_SIDE_ROWS, GRASS_DTYPE_F32, x, dy, scores, ws,
                          ws_bytes, NULL));
-  TK_OK(grass_select(ctx, &pc, m, 0, scores, idx, scales, ws, ws_bytes, NULL));
+  TK_OK(grass_select(ctx, &pc, m, 0, NULL, scores, idx, scales, ws, ws_bytes, NULL));
   for (int64_t j = 0; j < m; ++j) TK_CHECK(idx[j] == j && scales[j] == 1.0f);
 
   for (int s = 0; s < 3; ++s) {

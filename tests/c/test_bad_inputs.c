@@ -298,11 +298,11 @@ static void select_(void) {
   TK_OK(grass_select_workspace_size(fx.ctx, D, R, &need));
   grass_projection_config c;
 #define SELECT(cfg, d, scores, idx, scl, ws, wsb) \
-  grass_select(fx.ctx, cfg, d, 0, scores, idx, scl, ws, wsb, NULL)
+  grass_select(fx.ctx, cfg, d, 0, NULL, scores, idx, scl, ws, wsb, NULL)
 #define WITH(field, value) (c = fx.pc, c.field = (value), &c)
   tk_poison(fx.indices, sizeof fx.indices);
   tk_poison(fx.scales, sizeof fx.scales);
-  BAD(grass_select(NULL, &fx.pc, D, 0, fx.in_scores, fx.indices, fx.scales, fx.ws, need, NULL),
+  BAD(grass_select(NULL, &fx.pc, D, 0, NULL, fx.in_scores, fx.indices, fx.scales, fx.ws, need, NULL),
       GRASS_ERROR_NULL_POINTER, f, "ctx");
   BAD(SELECT(NULL, D, fx.in_scores, fx.indices, fx.scales, fx.ws, need), GRASS_ERROR_NULL_POINTER,
       f, "config");

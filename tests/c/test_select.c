@@ -31,7 +31,7 @@ static int run_select(grass_context* ctx, const grass_projection_config* cfg, in
   out->scales = (float*)malloc(r * sizeof(float));
   tk_poison(out->indices, r * sizeof(int32_t));
   tk_poison(out->scales, r * sizeof(float));
-  grass_status s = grass_select(ctx, cfg, d, refresh, scores, out->indices, out->scales, ws,
+  grass_status s = grass_select(ctx, cfg, d, refresh, NULL, scores, out->indices, out->scales, ws,
                                 ws_bytes, NULL);
   free(ws);
   if (s != GRASS_OK) {

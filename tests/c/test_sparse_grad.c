@@ -141,7 +141,7 @@ static void check_workspace_offsets(grass_context* ctx) {
     for (int i = 0; i < 4; ++i) ws[i] = (unsigned char*)malloc(sizes[i] + off);
     TK_OK(grass_row_scores(ctx, m, n, b, GRASS_SIDE_ROWS, GRASS_DTYPE_BF16, x, dy, scores,
                            ws[0] + off, sizes[0], NULL));
-    TK_OK(grass_select(ctx, &pc, m, 0, scores, idx, scales, ws[1] + off, sizes[1], NULL));
+    TK_OK(grass_select(ctx, &pc, m, 0, NULL, scores, idx, scales, ws[1] + off, sizes[1], NULL));
     TK_OK(grass_sparse_grad(ctx, m, n, b, GRASS_SIDE_ROWS, r, GRASS_DTYPE_BF16, x, dy, idx,
                             scales, g, 0, ws[2] + off, sizes[2], NULL));
     TK_OK(grass_state_refresh(ctx, &ac, r, n, idx, idx, ms, vs, &step, ws[3] + off, sizes[3],

@@ -101,6 +101,17 @@ pub fn scores(ctx: &Ctx, m: usize, n: usize, b: usize, side: grass_side, x: &[f3
 }
 
 pub fn select(ctx: &Ctx, cfg: &grass_projection_config, scores: &[f32], refresh: u32) -> (Vec<i32>, Vec<f32>) {
+    select_with(ctx, cfg, scores, refresh, ptr::null())
+}
+
+/// As [`select`], with the refresh index passed through memory (`refresh_index_at`) and a
+/// wrong value in the by-value argument, which must be ignored.
+pub fn select_at(ctx: &Ctx, cfg: &grass_projection_config, scores: &[f32], refresh: u32) -> (Vec<i32>, Vec<f32>) {
+    let at = refresh;
+    select_with(ctx, cfg, scores, refresh.wrapping_add(1000), &at)
+}
+
+fn select_with(ctx: &Ctx, cfg: &grass_projection_config, scores: &[f32], refresh: u32, at: *const u32) -> (Vec<i32>, Vec<f32>) {
     let r = cfg.rank as usize;
     let d = scores.len() as i64;
     let mut ws = 0usize;
@@ -109,7 +120,7 @@ pub fn select(ctx: &Ctx, cfg: &grass_projection_config, scores: &[f32], refresh:
         let mut w = vec![0u8; ws];
         let mut idx = vec![-1i32; r];
         let mut sc = vec![f32::NAN; r];
-        check(grass_select(ctx.0, cfg, d, refresh, scores.as_ptr(), idx.as_mut_ptr(), sc.as_mut_ptr(), w.as_mut_ptr().cast(), ws, ptr::null_mut()))
+        check(grass_select(ctx.0, cfg, d, refresh, at, scores.as_ptr(), idx.as_mut_ptr(), sc.as_mut_ptr(), w.as_mut_ptr().cast(), ws, ptr::null_mut()))
             .unwrap();
         (idx, sc)
     }

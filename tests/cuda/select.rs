@@ -47,6 +47,7 @@ fn check(g: &Gpu, cfg: &grass_projection_config, s: &[f32], refresh: u32) {
             cfg,
             d as i64,
             refresh,
+            std::ptr::null(),
             s.as_ptr(),
             want_idx.as_mut_ptr(),
             want_sc.as_mut_ptr(),
@@ -57,6 +58,8 @@ fn check(g: &Gpu, cfg: &grass_projection_config, s: &[f32], refresh: u32) {
     });
     let wsb = select_ws(g.cuda, d, r);
     let ds = DevBuf::from(s);
+    // the device reads the refresh index from its own memory; the by-value one is ignored
+    let dref = DevBuf::from(&[refresh]);
     let (idx, sc, dws) = (
         DevBuf::poisoned(r * 4),
         DevBuf::poisoned(r * 4),
@@ -67,7 +70,8 @@ fn check(g: &Gpu, cfg: &grass_projection_config, s: &[f32], refresh: u32) {
             g.cuda,
             cfg,
             d as i64,
-            refresh,
+            refresh.wrapping_add(1000),
+            dref.ptr(),
             ds.ptr(),
             idx.ptr(),
             sc.ptr(),

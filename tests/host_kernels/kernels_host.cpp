@@ -13,7 +13,7 @@ extern "C" void host_select_rows(const float* scores, i32 d, i32 r, i32 method, 
                                  u64* keys, u32* vals, u8* taken, u32 padded) {
     host_block(SEL_THREADS, [&] {
         select_rows(scores, d, r, method, power, scaling_none, seed, layer_id, refresh_index,
-                    indices, scales, w, aux, keys, vals, taken, padded);
+                    nullptr, indices, scales, w, aux, keys, vals, taken, padded);
     });
 }
 

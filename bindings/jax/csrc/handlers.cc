@@ -13,7 +13,6 @@
 #include <utility>
 
 #include "contexts.h"
-#include "cuda_driver.h"
 #include "grass.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -91,18 +90,11 @@ ffi::Error Select(const Device& dev, ffi::Buffer<ffi::F32> scores,
   cfg.scaling = scaling;
   cfg.seed = seed;
   cfg.layer_id = layer_id;
-  // grass_select takes the refresh index by value: read it from the host buffer on CPU, or
-  // copy it from the device on CUDA (the one wait on a stream in this binding, see README).
-  uint32_t index = 0;
-  if (dev.stream == nullptr) {
-    index = *refresh_index.typed_data();
-  } else {
-    GRASS_TRY(CopyScalarToHost(refresh_index.typed_data(), &index, dev.stream));
-  }
+  // The refresh index stays where XLA keeps it (host or device memory): no copy, no wait.
   return StatusError(grass_select(dev.ctx, &cfg, static_cast<int64_t>(scores.element_count()),
-                                  index, scores.typed_data(), indices->typed_data(),
-                                  scales->typed_data(), ws->untyped_data(), ws->size_bytes(),
-                                  dev.stream));
+                                  0, refresh_index.typed_data(), scores.typed_data(),
+                                  indices->typed_data(), scales->typed_data(),
+                                  ws->untyped_data(), ws->size_bytes(), dev.stream));
 }
 
 ffi::Error SparseGrad(const Device& dev, ffi::AnyBuffer x, ffi::AnyBuffer dy,

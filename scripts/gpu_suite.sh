@@ -16,26 +16,7 @@ mkdir -p "$OUT"
 BIN=.carry/bin
 [ -x "$BIN/cuda" ] || { echo "no $BIN/cuda: run scripts/gpu_prepare.sh first" >&2; exit 2; }
 
-# Directories that may hold libnvrtc and libcublas: the toolkit and the Python wheels.
-dirs=""
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -d "$d" ] && dirs="$dirs:$d"
-done
-py_dirs=$(python3 - 2>/dev/null <<'PY'
-import os
-try:
-    import nvidia
-except ImportError:
-    raise SystemExit
-for p in nvidia.__path__:
-    for s in sorted(os.listdir(p)):
-        d = os.path.join(p, s, "lib")
-        if os.path.isdir(d):
-            print(d)
-PY
-)
-for d in $py_dirs; do dirs="$dirs:$d"; done
-export GRASS_CUDA_LIBRARY_PATH="${dirs#:}"
+source scripts/gpu_env.sh
 export GRASS_REQUIRE_GPU=1 GRASS_REQUIRE_NVRTC=1 RUST_BACKTRACE=1
 
 SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)

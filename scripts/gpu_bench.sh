@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# On the GPU machine, after scripts/gpu_prepare.sh filled .carry/ here: the PyTorch and JAX
+# binding tests on the GPU, then the layer benchmark against the floor and the peers (same
+# process, same card). Logs and results go to $OUT (or ./gpu-logs).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-logs}
+mkdir -p "$OUT"
+source scripts/gpu_env.sh
+export GRASS_REQUIRE_GPU=1 PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --target /tmp/grass-site .carry/whl/*.whl
+export PYTHONPATH=.carry/py:.carry/peers:/tmp/grass-site:bindings/torch
+export GRASS_LIB=$PWD/.carry/lib/libgrass.so
+status=0
+python3 -m pytest -q -rs bindings/torch/tests 2>&1 | tee "$OUT/torch_tests.log" || status=1
+python3 -m pytest -q -rs bindings/jax/tests 2>&1 | tee "$OUT/jax_tests.log" || status=1
+python3 bench/bench_layer.py 2>&1 | tee "$OUT/bench.log" || status=1
+exit $status

@@ -252,7 +252,11 @@ mod tests {
     fn systematic_completes_to_r_distinct_rows() {
         let pi = [2.0, 0.5, 0.5, 0.25];
         for refresh in 0..64 {
-            let rng = Stream { seed: 5, layer_id: 1, refresh_index: refresh };
+            let rng = Stream {
+                seed: 5,
+                layer_id: 1,
+                refresh_index: refresh,
+            };
             let mut keys = [0u64; 4];
             let mut out = [-1i32; 3];
             systematic(&pi, 3, &rng, &mut keys, &mut out);

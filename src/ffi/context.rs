@@ -55,9 +55,15 @@ impl grass_context {
                     bail!(OutOfMemory, "cannot allocate {bytes} bytes of host memory");
                 }
                 v.resize(words, 0u64);
-                Ok(Buffer { mem: Mem::Host(v), bytes: words * 8 })
+                Ok(Buffer {
+                    mem: Mem::Host(v),
+                    bytes: words * 8,
+                })
             }
-            Backend::Cuda(d) => Ok(Buffer { mem: Mem::Cuda(d.alloc_zeroed(bytes)?), bytes }),
+            Backend::Cuda(d) => Ok(Buffer {
+                mem: Mem::Cuda(d.alloc_zeroed(bytes)?),
+                bytes,
+            }),
         }
     }
 

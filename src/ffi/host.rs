@@ -100,7 +100,11 @@ pub(crate) fn select(a: &SelectArgs) -> Result<()> {
         crate::core::select::select(
             view(a.scores, a.d),
             &a.sel,
-            if a.refresh_index_at == 0 { a.refresh_index } else { *(a.refresh_index_at as *const u32) },
+            if a.refresh_index_at == 0 {
+                a.refresh_index
+            } else {
+                *(a.refresh_index_at as *const u32)
+            },
             view_mut(a.indices, a.sel.rank),
             view_mut(a.scales, a.sel.rank),
             scratch(a.ws),

@@ -111,11 +111,15 @@ impl grass_optimizer {
             lr,
             lr_scale: 0,
             skipped: counters + 4,
-            ws: Scratch {
-                addr: self.ws.addr(),
-                bytes: self.ws_bytes,
-            },
+            ws: self.scratch(),
             stream,
+        }
+    }
+
+    fn scratch(&self) -> Scratch {
+        Scratch {
+            addr: self.ws.addr(),
+            bytes: self.ws_bytes,
         }
     }
 
@@ -127,17 +131,15 @@ impl grass_optimizer {
         scores: usize,
         stream: usize,
     ) -> Result<()> {
-        let refresh = RefreshParts {
-            m: self.m.addr(),
-            v: self.v.addr(),
-            step: self.counters.addr(),
-            ws: Scratch {
-                addr: self.ws.addr(),
-                bytes: self.ws_bytes,
-            },
-        };
-        let cfg = self.cfg;
-        let c = self.context() as *const grass_context;
+        // SAFETY: the context outlives the optimizer (documented contract of the ABI).
+        let c = unsafe { &*self.ctx };
+        let (cfg, m, v, step, ws) = (
+            self.cfg,
+            self.m.addr(),
+            self.v.addr(),
+            self.counters.addr(),
+            self.scratch(),
+        );
         let Kind::Sparse {
             proj,
             g,
@@ -166,14 +168,13 @@ impl grass_optimizer {
                     0
                 },
                 new_indices: proj.indices.addr(),
-                m: refresh.m,
-                v: refresh.v,
-                step: refresh.step,
-                ws: refresh.ws,
+                m,
+                v,
+                step,
+                ws,
                 stream,
             };
-            // SAFETY: the context outlives the optimizer.
-            unsafe { &*c }.state_refresh(&a)?;
+            c.state_refresh(&a)?;
         }
         proj.compress(b, x, dy, g.addr(), *accumulated > 0, stream)?;
         *accumulated += 1;
@@ -184,9 +185,8 @@ impl grass_optimizer {
         check_lr(lr)?;
         let w = req_typed("w", w, self.w_dtype)?;
         let buf = self.step_buffers(w, lr, stream);
-        let c = self.context() as *const grass_context;
-        // SAFETY: the context outlives the optimizer.
-        let c = unsafe { &*c };
+        // SAFETY: the context outlives the optimizer (documented contract of the ABI).
+        let c = unsafe { &*self.ctx };
         match &mut self.kind {
             Kind::Sparse {
                 proj,
@@ -220,13 +220,6 @@ impl grass_optimizer {
         self.steps += 1;
         Ok(())
     }
-}
-
-struct RefreshParts {
-    m: usize,
-    v: usize,
-    step: usize,
-    ws: Scratch,
 }
 
 /// Creates the optimizer of one GRASS layer (`m x n` weight of `w_dtype`, X and dY of
@@ -419,10 +412,18 @@ pub unsafe extern "C" fn grass_optimizer_get_info(
         }
         let elems = o.state_elements();
         let (sparse, acc, extra) = match &o.kind {
-            Kind::Sparse { proj, g, accumulated } => (1, *accumulated as i32, g.bytes() + proj.memory_bytes()),
+            Kind::Sparse {
+                proj,
+                g,
+                accumulated,
+            } => (1, *accumulated as i32, g.bytes() + proj.memory_bytes()),
             Kind::Dense { .. } => (0, 0, 0),
         };
-        let owned = [&o.m, &o.v, &o.counters, &o.ws].iter().map(|b| b.bytes()).sum::<usize>() + extra;
+        let owned = [&o.m, &o.v, &o.counters, &o.ws]
+            .iter()
+            .map(|b| b.bytes())
+            .sum::<usize>()
+            + extra;
         write(
             out,
             grass_optimizer_info {

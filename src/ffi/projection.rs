@@ -107,7 +107,16 @@ impl grass_projection {
 
     /// Bytes of context memory the projection owns.
     pub(crate) fn memory_bytes(&self) -> usize {
-        [&self.indices, &self.prev_indices, &self.scales, &self.scores, &self.ws].iter().map(|b| b.bytes()).sum()
+        [
+            &self.indices,
+            &self.prev_indices,
+            &self.scales,
+            &self.scores,
+            &self.ws,
+        ]
+        .iter()
+        .map(|b| b.bytes())
+        .sum()
     }
 
     fn scratch(&self) -> Scratch {

@@ -34,7 +34,11 @@ impl Rng {
 }
 
 pub fn last_error() -> String {
-    unsafe { CStr::from_ptr(grass_last_error_message()).to_string_lossy().into_owned() }
+    unsafe {
+        CStr::from_ptr(grass_last_error_message())
+            .to_string_lossy()
+            .into_owned()
+    }
 }
 
 pub fn check(s: grass_status) -> Result<(), (grass_status, String)> {
@@ -61,7 +65,12 @@ impl Drop for Ctx {
     }
 }
 
-pub fn pcfg(rank: i64, method: grass_method, scaling: grass_scaling, side: grass_side) -> grass_projection_config {
+pub fn pcfg(
+    rank: i64,
+    method: grass_method,
+    scaling: grass_scaling,
+    side: grass_side,
+) -> grass_projection_config {
     let mut c = grass_projection_config::defaults();
     c.rank = rank;
     c.method = method;
@@ -84,34 +93,85 @@ pub fn full_grad(x: &[f32], dy: &[f32], b: usize, m: usize, n: usize) -> Vec<f64
     g
 }
 
-pub fn scores(ctx: &Ctx, m: usize, n: usize, b: usize, side: grass_side, x: &[f32], dy: &[f32]) -> Vec<f32> {
+pub fn scores(
+    ctx: &Ctx,
+    m: usize,
+    n: usize,
+    b: usize,
+    side: grass_side,
+    x: &[f32],
+    dy: &[f32],
+) -> Vec<f32> {
     let (mut d, mut ws) = (0i64, 0usize);
     unsafe {
-        check(grass_resolve_side(m as i64, n as i64, side, ptr::null_mut(), &mut d, ptr::null_mut())).unwrap();
-        check(grass_scores_workspace_size(ctx.0, m as i64, n as i64, b as i64, side, GRASS_DTYPE_F32, &mut ws)).unwrap();
+        check(grass_resolve_side(
+            m as i64,
+            n as i64,
+            side,
+            ptr::null_mut(),
+            &mut d,
+            ptr::null_mut(),
+        ))
+        .unwrap();
+        check(grass_scores_workspace_size(
+            ctx.0,
+            m as i64,
+            n as i64,
+            b as i64,
+            side,
+            GRASS_DTYPE_F32,
+            &mut ws,
+        ))
+        .unwrap();
         let mut w = vec![0u8; ws];
         let mut s = vec![f32::NAN; d as usize];
         check(grass_row_scores(
-            ctx.0, m as i64, n as i64, b as i64, side, GRASS_DTYPE_F32,
-            x.as_ptr().cast(), dy.as_ptr().cast(), s.as_mut_ptr(), w.as_mut_ptr().cast(), ws, ptr::null_mut(),
+            ctx.0,
+            m as i64,
+            n as i64,
+            b as i64,
+            side,
+            GRASS_DTYPE_F32,
+            x.as_ptr().cast(),
+            dy.as_ptr().cast(),
+            s.as_mut_ptr(),
+            w.as_mut_ptr().cast(),
+            ws,
+            ptr::null_mut(),
         ))
         .unwrap();
         s
     }
 }
 
-pub fn select(ctx: &Ctx, cfg: &grass_projection_config, scores: &[f32], refresh: u32) -> (Vec<i32>, Vec<f32>) {
+pub fn select(
+    ctx: &Ctx,
+    cfg: &grass_projection_config,
+    scores: &[f32],
+    refresh: u32,
+) -> (Vec<i32>, Vec<f32>) {
     select_with(ctx, cfg, scores, refresh, ptr::null())
 }
 
 /// As [`select`], with the refresh index passed through memory (`refresh_index_at`) and a
 /// wrong value in the by-value argument, which must be ignored.
-pub fn select_at(ctx: &Ctx, cfg: &grass_projection_config, scores: &[f32], refresh: u32) -> (Vec<i32>, Vec<f32>) {
+pub fn select_at(
+    ctx: &Ctx,
+    cfg: &grass_projection_config,
+    scores: &[f32],
+    refresh: u32,
+) -> (Vec<i32>, Vec<f32>) {
     let at = refresh;
     select_with(ctx, cfg, scores, refresh.wrapping_add(1000), &at)
 }
 
-fn select_with(ctx: &Ctx, cfg: &grass_projection_config, scores: &[f32], refresh: u32, at: *const u32) -> (Vec<i32>, Vec<f32>) {
+fn select_with(
+    ctx: &Ctx,
+    cfg: &grass_projection_config,
+    scores: &[f32],
+    refresh: u32,
+    at: *const u32,
+) -> (Vec<i32>, Vec<f32>) {
     let r = cfg.rank as usize;
     let d = scores.len() as i64;
     let mut ws = 0usize;
@@ -120,22 +180,70 @@ fn select_with(ctx: &Ctx, cfg: &grass_projection_config, scores: &[f32], refresh
         let mut w = vec![0u8; ws];
         let mut idx = vec![-1i32; r];
         let mut sc = vec![f32::NAN; r];
-        check(grass_select(ctx.0, cfg, d, refresh, at, scores.as_ptr(), idx.as_mut_ptr(), sc.as_mut_ptr(), w.as_mut_ptr().cast(), ws, ptr::null_mut()))
-            .unwrap();
+        check(grass_select(
+            ctx.0,
+            cfg,
+            d,
+            refresh,
+            at,
+            scores.as_ptr(),
+            idx.as_mut_ptr(),
+            sc.as_mut_ptr(),
+            w.as_mut_ptr().cast(),
+            ws,
+            ptr::null_mut(),
+        ))
+        .unwrap();
         (idx, sc)
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn sparse_grad(ctx: &Ctx, m: usize, n: usize, b: usize, side: grass_side, x: &[f32], dy: &[f32], idx: &[i32], sc: &[f32], g: &mut [f32], acc: bool) {
+pub fn sparse_grad(
+    ctx: &Ctx,
+    m: usize,
+    n: usize,
+    b: usize,
+    side: grass_side,
+    x: &[f32],
+    dy: &[f32],
+    idx: &[i32],
+    sc: &[f32],
+    g: &mut [f32],
+    acc: bool,
+) {
     let r = idx.len() as i64;
     let mut ws = 0usize;
     unsafe {
-        check(grass_sparse_grad_workspace_size(ctx.0, m as i64, n as i64, b as i64, side, r, GRASS_DTYPE_F32, &mut ws)).unwrap();
+        check(grass_sparse_grad_workspace_size(
+            ctx.0,
+            m as i64,
+            n as i64,
+            b as i64,
+            side,
+            r,
+            GRASS_DTYPE_F32,
+            &mut ws,
+        ))
+        .unwrap();
         let mut w = vec![0u8; ws];
         check(grass_sparse_grad(
-            ctx.0, m as i64, n as i64, b as i64, side, r, GRASS_DTYPE_F32, x.as_ptr().cast(), dy.as_ptr().cast(),
-            idx.as_ptr(), sc.as_ptr(), g.as_mut_ptr(), acc as i32, w.as_mut_ptr().cast(), ws, ptr::null_mut(),
+            ctx.0,
+            m as i64,
+            n as i64,
+            b as i64,
+            side,
+            r,
+            GRASS_DTYPE_F32,
+            x.as_ptr().cast(),
+            dy.as_ptr().cast(),
+            idx.as_ptr(),
+            sc.as_ptr(),
+            g.as_mut_ptr(),
+            acc as i32,
+            w.as_mut_ptr().cast(),
+            ws,
+            ptr::null_mut(),
         ))
         .unwrap();
     }
@@ -154,6 +262,11 @@ pub fn compare(what: &str, want: &[f64], got: &[f32], tol: f64) -> Result<(), St
     if bad.is_empty() {
         Ok(())
     } else {
-        Err(format!("{what}: {} of {} mismatch (tol {tol:.2e}); first: {}", bad.len(), want.len(), bad[..bad.len().min(5)].join(", ")))
+        Err(format!(
+            "{what}: {} of {} mismatch (tol {tol:.2e}); first: {}",
+            bad.len(),
+            want.len(),
+            bad[..bad.len().min(5)].join(", ")
+        ))
     }
 }

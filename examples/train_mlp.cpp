@@ -12,9 +12,11 @@
 // The best achievable loss is the chain's conditional entropy; the demo prints it next to the
 // loss, then the optimizer memory of each parameter against what dense AdamW needs, then saves
 // a checkpoint, trains on, restores the checkpoint into fresh optimizers and checks that the
-// resumed run is bit-identical.
+// resumed run is bit-identical. Last, the same model trained from the same start on the same
+// data with dense AdamW on every parameter (its weight gradients formed in full) gives the
+// baseline to compare the loss and the optimizer memory with (--no-baseline skips it).
 //
-//   grass_train_mlp [--steps N] [--resume-steps N] [--checkpoint PATH] [--cpu]
+//   grass_train_mlp [--steps N] [--resume-steps N] [--checkpoint PATH] [--cpu] [--no-baseline]
 //
 // Runs on a CUDA device when grass can create a CUDA context there (buffers then live in device
 // memory), else on the CPU.
@@ -137,6 +139,7 @@ struct Model {
   std::vector<float> x, h, logits;       // x: the batch's embeddings (the input of W1)
   std::vector<float> d_logits, d_z1;     // dY of W2 and of W1
   std::vector<float> d_emb, d_b1, d_b2;  // gradients of the dense parameters
+  std::vector<float> d_w1, d_w2;         // full weight gradients: the dense AdamW baseline only
 
   explicit Model(uint64_t seed) {
     Rng rng{seed};
@@ -153,6 +156,30 @@ struct Model {
     d_emb.resize(emb.size());
     d_b1.resize(b1.size());
     d_b2.resize(b2.size());
+    d_w1.resize(w1.size());
+    d_w2.resize(w2.size());
+  }
+
+  // dW = dYᵀ X of both layers, in full: what GRASS never forms, for the AdamW baseline.
+  void weight_gradients() {
+    for (int k = 0; k < kHidden; ++k) {
+      for (int e = 0; e < kEmbed; ++e) {
+        double acc = 0.0;
+        for (int t = 0; t < kBatch; ++t) {
+          acc += double(d_z1[size_t(t) * kHidden + size_t(k)]) * x[size_t(t) * kEmbed + size_t(e)];
+        }
+        d_w1[size_t(k) * kEmbed + size_t(e)] = float(acc);
+      }
+    }
+    for (int v = 0; v < kVocab; ++v) {
+      for (int k = 0; k < kHidden; ++k) {
+        double acc = 0.0;
+        for (int t = 0; t < kBatch; ++t) {
+          acc += double(d_logits[size_t(t) * kVocab + size_t(v)]) * h[size_t(t) * kHidden + size_t(k)];
+        }
+        d_w2[size_t(v) * kHidden + size_t(k)] = float(acc);
+      }
+    }
   }
 
   // Mean cross-entropy of predicting `next` from `context`; keeps what backward() needs.
@@ -210,8 +237,10 @@ struct Model {
 // The optimizers of one model on one device, and the device's view of the tensors they touch.
 class Trainer {
  public:
-  Trainer(grass::Context& ctx, const std::shared_ptr<example::CudaDriver>& cuda, Model& model)
-      : model_(model) {
+  // `grass_weights` false: the AdamW baseline, dense AdamW on W1 and W2 as well.
+  Trainer(grass::Context& ctx, const std::shared_ptr<example::CudaDriver>& cuda, Model& model,
+          bool grass_weights = true)
+      : model_(model), grass_(grass_weights) {
     auto adamw = grass::AdamWConfig().weight_decay(0.0f);
     auto rows = [](int64_t rank, uint32_t layer) {
       return grass::ProjectionConfig()
@@ -221,16 +250,24 @@ class Trainer {
           .seed(2024)
           .layer_id(layer);
     };
-    w1_ = grass::Optimizer::sparse(ctx, rows(kRank1, 1), adamw, kHidden, kEmbed, kBatch,
-                                   grass::Dtype::F32, grass::Dtype::F32);
-    w2_ = grass::Optimizer::sparse(ctx, rows(kRank2, 2), adamw, kVocab, kHidden, kBatch,
-                                   grass::Dtype::F32, grass::Dtype::F32);
+    if (grass_) {
+      w1_ = grass::Optimizer::sparse(ctx, rows(kRank1, 1), adamw, kHidden, kEmbed, kBatch,
+                                     grass::Dtype::F32, grass::Dtype::F32);
+      w2_ = grass::Optimizer::sparse(ctx, rows(kRank2, 2), adamw, kVocab, kHidden, kBatch,
+                                     grass::Dtype::F32, grass::Dtype::F32);
+    } else {
+      w1_ = grass::Optimizer::dense(ctx, adamw, kHidden * kEmbed, grass::Dtype::F32,
+                                    grass::Dtype::F32);
+      w2_ = grass::Optimizer::dense(ctx, adamw, kVocab * kHidden, grass::Dtype::F32,
+                                    grass::Dtype::F32);
+    }
     emb_ = grass::Optimizer::dense(ctx, adamw, kVocab * kEmbed, grass::Dtype::F32,
                                    grass::Dtype::F32);
     b1_ = grass::Optimizer::dense(ctx, adamw, kHidden, grass::Dtype::F32, grass::Dtype::F32);
     b2_ = grass::Optimizer::dense(ctx, adamw, kVocab, grass::Dtype::F32, grass::Dtype::F32);
     for (auto* v : {&model.emb, &model.w1, &model.b1, &model.w2, &model.b2, &model.x, &model.h,
-                    &model.d_z1, &model.d_logits, &model.d_emb, &model.d_b1, &model.d_b2}) {
+                    &model.d_z1, &model.d_logits, &model.d_emb, &model.d_b1, &model.d_b2,
+                    &model.d_w1, &model.d_w2}) {
       mirrors_.emplace_back(std::make_unique<example::Mirror>(cuda, *v));
     }
     weights_to_device();
@@ -245,11 +282,17 @@ class Trainer {
     text.batch(step, context_, next_);
     const float loss = model_.forward(context_, next_);
     model_.backward(context_);
+    if (!grass_) model_.weight_gradients();
     for (size_t i = 5; i < mirrors_.size(); ++i) mirrors_[i]->to_device();
-    w1_.backward(kBatch, view(kX), view(kDz1));
-    w2_.backward(kBatch, view(kH), view(kDLogits));
-    w1_.step(view(kW1), kLr);
-    w2_.step(view(kW2), kLr);
+    if (grass_) {
+      w1_.backward(kBatch, view(kX), view(kDz1));
+      w2_.backward(kBatch, view(kH), view(kDLogits));
+      w1_.step(view(kW1), kLr);
+      w2_.step(view(kW2), kLr);
+    } else {
+      w1_.step(view(kW1), view(kDW1), kLr);
+      w2_.step(view(kW2), view(kDW2), kLr);
+    }
     emb_.step(view(kEmb), view(kDEmb), kLr);
     b1_.step(view(kB1), view(kDB1), kLr);
     b2_.step(view(kB2), view(kDB2), kLr);
@@ -276,10 +319,11 @@ class Trainer {
   std::vector<grass::Optimizer*> optimizers() { return {&emb_, &w1_, &b1_, &w2_, &b2_}; }
 
  private:
-  enum { kEmb, kW1, kB1, kW2, kB2, kX, kH, kDz1, kDLogits, kDEmb, kDB1, kDB2 };
+  enum { kEmb, kW1, kB1, kW2, kB2, kX, kH, kDz1, kDLogits, kDEmb, kDB1, kDB2, kDW1, kDW2 };
   float* view(int i) { return mirrors_[size_t(i)]->get(); }
 
   Model& model_;
+  bool grass_;
   grass::Optimizer w1_{nullptr}, w2_{nullptr}, emb_{nullptr}, b1_{nullptr}, b2_{nullptr};
   std::vector<std::unique_ptr<example::Mirror>> mirrors_;
   std::vector<int> context_, next_;
@@ -363,6 +407,7 @@ struct Options {
   int resume_steps = 100;
   std::string checkpoint = "grass_train_mlp.ckpt";
   bool force_cpu = false;
+  bool baseline = true;
 };
 
 Options parse(int argc, char** argv) {
@@ -381,9 +426,11 @@ Options parse(int argc, char** argv) {
       o.checkpoint = value();
     } else if (a == "--cpu") {
       o.force_cpu = true;
+    } else if (a == "--no-baseline") {
+      o.baseline = false;
     } else {
       throw std::runtime_error("usage: grass_train_mlp [--steps N] [--resume-steps N] "
-                               "[--checkpoint PATH] [--cpu]");
+                               "[--checkpoint PATH] [--cpu] [--no-baseline]");
     }
   }
   if (o.steps < 1 || o.resume_steps < 1) throw std::runtime_error("steps must be positive");
@@ -465,6 +512,29 @@ int run(const Options& opt) {
               "loss %.6f vs %.6f, weights %s\n",
               opt.resume_steps, loss_a, loss_b, same ? "bit-identical" : "DIFFERENT");
   std::remove(opt.checkpoint.c_str());
+
+  if (opt.baseline) {
+    Model base(1);  // the GRASS run's initial weights, the same batches
+    Trainer dense(ctx, cuda, base, false);
+    double window = 0.0;
+    for (int s = 0; s < opt.steps + opt.resume_steps; ++s) {
+      const float loss = dense.step(text, uint64_t(s));
+      if (s >= opt.steps) window += loss;
+    }
+    window /= opt.resume_steps;
+    const auto memory = [](const Trainer& t) {
+      long long bytes = 0;
+      for (const auto* o : t.optimizers()) bytes += static_cast<long long>(o->info().memory_bytes);
+      return bytes;
+    };
+    std::printf("\nbaseline: dense AdamW on every parameter, same start and batches\n"
+                "  mean loss over steps %d-%d: GRASS %.4f, AdamW %.4f (GRASS %+.1f%%)\n"
+                "  optimizer memory: GRASS %lld bytes, AdamW %lld bytes (plus the %zu bytes of "
+                "full weight gradients AdamW needs)\n",
+                opt.steps + 1, opt.steps + opt.resume_steps, loss_a, window,
+                100.0 * (loss_a - window) / window, memory(trainer), memory(dense),
+                (base.d_w1.size() + base.d_w2.size()) * sizeof(float));
+  }
 
   const bool learned = loss_a < 0.6 * first;
   if (!learned) std::printf("the loss did not fall enough: %.4f -> %.4f\n", first, loss_a);

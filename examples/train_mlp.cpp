@@ -4,7 +4,7 @@
 // is followed by one of a few favourite successors. The model sees one token and predicts the
 // next:  embedding (256 x 32) -> W1 (128 x 32) + tanh -> W2 (256 x 128) -> softmax.
 // Forward and backward are plain C++ loops; the optimizers come from grass (through grass.hpp):
-//   * W1 and W2 use GRASS: each step updates only r selected rows, and its Adam state holds only
+//   * W1 and W2 use GRASS (top_r selection): each step updates only r selected rows, and its Adam state holds only
 //     those r rows (r x n instead of m x n). The weight gradient dY^T X is never formed: the
 //     optimizer takes the layer's input X and output gradient dY and computes the r selected
 //     rows of it, and re-selects rows every `refresh_every` steps from their gradient norms.
@@ -245,7 +245,7 @@ class Trainer {
     auto rows = [](int64_t rank, uint32_t layer) {
       return grass::ProjectionConfig()
           .rank(rank)
-          .method(grass::Method::MultinomialNr)
+          .method(grass::Method::TopR)
           .refresh_every(kRefreshEvery)
           .seed(2024)
           .layer_id(layer);

@@ -4,10 +4,11 @@
 // is followed by one of a few favourite successors. The model sees one token and predicts the
 // next:  embedding (256 x 32) -> W1 (128 x 32) + tanh -> W2 (256 x 128) -> softmax.
 // Forward and backward are plain C++ loops; the optimizers come from grass (through grass.hpp):
-//   * W1 and W2 use GRASS (top_r selection): each step updates only r selected rows, and its Adam state holds only
-//     those r rows (r x n instead of m x n). The weight gradient dY^T X is never formed: the
-//     optimizer takes the layer's input X and output gradient dY and computes the r selected
-//     rows of it, and re-selects rows every `refresh_every` steps from their gradient norms.
+//   * W1 and W2 use GRASS (top_r selection): each step updates only r selected rows, and its
+//     Adam state holds only those r rows (r x n instead of m x n). The weight gradient dY^T X
+//     is never formed: the optimizer takes the layer's input X and output gradient dY and
+//     computes the r selected rows of it, and re-selects rows every `refresh_every` steps from
+//     their gradient norms.
 //   * the embedding and the biases use grass's plain (dense) AdamW step.
 // The best achievable loss is the chain's conditional entropy; the demo prints it next to the
 // loss, then the optimizer memory of each parameter against what dense AdamW needs, then saves

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -64,9 +65,14 @@ void host_grid(unsigned gx, unsigned gy, unsigned bx, F body) {
             }
 }
 
+// Serializes host_block: the barrier and the __shared__ statics belong to one block at a
+// time, also when tests run on several threads.
+inline std::mutex host_block_lock;
+
 // Runs one block of `threads` host threads that meet at __syncthreads().
 template <class F>
 void host_block(unsigned threads, F body) {
+    std::lock_guard<std::mutex> one_block(host_block_lock);
     std::barrier<> bar((std::ptrdiff_t)threads);
     host_barrier = &bar;
     std::vector<std::thread> pool;

@@ -17,6 +17,22 @@ extern "C" void host_select_rows(const float* scores, i32 d, i32 r, i32 method, 
     });
 }
 
+// Systematic sampling alone, from given inclusion probabilities (which may exceed 1, as
+// rounding can make them): the path that completes a short pick runs only then.
+extern "C" void host_systematic(const double* pi, i32 d, i32 r, u64 seed, u32 layer_id,
+                                u32 refresh_index, i32* out, u64* keys, u32* vals, u8* taken,
+                                u32 padded) {
+    host_block(SEL_THREADS, [&] {
+        __shared__ double tile[SEL_THREADS];
+        __shared__ u32 tile_idx[SEL_THREADS];
+        __shared__ double s_real[2];
+        __shared__ i32 s_int[4];
+        const RngKey rng = {seed, layer_id, refresh_index};
+        systematic(pi, d, r, rng, keys, vals, padded, taken, out, tile, tile_idx, s_real,
+                   s_int);
+    });
+}
+
 extern "C" void host_step_check(unsigned gx, const void* g, i32 g_dt, i64 n, const i32* idx,
                                 i32 r, i64 d, StepHeader* h) {
     host_grid(gx, 1, 1, [&] { step_check(g, g_dt, n, idx, r, d, h); });

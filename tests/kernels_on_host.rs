@@ -446,6 +446,34 @@ fn systematic_completion_matches_the_host() {
     assert!(completions > 0, "no case reached the completion");
 }
 
+type RowNormsFn = unsafe extern "C" fn(*const f32, i32, i64, *mut f32);
+
+/// The row norms of a chunk of G (its warp shuffles and the block's partial sums) equal the
+/// f64 norm of every row, to the last bit of f32 up to the order of the f64 sum.
+#[test]
+fn row_norms_kernel_gives_every_rows_norm() {
+    let Some(lib) = build() else { return };
+    let norms = sym!(lib, "host_row_norms", RowNormsFn);
+    let mut rng = Rng(9);
+    for &(rows, k) in &[(1usize, 1usize), (3, 31), (2, 255), (4, 257), (3, 3001), (1, 8192)] {
+        let chunk = rng.normals(rows * k);
+        let mut got = vec![f32::NAN; rows];
+        unsafe { norms(chunk.as_ptr(), rows as i32, k as i64, got.as_mut_ptr()) };
+        for i in 0..rows {
+            let want = chunk[i * k..(i + 1) * k]
+                .iter()
+                .map(|&v| v as f64 * v as f64)
+                .sum::<f64>()
+                .sqrt() as f32;
+            assert!(
+                got[i].to_bits().abs_diff(want.to_bits()) <= 1,
+                "rows {rows} k {k}: row {i} norm {} but {want}",
+                got[i]
+            );
+        }
+    }
+}
+
 /// The step header of kernels/adamw.cu.
 #[repr(C)]
 #[derive(Default)]

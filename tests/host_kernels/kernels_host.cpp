@@ -3,6 +3,7 @@
 #include "cuda_host.h"
 
 #include "../../kernels/adamw.cu"
+#include "../../kernels/scores.cu"
 #include "../../kernels/select.cu"
 #include "../../kernels/sparse_grad.cu"
 
@@ -31,6 +32,11 @@ extern "C" void host_systematic(const double* pi, i32 d, i32 r, u64 seed, u32 la
         systematic(pi, d, r, rng, keys, vals, padded, taken, out, tile, tile_idx, s_real,
                    s_int);
     });
+}
+
+// One block of NORM_THREADS threads (as launched) strides over every row.
+extern "C" void host_row_norms(const float* chunk, i32 rows, i64 k, float* scores) {
+    host_block(NORM_THREADS, [&] { row_norms(chunk, rows, k, scores); });
 }
 
 extern "C" void host_step_check(unsigned gx, const void* g, i32 g_dt, i64 n, const i32* idx,

@@ -389,9 +389,17 @@ fn systematic_completion_matches_the_host() {
     let systematic = sym!(lib, "host_systematic", SystematicFn);
     let mut rng = Rng(8);
     let mut cases: Vec<(Vec<f64>, usize)> = vec![(vec![2.0, 0.5, 0.5, 0.25], 3)];
-    for &(d, r) in &[(9usize, 4usize), (70, 20), (200, 199), (300, 64), (1000, 500)] {
+    for &(d, r) in &[
+        (9usize, 4usize),
+        (70, 20),
+        (200, 199),
+        (300, 64),
+        (1000, 500),
+    ] {
         for _ in 0..6 {
-            let mut pi: Vec<f64> = (0..d).map(|_| rng.unit() * 2.0 * r as f64 / d as f64).collect();
+            let mut pi: Vec<f64> = (0..d)
+                .map(|_| rng.unit() * 2.0 * r as f64 / d as f64)
+                .collect();
             for _ in 0..1 + rng.below(4) {
                 let i = rng.below(d);
                 pi[i] = 1.0 + rng.unit() * 5.0; // swallows up to 6 points
@@ -455,7 +463,14 @@ fn row_norms_kernel_gives_every_rows_norm() {
     let Some(lib) = build() else { return };
     let norms = sym!(lib, "host_row_norms", RowNormsFn);
     let mut rng = Rng(9);
-    for &(rows, k) in &[(1usize, 1usize), (3, 31), (2, 255), (4, 257), (3, 3001), (1, 8192)] {
+    for &(rows, k) in &[
+        (1usize, 1usize),
+        (3, 31),
+        (2, 255),
+        (4, 257),
+        (3, 3001),
+        (1, 8192),
+    ] {
         let chunk = rng.normals(rows * k);
         let mut got = vec![f32::NAN; rows];
         unsafe { norms(chunk.as_ptr(), rows as i32, k as i64, got.as_mut_ptr()) };

@@ -456,7 +456,11 @@ fn check_refresh(
     vs: &[u8],
     what: &str,
 ) {
-    let s_size = if cfg.state_dtype == GRASS_DTYPE_F32 { 4 } else { 2 };
+    let s_size = if cfg.state_dtype == GRASS_DTYPE_F32 {
+        4
+    } else {
+        2
+    };
     let mut wsb = 0;
     ok(unsafe { grass_state_refresh_workspace_size(gpu_.cuda, cfg, r as i64, k as i64, &mut wsb) });
     let mut cws = 0;
@@ -532,7 +536,12 @@ fn state_refresh_matches_the_host_bit_for_bit() {
         }
     }
     // r = 1, k = 1, and rows wider than a block, with random selections.
-    for &(r, k, d) in &[(1usize, 1usize, 3usize), (1, 300, 1), (9, 300, 4), (200, 3, 150)] {
+    for &(r, k, d) in &[
+        (1usize, 1usize, 3usize),
+        (1, 300, 1),
+        (9, 300, 4),
+        (200, 3, 150),
+    ] {
         for s_dt in STATES {
             let cfg = adamw_config(GRASS_DECAY_OFF, s_dt, GRASS_REFRESH_CARRY);
             let (old, new) = (rng.sorted_indices(r, d), rng.sorted_indices(r, d));

@@ -5,11 +5,11 @@
 #   bash scripts/gpu_suite.sh            # logs to $OUT, or ./gpu-logs when OUT is unset
 #
 # It runs the test binaries in .carry/bin (but abi and kernels_on_host) with the GPU
-# required (a missing GPU or library fails instead of skipping), then the CUDA tests under compute-sanitizer's memcheck,
-# racecheck and synccheck. Logs: summary.txt, tests.log, memcheck.log, racecheck.log,
-# synccheck.log, nvidia-smi.txt. MEMCHECK_FILTER, RACECHECK_FILTER and SYNCCHECK_FILTER name
-# the tests each sanitizer runs (test-name filters; memcheck runs all by default),
-# SANITIZE_TIMEOUT bounds each run (300 s).
+# required (a missing GPU or library fails instead of skipping), then the CUDA tests under
+# compute-sanitizer's memcheck, racecheck and synccheck. Logs: summary.txt, tests.log,
+# memcheck.log, racecheck.log, synccheck.log, nvidia-smi.txt. MEMCHECK_FILTER,
+# RACECHECK_FILTER and SYNCCHECK_FILTER name the tests each sanitizer runs (test-name
+# filters; memcheck runs all by default), SANITIZE_TIMEOUT bounds each run (300 s).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-logs}

@@ -32,10 +32,11 @@ __device__ __forceinline__ float scale_from_prob(double p) {
     return (float)fmin(rho, 3.4028234663852886e38); // f32::MAX
 }
 
-// Sorts keys[0, n) ascending by (key, val); n is a power of two. Whole block.
+// Sorts keys[0, n) ascending by (key, val); n is a power of two. Whole block. `size` is 64-bit
+// because n reaches 2^31 (d up to 2^31 - 1): a 32-bit size would wrap to 0 and never stop.
 __device__ void bitonic_sort(u64* keys, u32* vals, u32 n) {
-    for (u32 size = 2; size <= n; size <<= 1) {
-        for (u32 stride = size >> 1; stride > 0; stride >>= 1) {
+    for (u64 size = 2; size <= n; size <<= 1) {
+        for (u32 stride = (u32)(size >> 1); stride > 0; stride >>= 1) {
             for (u32 t = threadIdx.x; t < n / 2; t += SEL_THREADS) {
                 u32 lo = 2 * t - (t & (stride - 1));
                 u32 hi = lo + stride;
@@ -268,18 +269,19 @@ __device__ void systematic(const double* pi, i32 d, i32 r, RngKey rng, u64* keys
             }
         }
         u32 t = block_best(best_p, best_t, tile, tile_idx);
-        u32 pick = NONE;
-        if (t != NONE) {
-            pick = (u32)keys[t];
-        } else {
+        u32 free_row = NONE;
+        if (t == NONE) {
             // Unreachable while fewer than r <= d rows are taken; kept as a guard.
             u32 first = NONE;
             for (u32 i = threadIdx.x; i < (u32)d && first == NONE; i += SEL_THREADS) {
                 if (!taken[i]) first = i;
             }
-            pick = block_best(0.0, first, tile, tile_idx);
+            free_row = block_best(0.0, first, tile, tile_idx);
         }
+        // Only thread 0 reads keys[t]: it also marks it, and a read by another thread could
+        // race with that write.
         if (threadIdx.x == 0) {
+            const u32 pick = t != NONE ? (u32)keys[t] : free_row;
             out[have] = (i32)pick;
             taken[pick] = 1;
             if (t != NONE) keys[t] |= TAKEN;

@@ -343,6 +343,152 @@ fn selection_kernel_matches_the_host_selection() {
     }
 }
 
+type SystematicFn = unsafe extern "C" fn(
+    *const f64,
+    i32,
+    i32,
+    u64,
+    u32,
+    u32,
+    *mut i32,
+    *mut u64,
+    *mut u32,
+    *mut u8,
+    u32,
+);
+
+/// How many rows the scan of systematic sampling takes (the rest comes from its completion).
+fn scan_picks(pi: &[f64], r: usize, stream: &Stream) -> usize {
+    let mut order: Vec<u64> = (0..pi.len())
+        .map(|i| (stream.bits(Purpose::Order, i as u32)[0] as u64) << 32 | i as u64)
+        .collect();
+    order.sort_unstable();
+    let sum: f64 = order.iter().map(|k| pi[(k & 0xffff_ffff) as usize]).sum();
+    let (norm, u) = (r as f64 / sum, stream.uniform(Purpose::Offset, 0));
+    let (mut cum, mut next, mut picks) = (0.0f64, 0usize, 0usize);
+    for k in &order {
+        cum += pi[(k & 0xffff_ffff) as usize] * norm;
+        if next < r && u + (next as f64) < cum {
+            picks += 1;
+            next += 1;
+            while next < r && u + (next as f64) < cum {
+                next += 1;
+            }
+        }
+    }
+    picks
+}
+
+/// Systematic sampling with inclusion probabilities above 1 (which rounding can produce): a
+/// row swallows several sampling points, fewer than r rows are picked in the scan, and the
+/// completion with the most probable untaken rows runs. Selection from scores almost never
+/// reaches it, so it is driven here directly; picks and their order match the host's.
+#[test]
+fn systematic_completion_matches_the_host() {
+    let Some(lib) = build() else { return };
+    let systematic = sym!(lib, "host_systematic", SystematicFn);
+    let mut rng = Rng(8);
+    let mut cases: Vec<(Vec<f64>, usize)> = vec![(vec![2.0, 0.5, 0.5, 0.25], 3)];
+    for &(d, r) in &[
+        (9usize, 4usize),
+        (70, 20),
+        (200, 199),
+        (300, 64),
+        (1000, 500),
+    ] {
+        for _ in 0..6 {
+            let mut pi: Vec<f64> = (0..d)
+                .map(|_| rng.unit() * 2.0 * r as f64 / d as f64)
+                .collect();
+            for _ in 0..1 + rng.below(4) {
+                let i = rng.below(d);
+                pi[i] = 1.0 + rng.unit() * 5.0; // swallows up to 6 points
+            }
+            if rng.below(3) == 0 {
+                let i = rng.below(d);
+                pi[i] = 0.0;
+            }
+            cases.push((pi, r));
+        }
+    }
+    let mut completions = 0;
+    for (case, (pi, r)) in cases.iter().enumerate() {
+        let (d, r) = (pi.len(), *r);
+        for refresh in 0..8u32 {
+            let stream = Stream {
+                seed: 77 + case as u64,
+                layer_id: 2,
+                refresh_index: refresh,
+            };
+            let mut want = vec![-1i32; r];
+            let mut keys = vec![0u64; d];
+            grass::core::select::systematic(pi, r, &stream, &mut keys, &mut want);
+            let padded = d.next_power_of_two();
+            let mut got = vec![-1i32; r];
+            let (mut kk, mut vv, mut taken) =
+                (vec![0u64; padded], vec![0u32; padded], vec![0u8; d]);
+            unsafe {
+                systematic(
+                    pi.as_ptr(),
+                    d as i32,
+                    r as i32,
+                    stream.seed,
+                    stream.layer_id,
+                    refresh,
+                    got.as_mut_ptr(),
+                    kk.as_mut_ptr(),
+                    vv.as_mut_ptr(),
+                    taken.as_mut_ptr(),
+                    padded as u32,
+                )
+            };
+            assert_eq!(got, want, "case {case} (d={d} r={r}) refresh {refresh}");
+            let mut distinct = got.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), r, "case {case}: picks must be distinct");
+            completions += r - scan_picks(pi, r, &stream);
+        }
+    }
+    println!("{completions} rows came from the completion");
+    assert!(completions > 0, "no case reached the completion");
+}
+
+type RowNormsFn = unsafe extern "C" fn(*const f32, i32, i64, *mut f32);
+
+/// The row norms of a chunk of G (its warp shuffles and the block's partial sums) equal the
+/// f64 norm of every row, to the last bit of f32 up to the order of the f64 sum.
+#[test]
+fn row_norms_kernel_gives_every_rows_norm() {
+    let Some(lib) = build() else { return };
+    let norms = sym!(lib, "host_row_norms", RowNormsFn);
+    let mut rng = Rng(9);
+    for &(rows, k) in &[
+        (1usize, 1usize),
+        (3, 31),
+        (2, 255),
+        (4, 257),
+        (3, 3001),
+        (1, 8192),
+    ] {
+        let chunk = rng.normals(rows * k);
+        let mut got = vec![f32::NAN; rows];
+        unsafe { norms(chunk.as_ptr(), rows as i32, k as i64, got.as_mut_ptr()) };
+        for i in 0..rows {
+            let want = chunk[i * k..(i + 1) * k]
+                .iter()
+                .map(|&v| v as f64 * v as f64)
+                .sum::<f64>()
+                .sqrt() as f32;
+            assert!(
+                got[i].to_bits().abs_diff(want.to_bits()) <= 1,
+                "rows {rows} k {k}: row {i} norm {} but {want}",
+                got[i]
+            );
+        }
+    }
+}
+
 /// The step header of kernels/adamw.cu.
 #[repr(C)]
 #[derive(Default)]

@@ -186,8 +186,9 @@ pub fn inclusion_probabilities(w: &[f64], total: f64, r: usize, order: &mut [u32
 const TAKEN: u64 = 1 << 31;
 
 /// Systematic sampling over a random order: exactly `r` distinct indices, index `i` included
-/// with probability `π_i`.
-fn systematic(pi: &[f64], r: usize, rng: &Stream, keys: &mut [u64], out: &mut [i32]) {
+/// with probability `π_i`, written to `out` in the order they are taken. `keys` holds `π.len()`
+/// entries of scratch.
+pub fn systematic(pi: &[f64], r: usize, rng: &Stream, keys: &mut [u64], out: &mut [i32]) {
     let d = pi.len();
     for (i, key) in keys.iter_mut().enumerate() {
         *key = ((rng.bits(Purpose::Order, i as u32)[0] as u64) << 32) | i as u64;

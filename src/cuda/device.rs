@@ -1,6 +1,7 @@
 //! One GPU: the retained primary context, the kernels compiled for its architecture, the
 //! cuBLAS handle, memory owned by handles, and the workspace each op needs.
 
+use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -20,18 +21,69 @@ use crate::{bail, ensure};
 
 pub struct Device {
     pub(crate) kernels: Kernels,
-    pub(crate) blas: Blas,
-    /// Keeps the kernels' modules loaded.
-    _modules: Modules,
+    /// Dropped by `Drop for Device`, with the context bound, before the context.
+    pub(crate) blas: ManuallyDrop<Blas>,
+    /// Keeps the kernels' modules loaded; dropped like `blas`.
+    _modules: ManuallyDrop<Modules>,
     arch: (i32, i32),
-    /// Last: the primary context is released after the modules and the cuBLAS handle.
-    pub(crate) ctx: Arc<CudaContext>,
+    /// Released last, after the modules and the cuBLAS handle.
+    ctx: ManuallyDrop<Arc<CudaContext>>,
+}
+
+/// The calling thread's current context (null when none).
+fn current_context() -> Result<sys::CUcontext> {
+    let mut c = std::ptr::null_mut();
+    // SAFETY: plain out-parameter.
+    check("cuCtxGetCurrent", unsafe { sys::cuCtxGetCurrent(&mut c) })?;
+    Ok(c)
+}
+
+/// Puts back, when dropped, the context that was current on the calling thread when it was
+/// made. grass binds its context for the length of a call and no longer: PyTorch and the CUDA
+/// runtime take the current context as the current device, so a call with a context of
+/// device 1 from a thread on device 0 must not leave that thread on device 1.
+#[must_use]
+pub(crate) struct Bound {
+    prev: sys::CUcontext,
+}
+
+impl Bound {
+    /// Remembers the current context (restored on drop) without changing it.
+    pub fn keep_current() -> Result<Bound> {
+        Ok(Bound {
+            prev: current_context()?,
+        })
+    }
+
+    /// Makes `ctx` current until the guard drops.
+    pub fn to(ctx: sys::CUcontext) -> Result<Bound> {
+        let bound = Bound::keep_current()?;
+        if bound.prev != ctx {
+            // SAFETY: `ctx` is a live context retained by its owner.
+            check("cuCtxSetCurrent", unsafe { sys::cuCtxSetCurrent(ctx) })?;
+        }
+        Ok(bound)
+    }
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        if current_context().ok() != Some(self.prev) {
+            // SAFETY: `prev` was current on this thread when the guard was made (or null,
+            // which empties the thread's context stack again).
+            unsafe {
+                let _ = sys::cuCtxSetCurrent(self.prev);
+            }
+        }
+    }
 }
 
 /// Device memory owned by a handle (zero-filled at allocation, freed on drop).
 pub struct DeviceBuffer {
     addr: usize,
-    ctx: Arc<CudaContext>,
+    /// Dropped by `Drop for DeviceBuffer` while the context is bound (the last reference
+    /// releases the primary context, which cudarc does by binding it).
+    ctx: ManuallyDrop<Arc<CudaContext>>,
 }
 
 impl DeviceBuffer {
@@ -42,11 +94,16 @@ impl DeviceBuffer {
 
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
-        // SAFETY: the address came from cuMemAlloc in this context and is freed once.
-        let _ = self.ctx.bind_to_thread();
+        let bound = Bound::to(self.ctx.cu_ctx());
+        // SAFETY: the address came from cuMemAlloc in this context and is freed once; the
+        // context reference is dropped once, here.
         unsafe {
-            let _ = result::free_sync(self.addr as sys::CUdeviceptr);
+            if bound.is_ok() {
+                let _ = result::free_sync(self.addr as sys::CUdeviceptr);
+            }
+            ManuallyDrop::drop(&mut self.ctx);
         }
+        drop(bound);
     }
 }
 
@@ -81,7 +138,11 @@ impl Device {
                 "ordinal = {ordinal} but only {n} CUDA device(s) exist"
             );
         }
-        match catch_unwind(AssertUnwindSafe(|| Device::open_checked(ordinal))) {
+        // Retaining the primary context makes it current; the caller's comes back after.
+        match catch_unwind(AssertUnwindSafe(|| {
+            let _restore = Bound::keep_current()?;
+            Device::open_checked(ordinal)
+        })) {
             Ok(r) => r,
             Err(p) => bail!(
                 CudaUnavailable,
@@ -103,10 +164,10 @@ impl Device {
         let blas = Blas::new()?;
         Ok(Device {
             kernels,
-            blas,
-            _modules: modules,
+            blas: ManuallyDrop::new(blas),
+            _modules: ManuallyDrop::new(modules),
             arch,
-            ctx,
+            ctx: ManuallyDrop::new(ctx),
         })
     }
 
@@ -115,16 +176,16 @@ impl Device {
         self.arch
     }
 
-    /// Makes the context current on the calling thread (cheap when it already is).
-    pub(crate) fn bind(&self) -> Result<()> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| driver_error("cuCtxSetCurrent", e))
+    /// Makes the context current on the calling thread until the guard drops (cheap when it
+    /// already is). Every call that reaches the driver or cuBLAS holds one: callers use
+    /// any thread, with any context current.
+    pub(crate) fn bind(&self) -> Result<Bound> {
+        Bound::to(self.ctx.cu_ctx())
     }
 
     /// Zero-filled device memory (not an op: it allocates and waits for the fill).
     pub fn alloc_zeroed(&self, bytes: usize) -> Result<DeviceBuffer> {
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: allocation in the bound context; the fill covers exactly the allocation
         // and runs on the legacy stream, which is then waited for.
         unsafe {
@@ -132,7 +193,7 @@ impl Device {
                 .map_err(|e| driver_error(&format!("cuMemAlloc({bytes} bytes)"), e))?;
             let buf = DeviceBuffer {
                 addr: addr as usize,
-                ctx: self.ctx.clone(),
+                ctx: ManuallyDrop::new(Arc::clone(&self.ctx)),
             };
             launch::memset_zero(buf.addr, bytes.max(1), 0)?;
             check(
@@ -145,7 +206,7 @@ impl Device {
 
     /// Enqueues a zero fill of `bytes` bytes at `addr`.
     pub fn memset_zero(&self, addr: usize, bytes: usize, stream: usize) -> Result<()> {
-        self.bind()?;
+        let _bound = self.bind()?;
         launch::memset_zero(addr, bytes, stream)
     }
 
@@ -154,7 +215,7 @@ impl Device {
         if dst.is_empty() {
             return Ok(());
         }
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: `addr` holds dst.len() bytes of device memory (the caller's contract).
         unsafe {
             check(
@@ -178,7 +239,7 @@ impl Device {
         if src.is_empty() {
             return Ok(());
         }
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: `addr` holds src.len() bytes of device memory (the caller's contract).
         unsafe {
             check(
@@ -238,9 +299,16 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
-        // The modules and the cuBLAS handle are released by their own drops, which need
-        // this context current.
-        let _ = self.ctx.bind_to_thread();
+        // The cuBLAS handle and the modules need this context current when they go; then the
+        // context is released (cudarc binds it for that) and the caller's context returns.
+        let bound = Bound::to(self.ctx.cu_ctx());
+        // SAFETY: each field is dropped once, here, in this order.
+        unsafe {
+            ManuallyDrop::drop(&mut self.blas);
+            ManuallyDrop::drop(&mut self._modules);
+            ManuallyDrop::drop(&mut self.ctx);
+        }
+        drop(bound);
     }
 }
 

@@ -51,7 +51,7 @@ impl Device {
         let l = scores_layout(&mut plan, &p);
         plan.check()?;
         let (amat, bmat) = operands(p.side, a.x, a.dy);
-        self.bind()?;
+        let _bound = self.bind()?;
         let mut i0 = 0;
         while i0 < p.d {
             let rows = l.rows.min(p.d - i0);
@@ -91,7 +91,7 @@ impl Device {
         let mut plan = Plan::within(a.ws);
         let l = select_layout(&mut plan, a.d);
         plan.check()?;
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: scores holds d f32, indices and scales r entries, and the scratch regions
         // the sizes select_layout gave them.
         unsafe {
@@ -130,7 +130,7 @@ impl Device {
         let l = sparse_grad_layout(&mut plan, &p, a.b, a.r, a.dtype);
         plan.check()?;
         let (amat, bmat) = operands(p.side, a.x, a.dy);
-        self.bind()?;
+        let _bound = self.bind()?;
         // SAFETY: A is b x d and B is b x k of `dtype`, indices and scales hold r entries,
         // g holds r x k f32, and the scratch regions have the sizes of the layout.
         unsafe {
@@ -229,7 +229,7 @@ impl Device {
     pub fn sparse_step(&self, a: &SparseStepArgs) -> Result<()> {
         let (p, b) = (a.p, &a.buf);
         let r = fits_i32("r", a.r)?;
-        self.bind()?;
+        let _bound = self.bind()?;
         let header = self.prepare_step(b, a.g, Dtype::F32, a.r * p.k, (a.indices, a.r, p.d))?;
         let decaying = b.cfg.weight_decay > 0.0;
         // SAFETY: W holds m x n elements of w_dtype; M, V and g hold r x k; indices and
@@ -278,7 +278,7 @@ impl Device {
 
     pub fn dense_step(&self, a: &DenseStepArgs) -> Result<()> {
         let b = &a.buf;
-        self.bind()?;
+        let _bound = self.bind()?;
         let header = self.prepare_step(b, a.grad, a.grad_dtype, a.numel, (0, 0, 0))?;
         let decay_on = b.cfg.weight_decay > 0.0 && b.cfg.decay_mode != DecayMode::Off;
         // SAFETY: W, grad, M and V hold numel elements of their dtypes; the header was
@@ -314,7 +314,7 @@ impl Device {
         plan.check()?;
         let size = a.cfg.state_dtype.size();
         let bytes = a.r * a.k * size;
-        self.bind()?;
+        let _bound = self.bind()?;
         match a.cfg.refresh_mode {
             RefreshMode::Reset => {
                 launch::memset_zero(a.m, bytes, a.stream)?;

@@ -199,13 +199,17 @@ fn sparse_step_matches_the_host_bit_for_bit() {
         return;
     };
     let mut rng = Rng::new(6);
-    let (m, n, r) = (40usize, 24usize, 10usize);
-    for side in [GRASS_SIDE_ROWS, GRASS_SIDE_COLS] {
+    // (m, n, r), r capped at d: repeated rows, r = 1, r = d, k = 1, sizes off the block of 256.
+    for (m, n, r0, side) in [(40usize, 24usize, 10usize), (1, 37, 1), (300, 2, 300)]
+        .into_iter()
+        .flat_map(|(m, n, r)| [GRASS_SIDE_ROWS, GRASS_SIDE_COLS].map(|s| (m, n, r, s)))
+    {
         let (d, k) = if side == GRASS_SIDE_ROWS {
             (m, n)
         } else {
             (n, m)
         };
+        let r = r0.min(d);
         for w_dt in DTYPES {
             for s_dt in STATES {
                 for decay in [GRASS_DECAY_OFF, GRASS_DECAY_SELECTED, GRASS_DECAY_DENSE] {
@@ -261,8 +265,9 @@ fn sparse_step_matches_the_host_bit_for_bit() {
                             1e-2,
                             t % 2 == 0,
                         );
-                        let what =
-                            format!("side {side} W {w_dt:?} state {s_dt:?} decay {decay} step {t}");
+                        let what = format!(
+                            "{m}x{n} r={r} side {side} W {w_dt:?} state {s_dt:?} decay {decay} step {t}"
+                        );
                         compare(&what, &cpu, &dev, w_dt, s_dt);
                     }
                     let (_, _, _, c) = dev.read();
@@ -379,13 +384,13 @@ fn dense_step_matches_the_host_bit_for_bit() {
         return;
     };
     let mut rng = Rng::new(9);
-    for numel in [1000usize, 1_500_007] {
+    for numel in [1000usize, 1_500_007, 1] {
         for w_dt in DTYPES {
             for g_dt in DTYPES {
                 for s_dt in STATES {
                     for decay in [GRASS_DECAY_OFF, GRASS_DECAY_SELECTED] {
-                        if numel > 1000 && (g_dt != w_dt || decay == GRASS_DECAY_OFF) {
-                            continue; // the large size checks the grid stride once per pair
+                        if numel != 1000 && (g_dt != w_dt || decay == GRASS_DECAY_OFF) {
+                            continue; // the other sizes check the grid stride once per pair
                         }
                         let cfg = adamw_config(decay, s_dt, GRASS_REFRESH_RESET);
                         let w0 = encode(&rng.normals(numel), w_dt);
@@ -438,6 +443,74 @@ fn dense_step_matches_the_host_bit_for_bit() {
     }
 }
 
+/// One refresh on both backends from the same states; M, V and the step must agree.
+#[allow(clippy::too_many_arguments)]
+fn check_refresh(
+    gpu_: &Gpu,
+    cfg: &grass_adamw_config,
+    r: usize,
+    k: usize,
+    old: Option<&[i32]>,
+    new: &[i32],
+    ms: &[u8],
+    vs: &[u8],
+    what: &str,
+) {
+    let s_size = if cfg.state_dtype == GRASS_DTYPE_F32 {
+        4
+    } else {
+        2
+    };
+    let mut wsb = 0;
+    ok(unsafe { grass_state_refresh_workspace_size(gpu_.cuda, cfg, r as i64, k as i64, &mut wsb) });
+    let mut cws = 0;
+    ok(unsafe { grass_state_refresh_workspace_size(gpu_.cpu, cfg, r as i64, k as i64, &mut cws) });
+    let (mut hm, mut hv, mut hstep, mut hws) = (ms.to_vec(), vs.to_vec(), 5i32, vec![0u8; cws]);
+    ok(unsafe {
+        grass_state_refresh(
+            gpu_.cpu,
+            cfg,
+            r as i64,
+            k as i64,
+            old.map_or(std::ptr::null(), |o| o.as_ptr()),
+            new.as_ptr(),
+            hm.as_mut_ptr().cast(),
+            hv.as_mut_ptr().cast(),
+            &mut hstep,
+            hws.as_mut_ptr().cast(),
+            hws.len(),
+            std::ptr::null_mut(),
+        )
+    });
+    let dold = old.map(DevBuf::from);
+    let dnew = DevBuf::from(new);
+    let (dm, dv, dstep, dws) = (
+        DevBuf::from_bytes(ms),
+        DevBuf::from_bytes(vs),
+        DevBuf::from(&[5i32]),
+        DevBuf::poisoned(wsb),
+    );
+    ok(unsafe {
+        grass_state_refresh(
+            gpu_.cuda,
+            cfg,
+            r as i64,
+            k as i64,
+            dold.as_ref().map_or(std::ptr::null_mut(), |o| o.ptr()),
+            dnew.ptr(),
+            dm.void(),
+            dv.void(),
+            dstep.ptr(),
+            dws.void(),
+            wsb,
+            std::ptr::null_mut(),
+        )
+    });
+    assert_same_bits(&format!("M, {what}"), &dm.bytes(), &hm, s_size);
+    assert_same_bits(&format!("V, {what}"), &dv.bytes(), &hv, s_size);
+    assert_eq!(dstep.i32s(), vec![hstep], "step, {what}");
+}
+
 #[test]
 fn state_refresh_matches_the_host_bit_for_bit() {
     let Some(gpu_) = gpu("state_refresh_matches_the_host_bit_for_bit") else {
@@ -456,70 +529,26 @@ fn state_refresh_matches_the_host_bit_for_bit() {
                     &rng.normals(r * k).iter().map(|x| x * x).collect::<Vec<_>>(),
                     s_dt,
                 );
-                let mut wsb = 0;
-                ok(unsafe {
-                    grass_state_refresh_workspace_size(
-                        gpu_.cuda, &cfg, r as i64, k as i64, &mut wsb,
-                    )
-                });
-                let mut cws = 0;
-                ok(unsafe {
-                    grass_state_refresh_workspace_size(gpu_.cpu, &cfg, r as i64, k as i64, &mut cws)
-                });
-                let (mut hm, mut hv, mut hstep, mut hws) =
-                    (ms.clone(), vs.clone(), 5i32, vec![0u8; cws]);
-                ok(unsafe {
-                    grass_state_refresh(
-                        gpu_.cpu,
-                        &cfg,
-                        r as i64,
-                        k as i64,
-                        if with_old {
-                            old.as_ptr()
-                        } else {
-                            std::ptr::null()
-                        },
-                        new.as_ptr(),
-                        hm.as_mut_ptr().cast(),
-                        hv.as_mut_ptr().cast(),
-                        &mut hstep,
-                        hws.as_mut_ptr().cast(),
-                        hws.len(),
-                        std::ptr::null_mut(),
-                    )
-                });
-                let (dold, dnew) = (DevBuf::from(&old), DevBuf::from(&new));
-                let (dm, dv, dstep, dws) = (
-                    DevBuf::from_bytes(&ms),
-                    DevBuf::from_bytes(&vs),
-                    DevBuf::from(&[5i32]),
-                    DevBuf::poisoned(wsb),
-                );
-                ok(unsafe {
-                    grass_state_refresh(
-                        gpu_.cuda,
-                        &cfg,
-                        r as i64,
-                        k as i64,
-                        if with_old {
-                            dold.ptr()
-                        } else {
-                            std::ptr::null_mut()
-                        },
-                        dnew.ptr(),
-                        dm.void(),
-                        dv.void(),
-                        dstep.ptr(),
-                        dws.void(),
-                        wsb,
-                        std::ptr::null_mut(),
-                    )
-                });
                 let what = format!("state {s_dt:?} mode {mode} old {with_old}");
-                assert_same_bits(&format!("M, {what}"), &dm.bytes(), &hm, s_dt.size());
-                assert_same_bits(&format!("V, {what}"), &dv.bytes(), &hv, s_dt.size());
-                assert_eq!(dstep.i32s(), vec![hstep], "step, {what}");
+                let old = with_old.then_some(&old[..]);
+                check_refresh(&gpu_, &cfg, r, k, old, &new, &ms, &vs, &what);
             }
+        }
+    }
+    // r = 1, k = 1, and rows wider than a block, with random selections.
+    for &(r, k, d) in &[
+        (1usize, 1usize, 3usize),
+        (1, 300, 1),
+        (9, 300, 4),
+        (200, 3, 150),
+    ] {
+        for s_dt in STATES {
+            let cfg = adamw_config(GRASS_DECAY_OFF, s_dt, GRASS_REFRESH_CARRY);
+            let (old, new) = (rng.sorted_indices(r, d), rng.sorted_indices(r, d));
+            let ms = encode(&rng.normals(r * k), s_dt);
+            let vs = encode(&rng.normals(r * k), s_dt);
+            let what = format!("r={r} k={k} d={d} state {s_dt:?} old {old:?} new {new:?}");
+            check_refresh(&gpu_, &cfg, r, k, Some(&old), &new, &ms, &vs, &what);
         }
     }
 }

@@ -4,6 +4,7 @@
 //! bit. Every test skips (printing why) on a machine without a usable GPU.
 
 mod adamw;
+mod context;
 mod gpu;
 mod graph;
 mod handles;

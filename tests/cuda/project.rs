@@ -59,8 +59,15 @@ fn row_scores_match_the_host() {
         return;
     };
     let mut rng = Rng::new(1);
-    // The second shape needs several chunks on either side.
-    for &(m, n, b) in &[(96usize, 80usize, 33usize), (500, 40000, 8)] {
+    // The second shape needs several chunks on either side; the others have one token, a
+    // kept dimension of 1 (m = 1 or n = 1 on one side) and sizes off every block multiple.
+    for &(m, n, b) in &[
+        (96usize, 80usize, 33usize),
+        (500, 40000, 8),
+        (1, 37, 1),
+        (257, 3, 300),
+        (1025, 1, 2),
+    ] {
         for dt in DTYPES {
             for side in SIDES {
                 let (x, dy) = activations(&mut rng, m, n, b, dt);
@@ -179,10 +186,15 @@ fn sparse_grad_matches_the_host() {
         return;
     };
     let mut rng = Rng::new(2);
+    // r is capped at d below: the last shapes give r = d, r = 1, k = 1 and b = 1.
     for &(m, n, b, r) in &[
         (64usize, 48usize, 40usize, 17usize),
         (300, 200, 64, 150),
         (33, 700, 9, 33),
+        (1, 37, 1, 1),
+        (257, 3, 1, 257),
+        (300, 257, 5, 1),
+        (1025, 1, 3, 1025),
     ] {
         for dt in DTYPES {
             for side in SIDES {

@@ -1,13 +1,14 @@
 // Just enough of CUDA to run grass's kernels on the host, for tests on machines without a
 // GPU: the qualifiers vanish, thread and block indices are thread-local, a block's threads
 // are host threads meeting at a std::barrier, and __shared__ variables are statics (one
-// block runs at a time). Only what kernels/*.cu use is provided; warp collectives assume
-// blocks of one thread.
+// block runs at a time). Only what kernels/*.cu use is provided; __any_sync assumes blocks
+// of one thread, __shfl_down_sync a whole block calling it together.
 #pragma once
 #include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -50,6 +51,19 @@ inline unsigned atomicOr(unsigned* p, unsigned v) {
 // Blocks of one thread only: the lane is the warp.
 inline bool __any_sync(unsigned, bool p) { return p; }
 
+// Warp shuffles for host_block, where every thread of the block calls them together (as
+// row_norms does): each lane publishes its value, the block meets, and each lane reads its
+// partner's, or keeps its own where the partner lies outside its warp.
+inline double* host_lanes = nullptr;
+inline double __shfl_down_sync(unsigned, double v, unsigned off) {
+    host_lanes[threadIdx.x] = v;
+    __syncthreads();
+    unsigned lane = threadIdx.x & 31;
+    double r = lane + off < 32 && threadIdx.x + off < blockDim.x ? host_lanes[threadIdx.x + off] : v;
+    __syncthreads();
+    return r;
+}
+
 // Runs a grid one thread at a time (kernels without barriers).
 template <class F>
 void host_grid(unsigned gx, unsigned gy, unsigned bx, F body) {
@@ -64,11 +78,18 @@ void host_grid(unsigned gx, unsigned gy, unsigned bx, F body) {
             }
 }
 
+// Serializes host_block: the barrier and the __shared__ statics belong to one block at a
+// time, also when tests run on several threads.
+inline std::mutex host_block_lock;
+
 // Runs one block of `threads` host threads that meet at __syncthreads().
 template <class F>
 void host_block(unsigned threads, F body) {
+    std::lock_guard<std::mutex> one_block(host_block_lock);
     std::barrier<> bar((std::ptrdiff_t)threads);
     host_barrier = &bar;
+    std::vector<double> lanes(threads);
+    host_lanes = lanes.data();
     std::vector<std::thread> pool;
     pool.reserve(threads);
     for (unsigned t = 0; t < threads; ++t) {
@@ -82,4 +103,5 @@ void host_block(unsigned threads, F body) {
     }
     for (auto& th : pool) th.join();
     host_barrier = nullptr;
+    host_lanes = nullptr;
 }

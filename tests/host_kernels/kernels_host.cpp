@@ -3,6 +3,7 @@
 #include "cuda_host.h"
 
 #include "../../kernels/adamw.cu"
+#include "../../kernels/scores.cu"
 #include "../../kernels/select.cu"
 #include "../../kernels/sparse_grad.cu"
 
@@ -15,6 +16,27 @@ extern "C" void host_select_rows(const float* scores, i32 d, i32 r, i32 method, 
         select_rows(scores, d, r, method, power, scaling_none, seed, layer_id, refresh_index,
                     nullptr, indices, scales, w, aux, keys, vals, taken, padded);
     });
+}
+
+// Systematic sampling alone, from given inclusion probabilities (which may exceed 1, as
+// rounding can make them): the path that completes a short pick runs only then.
+extern "C" void host_systematic(const double* pi, i32 d, i32 r, u64 seed, u32 layer_id,
+                                u32 refresh_index, i32* out, u64* keys, u32* vals, u8* taken,
+                                u32 padded) {
+    host_block(SEL_THREADS, [&] {
+        __shared__ double tile[SEL_THREADS];
+        __shared__ u32 tile_idx[SEL_THREADS];
+        __shared__ double s_real[2];
+        __shared__ i32 s_int[4];
+        const RngKey rng = {seed, layer_id, refresh_index};
+        systematic(pi, d, r, rng, keys, vals, padded, taken, out, tile, tile_idx, s_real,
+                   s_int);
+    });
+}
+
+// One block of NORM_THREADS threads (as launched) strides over every row.
+extern "C" void host_row_norms(const float* chunk, i32 rows, i64 k, float* scores) {
+    host_block(NORM_THREADS, [&] { row_norms(chunk, rows, k, scores); });
 }
 
 extern "C" void host_step_check(unsigned gx, const void* g, i32 g_dt, i64 n, const i32* idx,

@@ -30,6 +30,14 @@ fi
 
 echo "== cargo test"
 cargo test --release
+# The GPU cases pass as skipped without a usable GPU; say so where it can be read.
+gpu_log=$(cargo test --release -q --test cuda -- --nocapture --test-threads=1 2>&1 || true)
+skipped=$(grep -o 'SKIPPED [^:]*' <<<"$gpu_log" | wc -l || true)
+if [ "$skipped" -gt 0 ]; then
+    echo "GPU tests: $skipped of tests/cuda skipped: $(grep -o 'SKIPPED .*' <<<"$gpu_log" | head -n 1 | sed 's/^SKIPPED [^:]*: //')"
+else
+    echo "GPU tests: tests/cuda ran on a GPU"
+fi
 
 echo "== ctest: C and C++ consumers under ASan/UBSan, install tree, demo"
 BUILD_DIR=build/ctest tests/c/run.sh

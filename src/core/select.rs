@@ -189,7 +189,6 @@ const TAKEN: u64 = 1 << 31;
 /// with probability `π_i`, written to `out` in the order they are taken. `keys` holds `π.len()`
 /// entries of scratch.
 pub fn systematic(pi: &[f64], r: usize, rng: &Stream, keys: &mut [u64], out: &mut [i32]) {
-    let d = pi.len();
     for (i, key) in keys.iter_mut().enumerate() {
         *key = ((rng.bits(Purpose::Order, i as u32)[0] as u64) << 32) | i as u64;
     }
@@ -227,7 +226,6 @@ pub fn systematic(pi: &[f64], r: usize, rng: &Stream, keys: &mut [u64], out: &mu
         keys[pos] |= TAKEN;
         chosen += 1;
     }
-    let _ = d;
 }
 
 /// Sorts (index, scale) pairs by index; `tmp` holds at least `indices.len()` entries.

@@ -285,7 +285,6 @@ pub unsafe extern "C" fn grass_sparse_grad(
 
 #[allow(clippy::too_many_arguments)]
 unsafe fn step_buffers(
-    c: &grass_context,
     config: *const grass_adamw_config,
     w_dtype: grass_dtype,
     w: *mut c_void,
@@ -300,7 +299,6 @@ unsafe fn step_buffers(
     let cfg = crate::ffi::args::handle("config", config)?.adamw()?;
     let wd = self::dtype("w_dtype", w_dtype)?;
     check_lr(lr)?;
-    let _ = c;
     Ok(StepBuffers {
         cfg,
         w_dtype: wd,
@@ -372,7 +370,7 @@ pub unsafe extern "C" fn grass_sparse_adamw_step(
         let p = projected(m, n, side)?;
         let r = rank(r, &p)?;
         let mut buf = step_buffers(
-            c, config, w_dtype, w, m_state, v_state, step, lr, lr_scale, skipped, stream,
+            config, w_dtype, w, m_state, v_state, step, lr, lr_scale, skipped, stream,
         )?;
         buf.ws = self::workspace(
             workspace,
@@ -434,7 +432,7 @@ pub unsafe extern "C" fn grass_adamw_step(
         let c = self::ctx(ctx)?;
         let numel = positive("numel", numel)?;
         let mut buf = step_buffers(
-            c, config, w_dtype, w, m_state, v_state, step, lr, lr_scale, skipped, stream,
+            config, w_dtype, w, m_state, v_state, step, lr, lr_scale, skipped, stream,
         )?;
         buf.ws = self::workspace(
             workspace,

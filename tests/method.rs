@@ -463,50 +463,32 @@ fn full_rank_top_r_equals_adamw_for_50_steps() {
         for step in 0..50 {
             let g = rng.vec(m * n);
             let lr = 1e-2 / (1.0 + step as f32);
-            unsafe {
-                check(grass_sparse_adamw_step(
-                    ctx.0,
-                    &cfg,
-                    m as i64,
-                    n as i64,
-                    GRASS_SIDE_ROWS,
-                    m as i64,
-                    GRASS_DTYPE_F32,
-                    ws.as_mut_ptr().cast(),
-                    idx.as_ptr(),
-                    sc.as_ptr(),
-                    g.as_ptr(),
-                    ms.as_mut_ptr().cast(),
-                    vs.as_mut_ptr().cast(),
-                    &mut ss,
-                    lr,
-                    ptr::null(),
-                    ptr::null_mut(),
-                    ptr::null_mut(),
-                    0,
-                    ptr::null_mut(),
-                ))
-                .unwrap();
-                check(grass_adamw_step(
-                    ctx.0,
-                    &cfg,
-                    (m * n) as i64,
-                    GRASS_DTYPE_F32,
-                    wd_.as_mut_ptr().cast(),
-                    GRASS_DTYPE_F32,
-                    g.as_ptr().cast(),
-                    md.as_mut_ptr().cast(),
-                    vd.as_mut_ptr().cast(),
-                    &mut sd,
-                    lr,
-                    ptr::null(),
-                    ptr::null_mut(),
-                    ptr::null_mut(),
-                    0,
-                    ptr::null_mut(),
-                ))
-                .unwrap();
-            }
+            sparse_step(
+                &ctx,
+                &cfg,
+                (m, n),
+                GRASS_SIDE_ROWS,
+                GRASS_DTYPE_F32,
+                ws.as_mut_ptr().cast(),
+                &idx,
+                &sc,
+                &g,
+                (ms.as_mut_ptr().cast(), vs.as_mut_ptr().cast()),
+                &mut ss,
+                lr,
+                ptr::null_mut(),
+            );
+            dense_step(
+                &ctx,
+                &cfg,
+                &mut wd_,
+                &g,
+                &mut md,
+                &mut vd,
+                &mut sd,
+                lr,
+                ptr::null_mut(),
+            );
             assert_eq!(ws, wd_, "weights differ at step {step} (decay mode {mode})");
             assert_eq!((ms.clone(), vs.clone()), (md.clone(), vd.clone()));
         }
@@ -530,31 +512,21 @@ fn cols_side_updates_columns_and_duplicates_add() {
     let (mut ms, mut vs, mut step, mut skipped) =
         (vec![0f32; r * m], vec![0f32; r * m], 0i32, -1i32);
     let lr = 0.1f32;
-    unsafe {
-        check(grass_sparse_adamw_step(
-            ctx.0,
-            &cfg,
-            m as i64,
-            n as i64,
-            GRASS_SIDE_COLS,
-            r as i64,
-            GRASS_DTYPE_F32,
-            w.as_mut_ptr().cast(),
-            idx.as_ptr(),
-            sc.as_ptr(),
-            g.as_ptr(),
-            ms.as_mut_ptr().cast(),
-            vs.as_mut_ptr().cast(),
-            &mut step,
-            lr,
-            ptr::null(),
-            &mut skipped,
-            ptr::null_mut(),
-            0,
-            ptr::null_mut(),
-        ))
-        .unwrap();
-    }
+    sparse_step(
+        &ctx,
+        &cfg,
+        (m, n),
+        GRASS_SIDE_COLS,
+        GRASS_DTYPE_F32,
+        w.as_mut_ptr().cast(),
+        &idx,
+        &sc,
+        &g,
+        (ms.as_mut_ptr().cast(), vs.as_mut_ptr().cast()),
+        &mut step,
+        lr,
+        &mut skipped,
+    );
     assert_eq!(skipped, 0);
     // first Adam step: u = g / (|g| + eps) ≈ sign(g)
     for row in 0..m {
@@ -591,57 +563,37 @@ fn non_finite_gradient_skips_the_step_and_writes_nothing() {
         g[5] = bad;
         let (mut w, mut ms, mut vs, mut step, mut skipped) =
             (w0.clone(), m0.clone(), v0.clone(), 7i32, -1i32);
-        unsafe {
-            check(grass_sparse_adamw_step(
-                ctx.0,
-                &cfg,
-                m as i64,
-                n as i64,
-                GRASS_SIDE_ROWS,
-                r as i64,
-                GRASS_DTYPE_F32,
-                w.as_mut_ptr().cast(),
-                [1i32, 4].as_ptr(),
-                [1.0f32, 1.0].as_ptr(),
-                g.as_ptr(),
-                ms.as_mut_ptr().cast(),
-                vs.as_mut_ptr().cast(),
-                &mut step,
-                0.1,
-                ptr::null(),
-                &mut skipped,
-                ptr::null_mut(),
-                0,
-                ptr::null_mut(),
-            ))
-            .unwrap();
-        }
+        sparse_step(
+            &ctx,
+            &cfg,
+            (m, n),
+            GRASS_SIDE_ROWS,
+            GRASS_DTYPE_F32,
+            w.as_mut_ptr().cast(),
+            &[1i32, 4],
+            &[1.0f32, 1.0],
+            &g,
+            (ms.as_mut_ptr().cast(), vs.as_mut_ptr().cast()),
+            &mut step,
+            0.1,
+            &mut skipped,
+        );
         assert_eq!((skipped, step), (1, 7));
         assert_eq!((w, ms, vs), (w0.clone(), m0.clone(), v0.clone()));
         let mut dense_g = rng.vec(m * n);
         dense_g[0] = bad;
         let (mut w, mut ms, mut vs) = (w0.clone(), vec![0.5f32; m * n], vec![0.5f32; m * n]);
-        unsafe {
-            check(grass_adamw_step(
-                ctx.0,
-                &cfg,
-                (m * n) as i64,
-                GRASS_DTYPE_F32,
-                w.as_mut_ptr().cast(),
-                GRASS_DTYPE_F32,
-                dense_g.as_ptr().cast(),
-                ms.as_mut_ptr().cast(),
-                vs.as_mut_ptr().cast(),
-                &mut step,
-                0.1,
-                ptr::null(),
-                &mut skipped,
-                ptr::null_mut(),
-                0,
-                ptr::null_mut(),
-            ))
-            .unwrap();
-        }
+        dense_step(
+            &ctx,
+            &cfg,
+            &mut w,
+            &dense_g,
+            &mut ms,
+            &mut vs,
+            &mut step,
+            0.1,
+            &mut skipped,
+        );
         assert_eq!((skipped, step), (1, 7));
         assert_eq!(w, w0);
         assert!(ms.iter().chain(&vs).all(|&v| v == 0.5));
@@ -763,31 +715,21 @@ fn bf16_and_f16_weights_and_bf16_state() {
         let sbytes = if state == GRASS_DTYPE_F32 { 4 } else { 2 };
         let (mut ms, mut vs) = (vec![0u8; r * n * sbytes], vec![0u8; r * n * sbytes]);
         let mut step = 0;
-        unsafe {
-            check(grass_sparse_adamw_step(
-                ctx.0,
-                &cfg,
-                m as i64,
-                n as i64,
-                GRASS_SIDE_ROWS,
-                r as i64,
-                wcode,
-                w_ptr,
-                idx.as_ptr(),
-                sc.as_ptr(),
-                g.as_ptr(),
-                ms.as_mut_ptr().cast(),
-                vs.as_mut_ptr().cast(),
-                &mut step,
-                lr,
-                ptr::null(),
-                ptr::null_mut(),
-                ptr::null_mut(),
-                0,
-                ptr::null_mut(),
-            ))
-            .unwrap();
-        }
+        sparse_step(
+            &ctx,
+            &cfg,
+            (m, n),
+            GRASS_SIDE_ROWS,
+            wcode,
+            w_ptr,
+            &idx,
+            &sc,
+            &g,
+            (ms.as_mut_ptr().cast(), vs.as_mut_ptr().cast()),
+            &mut step,
+            lr,
+            ptr::null_mut(),
+        );
         let got: Vec<f32> = if wcode == GRASS_DTYPE_F32 {
             wf.clone()
         } else {

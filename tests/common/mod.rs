@@ -270,3 +270,84 @@ pub fn compare(what: &str, want: &[f64], got: &[f32], tol: f64) -> Result<(), St
         ))
     }
 }
+
+/// One compressed AdamW step on host buffers (CPU contexts need no workspace; no lr_scale).
+/// `w`, `ms` and `vs` point to the weight and state dtypes the config and `w_dtype` name.
+#[allow(clippy::too_many_arguments)]
+pub fn sparse_step(
+    ctx: &Ctx,
+    cfg: &grass_adamw_config,
+    (m, n): (usize, usize),
+    side: grass_side,
+    w_dtype: grass_dtype,
+    w: *mut std::ffi::c_void,
+    idx: &[i32],
+    sc: &[f32],
+    g: &[f32],
+    (ms, vs): (*mut std::ffi::c_void, *mut std::ffi::c_void),
+    step: &mut i32,
+    lr: f32,
+    skipped: *mut i32,
+) {
+    check(unsafe {
+        grass_sparse_adamw_step(
+            ctx.0,
+            cfg,
+            m as i64,
+            n as i64,
+            side,
+            idx.len() as i64,
+            w_dtype,
+            w,
+            idx.as_ptr(),
+            sc.as_ptr(),
+            g.as_ptr(),
+            ms,
+            vs,
+            step,
+            lr,
+            ptr::null(),
+            skipped,
+            ptr::null_mut(),
+            0,
+            ptr::null_mut(),
+        )
+    })
+    .unwrap();
+}
+
+/// One dense AdamW step on f32 host buffers.
+#[allow(clippy::too_many_arguments)]
+pub fn dense_step(
+    ctx: &Ctx,
+    cfg: &grass_adamw_config,
+    w: &mut [f32],
+    grad: &[f32],
+    ms: &mut [f32],
+    vs: &mut [f32],
+    step: &mut i32,
+    lr: f32,
+    skipped: *mut i32,
+) {
+    check(unsafe {
+        grass_adamw_step(
+            ctx.0,
+            cfg,
+            w.len() as i64,
+            GRASS_DTYPE_F32,
+            w.as_mut_ptr().cast(),
+            GRASS_DTYPE_F32,
+            grad.as_ptr().cast(),
+            ms.as_mut_ptr().cast(),
+            vs.as_mut_ptr().cast(),
+            step,
+            lr,
+            ptr::null(),
+            skipped,
+            ptr::null_mut(),
+            0,
+            ptr::null_mut(),
+        )
+    })
+    .unwrap();
+}

@@ -21,12 +21,12 @@
 // Major version: changes only with an incompatible ABI change.
 #define GRASS_VERSION_MAJOR 0
 
-#define GRASS_VERSION_MINOR 1
+#define GRASS_VERSION_MINOR 2
 
 #define GRASS_VERSION_PATCH 0
 
 // ABI generation: callers built against a header with another value must not load this library.
-#define GRASS_ABI_VERSION 1
+#define GRASS_ABI_VERSION 2
 
 // Result of every fallible call. Numbers are stable: 1–99 are mistakes of the caller,
 // 100–199 problems of the environment (device, driver, memory), 200+ faults inside grass.
@@ -185,6 +185,9 @@ typedef struct grass_projection_info {
   int32_t refresh_due;
 } grass_projection_info;
 
+// What an AdamW step wrote to `*skipped`: one of `GRASS_STEP_*`.
+typedef int32_t grass_step_outcome;
+
 #define GRASS_DTYPE_F32 0
 
 #define GRASS_DTYPE_BF16 1
@@ -229,11 +232,23 @@ typedef struct grass_projection_info {
 // Decay all of W every step (O(m·n) per step).
 #define GRASS_DECAY_DENSE 2
 
-// Zero M, V and the step counter.
+// Zero M, V and every row's step count.
 #define GRASS_REFRESH_RESET 0
 
-// Keep the state rows of indices that stay selected; zero the others.
+// Keep the state rows (and their step counts) of indices that stay selected; zero the others,
+// so each entering row starts like a fresh Adam parameter.
 #define GRASS_REFRESH_CARRY 1
+
+// The step was applied.
+#define GRASS_STEP_APPLIED 0
+
+// Skipped: the gradient held a NaN or infinity, or the effective learning rate was not a
+// finite non-negative number.
+#define GRASS_STEP_SKIPPED_NONFINITE 1
+
+// Skipped (CUDA contexts, which check on the device): the indices were not sorted ascending
+// within [0, d). A CPU context returns `GRASS_ERROR_INVALID_VALUE` instead.
+#define GRASS_STEP_SKIPPED_BAD_INDICES 2
 
 #define GRASS_DEVICE_CPU 0
 
@@ -383,12 +398,14 @@ grass_status grass_sparse_adamw_workspace_size(const struct grass_context *ctx,
 
 // The compressed AdamW step: updates M, V (r x k, `config->state_dtype`) from g and adds
 // `-lr·lr_scale·α·ρ_j·u_j` into row (side ROWS) or column (side COLS) `indices[j]` of W
-// (m x n, `w_dtype`), after decoupled weight decay per `config->decay_mode`. `*step` (the Adam
-// step since the last reset) is read and incremented. If g holds a NaN or infinity, or the
-// effective learning rate is not finite, nothing is written but `*skipped = 1`.
-// `lr_scale` and `skipped` may be NULL; like every buffer they live in the context's memory.
-// Indices must be sorted ascending within [0, d): a CPU context rejects others with
-// `GRASS_ERROR_INVALID_VALUE`; a CUDA context checks them on the device and skips the step.
+// (m x n, `w_dtype`), after decoupled weight decay per `config->decay_mode`. `row_steps`
+// (r counts) holds the Adam step of each state row since it was zeroed: each is incremented
+// and gives row j its own bias corrections. `*skipped` receives a `GRASS_STEP_*` outcome:
+// if g holds a NaN or infinity, or the effective learning rate is not finite, nothing else
+// is written. `lr_scale` and `skipped` may be NULL; like every buffer they live in the
+// context's memory. Indices must be sorted ascending within [0, d): a CPU context rejects
+// others with `GRASS_ERROR_INVALID_VALUE`; a CUDA context checks them on the device and
+// skips the step with `GRASS_STEP_SKIPPED_BAD_INDICES`.
 grass_status grass_sparse_adamw_step(const struct grass_context *ctx,
                                      const struct grass_adamw_config *config,
                                      int64_t m,
@@ -402,7 +419,7 @@ grass_status grass_sparse_adamw_step(const struct grass_context *ctx,
                                      const float *g,
                                      void *m_state,
                                      void *v_state,
-                                     int32_t *step,
+                                     int32_t *row_steps,
                                      float lr,
                                      const float *lr_scale,
                                      int32_t *skipped,
@@ -415,9 +432,10 @@ grass_status grass_adamw_workspace_size(const struct grass_context *ctx,
                                         int64_t numel,
                                         size_t *bytes_out);
 
-// Plain AdamW on a dense parameter of `numel` elements (embeddings, norms, biases): same
-// contract as `grass_sparse_adamw_step` (step counter, skip on non-finite gradient); weight
-// decay applies to every element unless `config->decay_mode` is `GRASS_DECAY_OFF`.
+// Plain AdamW on a dense parameter of `numel` elements (embeddings, norms, biases): `*step`
+// (the Adam step so far) is read and incremented, and the rest of the contract is
+// `grass_sparse_adamw_step`'s (skip on a non-finite gradient); weight decay applies to every
+// element unless `config->decay_mode` is `GRASS_DECAY_OFF`.
 grass_status grass_adamw_step(const struct grass_context *ctx,
                               const struct grass_adamw_config *config,
                               int64_t numel,
@@ -442,9 +460,10 @@ grass_status grass_state_refresh_workspace_size(const struct grass_context *ctx,
                                                 int64_t k,
                                                 size_t *bytes_out);
 
-// Adapts M and V (r x k) to a new selection. `GRASS_REFRESH_RESET` zeroes them and `*step`;
-// `GRASS_REFRESH_CARRY` keeps the rows whose index is in both `old_indices` and `new_indices`
-// (both sorted; repeats pair up in order), zeroes the others and leaves `*step`.
+// Adapts M, V (r x k) and the row step counts (r) to a new selection. `GRASS_REFRESH_RESET`
+// zeroes all of them; `GRASS_REFRESH_CARRY` keeps the state rows and step counts whose index
+// is in both `old_indices` and `new_indices` (both sorted; repeats pair up in order) and
+// zeroes the others.
 // `old_indices` may be NULL (no previous selection). A CPU context rejects unsorted
 // indices; a CUDA context does not check them (the result is then unspecified but stays
 // within M and V).
@@ -456,7 +475,7 @@ grass_status grass_state_refresh(const struct grass_context *ctx,
                                  const int32_t *new_indices,
                                  void *m_state,
                                  void *v_state,
-                                 int32_t *step,
+                                 int32_t *row_steps,
                                  void *workspace,
                                  size_t workspace_bytes,
                                  void *stream);
@@ -519,8 +538,9 @@ grass_status grass_optimizer_step(struct grass_optimizer *optimizer,
                                   float lr,
                                   void *stream);
 
-// Writes 1 if the last step was skipped because its gradient was not finite, else 0.
-// Synchronizes `stream` on CUDA contexts (it reads device memory): not for the hot path.
+// Writes the outcome of the last step: `GRASS_STEP_APPLIED` (0), or the reason it was
+// skipped (`GRASS_STEP_SKIPPED_*`, e.g. a non-finite gradient). Synchronizes `stream` on
+// CUDA contexts (it reads device memory): not for the hot path.
 grass_status grass_optimizer_last_step_skipped(const struct grass_optimizer *optimizer,
                                                int32_t *skipped_out,
                                                void *stream);

@@ -1,19 +1,27 @@
 // The AdamW steps (compressed with its scatter into W, and dense) and the state remap at a
 // refresh. Every step runs as: zero the header, `step_check` (a device-side reduction that
-// flags a non-finite gradient or an invalid index), `step_prepare` (one thread: effective
-// learning rate, skip decision, step counter, bias corrections), then the update kernels,
-// which do nothing when the step is skipped. The host never waits for any of it.
+// flags a non-finite gradient or invalid indices), `step_prepare` (effective learning rate,
+// skip decision, step counts, bias corrections), then the update kernels, which do nothing
+// when the step is skipped. The host never waits for any of it.
 //
 // The arithmetic mirrors src/cpu/adamw.rs operation by operation; the module is compiled with
 // --fmad=false so that no multiply-add is contracted and W, M, V match the host bit for bit.
 #include "common.cuh"
 
+// Bits of StepHeader::bad.
+#define BAD_GRADIENT 1u
+#define BAD_INDICES 2u
+// Outcomes written to StepHeader::skip and *skipped (GRASS_STEP_* in include/grass.h).
+#define STEP_APPLIED 0
+#define STEP_SKIPPED_NONFINITE 1
+#define STEP_SKIPPED_BAD_INDICES 2
+
 struct StepHeader {
-    u32 bad;      // set by step_check
-    i32 skip;     // decided by step_prepare
+    u32 bad;      // BAD_* bits, set by step_check
+    i32 skip;     // the outcome, decided by step_prepare
     float lr;     // effective learning rate lr * lr_scale
-    float c1;     // 1 - beta1^t
-    float c2;     // 1 - beta2^t
+    float c1;     // dense step: 1 - beta1^t
+    float c2;     // dense step: 1 - beta2^t
     float decay;  // 1 - lr * weight_decay
 };
 
@@ -22,18 +30,20 @@ struct StepHeader {
 extern "C" __global__ void step_check(const void* __restrict__ g, i32 g_dt, i64 n,
                                       const i32* __restrict__ idx, i32 r, i64 d,
                                       StepHeader* h) {
-    bool bad = false;
+    bool bad_g = false, bad_i = false;
     for (u64 e = global_x(); e < (u64)n; e += grid_x()) {
-        if (!finite_f32(load_as_f32(g, g_dt, e))) bad = true;
+        if (!finite_f32(load_as_f32(g, g_dt, e))) bad_g = true;
     }
     if (idx != nullptr) {
         for (u64 j = global_x(); j < (u64)r; j += grid_x()) {
             i32 i = idx[j];
-            if (i < 0 || (i64)i >= d || (j > 0 && idx[j - 1] > i)) bad = true;
+            if (i < 0 || (i64)i >= d || (j > 0 && idx[j - 1] > i)) bad_i = true;
         }
     }
-    if (__any_sync(0xFFFFFFFFu, bad) && (threadIdx.x & 31) == 0) {
-        atomicOr(&h->bad, 1u);
+    bad_g = __any_sync(0xFFFFFFFFu, bad_g);
+    bad_i = __any_sync(0xFFFFFFFFu, bad_i);
+    if ((threadIdx.x & 31) == 0 && (bad_g || bad_i)) {
+        atomicOr(&h->bad, (bad_g ? BAD_GRADIENT : 0u) | (bad_i ? BAD_INDICES : 0u));
     }
 }
 
@@ -52,21 +62,34 @@ __device__ double powi_f64(double a, i32 b) {
     return recip ? 1.0 / r : r;
 }
 
-// One thread. `lr_scale` and `skipped` may be NULL.
-extern "C" __global__ void step_prepare(StepHeader* h, i32* step, float lr,
-                                        const float* lr_scale, float beta1, float beta2,
-                                        float weight_decay, i32* skipped) {
-    float eff = lr_scale != nullptr ? lr * lr_scale[0] : lr;
-    bool skip = !(finite_f32(eff) && eff >= 0.0f) || h->bad != 0;
-    if (skipped != nullptr) *skipped = skip ? 1 : 0;
-    h->skip = skip ? 1 : 0;
-    if (skip) return;
-    i32 t = *step + 1;
-    *step = t;
-    h->lr = eff;
-    h->c1 = (float)(1.0 - powi_f64((double)beta1, t));
-    h->c2 = (float)(1.0 - powi_f64((double)beta2, t));
-    h->decay = 1.0f - eff * weight_decay;
+// Decides the step and advances `nsteps` step counts, writing the bias corrections of
+// count j to coef[2j], coef[2j + 1] (the compressed step: one count per state row; the dense
+// step: one count and coef = &h->c1). Any grid; every thread derives the same outcome from
+// h->bad, which no thread of this kernel writes. `lr_scale` and `skipped` may be NULL.
+extern "C" __global__ void step_prepare(StepHeader* h, i32* steps, i32 nsteps, float* coef,
+                                        float lr, const float* lr_scale, float beta1,
+                                        float beta2, float weight_decay, i32* skipped) {
+    const float eff = lr_scale != nullptr ? lr * lr_scale[0] : lr;
+    const u32 bad = h->bad;
+    i32 outcome = STEP_APPLIED;
+    if (bad & BAD_INDICES) {
+        outcome = STEP_SKIPPED_BAD_INDICES;
+    } else if (!(finite_f32(eff) && eff >= 0.0f) || (bad & BAD_GRADIENT)) {
+        outcome = STEP_SKIPPED_NONFINITE;
+    }
+    if (global_x() == 0) {
+        if (skipped != nullptr) *skipped = outcome;
+        h->skip = outcome;
+        h->lr = eff;
+        h->decay = 1.0f - eff * weight_decay;
+    }
+    if (outcome != STEP_APPLIED) return;
+    for (u64 j = global_x(); j < (u64)nsteps; j += grid_x()) {
+        const i32 t = steps[j] + 1;
+        steps[j] = t;
+        coef[2 * j] = (float)(1.0 - powi_f64((double)beta1, t));
+        coef[2 * j + 1] = (float)(1.0 - powi_f64((double)beta2, t));
+    }
 }
 
 // W *= decay for all n elements (decay mode dense).
@@ -87,16 +110,18 @@ __device__ __forceinline__ float adam_direction(float beta1, float beta2, float 
 
 // The compressed step and its scatter: thread (j, c) owns element c of projected index
 // idx[j] in W when j starts a run of equal indices, updates the M, V entries of the whole run
-// in order and rounds W once. W is m x n; `cols` selects columns instead of rows.
+// in order (state row j with the bias corrections coef[2j], coef[2j + 1] of its own step
+// count) and rounds W once. W is m x n; `cols` selects columns instead of rows.
 extern "C" __global__ void sparse_adamw(void* w, i32 w_dt, i64 n, i32 cols,
                                         void* ms, void* vs, i32 s_dt,
                                         const float* __restrict__ g,
                                         const i32* __restrict__ idx,
                                         const float* __restrict__ scales, i32 r, i64 k,
                                         float beta1, float beta2, float eps, float alpha,
-                                        i32 decay_rows, const StepHeader* h) {
+                                        i32 decay_rows, const float* __restrict__ coef,
+                                        const StepHeader* h) {
     if (h->skip) return;
-    const float lr = h->lr, c1 = h->c1, c2 = h->c2;
+    const float lr = h->lr;
     const float row_decay = decay_rows ? h->decay : 1.0f;
     for (i64 j0 = blockIdx.y; j0 < r; j0 += gridDim.y) {
         const i32 i = idx[j0];
@@ -109,7 +134,8 @@ extern "C" __global__ void sparse_adamw(void* w, i32 w_dt, i64 n, i32 cols,
             for (i64 j = j0; j < j1; ++j) {
                 const u64 e = (u64)j * (u64)k + c;
                 float m = load_as_f32(ms, s_dt, e), v = load_as_f32(vs, s_dt, e);
-                float u = adam_direction(beta1, beta2, eps, c1, c2, m, v, g[e]);
+                float u = adam_direction(beta1, beta2, eps, coef[2 * j], coef[2 * j + 1], m,
+                                         v, g[e]);
                 store_from_f32(ms, s_dt, e, m);
                 store_from_f32(vs, s_dt, e, v);
                 acc += (-lr * alpha * scales[j]) * u;
@@ -146,13 +172,16 @@ __device__ i32 bound(const i32* a, i32 n, i32 v, bool upper) {
     return lo;
 }
 
-// Refresh with carry: row b of the new state is the row of the old state whose index equals
-// new_idx[b], the q-th repeat of a value in new pairing with its q-th repeat in old (the
-// merge of src/cpu/adamw.rs carry_rows); rows without a partner, or all rows when old_idx is
-// NULL, become zero. src_* hold a copy of the old states; elements are 2 or 4 bytes.
+// Refresh with carry: row b of the new state, and its step count, are those of the old row
+// whose index equals new_idx[b], the q-th repeat of a value in new pairing with its q-th
+// repeat in old (the merge of src/cpu/adamw.rs carry_rows); rows without a partner, or all
+// rows when old_idx is NULL, become zero. src_* hold a copy of the old states and counts;
+// state elements are 2 or 4 bytes.
 extern "C" __global__ void carry_rows(const void* __restrict__ src_m,
-                                      const void* __restrict__ src_v, void* m, void* v,
-                                      i32 elem_bytes, const i32* __restrict__ old_idx,
+                                      const void* __restrict__ src_v,
+                                      const i32* __restrict__ src_steps, void* m, void* v,
+                                      i32* steps, i32 elem_bytes,
+                                      const i32* __restrict__ old_idx,
                                       const i32* __restrict__ new_idx, i32 r, i64 k) {
     for (i64 b = blockIdx.y; b < r; b += gridDim.y) {
         const i32 val = new_idx[b];
@@ -162,6 +191,7 @@ extern "C" __global__ void carry_rows(const void* __restrict__ src_m,
             i32 lo = bound(old_idx, r, val, false), hi = bound(old_idx, r, val, true);
             if (q < hi - lo) from = lo + q;
         }
+        if (global_x() == 0) steps[b] = from >= 0 ? src_steps[from] : 0;
         for (u64 c = global_x(); c < (u64)k; c += grid_x()) {
             u64 dst = (u64)b * (u64)k + c;
             if (elem_bytes == 4) {

@@ -69,8 +69,9 @@ pub struct StepBuffers {
     /// M and V, `cfg.state_dtype`.
     pub m: usize,
     pub v: usize,
-    /// i32[1], incremented when the step is applied.
-    pub step: usize,
+    /// Step counts, incremented when the step is applied: i32[r] (one per state row) for the
+    /// compressed step, i32[1] for the dense step.
+    pub steps: usize,
     pub lr: f32,
     /// f32[1] multiplying lr, or 0 for none.
     pub lr_scale: usize,
@@ -108,7 +109,8 @@ pub struct RefreshArgs {
     pub new_indices: usize,
     pub m: usize,
     pub v: usize,
-    pub step: usize,
+    /// i32[r], the step count of each state row
+    pub row_steps: usize,
     pub ws: Scratch,
     pub stream: usize,
 }

@@ -503,8 +503,20 @@ struct Header {
 
 type CheckFn =
     unsafe extern "C" fn(u32, *const c_void, i32, i64, *const i32, i32, i64, *mut Header);
-type PrepareFn =
-    unsafe extern "C" fn(*mut Header, *mut i32, f32, *const f32, f32, f32, f32, *mut i32);
+type PrepareFn = unsafe extern "C" fn(
+    u32,
+    u32,
+    *mut Header,
+    *mut i32,
+    i32,
+    *mut f32,
+    f32,
+    *const f32,
+    f32,
+    f32,
+    f32,
+    *mut i32,
+);
 type DecayFn = unsafe extern "C" fn(u32, u32, *mut c_void, i32, i64, *const Header);
 type SparseFn = unsafe extern "C" fn(
     u32,
@@ -527,6 +539,7 @@ type SparseFn = unsafe extern "C" fn(
     f32,
     f32,
     i32,
+    *const f32,
     *const Header,
 );
 type DenseFn = unsafe extern "C" fn(
@@ -582,44 +595,55 @@ fn sparse_step_kernels_match_the_host_step() {
                     let idx = rng.sorted_indices(r, d);
                     let scales: Vec<f32> = (0..r).map(|_| 0.5 + rng.unit() as f32).collect();
                     let ssz = if s_dt == 0 { 4 } else { 2 };
-                    let (mut hw, mut hm, mut hv, mut hc) = (
+                    // rows at different step counts, as after a refresh with carry
+                    let steps0: Vec<i32> = (0..r).map(|_| rng.below(4) as i32).collect();
+                    let (mut hw, mut hm, mut hv, mut hs, mut hskip) = (
                         w0.clone(),
                         vec![0u8; r * k * ssz],
                         vec![0u8; r * k * ssz],
-                        [0i32, -1],
+                        steps0.clone(),
+                        -1i32,
                     );
-                    let (mut kw, mut km, mut kv, mut kc) =
-                        (w0.clone(), hm.clone(), hv.clone(), [0i32, -1]);
-                    for t in 0..5 {
+                    let (mut kw, mut km, mut kv, mut ks, mut kskip) =
+                        (w0.clone(), hm.clone(), hv.clone(), steps0.clone(), -1i32);
+                    let mut coef = vec![f32::NAN; 2 * r];
+                    for t in 0..6 {
                         let mut g = rng.normals(r * k);
                         if t == 3 {
                             g[7] = f32::NEG_INFINITY;
                         }
                         let lr_scale = [if t == 2 { 0.5f32 } else { 1.0 }];
-                        ok(unsafe {
-                            grass_sparse_adamw_step(
-                                ctx,
-                                &cfg,
-                                m as i64,
-                                n as i64,
-                                cols,
-                                r as i64,
-                                w_dt,
-                                hw.as_mut_ptr().cast(),
-                                idx.as_ptr(),
-                                scales.as_ptr(),
-                                g.as_ptr(),
-                                hm.as_mut_ptr().cast(),
-                                hv.as_mut_ptr().cast(),
-                                hc.as_mut_ptr(),
-                                1e-2,
-                                lr_scale.as_ptr(),
-                                hc.as_mut_ptr().add(1),
-                                std::ptr::null_mut(),
-                                0,
-                                std::ptr::null_mut(),
-                            )
-                        });
+                        // step 4 hands the kernels unsorted indices: the host rejects them
+                        // with a status, the device skips the step and says why.
+                        let mut kidx = idx.clone();
+                        if t == 4 {
+                            kidx.swap(0, r - 1);
+                        } else {
+                            ok(unsafe {
+                                grass_sparse_adamw_step(
+                                    ctx,
+                                    &cfg,
+                                    m as i64,
+                                    n as i64,
+                                    cols,
+                                    r as i64,
+                                    w_dt,
+                                    hw.as_mut_ptr().cast(),
+                                    idx.as_ptr(),
+                                    scales.as_ptr(),
+                                    g.as_ptr(),
+                                    hm.as_mut_ptr().cast(),
+                                    hv.as_mut_ptr().cast(),
+                                    hs.as_mut_ptr(),
+                                    1e-2,
+                                    lr_scale.as_ptr(),
+                                    &mut hskip,
+                                    std::ptr::null_mut(),
+                                    0,
+                                    std::ptr::null_mut(),
+                                )
+                            });
+                        }
                         // The kernel sequence of cuda::ops::sparse_step.
                         let mut h = Header::default();
                         unsafe {
@@ -628,20 +652,24 @@ fn sparse_step_kernels_match_the_host_step() {
                                 g.as_ptr().cast(),
                                 0,
                                 (r * k) as i64,
-                                idx.as_ptr(),
+                                kidx.as_ptr(),
                                 r as i32,
                                 d as i64,
                                 &mut h,
                             );
                             prepare(
+                                2,
+                                4,
                                 &mut h,
-                                kc.as_mut_ptr(),
+                                ks.as_mut_ptr(),
+                                r as i32,
+                                coef.as_mut_ptr(),
                                 1e-2,
                                 lr_scale.as_ptr(),
                                 cfg.beta1,
                                 cfg.beta2,
                                 cfg.weight_decay,
-                                kc.as_mut_ptr().add(1),
+                                &mut kskip,
                             );
                             if decay == GRASS_DECAY_DENSE {
                                 decay_all(3, 64, kw.as_mut_ptr().cast(), w_dt, (m * n) as i64, &h);
@@ -658,7 +686,7 @@ fn sparse_step_kernels_match_the_host_step() {
                                 kv.as_mut_ptr().cast(),
                                 s_dt,
                                 g.as_ptr(),
-                                idx.as_ptr(),
+                                kidx.as_ptr(),
                                 scales.as_ptr(),
                                 r as i32,
                                 k as i64,
@@ -667,6 +695,7 @@ fn sparse_step_kernels_match_the_host_step() {
                                 cfg.eps,
                                 cfg.alpha,
                                 (decay == GRASS_DECAY_SELECTED) as i32,
+                                coef.as_ptr(),
                                 &h,
                             );
                         }
@@ -675,9 +704,19 @@ fn sparse_step_kernels_match_the_host_step() {
                         same(&format!("W, {what}"), &kw, &hw);
                         same(&format!("M, {what}"), &km, &hm);
                         same(&format!("V, {what}"), &kv, &hv);
-                        assert_eq!(kc, hc, "step and skipped, {what}");
+                        assert_eq!(ks, hs, "row steps, {what}");
+                        let want = match t {
+                            3 => GRASS_STEP_SKIPPED_NONFINITE,
+                            4 => GRASS_STEP_SKIPPED_BAD_INDICES,
+                            _ => GRASS_STEP_APPLIED,
+                        };
+                        assert_eq!(kskip, want, "outcome, {what}");
+                        if t != 4 {
+                            assert_eq!(hskip, want, "host outcome, {what}");
+                        }
                     }
-                    assert_eq!(kc, [4, 0]);
+                    let four: Vec<i32> = steps0.iter().map(|s| s + 4).collect();
+                    assert_eq!(ks, four, "each row counts its own applied steps");
                 }
             }
         }
@@ -702,6 +741,7 @@ fn dense_step_kernels_match_the_host_step() {
                     let cfg = adamw(decay, s_dt);
                     let w0 = encode(&rng.normals(numel), w_dt);
                     let ssz = if s_dt == 0 { 4 } else { 2 };
+                    // [step, outcome]
                     let (mut hw, mut hm, mut hv, mut hc) = (
                         w0.clone(),
                         vec![0u8; numel * ssz],
@@ -748,9 +788,14 @@ fn dense_step_kernels_match_the_host_step() {
                                 0,
                                 &mut h,
                             );
+                            let coef = std::ptr::addr_of_mut!(h.c1);
                             prepare(
+                                1,
+                                32,
                                 &mut h,
                                 kc.as_mut_ptr(),
+                                1,
+                                coef,
                                 3e-3,
                                 std::ptr::null(),
                                 cfg.beta1,
@@ -795,8 +840,10 @@ type CarryFn = unsafe extern "C" fn(
     u32,
     *const c_void,
     *const c_void,
+    *const i32,
     *mut c_void,
     *mut c_void,
+    *mut i32,
     i32,
     *const i32,
     *const i32,
@@ -820,7 +867,8 @@ fn carry_kernel_matches_the_host_refresh() {
             cfg.refresh_mode = GRASS_REFRESH_CARRY;
             let m0 = encode(&rng.normals(r * k), s_dt);
             let v0 = encode(&rng.normals(r * k), s_dt);
-            let (mut hm, mut hv, mut step) = (m0.clone(), v0.clone(), 3i32);
+            let steps0: Vec<i32> = (0..r).map(|_| 1 + rng.below(300) as i32).collect();
+            let (mut hm, mut hv, mut hs) = (m0.clone(), v0.clone(), steps0.clone());
             let mut nbytes = 0;
             ok(unsafe {
                 grass_state_refresh_workspace_size(ctx, &cfg, r as i64, k as i64, &mut nbytes)
@@ -840,13 +888,14 @@ fn carry_kernel_matches_the_host_refresh() {
                     new.as_ptr(),
                     hm.as_mut_ptr().cast(),
                     hv.as_mut_ptr().cast(),
-                    &mut step,
+                    hs.as_mut_ptr(),
                     ws.as_mut_ptr().cast(),
                     nbytes,
                     std::ptr::null_mut(),
                 )
             });
             let (mut km, mut kv) = (vec![0xAAu8; m0.len()], vec![0xAAu8; v0.len()]);
+            let mut ks = vec![-7i32; r];
             unsafe {
                 carry(
                     1,
@@ -854,8 +903,10 @@ fn carry_kernel_matches_the_host_refresh() {
                     4,
                     m0.as_ptr().cast(),
                     v0.as_ptr().cast(),
+                    steps0.as_ptr(),
                     km.as_mut_ptr().cast(),
                     kv.as_mut_ptr().cast(),
+                    ks.as_mut_ptr(),
                     if s_dt == 0 { 4 } else { 2 },
                     if with_old {
                         old.as_ptr()
@@ -870,6 +921,11 @@ fn carry_kernel_matches_the_host_refresh() {
             let what = format!("state {s_dt} trial {trial} old {old:?} new {new:?}");
             same(&format!("M, {what}"), &km, &hm);
             same(&format!("V, {what}"), &kv, &hv);
+            assert_eq!(ks, hs, "row steps, {what}");
+            assert!(
+                !with_old || hs.iter().any(|&t| t > 0),
+                "some row keeps its count, {what}"
+            );
         }
     }
 }

@@ -457,7 +457,7 @@ fn full_rank_top_r_equals_adamw_for_50_steps() {
             vec![0f32; m * n],
             vec![0f32; m * n],
         );
-        let (mut ss, mut sd) = (0i32, 0i32);
+        let (mut ss, mut sd) = (vec![0i32; m], 0i32);
         let idx: Vec<i32> = (0..m as i32).collect();
         let sc = vec![1.0f32; m];
         for step in 0..50 {
@@ -492,7 +492,7 @@ fn full_rank_top_r_equals_adamw_for_50_steps() {
             assert_eq!(ws, wd_, "weights differ at step {step} (decay mode {mode})");
             assert_eq!((ms.clone(), vs.clone()), (md.clone(), vd.clone()));
         }
-        assert_eq!(ss, 50);
+        assert_eq!(ss, vec![50; m]);
         assert_ne!(ws, w0);
     }
 }
@@ -510,7 +510,7 @@ fn cols_side_updates_columns_and_duplicates_add() {
     let cfg = adamw(0.0, GRASS_DECAY_OFF);
     let mut w = w0.clone();
     let (mut ms, mut vs, mut step, mut skipped) =
-        (vec![0f32; r * m], vec![0f32; r * m], 0i32, -1i32);
+        (vec![0f32; r * m], vec![0f32; r * m], vec![0i32; r], -1i32);
     let lr = 0.1f32;
     sparse_step(
         &ctx,
@@ -561,8 +561,8 @@ fn non_finite_gradient_skips_the_step_and_writes_nothing() {
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         let mut g = rng.vec(r * n);
         g[5] = bad;
-        let (mut w, mut ms, mut vs, mut step, mut skipped) =
-            (w0.clone(), m0.clone(), v0.clone(), 7i32, -1i32);
+        let (mut w, mut ms, mut vs, mut steps, mut step, mut skipped) =
+            (w0.clone(), m0.clone(), v0.clone(), [7i32, 2], 7i32, -1i32);
         sparse_step(
             &ctx,
             &cfg,
@@ -574,11 +574,11 @@ fn non_finite_gradient_skips_the_step_and_writes_nothing() {
             &[1.0f32, 1.0],
             &g,
             (ms.as_mut_ptr().cast(), vs.as_mut_ptr().cast()),
-            &mut step,
+            &mut steps,
             0.1,
             &mut skipped,
         );
-        assert_eq!((skipped, step), (1, 7));
+        assert_eq!((skipped, steps), (GRASS_STEP_SKIPPED_NONFINITE, [7, 2]));
         assert_eq!((w, ms, vs), (w0.clone(), m0.clone(), v0.clone()));
         let mut dense_g = rng.vec(m * n);
         dense_g[0] = bad;
@@ -610,7 +610,7 @@ fn carry_keeps_exactly_the_surviving_rows() {
     let new = [0i32, 3, 8, 9];
     let m0: Vec<f32> = (0..r * k).map(|e| e as f32 + 1.0).collect();
     let v0: Vec<f32> = (0..r * k).map(|e| e as f32 + 100.0).collect();
-    let (mut ms, mut vs, mut step) = (m0.clone(), v0.clone(), 5i32);
+    let (mut ms, mut vs, mut steps) = (m0.clone(), v0.clone(), [5i32, 6, 7, 8]);
     let mut bytes = 0usize;
     unsafe {
         check(grass_state_refresh_workspace_size(
@@ -627,7 +627,7 @@ fn carry_keeps_exactly_the_surviving_rows() {
             new.as_ptr(),
             ms.as_mut_ptr().cast(),
             vs.as_mut_ptr().cast(),
-            &mut step,
+            steps.as_mut_ptr(),
             ws.as_mut_ptr().cast(),
             bytes,
             ptr::null_mut(),
@@ -643,7 +643,7 @@ fn carry_keeps_exactly_the_surviving_rows() {
     };
     assert_eq!(ms, want(&m0));
     assert_eq!(vs, want(&v0));
-    assert_eq!(step, 5, "carry keeps the step");
+    assert_eq!(steps, [0, 6, 8, 0], "step counts move with their rows");
     cfg.refresh_mode = GRASS_REFRESH_RESET;
     unsafe {
         check(grass_state_refresh(
@@ -655,7 +655,7 @@ fn carry_keeps_exactly_the_surviving_rows() {
             new.as_ptr(),
             ms.as_mut_ptr().cast(),
             vs.as_mut_ptr().cast(),
-            &mut step,
+            steps.as_mut_ptr(),
             ptr::null_mut(),
             0,
             ptr::null_mut(),
@@ -663,7 +663,110 @@ fn carry_keeps_exactly_the_surviving_rows() {
         .unwrap();
     }
     assert!(ms.iter().chain(&vs).all(|&v| v == 0.0));
-    assert_eq!(step, 0);
+    assert_eq!(steps, [0; 4]);
+}
+
+/// With carry every state row is an Adam parameter of its own: rows that stay selected keep
+/// their moments and step counts, entering rows start fresh (their first update is ≈ sign(g),
+/// not inflated by the layer's step count). Checked against a per-row f64 reference over
+/// refreshes whose selections overlap, leave and re-enter.
+#[test]
+fn carry_runs_each_row_as_its_own_adam() {
+    let ctx = Ctx::cpu();
+    let (m, n, r) = (12usize, 5usize, 4usize);
+    let mut cfg = adamw(0.0, GRASS_DECAY_OFF);
+    cfg.refresh_mode = GRASS_REFRESH_CARRY;
+    let mut rng = Rng(21);
+    let w0 = rng.vec(m * n);
+    let mut w = w0.clone();
+    let (mut ms, mut vs, mut steps) = (vec![0f32; r * n], vec![0f32; r * n], vec![0i32; r]);
+    let mut want_w: Vec<f64> = w0.iter().map(|&v| v as f64).collect();
+    let (mut ref_m, mut ref_v, mut ref_t) = (vec![0f64; m * n], vec![0f64; m * n], vec![0i32; m]);
+    let (b1, b2, eps, alpha) = (
+        cfg.beta1 as f64,
+        cfg.beta2 as f64,
+        cfg.eps as f64,
+        cfg.alpha as f64,
+    );
+    let sc = vec![1.0f32; r];
+    let lr = 1e-2f32;
+    let mut bytes = 0usize;
+    check(unsafe {
+        grass_state_refresh_workspace_size(ctx.0, &cfg, r as i64, n as i64, &mut bytes)
+    })
+    .unwrap();
+    let mut ws = vec![0u8; bytes];
+    let selections: [[i32; 4]; 4] = [[0, 3, 5, 9], [3, 5, 7, 11], [0, 3, 7, 9], [0, 3, 7, 9]];
+    let mut old: Option<[i32; 4]> = None;
+    for sel in selections {
+        check(unsafe {
+            grass_state_refresh(
+                ctx.0,
+                &cfg,
+                r as i64,
+                n as i64,
+                old.as_ref().map_or(ptr::null(), |o| o.as_ptr()),
+                sel.as_ptr(),
+                ms.as_mut_ptr().cast(),
+                vs.as_mut_ptr().cast(),
+                steps.as_mut_ptr(),
+                ws.as_mut_ptr().cast(),
+                bytes,
+                ptr::null_mut(),
+            )
+        })
+        .unwrap();
+        for i in 0..m {
+            if !sel.contains(&(i as i32)) {
+                ref_t[i] = 0;
+                ref_m[i * n..(i + 1) * n].fill(0.0);
+                ref_v[i * n..(i + 1) * n].fill(0.0);
+            }
+        }
+        for _ in 0..6 {
+            let g = rng.vec(r * n);
+            sparse_step(
+                &ctx,
+                &cfg,
+                (m, n),
+                GRASS_SIDE_ROWS,
+                GRASS_DTYPE_F32,
+                w.as_mut_ptr().cast(),
+                &sel,
+                &sc,
+                &g,
+                (ms.as_mut_ptr().cast(), vs.as_mut_ptr().cast()),
+                &mut steps,
+                lr,
+                ptr::null_mut(),
+            );
+            for (j, &i) in sel.iter().enumerate() {
+                let i = i as usize;
+                ref_t[i] += 1;
+                let t = ref_t[i];
+                for c in 0..n {
+                    let (e, gv) = (i * n + c, g[j * n + c] as f64);
+                    ref_m[e] = b1 * ref_m[e] + (1.0 - b1) * gv;
+                    ref_v[e] = b2 * ref_v[e] + (1.0 - b2) * gv * gv;
+                    let u = (ref_m[e] / (1.0 - b1.powi(t)))
+                        / ((ref_v[e] / (1.0 - b2.powi(t))).sqrt() + eps);
+                    want_w[e] -= lr as f64 * alpha * u;
+                }
+            }
+        }
+        let counts: Vec<i32> = sel.iter().map(|&i| ref_t[i as usize]).collect();
+        assert_eq!(steps, counts, "step counts after selection {sel:?}");
+        for e in 0..m * n {
+            assert!(
+                (w[e] as f64 - want_w[e]).abs() < 2e-5,
+                "W[{e}] = {} but the per-row reference gives {} (selection {sel:?})",
+                w[e],
+                want_w[e]
+            );
+        }
+        old = Some(sel);
+    }
+    assert_eq!(steps, [12, 24, 18, 12], "rows 0, 3, 7, 9 were selected 2, 4, 3, 2 times");
 }
 
 /// Low-precision weights and states: one step against an f64 evaluation of the same formula.
@@ -714,7 +817,7 @@ fn bf16_and_f16_weights_and_bf16_state() {
         };
         let sbytes = if state == GRASS_DTYPE_F32 { 4 } else { 2 };
         let (mut ms, mut vs) = (vec![0u8; r * n * sbytes], vec![0u8; r * n * sbytes]);
-        let mut step = 0;
+        let mut step = vec![0; r];
         sparse_step(
             &ctx,
             &cfg,

@@ -64,7 +64,9 @@ fn decay_all<W: Elem>(w: &mut [W], factor: f32) {
 }
 
 /// Applies the compressed AdamW step. `indices` are sorted ascending (as `select` writes them);
-/// repeated indices add their updates into one row, which is rounded once.
+/// repeated indices add their updates into one row, which is rounded once. `row_steps[j]`
+/// counts the steps state row j has taken since it was zeroed; each is incremented and gives
+/// that row's bias corrections.
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_sparse_step(
     cfg: &AdamW,
@@ -75,19 +77,24 @@ pub fn adamw_sparse_step(
     g: &[f32],
     m: State<'_>,
     v: State<'_>,
-    step: &mut i32,
+    row_steps: &mut [i32],
     lr: f32,
 ) -> StepOutcome {
     if !g.iter().all(|x| x.is_finite()) {
         return StepOutcome { skipped: true };
     }
-    *step += 1;
-    let (c1, c2) = cfg.bias_corrections(*step);
+    for t in row_steps.iter_mut() {
+        *t += 1;
+    }
     with_weights!(w, w => with_state!(m, m => with_state!(v, v => {
-        sparse_inner(cfg, p, w, indices, scales, g, m, v, c1, c2, lr)
+        sparse_inner(cfg, p, w, indices, scales, g, m, v, row_steps, lr)
     })));
     StepOutcome { skipped: false }
 }
+
+/// Bias corrections of the rows of one run of equal indices, kept on the stack for runs of
+/// up to `RUN_CACHE` rows (longer runs, rare repeats of one row, compute them per element).
+const RUN_CACHE: usize = 8;
 
 #[allow(clippy::too_many_arguments)]
 fn sparse_inner<W: Elem, S: Elem, T: Elem>(
@@ -99,8 +106,7 @@ fn sparse_inner<W: Elem, S: Elem, T: Elem>(
     g: &[f32],
     ms: &mut [S],
     vs: &mut [T],
-    c1: f32,
-    c2: f32,
+    row_steps: &[i32],
     lr: f32,
 ) {
     let decay = 1.0 - lr * cfg.weight_decay;
@@ -129,10 +135,22 @@ fn sparse_inner<W: Elem, S: Elem, T: Elem>(
         while j1 < r && indices[j1] as usize == i {
             j1 += 1;
         }
+        let mut cache = [(0.0f32, 0.0f32); RUN_CACHE];
+        let cached = j1 - j0 <= RUN_CACHE;
+        if cached {
+            for j in j0..j1 {
+                cache[j - j0] = cfg.bias_corrections(row_steps[j]);
+            }
+        }
         for c in 0..k {
             let mut acc = w[at(i, c)].to_f32() * row_decay;
             for j in j0..j1 {
                 let e = j * k + c;
+                let (c1, c2) = if cached {
+                    cache[j - j0]
+                } else {
+                    cfg.bias_corrections(row_steps[j])
+                };
                 let (mut mv, mut vv) = (ms[e].to_f32(), vs[e].to_f32());
                 let u = adam_update(cfg, c1, c2, &mut mv, &mut vv, g[e]);
                 ms[e] = S::from_f32(mv);
@@ -178,7 +196,8 @@ pub fn adamw_dense_step(
     StepOutcome { skipped: false }
 }
 
-/// Bytes of scratch [`state_refresh`] needs: a copy of both states for `carry`.
+/// Bytes of scratch [`state_refresh`] needs: a copy of both states and the step counts for
+/// `carry`.
 pub fn state_refresh_workspace_size(
     mode: RefreshMode,
     r: usize,
@@ -187,12 +206,17 @@ pub fn state_refresh_workspace_size(
 ) -> usize {
     match mode {
         RefreshMode::Reset => 0,
-        RefreshMode::Carry => 2 * crate::core::workspace::region(r * k * state_size, 1) + 2 * 64,
+        RefreshMode::Carry => {
+            2 * crate::core::workspace::region(r * k * state_size, 1)
+                + crate::core::workspace::region(r, 4)
+                + 3 * 64
+        }
     }
 }
 
-/// At a refresh: `reset` zeroes M, V and the step; `carry` keeps the rows of indices that stay
-/// selected (matched in sorted order, so repeated indices pair up one to one) and zeroes the rest.
+/// At a refresh: `reset` zeroes M, V and every row's step count; `carry` keeps the state rows
+/// (and their step counts) of indices that stay selected (matched in sorted order, so repeated
+/// indices pair up one to one) and zeroes the rest.
 #[allow(clippy::too_many_arguments)]
 pub fn state_refresh(
     mode: RefreshMode,
@@ -201,28 +225,32 @@ pub fn state_refresh(
     new: &[i32],
     m: State<'_>,
     v: State<'_>,
-    step: &mut i32,
+    row_steps: &mut [i32],
     ws: &mut [u8],
 ) -> Result<()> {
     let mut carver = Carver::new(ws);
+    if mode == RefreshMode::Reset {
+        for s in [m, v] {
+            with_state!(s, s => s.iter_mut().for_each(|x| *x = Elem::from_f32(0.0)));
+        }
+        row_steps.iter_mut().for_each(|t| *t = 0);
+        return Ok(());
+    }
     for s in [m, v] {
         with_state!(s, s => {
-            if mode == RefreshMode::Reset {
-                s.iter_mut().for_each(|x| *x = Elem::from_f32(0.0));
-            } else {
-                let copy = carver.take(s.len())?;
-                copy.copy_from_slice(s);
-                carry_rows(k, old, new, copy, s);
-            }
+            let copy = carver.take(s.len())?;
+            copy.copy_from_slice(s);
+            carry_rows(k, old, new, copy, s);
         });
     }
-    if mode == RefreshMode::Reset {
-        *step = 0;
-    }
+    let copy = carver.take::<i32>(row_steps.len())?;
+    copy.copy_from_slice(row_steps);
+    carry_rows(1, old, new, copy, row_steps);
     Ok(())
 }
 
-fn carry_rows<S: Elem>(k: usize, old: &[i32], new: &[i32], src: &[S], dst: &mut [S]) {
+/// Row b of `dst` (rows of k elements) becomes the row of `src` paired with `new[b]`, or zero.
+fn carry_rows<S: Copy + Default>(k: usize, old: &[i32], new: &[i32], src: &[S], dst: &mut [S]) {
     let (mut a, mut b) = (0, 0);
     while b < new.len() {
         while a < old.len() && old[a] < new[b] {
@@ -233,7 +261,7 @@ fn carry_rows<S: Elem>(k: usize, old: &[i32], new: &[i32], src: &[S], dst: &mut 
             row.copy_from_slice(&src[a * k..(a + 1) * k]);
             a += 1;
         } else {
-            row.iter_mut().for_each(|x| *x = S::from_f32(0.0));
+            row.iter_mut().for_each(|x| *x = S::default());
         }
         b += 1;
     }

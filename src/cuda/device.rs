@@ -282,12 +282,16 @@ impl Device {
         plan.size()
     }
 
-    pub fn sparse_step_workspace_size(&self, _p: &Projected, _r: usize) -> usize {
-        step_workspace_size()
+    pub fn sparse_step_workspace_size(&self, _p: &Projected, r: usize) -> usize {
+        let mut plan = Plan::sizing();
+        step_layout(&mut plan, Some(r));
+        plan.size()
     }
 
     pub fn dense_step_workspace_size(&self, _numel: usize) -> usize {
-        step_workspace_size()
+        let mut plan = Plan::sizing();
+        step_layout(&mut plan, None);
+        plan.size()
     }
 
     pub fn refresh_workspace_size(&self, cfg: &AdamW, r: usize, k: usize) -> usize {
@@ -314,11 +318,24 @@ impl Drop for Device {
 
 /// Bytes of the step header in kernels/adamw.cu (`StepHeader`, rounded up).
 pub(crate) const STEP_HEADER: usize = 32;
+/// Offset of the dense step's bias corrections (`StepHeader::c1`, then `c2`).
+const STEP_HEADER_COEF: usize = 12;
 
-fn step_workspace_size() -> usize {
-    let mut plan = Plan::sizing();
-    plan.take(STEP_HEADER);
-    plan.size()
+/// Scratch of an AdamW step: the header and the bias corrections (f32 pairs).
+pub(crate) struct StepLayout {
+    pub header: usize,
+    pub coef: usize,
+}
+
+/// `rows` is the rank of a compressed step (a pair per state row), None for a dense step
+/// (one pair, inside the header).
+pub(crate) fn step_layout(plan: &mut Plan, rows: Option<usize>) -> StepLayout {
+    let header = plan.take(STEP_HEADER);
+    let coef = match rows {
+        Some(r) => plan.take(8 * r),
+        None => header + STEP_HEADER_COEF,
+    };
+    StepLayout { header, coef }
 }
 
 /// Rows of G per chunk of the score computation: at most 32 MiB of f32 and at most a quarter
@@ -395,16 +412,22 @@ pub(crate) fn sparse_grad_layout(
 pub(crate) struct RefreshLayout {
     pub m: usize,
     pub v: usize,
+    pub steps: usize,
 }
 
 pub(crate) fn refresh_layout(plan: &mut Plan, cfg: &AdamW, r: usize, k: usize) -> RefreshLayout {
     match cfg.refresh_mode {
-        RefreshMode::Reset => RefreshLayout { m: 0, v: 0 },
+        RefreshMode::Reset => RefreshLayout {
+            m: 0,
+            v: 0,
+            steps: 0,
+        },
         RefreshMode::Carry => {
             let bytes = r * k * cfg.state_dtype.size();
             RefreshLayout {
                 m: plan.take(bytes),
                 v: plan.take(bytes),
+                steps: plan.take(4 * r),
             }
         }
     }

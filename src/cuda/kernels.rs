@@ -19,11 +19,11 @@ pub const SIGNATURES: [(&str, &str, &str); 10] = [
     ("sparse_grad.cu", "gather_cols", "pillpip"),
     ("sparse_grad.cu", "scale_rows", "ppilpi"),
     ("adamw.cu", "step_check", "pilpilp"),
-    ("adamw.cu", "step_prepare", "ppfpfffp"),
+    ("adamw.cu", "step_prepare", "ppipfpfffp"),
     ("adamw.cu", "decay_all", "pilp"),
-    ("adamw.cu", "sparse_adamw", "pilippipppilffffip"),
+    ("adamw.cu", "sparse_adamw", "pilippipppilffffipp"),
     ("adamw.cu", "dense_adamw", "pipippilfffip"),
-    ("adamw.cu", "carry_rows", "ppppippil"),
+    ("adamw.cu", "carry_rows", "ppppppippil"),
 ];
 
 /// A loaded kernel.

@@ -8,7 +8,8 @@ use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::cuda::blas::Gemm;
 use crate::cuda::device::{
-    fits_i32, refresh_layout, scores_layout, select_layout, sparse_grad_layout, Device, STEP_HEADER,
+    fits_i32, refresh_layout, scores_layout, select_layout, sparse_grad_layout, step_layout,
+    Device, StepLayout, STEP_HEADER,
 };
 use crate::cuda::launch::{self, launch, Arg, Shape};
 use crate::cuda::scratch::Plan;
@@ -175,23 +176,26 @@ impl Device {
         }
     }
 
-    /// Zeroes the step header, flags a bad gradient (or bad indices) on the device and lets
-    /// one thread decide the step; returns the header's address.
+    /// Zeroes the step header, flags a bad gradient (or bad indices) on the device, decides
+    /// the step and advances the step counts (`rows` of them for a compressed step, one for a
+    /// dense step); returns the header and bias-correction addresses.
     fn prepare_step(
         &self,
         b: &StepBuffers,
-        grad: usize,
-        grad_dtype: Dtype,
-        numel: usize,
+        grad: (usize, Dtype, usize),
         indices: (usize, usize, usize),
-    ) -> Result<usize> {
+        rows: Option<usize>,
+    ) -> Result<StepLayout> {
         let mut plan = Plan::within(b.ws);
-        let header = plan.take(STEP_HEADER);
+        let l = step_layout(&mut plan, rows);
         plan.check()?;
+        let (grad, grad_dtype, numel) = grad;
         let (idx, r, d) = indices;
-        launch::memset_zero(header, STEP_HEADER, b.stream)?;
-        // SAFETY: grad holds numel elements of grad_dtype, idx (when not 0) r i32, step one
-        // i32, lr_scale and skipped (when not 0) one value each, header STEP_HEADER bytes.
+        let counts = rows.unwrap_or(1);
+        launch::memset_zero(l.header, STEP_HEADER, b.stream)?;
+        // SAFETY: grad holds numel elements of grad_dtype, idx (when not 0) r i32, steps
+        // `counts` i32 and coef `counts` f32 pairs, lr_scale and skipped (when not 0) one value
+        // each, the header STEP_HEADER bytes.
         unsafe {
             launch(
                 &self.kernels.step_check,
@@ -204,16 +208,18 @@ impl Device {
                     Arg::Ptr(idx),
                     Arg::I32(r as i32),
                     Arg::I64(d as i64),
-                    Arg::Ptr(header),
+                    Arg::Ptr(l.header),
                 ],
             )?;
             launch(
                 &self.kernels.step_prepare,
-                Shape::single(1),
+                Shape::linear(counts as u64, BLOCK, MAX_BLOCKS),
                 b.stream,
                 [
-                    Arg::Ptr(header),
-                    Arg::Ptr(b.step),
+                    Arg::Ptr(l.header),
+                    Arg::Ptr(b.steps),
+                    Arg::I32(counts as i32),
+                    Arg::Ptr(l.coef),
                     Arg::F32(b.lr),
                     Arg::Ptr(b.lr_scale),
                     Arg::F32(b.cfg.beta1),
@@ -223,17 +229,24 @@ impl Device {
                 ],
             )?;
         }
-        Ok(header)
+        Ok(l)
     }
 
     pub fn sparse_step(&self, a: &SparseStepArgs) -> Result<()> {
         let (p, b) = (a.p, &a.buf);
         let r = fits_i32("r", a.r)?;
         let _bound = self.bind()?;
-        let header = self.prepare_step(b, a.g, Dtype::F32, a.r * p.k, (a.indices, a.r, p.d))?;
+        let l = self.prepare_step(
+            b,
+            (a.g, Dtype::F32, a.r * p.k),
+            (a.indices, a.r, p.d),
+            Some(a.r),
+        )?;
+        let header = l.header;
         let decaying = b.cfg.weight_decay > 0.0;
         // SAFETY: W holds m x n elements of w_dtype; M, V and g hold r x k; indices and
-        // scales r; the header was prepared above on the same stream.
+        // scales r; the header and the r bias-correction pairs were prepared above on the
+        // same stream.
         unsafe {
             if decaying && b.cfg.decay_mode == DecayMode::Dense {
                 launch(
@@ -270,6 +283,7 @@ impl Device {
                     Arg::F32(b.cfg.eps),
                     Arg::F32(b.cfg.alpha),
                     Arg::I32((decaying && b.cfg.decay_mode == DecayMode::Selected) as i32),
+                    Arg::Ptr(l.coef),
                     Arg::Ptr(header),
                 ],
             )
@@ -279,7 +293,9 @@ impl Device {
     pub fn dense_step(&self, a: &DenseStepArgs) -> Result<()> {
         let b = &a.buf;
         let _bound = self.bind()?;
-        let header = self.prepare_step(b, a.grad, a.grad_dtype, a.numel, (0, 0, 0))?;
+        let header = self
+            .prepare_step(b, (a.grad, a.grad_dtype, a.numel), (0, 0, 0), None)?
+            .header;
         let decay_on = b.cfg.weight_decay > 0.0 && b.cfg.decay_mode != DecayMode::Off;
         // SAFETY: W, grad, M and V hold numel elements of their dtypes; the header was
         // prepared above on the same stream.
@@ -319,13 +335,15 @@ impl Device {
             RefreshMode::Reset => {
                 launch::memset_zero(a.m, bytes, a.stream)?;
                 launch::memset_zero(a.v, bytes, a.stream)?;
-                launch::memset_zero(a.step, 4, a.stream)
+                launch::memset_zero(a.row_steps, 4 * a.r, a.stream)
             }
             RefreshMode::Carry => {
                 launch::copy(l.m, a.m, bytes, a.stream)?;
                 launch::copy(l.v, a.v, bytes, a.stream)?;
-                // SAFETY: the copies hold the old states; M and V hold r x k elements;
-                // the index arrays r entries each (old may be 0 for none).
+                launch::copy(l.steps, a.row_steps, 4 * a.r, a.stream)?;
+                // SAFETY: the copies hold the old states and counts; M and V hold r x k
+                // elements; the step counts and index arrays r entries each (old may be 0
+                // for none).
                 unsafe {
                     launch(
                         &self.kernels.carry_rows,
@@ -334,8 +352,10 @@ impl Device {
                         [
                             Arg::Ptr(l.m),
                             Arg::Ptr(l.v),
+                            Arg::Ptr(l.steps),
                             Arg::Ptr(a.m),
                             Arg::Ptr(a.v),
+                            Arg::Ptr(a.row_steps),
                             Arg::I32(size as i32),
                             Arg::Ptr(a.old_indices),
                             Arg::Ptr(a.new_indices),

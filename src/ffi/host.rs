@@ -11,6 +11,7 @@ use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::cpu::adamw::{State, Weights};
 use crate::cpu::project::{Act, Activations};
+use crate::ffi::types::{GRASS_STEP_APPLIED, GRASS_STEP_SKIPPED_NONFINITE};
 use crate::{bail, cpu};
 
 /// # Safety
@@ -139,7 +140,11 @@ unsafe fn effective_lr(b: &StepBuffers) -> f32 {
 
 unsafe fn report(b: &StepBuffers, skipped: bool) {
     if b.skipped != 0 {
-        *(b.skipped as *mut i32) = skipped as i32;
+        *(b.skipped as *mut i32) = if skipped {
+            GRASS_STEP_SKIPPED_NONFINITE
+        } else {
+            GRASS_STEP_APPLIED
+        };
     }
 }
 
@@ -163,7 +168,7 @@ pub(crate) fn sparse_step(a: &SparseStepArgs) -> Result<()> {
             view(a.g, n),
             state(b.m, n, b.cfg.state_dtype),
             state(b.v, n, b.cfg.state_dtype),
-            &mut *(b.step as *mut i32),
+            slice::from_raw_parts_mut(b.steps as *mut i32, a.r),
             lr,
         );
         report(b, out.skipped);
@@ -185,7 +190,7 @@ pub(crate) fn dense_step(a: &DenseStepArgs) -> Result<()> {
             act(a.grad, a.numel, a.grad_dtype),
             state(b.m, a.numel, b.cfg.state_dtype),
             state(b.v, a.numel, b.cfg.state_dtype),
-            &mut *(b.step as *mut i32),
+            &mut *(b.steps as *mut i32),
             lr,
         );
         report(b, out.skipped);
@@ -211,7 +216,7 @@ pub(crate) fn state_refresh(a: &RefreshArgs) -> Result<()> {
             new,
             state(a.m, n, a.cfg.state_dtype),
             state(a.v, n, a.cfg.state_dtype),
-            &mut *(a.step as *mut i32),
+            slice::from_raw_parts_mut(a.row_steps as *mut i32, a.r),
             scratch(a.ws),
         )
     }

@@ -290,7 +290,7 @@ unsafe fn step_buffers(
     w: *mut c_void,
     m_state: *mut c_void,
     v_state: *mut c_void,
-    step: *mut i32,
+    steps: (&str, *mut i32),
     lr: f32,
     lr_scale: *const f32,
     skipped: *mut i32,
@@ -305,7 +305,7 @@ unsafe fn step_buffers(
         w: req_typed("w", w, wd)?,
         m: req_typed("m_state", m_state, cfg.state_dtype)?,
         v: req_typed("v_state", v_state, cfg.state_dtype)?,
-        step: req("step", step)?,
+        steps: req(steps.0, steps.1)?,
         lr,
         lr_scale: opt("lr_scale", lr_scale)?,
         skipped: opt("skipped", skipped)?,
@@ -336,12 +336,14 @@ pub unsafe extern "C" fn grass_sparse_adamw_workspace_size(
 
 /// The compressed AdamW step: updates M, V (r x k, `config->state_dtype`) from g and adds
 /// `-lr·lr_scale·α·ρ_j·u_j` into row (side ROWS) or column (side COLS) `indices[j]` of W
-/// (m x n, `w_dtype`), after decoupled weight decay per `config->decay_mode`. `*step` (the Adam
-/// step since the last reset) is read and incremented. If g holds a NaN or infinity, or the
-/// effective learning rate is not finite, nothing is written but `*skipped = 1`.
-/// `lr_scale` and `skipped` may be NULL; like every buffer they live in the context's memory.
-/// Indices must be sorted ascending within [0, d): a CPU context rejects others with
-/// `GRASS_ERROR_INVALID_VALUE`; a CUDA context checks them on the device and skips the step.
+/// (m x n, `w_dtype`), after decoupled weight decay per `config->decay_mode`. `row_steps`
+/// (r counts) holds the Adam step of each state row since it was zeroed: each is incremented
+/// and gives row j its own bias corrections. `*skipped` receives a `GRASS_STEP_*` outcome:
+/// if g holds a NaN or infinity, or the effective learning rate is not finite, nothing else
+/// is written. `lr_scale` and `skipped` may be NULL; like every buffer they live in the
+/// context's memory. Indices must be sorted ascending within [0, d): a CPU context rejects
+/// others with `GRASS_ERROR_INVALID_VALUE`; a CUDA context checks them on the device and
+/// skips the step with `GRASS_STEP_SKIPPED_BAD_INDICES`.
 #[no_mangle]
 pub unsafe extern "C" fn grass_sparse_adamw_step(
     ctx: *const grass_context,
@@ -357,7 +359,7 @@ pub unsafe extern "C" fn grass_sparse_adamw_step(
     g: *const f32,
     m_state: *mut c_void,
     v_state: *mut c_void,
-    step: *mut i32,
+    row_steps: *mut i32,
     lr: f32,
     lr_scale: *const f32,
     skipped: *mut i32,
@@ -370,7 +372,16 @@ pub unsafe extern "C" fn grass_sparse_adamw_step(
         let p = projected(m, n, side)?;
         let r = rank(r, &p)?;
         let mut buf = step_buffers(
-            config, w_dtype, w, m_state, v_state, step, lr, lr_scale, skipped, stream,
+            config,
+            w_dtype,
+            w,
+            m_state,
+            v_state,
+            ("row_steps", row_steps),
+            lr,
+            lr_scale,
+            skipped,
+            stream,
         )?;
         buf.ws = self::workspace(
             workspace,
@@ -406,9 +417,10 @@ pub unsafe extern "C" fn grass_adamw_workspace_size(
     })
 }
 
-/// Plain AdamW on a dense parameter of `numel` elements (embeddings, norms, biases): same
-/// contract as `grass_sparse_adamw_step` (step counter, skip on non-finite gradient); weight
-/// decay applies to every element unless `config->decay_mode` is `GRASS_DECAY_OFF`.
+/// Plain AdamW on a dense parameter of `numel` elements (embeddings, norms, biases): `*step`
+/// (the Adam step so far) is read and incremented, and the rest of the contract is
+/// `grass_sparse_adamw_step`'s (skip on a non-finite gradient); weight decay applies to every
+/// element unless `config->decay_mode` is `GRASS_DECAY_OFF`.
 #[no_mangle]
 pub unsafe extern "C" fn grass_adamw_step(
     ctx: *const grass_context,
@@ -432,7 +444,16 @@ pub unsafe extern "C" fn grass_adamw_step(
         let c = self::ctx(ctx)?;
         let numel = positive("numel", numel)?;
         let mut buf = step_buffers(
-            config, w_dtype, w, m_state, v_state, step, lr, lr_scale, skipped, stream,
+            config,
+            w_dtype,
+            w,
+            m_state,
+            v_state,
+            ("step", step),
+            lr,
+            lr_scale,
+            skipped,
+            stream,
         )?;
         buf.ws = self::workspace(
             workspace,
@@ -472,9 +493,10 @@ pub unsafe extern "C" fn grass_state_refresh_workspace_size(
     })
 }
 
-/// Adapts M and V (r x k) to a new selection. `GRASS_REFRESH_RESET` zeroes them and `*step`;
-/// `GRASS_REFRESH_CARRY` keeps the rows whose index is in both `old_indices` and `new_indices`
-/// (both sorted; repeats pair up in order), zeroes the others and leaves `*step`.
+/// Adapts M, V (r x k) and the row step counts (r) to a new selection. `GRASS_REFRESH_RESET`
+/// zeroes all of them; `GRASS_REFRESH_CARRY` keeps the state rows and step counts whose index
+/// is in both `old_indices` and `new_indices` (both sorted; repeats pair up in order) and
+/// zeroes the others.
 /// `old_indices` may be NULL (no previous selection). A CPU context rejects unsorted
 /// indices; a CUDA context does not check them (the result is then unspecified but stays
 /// within M and V).
@@ -488,7 +510,7 @@ pub unsafe extern "C" fn grass_state_refresh(
     new_indices: *const i32,
     m_state: *mut c_void,
     v_state: *mut c_void,
-    step: *mut i32,
+    row_steps: *mut i32,
     workspace: *mut c_void,
     workspace_bytes: usize,
     stream: *mut c_void,
@@ -507,7 +529,7 @@ pub unsafe extern "C" fn grass_state_refresh(
             new_indices: req("new_indices", new_indices)?,
             m: req_typed("m_state", m_state, cfg.state_dtype)?,
             v: req_typed("v_state", v_state, cfg.state_dtype)?,
-            step: req("step", step)?,
+            row_steps: req("row_steps", row_steps)?,
             ws: self::workspace(
                 workspace,
                 workspace_bytes,

@@ -1,4 +1,4 @@
-//! Layer 2: an optimizer handle owns M, V, the step counter and (for GRASS layers) its
+//! Layer 2: an optimizer handle owns M, V, the step counts and (for GRASS layers) its
 //! projection and the compressed-gradient accumulator, and checkpoints all of it.
 
 use std::ffi::c_void;
@@ -34,7 +34,8 @@ pub struct grass_optimizer {
     kind: Kind,
     m: Buffer,
     v: Buffer,
-    /// i32[2]: Adam step since the last reset, and the skip flag of the last step.
+    /// i32[1 + counts]: the outcome of the last step (`GRASS_STEP_*`), then the Adam step
+    /// counts (one per state row of a GRASS layer, one for a dense parameter).
     counters: Buffer,
     ws: Buffer,
     ws_bytes: usize,
@@ -72,6 +73,11 @@ impl grass_optimizer {
         }
     }
 
+    /// Step counts: one per state row of a GRASS layer, one for a dense parameter.
+    fn step_counts(&self) -> usize {
+        step_counts(&self.kind)
+    }
+
     fn new(c: &grass_context, cfg: AdamW, w_dtype: Dtype, kind: Kind) -> Result<grass_optimizer> {
         let (elems, ws_bytes) = match &kind {
             Kind::Sparse { proj, .. } => {
@@ -85,6 +91,7 @@ impl grass_optimizer {
             Kind::Dense { numel, .. } => (*numel, c.dense_step_workspace_size(*numel)),
         };
         let bytes = elems * cfg.state_dtype.size();
+        let counters = c.alloc(4 * (1 + step_counts(&kind)))?;
         Ok(grass_optimizer {
             ctx: c,
             cfg,
@@ -92,7 +99,7 @@ impl grass_optimizer {
             kind,
             m: c.alloc(bytes)?,
             v: c.alloc(bytes)?,
-            counters: c.alloc(8)?,
+            counters,
             ws: c.alloc(ws_bytes)?,
             ws_bytes,
             steps: 0,
@@ -107,10 +114,10 @@ impl grass_optimizer {
             w,
             m: self.m.addr(),
             v: self.v.addr(),
-            step: counters,
+            steps: counters + 4,
             lr,
             lr_scale: 0,
-            skipped: counters + 4,
+            skipped: counters,
             ws: self.scratch(),
             stream,
         }
@@ -133,11 +140,11 @@ impl grass_optimizer {
     ) -> Result<()> {
         // SAFETY: the context outlives the optimizer (documented contract of the ABI).
         let c = unsafe { &*self.ctx };
-        let (cfg, m, v, step, ws) = (
+        let (cfg, m, v, row_steps, ws) = (
             self.cfg,
             self.m.addr(),
             self.v.addr(),
-            self.counters.addr(),
+            self.counters.addr() + 4,
             self.scratch(),
         );
         let Kind::Sparse {
@@ -170,7 +177,7 @@ impl grass_optimizer {
                 new_indices: proj.indices.addr(),
                 m,
                 v,
-                step,
+                row_steps,
                 ws,
                 stream,
             };
@@ -219,6 +226,13 @@ impl grass_optimizer {
         }
         self.steps += 1;
         Ok(())
+    }
+}
+
+fn step_counts(kind: &Kind) -> usize {
+    match kind {
+        Kind::Sparse { proj, .. } => proj.sel.rank,
+        Kind::Dense { .. } => 1,
     }
 }
 
@@ -373,8 +387,9 @@ pub unsafe extern "C" fn grass_optimizer_step(
     })
 }
 
-/// Writes 1 if the last step was skipped because its gradient was not finite, else 0.
-/// Synchronizes `stream` on CUDA contexts (it reads device memory): not for the hot path.
+/// Writes the outcome of the last step: `GRASS_STEP_APPLIED` (0), or the reason it was
+/// skipped (`GRASS_STEP_SKIPPED_*`, e.g. a non-finite gradient). Synchronizes `stream` on
+/// CUDA contexts (it reads device memory): not for the hot path.
 #[no_mangle]
 pub unsafe extern "C" fn grass_optimizer_last_step_skipped(
     optimizer: *const grass_optimizer,
@@ -385,10 +400,10 @@ pub unsafe extern "C" fn grass_optimizer_last_step_skipped(
         let o = handle("optimizer", optimizer)?;
         let out = req("skipped_out", skipped_out)?;
         ensure!(o.steps > 0, BadState, "no step has been taken yet");
-        let mut c = [0u8; 8];
+        let mut c = [0u8; 4];
         o.context()
             .download(o.counters.addr(), &mut c, stream as usize)?;
-        write(out, i32::from_le_bytes([c[4], c[5], c[6], c[7]]));
+        write(out, i32::from_le_bytes(c));
         Ok(())
     })
 }

@@ -51,10 +51,22 @@ pub const GRASS_DECAY_DENSE: grass_decay_mode = 2;
 
 /// Optimizer state at a refresh: one of `GRASS_REFRESH_*`.
 pub type grass_refresh_mode = i32;
-/// Zero M, V and the step counter.
+/// Zero M, V and every row's step count.
 pub const GRASS_REFRESH_RESET: grass_refresh_mode = 0;
-/// Keep the state rows of indices that stay selected; zero the others.
+/// Keep the state rows (and their step counts) of indices that stay selected; zero the others,
+/// so each entering row starts like a fresh Adam parameter.
 pub const GRASS_REFRESH_CARRY: grass_refresh_mode = 1;
+
+/// What an AdamW step wrote to `*skipped`: one of `GRASS_STEP_*`.
+pub type grass_step_outcome = i32;
+/// The step was applied.
+pub const GRASS_STEP_APPLIED: grass_step_outcome = 0;
+/// Skipped: the gradient held a NaN or infinity, or the effective learning rate was not a
+/// finite non-negative number.
+pub const GRASS_STEP_SKIPPED_NONFINITE: grass_step_outcome = 1;
+/// Skipped (CUDA contexts, which check on the device): the indices were not sorted ascending
+/// within [0, d). A CPU context returns `GRASS_ERROR_INVALID_VALUE` instead.
+pub const GRASS_STEP_SKIPPED_BAD_INDICES: grass_step_outcome = 2;
 
 /// Kind of a context's device: one of `GRASS_DEVICE_*`.
 pub type grass_device_kind = i32;

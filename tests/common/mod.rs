@@ -285,10 +285,11 @@ pub fn sparse_step(
     sc: &[f32],
     g: &[f32],
     (ms, vs): (*mut std::ffi::c_void, *mut std::ffi::c_void),
-    step: &mut i32,
+    row_steps: &mut [i32],
     lr: f32,
     skipped: *mut i32,
 ) {
+    assert_eq!(row_steps.len(), idx.len(), "one step count per state row");
     check(unsafe {
         grass_sparse_adamw_step(
             ctx.0,
@@ -304,7 +305,7 @@ pub fn sparse_step(
             g.as_ptr(),
             ms,
             vs,
-            step,
+            row_steps.as_mut_ptr(),
             lr,
             ptr::null(),
             skipped,

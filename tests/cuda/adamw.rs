@@ -24,8 +24,8 @@ pub fn adamw_config(
     cfg
 }
 
-/// One backend's buffers of a step: W, M, V, the step counter and the skip flag, with the
-/// op's scratch. Host buffers for the CPU context, device buffers for CUDA.
+/// One backend's buffers of a step: W, M, V, the counters (the outcome, then the step counts)
+/// and the op's scratch. Host buffers for the CPU context, device buffers for CUDA.
 enum Bufs {
     Host {
         w: Vec<u8>,
@@ -46,13 +46,15 @@ enum Bufs {
 }
 
 impl Bufs {
-    fn new(cuda: bool, w: &[u8], state_bytes: usize, ws: usize) -> Bufs {
+    /// `steps`: the initial step counts (one per state row, or one for a dense step).
+    fn new(cuda: bool, w: &[u8], state_bytes: usize, ws: usize, steps: &[i32]) -> Bufs {
+        let counters: Vec<i32> = std::iter::once(-1).chain(steps.iter().copied()).collect();
         if cuda {
             Bufs::Dev {
                 w: DevBuf::from_bytes(w),
                 m: DevBuf::from_bytes(&vec![0; state_bytes]),
                 v: DevBuf::from_bytes(&vec![0; state_bytes]),
-                counters: DevBuf::from(&[0i32, -1]),
+                counters: DevBuf::from(&counters),
                 lr_scale: DevBuf::from(&[1f32]),
                 ws: DevBuf::poisoned(ws),
             }
@@ -61,13 +63,13 @@ impl Bufs {
                 w: w.to_vec(),
                 m: vec![0; state_bytes],
                 v: vec![0; state_bytes],
-                counters: vec![0, -1],
+                counters,
                 lr_scale: vec![1.0],
                 ws: vec![0; ws],
             }
         }
     }
-    /// (w, m, v, step, skipped, lr_scale, ws, ws_bytes)
+    /// (w, m, v, steps, skipped, lr_scale, ws, ws_bytes)
     #[allow(clippy::type_complexity)]
     fn ptrs(
         &mut self,
@@ -93,8 +95,8 @@ impl Bufs {
                 w.as_mut_ptr(),
                 m.as_mut_ptr(),
                 v.as_mut_ptr(),
-                counters.as_mut_ptr(),
                 unsafe { counters.as_mut_ptr().add(1) },
+                counters.as_mut_ptr(),
                 lr_scale.as_mut_ptr(),
                 ws.as_mut_ptr(),
                 ws.len(),
@@ -110,8 +112,8 @@ impl Bufs {
                 w.ptr(),
                 m.ptr(),
                 v.ptr(),
-                counters.ptr(),
                 unsafe { counters.ptr::<i32>().add(1) },
+                counters.ptr(),
                 lr_scale.ptr(),
                 ws.ptr(),
                 ws.bytes,
@@ -143,7 +145,7 @@ fn compare(what: &str, cpu: &Bufs, gpu: &Bufs, w_dt: Dtype, s_dt: Dtype) {
     assert_same_bits(&format!("W, {what}"), &gw, &cw, w_dt.size());
     assert_same_bits(&format!("M, {what}"), &gm, &cm, s_dt.size());
     assert_same_bits(&format!("V, {what}"), &gv, &cv, s_dt.size());
-    assert_same_bits(&format!("step and skipped, {what}"), &gc, &cc, 4);
+    assert_same_bits(&format!("outcome and step counts, {what}"), &gc, &cc, 4);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -223,8 +225,10 @@ fn sparse_step_matches_the_host_bit_for_bit() {
                             gpu_.cuda, m as i64, n as i64, side, r as i64, &mut wsb,
                         )
                     });
-                    let mut cpu = Bufs::new(false, &w0, r * k * s_dt.size(), 0);
-                    let mut dev = Bufs::new(true, &w0, r * k * s_dt.size(), wsb);
+                    // rows at different step counts, as after a refresh with carry
+                    let steps0: Vec<i32> = (0..r).map(|j| (j % 4) as i32).collect();
+                    let mut cpu = Bufs::new(false, &w0, r * k * s_dt.size(), 0, &steps0);
+                    let mut dev = Bufs::new(true, &w0, r * k * s_dt.size(), wsb, &steps0);
                     let (didx, dsc) = (DevBuf::from(&idx), DevBuf::from(&scales));
                     for t in 0..4 {
                         let mut g = rng.normals(r * k);
@@ -271,9 +275,12 @@ fn sparse_step_matches_the_host_bit_for_bit() {
                         compare(&what, &cpu, &dev, w_dt, s_dt);
                     }
                     let (_, _, _, c) = dev.read();
+                    let want: Vec<i32> = std::iter::once(GRASS_STEP_SKIPPED_NONFINITE)
+                        .chain(steps0.iter().map(|t| t + 3))
+                        .collect();
                     assert_eq!(
                         from_bytes::<i32>(&c),
-                        vec![3, 1],
+                        want,
                         "three steps applied, the last skipped"
                     );
                 }
@@ -302,7 +309,7 @@ fn a_non_finite_learning_rate_scale_skips_the_step() {
             &mut wsb,
         )
     });
-    let mut dev = Bufs::new(true, &w0, r * n * 4, wsb);
+    let mut dev = Bufs::new(true, &w0, r * n * 4, wsb, &[0; 3]);
     dev.set_lr_scale(f32::INFINITY);
     let (didx, dsc, dg) = (
         DevBuf::from(&[0i32, 2, 5]),
@@ -327,7 +334,10 @@ fn a_non_finite_learning_rate_scale_skips_the_step() {
     let (w, mm, _, c) = dev.read();
     assert_eq!(w, w0, "W must be untouched");
     assert!(mm.iter().all(|&x| x == 0), "M must be untouched");
-    assert_eq!(from_bytes::<i32>(&c), vec![0, 1]);
+    assert_eq!(
+        from_bytes::<i32>(&c),
+        vec![GRASS_STEP_SKIPPED_NONFINITE, 0, 0, 0]
+    );
 }
 
 #[test]
@@ -351,7 +361,7 @@ fn unsorted_or_out_of_range_indices_skip_the_step_on_the_device() {
         )
     });
     for bad in [[2i32, 1, 5], [0, 2, 8], [-1, 2, 5]] {
-        let mut dev = Bufs::new(true, &w0, r * n * 4, wsb);
+        let mut dev = Bufs::new(true, &w0, r * n * 4, wsb, &[0; 3]);
         let (didx, dsc, dg) = (
             DevBuf::from(&bad),
             DevBuf::from(&[1f32; 3]),
@@ -374,7 +384,11 @@ fn unsorted_or_out_of_range_indices_skip_the_step_on_the_device() {
         );
         let (w, _, _, c) = dev.read();
         assert_eq!(w, w0, "indices {bad:?}: W must be untouched");
-        assert_eq!(from_bytes::<i32>(&c), vec![0, 1], "indices {bad:?}");
+        assert_eq!(
+            from_bytes::<i32>(&c),
+            vec![GRASS_STEP_SKIPPED_BAD_INDICES, 0, 0, 0],
+            "indices {bad:?}"
+        );
     }
 }
 
@@ -398,8 +412,8 @@ fn dense_step_matches_the_host_bit_for_bit() {
                         ok(unsafe {
                             grass_adamw_workspace_size(gpu_.cuda, numel as i64, &mut wsb)
                         });
-                        let mut cpu = Bufs::new(false, &w0, numel * s_dt.size(), 0);
-                        let mut dev = Bufs::new(true, &w0, numel * s_dt.size(), wsb);
+                        let mut cpu = Bufs::new(false, &w0, numel * s_dt.size(), 0, &[0]);
+                        let mut dev = Bufs::new(true, &w0, numel * s_dt.size(), wsb, &[0]);
                         for t in 0..3 {
                             let mut g = rng.normals(numel);
                             if t == 2 {
@@ -443,7 +457,7 @@ fn dense_step_matches_the_host_bit_for_bit() {
     }
 }
 
-/// One refresh on both backends from the same states; M, V and the step must agree.
+/// One refresh on both backends from the same states; M, V and the step counts must agree.
 #[allow(clippy::too_many_arguments)]
 fn check_refresh(
     gpu_: &Gpu,
@@ -465,7 +479,9 @@ fn check_refresh(
     ok(unsafe { grass_state_refresh_workspace_size(gpu_.cuda, cfg, r as i64, k as i64, &mut wsb) });
     let mut cws = 0;
     ok(unsafe { grass_state_refresh_workspace_size(gpu_.cpu, cfg, r as i64, k as i64, &mut cws) });
-    let (mut hm, mut hv, mut hstep, mut hws) = (ms.to_vec(), vs.to_vec(), 5i32, vec![0u8; cws]);
+    let steps0: Vec<i32> = (0..r as i32).map(|j| 5 + j).collect();
+    let (mut hm, mut hv, mut hsteps, mut hws) =
+        (ms.to_vec(), vs.to_vec(), steps0.clone(), vec![0u8; cws]);
     ok(unsafe {
         grass_state_refresh(
             gpu_.cpu,
@@ -476,7 +492,7 @@ fn check_refresh(
             new.as_ptr(),
             hm.as_mut_ptr().cast(),
             hv.as_mut_ptr().cast(),
-            &mut hstep,
+            hsteps.as_mut_ptr(),
             hws.as_mut_ptr().cast(),
             hws.len(),
             std::ptr::null_mut(),
@@ -487,7 +503,7 @@ fn check_refresh(
     let (dm, dv, dstep, dws) = (
         DevBuf::from_bytes(ms),
         DevBuf::from_bytes(vs),
-        DevBuf::from(&[5i32]),
+        DevBuf::from(&steps0),
         DevBuf::poisoned(wsb),
     );
     ok(unsafe {
@@ -508,7 +524,7 @@ fn check_refresh(
     });
     assert_same_bits(&format!("M, {what}"), &dm.bytes(), &hm, s_size);
     assert_same_bits(&format!("V, {what}"), &dv.bytes(), &hv, s_size);
-    assert_eq!(dstep.i32s(), vec![hstep], "step, {what}");
+    assert_eq!(dstep.i32s(), hsteps, "step counts, {what}");
 }
 
 #[test]

@@ -44,10 +44,11 @@ extern "C" void host_step_check(unsigned gx, const void* g, i32 g_dt, i64 n, con
     host_grid(gx, 1, 1, [&] { step_check(g, g_dt, n, idx, r, d, h); });
 }
 
-extern "C" void host_step_prepare(StepHeader* h, i32* step, float lr, const float* lr_scale,
+extern "C" void host_step_prepare(unsigned gx, unsigned bx, StepHeader* h, i32* steps,
+                                  i32 nsteps, float* coef, float lr, const float* lr_scale,
                                   float beta1, float beta2, float weight_decay, i32* skipped) {
-    host_grid(1, 1, 1, [&] {
-        step_prepare(h, step, lr, lr_scale, beta1, beta2, weight_decay, skipped);
+    host_grid(gx, 1, bx, [&] {
+        step_prepare(h, steps, nsteps, coef, lr, lr_scale, beta1, beta2, weight_decay, skipped);
     });
 }
 
@@ -60,10 +61,10 @@ extern "C" void host_sparse_adamw(unsigned gx, unsigned gy, unsigned bx, void* w
                                   i64 n, i32 cols, void* ms, void* vs, i32 s_dt,
                                   const float* g, const i32* idx, const float* scales, i32 r,
                                   i64 k, float beta1, float beta2, float eps, float alpha,
-                                  i32 decay_rows, const StepHeader* h) {
+                                  i32 decay_rows, const float* coef, const StepHeader* h) {
     host_grid(gx, gy, bx, [&] {
         sparse_adamw(w, w_dt, n, cols, ms, vs, s_dt, g, idx, scales, r, k, beta1, beta2, eps,
-                     alpha, decay_rows, h);
+                     alpha, decay_rows, coef, h);
     });
 }
 
@@ -76,10 +77,11 @@ extern "C" void host_dense_adamw(unsigned gx, unsigned bx, void* w, i32 w_dt, co
 }
 
 extern "C" void host_carry_rows(unsigned gx, unsigned gy, unsigned bx, const void* src_m,
-                                const void* src_v, void* m, void* v, i32 elem_bytes,
-                                const i32* old_idx, const i32* new_idx, i32 r, i64 k) {
+                                const void* src_v, const i32* src_steps, void* m, void* v,
+                                i32* steps, i32 elem_bytes, const i32* old_idx,
+                                const i32* new_idx, i32 r, i64 k) {
     host_grid(gx, gy, bx, [&] {
-        carry_rows(src_m, src_v, m, v, elem_bytes, old_idx, new_idx, r, k);
+        carry_rows(src_m, src_v, src_steps, m, v, steps, elem_bytes, old_idx, new_idx, r, k);
     });
 }
 

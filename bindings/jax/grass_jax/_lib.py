@@ -21,7 +21,7 @@ SCALINGS = {"unbiased": 0, "none": 1}
 DECAY_MODES = {"off": 0, "selected": 1, "dense": 2}
 REFRESH_MODES = {"reset": 0, "carry": 1}
 SIDES = {"rows": SIDE_ROWS, "cols": SIDE_COLS, "auto": SIDE_AUTO}
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 # Target name -> handler symbol prefix in libgrass_jax_ffi.so (suffixed Cpu / Cuda).
 TARGETS = {

@@ -7,7 +7,7 @@ use crate::ffi::types::{dtype_code, side_code};
 use crate::{bail, ensure};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"GRASSCK\x01");
-const FORMAT: u64 = 1;
+const FORMAT: u64 = 2;
 const FIELDS: [&str; 16] = [
     "magic",
     "format",
@@ -63,7 +63,7 @@ fn header(o: &grass_optimizer) -> [u64; 16] {
 fn sections(o: &grass_optimizer) -> Vec<(usize, usize)> {
     let state = o.state_elements() * o.cfg.state_dtype.size();
     let mut s = vec![
-        (o.counters.addr(), 8),
+        (o.counters.addr(), 4 * (1 + o.step_counts())),
         (o.m.addr(), state),
         (o.v.addr(), state),
     ];
@@ -139,6 +139,15 @@ pub(crate) fn import(o: &mut grass_optimizer, src: &[u8], stream: usize) -> Resu
             );
         }
     }
+    let counts: Vec<i32> = src[16 * 8..16 * 8 + 4 * (1 + o.step_counts())]
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    ensure!(
+        (0..=2).contains(&counts[0]) && counts[1..].iter().all(|&t| t >= 0),
+        BadCheckpoint,
+        "step counts are out of range"
+    );
     if let Kind::Sparse { proj, .. } = &o.kind {
         ensure!(
             theirs[15] <= u32::MAX as u64 && theirs[12] <= u32::MAX as u64 && theirs[14] < 4,
@@ -146,7 +155,7 @@ pub(crate) fn import(o: &mut grass_optimizer, src: &[u8], stream: usize) -> Resu
             "progress fields are out of range"
         );
         let r = proj.sel.rank;
-        let off = 16 * 8 + 8 + 2 * o.state_elements() * o.cfg.state_dtype.size();
+        let off = 16 * 8 + 4 * (1 + r) + 2 * o.state_elements() * o.cfg.state_dtype.size();
         for part in 0..2 {
             let base = off + part * r * 4;
             let idx: Vec<i32> = src[base..base + r * 4]

@@ -61,13 +61,13 @@ def bench_grass(ops, m, n, b, r):
     out = {}
     out["grass_grad_ms"] = timeit(lambda: ops.sparse_grad(x, dy, layer.idx, layer.rho, side, out=g))
     out["grass_step_ms"] = timeit(lambda: ops.sparse_adamw_step(layer.acfg, w, layer.idx, layer.rho, g, layer.m_state,
-                                                                layer.v_state, layer.step_count, 1e-3, side,
+                                                                layer.v_state, layer.row_steps, 1e-3, side,
                                                                 skipped=layer.skipped))
 
     def both():
         ops.sparse_grad(x, dy, layer.idx, layer.rho, side, out=g)
         ops.sparse_adamw_step(layer.acfg, w, layer.idx, layer.rho, g, layer.m_state, layer.v_state,
-                              layer.step_count, 1e-3, side, skipped=layer.skipped)
+                              layer.row_steps, 1e-3, side, skipped=layer.skipped)
     out["grass_both_ms"] = timeit(both)
 
     def refresh():

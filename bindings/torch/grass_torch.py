@@ -3,7 +3,7 @@ enqueued on ``torch.cuda.current_stream()``, so grass composes with eager code, 
 the caching allocator (grass allocates nothing inside an op; workspaces come from torch).
 
 The low-level layer (``Lib``) takes raw addresses and is framework-free; ``GrassLayer`` is the
-per-layer GRASS state (σ, ρ, M, V, step) on torch tensors.
+per-layer GRASS state (σ, ρ, M, V, a step count per state row) on torch tensors.
 """
 import ctypes
 import os
@@ -14,6 +14,8 @@ SIDE_ROWS, SIDE_COLS, SIDE_AUTO = 0, 1, 2
 METHODS = {"top_r": 0, "multinomial": 1, "multinomial_nr": 2, "uniform": 3, "uniform_nr": 4}
 DECAY = {"off": 0, "selected": 1, "dense": 2}
 REFRESH = {"reset": 0, "carry": 1}
+# What a step writes to ``skipped`` (GRASS_STEP_* in grass.h).
+STEP_APPLIED, STEP_SKIPPED_NONFINITE, STEP_SKIPPED_BAD_INDICES = 0, 1, 2
 
 
 class GrassError(RuntimeError):
@@ -146,6 +148,14 @@ def _dtype_code(t):
     return DTYPE[str(t.dtype).replace("torch.", "")]
 
 
+def _counts(name, t, n):
+    """Checks that ``t`` is an int32 tensor of ``n`` step counts (libgrass reads and writes n)."""
+    torch = _torch()
+    if t.dtype != torch.int32 or t.numel() != n or not t.is_contiguous():
+        raise ValueError(f"{name} must be a contiguous int32 tensor of {n} step counts, got "
+                         f"{t.dtype} with {t.numel()} elements")
+
+
 class Torch:
     """Layer-1 ops on torch tensors (CPU tensors use a CPU context, CUDA tensors a CUDA context
     on their device and the current stream)."""
@@ -212,29 +222,37 @@ class Torch:
                       rho.data_ptr(), out.data_ptr(), int(accumulate), ws.data_ptr(), ws.numel(), stream)
         return out
 
-    def sparse_adamw_step(self, config, w, idx, rho, g, m_state, v_state, step, lr, side=SIDE_AUTO,
+    def sparse_adamw_step(self, config, w, idx, rho, g, m_state, v_state, row_steps, lr, side=SIDE_AUTO,
                           lr_scale=None, skipped=None):
+        """``row_steps``: int32[r], the Adam step of each state row (each advances by one when
+        the step is applied); ``skipped`` (int32[1]) receives a ``STEP_*`` outcome."""
         m, n = w.shape
         r = idx.numel()
+        _counts("row_steps", row_steps, r)
         ctx, stream = self._ctx_stream(w)
         wsb = self.lib.size_query("grass_sparse_adamw_workspace_size", ctx, m, n, side, r)
         ws = self.workspace(wsb, w)
         self.lib.call("grass_sparse_adamw_step", ctx, ctypes.byref(config), m, n, side, r, _dtype_code(w),
                       w.data_ptr(), idx.data_ptr(), rho.data_ptr(), g.data_ptr(), m_state.data_ptr(),
-                      v_state.data_ptr(), step.data_ptr(), float(lr),
+                      v_state.data_ptr(), row_steps.data_ptr(), float(lr),
                       None if lr_scale is None else lr_scale.data_ptr(),
                       None if skipped is None else skipped.data_ptr(), ws.data_ptr(), ws.numel(), stream)
 
-    def state_refresh(self, config, old_idx, new_idx, m_state, v_state, step):
+    def state_refresh(self, config, old_idx, new_idx, m_state, v_state, row_steps):
+        """Adapts M, V and ``row_steps`` (int32[r]) to the selection ``new_idx``: reset zeroes
+        them, carry keeps the rows (and counts) of indices that stay and zeroes the others."""
         r, k = m_state.shape
+        _counts("row_steps", row_steps, r)
         ctx, stream = self._ctx_stream(m_state)
         wsb = self.lib.size_query("grass_state_refresh_workspace_size", ctx, ctypes.byref(config), r, k)
         ws = self.workspace(wsb, m_state)
         self.lib.call("grass_state_refresh", ctx, ctypes.byref(config), r, k,
                       None if old_idx is None else old_idx.data_ptr(), new_idx.data_ptr(), m_state.data_ptr(),
-                      v_state.data_ptr(), step.data_ptr(), ws.data_ptr(), ws.numel(), stream)
+                      v_state.data_ptr(), row_steps.data_ptr(), ws.data_ptr(), ws.numel(), stream)
 
     def adamw_step(self, config, w, grad, m_state, v_state, step, lr, lr_scale=None, skipped=None):
+        """Dense AdamW; ``step`` is int32[1], the parameter's Adam step."""
+        _counts("step", step, 1)
         ctx, stream = self._ctx_stream(w)
         numel = w.numel()
         wsb = self.lib.size_query("grass_adamw_workspace_size", ctx, numel)
@@ -263,7 +281,7 @@ class GrassLayer:
         self.m_state = torch.zeros(rank, self.k, dtype=sdt, device=dev)
         self.v_state = torch.zeros(rank, self.k, dtype=sdt, device=dev)
         self.g = torch.zeros(rank, self.k, dtype=torch.float32, device=dev)
-        self.step_count = torch.zeros(1, dtype=torch.int32, device=dev)
+        self.row_steps = torch.zeros(rank, dtype=torch.int32, device=dev)
         self.skipped = torch.zeros(1, dtype=torch.int32, device=dev)
         self.idx = None
         self.rho = None
@@ -279,7 +297,7 @@ class GrassLayer:
         if scores is None:
             scores = self.ops.row_scores(x, dy, self.side)
         idx, rho = self.ops.select(scores, self.pcfg, self.refreshes)
-        self.ops.state_refresh(self.acfg, self.idx, idx, self.m_state, self.v_state, self.step_count)
+        self.ops.state_refresh(self.acfg, self.idx, idx, self.m_state, self.v_state, self.row_steps)
         self.idx, self.rho = idx, rho
         self.refreshes += 1
         self.since_refresh = 0
@@ -289,5 +307,5 @@ class GrassLayer:
             self.refresh(x, dy)
         self.ops.sparse_grad(x, dy, self.idx, self.rho, self.side, out=self.g)
         self.ops.sparse_adamw_step(self.acfg, w, self.idx, self.rho, self.g, self.m_state, self.v_state,
-                                   self.step_count, lr, self.side, skipped=self.skipped)
+                                   self.row_steps, lr, self.side, skipped=self.skipped)
         self.since_refresh += 1

@@ -49,6 +49,33 @@ def floors(m, n, b, r, bw, fl):
     return f(grad_bytes, flops), f(step_bytes, 0), f(both_bytes, flops)
 
 
+def gather_sector_bytes(idx, b, elem=2, sector=32):
+    """Bytes the gather of dY's selected columns moves from memory: whole 32-byte sectors, one
+    per distinct sector the selected columns of a row fall in (the floor counts b*r*elem)."""
+    per = sector // elem
+    return b * sector * len(set(i // per for i in idx.tolist()))
+
+
+def kernel_breakdown(fn, reps=20):
+    """Device time per kernel (us per call of fn) from the profiler: the launches of one GRASS
+    step by name, cuBLAS's GEMM included."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    out = {}
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None)
+        if t is None:
+            t = getattr(e, "cuda_time_total", 0.0)
+        if t > 0 and e.count >= reps:
+            out[e.key] = round(t / reps, 2)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def bench_grass(ops, m, n, b, r):
     torch.manual_seed(0)
     x = torch.randn(b, n, dtype=torch.bfloat16, device="cuda")
@@ -69,6 +96,11 @@ def bench_grass(ops, m, n, b, r):
         ops.sparse_adamw_step(layer.acfg, w, layer.idx, layer.rho, g, layer.m_state, layer.v_state,
                               layer.row_steps, 1e-3, side, skipped=layer.skipped)
     out["grass_both_ms"] = timeit(both)
+    out["dy_gather_sector_bytes"] = gather_sector_bytes(layer.idx, b)
+    try:
+        out["kernels_us"] = kernel_breakdown(both)
+    except Exception as e:  # the breakdown explains; it must not cost the measurements
+        print(f"kernel breakdown unavailable: {e!r}", flush=True)
 
     def refresh():
         s = ops.row_scores(x, dy, side)
@@ -147,6 +179,9 @@ def main():
             row.update(peers.bench(m, n, B, r, K, bw, fl))
             fg, fs, fb = floors(m, n, B, r, bw, fl)
             row.update({"floor_grad_ms": fg, "floor_step_ms": fs, "floor_both_ms": fb})
+            # the same floor with the gather's dY traffic counted in whole sectors
+            sector_bytes = (B * n * 2 + row["dy_gather_sector_bytes"] + r * n * 4 * 4 + r * n * 2 * 2)
+            row["floor_both_sectors_ms"] = max(sector_bytes / bw, 2 * r * B * n / fl) * 1e3
             row["grass_ms"] = row["grass_both_ms"] + row["grass_refresh_ms"] / K
             rows.append(row)
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
@@ -168,6 +203,12 @@ def main():
             f"| {o['grass_refresh_ms']:.3f} ({o['grass_refresh_ms'] / o['full_grad_ms']:.2f}) | {g:.3f} "
             f"| {o['full_ms']:.3f} ({o['full_ms'] / g:.1f}x) | {o['galore_ms']:.3f} ({o['galore_ms'] / g:.1f}x) "
             f"| {o['grass_t_ms']:.3f} ({o['grass_t_ms'] / g:.1f}x) |")
+    lines += ["", "grad+step against the floor with dY's gather counted in whole 32-byte sectors, and the "
+              "device time of each kernel of one step (us, from the profiler):", ""]
+    for o in rows:
+        ks = ", ".join(f"{k[:40]} {v}" for k, v in list(o.get("kernels_us", {}).items())[:8])
+        lines.append(f"- {o['m']} x {o['n']}, r = {o['r']}: dY sectors {o['dy_gather_sector_bytes'] / 2**20:.1f} MiB, "
+                     f"x sector floor {o['grass_both_ms'] / o['floor_both_sectors_ms']:.2f}; {ks}")
     lines += ["", f"peak memory of one 13824 x 5120 layer (r = 256, 3 steps, MiB above the start): "
               f"GRASS {mem['grass_peak_mib']:.0f}, AdamW {mem['adamw_peak_mib']:.0f}, GaLore {mem['galore_peak_mib']:.0f}"]
     table = "\n".join(lines)

@@ -487,6 +487,14 @@ int run(const Options& opt) {
       recent_n = 0;
     }
   }
+  // A step with a NaN or infinity in its gradient is skipped rather than applied; the outcome
+  // of the last step says whether (and why), at the cost of a sync on CUDA: not per step.
+  for (const auto& row : trainer.table()) {
+    const auto outcome = row.opt->last_step_outcome();
+    if (outcome != grass::StepOutcome::Applied) {
+      std::printf("the last step of %s was %s\n", row.name, grass::step_outcome_string(outcome));
+    }
+  }
   print_memory(trainer);
 
   // Checkpoint, train on, then resume from the checkpoint in fresh optimizers.

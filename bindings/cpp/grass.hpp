@@ -76,6 +76,30 @@ enum class DeviceKind : int32_t {
   Cuda = GRASS_DEVICE_CUDA,
 };
 
+// What an AdamW step did (the GRASS_STEP_* value a step writes to `*skipped`).
+enum class StepOutcome : int32_t {
+  Applied = GRASS_STEP_APPLIED,
+  // The gradient held a NaN or infinity, or the effective learning rate (lr * lr_scale) was not
+  // a finite non-negative number.
+  SkippedNonfinite = GRASS_STEP_SKIPPED_NONFINITE,
+  // The indices were not sorted ascending within [0, d) (CUDA contexts only; a CPU context
+  // throws Error with GRASS_ERROR_INVALID_VALUE instead).
+  SkippedBadIndices = GRASS_STEP_SKIPPED_BAD_INDICES,
+};
+
+// A short description of `outcome`, e.g. for a log line.
+[[nodiscard]] inline const char* step_outcome_string(StepOutcome outcome) noexcept {
+  switch (outcome) {
+    case StepOutcome::Applied:
+      return "applied";
+    case StepOutcome::SkippedNonfinite:
+      return "skipped: non-finite gradient or learning rate";
+    case StepOutcome::SkippedBadIndices:
+      return "skipped: indices not sorted within [0, d)";
+  }
+  return "unknown step outcome";
+}
+
 // A failed grass call: the status code and the library's message for it.
 class Error : public std::runtime_error {
  public:
@@ -378,15 +402,18 @@ class Context {
     return bytes;
   }
 
+  // `row_steps` holds r step counts, one per state row of M and V (the Adam step of that row
+  // since it was zeroed): each is incremented when the step is applied and gives its row its
+  // own bias corrections. `*skipped` receives a GRASS_STEP_* outcome (see StepOutcome).
   // `lr_scale` and `skipped` may be nullptr; like every buffer they live in context memory.
   void sparse_adamw_step(const AdamWConfig& config, int64_t m, int64_t n, Side side, int64_t r,
                          Dtype w_dtype, void* w, const int32_t* indices, const float* scales,
-                         const float* g, void* m_state, void* v_state, int32_t* step, float lr,
-                         const float* lr_scale, int32_t* skipped, void* workspace,
+                         const float* g, void* m_state, void* v_state, int32_t* row_steps,
+                         float lr, const float* lr_scale, int32_t* skipped, void* workspace,
                          std::size_t workspace_bytes, Stream stream = nullptr) const {
     check(grass_sparse_adamw_step(get(), &config.raw(), m, n, static_cast<grass_side>(side), r,
                                   static_cast<grass_dtype>(w_dtype), w, indices, scales, g,
-                                  m_state, v_state, step, lr, lr_scale, skipped, workspace,
+                                  m_state, v_state, row_steps, lr, lr_scale, skipped, workspace,
                                   workspace_bytes, stream));
   }
 
@@ -396,6 +423,8 @@ class Context {
     return bytes;
   }
 
+  // `*step` is the parameter's single Adam step count (read and incremented); `*skipped`
+  // receives a GRASS_STEP_* outcome. `lr_scale` and `skipped` may be nullptr.
   void adamw_step(const AdamWConfig& config, int64_t numel, Dtype w_dtype, void* w,
                   Dtype grad_dtype, const void* grad, void* m_state, void* v_state, int32_t* step,
                   float lr, const float* lr_scale, int32_t* skipped, void* workspace,
@@ -412,13 +441,16 @@ class Context {
     return bytes;
   }
 
-  // `old_indices` may be nullptr (no previous selection).
+  // Adapts M, V (r x k) and `row_steps` (r step counts, one per state row) to a new selection:
+  // Reset zeroes them all; Carry moves each kept row and its count to its new position and
+  // zeroes the rows and counts of entering indices. `old_indices` may be nullptr (no previous
+  // selection).
   void state_refresh(const AdamWConfig& config, int64_t r, int64_t k, const int32_t* old_indices,
-                     const int32_t* new_indices, void* m_state, void* v_state, int32_t* step,
-                     void* workspace, std::size_t workspace_bytes,
+                     const int32_t* new_indices, void* m_state, void* v_state,
+                     int32_t* row_steps, void* workspace, std::size_t workspace_bytes,
                      Stream stream = nullptr) const {
     check(grass_state_refresh(get(), &config.raw(), r, k, old_indices, new_indices, m_state,
-                              v_state, step, workspace, workspace_bytes, stream));
+                              v_state, row_steps, workspace, workspace_bytes, stream));
   }
 
  private:
@@ -577,11 +609,17 @@ class Optimizer {
     check(grass_optimizer_step(get(), w, grad, lr, stream));
   }
 
-  // Whether the last step was skipped for a non-finite gradient (synchronizes on CUDA).
+  // What the last step did: applied, or why it was skipped (synchronizes on CUDA; throws
+  // GRASS_ERROR_INVALID_STATE before the first step).
+  [[nodiscard]] StepOutcome last_step_outcome(Stream stream = nullptr) const {
+    int32_t outcome = GRASS_STEP_APPLIED;
+    check(grass_optimizer_last_step_skipped(get(), &outcome, stream));
+    return static_cast<StepOutcome>(outcome);
+  }
+
+  // Whether the last step was skipped, for whatever reason (synchronizes on CUDA).
   [[nodiscard]] bool last_step_skipped(Stream stream = nullptr) const {
-    int32_t skipped = 0;
-    check(grass_optimizer_last_step_skipped(get(), &skipped, stream));
-    return skipped != 0;
+    return last_step_outcome(stream) != StepOutcome::Applied;
   }
 
   [[nodiscard]] grass_optimizer_info info() const {

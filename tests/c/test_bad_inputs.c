@@ -21,7 +21,8 @@ typedef struct fixture {
   float g[R * K];
   float w[NUMEL];
   float ms[R * K], vs[R * K];
-  int32_t step, skipped;
+  int32_t row_steps[R]; /* the compressed step's: one count per state row */
+  int32_t skipped;
   float lr_scale;
   float dw[NUMEL], dgrad[NUMEL], dm[NUMEL], dv[NUMEL];
   int32_t dstep;
@@ -96,7 +97,10 @@ static void setup(void) {
     fx.dm[i] = 0.0f;
     fx.dv[i] = 0.0f;
   }
-  fx.step = fx.dstep = 2;
+  fx.row_steps[0] = 2;
+  fx.row_steps[1] = 0;
+  fx.row_steps[2] = 7;
+  fx.dstep = 2;
   fx.skipped = -7;
   fx.lr_scale = 1.0f;
   fx.bytes_out = 0xabcdef;
@@ -418,16 +422,16 @@ static void sparse_grad(void) {
 static void sparse_step(void) {
   const char* f = "grass_sparse_adamw_step";
   grass_adamw_config c;
-#define STEP_ARGS(cfg, m, n, side, r, wd, w, idx, g, ms, vs, step, lr) \
-  grass_sparse_adamw_step(fx.ctx, cfg, m, n, side, r, wd, w, idx, fx.scales, g, ms, vs, step, lr, \
+#define STEP_ARGS(cfg, m, n, side, r, wd, w, idx, g, ms, vs, steps, lr)                          \
+  grass_sparse_adamw_step(fx.ctx, cfg, m, n, side, r, wd, w, idx, fx.scales, g, ms, vs, steps, lr, \
                           &fx.lr_scale, &fx.skipped, NULL, 0, NULL)
 #define STEP(cfg) STEP_ARGS(cfg, M, N, GRASS_SIDE_ROWS, R, GRASS_DTYPE_F32, fx.w, fx.indices, \
-                            fx.g, fx.ms, fx.vs, &fx.step, 0.01f)
+                            fx.g, fx.ms, fx.vs, fx.row_steps, 0.01f)
 #define WITH(field, value) (c = fx.ac, c.field = (value), &c)
   const grass_side S = GRASS_SIDE_ROWS;
   const grass_dtype F = GRASS_DTYPE_F32;
   BAD(grass_sparse_adamw_step(NULL, &fx.ac, M, N, S, R, F, fx.w, fx.indices, fx.scales, fx.g,
-                              fx.ms, fx.vs, &fx.step, 0.01f, NULL, NULL, NULL, 0, NULL),
+                              fx.ms, fx.vs, fx.row_steps, 0.01f, NULL, NULL, NULL, 0, NULL),
       GRASS_ERROR_NULL_POINTER, f, "ctx");
   BAD(STEP(NULL), GRASS_ERROR_NULL_POINTER, f, "config");
   BAD(STEP(WITH(struct_size, sizeof c + 4)), GRASS_ERROR_STRUCT_SIZE, f, "struct_size");
@@ -443,57 +447,62 @@ static void sparse_step(void) {
   BAD(STEP(WITH(state_dtype, GRASS_DTYPE_F16)), GRASS_ERROR_DTYPE, f, "state_dtype");
 
   const grass_adamw_config* A = &fx.ac;
-  BAD(STEP_ARGS(A, M, N, S, R, F, NULL, fx.indices, fx.g, fx.ms, fx.vs, &fx.step, 0.01f),
+  BAD(STEP_ARGS(A, M, N, S, R, F, NULL, fx.indices, fx.g, fx.ms, fx.vs, fx.row_steps, 0.01f),
       GRASS_ERROR_NULL_POINTER, f, "w");
-  BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, NULL, fx.g, fx.ms, fx.vs, &fx.step, 0.01f),
+  BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, NULL, fx.g, fx.ms, fx.vs, fx.row_steps, 0.01f),
       GRASS_ERROR_NULL_POINTER, f, "indices");
-  BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, fx.indices, NULL, fx.ms, fx.vs, &fx.step, 0.01f),
+  BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, fx.indices, NULL, fx.ms, fx.vs, fx.row_steps, 0.01f),
       GRASS_ERROR_NULL_POINTER, f, "g");
-  BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, fx.indices, fx.g, NULL, fx.vs, &fx.step, 0.01f),
+  BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, fx.indices, fx.g, NULL, fx.vs, fx.row_steps, 0.01f),
       GRASS_ERROR_NULL_POINTER, f, "m_state");
-  BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, fx.indices, fx.g, fx.ms, NULL, &fx.step, 0.01f),
+  BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, fx.indices, fx.g, fx.ms, NULL, fx.row_steps, 0.01f),
       GRASS_ERROR_NULL_POINTER, f, "v_state");
   BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, fx.indices, fx.g, fx.ms, fx.vs, NULL, 0.01f),
-      GRASS_ERROR_NULL_POINTER, f, "step");
-  BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, fx.indices, fx.g, fx.ms, fx.vs, &fx.step, -0.01f),
+      GRASS_ERROR_NULL_POINTER, f, "row_steps");
+  BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, fx.indices, fx.g, fx.ms, fx.vs, fx.row_steps, -0.01f),
       GRASS_ERROR_INVALID_VALUE, f, "lr");
-  BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, fx.indices, fx.g, fx.ms, fx.vs, &fx.step, nanf("")),
+  BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, fx.indices, fx.g, fx.ms, fx.vs, fx.row_steps, nanf("")),
       GRASS_ERROR_INVALID_VALUE, f, "lr");
-  BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, fx.indices, fx.g, fx.ms, fx.vs, &fx.step, INFINITY),
+  BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, fx.indices, fx.g, fx.ms, fx.vs, fx.row_steps, INFINITY),
       GRASS_ERROR_INVALID_VALUE, f, "lr");
-  BAD(STEP_ARGS(A, M, N, S, M + 1, F, fx.w, fx.indices, fx.g, fx.ms, fx.vs, &fx.step, 0.01f),
+  BAD(STEP_ARGS(A, M, N, S, M + 1, F, fx.w, fx.indices, fx.g, fx.ms, fx.vs, fx.row_steps, 0.01f),
       GRASS_ERROR_INVALID_VALUE, f, "r");
-  BAD(STEP_ARGS(A, 0, N, S, R, F, fx.w, fx.indices, fx.g, fx.ms, fx.vs, &fx.step, 0.01f),
+  BAD(STEP_ARGS(A, 0, N, S, R, F, fx.w, fx.indices, fx.g, fx.ms, fx.vs, fx.row_steps, 0.01f),
       GRASS_ERROR_INVALID_VALUE, f, "m");
-  BAD(STEP_ARGS(A, M, N, 7, R, F, fx.w, fx.indices, fx.g, fx.ms, fx.vs, &fx.step, 0.01f),
+  BAD(STEP_ARGS(A, M, N, 7, R, F, fx.w, fx.indices, fx.g, fx.ms, fx.vs, fx.row_steps, 0.01f),
       GRASS_ERROR_INVALID_ENUM, f, "side");
-  BAD(STEP_ARGS(A, M, N, S, R, -1, fx.w, fx.indices, fx.g, fx.ms, fx.vs, &fx.step, 0.01f),
+  BAD(STEP_ARGS(A, M, N, S, R, -1, fx.w, fx.indices, fx.g, fx.ms, fx.vs, fx.row_steps, 0.01f),
       GRASS_ERROR_INVALID_ENUM, f, "w_dtype");
   BAD(STEP_ARGS(A, M, N, S, R, GRASS_DTYPE_BF16, misaligned(), fx.indices, fx.g, fx.ms, fx.vs,
-                &fx.step, 0.01f),
+                fx.row_steps, 0.01f),
       GRASS_ERROR_MISALIGNED, f, "w");
-  BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, fx.indices, fx.g, misaligned(), fx.vs, &fx.step, 0.01f),
+  BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, fx.indices, fx.g, misaligned(), fx.vs, fx.row_steps, 0.01f),
       GRASS_ERROR_MISALIGNED, f, "m_state");
   BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, fx.indices, fx.g, fx.ms, fx.vs, (int32_t*)misaligned(),
                 0.01f),
-      GRASS_ERROR_MISALIGNED, f, "step");
+      GRASS_ERROR_MISALIGNED, f, "row_steps");
   BAD(grass_sparse_adamw_step(fx.ctx, A, M, N, S, R, F, fx.w, fx.indices, fx.scales, fx.g, fx.ms,
-                              fx.vs, &fx.step, 0.01f, (const float*)misaligned(), &fx.skipped,
+                              fx.vs, fx.row_steps, 0.01f, (const float*)misaligned(), &fx.skipped,
                               NULL, 0, NULL),
       GRASS_ERROR_MISALIGNED, f, "lr_scale");
   BAD(grass_sparse_adamw_step(fx.ctx, A, M, N, S, R, F, fx.w, fx.indices, fx.scales, fx.g, fx.ms,
-                              fx.vs, &fx.step, 0.01f, NULL, (int32_t*)misaligned(), NULL, 0, NULL),
+                              fx.vs, fx.row_steps, 0.01f, NULL, (int32_t*)misaligned(), NULL, 0,
+                              NULL),
       GRASS_ERROR_MISALIGNED, f, "skipped");
 
   int32_t out_of_range[R] = {1, 4, D};
   int32_t negative[R] = {-5, 4, 6};
   int32_t unsorted[R] = {1, 6, 4};
-  BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, out_of_range, fx.g, fx.ms, fx.vs, &fx.step, 0.01f),
+  BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, out_of_range, fx.g, fx.ms, fx.vs, fx.row_steps, 0.01f),
       GRASS_ERROR_INVALID_VALUE, f, "indices");
-  BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, negative, fx.g, fx.ms, fx.vs, &fx.step, 0.01f),
+  BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, negative, fx.g, fx.ms, fx.vs, fx.row_steps, 0.01f),
       GRASS_ERROR_INVALID_VALUE, f, "indices");
-  BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, unsorted, fx.g, fx.ms, fx.vs, &fx.step, 0.01f),
+  BAD(STEP_ARGS(A, M, N, S, R, F, fx.w, unsorted, fx.g, fx.ms, fx.vs, fx.row_steps, 0.01f),
       GRASS_ERROR_INVALID_VALUE, f, "indices");
+  /* a CPU context rejects bad indices with an error, not with GRASS_STEP_SKIPPED_BAD_INDICES:
+   * neither the outcome nor any row's count was written (BAD compared the whole fixture) */
+  TK_CHECK(fx.skipped == -7);
+  TK_CHECK(fx.row_steps[0] == 2 && fx.row_steps[1] == 0 && fx.row_steps[2] == 7);
 #undef STEP_ARGS
 #undef STEP
 #undef WITH
@@ -523,6 +532,12 @@ static void dense_step(void) {
       GRASS_ERROR_MISALIGNED, f, "grad");
   BAD(DSTEP(NUMEL, F, fx.dw, F, fx.dgrad, fx.dm, fx.dv, &fx.dstep, -1.0f),
       GRASS_ERROR_INVALID_VALUE, f, "lr");
+  /* the dense step keeps one count, named `step` */
+  BAD(DSTEP(NUMEL, F, fx.dw, F, fx.dgrad, fx.dm, fx.dv, NULL, 0.1f), GRASS_ERROR_NULL_POINTER, f,
+      "step");
+  TK_CHECK(strstr(grass_last_error_message(), "row_steps") == NULL);
+  BAD(DSTEP(NUMEL, F, fx.dw, F, fx.dgrad, fx.dm, fx.dv, (int32_t*)misaligned(), 0.1f),
+      GRASS_ERROR_MISALIGNED, f, "step");
   BAD(grass_adamw_step(fx.ctx, NULL, NUMEL, F, fx.dw, F, fx.dgrad, fx.dm, fx.dv, &fx.dstep, 0.1f,
                        NULL, NULL, NULL, 0, NULL),
       GRASS_ERROR_NULL_POINTER, f, "config");
@@ -542,38 +557,43 @@ static void state_refresh(void) {
   carry.refresh_mode = GRASS_REFRESH_CARRY;
   size_t need = 0;
   TK_OK(grass_state_refresh_workspace_size(fx.ctx, &carry, R, K, &need));
-#define REFRESH(cfg, r, k, old, new_, ms, vs, step, wsb) \
-  grass_state_refresh(fx.ctx, cfg, r, k, old, new_, ms, vs, step, fx.ws, wsb, NULL)
-  BAD(REFRESH(&carry, R, K, fx.old_indices, NULL, fx.ms, fx.vs, &fx.step, need),
+#define REFRESH(cfg, r, k, old, new_, ms, vs, steps, wsb) \
+  grass_state_refresh(fx.ctx, cfg, r, k, old, new_, ms, vs, steps, fx.ws, wsb, NULL)
+  BAD(REFRESH(&carry, R, K, fx.old_indices, NULL, fx.ms, fx.vs, fx.row_steps, need),
       GRASS_ERROR_NULL_POINTER, f, "new_indices");
-  BAD(REFRESH(&carry, R, K, fx.old_indices, fx.new_indices, fx.ms, NULL, &fx.step, need),
+  BAD(REFRESH(&carry, R, K, fx.old_indices, fx.new_indices, fx.ms, NULL, fx.row_steps, need),
       GRASS_ERROR_NULL_POINTER, f, "v_state");
   BAD(REFRESH(&carry, R, K, fx.old_indices, fx.new_indices, fx.ms, fx.vs, NULL, need),
-      GRASS_ERROR_NULL_POINTER, f, "step");
-  BAD(REFRESH(&carry, 0, K, fx.old_indices, fx.new_indices, fx.ms, fx.vs, &fx.step, need),
+      GRASS_ERROR_NULL_POINTER, f, "row_steps");
+  BAD(REFRESH(&fx.ac, R, K, fx.old_indices, fx.new_indices, fx.ms, fx.vs, NULL, need),
+      GRASS_ERROR_NULL_POINTER, f, "row_steps"); /* reset writes the counts too */
+  BAD(REFRESH(&carry, R, K, fx.old_indices, fx.new_indices, fx.ms, fx.vs,
+              (int32_t*)misaligned(), need),
+      GRASS_ERROR_MISALIGNED, f, "row_steps");
+  BAD(REFRESH(&carry, 0, K, fx.old_indices, fx.new_indices, fx.ms, fx.vs, fx.row_steps, need),
       GRASS_ERROR_INVALID_VALUE, f, "r");
-  BAD(REFRESH(&carry, R, -K, fx.old_indices, fx.new_indices, fx.ms, fx.vs, &fx.step, need),
+  BAD(REFRESH(&carry, R, -K, fx.old_indices, fx.new_indices, fx.ms, fx.vs, fx.row_steps, need),
       GRASS_ERROR_INVALID_VALUE, f, "k");
-  BAD(REFRESH(&carry, R, K, fx.old_indices, fx.new_indices, fx.ms, fx.vs, &fx.step, need - 1),
+  BAD(REFRESH(&carry, R, K, fx.old_indices, fx.new_indices, fx.ms, fx.vs, fx.row_steps, need - 1),
       GRASS_ERROR_WORKSPACE_TOO_SMALL, f, "workspace_bytes");
   int32_t unsorted[R] = {3, 1, 5};
   int32_t negative[R] = {-1, 1, 5};
-  BAD(REFRESH(&carry, R, K, fx.old_indices, unsorted, fx.ms, fx.vs, &fx.step, need),
+  BAD(REFRESH(&carry, R, K, fx.old_indices, unsorted, fx.ms, fx.vs, fx.row_steps, need),
       GRASS_ERROR_INVALID_VALUE, f, "new_indices");
-  BAD(REFRESH(&carry, R, K, negative, fx.new_indices, fx.ms, fx.vs, &fx.step, need),
+  BAD(REFRESH(&carry, R, K, negative, fx.new_indices, fx.ms, fx.vs, fx.row_steps, need),
       GRASS_ERROR_INVALID_VALUE, f, "old_indices");
-  BAD(REFRESH(&fx.ac, R, K, fx.old_indices, unsorted, fx.ms, fx.vs, &fx.step, need),
+  BAD(REFRESH(&fx.ac, R, K, fx.old_indices, unsorted, fx.ms, fx.vs, fx.row_steps, need),
       GRASS_ERROR_INVALID_VALUE, f, "new_indices");
-  BAD(REFRESH(&carry, R, K, (const int32_t*)misaligned(), fx.new_indices, fx.ms, fx.vs, &fx.step,
-              need),
+  BAD(REFRESH(&carry, R, K, (const int32_t*)misaligned(), fx.new_indices, fx.ms, fx.vs,
+              fx.row_steps, need),
       GRASS_ERROR_MISALIGNED, f, "old_indices");
   grass_adamw_config bad = carry;
   bad.refresh_mode = 9;
-  BAD(REFRESH(&bad, R, K, fx.old_indices, fx.new_indices, fx.ms, fx.vs, &fx.step, need),
+  BAD(REFRESH(&bad, R, K, fx.old_indices, fx.new_indices, fx.ms, fx.vs, fx.row_steps, need),
       GRASS_ERROR_INVALID_ENUM, f, "refresh_mode");
   bad = carry;
   bad.struct_size = 1;
-  BAD(REFRESH(&bad, R, K, fx.old_indices, fx.new_indices, fx.ms, fx.vs, &fx.step, need),
+  BAD(REFRESH(&bad, R, K, fx.old_indices, fx.new_indices, fx.ms, fx.vs, fx.row_steps, need),
       GRASS_ERROR_STRUCT_SIZE, f, "struct_size");
 #undef REFRESH
 }

@@ -1,9 +1,14 @@
 // Checkpoints through the optimizer handles (via grass.hpp): export mid-training (even between
 // two micro-batches), keep training N steps, import into fresh optimizers, train the same N
-// steps: the weights and the states are bit-identical. A damaged blob, one of another shape or
-// kind, or one with a semantically broken field is rejected with GRASS_ERROR_BAD_CHECKPOINT and
-// changes nothing.
+// steps: the weights and the states are bit-identical. The blob's counters (format 2: the last
+// step's outcome, then one Adam step count per state row, or one for a dense parameter) hold
+// what the training did. A damaged blob, one of another shape or kind, or one with a
+// semantically broken field (an index past d, a negative step count, an unknown outcome) is
+// rejected with GRASS_ERROR_BAD_CHECKPOINT and changes nothing.
+#include <algorithm>
+#include <climits>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "testkit.hpp"
@@ -117,6 +122,35 @@ void write_u64(std::vector<uint8_t>& b, size_t at, uint64_t v) {
   for (size_t i = 0; i < 8; ++i) b[at + i] = static_cast<uint8_t>(v >> (8 * i));
 }
 
+int32_t read_i32(const std::vector<uint8_t>& b, size_t at) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | b[at + static_cast<size_t>(i)];
+  int32_t out = 0;
+  std::memcpy(&out, &v, sizeof out);
+  return out;
+}
+
+void write_i32(std::vector<uint8_t>& b, size_t at, int32_t value) {
+  uint32_t v = 0;
+  std::memcpy(&v, &value, sizeof v);
+  for (size_t i = 0; i < 4; ++i) b[at + i] = static_cast<uint8_t>(v >> (8 * i));
+}
+
+// Blob format 2: a header of 16 little-endian u64 fields (the second is the format), then the
+// counters i32[1 + counts] (the last step's GRASS_STEP_* outcome, then the step count of each of
+// the r state rows of a GRASS layer, or the one count of a dense parameter), M, V, and for a
+// GRASS layer the r selected indices, the r previous indices, the r scales and the accumulator;
+// last an FNV-1a-64 checksum of everything before it.
+constexpr uint64_t kFormat = 2;
+constexpr size_t kHeader = 16 * 8;
+constexpr size_t kOutcomeAt = kHeader;
+
+// Offset of step count j (0-based) in the counters section.
+constexpr size_t count_at(size_t j) { return kHeader + 4 * (1 + j); }
+
+// A tampered blob gets a fresh checksum, so that import reaches the field under test.
+void reseal(std::vector<uint8_t>& b) { write_u64(b, b.size() - 8, fnv1a(b.data(), b.size() - 8)); }
+
 void round_trip() {
   auto ctx = grass::Context::cpu();
   auto a = make_params(ctx, 1);
@@ -168,6 +202,55 @@ void round_trip() {
   }
 }
 
+// What the counters hold after training: the last outcome, and each state row's count.
+void counters() {
+  auto ctx = grass::Context::cpu();
+  auto ps = make_params(ctx, 4);
+  train(ps, 0, 4, false);
+  for (auto& p : ps) {
+    const auto blob = p.opt.export_state();
+    TK_CHECK(read_u64(blob, 8) == kFormat);
+    TK_CHECK(read_i32(blob, kOutcomeAt) == GRASS_STEP_APPLIED);
+  }
+  // ps[0] carries its states (refresh_every 3, rank 5 of 16 rows without repeats): the refresh
+  // before step 3 kept the rows still selected, with their 3 steps, and zeroed the entering
+  // rows, so after 4 steps a row counts 4 if its index was selected before and 1 if it entered.
+  {
+    const auto blob = ps[0].opt.export_state();
+    const size_t r = 5;
+    const size_t state_bytes = static_cast<size_t>(ps[0].opt.info().state_elements) * 4;
+    const size_t idx_at = count_at(r) + 2 * state_bytes;
+    const auto sel = ps[0].opt.projection().selection();
+    std::vector<int32_t> now(r), prev(r);
+    for (size_t j = 0; j < r; ++j) {
+      now[j] = read_i32(blob, idx_at + 4 * j);
+      prev[j] = read_i32(blob, idx_at + 4 * (r + j));
+      TK_CHECK(now[j] == sel.indices[j]);
+    }
+    TK_CHECK(ps[0].opt.projection().info().refresh_count == 2);
+    for (size_t j = 0; j < r; ++j) {
+      const bool kept = std::find(prev.begin(), prev.end(), now[j]) != prev.end();
+      const int32_t t = read_i32(blob, count_at(j));
+      if (t != (kept ? 4 : 1)) {
+        tk_fail_at(__FILE__, __LINE__, "a carried row keeps its count, an entering row restarts");
+        std::printf("     row %zu (index %d, %s): count %d\n", j, now[j],
+                    kept ? "kept" : "entered", t);
+      }
+    }
+  }
+  // ps[1] resets its states (refresh_every 4): no refresh since the first, every row counts 4
+  {
+    const auto blob = ps[1].opt.export_state();
+    for (size_t j = 0; j < 6; ++j) TK_CHECK(read_i32(blob, count_at(j)) == 4);
+    // and one more step, after the reset refresh, restarts every row at 1
+    train(ps, 4, 5, false);
+    const auto after = ps[1].opt.export_state();
+    for (size_t j = 0; j < 6; ++j) TK_CHECK(read_i32(after, count_at(j)) == 1);
+  }
+  // ps[2] is dense: one count
+  TK_CHECK(read_i32(ps[2].opt.export_state(), count_at(0)) == 5);
+}
+
 void rejected_blobs() {
   auto ctx = grass::Context::cpu();
   auto ps = make_params(ctx, 3);
@@ -214,24 +297,70 @@ void rejected_blobs() {
             nullptr);
   unchanged(__LINE__);
 
-  // A blob whose checksum is valid but whose selection is not (an index past d). The offsets
-  // follow blob format 1: a header of 16 u64 fields, then the counters (8 bytes), M, V, and the
-  // r selected indices.
-  TK_CHECK(read_u64(before, 8) == 1);
-  if (read_u64(before, 8) == 1) {
-    auto info = target.opt.info();
-    size_t state_bytes = static_cast<size_t>(info.state_elements) * 4;
-    size_t idx_at = 16 * 8 + 8 + 2 * state_bytes;
+  // Blobs whose checksum is valid but whose content is not. The offsets follow blob format 2
+  // (see kFormat).
+  TK_CHECK(read_u64(before, 8) == kFormat);
+  const size_t r = 5;
+  const size_t state_bytes = static_cast<size_t>(target.opt.info().state_elements) * 4;
+  const size_t idx_at = count_at(r) + 2 * state_bytes;  // after the counters, M and V
+  {  // an index past d
     auto forged = before;
     forged[idx_at + 4 * 4] = 0xff;  // last index of 5 becomes >= 16
     forged[idx_at + 4 * 4 + 1] = 0x7f;
-    write_u64(forged, forged.size() - 8, fnv1a(forged.data(), forged.size() - 8));
+    reseal(forged);
     TK_THROWS(target.opt.import_state(forged), GRASS_ERROR_BAD_CHECKPOINT, "indices");
     unchanged(__LINE__);
-    // and the same kind of forgery with a correct index is accepted (the test forges right)
+  }
+  for (size_t j : {size_t{0}, size_t{2}, r - 1}) {  // a negative step count of any row
+    for (int32_t bad : {-1, INT32_MIN}) {
+      auto forged = before;
+      write_i32(forged, count_at(j), bad);
+      reseal(forged);
+      TK_THROWS(target.opt.import_state(forged), GRASS_ERROR_BAD_CHECKPOINT, "step count");
+      unchanged(__LINE__);
+    }
+  }
+  for (int32_t bad : {-1, 3, 1000}) {  // an outcome that is no GRASS_STEP_*
+    auto forged = before;
+    write_i32(forged, kOutcomeAt, bad);
+    reseal(forged);
+    TK_THROWS(target.opt.import_state(forged), GRASS_ERROR_BAD_CHECKPOINT, nullptr);
+    unchanged(__LINE__);
+  }
+  {  // a dense parameter's one count
+    auto& dense = ps[2];
+    const auto dense_before = dense.opt.export_state();
+    TK_CHECK(read_i32(dense_before, count_at(0)) == 4);
+    auto forged = dense_before;
+    write_i32(forged, count_at(0), -4);
+    reseal(forged);
+    TK_THROWS(dense.opt.import_state(forged), GRASS_ERROR_BAD_CHECKPOINT, "step count");
+    TK_CHECK(dense.opt.export_state() == dense_before);
+  }
+  // the same kind of forgery with valid values is accepted (the test forges right): each
+  // outcome comes back through last_step_outcome (SkippedBadIndices from a CUDA context's blob)
+  {
     auto honest = before;
-    write_u64(honest, honest.size() - 8, fnv1a(honest.data(), honest.size() - 8));
+    reseal(honest);
     target.opt.import_state(honest);
+    unchanged(__LINE__);
+    TK_CHECK(target.opt.last_step_outcome() == grass::StepOutcome::Applied);
+    const grass::StepOutcome outcomes[] = {grass::StepOutcome::SkippedNonfinite,
+                                           grass::StepOutcome::SkippedBadIndices};
+    for (auto outcome : outcomes) {
+      auto forged = before;
+      write_i32(forged, kOutcomeAt, static_cast<int32_t>(outcome));
+      reseal(forged);
+      target.opt.import_state(forged);
+      TK_CHECK(target.opt.last_step_outcome() == outcome);
+      TK_CHECK(target.opt.last_step_skipped());
+    }
+    auto zero = before;  // a count of 0 is valid (a row that has not stepped yet)
+    write_i32(zero, count_at(1), 0);
+    reseal(zero);
+    target.opt.import_state(zero);
+    TK_CHECK(read_i32(target.opt.export_state(), count_at(1)) == 0);
+    target.opt.import_state(before);
     unchanged(__LINE__);
   }
 
@@ -244,6 +373,7 @@ void rejected_blobs() {
 
 int main() {
   tk_run("round_trip", round_trip);
+  tk_run("counters", counters);
   tk_run("rejected_blobs", rejected_blobs);
   return tk_report("test_checkpoint");
 }

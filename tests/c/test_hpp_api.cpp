@@ -1,7 +1,8 @@
 // grass.hpp: ownership (move-only handles), errors as grass::Error with status and message,
 // config builders and their defaults, the free functions, every layer-1 op through Context, the
-// Projection handle, and that an Optimizer handle computes exactly what the same layer-1 ops
-// compose to.
+// Projection handle, step outcomes (StepOutcome, last_step_outcome), and that an Optimizer
+// handle computes exactly what the same layer-1 ops compose to, its per-row step counts
+// included.
 #include <algorithm>
 #include <cmath>
 #include <atomic>
@@ -25,6 +26,16 @@ static_assert(move_only_v<grass::Optimizer>);
 static_assert(std::is_base_of_v<std::runtime_error, grass::Error>);
 static_assert(std::is_copy_constructible_v<grass::ProjectionRef>);  // a borrowed view
 static_assert(sizeof(grass::Context) == sizeof(void*));              // no overhead over the handle
+// StepOutcome mirrors GRASS_STEP_*
+static_assert(static_cast<int32_t>(grass::StepOutcome::Applied) == GRASS_STEP_APPLIED);
+static_assert(static_cast<int32_t>(grass::StepOutcome::SkippedNonfinite) ==
+              GRASS_STEP_SKIPPED_NONFINITE);
+static_assert(static_cast<int32_t>(grass::StepOutcome::SkippedBadIndices) ==
+              GRASS_STEP_SKIPPED_BAD_INDICES);
+static_assert(std::is_same_v<decltype(std::declval<const grass::Optimizer&>().last_step_outcome()),
+                             grass::StepOutcome>);
+static_assert(std::is_same_v<decltype(std::declval<const grass::Optimizer&>().last_step_skipped()),
+                             bool>);
 
 void versions() {
   std::string expect = std::to_string(GRASS_VERSION_MAJOR) + "." +
@@ -122,6 +133,7 @@ void errors_and_ownership() {
   TK_CHECK(other.info().is_sparse == 0 && other.info().state_elements == 4);
   TK_THROWS(other.projection(), GRASS_ERROR_INVALID_STATE, "dense");
   TK_THROWS(other.last_step_skipped(), GRASS_ERROR_INVALID_STATE, nullptr);
+  TK_THROWS(other.last_step_outcome(), GRASS_ERROR_INVALID_STATE, nullptr);
 
   // release() hands the handle back to C
   grass_optimizer* raw = other.release();
@@ -164,7 +176,8 @@ void layer1_matches_handles() {
   std::vector<float> g(static_cast<size_t>(r * n)), ms(g.size()), vs(g.size());
   std::vector<float> bm(static_cast<size_t>(n)), bv(static_cast<size_t>(n));
   std::vector<int32_t> idx(static_cast<size_t>(r)), old_idx(static_cast<size_t>(r));
-  int32_t step = 0, bstep = 0, skipped = -1;
+  std::vector<int32_t> row_steps(static_cast<size_t>(r));  // one count per state row
+  int32_t bstep = 0, skipped = -1, bskipped = -1;
   size_t ws_bytes = std::max({ctx.scores_workspace_size(m, n, b, grass::Side::Rows,
                                                         grass::Dtype::F32),
                               ctx.select_workspace_size(m, r),
@@ -195,6 +208,7 @@ void layer1_matches_handles() {
     opt.step(w_opt.data(), 0.01f);
     dense.step(bias_opt.data(), bgrad.data(), 0.01f);
     TK_CHECK(!opt.last_step_skipped());
+    TK_CHECK(opt.last_step_outcome() == grass::StepOutcome::Applied);
 
     // the same with layer-1 ops
     if (s % 2 == 0) {
@@ -204,7 +218,7 @@ void layer1_matches_handles() {
       ctx.select(pc, m, refreshes++, scores.data(), idx.data(), scales.data(), ws.data(),
                  ws.size());
       ctx.state_refresh(ac, r, n, has_old ? old_idx.data() : nullptr, idx.data(), ms.data(),
-                        vs.data(), &step, ws.data(), ws.size());
+                        vs.data(), row_steps.data(), ws.data(), ws.size());
       has_old = true;
     }
     ctx.sparse_grad(m, n, b, grass::Side::Rows, r, grass::Dtype::F32, x.data(), dy.data(),
@@ -212,11 +226,24 @@ void layer1_matches_handles() {
     ctx.sparse_grad(m, n, b, grass::Side::Rows, r, grass::Dtype::F32, x2.data(), dy2.data(),
                     idx.data(), scales.data(), g.data(), true, ws.data(), ws.size());
     ctx.sparse_adamw_step(ac, m, n, grass::Side::Rows, r, grass::Dtype::F32, w_ops.data(),
-                          idx.data(), scales.data(), g.data(), ms.data(), vs.data(), &step, 0.01f,
-                          nullptr, &skipped, ws.data(), ws.size());
-    TK_CHECK(skipped == 0);
+                          idx.data(), scales.data(), g.data(), ms.data(), vs.data(),
+                          row_steps.data(), 0.01f, nullptr, &skipped, ws.data(), ws.size());
+    TK_CHECK(skipped == GRASS_STEP_APPLIED);
     ctx.adamw_step(ac, n, grass::Dtype::F32, bias_ops.data(), grass::Dtype::F32, bgrad.data(),
-                   bm.data(), bv.data(), &bstep, 0.01f, nullptr, nullptr, ws.data(), ws.size());
+                   bm.data(), bv.data(), &bstep, 0.01f, nullptr, &bskipped, ws.data(), ws.size());
+    TK_CHECK(bskipped == GRASS_STEP_APPLIED);
+
+    // the handles' counters (checkpoint format 2: after the 16 u64 header fields, i32 last
+    // outcome then the step counts) hold what the layer-1 ops hold: carry moved each row's count
+    // with its row and zeroed the entering rows' counts in both
+    std::vector<int32_t> want{skipped};
+    want.insert(want.end(), row_steps.begin(), row_steps.end());
+    auto blob = opt.export_state();
+    TK_CHECK(blob.size() >= 16 * 8 + want.size() * 4);
+    TK_SAME_BYTES(blob.data() + 16 * 8, want.data(), want.size() * sizeof(int32_t));
+    const int32_t dense_want[2] = {bskipped, bstep};
+    auto dblob = dense.export_state();
+    TK_SAME_BYTES(dblob.data() + 16 * 8, dense_want, sizeof dense_want);
 
     auto sel = opt.projection().selection();
     TK_SAME_BYTES(sel.indices, idx.data(), idx.size() * sizeof(int32_t));
@@ -228,6 +255,63 @@ void layer1_matches_handles() {
   TK_CHECK(info.is_sparse == 1 && info.steps == 7 && info.accumulated == 0);
   TK_CHECK(info.state_elements == r * n && info.memory_bytes > 0);
   TK_CHECK(opt.projection().info().refresh_count == refreshes);
+  TK_CHECK(bstep == 7);
+  // after 3 carried refreshes (every 2nd step) the rows' counts range from 1 (entered at the
+  // last refresh) to 7 (selected since the first), each at most the number of steps
+  for (int32_t t : row_steps) TK_CHECK(t >= 1 && t <= 7);
+}
+
+// Why a step did not apply: the outcome through Context (`*skipped`) and through the handles
+// (last_step_outcome and last_step_skipped), and back to applied after a good step.
+void step_outcomes() {
+  const int64_t m = 8, n = 4, r = 3;
+  auto ctx = grass::Context::cpu();
+  auto ac = grass::AdamWConfig();
+  std::vector<float> w(static_cast<size_t>(m * n), 0.5f), g(static_cast<size_t>(r * n), 0.25f);
+  std::vector<float> ms(g.size()), vs(g.size()), scales(static_cast<size_t>(r), 1.0f);
+  std::vector<int32_t> idx{1, 2, 6}, row_steps{4, 0, 9};
+  std::vector<unsigned char> ws(ctx.sparse_adamw_workspace_size(m, n, grass::Side::Rows, r));
+  int32_t skipped = -1;
+  g[5] = std::nanf("");
+  ctx.sparse_adamw_step(ac, m, n, grass::Side::Rows, r, grass::Dtype::F32, w.data(), idx.data(),
+                        scales.data(), g.data(), ms.data(), vs.data(), row_steps.data(), 0.01f,
+                        nullptr, &skipped, ws.data(), ws.size());
+  TK_CHECK(skipped == GRASS_STEP_SKIPPED_NONFINITE);
+  TK_CHECK((row_steps == std::vector<int32_t>{4, 0, 9}));  // a skipped step counts nothing
+  g[5] = 1.0f;
+  ctx.sparse_adamw_step(ac, m, n, grass::Side::Rows, r, grass::Dtype::F32, w.data(), idx.data(),
+                        scales.data(), g.data(), ms.data(), vs.data(), row_steps.data(), 0.01f,
+                        nullptr, &skipped, ws.data(), ws.size());
+  TK_CHECK(skipped == GRASS_STEP_APPLIED);
+  TK_CHECK((row_steps == std::vector<int32_t>{5, 1, 10}));
+  // a CPU context throws for unsorted indices instead of skipping with SkippedBadIndices
+  std::vector<int32_t> unsorted{2, 1, 6};
+  skipped = -1;
+  TK_THROWS(ctx.sparse_adamw_step(ac, m, n, grass::Side::Rows, r, grass::Dtype::F32, w.data(),
+                                  unsorted.data(), scales.data(), g.data(), ms.data(), vs.data(),
+                                  row_steps.data(), 0.01f, nullptr, &skipped, ws.data(),
+                                  ws.size()),
+            GRASS_ERROR_INVALID_VALUE, "indices");
+  TK_CHECK(skipped == -1 && (row_steps == std::vector<int32_t>{5, 1, 10}));
+
+  auto dense = grass::Optimizer::dense(ctx, ac, n, grass::Dtype::F32, grass::Dtype::F32);
+  std::vector<float> bias(static_cast<size_t>(n), 1.0f), grad(static_cast<size_t>(n), 0.5f);
+  dense.step(bias.data(), grad.data(), 0.01f);
+  TK_CHECK(dense.last_step_outcome() == grass::StepOutcome::Applied);
+  TK_CHECK(!dense.last_step_skipped());
+  grad[2] = -INFINITY;
+  dense.step(bias.data(), grad.data(), 0.01f);
+  TK_CHECK(dense.last_step_outcome() == grass::StepOutcome::SkippedNonfinite);
+  TK_CHECK(dense.last_step_skipped());
+  grad[2] = 0.5f;
+  dense.step(bias.data(), grad.data(), 0.01f);
+  TK_CHECK(dense.last_step_outcome() == grass::StepOutcome::Applied);
+
+  const std::string applied = grass::step_outcome_string(grass::StepOutcome::Applied);
+  const std::string nonfinite = grass::step_outcome_string(grass::StepOutcome::SkippedNonfinite);
+  const std::string bad = grass::step_outcome_string(grass::StepOutcome::SkippedBadIndices);
+  TK_CHECK(!applied.empty() && !nonfinite.empty() && !bad.empty());
+  TK_CHECK(applied != nonfinite && nonfinite != bad && applied != bad);
 }
 
 void projection_handle() {
@@ -406,6 +490,7 @@ int main() {
   tk_run("configs", configs);
   tk_run("errors_and_ownership", errors_and_ownership);
   tk_run("layer1_matches_handles", layer1_matches_handles);
+  tk_run("step_outcomes", step_outcomes);
   tk_run("projection_handle", projection_handle);
   tk_run("shared_scores", shared_scores);
   tk_run("last_error_per_thread", last_error_per_thread);

@@ -1,15 +1,23 @@
-/* A non-finite gradient (or learning rate) skips the step: the call succeeds, sets the skipped
- * flag, and leaves W, M, V and the step counter bit-identical. Checked for the layer-1 steps
- * with every kind of non-finite value and dtype, and for the optimizer handles, where a skipped
- * step must not disturb the training that follows. */
+/* A non-finite gradient (or learning rate) skips the step: the call succeeds, writes
+ * GRASS_STEP_SKIPPED_NONFINITE to `*skipped`, and leaves W, M, V and the step counts (every
+ * row's, for the compressed step) bit-identical. Checked for the layer-1 steps with every kind
+ * of non-finite value and dtype, and for the optimizer handles, where
+ * grass_optimizer_last_step_skipped reports the same outcome and a skipped step must not
+ * disturb the training that follows. */
 #include "testkit.h"
 
 enum { M = 10, N = 6, R = 4, K = N };
 
+/* the outcome numbers are ABI */
+_Static_assert(GRASS_STEP_APPLIED == 0, "GRASS_STEP_APPLIED");
+_Static_assert(GRASS_STEP_SKIPPED_NONFINITE == 1, "GRASS_STEP_SKIPPED_NONFINITE");
+_Static_assert(GRASS_STEP_SKIPPED_BAD_INDICES == 2, "GRASS_STEP_SKIPPED_BAD_INDICES");
+
 typedef struct buffers {
   unsigned char w[M * N * 4];
   unsigned char ms[M * N * 4], vs[M * N * 4];
-  int32_t step;
+  int32_t row_steps[R]; /* the compressed step's: one count per state row */
+  int32_t step;         /* the dense step's */
 } buffers;
 
 static void fill(buffers* b, grass_dtype w_dtype, grass_dtype s_dtype, size_t wn, size_t sn,
@@ -20,6 +28,8 @@ static void fill(buffers* b, grass_dtype w_dtype, grass_dtype s_dtype, size_t wn
     tk_store(b->ms, s_dtype, e, 0.1f * tk_nonzero(&rng));
     tk_store(b->vs, s_dtype, e, 0.01f);
   }
+  const int32_t counts[R] = {5, 0, 12, 1};
+  memcpy(b->row_steps, counts, sizeof counts);
   b->step = 5;
 }
 
@@ -47,20 +57,23 @@ static void check_sparse_skip(grass_dtype w_dtype, grass_dtype s_dtype, float ba
   }
   int32_t skipped = -1;
   TK_OK(grass_sparse_adamw_step(ctx, &cfg, M, N, GRASS_SIDE_ROWS, R, w_dtype, b.w, idx, scales, g,
-                                b.ms, b.vs, &b.step, 0.01f, &lr_scale, &skipped, NULL, 0, NULL));
-  TK_CHECK(skipped == 1);
+                                b.ms, b.vs, b.row_steps, 0.01f, &lr_scale, &skipped, NULL, 0,
+                                NULL));
+  TK_CHECK(skipped == GRASS_STEP_SKIPPED_NONFINITE);
   TK_SAME_BYTES(&b, &before, sizeof b);
   /* the flag is optional */
   TK_OK(grass_sparse_adamw_step(ctx, &cfg, M, N, GRASS_SIDE_ROWS, R, w_dtype, b.w, idx, scales, g,
-                                b.ms, b.vs, &b.step, 0.01f, &lr_scale, NULL, NULL, 0, NULL));
+                                b.ms, b.vs, b.row_steps, 0.01f, &lr_scale, NULL, NULL, 0, NULL));
   TK_SAME_BYTES(&b, &before, sizeof b);
   /* and a good step afterwards clears it */
   g[where] = 1.0f;
   lr_scale = 1.0f;
   TK_OK(grass_sparse_adamw_step(ctx, &cfg, M, N, GRASS_SIDE_ROWS, R, w_dtype, b.w, idx, scales, g,
-                                b.ms, b.vs, &b.step, 0.01f, &lr_scale, &skipped, NULL, 0, NULL));
-  TK_CHECK(skipped == 0);
-  TK_CHECK(b.step == 6);
+                                b.ms, b.vs, b.row_steps, 0.01f, &lr_scale, &skipped, NULL, 0,
+                                NULL));
+  TK_CHECK(skipped == GRASS_STEP_APPLIED);
+  for (int j = 0; j < R; ++j) TK_CHECK(b.row_steps[j] == before.row_steps[j] + 1);
+  TK_CHECK(b.step == before.step); /* the dense count is not the compressed step's */
   TK_CHECK(tk_first_diff(b.w, before.w, sizeof b.w) >= 0);
   grass_context_destroy(ctx);
 }
@@ -90,7 +103,7 @@ static void check_dense_skip(grass_dtype w_dtype, grass_dtype g_dtype, grass_dty
   int32_t skipped = -1;
   TK_OK(grass_adamw_step(ctx, &cfg, (int64_t)numel, w_dtype, b.w, g_dtype, grad, b.ms, b.vs,
                          &b.step, 0.01f, NULL, &skipped, NULL, 0, NULL));
-  TK_CHECK(skipped == 1);
+  TK_CHECK(skipped == GRASS_STEP_SKIPPED_NONFINITE);
   TK_SAME_BYTES(&b, &before, sizeof b);
   free(grad);
   grass_context_destroy(ctx);
@@ -132,7 +145,7 @@ static void check_optimizer_skip(void) {
       TK_OK(grass_optimizer_step(a, w_a, NULL, 0.01f, NULL));
       int32_t skipped = -1;
       TK_OK(grass_optimizer_last_step_skipped(a, &skipped, NULL));
-      TK_CHECK(skipped == 1);
+      TK_CHECK(skipped == GRASS_STEP_SKIPPED_NONFINITE);
       TK_SAME_BYTES(w_a, w_before, sizeof w_a);
       grass_optimizer_info info;
       info.struct_size = sizeof info;
@@ -147,7 +160,7 @@ static void check_optimizer_skip(void) {
     TK_OK(grass_optimizer_step(twin, w_twin, NULL, 0.01f, NULL));
     int32_t skipped = -1;
     TK_OK(grass_optimizer_last_step_skipped(a, &skipped, NULL));
-    TK_CHECK(skipped == 0);
+    TK_CHECK(skipped == GRASS_STEP_APPLIED);
   }
   /* the skipped step left M, V and the Adam step as they were */
   TK_SAME_BYTES(w_a, w_twin, sizeof w_a);
@@ -160,7 +173,7 @@ static void check_optimizer_skip(void) {
   TK_OK(grass_optimizer_step(dense, bias, grad, 0.01f, NULL));
   int32_t skipped = -1;
   TK_OK(grass_optimizer_last_step_skipped(dense, &skipped, NULL));
-  TK_CHECK(skipped == 1);
+  TK_CHECK(skipped == GRASS_STEP_SKIPPED_NONFINITE);
   TK_SAME_BYTES(bias, bias_before, sizeof bias);
 
   grass_optimizer_destroy(a);

@@ -122,7 +122,7 @@ static void check_workspace_offsets(grass_context* ctx) {
   void* dy = tk_random_tensor(&rng, GRASS_DTYPE_BF16, (size_t)(b * m), 1.0f, NULL);
   float scores[30], scales[6], g[6 * 20], ms[6 * 20] = {0}, vs[6 * 20] = {0};
   int32_t idx[6];
-  int32_t step = 0;
+  int32_t row_steps[6] = {0}; /* one step count per state row */
   grass_projection_config pc;
   TK_OK(grass_projection_config_init(&pc));
   pc.rank = r;
@@ -144,8 +144,8 @@ static void check_workspace_offsets(grass_context* ctx) {
     TK_OK(grass_select(ctx, &pc, m, 0, NULL, scores, idx, scales, ws[1] + off, sizes[1], NULL));
     TK_OK(grass_sparse_grad(ctx, m, n, b, GRASS_SIDE_ROWS, r, GRASS_DTYPE_BF16, x, dy, idx,
                             scales, g, 0, ws[2] + off, sizes[2], NULL));
-    TK_OK(grass_state_refresh(ctx, &ac, r, n, idx, idx, ms, vs, &step, ws[3] + off, sizes[3],
-                              NULL));
+    TK_OK(grass_state_refresh(ctx, &ac, r, n, idx, idx, ms, vs, row_steps, ws[3] + off,
+                              sizes[3], NULL));
     for (int i = 0; i < 4; ++i) free(ws[i]);
   }
   free(x);

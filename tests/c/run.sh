@@ -4,13 +4,18 @@
 #
 #   tests/c/run.sh                    # everything
 #
-# Environment: BUILD_DIR (default build), BUILD_TYPE (default Debug).
+# Environment: BUILD_DIR (default build/ctest), BUILD_TYPE (default Debug).
+#
+# The build directory is its own: scripts/demo.sh configures build/ with the tests off, and a
+# cached GRASS_BUILD_TESTS=OFF would leave ctest with nothing to run (which it reports as a
+# success), so the tests and the sanitizers are switched on here and ctest fails on no tests.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
-build_dir=${BUILD_DIR:-build}
+build_dir=${BUILD_DIR:-build/ctest}
 
 cargo build --release
-cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-Debug}"
+cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-Debug}" -DGRASS_BUILD_TESTS=ON \
+  -DGRASS_SANITIZE=ON
 cmake --build "$build_dir" -j2
-ctest --test-dir "$build_dir" --output-on-failure -j2 "$@"
+ctest --test-dir "$build_dir" --output-on-failure --no-tests=error -j2 "$@"

@@ -52,6 +52,17 @@ ffi::Error SameBuffer(const void* arg, const void* result, const char* name) {
                               ": XLA did not alias the result to its input");
 }
 
+// A small buffer (step counts, flags, scalars) must hold exactly `want` elements; `what` says
+// what they are.
+template <typename B>
+ffi::Error CountOf(const B& b, const char* name, int64_t want, const char* what) {
+  int64_t got = static_cast<int64_t>(b.element_count());
+  if (got == want) return ffi::Error::Success();
+  return ffi::Error::InvalidArgument(std::string(name) + " must hold " + std::to_string(want) +
+                                     " " + what + ", got " + std::to_string(got) +
+                                     " elements");
+}
+
 #define GRASS_TRY(expr)                        \
   do {                                         \
     ffi::Error grass_try_err = (expr);         \
@@ -147,13 +158,13 @@ ffi::Error AdamWConfig(const AdamWAttrs& a, const ffi::AnyBuffer& m_state,
 ffi::Error SparseAdamWStep(const Device& dev, ffi::AnyBuffer w, ffi::Buffer<ffi::S32> indices,
                            ffi::Buffer<ffi::F32> scales, ffi::Buffer<ffi::F32> g,
                            ffi::AnyBuffer m_state, ffi::AnyBuffer v_state,
-                           ffi::Buffer<ffi::S32> step, ffi::Buffer<ffi::F32> lr_scale,
+                           ffi::Buffer<ffi::S32> row_steps, ffi::Buffer<ffi::F32> lr_scale,
                            int32_t side, float beta1, float beta2, float eps,
                            float weight_decay, int32_t decay_mode, float alpha, float lr,
                            ffi::Result<ffi::AnyBuffer> w_out,
                            ffi::Result<ffi::AnyBuffer> m_out,
                            ffi::Result<ffi::AnyBuffer> v_out,
-                           ffi::Result<ffi::Buffer<ffi::S32>> step_out,
+                           ffi::Result<ffi::Buffer<ffi::S32>> row_steps_out,
                            ffi::Result<ffi::Buffer<ffi::S32>> skipped, U8Result ws) {
   int64_t m, n;
   grass_dtype wd;
@@ -162,11 +173,15 @@ ffi::Error SparseAdamWStep(const Device& dev, ffi::AnyBuffer w, ffi::Buffer<ffi:
   GRASS_TRY(SameBuffer(w.untyped_data(), w_out->untyped_data(), "w"));
   GRASS_TRY(SameBuffer(m_state.untyped_data(), m_out->untyped_data(), "m_state"));
   GRASS_TRY(SameBuffer(v_state.untyped_data(), v_out->untyped_data(), "v_state"));
-  GRASS_TRY(SameBuffer(step.untyped_data(), step_out->untyped_data(), "step"));
+  GRASS_TRY(SameBuffer(row_steps.untyped_data(), row_steps_out->untyped_data(), "row_steps"));
   int64_t r = static_cast<int64_t>(indices.element_count());
   if (static_cast<int64_t>(scales.element_count()) != r) {
     return ffi::Error::InvalidArgument("indices and scales must have the same length");
   }
+  GRASS_TRY(CountOf(row_steps, "row_steps", r,
+                    "int32 Adam step counts (one per state row, r = the length of indices)"));
+  GRASS_TRY(CountOf(lr_scale, "lr_scale", 1, "float32 (a scalar)"));
+  GRASS_TRY(CountOf(*skipped, "skipped", 1, "int32 (a scalar)"));
   int64_t k = r == 0 ? 0 : static_cast<int64_t>(g.element_count()) / r;
   if (k * r != static_cast<int64_t>(g.element_count()) ||
       m_state.element_count() != g.element_count() ||
@@ -179,31 +194,37 @@ ffi::Error SparseAdamWStep(const Device& dev, ffi::AnyBuffer w, ffi::Buffer<ffi:
   return StatusError(grass_sparse_adamw_step(
       dev.ctx, &cfg, m, n, side, r, wd, w_out->untyped_data(), indices.typed_data(),
       scales.typed_data(), g.typed_data(), m_out->untyped_data(), v_out->untyped_data(),
-      step_out->typed_data(), lr, lr_scale.typed_data(), skipped->typed_data(),
+      row_steps_out->typed_data(), lr, lr_scale.typed_data(), skipped->typed_data(),
       ws->untyped_data(), ws->size_bytes(), dev.stream));
 }
 
 ffi::Error StateRefresh(const Device& dev, ffi::Buffer<ffi::S32> old_indices,
                         ffi::Buffer<ffi::S32> new_indices, ffi::AnyBuffer m_state,
-                        ffi::AnyBuffer v_state, ffi::Buffer<ffi::S32> step,
+                        ffi::AnyBuffer v_state, ffi::Buffer<ffi::S32> row_steps,
                         int32_t refresh_mode, ffi::Result<ffi::AnyBuffer> m_out,
                         ffi::Result<ffi::AnyBuffer> v_out,
-                        ffi::Result<ffi::Buffer<ffi::S32>> step_out, U8Result ws) {
+                        ffi::Result<ffi::Buffer<ffi::S32>> row_steps_out, U8Result ws) {
   GRASS_TRY(SameBuffer(m_state.untyped_data(), m_out->untyped_data(), "m_state"));
   GRASS_TRY(SameBuffer(v_state.untyped_data(), v_out->untyped_data(), "v_state"));
-  GRASS_TRY(SameBuffer(step.untyped_data(), step_out->untyped_data(), "step"));
+  GRASS_TRY(SameBuffer(row_steps.untyped_data(), row_steps_out->untyped_data(), "row_steps"));
   int64_t r = static_cast<int64_t>(new_indices.element_count());
   if (static_cast<int64_t>(old_indices.element_count()) != r || r == 0) {
     return ffi::Error::InvalidArgument("old_indices and new_indices must both have rank entries");
   }
+  GRASS_TRY(CountOf(row_steps, "row_steps", r,
+                    "int32 Adam step counts (one per state row, r = the length of new_indices)"));
   int64_t k = static_cast<int64_t>(m_state.element_count()) / r;
+  if (k * r != static_cast<int64_t>(m_state.element_count()) ||
+      v_state.element_count() != m_state.element_count()) {
+    return ffi::Error::InvalidArgument("m_state and v_state must both be rank x k");
+  }
   grass_adamw_config cfg;
   GRASS_TRY(AdamWConfig({0.9f, 0.999f, 1e-8f, 0.0f, 1.0f, GRASS_DECAY_SELECTED}, m_state,
                         v_state, &cfg));
   cfg.refresh_mode = refresh_mode;
   return StatusError(grass_state_refresh(dev.ctx, &cfg, r, k, old_indices.typed_data(),
                                          new_indices.typed_data(), m_out->untyped_data(),
-                                         v_out->untyped_data(), step_out->typed_data(),
+                                         v_out->untyped_data(), row_steps_out->typed_data(),
                                          ws->untyped_data(), ws->size_bytes(), dev.stream));
 }
 
@@ -222,6 +243,10 @@ ffi::Error AdamWStep(const Device& dev, ffi::AnyBuffer w, ffi::AnyBuffer grad,
   GRASS_TRY(SameBuffer(m_state.untyped_data(), m_out->untyped_data(), "m_state"));
   GRASS_TRY(SameBuffer(v_state.untyped_data(), v_out->untyped_data(), "v_state"));
   GRASS_TRY(SameBuffer(step.untyped_data(), step_out->untyped_data(), "step"));
+  // A dense parameter keeps one Adam step count (its elements always step together).
+  GRASS_TRY(CountOf(step, "step", 1, "int32 (a scalar Adam step count)"));
+  GRASS_TRY(CountOf(lr_scale, "lr_scale", 1, "float32 (a scalar)"));
+  GRASS_TRY(CountOf(*skipped, "skipped", 1, "int32 (a scalar)"));
   size_t numel = w.element_count();
   if (grad.element_count() != numel || m_state.element_count() != numel ||
       v_state.element_count() != numel) {
@@ -309,7 +334,7 @@ auto SparseAdamWArgs(B b) {
       .template Arg<ffi::Buffer<ffi::F32>>()                // g (r x k)
       .template Arg<ffi::AnyBuffer>()                       // M (r x k)
       .template Arg<ffi::AnyBuffer>()                       // V (r x k)
-      .template Arg<ffi::Buffer<ffi::S32>>()                // step (scalar)
+      .template Arg<ffi::Buffer<ffi::S32>>()                // row_steps (r)
       .template Arg<ffi::Buffer<ffi::F32>>()                // lr_scale (scalar)
       .template Attr<int32_t>("side")
       .template Attr<float>("beta1")
@@ -322,8 +347,8 @@ auto SparseAdamWArgs(B b) {
       .template Ret<ffi::AnyBuffer>()                       // w, aliased
       .template Ret<ffi::AnyBuffer>()                       // M, aliased
       .template Ret<ffi::AnyBuffer>()                       // V, aliased
-      .template Ret<ffi::Buffer<ffi::S32>>()                // step, aliased
-      .template Ret<ffi::Buffer<ffi::S32>>()                // skipped (scalar)
+      .template Ret<ffi::Buffer<ffi::S32>>()                // row_steps, aliased
+      .template Ret<ffi::Buffer<ffi::S32>>()                // skipped: GRASS_STEP_* (scalar)
       .template Ret<ffi::Buffer<ffi::U8>>();                // workspace
 }
 
@@ -333,11 +358,11 @@ auto StateRefreshArgs(B b) {
       .template Arg<ffi::Buffer<ffi::S32>>()                // new indices (r)
       .template Arg<ffi::AnyBuffer>()                       // M (r x k)
       .template Arg<ffi::AnyBuffer>()                       // V (r x k)
-      .template Arg<ffi::Buffer<ffi::S32>>()                // step (scalar)
+      .template Arg<ffi::Buffer<ffi::S32>>()                // row_steps (r)
       .template Attr<int32_t>("refresh_mode")
       .template Ret<ffi::AnyBuffer>()                       // M, aliased
       .template Ret<ffi::AnyBuffer>()                       // V, aliased
-      .template Ret<ffi::Buffer<ffi::S32>>()                // step, aliased
+      .template Ret<ffi::Buffer<ffi::S32>>()                // row_steps, aliased
       .template Ret<ffi::Buffer<ffi::U8>>();                // workspace
 }
 
@@ -359,7 +384,7 @@ auto AdamWArgs(B b) {
       .template Ret<ffi::AnyBuffer>()                       // M, aliased
       .template Ret<ffi::AnyBuffer>()                       // V, aliased
       .template Ret<ffi::Buffer<ffi::S32>>()                // step, aliased
-      .template Ret<ffi::Buffer<ffi::S32>>()                // skipped (scalar)
+      .template Ret<ffi::Buffer<ffi::S32>>()                // skipped: GRASS_STEP_* (scalar)
       .template Ret<ffi::Buffer<ffi::U8>>();                // workspace
 }
 

@@ -20,6 +20,8 @@ METHODS = {"top_r": 0, "multinomial": 1, "multinomial_nr": 2, "uniform": 3, "uni
 SCALINGS = {"unbiased": 0, "none": 1}
 DECAY_MODES = {"off": 0, "selected": 1, "dense": 2}
 REFRESH_MODES = {"reset": 0, "carry": 1}
+# What a step writes to `skipped` (GRASS_STEP_*).
+STEP_APPLIED, STEP_SKIPPED_NONFINITE, STEP_SKIPPED_BAD_INDICES = 0, 1, 2
 SIDES = {"rows": SIDE_ROWS, "cols": SIDE_COLS, "auto": SIDE_AUTO}
 ABI_VERSION = 2
 

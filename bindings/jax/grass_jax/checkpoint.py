@@ -22,8 +22,15 @@ def load_state(path, like):
         out = []
         for i, ref in enumerate(leaves):
             a = f[f"leaf_{i:05d}"]
-            if a.shape != jnp.shape(ref) or a.dtype != jnp.asarray(ref).dtype:
+            want = jnp.asarray(ref).dtype
+            if a.shape != jnp.shape(ref) or a.dtype != want:
+                hint = ""
+                if a.shape == () and a.dtype == np.int32 and want == jnp.int32 and \
+                        jnp.ndim(ref) == 1:
+                    hint = (" (a scalar where one int32 per row is expected: a GRASS layer's "
+                            "Adam step as grass_jax 0.1 saved it; 0.2 keeps one step count "
+                            "per state row, GrassLayerState.row_steps)")
                 raise ValueError(f"leaf {i}: {a.dtype}{a.shape} in {path}, expected "
-                                 f"{jnp.asarray(ref).dtype}{jnp.shape(ref)}")
+                                 f"{want}{jnp.shape(ref)}{hint}")
             out.append(jnp.asarray(a))
     return treedef.unflatten(out)

@@ -18,6 +18,11 @@ from . import _lib
 
 _VMAP = "sequential"
 
+# Outcomes a step writes to its `skipped` result (grass.h's GRASS_STEP_*).
+STEP_APPLIED = _lib.STEP_APPLIED                          # 0: the step was applied
+STEP_SKIPPED_NONFINITE = _lib.STEP_SKIPPED_NONFINITE      # 1: non-finite gradient or lr
+STEP_SKIPPED_BAD_INDICES = _lib.STEP_SKIPPED_BAD_INDICES  # 2: unsorted / out-of-range indices
+
 
 def _dtype_code(dtype, what):
     dtype = jnp.dtype(dtype)
@@ -139,13 +144,32 @@ def _step(step):
     return jnp.asarray(step, jnp.int32).reshape(())
 
 
-def sparse_adamw_step(w, indices, scales, g, m_state, v_state, step, lr, *, side="auto",
+def _row_steps(row_steps, r, what):
+    """The per-row Adam step counts as i32[r]. A scalar is not broadcast: a state that kept one
+    step count per layer (grass_jax 0.1) must be converted knowingly (see GrassLayerState)."""
+    row_steps = jnp.asarray(row_steps)
+    if row_steps.shape != (r,) or not jnp.issubdtype(row_steps.dtype, jnp.integer):
+        raise ValueError(f"{what}: row_steps must be int32[{r}], one Adam step count per state "
+                         f"row (r = {r}), got {row_steps.dtype}{list(row_steps.shape)}")
+    return row_steps.astype(jnp.int32)
+
+
+def sparse_adamw_step(w, indices, scales, g, m_state, v_state, row_steps, lr, *, side="auto",
                       beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
                       decay_mode="selected", alpha=1.0):
-    """The compressed AdamW step, in place: returns (w, m_state, v_state, step, skipped).
+    """The compressed AdamW step, in place: returns (w, m_state, v_state, row_steps, skipped).
+
     w (m x n) gets `-lr·α·ρ_j·u_j` added into row / column indices[j]; M and V (r x k, f32 or
-    bf16) and the int32 step counter advance. A non-finite g or lr skips the step (skipped=1)
-    and changes nothing. w, M, V and step are aliased to the outputs."""
+    bf16) advance. `row_steps` (i32[r]) counts the Adam steps of each state row since it was
+    zeroed: every count is incremented and row j uses its own bias corrections
+    1 - β1^t_j and 1 - β2^t_j (t_j = row_steps[j] + 1), so rows that entered the selection at
+    different refreshes (refresh_mode "carry") each start like a fresh Adam parameter.
+
+    `skipped` (i32 scalar) is the step's outcome: 0 (STEP_APPLIED) applied; 1
+    (STEP_SKIPPED_NONFINITE) skipped because g held a NaN or infinity or lr was not a finite
+    non-negative number; 2 (STEP_SKIPPED_BAD_INDICES) skipped because the indices were not
+    sorted within [0, d) (CUDA only: on CPU bad indices make the call fail). A skipped step
+    changes nothing else, row_steps included. w, M, V and row_steps are aliased to the outputs."""
     _lib.register()
     if w.ndim != 2:
         raise ValueError(f"w must be 2-D, got {w.shape}")
@@ -154,44 +178,53 @@ def sparse_adamw_step(w, indices, scales, g, m_state, v_state, step, lr, *, side
     s, _, k = _lib.resolve_side(m, n, _side_code(side))
     r = indices.shape[0]
     _state_code(m_state.dtype)
+    row_steps = _row_steps(row_steps, r, "sparse_adamw_step")
     ws = _lib.sparse_adamw_workspace(m, n, s, r)
     sd = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
     out = jax.ffi.ffi_call(
         "grass_sparse_adamw_step",
-        (sd(w), sd(m_state), sd(v_state), jax.ShapeDtypeStruct((), jnp.int32),
+        (sd(w), sd(m_state), sd(v_state), jax.ShapeDtypeStruct((r,), jnp.int32),
          jax.ShapeDtypeStruct((), jnp.int32), _ws(ws)),
         input_output_aliases={0: 0, 4: 1, 5: 2, 6: 3},
         vmap_method=_VMAP,
     )(w, jnp.asarray(indices, jnp.int32), jnp.asarray(scales, jnp.float32),
-      jnp.asarray(g, jnp.float32).reshape(r, k), m_state, v_state, _step(step), _lr(lr),
+      jnp.asarray(g, jnp.float32).reshape(r, k), m_state, v_state, row_steps, _lr(lr),
       side=np.int32(s), alpha=np.float32(alpha), lr=np.float32(1.0),
       **_hyper(beta1, beta2, eps, weight_decay, decay_mode))
     return tuple(out[:5])
 
 
-def state_refresh(old_indices, new_indices, m_state, v_state, step, *, refresh_mode="reset"):
-    """Adapts M and V (r x k) to a new selection, in place: returns (m_state, v_state, step).
-    "reset" zeroes them and the step; "carry" keeps the rows of indices selected before and
-    after (both index vectors sorted) and zeroes the others."""
+def state_refresh(old_indices, new_indices, m_state, v_state, row_steps, *,
+                  refresh_mode="reset"):
+    """Adapts M, V (r x k) and the row step counts (i32[r]) to a new selection, in place:
+    returns (m_state, v_state, row_steps).
+
+    "reset" zeroes all of them. "carry" keeps, for each index selected both before and after
+    (both index vectors sorted; repeated indices pair up in order), its state row and its step
+    count, moved to the index's new position; the rows of entering indices get zero moments and
+    a zero count, so their first step is a first Adam step."""
     _lib.register()
     mode = _enum(_lib.REFRESH_MODES, refresh_mode, "refresh_mode")
     r, k = m_state.shape
+    row_steps = _row_steps(row_steps, r, "state_refresh")
     ws = _lib.state_refresh_workspace(mode, _state_code(m_state.dtype), r, k)
     sd = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
     out = jax.ffi.ffi_call(
         "grass_state_refresh",
-        (sd(m_state), sd(v_state), jax.ShapeDtypeStruct((), jnp.int32), _ws(ws)),
+        (sd(m_state), sd(v_state), jax.ShapeDtypeStruct((r,), jnp.int32), _ws(ws)),
         input_output_aliases={2: 0, 3: 1, 4: 2},
         vmap_method=_VMAP,
     )(jnp.asarray(old_indices, jnp.int32), jnp.asarray(new_indices, jnp.int32), m_state,
-      v_state, _step(step), refresh_mode=np.int32(mode))
+      v_state, row_steps, refresh_mode=np.int32(mode))
     return tuple(out[:3])
 
 
 def adamw_step(w, grad, m_state, v_state, step, lr, *, beta1=0.9, beta2=0.999, eps=1e-8,
                weight_decay=0.0, decay_mode="selected"):
     """Plain AdamW on a dense parameter, in place: returns (w, m_state, v_state, step, skipped).
-    Weight decay applies to every element unless decay_mode is "off"."""
+    `step` is one i32 scalar for the whole parameter; `skipped` is the outcome code of
+    `sparse_adamw_step` (0 applied, 1 non-finite grad or lr). Weight decay applies to every
+    element unless decay_mode is "off"."""
     _lib.register()
     _dtype_code(w.dtype, "w")
     _dtype_code(grad.dtype, "grad")

@@ -12,10 +12,11 @@
 
 The state is a pytree of arrays (save it with `save_state`, or any checkpointer): a step
 counter, and for each GRASS weight its row indices σ, scales ρ, Adam moments M and V (r x k),
-Adam step, refresh counter and last-skipped flag; for the other leaves the dense optimizer's
-state. The interface is optax-like (init / step) rather than optax's init / update because
-GRASS writes W in place (a scatter into r rows); an `update` returning W_new - W would build
-the m x n tensor GRASS exists to avoid.
+one Adam step count per state row, refresh counter and last step's outcome; for the other
+leaves the dense optimizer's state. Under data parallelism (`axis_name`) the whole state is
+replicated: every device holds and updates the same copy. The interface is optax-like
+(init / step) rather than optax's init / update because GRASS writes W in place (a scatter into
+r rows); an `update` returning W_new - W would build the m x n tensor GRASS exists to avoid.
 """
 
 from typing import Any, Callable, NamedTuple, Optional, Union
@@ -30,22 +31,40 @@ from .linear import LayerConfig, Projection, select_rows
 
 
 class GrassLayerState(NamedTuple):
+    """State of one GRASS weight.
+
+    `row_steps[j]` is the number of Adam steps state row j (M[j], V[j]) has taken since it was
+    zeroed; row j's update uses its own bias corrections. A "reset" refresh zeroes all counts;
+    a "carry" refresh moves each count with its row (to the new position of an index that stays
+    selected) and zeroes the counts of entering rows. So with "carry", row_steps[j] is the
+    number of applied steps for which indices[j] has been selected without a break.
+
+    `skipped` is the last step's outcome: 0 applied, 1 skipped for a non-finite gradient or
+    learning rate, 2 skipped for bad indices (CUDA only). A skipped step leaves W, M, V and
+    row_steps as they were.
+
+    (grass_jax 0.1 kept one scalar `step` per layer here. Its checkpoints do not load into this
+    state; `load_state` says so. Broadcasting an old `step` to all r rows gives every row the
+    count 0.1 used for it.)
+    """
+
     indices: jax.Array        # i32[r], sorted
     scales: jax.Array         # f32[r]
     m: jax.Array              # [r, k], f32 or bf16
     v: jax.Array              # [r, k]
-    step: jax.Array           # i32[], Adam step since the last reset
+    row_steps: jax.Array      # i32[r], Adam steps of each state row since it was zeroed
     refresh_count: jax.Array  # u32[], refreshes done (the next refresh's index)
-    skipped: jax.Array        # i32[], 1 if the last step was skipped (non-finite gradient)
+    skipped: jax.Array        # i32[], outcome of the last step: 0 applied, 1 / 2 skipped
 
 
 class DenseAdamWState(NamedTuple):
-    """State of the built-in dense AdamW (grass's own op) for one leaf."""
+    """State of the built-in dense AdamW (grass's own op) for one leaf: every element steps
+    together, so there is one Adam step count."""
 
     m: jax.Array
     v: jax.Array
-    step: jax.Array
-    skipped: jax.Array
+    step: jax.Array     # i32[], Adam steps applied
+    skipped: jax.Array  # i32[], outcome of the last step (0 applied, 1 skipped)
 
 
 class GrassState(NamedTuple):
@@ -78,7 +97,9 @@ class grass_adamw:
     rank            r (capped at the projected dimension); refresh_every: K
     method, power, scaling, side, seed: the row selection (see grass.h)
     b1, b2, eps, weight_decay, decay_mode ("off" | "selected" | "dense"), alpha,
-    refresh_mode ("reset" | "carry"), state_dtype (float32 | bfloat16): the compressed AdamW
+    refresh_mode ("reset" | "carry"), state_dtype (float32 | bfloat16): the compressed AdamW.
+                    "carry" keeps the moments and step counts of rows that stay selected;
+                    entering rows start from zero moments and a zero step count.
     axis_name       data parallel: the mesh axis (inside shard_map) whose devices each see a
                     part of the batch. Gradients are averaged over it (compressed ones only)
                     and row scores combined by `dp_scores` ("exact" | "sum_sq", see
@@ -155,8 +176,8 @@ class grass_adamw:
             z = lambda: jnp.zeros((c.rank, c.k), self.state_dtype)
             layers.append(GrassLayerState(
                 indices=jnp.zeros((c.rank,), jnp.int32), scales=jnp.ones((c.rank,), jnp.float32),
-                m=z(), v=z(), step=jnp.zeros((), jnp.int32), refresh_count=jnp.zeros((), jnp.uint32),
-                skipped=jnp.zeros((), jnp.int32)))
+                m=z(), v=z(), row_steps=jnp.zeros((c.rank,), jnp.int32),
+                refresh_count=jnp.zeros((), jnp.uint32), skipped=jnp.zeros((), jnp.int32)))
         dense_params = self._dense_params(leaves, treedef, configs)
         if self.dense is None:
             dense = jax.tree_util.tree_map(
@@ -232,11 +253,11 @@ class grass_adamw:
             refresh = self.refresh_due(state) if static is None else static
             ls = self._maybe_refresh(c, ls, pct.score_sink, refresh)
             g = self._mean(pct.sink)
-            w, m, v, st, skipped = ops.sparse_adamw_step(
-                w, ls.indices, ls.scales, g, ls.m, ls.v, ls.step, lr, side=c.side,
+            w, m, v, row_steps, skipped = ops.sparse_adamw_step(
+                w, ls.indices, ls.scales, g, ls.m, ls.v, ls.row_steps, lr, side=c.side,
                 alpha=self.alpha, **self.adam)
             new_leaves[i] = w
-            new_layers[i] = ls._replace(m=m, v=v, step=st, skipped=skipped)
+            new_layers[i] = ls._replace(m=m, v=v, row_steps=row_steps, skipped=skipped)
         dense = self._dense_step(leaves, gleaves, configs, treedef, state, lr, new_leaves)
         return (treedef.unflatten(new_leaves),
                 GrassState(state.count + 1, treedef.unflatten(new_layers), dense))
@@ -245,9 +266,9 @@ class grass_adamw:
         def fresh(ls):
             # The same op on the same scores as in the backward pass: the same rows.
             idx, sc = select_rows(c, scores, ls.refresh_count)
-            m, v, st = ops.state_refresh(ls.indices, idx, ls.m, ls.v, ls.step,
-                                         refresh_mode=self.refresh_mode)
-            return ls._replace(indices=idx, scales=sc, m=m, v=v, step=st,
+            m, v, row_steps = ops.state_refresh(ls.indices, idx, ls.m, ls.v, ls.row_steps,
+                                                refresh_mode=self.refresh_mode)
+            return ls._replace(indices=idx, scales=sc, m=m, v=v, row_steps=row_steps,
                                refresh_count=ls.refresh_count + jnp.uint32(1))
 
         if isinstance(refresh, bool):
@@ -281,7 +302,9 @@ class grass_adamw:
     # -- introspection -----------------------------------------------------------------------
 
     def skipped(self, params, state):
-        """Params-shaped tree: 1 where the last step was skipped (non-finite gradient)."""
+        """Params-shaped tree: each GRASS layer's last step outcome (i32): 0 applied, 1 skipped
+        for a non-finite gradient or learning rate, 2 skipped for bad indices (CUDA only); None
+        elsewhere. Nonzero means the layer's W and state did not change."""
         leaves, treedef, configs = self.layer_configs(params)
         layers = _aligned(state.layers, treedef)
         return treedef.unflatten([ls.skipped if ls is not None else None for ls in layers])

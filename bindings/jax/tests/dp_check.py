@@ -15,10 +15,11 @@ import grass_jax as gj
 import model
 
 
-def main(n_dev, steps, dp_scores, method):
+def main(n_dev, steps, dp_scores, method, refresh_mode):
     assert jax.device_count() == n_dev, jax.devices()
     mesh = jax.make_mesh((n_dev,), ("data",))
-    kw = dict(grass_mask=model.GRASS_MASK, rank=6, refresh_every=3, method=method)
+    kw = dict(grass_mask=model.GRASS_MASK, rank=6, refresh_every=3, method=method,
+              refresh_mode=refresh_mode)
     one = gj.grass_adamw(5e-3, **kw)
     # Small score chunks (several per layer, the last one padded), so that an m x n
     # all-reduce in the HLO can only be a full weight gradient.
@@ -30,8 +31,10 @@ def main(n_dev, steps, dp_scores, method):
         proj = many.projections(params, state)
         loss, grads = many.value_and_grad(model.loss_fn)(params, proj, ids, target)
         params, state = many.step(params, grads, state)
-        # every device's copy, to check that they agree
-        return params, state, jax.lax.pmean(loss, "data"), state.layers["up"].indices[None]
+        # every device's copy of the replicated per-layer state, to check that they agree
+        up = state.layers["up"]
+        return params, state, jax.lax.pmean(loss, "data"), jnp.concatenate(
+            [up.indices, up.row_steps, up.refresh_count[None].astype(jnp.int32)])[None]
 
     step_many = jax.jit(jax.shard_map(
         local, mesh=mesh, in_specs=(P(), P(), P("data"), P("data")),
@@ -42,8 +45,8 @@ def main(n_dev, steps, dp_scores, method):
     params = model.init_params(jax.random.PRNGKey(0))
     p1, s1 = params, one.init(params)
     pn, sn = jax.device_put((params, many.init(params)), replicated)
-    worst = {"loss": 0.0, "params": 0.0, "indices_equal": True, "replicas_agree": True,
-             "refreshes": 0}
+    worst = {"loss": 0.0, "params": 0.0, "indices_equal": True, "row_steps_equal": True,
+             "replicas_agree": True, "refreshes": 0}
     for i in range(steps):
         ids, target = model.batch(jax.random.PRNGKey(i), 16 * n_dev)
         p1, s1, l1 = step_one(p1, s1, ids, target)
@@ -55,9 +58,12 @@ def main(n_dev, steps, dp_scores, method):
         for name in ("up", "down"):
             worst["indices_equal"] &= bool(
                 (s1.layers[name].indices == sn.layers[name].indices).all())
+            worst["row_steps_equal"] &= bool(
+                (s1.layers[name].row_steps == sn.layers[name].row_steps).all())
         per_dev = np.asarray(per_dev)
         worst["replicas_agree"] &= bool((per_dev == per_dev[0]).all())
     worst["refreshes"] = int(sn.layers["up"].refresh_count)
+    worst["row_steps"] = np.asarray(sn.layers["up"].row_steps).tolist()
     hlo = step_many.lower(pn, sn, *jax.device_put((ids, target), split)).compile().as_text()
     shapes = [f"f32[{m},{n}]" for m, n in (params["up"].shape, params["down"].shape)]
     worst["full_gradient_all_reduce"] = any(
@@ -68,4 +74,4 @@ def main(n_dev, steps, dp_scores, method):
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5])

@@ -1,6 +1,7 @@
 """Under jax.shard_map over 4 CPU devices, GRASS training equals one device on the
 concatenated batch over several steps and refreshes: compressed gradients are averaged
-across devices (never full ones) and every device selects the same rows."""
+across devices (never full ones) and every device selects the same rows and keeps the same
+per-row Adam step counts (the state is replicated)."""
 
 import json
 import os
@@ -13,25 +14,30 @@ import pytest
 HERE = Path(__file__).resolve().parent
 
 
-def run_check(dp_scores, method, steps=8, devices=4):
+def run_check(dp_scores, method, steps=8, devices=4, refresh_mode="reset"):
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                         f" --xla_force_host_platform_device_count={devices}").strip()
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join([str(HERE)] + sys.path)
     out = subprocess.run([sys.executable, str(HERE / "dp_check.py"), str(devices), str(steps),
-                          dp_scores, method], env=env, capture_output=True, text=True,
+                          dp_scores, method, refresh_mode], env=env, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("method", ["multinomial_nr", "top_r"])
-def test_data_parallel_equals_one_device(method):
-    r = run_check("exact", method)
+@pytest.mark.parametrize("method,refresh_mode", [("multinomial_nr", "reset"),
+                                                 ("top_r", "reset"),
+                                                 ("multinomial_nr", "carry")])
+def test_data_parallel_equals_one_device(method, refresh_mode):
+    r = run_check("exact", method, refresh_mode=refresh_mode)
     assert r["refreshes"] == 3  # steps 0, 3 and 6 chose new rows
     assert r["indices_equal"], "the devices chose other rows than one device would"
-    assert r["replicas_agree"], "the devices disagree on the selected rows"
+    assert r["row_steps_equal"], "the per-row Adam counts differ from one device's"
+    assert r["replicas_agree"], "the devices disagree on the selected rows or their counts"
+    if refresh_mode == "reset":  # 8 steps, last refresh at step 6: two steps since
+        assert r["row_steps"] == [2] * 6, r
     assert r["loss"] < 1e-5, r
     assert r["params"] < 1e-5, r
     assert not r["full_gradient_all_reduce"], "an m x n gradient was all-reduced"

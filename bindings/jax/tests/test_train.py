@@ -94,6 +94,17 @@ def test_checkpoint_round_trip_resumes_the_trajectory(platform, tmp_path):
     with pytest.raises(ValueError, match="expected"):
         gj.load_state(tmp_path / "state.npz", gj.grass_adamw(
             1e-3, grass_mask=model.GRASS_MASK, rank=5, dense=optax.adamw(1e-3)).init(fresh))
+    # the per-row counts came back (carry: they differ between rows by now)
+    again = gj.load_state(tmp_path / "state.npz", opt.init(fresh))
+    assert np.unique(np.asarray(state.layers["up"].row_steps)).size > 1
+    np.testing.assert_array_equal(again.layers["up"].row_steps, state.layers["up"].row_steps)
+    # a grass_jax 0.1 checkpoint (one scalar Adam step per GRASS layer) is refused, saying why
+    old = state._replace(layers={name: (ls._replace(row_steps=ls.row_steps.max())
+                                        if ls is not None else None)
+                                 for name, ls in state.layers.items()})
+    gj.save_state(tmp_path / "old.npz", old)
+    with pytest.raises(ValueError, match="one step count per state row"):
+        gj.load_state(tmp_path / "old.npz", opt.init(fresh))
 
 
 def test_static_refresh_schedule_equals_traced(platform):
@@ -114,9 +125,12 @@ def test_non_finite_gradient_skips_the_step(platform):
     params, state, _ = step(params, state, ids, target)
     new_params, new_state, _ = step(params, state, ids, target.at[0, 0].set(jnp.nan))
     skipped = opt.skipped(new_params, new_state)
-    assert int(skipped["up"]) == 1 and int(skipped["down"]) == 1
+    assert int(skipped["up"]) == 1 and int(skipped["down"]) == 1  # STEP_SKIPPED_NONFINITE
     np.testing.assert_array_equal(new_params["up"], params["up"])
-    assert int(new_state.layers["up"].step) == int(state.layers["up"].step)
+    for name in ("up", "down"):
+        np.testing.assert_array_equal(new_state.layers[name].row_steps,
+                                      state.layers[name].row_steps)
+        np.testing.assert_array_equal(new_state.layers[name].m, state.layers[name].m)
 
 
 def test_learning_rate_schedule(platform):
@@ -154,3 +168,70 @@ def test_mask_as_a_function_of_path_and_leaf():
     assert a.layers["up"].m.shape == (4, model.DIM)  # (HIDDEN, DIM): rows projected, k = DIM
     with pytest.raises(ValueError, match="2-D"):
         gj.grass_adamw(1e-3, grass_mask=lambda p, x: True, rank=4).init(params)
+
+
+def expected_row_steps(history):
+    """numpy reference of the per-row Adam counts under refresh_mode "carry": `history` is
+    [(indices after the step, whether the step was applied)] per step, from the first. Row j
+    counts the applied steps for which indices[j] has been selected without a break (an index
+    that stays selected across a refresh keeps its count; one that enters starts at 0)."""
+    counts, prev = None, None
+    for idx, applied in history:
+        idx = [int(i) for i in idx]
+        if prev is None or idx != prev:  # a refresh chose (possibly) new rows
+            old = dict(zip(prev, counts)) if prev is not None else {}
+            counts = [old.get(i, 0) for i in idx]  # distinct indices: multinomial_nr
+        if applied:
+            counts = [c + 1 for c in counts]
+        prev = idx
+    return np.array(counts, np.int32)
+
+
+@pytest.mark.parametrize("refresh_mode", ["carry", "reset"])
+def test_row_steps_follow_the_rows(platform, refresh_mode):
+    """With "carry", after several refreshes each row's Adam count equals the number of applied
+    steps its index has been selected in a row, so rows that stay selected keep their bias
+    corrections and entering ones start fresh; with "reset" every count is the number of
+    applied steps since the last refresh. A skipped (non-finite) step counts for no row. The
+    model trains either way."""
+    K = 4
+    opt = gj.grass_adamw(1e-2, grass_mask=model.GRASS_MASK, rank=12, refresh_every=K,
+                         refresh_mode=refresh_mode)
+    params = model.init_params(jax.random.PRNGKey(8))
+    state = opt.init(params)
+    step = model.make_step(opt, donate=False)
+    history = {"up": [], "down": []}
+    losses, kept, entered = [], 0, 0
+    for i in range(48):
+        ids, target = model.batch(jax.random.PRNGKey(500 + i), 64)
+        nan_step = i == 13  # not a refresh step (13 % K != 0)
+        if nan_step:
+            target = target.at[0, 0].set(jnp.nan)
+        before = state
+        params, state, loss = step(params, state, ids, target)
+        skipped = opt.skipped(params, state)
+        for name in history:
+            assert int(skipped[name]) == (1 if nan_step else 0), (i, name)
+            history[name].append((np.asarray(state.layers[name].indices), not nan_step))
+            if i % K == 0 and i > 0:
+                old = set(np.asarray(before.layers[name].indices).tolist())
+                new = np.asarray(state.layers[name].indices).tolist()
+                kept += sum(j in old for j in new)
+                entered += sum(j not in old for j in new)
+        if not nan_step:
+            losses.append(float(loss))
+        if i % K == K - 1:  # the last step before each refresh
+            for name in history:
+                got = np.asarray(state.layers[name].row_steps)
+                if refresh_mode == "carry":
+                    want = expected_row_steps(history[name])
+                else:
+                    want = np.full_like(got, sum(a for _, a in history[name][-K:]))
+                np.testing.assert_array_equal(got, want, err_msg=f"{name} after step {i}")
+    assert int(state.layers["up"].refresh_count) == 48 // K
+    # the test means something: refreshes kept some rows and brought in others
+    assert kept > 0 and entered > 0, (kept, entered)
+    if refresh_mode == "carry":
+        counts = np.asarray(state.layers["up"].row_steps)
+        assert counts.max() > K and counts.min() < counts.max(), counts
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), (losses[:5], losses[-5:])

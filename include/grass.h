@@ -250,6 +250,10 @@ typedef int32_t grass_step_outcome;
 // within [0, d). A CPU context returns `GRASS_ERROR_INVALID_VALUE` instead.
 #define GRASS_STEP_SKIPPED_BAD_INDICES 2
 
+// Skipped (CUDA contexts, which check on the device): a step count was negative. A CPU
+// context returns `GRASS_ERROR_INVALID_VALUE` instead.
+#define GRASS_STEP_SKIPPED_BAD_STEP_COUNT 3
+
 #define GRASS_DEVICE_CPU 0
 
 #define GRASS_DEVICE_CUDA 1
@@ -403,9 +407,10 @@ grass_status grass_sparse_adamw_workspace_size(const struct grass_context *ctx,
 // and gives row j its own bias corrections. `*skipped` receives a `GRASS_STEP_*` outcome:
 // if g holds a NaN or infinity, or the effective learning rate is not finite, nothing else
 // is written. `lr_scale` and `skipped` may be NULL; like every buffer they live in the
-// context's memory. Indices must be sorted ascending within [0, d): a CPU context rejects
-// others with `GRASS_ERROR_INVALID_VALUE`; a CUDA context checks them on the device and
-// skips the step with `GRASS_STEP_SKIPPED_BAD_INDICES`.
+// context's memory. Indices must be sorted ascending within [0, d) and step counts must not
+// be negative: a CPU context rejects others with `GRASS_ERROR_INVALID_VALUE`; a CUDA context
+// checks them on the device and skips the step (`GRASS_STEP_SKIPPED_BAD_INDICES`,
+// `GRASS_STEP_SKIPPED_BAD_STEP_COUNT`). Counts saturate at 2^31 - 1.
 grass_status grass_sparse_adamw_step(const struct grass_context *ctx,
                                      const struct grass_adamw_config *config,
                                      int64_t m,

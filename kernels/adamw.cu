@@ -11,10 +11,13 @@
 // Bits of StepHeader::bad.
 #define BAD_GRADIENT 1u
 #define BAD_INDICES 2u
+#define BAD_COUNTS 4u
 // Outcomes written to StepHeader::skip and *skipped (GRASS_STEP_* in include/grass.h).
 #define STEP_APPLIED 0
 #define STEP_SKIPPED_NONFINITE 1
 #define STEP_SKIPPED_BAD_INDICES 2
+#define STEP_SKIPPED_BAD_STEP_COUNT 3
+#define MAX_COUNT 0x7FFFFFFF
 
 struct StepHeader {
     u32 bad;      // BAD_* bits, set by step_check
@@ -25,12 +28,14 @@ struct StepHeader {
     float decay;  // 1 - lr * weight_decay
 };
 
-// Flags the step as bad when n elements of g (dtype g_dt) hold a NaN or infinity, or when
-// idx (r entries, may be NULL) is not sorted ascending within [0, d).
+// Flags the step as bad when n elements of g (dtype g_dt) hold a NaN or infinity, when idx
+// (r entries, may be NULL) is not sorted ascending within [0, d), or when one of the nsteps
+// step counts is negative.
 extern "C" __global__ void step_check(const void* __restrict__ g, i32 g_dt, i64 n,
                                       const i32* __restrict__ idx, i32 r, i64 d,
+                                      const i32* __restrict__ steps, i32 nsteps,
                                       StepHeader* h) {
-    bool bad_g = false, bad_i = false;
+    bool bad_g = false, bad_i = false, bad_c = false;
     for (u64 e = global_x(); e < (u64)n; e += grid_x()) {
         if (!finite_f32(load_as_f32(g, g_dt, e))) bad_g = true;
     }
@@ -40,10 +45,15 @@ extern "C" __global__ void step_check(const void* __restrict__ g, i32 g_dt, i64 
             if (i < 0 || (i64)i >= d || (j > 0 && idx[j - 1] > i)) bad_i = true;
         }
     }
+    for (u64 j = global_x(); j < (u64)nsteps; j += grid_x()) {
+        if (steps[j] < 0) bad_c = true;
+    }
     bad_g = __any_sync(0xFFFFFFFFu, bad_g);
     bad_i = __any_sync(0xFFFFFFFFu, bad_i);
-    if ((threadIdx.x & 31) == 0 && (bad_g || bad_i)) {
-        atomicOr(&h->bad, (bad_g ? BAD_GRADIENT : 0u) | (bad_i ? BAD_INDICES : 0u));
+    bad_c = __any_sync(0xFFFFFFFFu, bad_c);
+    if ((threadIdx.x & 31) == 0 && (bad_g || bad_i || bad_c)) {
+        atomicOr(&h->bad, (bad_g ? BAD_GRADIENT : 0u) | (bad_i ? BAD_INDICES : 0u) |
+                              (bad_c ? BAD_COUNTS : 0u));
     }
 }
 
@@ -62,7 +72,7 @@ __device__ double powi_f64(double a, i32 b) {
     return recip ? 1.0 / r : r;
 }
 
-// Decides the step and advances `nsteps` step counts, writing the bias corrections of
+// Decides the step and advances `nsteps` step counts (saturating at 2^31 - 1), writing the bias corrections of
 // count j to coef[2j], coef[2j + 1] (the compressed step: one count per state row; the dense
 // step: one count and coef = &h->c1). Any grid; every thread derives the same outcome from
 // h->bad, which no thread of this kernel writes. `lr_scale` and `skipped` may be NULL.
@@ -74,6 +84,8 @@ extern "C" __global__ void step_prepare(StepHeader* h, i32* steps, i32 nsteps, f
     i32 outcome = STEP_APPLIED;
     if (bad & BAD_INDICES) {
         outcome = STEP_SKIPPED_BAD_INDICES;
+    } else if (bad & BAD_COUNTS) {
+        outcome = STEP_SKIPPED_BAD_STEP_COUNT;
     } else if (!(finite_f32(eff) && eff >= 0.0f) || (bad & BAD_GRADIENT)) {
         outcome = STEP_SKIPPED_NONFINITE;
     }
@@ -85,7 +97,7 @@ extern "C" __global__ void step_prepare(StepHeader* h, i32* steps, i32 nsteps, f
     }
     if (outcome != STEP_APPLIED) return;
     for (u64 j = global_x(); j < (u64)nsteps; j += grid_x()) {
-        const i32 t = steps[j] + 1;
+        const i32 t = steps[j] == MAX_COUNT ? MAX_COUNT : steps[j] + 1;
         steps[j] = t;
         coef[2 * j] = (float)(1.0 - powi_f64((double)beta1, t));
         coef[2 * j + 1] = (float)(1.0 - powi_f64((double)beta2, t));

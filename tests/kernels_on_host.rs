@@ -501,8 +501,18 @@ struct Header {
     decay: f32,
 }
 
-type CheckFn =
-    unsafe extern "C" fn(u32, *const c_void, i32, i64, *const i32, i32, i64, *mut Header);
+type CheckFn = unsafe extern "C" fn(
+    u32,
+    *const c_void,
+    i32,
+    i64,
+    *const i32,
+    i32,
+    i64,
+    *const i32,
+    i32,
+    *mut Header,
+);
 type PrepareFn = unsafe extern "C" fn(
     u32,
     u32,
@@ -607,17 +617,21 @@ fn sparse_step_kernels_match_the_host_step() {
                     let (mut kw, mut km, mut kv, mut ks, mut kskip) =
                         (w0.clone(), hm.clone(), hv.clone(), steps0.clone(), -1i32);
                     let mut coef = vec![f32::NAN; 2 * r];
-                    for t in 0..6 {
+                    for t in 0..7 {
                         let mut g = rng.normals(r * k);
                         if t == 3 {
                             g[7] = f32::NEG_INFINITY;
                         }
                         let lr_scale = [if t == 2 { 0.5f32 } else { 1.0 }];
-                        // step 4 hands the kernels unsorted indices: the host rejects them
-                        // with a status, the device skips the step and says why.
+                        // step 4 hands the kernels unsorted indices and step 5 a negative
+                        // count: the host rejects them with a status, the device skips the
+                        // step and says why.
                         let mut kidx = idx.clone();
+                        let kept = ks[r / 2];
                         if t == 4 {
                             kidx.swap(0, r - 1);
+                        } else if t == 5 {
+                            ks[r / 2] = -3;
                         } else {
                             ok(unsafe {
                                 grass_sparse_adamw_step(
@@ -655,6 +669,8 @@ fn sparse_step_kernels_match_the_host_step() {
                                 kidx.as_ptr(),
                                 r as i32,
                                 d as i64,
+                                ks.as_ptr(),
+                                r as i32,
                                 &mut h,
                             );
                             prepare(
@@ -701,6 +717,10 @@ fn sparse_step_kernels_match_the_host_step() {
                         }
                         let what =
                             format!("cols {cols} W {w_dt} state {s_dt} decay {decay} step {t}");
+                        if t == 5 {
+                            assert_eq!(ks[r / 2], -3, "a skipped step leaves the counts, {what}");
+                            ks[r / 2] = kept;
+                        }
                         same(&format!("W, {what}"), &kw, &hw);
                         same(&format!("M, {what}"), &km, &hm);
                         same(&format!("V, {what}"), &kv, &hv);
@@ -708,10 +728,11 @@ fn sparse_step_kernels_match_the_host_step() {
                         let want = match t {
                             3 => GRASS_STEP_SKIPPED_NONFINITE,
                             4 => GRASS_STEP_SKIPPED_BAD_INDICES,
+                            5 => GRASS_STEP_SKIPPED_BAD_STEP_COUNT,
                             _ => GRASS_STEP_APPLIED,
                         };
                         assert_eq!(kskip, want, "outcome, {what}");
-                        if t != 4 {
+                        if t != 4 && t != 5 {
                             assert_eq!(hskip, want, "host outcome, {what}");
                         }
                     }
@@ -786,6 +807,8 @@ fn dense_step_kernels_match_the_host_step() {
                                 std::ptr::null(),
                                 0,
                                 0,
+                                kc.as_ptr(),
+                                1,
                                 &mut h,
                             );
                             let coef = std::ptr::addr_of_mut!(h.c1);

@@ -600,6 +600,111 @@ fn non_finite_gradient_skips_the_step_and_writes_nothing() {
     }
 }
 
+/// A negative step count is a caller's mistake (a count of 0 would give zero bias
+/// corrections and NaN weights): the CPU rejects it, naming the argument, and writes nothing.
+#[test]
+fn negative_step_counts_are_rejected() {
+    let ctx = Ctx::cpu();
+    let (m, n, r) = (6usize, 4usize, 2usize);
+    let cfg = adamw(0.1, GRASS_DECAY_DENSE);
+    let mut rng = Rng(12);
+    let (w0, g) = (rng.vec(m * n), rng.vec(r * n));
+    let (mut w, mut ms, mut vs, mut steps, mut skipped) = (
+        w0.clone(),
+        vec![0f32; r * n],
+        vec![0f32; r * n],
+        [3i32, -1],
+        -7i32,
+    );
+    let status = unsafe {
+        grass_sparse_adamw_step(
+            ctx.0,
+            &cfg,
+            m as i64,
+            n as i64,
+            GRASS_SIDE_ROWS,
+            r as i64,
+            GRASS_DTYPE_F32,
+            w.as_mut_ptr().cast(),
+            [1i32, 4].as_ptr(),
+            [1.0f32; 2].as_ptr(),
+            g.as_ptr(),
+            ms.as_mut_ptr().cast(),
+            vs.as_mut_ptr().cast(),
+            steps.as_mut_ptr(),
+            0.1,
+            ptr::null(),
+            &mut skipped,
+            ptr::null_mut(),
+            0,
+            ptr::null_mut(),
+        )
+    };
+    let (code, err) = check(status).unwrap_err();
+    assert_eq!(code, grass_status::GRASS_ERROR_INVALID_VALUE);
+    assert!(err.contains("row_steps[1] = -1"), "{err}");
+    assert_eq!((w, steps, skipped), (w0.clone(), [3, -1], -7));
+    assert!(ms.iter().chain(&vs).all(|&v| v == 0.0));
+    let (mut w, mut md, mut vd, mut step) =
+        (w0.clone(), vec![0f32; m * n], vec![0f32; m * n], -2i32);
+    let status = unsafe {
+        grass_adamw_step(
+            ctx.0,
+            &cfg,
+            (m * n) as i64,
+            GRASS_DTYPE_F32,
+            w.as_mut_ptr().cast(),
+            GRASS_DTYPE_F32,
+            w0.as_ptr().cast(),
+            md.as_mut_ptr().cast(),
+            vd.as_mut_ptr().cast(),
+            &mut step,
+            0.1,
+            ptr::null(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+            0,
+            ptr::null_mut(),
+        )
+    };
+    let (code, err) = check(status).unwrap_err();
+    assert_eq!(code, grass_status::GRASS_ERROR_INVALID_VALUE);
+    assert!(err.contains("step[0] = -2"), "{err}");
+    assert_eq!((w, step), (w0, -2));
+}
+
+/// Counts saturate instead of wrapping: a row at 2^31 - 1 steps keeps stepping with bias
+/// corrections of 1.
+#[test]
+fn step_counts_saturate() {
+    let ctx = Ctx::cpu();
+    let (m, n) = (3usize, 2usize);
+    let cfg = adamw(0.0, GRASS_DECAY_OFF);
+    let mut w = vec![0.5f32; m * n];
+    let (mut ms, mut vs, mut steps) = (vec![0f32; n], vec![0f32; n], [i32::MAX]);
+    sparse_step(
+        &ctx,
+        &cfg,
+        (m, n),
+        GRASS_SIDE_ROWS,
+        GRASS_DTYPE_F32,
+        w.as_mut_ptr().cast(),
+        &[2],
+        &[1.0],
+        &[1.0, -1.0],
+        (ms.as_mut_ptr().cast(), vs.as_mut_ptr().cast()),
+        &mut steps,
+        0.1,
+        ptr::null_mut(),
+    );
+    assert_eq!(steps, [i32::MAX]);
+    assert!(w.iter().all(|v| v.is_finite()));
+    assert!(
+        w[4] < 0.5 && w[5] > 0.5,
+        "the row moved against its gradient: {w:?}"
+    );
+}
+
 #[test]
 fn carry_keeps_exactly_the_surviving_rows() {
     let ctx = Ctx::cpu();
@@ -766,7 +871,11 @@ fn carry_runs_each_row_as_its_own_adam() {
         }
         old = Some(sel);
     }
-    assert_eq!(steps, [12, 24, 18, 12], "rows 0, 3, 7, 9 were selected 2, 4, 3, 2 times");
+    assert_eq!(
+        steps,
+        [12, 24, 18, 12],
+        "rows 0, 3, 7, 9 were selected 2, 4, 3, 2 times"
+    );
 }
 
 /// Low-precision weights and states: one step against an f64 evaluation of the same formula.

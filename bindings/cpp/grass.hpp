@@ -85,6 +85,9 @@ enum class StepOutcome : int32_t {
   // The indices were not sorted ascending within [0, d) (CUDA contexts only; a CPU context
   // throws Error with GRASS_ERROR_INVALID_VALUE instead).
   SkippedBadIndices = GRASS_STEP_SKIPPED_BAD_INDICES,
+  // A step count was negative (CUDA contexts only; a CPU context throws Error with
+  // GRASS_ERROR_INVALID_VALUE instead).
+  SkippedBadStepCount = GRASS_STEP_SKIPPED_BAD_STEP_COUNT,
 };
 
 // A short description of `outcome`, e.g. for a log line.
@@ -96,6 +99,8 @@ enum class StepOutcome : int32_t {
       return "skipped: non-finite gradient or learning rate";
     case StepOutcome::SkippedBadIndices:
       return "skipped: indices not sorted within [0, d)";
+    case StepOutcome::SkippedBadStepCount:
+      return "skipped: a step count was negative";
   }
   return "unknown step outcome";
 }

@@ -15,7 +15,7 @@ METHODS = {"top_r": 0, "multinomial": 1, "multinomial_nr": 2, "uniform": 3, "uni
 DECAY = {"off": 0, "selected": 1, "dense": 2}
 REFRESH = {"reset": 0, "carry": 1}
 # What a step writes to ``skipped`` (GRASS_STEP_* in grass.h).
-STEP_APPLIED, STEP_SKIPPED_NONFINITE, STEP_SKIPPED_BAD_INDICES = 0, 1, 2
+STEP_APPLIED, STEP_SKIPPED_NONFINITE, STEP_SKIPPED_BAD_INDICES, STEP_SKIPPED_BAD_STEP_COUNT = 0, 1, 2, 3
 
 
 class GrassError(RuntimeError):

@@ -65,8 +65,9 @@ fn decay_all<W: Elem>(w: &mut [W], factor: f32) {
 
 /// Applies the compressed AdamW step. `indices` are sorted ascending (as `select` writes them);
 /// repeated indices add their updates into one row, which is rounded once. `row_steps[j]`
-/// counts the steps state row j has taken since it was zeroed; each is incremented and gives
-/// that row's bias corrections.
+/// (not negative) counts the steps state row j has taken since it was zeroed; each is
+/// incremented (saturating at i32::MAX, where the corrections are long 1) and gives that row's
+/// bias corrections.
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_sparse_step(
     cfg: &AdamW,
@@ -84,7 +85,7 @@ pub fn adamw_sparse_step(
         return StepOutcome { skipped: true };
     }
     for t in row_steps.iter_mut() {
-        *t += 1;
+        *t = t.saturating_add(1);
     }
     with_weights!(w, w => with_state!(m, m => with_state!(v, v => {
         sparse_inner(cfg, p, w, indices, scales, g, m, v, row_steps, lr)
@@ -177,7 +178,7 @@ pub fn adamw_dense_step(
     if !grad.all_finite() {
         return StepOutcome { skipped: true };
     }
-    *step += 1;
+    *step = step.saturating_add(1);
     let (c1, c2) = cfg.bias_corrections(*step);
     let decay = if cfg.weight_decay > 0.0 && cfg.decay_mode != DecayMode::Off {
         1.0 - lr * cfg.weight_decay

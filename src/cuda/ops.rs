@@ -199,7 +199,7 @@ impl Device {
         unsafe {
             launch(
                 &self.kernels.step_check,
-                Shape::linear(numel.max(r) as u64, BLOCK, MAX_BLOCKS),
+                Shape::linear(numel.max(r).max(counts) as u64, BLOCK, MAX_BLOCKS),
                 b.stream,
                 [
                     Arg::Ptr(grad),
@@ -208,6 +208,8 @@ impl Device {
                     Arg::Ptr(idx),
                     Arg::I32(r as i32),
                     Arg::I64(d as i64),
+                    Arg::Ptr(b.steps),
+                    Arg::I32(counts as i32),
                     Arg::Ptr(l.header),
                 ],
             )?;

@@ -89,6 +89,18 @@ pub(crate) fn check_indices(name: &str, idx: &[i32], d: usize) -> Result<()> {
     Ok(())
 }
 
+/// Step counts must not be negative (a count of 0 would give zero bias corrections).
+fn check_counts(name: &str, counts: &[i32]) -> Result<()> {
+    if let Some(j) = counts.iter().position(|&t| t < 0) {
+        bail!(
+            InvalidValue,
+            "{name}[{j}] = {} is negative (step counts start at 0)",
+            counts[j]
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn row_scores(a: &ScoresArgs) -> Result<()> {
     unsafe {
         let act = activations(&a.p, a.b, a.dtype, a.x, a.dy);
@@ -153,6 +165,8 @@ pub(crate) fn sparse_step(a: &SparseStepArgs) -> Result<()> {
         let idx = view::<i32>(a.indices, a.r);
         check_indices("indices", idx, a.p.d)?;
         let b = &a.buf;
+        let steps = slice::from_raw_parts_mut(b.steps as *mut i32, a.r);
+        check_counts("row_steps", steps)?;
         let lr = effective_lr(b);
         if !(lr.is_finite() && lr >= 0.0) {
             report(b, true);
@@ -168,7 +182,7 @@ pub(crate) fn sparse_step(a: &SparseStepArgs) -> Result<()> {
             view(a.g, n),
             state(b.m, n, b.cfg.state_dtype),
             state(b.v, n, b.cfg.state_dtype),
-            slice::from_raw_parts_mut(b.steps as *mut i32, a.r),
+            steps,
             lr,
         );
         report(b, out.skipped);
@@ -179,6 +193,7 @@ pub(crate) fn sparse_step(a: &SparseStepArgs) -> Result<()> {
 pub(crate) fn dense_step(a: &DenseStepArgs) -> Result<()> {
     unsafe {
         let b = &a.buf;
+        check_counts("step", view::<i32>(b.steps, 1))?;
         let lr = effective_lr(b);
         if !(lr.is_finite() && lr >= 0.0) {
             report(b, true);

@@ -341,9 +341,10 @@ pub unsafe extern "C" fn grass_sparse_adamw_workspace_size(
 /// and gives row j its own bias corrections. `*skipped` receives a `GRASS_STEP_*` outcome:
 /// if g holds a NaN or infinity, or the effective learning rate is not finite, nothing else
 /// is written. `lr_scale` and `skipped` may be NULL; like every buffer they live in the
-/// context's memory. Indices must be sorted ascending within [0, d): a CPU context rejects
-/// others with `GRASS_ERROR_INVALID_VALUE`; a CUDA context checks them on the device and
-/// skips the step with `GRASS_STEP_SKIPPED_BAD_INDICES`.
+/// context's memory. Indices must be sorted ascending within [0, d) and step counts must not
+/// be negative: a CPU context rejects others with `GRASS_ERROR_INVALID_VALUE`; a CUDA context
+/// checks them on the device and skips the step (`GRASS_STEP_SKIPPED_BAD_INDICES`,
+/// `GRASS_STEP_SKIPPED_BAD_STEP_COUNT`). Counts saturate at 2^31 - 1.
 #[no_mangle]
 pub unsafe extern "C" fn grass_sparse_adamw_step(
     ctx: *const grass_context,

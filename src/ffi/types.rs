@@ -67,6 +67,9 @@ pub const GRASS_STEP_SKIPPED_NONFINITE: grass_step_outcome = 1;
 /// Skipped (CUDA contexts, which check on the device): the indices were not sorted ascending
 /// within [0, d). A CPU context returns `GRASS_ERROR_INVALID_VALUE` instead.
 pub const GRASS_STEP_SKIPPED_BAD_INDICES: grass_step_outcome = 2;
+/// Skipped (CUDA contexts, which check on the device): a step count was negative. A CPU
+/// context returns `GRASS_ERROR_INVALID_VALUE` instead.
+pub const GRASS_STEP_SKIPPED_BAD_STEP_COUNT: grass_step_outcome = 3;
 
 /// Kind of a context's device: one of `GRASS_DEVICE_*`.
 pub type grass_device_kind = i32;

@@ -320,7 +320,7 @@ void rejected_blobs() {
       unchanged(__LINE__);
     }
   }
-  for (int32_t bad : {-1, 3, 1000}) {  // an outcome that is no GRASS_STEP_*
+  for (int32_t bad : {-1, 4, 1000}) {  // an outcome that is no GRASS_STEP_*
     auto forged = before;
     write_i32(forged, kOutcomeAt, bad);
     reseal(forged);
@@ -346,7 +346,8 @@ void rejected_blobs() {
     unchanged(__LINE__);
     TK_CHECK(target.opt.last_step_outcome() == grass::StepOutcome::Applied);
     const grass::StepOutcome outcomes[] = {grass::StepOutcome::SkippedNonfinite,
-                                           grass::StepOutcome::SkippedBadIndices};
+                                           grass::StepOutcome::SkippedBadIndices,
+                                           grass::StepOutcome::SkippedBadStepCount};
     for (auto outcome : outcomes) {
       auto forged = before;
       write_i32(forged, kOutcomeAt, static_cast<int32_t>(outcome));

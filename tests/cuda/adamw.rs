@@ -341,8 +341,8 @@ fn a_non_finite_learning_rate_scale_skips_the_step() {
 }
 
 #[test]
-fn unsorted_or_out_of_range_indices_skip_the_step_on_the_device() {
-    let Some(gpu_) = gpu("unsorted_or_out_of_range_indices_skip_the_step_on_the_device") else {
+fn bad_indices_or_step_counts_skip_the_step_on_the_device() {
+    let Some(gpu_) = gpu("bad_indices_or_step_counts_skip_the_step_on_the_device") else {
         return;
     };
     let mut rng = Rng::new(8);
@@ -390,6 +390,35 @@ fn unsorted_or_out_of_range_indices_skip_the_step_on_the_device() {
             "indices {bad:?}"
         );
     }
+    // a negative step count: skipped too, with its own outcome, the counts left as they were
+    let mut dev = Bufs::new(true, &w0, r * n * 4, wsb, &[4, -1, 2]);
+    let (didx, dsc, dg) = (
+        DevBuf::from(&[0i32, 2, 5]),
+        DevBuf::from(&[1f32; 3]),
+        DevBuf::from(&rng.normals(r * n)),
+    );
+    sparse_step(
+        gpu_.cuda,
+        &cfg,
+        m,
+        n,
+        GRASS_SIDE_ROWS,
+        r,
+        Dtype::F32,
+        &mut dev,
+        didx.ptr(),
+        dsc.ptr(),
+        dg.ptr(),
+        1e-2,
+        false,
+    );
+    let (w, mm, _, c) = dev.read();
+    assert_eq!(w, w0, "a negative count: W must be untouched");
+    assert!(mm.iter().all(|&x| x == 0), "a negative count: M must be untouched");
+    assert_eq!(
+        from_bytes::<i32>(&c),
+        vec![GRASS_STEP_SKIPPED_BAD_STEP_COUNT, 4, -1, 2]
+    );
 }
 
 #[test]

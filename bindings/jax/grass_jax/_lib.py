@@ -21,7 +21,7 @@ SCALINGS = {"unbiased": 0, "none": 1}
 DECAY_MODES = {"off": 0, "selected": 1, "dense": 2}
 REFRESH_MODES = {"reset": 0, "carry": 1}
 # What a step writes to `skipped` (GRASS_STEP_*).
-STEP_APPLIED, STEP_SKIPPED_NONFINITE, STEP_SKIPPED_BAD_INDICES = 0, 1, 2
+STEP_APPLIED, STEP_SKIPPED_NONFINITE, STEP_SKIPPED_BAD_INDICES, STEP_SKIPPED_BAD_STEP_COUNT = 0, 1, 2, 3
 SIDES = {"rows": SIDE_ROWS, "cols": SIDE_COLS, "auto": SIDE_AUTO}
 ABI_VERSION = 2
 

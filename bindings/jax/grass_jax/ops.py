@@ -22,6 +22,7 @@ _VMAP = "sequential"
 STEP_APPLIED = _lib.STEP_APPLIED                          # 0: the step was applied
 STEP_SKIPPED_NONFINITE = _lib.STEP_SKIPPED_NONFINITE      # 1: non-finite gradient or lr
 STEP_SKIPPED_BAD_INDICES = _lib.STEP_SKIPPED_BAD_INDICES  # 2: unsorted / out-of-range indices
+STEP_SKIPPED_BAD_STEP_COUNT = _lib.STEP_SKIPPED_BAD_STEP_COUNT  # 3: a negative step count
 
 
 def _dtype_code(dtype, what):
@@ -168,7 +169,8 @@ def sparse_adamw_step(w, indices, scales, g, m_state, v_state, row_steps, lr, *,
     `skipped` (i32 scalar) is the step's outcome: 0 (STEP_APPLIED) applied; 1
     (STEP_SKIPPED_NONFINITE) skipped because g held a NaN or infinity or lr was not a finite
     non-negative number; 2 (STEP_SKIPPED_BAD_INDICES) skipped because the indices were not
-    sorted within [0, d) (CUDA only: on CPU bad indices make the call fail). A skipped step
+    sorted within [0, d); 3 (STEP_SKIPPED_BAD_STEP_COUNT) skipped because a count was
+    negative (2 and 3 on CUDA only: on CPU such inputs make the call fail). A skipped step
     changes nothing else, row_steps included. w, M, V and row_steps are aliased to the outputs."""
     _lib.register()
     if w.ndim != 2:

@@ -3,7 +3,9 @@
 
 use super::{grass_optimizer, Kind};
 use crate::core::error::Result;
-use crate::ffi::types::{dtype_code, side_code};
+use crate::ffi::types::{
+    dtype_code, side_code, GRASS_STEP_APPLIED, GRASS_STEP_SKIPPED_BAD_STEP_COUNT,
+};
 use crate::{bail, ensure};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"GRASSCK\x01");
@@ -144,7 +146,8 @@ pub(crate) fn import(o: &mut grass_optimizer, src: &[u8], stream: usize) -> Resu
         .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
         .collect();
     ensure!(
-        (0..=2).contains(&counts[0]) && counts[1..].iter().all(|&t| t >= 0),
+        (GRASS_STEP_APPLIED..=GRASS_STEP_SKIPPED_BAD_STEP_COUNT).contains(&counts[0])
+            && counts[1..].iter().all(|&t| t >= 0),
         BadCheckpoint,
         "step counts are out of range"
     );

@@ -18,6 +18,8 @@
 // baseline to compare the loss and the optimizer memory with (--no-baseline skips it).
 //
 //   grass_train_mlp [--steps N] [--resume-steps N] [--checkpoint PATH] [--cpu] [--no-baseline]
+//                   [--method top_r|multinomial|multinomial_nr|uniform|uniform_nr]
+//                   [--scaling unbiased|none] [--refresh reset|carry] [--refresh-every K]
 //
 // Runs on a CUDA device when grass can create a CUDA context there (buffers then live in device
 // memory), else on the CPU.
@@ -40,8 +42,16 @@
 namespace {
 
 constexpr int kVocab = 256, kEmbed = 32, kHidden = 128, kBatch = 128;
-constexpr int kRank1 = 16, kRank2 = 32, kRefreshEvery = 50;
+constexpr int kRank1 = 16, kRank2 = 32;
 constexpr float kLr = 0.01f;
+
+// How the GRASS layers choose rows and treat their state at a refresh.
+struct GrassSettings {
+  grass::Method method = grass::Method::TopR;
+  grass::Scaling scaling = grass::Scaling::Unbiased;
+  grass::RefreshMode refresh = grass::RefreshMode::Reset;
+  int64_t refresh_every = 50;
+};
 
 // ---- data ------------------------------------------------------------------------------------
 
@@ -240,14 +250,15 @@ class Trainer {
  public:
   // `grass_weights` false: the AdamW baseline, dense AdamW on W1 and W2 as well.
   Trainer(grass::Context& ctx, const std::shared_ptr<example::CudaDriver>& cuda, Model& model,
-          bool grass_weights = true)
+          const GrassSettings& settings, bool grass_weights = true)
       : model_(model), grass_(grass_weights) {
-    auto adamw = grass::AdamWConfig().weight_decay(0.0f);
-    auto rows = [](int64_t rank, uint32_t layer) {
+    auto adamw = grass::AdamWConfig().weight_decay(0.0f).refresh_mode(settings.refresh);
+    auto rows = [&settings](int64_t rank, uint32_t layer) {
       return grass::ProjectionConfig()
           .rank(rank)
-          .method(grass::Method::TopR)
-          .refresh_every(kRefreshEvery)
+          .method(settings.method)
+          .scaling(settings.scaling)
+          .refresh_every(settings.refresh_every)
           .seed(2024)
           .layer_id(layer);
     };
@@ -409,7 +420,24 @@ struct Options {
   std::string checkpoint = "grass_train_mlp.ckpt";
   bool force_cpu = false;
   bool baseline = true;
+  GrassSettings grass;
 };
+
+// The enumerator of `table` named `name` (the option `what` gave it).
+template <class E, size_t N>
+E named(const char* what, const std::string& name, const std::pair<const char*, E> (&table)[N]) {
+  for (const auto& [key, value] : table) {
+    if (name == key) return value;
+  }
+  std::string known;
+  for (const auto& entry : table) known += std::string(known.empty() ? "" : ", ") + entry.first;
+  throw std::runtime_error(std::string(what) + " must be one of " + known + ", not " + name);
+}
+
+constexpr const char* kUsage =
+    "usage: grass_train_mlp [--steps N] [--resume-steps N] [--checkpoint PATH] [--cpu] "
+    "[--no-baseline] [--method top_r|multinomial|multinomial_nr|uniform|uniform_nr] "
+    "[--scaling unbiased|none] [--refresh reset|carry] [--refresh-every K]";
 
 Options parse(int argc, char** argv) {
   Options o;
@@ -429,12 +457,33 @@ Options parse(int argc, char** argv) {
       o.force_cpu = true;
     } else if (a == "--no-baseline") {
       o.baseline = false;
+    } else if (a == "--method") {
+      const std::pair<const char*, grass::Method> methods[] = {
+          {"top_r", grass::Method::TopR},
+          {"multinomial", grass::Method::Multinomial},
+          {"multinomial_nr", grass::Method::MultinomialNr},
+          {"uniform", grass::Method::Uniform},
+          {"uniform_nr", grass::Method::UniformNr}};
+      o.grass.method = named("--method", value(), methods);
+    } else if (a == "--scaling") {
+      const std::pair<const char*, grass::Scaling> scalings[] = {
+          {"unbiased", grass::Scaling::Unbiased}, {"none", grass::Scaling::None}};
+      o.grass.scaling = named("--scaling", value(), scalings);
+    } else if (a == "--refresh") {
+      const std::pair<const char*, grass::RefreshMode> modes[] = {
+          {"reset", grass::RefreshMode::Reset}, {"carry", grass::RefreshMode::Carry}};
+      o.grass.refresh = named("--refresh", value(), modes);
+    } else if (a == "--refresh-every") {
+      o.grass.refresh_every = std::atoi(value());
+    } else if (a == "--help" || a == "-h") {
+      std::printf("%s\n", kUsage);
+      std::exit(0);
     } else {
-      throw std::runtime_error("usage: grass_train_mlp [--steps N] [--resume-steps N] "
-                               "[--checkpoint PATH] [--cpu] [--no-baseline]");
+      throw std::runtime_error(std::string("unknown option ") + a + "; " + kUsage);
     }
   }
   if (o.steps < 1 || o.resume_steps < 1) throw std::runtime_error("steps must be positive");
+  if (o.grass.refresh_every < 1) throw std::runtime_error("--refresh-every must be positive");
   return o;
 }
 
@@ -472,7 +521,7 @@ int run(const Options& opt) {
               text.entropy(), std::log(double(kVocab)));
 
   Model model(1);
-  Trainer trainer(ctx, cuda, model);
+  Trainer trainer(ctx, cuda, model, opt.grass);
   const int log_every = std::max(1, opt.steps / 12);
   double first = 0.0, recent = 0.0;
   int recent_n = 0;
@@ -510,7 +559,7 @@ int run(const Options& opt) {
   const double loss_a = train_on(trainer);
 
   Model resumed(99);  // other initial weights: everything must come from the checkpoint
-  Trainer restored(ctx, cuda, resumed);
+  Trainer restored(ctx, cuda, resumed, opt.grass);
   load(opt.checkpoint, resumed, restored);
   const double loss_b = train_on(restored);
   bool same = loss_a == loss_b;
@@ -524,7 +573,7 @@ int run(const Options& opt) {
 
   if (opt.baseline) {
     Model base(1);  // the GRASS run's initial weights, the same batches
-    Trainer dense(ctx, cuda, base, false);
+    Trainer dense(ctx, cuda, base, opt.grass, false);
     double window = 0.0;
     for (int s = 0; s < opt.steps + opt.resume_steps; ++s) {
       const float loss = dense.step(text, uint64_t(s));

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine, after scripts/gpu_prepare.sh filled .carry/ here: the PyTorch and JAX
 # binding tests on the GPU, then the layer benchmark against the floor and the peers (same
-# process, same card). Logs and results go to $OUT (or ./gpu-logs).
+# process, same card), then the JAX step's memory against optax.adamw. Logs and results go to
+# $OUT (or ./gpu-logs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-logs}
@@ -15,4 +16,8 @@ status=0
 python3 -m pytest -q -rs bindings/torch/tests 2>&1 | tee "$OUT/torch_tests.log" || status=1
 python3 -m pytest -q -rs bindings/jax/tests 2>&1 | tee "$OUT/jax_tests.log" || status=1
 python3 bench/bench_layer.py 2>&1 | tee "$OUT/bench.log" || status=1
+# JAX: one 13824 x 5120 layer's jitted step, GRASS vs optax.adamw: compiled memory analysis,
+# HLO (no m x n gradient, no copy of W) and the device's peak, each in its own process.
+XLA_PYTHON_CLIENT_PREALLOCATE=false python3 bench/bench_jax_memory.py --run 2>&1 |
+    tee "$OUT/jax_memory.log" || status=1
 exit $status

@@ -159,6 +159,7 @@ ffi::Error SparseAdamWStep(const Device& dev, ffi::AnyBuffer w, ffi::Buffer<ffi:
                            ffi::Buffer<ffi::F32> scales, ffi::Buffer<ffi::F32> g,
                            ffi::AnyBuffer m_state, ffi::AnyBuffer v_state,
                            ffi::Buffer<ffi::S32> row_steps, ffi::Buffer<ffi::F32> lr_scale,
+                           ffi::AnyBuffer /*after: orders the call, never read*/,
                            int32_t side, float beta1, float beta2, float eps,
                            float weight_decay, int32_t decay_mode, float alpha, float lr,
                            ffi::Result<ffi::AnyBuffer> w_out,
@@ -230,8 +231,9 @@ ffi::Error StateRefresh(const Device& dev, ffi::Buffer<ffi::S32> old_indices,
 
 ffi::Error AdamWStep(const Device& dev, ffi::AnyBuffer w, ffi::AnyBuffer grad,
                      ffi::AnyBuffer m_state, ffi::AnyBuffer v_state, ffi::Buffer<ffi::S32> step,
-                     ffi::Buffer<ffi::F32> lr_scale, float beta1, float beta2, float eps,
-                     float weight_decay, int32_t decay_mode, float lr,
+                     ffi::Buffer<ffi::F32> lr_scale,
+                     ffi::AnyBuffer /*after: orders the call, never read*/, float beta1,
+                     float beta2, float eps, float weight_decay, int32_t decay_mode, float lr,
                      ffi::Result<ffi::AnyBuffer> w_out, ffi::Result<ffi::AnyBuffer> m_out,
                      ffi::Result<ffi::AnyBuffer> v_out,
                      ffi::Result<ffi::Buffer<ffi::S32>> step_out,
@@ -336,6 +338,7 @@ auto SparseAdamWArgs(B b) {
       .template Arg<ffi::AnyBuffer>()                       // V (r x k)
       .template Arg<ffi::Buffer<ffi::S32>>()                // row_steps (r)
       .template Arg<ffi::Buffer<ffi::F32>>()                // lr_scale (scalar)
+      .template Arg<ffi::AnyBuffer>()                       // after (ordering only)
       .template Attr<int32_t>("side")
       .template Attr<float>("beta1")
       .template Attr<float>("beta2")
@@ -374,6 +377,7 @@ auto AdamWArgs(B b) {
       .template Arg<ffi::AnyBuffer>()                       // V
       .template Arg<ffi::Buffer<ffi::S32>>()                // step (scalar)
       .template Arg<ffi::Buffer<ffi::F32>>()                // lr_scale (scalar)
+      .template Arg<ffi::AnyBuffer>()                       // after (ordering only)
       .template Attr<float>("beta1")
       .template Attr<float>("beta2")
       .template Attr<float>("eps")

@@ -157,7 +157,7 @@ def _row_steps(row_steps, r, what):
 
 def sparse_adamw_step(w, indices, scales, g, m_state, v_state, row_steps, lr, *, side="auto",
                       beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                      decay_mode="selected", alpha=1.0):
+                      decay_mode="selected", alpha=1.0, after=None):
     """The compressed AdamW step, in place: returns (w, m_state, v_state, row_steps, skipped).
 
     w (m x n) gets `-lr·α·ρ_j·u_j` added into row / column indices[j]; M and V (r x k, f32 or
@@ -171,7 +171,13 @@ def sparse_adamw_step(w, indices, scales, g, m_state, v_state, row_steps, lr, *,
     non-negative number; 2 (STEP_SKIPPED_BAD_INDICES) skipped because the indices were not
     sorted within [0, d); 3 (STEP_SKIPPED_BAD_STEP_COUNT) skipped because a count was
     negative (2 and 3 on CUDA only: on CPU such inputs make the call fail). A skipped step
-    changes nothing else, row_steps included. w, M, V and row_steps are aliased to the outputs."""
+    changes nothing else, row_steps included. w, M, V and row_steps are aliased to the outputs.
+
+    `after` (any array, never read) orders the call after whatever computed it. XLA updates w
+    in place only where every other read of w (the forward product, the backward's dX = dY·W)
+    is known to come first; where it cannot tell, it copies all of w first. Pass a value that
+    depends on those reads — the optimizer passes one element of every gradient — so that no
+    copy is made."""
     _lib.register()
     if w.ndim != 2:
         raise ValueError(f"w must be 2-D, got {w.shape}")
@@ -191,6 +197,7 @@ def sparse_adamw_step(w, indices, scales, g, m_state, v_state, row_steps, lr, *,
         vmap_method=_VMAP,
     )(w, jnp.asarray(indices, jnp.int32), jnp.asarray(scales, jnp.float32),
       jnp.asarray(g, jnp.float32).reshape(r, k), m_state, v_state, row_steps, _lr(lr),
+      jnp.zeros((), jnp.float32) if after is None else after,
       side=np.int32(s), alpha=np.float32(alpha), lr=np.float32(1.0),
       **_hyper(beta1, beta2, eps, weight_decay, decay_mode))
     return tuple(out[:5])
@@ -222,11 +229,12 @@ def state_refresh(old_indices, new_indices, m_state, v_state, row_steps, *,
 
 
 def adamw_step(w, grad, m_state, v_state, step, lr, *, beta1=0.9, beta2=0.999, eps=1e-8,
-               weight_decay=0.0, decay_mode="selected"):
+               weight_decay=0.0, decay_mode="selected", after=None):
     """Plain AdamW on a dense parameter, in place: returns (w, m_state, v_state, step, skipped).
     `step` is one i32 scalar for the whole parameter; `skipped` is the outcome code of
     `sparse_adamw_step` (0 applied, 1 non-finite grad or lr). Weight decay applies to every
-    element unless decay_mode is "off"."""
+    element unless decay_mode is "off". `after`: as for `sparse_adamw_step` (a dense weight
+    read by the backward's dX would otherwise be copied before its in-place update)."""
     _lib.register()
     _dtype_code(w.dtype, "w")
     _dtype_code(grad.dtype, "grad")
@@ -241,6 +249,7 @@ def adamw_step(w, grad, m_state, v_state, step, lr, *, beta1=0.9, beta2=0.999, e
          jax.ShapeDtypeStruct((), jnp.int32), _ws(ws)),
         input_output_aliases={0: 0, 2: 1, 3: 2, 4: 3},
         vmap_method=_VMAP,
-    )(w, grad, m_state, v_state, _step(step), _lr(lr), lr=np.float32(1.0),
+    )(w, grad, m_state, v_state, _step(step), _lr(lr),
+      jnp.zeros((), jnp.float32) if after is None else after, lr=np.float32(1.0),
       **_hyper(beta1, beta2, eps, weight_decay, decay_mode))
     return tuple(out[:5])

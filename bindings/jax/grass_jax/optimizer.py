@@ -77,6 +77,16 @@ def _is_node(x):
     return x is None or isinstance(x, (GrassLayerState, DenseAdamWState, Projection))
 
 
+def _after(grads):
+    """One element of every floating gradient leaf: handed to each in-place step (never read),
+    it makes the step depend on the whole backward pass, so XLA knows that every read of a
+    weight (dX = dY·W in the backward, and through it the forward) comes before the weight is
+    updated in place, and copies none."""
+    parts = [leaf.reshape(-1)[:1].astype(jnp.float32) for leaf in jax.tree_util.tree_leaves(grads)
+             if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.size]
+    return jnp.concatenate(parts) if parts else jnp.zeros((1,), jnp.float32)
+
+
 def _aligned(tree, treedef):
     """The leaves of a params-shaped tree whose entries may be None or a state node, one per
     leaf of `treedef`."""
@@ -242,6 +252,7 @@ class grass_adamw:
         pcts = _aligned(proj_grads, treedef)
         gleaves = treedef.flatten_up_to(param_grads)
         lr = self._lr(state.count)
+        after = _after(grads)
         new_leaves, new_layers = list(leaves), list(layers)
         for i, (w, c, ls, pct) in enumerate(zip(leaves, configs, layers, pcts)):
             if c is None:
@@ -255,10 +266,10 @@ class grass_adamw:
             g = self._mean(pct.sink)
             w, m, v, row_steps, skipped = ops.sparse_adamw_step(
                 w, ls.indices, ls.scales, g, ls.m, ls.v, ls.row_steps, lr, side=c.side,
-                alpha=self.alpha, **self.adam)
+                alpha=self.alpha, after=after, **self.adam)
             new_leaves[i] = w
             new_layers[i] = ls._replace(m=m, v=v, row_steps=row_steps, skipped=skipped)
-        dense = self._dense_step(leaves, gleaves, configs, treedef, state, lr, new_leaves)
+        dense = self._dense_step(leaves, gleaves, configs, treedef, state, lr, new_leaves, after)
         return (treedef.unflatten(new_leaves),
                 GrassState(state.count + 1, treedef.unflatten(new_layers), dense))
 
@@ -275,7 +286,7 @@ class grass_adamw:
             return fresh(ls) if refresh else ls
         return lax.cond(refresh, fresh, lambda ls: ls, ls)
 
-    def _dense_step(self, leaves, gleaves, configs, treedef, state, lr, new_leaves):
+    def _dense_step(self, leaves, gleaves, configs, treedef, state, lr, new_leaves, after):
         """Steps the leaves that are not projected; writes them into new_leaves."""
         idx = [i for i, c in enumerate(configs) if c is None]
         grads = self._mean([gleaves[i] for i in idx])
@@ -285,7 +296,7 @@ class grass_adamw:
             for i, g in zip(idx, grads):
                 ds = dstates[i]
                 w, m, v, st, sk = ops.adamw_step(leaves[i], g, ds.m, ds.v, ds.step, lr,
-                                                 **self.adam)
+                                                 after=after, **self.adam)
                 new_leaves[i] = w
                 out[i] = DenseAdamWState(m, v, st, sk)
             return treedef.unflatten(out)

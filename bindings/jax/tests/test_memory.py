@@ -65,6 +65,36 @@ def test_no_weight_gradient_in_hlo(platform):
         "sanity: the dense step should form an m x n gradient"
 
 
+def test_no_copy_of_w_when_the_backward_reads_it(platform):
+    """Layers whose input depends on a parameter need dX = dY·W, a read of W that the in-place
+    update must follow; the optimizer orders it (see ops.sparse_adamw_step's `after`), else XLA
+    copies all of W (twice, with donation) before updating it. The same holds for a dense
+    weight stepped by grass's dense AdamW."""
+    D = 96  # outputs of a dense layer after the GRASS one
+    params = {"w": jnp.full((M, N), 0.01, jnp.float32), "s": jnp.ones((N,), jnp.float32),
+              "d": jnp.full((D, M), 0.01, jnp.float32)}
+    opt = gj.grass_adamw(1e-3, grass_mask={"w": True, "s": False, "d": False}, rank=R,
+                         refresh_every=100)
+    state = opt.init(params)
+
+    def loss_fn(p, proj, x):
+        h = jnp.tanh(gj.grass_linear(x * p["s"], p["w"], proj["w"]))
+        return jnp.mean(jnp.tanh(h @ p["d"].T) ** 2)
+
+    def step(p, s, x):
+        proj = opt.projections(p, s)
+        loss, grads = opt.value_and_grad(loss_fn)(p, proj, x)
+        p, s = opt.step(p, grads, s)
+        return p, s, loss
+
+    x = jnp.ones((B, N), jnp.float32)
+    hlo = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, x).compile().as_text()
+    ops = mn_producers(hlo)
+    assert set(ops) <= {"parameter", "get-tuple-element"}, ops
+    assert not re.search(r"=\s*f32\[%d,%d\]\{[^}]*\}\s+copy\(" % (D, M), hlo), "the dense weight was copied"
+    assert re.search(r"custom-call\(", hlo)
+
+
 def footprint(c):
     a = c.memory_analysis()
     return a.argument_size_in_bytes + a.output_size_in_bytes - a.alias_size_in_bytes + \

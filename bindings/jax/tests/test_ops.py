@@ -230,7 +230,7 @@ def test_handlers_check_the_row_steps_length():
     calls = [
         lambda: jax.ffi.ffi_call("grass_sparse_adamw_step", step_results,
                                  input_output_aliases={0: 0, 4: 1, 5: 2, 6: 3})(
-            w, idx, jnp.ones(r), g, z, z, short, jnp.float32(0.1), side=np.int32(0),
+            w, idx, jnp.ones(r), g, z, z, short, jnp.float32(0.1), jnp.float32(0), side=np.int32(0),
             beta1=np.float32(0.9), beta2=np.float32(0.999), eps=np.float32(1e-8),
             weight_decay=np.float32(0), decay_mode=np.int32(1), alpha=np.float32(1),
             lr=np.float32(1)),

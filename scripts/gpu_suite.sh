@@ -5,11 +5,14 @@
 #   bash scripts/gpu_suite.sh            # logs to $OUT, or ./gpu-logs when OUT is unset
 #
 # It runs the test binaries in .carry/bin (but abi and kernels_on_host) with the GPU
-# required (a missing GPU or library fails instead of skipping), then the CUDA tests under
-# compute-sanitizer's memcheck, racecheck and synccheck. Logs: summary.txt, tests.log,
-# memcheck.log, racecheck.log, synccheck.log, nvidia-smi.txt. MEMCHECK_FILTER,
-# RACECHECK_FILTER and SYNCCHECK_FILTER name the tests each sanitizer runs (test-name
-# filters; memcheck runs all by default), SANITIZE_TIMEOUT bounds each run (300 s).
+# required (a missing GPU or library fails instead of skipping), then builds the ctest cases
+# of tests/c (ASan/UBSan) against .carry/lib/libgrass.so in build/gpu-ctest and runs them,
+# test_cuda with the GPU required too, then the CUDA tests under compute-sanitizer's memcheck,
+# racecheck and synccheck. Logs: summary.txt, tests.log, ctest.log, memcheck.log,
+# racecheck.log, synccheck.log, nvidia-smi.txt. MEMCHECK_FILTER, RACECHECK_FILTER and
+# SYNCCHECK_FILTER name the tests each sanitizer runs (test-name filters; memcheck runs all by
+# default), SANITIZE_TIMEOUT bounds each run (300 s), CTEST_SANITIZE=OFF builds the ctest cases
+# without ASan/UBSan (where the compiler lacks them).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-logs}
@@ -55,6 +58,35 @@ for t in "$BIN"/*; do
     { echo "===== $name"; cat "$OUT/one.log"; } >>"$OUT/tests.log"
     rm -f "$OUT/one.log"
 done
+
+# The C/C++ tests, configured here like a user's build: CMake imports the carried library
+# (GRASS_LIB_DIR; the tests' runpath points there, which ldd confirms). test_cuda compares
+# CUDA and CPU contexts op by op and handle by handle, and must pass, not skip;
+# example_train_mlp trains on the GPU. test_install_consumer needs pkg-config, which this
+# machine may lack: then it is left out, and said so.
+start=$SECONDS
+ctest_dir=build/gpu-ctest
+ctest_skip=""
+if ! command -v pkg-config >/dev/null; then
+    ctest_skip='^test_install_consumer$'
+    echo "test_install_consumer: not run here (no pkg-config)" | tee -a "$summary"
+fi
+: >"$OUT/ctest.log"
+{
+    cmake -S . -B "$ctest_dir" -DGRASS_LIB_DIR="$PWD/.carry/lib" -DGRASS_BUILD_TESTS=ON \
+        -DGRASS_SANITIZE="${CTEST_SANITIZE:-ON}" -DCMAKE_BUILD_TYPE=Debug &&
+        cmake --build "$ctest_dir" -j"$(nproc)" &&
+        ldd "$ctest_dir/tests/c/test_cuda" | grep "libgrass.so => $PWD/.carry/lib/libgrass.so" &&
+        GRASS_REQUIRE_GPU=1 ctest --test-dir "$ctest_dir" --output-on-failure --no-tests=error \
+            ${ctest_skip:+-E "$ctest_skip"}
+} >>"$OUT/ctest.log" 2>&1
+rc=$?
+if [ $rc -eq 0 ] && ! grep -Eq "test_cuda \.+ +Passed" "$OUT/ctest.log"; then
+    echo "test_cuda did not pass on the GPU" | tee -a "$OUT/ctest.log"
+    rc=1
+fi
+record "ctest ($ctest_dir against .carry/lib)" $rc $((SECONDS - start))
+grep -E "tests passed|\*\*\*|^test_cuda" "$OUT/ctest.log" | tail -n 8
 
 # Only select_rows and row_norms use shared memory, which is what racecheck inspects;
 # synccheck checks that every __syncthreads of select_rows is reached by the whole block.

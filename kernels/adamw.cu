@@ -184,47 +184,62 @@ __device__ i32 bound(const i32* a, i32 n, i32 v, bool upper) {
     return lo;
 }
 
-// Refresh with carry: row b of the new state, and its step count, are those of the old row
-// whose index equals new_idx[b], the q-th repeat of a value in new pairing with its q-th
-// repeat in old (the merge of src/cpu/adamw.rs carry_rows); rows without a partner, or all
-// rows when old_idx is NULL, become zero. src_* hold a copy of the old states and counts;
-// state elements are 2 or 4 bytes.
-extern "C" __global__ void carry_rows(const void* __restrict__ src_m,
-                                      const void* __restrict__ src_v,
-                                      const i32* __restrict__ src_steps, void* m, void* v,
-                                      i32* steps, i32 elem_bytes,
+// The old row that new row b keeps, or -1: the q-th repeat of a value in new_idx pairs with
+// its q-th repeat in old_idx (carry_partner in src/cpu/adamw.rs). old_idx may be NULL.
+__device__ i32 carry_partner(const i32* old_idx, const i32* new_idx, i32 r, i32 b) {
+    if (old_idx == nullptr) return -1;
+    const i32 val = new_idx[b];
+    const i32 q = b - bound(new_idx, b, val, false);
+    const i32 lo = bound(old_idx, r, val, false), hi = bound(old_idx, r, val, true);
+    return q < hi - lo ? lo + q : -1;
+}
+
+// Copies row `from` of the r x k state (elements of 2 or 4 bytes) and its step count to row
+// `to`, with the whole block.
+__device__ void move_row(void* m, void* v, i32* steps, i32 elem_bytes, i64 k, i32 from, i32 to) {
+    const u64 src = (u64)from * (u64)k, dst = (u64)to * (u64)k;
+    for (u64 c = threadIdx.x; c < (u64)k; c += blockDim.x) {
+        if (elem_bytes == 4) {
+            ((u32*)m)[dst + c] = ((const u32*)m)[src + c];
+            ((u32*)v)[dst + c] = ((const u32*)v)[src + c];
+        } else {
+            ((u16*)m)[dst + c] = ((const u16*)m)[src + c];
+            ((u16*)v)[dst + c] = ((const u16*)v)[src + c];
+        }
+    }
+    if (threadIdx.x == 0) steps[to] = steps[from];
+}
+
+// Refresh with carry, in place and in one block: each new row keeps the state and step count
+// of its partner in the old selection (carry_partner), rows without one become zero. The
+// pairing is monotone, so moving the rows that go to a higher position from the last down,
+// then those that go lower from the first up, reads every row before anything overwrites it
+// (the order of src/cpu/adamw.rs carry_rows); the zeroing comes last.
+extern "C" __global__ void carry_rows(void* m, void* v, i32* steps, i32 elem_bytes,
                                       const i32* __restrict__ old_idx,
                                       const i32* __restrict__ new_idx, i32 r, i64 k) {
-    for (i64 b = blockIdx.y; b < r; b += gridDim.y) {
-        const i32 val = new_idx[b];
-        i64 from = -1;
-        if (old_idx != nullptr) {
-            i32 q = (i32)b - bound(new_idx, (i32)b, val, false);
-            i32 lo = bound(old_idx, r, val, false), hi = bound(old_idx, r, val, true);
-            if (q < hi - lo) from = lo + q;
-        }
-        if (global_x() == 0) steps[b] = from >= 0 ? src_steps[from] : 0;
-        for (u64 c = global_x(); c < (u64)k; c += grid_x()) {
-            u64 dst = (u64)b * (u64)k + c;
+    for (i32 b = r - 1; b >= 0; --b) {
+        const i32 a = carry_partner(old_idx, new_idx, r, b);
+        if (a >= 0 && a < b) move_row(m, v, steps, elem_bytes, k, a, b);
+        __syncthreads();
+    }
+    for (i32 b = 0; b < r; ++b) {
+        const i32 a = carry_partner(old_idx, new_idx, r, b);
+        if (a > b) move_row(m, v, steps, elem_bytes, k, a, b);
+        __syncthreads();
+    }
+    for (i32 b = 0; b < r; ++b) {
+        if (carry_partner(old_idx, new_idx, r, b) >= 0) continue;
+        const u64 dst = (u64)b * (u64)k;
+        for (u64 c = threadIdx.x; c < (u64)k; c += blockDim.x) {
             if (elem_bytes == 4) {
-                u32 zm = 0, zv = 0;
-                if (from >= 0) {
-                    u64 src = (u64)from * (u64)k + c;
-                    zm = ((const u32*)src_m)[src];
-                    zv = ((const u32*)src_v)[src];
-                }
-                ((u32*)m)[dst] = zm;
-                ((u32*)v)[dst] = zv;
+                ((u32*)m)[dst + c] = 0u;
+                ((u32*)v)[dst + c] = 0u;
             } else {
-                u16 zm = 0, zv = 0;
-                if (from >= 0) {
-                    u64 src = (u64)from * (u64)k + c;
-                    zm = ((const u16*)src_m)[src];
-                    zv = ((const u16*)src_v)[src];
-                }
-                ((u16*)m)[dst] = zm;
-                ((u16*)v)[dst] = zv;
+                ((u16*)m)[dst + c] = 0;
+                ((u16*)v)[dst + c] = 0;
             }
         }
+        if (threadIdx.x == 0) steps[b] = 0;
     }
 }

@@ -207,7 +207,7 @@ fn config_init_and_struct_size() {
         (a.beta1, a.beta2, a.eps, a.weight_decay, a.alpha),
         (0.9, 0.999, 1e-8, 0.0, 1.0)
     );
-    let scores = vec![1.0f32; 8];
+    let scores = [1.0f32; 8];
     let (mut idx, mut sc, mut ws) = (vec![-1i32; 4], vec![0f32; 4], vec![0u8; 1 << 16]);
     cfg.rank = 4;
     cfg.struct_size -= 8;

@@ -859,11 +859,6 @@ fn dense_step_kernels_match_the_host_step() {
 
 type CarryFn = unsafe extern "C" fn(
     u32,
-    u32,
-    u32,
-    *const c_void,
-    *const c_void,
-    *const i32,
     *mut c_void,
     *mut c_void,
     *mut i32,
@@ -873,6 +868,25 @@ type CarryFn = unsafe extern "C" fn(
     i32,
     i64,
 );
+
+/// For each new position, the old position whose row it keeps: a merge of the two sorted
+/// lists, the q-th repeat of a value in `new` pairing with its q-th repeat in `old`.
+fn merge_pairs(old: &[i32], new: &[i32]) -> Vec<Option<usize>> {
+    let mut a = 0;
+    new.iter()
+        .map(|&v| {
+            while a < old.len() && old[a] < v {
+                a += 1;
+            }
+            if a < old.len() && old[a] == v {
+                a += 1;
+                Some(a - 1)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
 
 #[test]
 fn carry_kernel_matches_the_host_refresh() {
@@ -917,16 +931,10 @@ fn carry_kernel_matches_the_host_refresh() {
                     std::ptr::null_mut(),
                 )
             });
-            let (mut km, mut kv) = (vec![0xAAu8; m0.len()], vec![0xAAu8; v0.len()]);
-            let mut ks = vec![-7i32; r];
+            let (mut km, mut kv, mut ks) = (m0.clone(), v0.clone(), steps0.clone());
             unsafe {
                 carry(
-                    1,
-                    7,
-                    4,
-                    m0.as_ptr().cast(),
-                    v0.as_ptr().cast(),
-                    steps0.as_ptr(),
+                    8,
                     km.as_mut_ptr().cast(),
                     kv.as_mut_ptr().cast(),
                     ks.as_mut_ptr(),
@@ -942,6 +950,22 @@ fn carry_kernel_matches_the_host_refresh() {
                 )
             };
             let what = format!("state {s_dt} trial {trial} old {old:?} new {new:?}");
+            // both move rows in place; an out-of-place merge says where each row must end up
+            let esz = if s_dt == 0 { 4 } else { 2 };
+            let pairs = merge_pairs(if with_old { &old } else { &[] }, &new);
+            let moved = |src: &[u8], row: usize| -> Vec<u8> {
+                pairs
+                    .iter()
+                    .flat_map(|p| match p {
+                        Some(a) => src[a * row..(a + 1) * row].to_vec(),
+                        None => vec![0u8; row],
+                    })
+                    .collect()
+            };
+            same(&format!("host M, {what}"), &hm, &moved(&m0, k * esz));
+            same(&format!("host V, {what}"), &hv, &moved(&v0, k * esz));
+            let want_steps: Vec<i32> = pairs.iter().map(|p| p.map_or(0, |a| steps0[a])).collect();
+            assert_eq!(hs, want_steps, "host row steps, {what}");
             same(&format!("M, {what}"), &km, &hm);
             same(&format!("V, {what}"), &kv, &hv);
             assert_eq!(ks, hs, "row steps, {what}");

@@ -705,6 +705,72 @@ fn step_counts_saturate() {
     );
 }
 
+/// Carry moves rows in place; on random selections with repeats, rows moving both ways and
+/// rows leaving, it must put every row where an out-of-place merge of the two lists says.
+#[test]
+fn carry_in_place_matches_an_out_of_place_merge() {
+    let ctx = Ctx::cpu();
+    let (r, k) = (24usize, 3usize);
+    let mut cfg = adamw(0.0, GRASS_DECAY_OFF);
+    cfg.refresh_mode = GRASS_REFRESH_CARRY;
+    let mut rng = Rng(31);
+    for trial in 0..200 {
+        let d = [2u64, 5, 12, 40][trial % 4];
+        let sorted = |rng: &mut Rng| {
+            let mut v: Vec<i32> = (0..r).map(|_| (rng.next_u64() % d) as i32).collect();
+            v.sort_unstable();
+            v
+        };
+        let (old, new) = (sorted(&mut rng), sorted(&mut rng));
+        let (m0, v0) = (rng.vec(r * k), rng.vec(r * k));
+        let steps0: Vec<i32> = (0..r as i32).map(|j| 1 + j).collect();
+        let (mut ms, mut vs, mut steps) = (m0.clone(), v0.clone(), steps0.clone());
+        check(unsafe {
+            grass_state_refresh(
+                ctx.0,
+                &cfg,
+                r as i64,
+                k as i64,
+                old.as_ptr(),
+                new.as_ptr(),
+                ms.as_mut_ptr().cast(),
+                vs.as_mut_ptr().cast(),
+                steps.as_mut_ptr(),
+                ptr::null_mut(),
+                0,
+                ptr::null_mut(),
+            )
+        })
+        .unwrap();
+        let mut a = 0;
+        for (b, &val) in new.iter().enumerate() {
+            while a < r && old[a] < val {
+                a += 1;
+            }
+            let from = (a < r && old[a] == val).then(|| {
+                a += 1;
+                a - 1
+            });
+            let row = |x: &[f32], i: usize| x[i * k..(i + 1) * k].to_vec();
+            let what = format!("trial {trial}: new row {b} of {new:?} from {old:?}");
+            match from {
+                Some(f) => {
+                    assert_eq!(row(&ms, b), row(&m0, f), "M, {what}");
+                    assert_eq!(row(&vs, b), row(&v0, f), "V, {what}");
+                    assert_eq!(steps[b], steps0[f], "count, {what}");
+                }
+                None => {
+                    assert!(
+                        row(&ms, b).iter().chain(&row(&vs, b)).all(|&x| x == 0.0),
+                        "{what}"
+                    );
+                    assert_eq!(steps[b], 0, "count, {what}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn carry_keeps_exactly_the_surviving_rows() {
     let ctx = Ctx::cpu();

@@ -6,9 +6,7 @@ use half::{bf16, f16};
 use crate::core::config::Side;
 use crate::core::config::{AdamW, DecayMode, RefreshMode};
 use crate::core::dtype::Elem;
-use crate::core::error::Result;
 use crate::core::shape::Projected;
-use crate::core::workspace::Carver;
 use crate::cpu::project::Act;
 
 /// A weight tensor of any supported dtype.
@@ -197,28 +195,19 @@ pub fn adamw_dense_step(
     StepOutcome { skipped: false }
 }
 
-/// Bytes of scratch [`state_refresh`] needs: a copy of both states and the step counts for
-/// `carry`.
+/// Bytes of scratch [`state_refresh`] needs: none (carry moves the rows in place).
 pub fn state_refresh_workspace_size(
-    mode: RefreshMode,
-    r: usize,
-    k: usize,
-    state_size: usize,
+    _mode: RefreshMode,
+    _r: usize,
+    _k: usize,
+    _state_size: usize,
 ) -> usize {
-    match mode {
-        RefreshMode::Reset => 0,
-        RefreshMode::Carry => {
-            2 * crate::core::workspace::region(r * k * state_size, 1)
-                + crate::core::workspace::region(r, 4)
-                + 3 * 64
-        }
-    }
+    0
 }
 
 /// At a refresh: `reset` zeroes M, V and every row's step count; `carry` keeps the state rows
 /// (and their step counts) of indices that stay selected (matched in sorted order, so repeated
 /// indices pair up one to one) and zeroes the rest.
-#[allow(clippy::too_many_arguments)]
 pub fn state_refresh(
     mode: RefreshMode,
     k: usize,
@@ -227,43 +216,56 @@ pub fn state_refresh(
     m: State<'_>,
     v: State<'_>,
     row_steps: &mut [i32],
-    ws: &mut [u8],
-) -> Result<()> {
-    let mut carver = Carver::new(ws);
+) {
     if mode == RefreshMode::Reset {
         for s in [m, v] {
             with_state!(s, s => s.iter_mut().for_each(|x| *x = Elem::from_f32(0.0)));
         }
         row_steps.iter_mut().for_each(|t| *t = 0);
-        return Ok(());
+        return;
     }
     for s in [m, v] {
-        with_state!(s, s => {
-            let copy = carver.take(s.len())?;
-            copy.copy_from_slice(s);
-            carry_rows(k, old, new, copy, s);
-        });
+        with_state!(s, s => carry_rows(k, old, new, s));
     }
-    let copy = carver.take::<i32>(row_steps.len())?;
-    copy.copy_from_slice(row_steps);
-    carry_rows(1, old, new, copy, row_steps);
-    Ok(())
+    carry_rows(1, old, new, row_steps);
 }
 
-/// Row b of `dst` (rows of k elements) becomes the row of `src` paired with `new[b]`, or zero.
-fn carry_rows<S: Copy + Default>(k: usize, old: &[i32], new: &[i32], src: &[S], dst: &mut [S]) {
-    let (mut a, mut b) = (0, 0);
-    while b < new.len() {
-        while a < old.len() && old[a] < new[b] {
-            a += 1;
-        }
-        let row = &mut dst[b * k..(b + 1) * k];
-        if a < old.len() && old[a] == new[b] {
-            row.copy_from_slice(&src[a * k..(a + 1) * k]);
-            a += 1;
+/// The row of `old` that new row `b` keeps, or None: the q-th repeat of a value in `new`
+/// pairs with its q-th repeat in `old` (both sorted ascending).
+pub fn carry_partner(old: &[i32], new: &[i32], b: usize) -> Option<usize> {
+    let v = new[b];
+    let q = b - new[..b].partition_point(|&x| x < v);
+    let lo = old.partition_point(|&x| x < v);
+    let hi = old.partition_point(|&x| x <= v);
+    (q < hi - lo).then_some(lo + q)
+}
+
+/// Moves the kept rows (of k elements) of `data` to their new positions in place and zeroes
+/// the others. The pairing is monotone (both lists sorted), so moving the rows that go to a
+/// higher position from the last down, then the rows that go lower from the first up, never
+/// overwrites a row before it has moved; rows without a partner are zeroed last.
+fn carry_rows<S: Copy + Default>(k: usize, old: &[i32], new: &[i32], data: &mut [S]) {
+    let r = new.len();
+    let partner = |b: usize| {
+        if old.is_empty() {
+            None
         } else {
-            row.iter_mut().for_each(|x| *x = S::default());
+            carry_partner(old, new, b)
         }
-        b += 1;
+    };
+    for b in (0..r).rev() {
+        if let Some(a) = partner(b).filter(|&a| a < b) {
+            data.copy_within(a * k..(a + 1) * k, b * k);
+        }
+    }
+    for b in 0..r {
+        if let Some(a) = partner(b).filter(|&a| a > b) {
+            data.copy_within(a * k..(a + 1) * k, b * k);
+        }
+    }
+    for b in 0..r {
+        if partner(b).is_none() {
+            data[b * k..(b + 1) * k].fill(S::default());
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{result, sys, CudaContext};
 
-use crate::core::config::{AdamW, RefreshMode};
+use crate::core::config::AdamW;
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::core::shape::Projected;
@@ -294,10 +294,9 @@ impl Device {
         plan.size()
     }
 
-    pub fn refresh_workspace_size(&self, cfg: &AdamW, r: usize, k: usize) -> usize {
-        let mut plan = Plan::sizing();
-        refresh_layout(&mut plan, cfg, r, k);
-        plan.size()
+    /// Carry moves the rows in place: no scratch for either mode.
+    pub fn refresh_workspace_size(&self, _cfg: &AdamW, _r: usize, _k: usize) -> usize {
+        0
     }
 }
 
@@ -406,30 +405,6 @@ pub(crate) fn sparse_grad_layout(
         product: plan.take(product),
         blas: plan.take(blas::workspace_for(product)),
         blas_bytes: blas::workspace_for(product),
-    }
-}
-
-pub(crate) struct RefreshLayout {
-    pub m: usize,
-    pub v: usize,
-    pub steps: usize,
-}
-
-pub(crate) fn refresh_layout(plan: &mut Plan, cfg: &AdamW, r: usize, k: usize) -> RefreshLayout {
-    match cfg.refresh_mode {
-        RefreshMode::Reset => RefreshLayout {
-            m: 0,
-            v: 0,
-            steps: 0,
-        },
-        RefreshMode::Carry => {
-            let bytes = r * k * cfg.state_dtype.size();
-            RefreshLayout {
-                m: plan.take(bytes),
-                v: plan.take(bytes),
-                steps: plan.take(4 * r),
-            }
-        }
     }
 }
 

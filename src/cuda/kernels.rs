@@ -23,7 +23,7 @@ pub const SIGNATURES: [(&str, &str, &str); 10] = [
     ("adamw.cu", "decay_all", "pilp"),
     ("adamw.cu", "sparse_adamw", "pilippipppilffffipp"),
     ("adamw.cu", "dense_adamw", "pipippilfffip"),
-    ("adamw.cu", "carry_rows", "ppppppippil"),
+    ("adamw.cu", "carry_rows", "pppippil"),
 ];
 
 /// A loaded kernel.

@@ -156,14 +156,3 @@ pub(crate) fn memset_zero(addr: usize, bytes: usize, stream: usize) -> Result<()
         sys::cuMemsetD8Async(addr as u64, 0, bytes, stream as sys::CUstream)
     })
 }
-
-/// Enqueues a device-to-device copy.
-pub(crate) fn copy(dst: usize, src: usize, bytes: usize, stream: usize) -> Result<()> {
-    if bytes == 0 {
-        return Ok(());
-    }
-    // SAFETY: the caller guarantees both regions hold `bytes` bytes of device memory.
-    check("cuMemcpyDtoDAsync", unsafe {
-        sys::cuMemcpyDtoDAsync_v2(dst as u64, src as u64, bytes, stream as sys::CUstream)
-    })
-}

@@ -8,8 +8,8 @@ use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::cuda::blas::Gemm;
 use crate::cuda::device::{
-    fits_i32, refresh_layout, scores_layout, select_layout, sparse_grad_layout, step_layout,
-    Device, StepLayout, STEP_HEADER,
+    fits_i32, scores_layout, select_layout, sparse_grad_layout, step_layout, Device, StepLayout,
+    STEP_HEADER,
 };
 use crate::cuda::launch::{self, launch, Arg, Shape};
 use crate::cuda::scratch::Plan;
@@ -21,6 +21,8 @@ const BLOCK: u32 = 256;
 const MAX_BLOCKS: u32 = 4096;
 /// Threads of the selection kernel (SEL_THREADS in kernels/select.cu).
 const SELECT_THREADS: u32 = 1024;
+/// Threads of the (single-block) carry kernel: one row of M and V at a time.
+const CARRY_THREADS: u32 = 512;
 
 fn dt(d: Dtype) -> Arg {
     Arg::I32(dtype_code(d))
@@ -327,9 +329,6 @@ impl Device {
 
     pub fn state_refresh(&self, a: &RefreshArgs) -> Result<()> {
         let r = fits_i32("r", a.r)?;
-        let mut plan = Plan::within(a.ws);
-        let l = refresh_layout(&mut plan, &a.cfg, a.r, a.k);
-        plan.check()?;
         let size = a.cfg.state_dtype.size();
         let bytes = a.r * a.k * size;
         let _bound = self.bind()?;
@@ -339,34 +338,25 @@ impl Device {
                 launch::memset_zero(a.v, bytes, a.stream)?;
                 launch::memset_zero(a.row_steps, 4 * a.r, a.stream)
             }
-            RefreshMode::Carry => {
-                launch::copy(l.m, a.m, bytes, a.stream)?;
-                launch::copy(l.v, a.v, bytes, a.stream)?;
-                launch::copy(l.steps, a.row_steps, 4 * a.r, a.stream)?;
-                // SAFETY: the copies hold the old states and counts; M and V hold r x k
-                // elements; the step counts and index arrays r entries each (old may be 0
-                // for none).
-                unsafe {
-                    launch(
-                        &self.kernels.carry_rows,
-                        Shape::rows(a.k as u64, BLOCK, a.r as u64),
-                        a.stream,
-                        [
-                            Arg::Ptr(l.m),
-                            Arg::Ptr(l.v),
-                            Arg::Ptr(l.steps),
-                            Arg::Ptr(a.m),
-                            Arg::Ptr(a.v),
-                            Arg::Ptr(a.row_steps),
-                            Arg::I32(size as i32),
-                            Arg::Ptr(a.old_indices),
-                            Arg::Ptr(a.new_indices),
-                            Arg::I32(r),
-                            Arg::I64(a.k as i64),
-                        ],
-                    )
-                }
-            }
+            // SAFETY: M and V hold r x k elements, the step counts and index arrays r entries
+            // each (old may be 0 for none); the kernel moves rows in place in one block.
+            RefreshMode::Carry => unsafe {
+                launch(
+                    &self.kernels.carry_rows,
+                    Shape::single(CARRY_THREADS),
+                    a.stream,
+                    [
+                        Arg::Ptr(a.m),
+                        Arg::Ptr(a.v),
+                        Arg::Ptr(a.row_steps),
+                        Arg::I32(size as i32),
+                        Arg::Ptr(a.old_indices),
+                        Arg::Ptr(a.new_indices),
+                        Arg::I32(r),
+                        Arg::I64(a.k as i64),
+                    ],
+                )
+            },
         }
     }
 }

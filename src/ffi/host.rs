@@ -232,7 +232,7 @@ pub(crate) fn state_refresh(a: &RefreshArgs) -> Result<()> {
             state(a.m, n, a.cfg.state_dtype),
             state(a.v, n, a.cfg.state_dtype),
             slice::from_raw_parts_mut(a.row_steps as *mut i32, a.r),
-            scratch(a.ws),
-        )
+        );
     }
+    Ok(())
 }

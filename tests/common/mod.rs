@@ -255,6 +255,8 @@ pub fn compare(what: &str, want: &[f64], got: &[f32], tol: f64) -> Result<(), St
     let scale = norm / (want.len() as f64).sqrt();
     let mut bad = vec![];
     for (i, (&w, &g)) in want.iter().zip(got).enumerate() {
+        // written as "not within" so that a NaN counts as a mismatch
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if !((g as f64 - w).abs() <= tol * (w.abs() + scale)) {
             bad.push(format!("[{i}] expected {w:.6e} got {g:.6e}"));
         }

@@ -414,7 +414,10 @@ fn bad_indices_or_step_counts_skip_the_step_on_the_device() {
     );
     let (w, mm, _, c) = dev.read();
     assert_eq!(w, w0, "a negative count: W must be untouched");
-    assert!(mm.iter().all(|&x| x == 0), "a negative count: M must be untouched");
+    assert!(
+        mm.iter().all(|&x| x == 0),
+        "a negative count: M must be untouched"
+    );
     assert_eq!(
         from_bytes::<i32>(&c),
         vec![GRASS_STEP_SKIPPED_BAD_STEP_COUNT, 4, -1, 2]

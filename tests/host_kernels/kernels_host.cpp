@@ -76,13 +76,9 @@ extern "C" void host_dense_adamw(unsigned gx, unsigned bx, void* w, i32 w_dt, co
     });
 }
 
-extern "C" void host_carry_rows(unsigned gx, unsigned gy, unsigned bx, const void* src_m,
-                                const void* src_v, const i32* src_steps, void* m, void* v,
-                                i32* steps, i32 elem_bytes, const i32* old_idx,
-                                const i32* new_idx, i32 r, i64 k) {
-    host_grid(gx, gy, bx, [&] {
-        carry_rows(src_m, src_v, src_steps, m, v, steps, elem_bytes, old_idx, new_idx, r, k);
-    });
+extern "C" void host_carry_rows(unsigned threads, void* m, void* v, i32* steps, i32 elem_bytes,
+                                const i32* old_idx, const i32* new_idx, i32 r, i64 k) {
+    host_block(threads, [&] { carry_rows(m, v, steps, elem_bytes, old_idx, new_idx, r, k); });
 }
 
 extern "C" void host_gather_cols(unsigned gx, unsigned gy, unsigned bx, const void* a, i32 dt,

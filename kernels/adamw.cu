@@ -194,9 +194,15 @@ __device__ i32 carry_partner(const i32* old_idx, const i32* new_idx, i32 r, i32 
     return q < hi - lo ? lo + q : -1;
 }
 
-// Copies row `from` of the r x k state (elements of 2 or 4 bytes) and its step count to row
-// `to`, with the whole block.
-__device__ void move_row(void* m, void* v, i32* steps, i32 elem_bytes, i64 k, i32 from, i32 to) {
+// Threads of carry_rows (CARRY_THREADS in src/cuda/ops.rs), and the rows whose partners one
+// pass looks up at a time.
+#ifndef CARRY_THREADS
+#define CARRY_THREADS 1024
+#endif
+
+// This thread's columns of row `from` of M and V (elements of 2 or 4 bytes) copied to row
+// `to`; thread 0 also copies the step count.
+__device__ void move_cols(void* m, void* v, i32* steps, i32 elem_bytes, i64 k, i32 from, i32 to) {
     const u64 src = (u64)from * (u64)k, dst = (u64)to * (u64)k;
     for (u64 c = threadIdx.x; c < (u64)k; c += blockDim.x) {
         if (elem_bytes == 4) {
@@ -210,36 +216,54 @@ __device__ void move_row(void* m, void* v, i32* steps, i32 elem_bytes, i64 k, i3
     if (threadIdx.x == 0) steps[to] = steps[from];
 }
 
-// Refresh with carry, in place and in one block: each new row keeps the state and step count
-// of its partner in the old selection (carry_partner), rows without one become zero. The
-// pairing is monotone, so moving the rows that go to a higher position from the last down,
-// then those that go lower from the first up, reads every row before anything overwrites it
-// (the order of src/cpu/adamw.rs carry_rows); the zeroing comes last.
-extern "C" __global__ void carry_rows(void* m, void* v, i32* steps, i32 elem_bytes,
-                                      const i32* __restrict__ old_idx,
-                                      const i32* __restrict__ new_idx, i32 r, i64 k) {
-    for (i32 b = r - 1; b >= 0; --b) {
-        const i32 a = carry_partner(old_idx, new_idx, r, b);
-        if (a >= 0 && a < b) move_row(m, v, steps, elem_bytes, k, a, b);
+// Refresh with carry, in place, in one block: each new row keeps the state and step count of
+// its partner in the old selection (carry_partner), rows without one become zero. The pairing
+// is monotone, so moving the rows that go to a higher position from the last down, then those
+// that go lower from the first up, reads every row before anything overwrites it (the order
+// of src/cpu/adamw.rs carry_rows); the zeroing comes last. Every thread applies that sequence
+// to its own columns, so the columns need no synchronization; the block only shares the
+// partners of up to blockDim.x rows at a time.
+extern "C" __global__ void __launch_bounds__(CARRY_THREADS)
+carry_rows(void* m, void* v, i32* steps, i32 elem_bytes, const i32* __restrict__ old_idx,
+           const i32* __restrict__ new_idx, i32 r, i64 k) {
+    __shared__ i32 from[CARRY_THREADS];
+    const i32 T = (i32)blockDim.x;
+    for (i32 end = r; end > 0; end -= T) {
+        const i32 begin = end > T ? end - T : 0;
         __syncthreads();
-    }
-    for (i32 b = 0; b < r; ++b) {
-        const i32 a = carry_partner(old_idx, new_idx, r, b);
-        if (a > b) move_row(m, v, steps, elem_bytes, k, a, b);
-        __syncthreads();
-    }
-    for (i32 b = 0; b < r; ++b) {
-        if (carry_partner(old_idx, new_idx, r, b) >= 0) continue;
-        const u64 dst = (u64)b * (u64)k;
-        for (u64 c = threadIdx.x; c < (u64)k; c += blockDim.x) {
-            if (elem_bytes == 4) {
-                ((u32*)m)[dst + c] = 0u;
-                ((u32*)v)[dst + c] = 0u;
-            } else {
-                ((u16*)m)[dst + c] = 0;
-                ((u16*)v)[dst + c] = 0;
-            }
+        if (begin + (i32)threadIdx.x < end) {
+            from[threadIdx.x] = carry_partner(old_idx, new_idx, r, begin + (i32)threadIdx.x);
         }
-        if (threadIdx.x == 0) steps[b] = 0;
+        __syncthreads();
+        for (i32 b = end - 1; b >= begin; --b) {
+            const i32 a = from[b - begin];
+            if (a >= 0 && a < b) move_cols(m, v, steps, elem_bytes, k, a, b);
+        }
+    }
+    for (i32 begin = 0; begin < r; begin += T) {
+        const i32 end = r - begin > T ? begin + T : r;
+        __syncthreads();
+        if (begin + (i32)threadIdx.x < end) {
+            from[threadIdx.x] = carry_partner(old_idx, new_idx, r, begin + (i32)threadIdx.x);
+        }
+        __syncthreads();
+        for (i32 b = begin; b < end; ++b) {
+            const i32 a = from[b - begin];
+            if (a > b) move_cols(m, v, steps, elem_bytes, k, a, b);
+        }
+        for (i32 b = begin; b < end; ++b) {
+            if (from[b - begin] >= 0) continue;
+            const u64 dst = (u64)b * (u64)k;
+            for (u64 c = threadIdx.x; c < (u64)k; c += blockDim.x) {
+                if (elem_bytes == 4) {
+                    ((u32*)m)[dst + c] = 0u;
+                    ((u32*)v)[dst + c] = 0u;
+                } else {
+                    ((u16*)m)[dst + c] = 0;
+                    ((u16*)v)[dst + c] = 0;
+                }
+            }
+            if (threadIdx.x == 0) steps[b] = 0;
+        }
     }
 }

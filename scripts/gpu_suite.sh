@@ -88,11 +88,12 @@ fi
 record "ctest ($ctest_dir against .carry/lib)" $rc $((SECONDS - start))
 grep -E "tests passed|\*\*\*|^test_cuda" "$OUT/ctest.log" | tail -n 8
 
-# Only select_rows and row_norms use shared memory, which is what racecheck inspects;
-# synccheck checks that every __syncthreads of select_rows is reached by the whole block.
+# Only select_rows, row_norms and carry_rows use shared memory, which is what racecheck
+# inspects; synccheck checks that every __syncthreads of select_rows and carry_rows is reached
+# by the whole block.
 MEMCHECK_FILTER=${MEMCHECK_FILTER-}
-RACECHECK_FILTER=${RACECHECK_FILTER-"select:: project::row_scores"}
-SYNCCHECK_FILTER=${SYNCCHECK_FILTER-"select::large_selections_match_the_host"}
+RACECHECK_FILTER=${RACECHECK_FILTER-"select:: project::row_scores adamw::state_refresh"}
+SYNCCHECK_FILTER=${SYNCCHECK_FILTER-"select::large_selections_match_the_host adamw::state_refresh"}
 for tool in memcheck racecheck synccheck; do
     start=$SECONDS
     case $tool in

@@ -21,8 +21,9 @@ const BLOCK: u32 = 256;
 const MAX_BLOCKS: u32 = 4096;
 /// Threads of the selection kernel (SEL_THREADS in kernels/select.cu).
 const SELECT_THREADS: u32 = 1024;
-/// Threads of the (single-block) carry kernel: one row of M and V at a time.
-const CARRY_THREADS: u32 = 512;
+/// Threads of the (single-block) carry kernel (at most CARRY_THREADS in kernels/adamw.cu,
+/// which sizes its shared memory by it).
+const CARRY_THREADS: u32 = 1024;
 
 fn dt(d: Dtype) -> Arg {
     Arg::I32(dtype_code(d))
@@ -339,7 +340,8 @@ impl Device {
                 launch::memset_zero(a.row_steps, 4 * a.r, a.stream)
             }
             // SAFETY: M and V hold r x k elements, the step counts and index arrays r entries
-            // each (old may be 0 for none); the kernel moves rows in place in one block.
+            // each (old may be 0 for none); the kernel moves rows in place in one block of at
+            // most its CARRY_THREADS threads.
             RefreshMode::Carry => unsafe {
                 launch(
                     &self.kernels.carry_rows,

@@ -583,12 +583,15 @@ fn state_refresh_matches_the_host_bit_for_bit() {
             }
         }
     }
-    // r = 1, k = 1, and rows wider than a block, with random selections.
+    // r = 1, k = 1, rows wider than a block, and more rows than the carry kernel looks up
+    // at a time (1024), with random selections.
     for &(r, k, d) in &[
         (1usize, 1usize, 3usize),
         (1, 300, 1),
         (9, 300, 4),
         (200, 3, 150),
+        (2500, 1100, 1800),
+        (3000, 2, 600),
     ] {
         for s_dt in STATES {
             let cfg = adamw_config(GRASS_DECAY_OFF, s_dt, GRASS_REFRESH_CARRY);

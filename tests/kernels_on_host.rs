@@ -931,10 +931,12 @@ fn carry_kernel_matches_the_host_refresh() {
                     std::ptr::null_mut(),
                 )
             });
+            // blocks smaller and larger than the kernel's batch of rows
+            let threads = [8, 32][trial % 2];
             let (mut km, mut kv, mut ks) = (m0.clone(), v0.clone(), steps0.clone());
             unsafe {
                 carry(
-                    8,
+                    threads,
                     km.as_mut_ptr().cast(),
                     kv.as_mut_ptr().cast(),
                     ks.as_mut_ptr(),

@@ -21,9 +21,9 @@ const BLOCK: u32 = 256;
 const MAX_BLOCKS: u32 = 4096;
 /// Threads of the selection kernel (SEL_THREADS in kernels/select.cu).
 const SELECT_THREADS: u32 = 1024;
-/// Threads of the (single-block) carry kernel (at most CARRY_THREADS in kernels/adamw.cu,
-/// which sizes its shared memory by it).
-const CARRY_THREADS: u32 = 1024;
+/// Threads per block of the carry kernel (at most CARRY_THREADS in kernels/adamw.cu, which
+/// sizes its shared memory by it); its blocks split the columns.
+const CARRY_THREADS: u32 = 256;
 
 fn dt(d: Dtype) -> Arg {
     Arg::I32(dtype_code(d))
@@ -340,12 +340,12 @@ impl Device {
                 launch::memset_zero(a.row_steps, 4 * a.r, a.stream)
             }
             // SAFETY: M and V hold r x k elements, the step counts and index arrays r entries
-            // each (old may be 0 for none); the kernel moves rows in place in one block of at
-            // most its CARRY_THREADS threads.
+            // each (old may be 0 for none); the kernel moves rows in place, in blocks of its
+            // CARRY_THREADS threads.
             RefreshMode::Carry => unsafe {
                 launch(
                     &self.kernels.carry_rows,
-                    Shape::single(CARRY_THREADS),
+                    Shape::linear(a.k as u64, CARRY_THREADS, MAX_BLOCKS),
                     a.stream,
                     [
                         Arg::Ptr(a.m),

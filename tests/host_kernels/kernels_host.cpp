@@ -76,6 +76,8 @@ extern "C" void host_dense_adamw(unsigned gx, unsigned bx, void* w, i32 w_dt, co
     });
 }
 
+// One block of `threads` host threads (the kernel's columns stride over the grid, so one
+// block covers them all).
 extern "C" void host_carry_rows(unsigned threads, void* m, void* v, i32* steps, i32 elem_bytes,
                                 const i32* old_idx, const i32* new_idx, i32 r, i64 k) {
     host_block(threads, [&] { carry_rows(m, v, steps, elem_bytes, old_idx, new_idx, r, k); });

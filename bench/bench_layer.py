@@ -106,6 +106,17 @@ def bench_grass(ops, m, n, b, r):
         s = ops.row_scores(x, dy, side)
         ops.select(s, layer.pcfg, 0)
     out["grass_refresh_ms"] = timeit(refresh, 2, 10)
+    # the state remap of a refresh with carry (in place), between two selections
+    carry = ops.lib.adamw_config(refresh_mode="carry")
+    other, _ = ops.select(ops.row_scores(x, dy * 1.5 + 0.01, side), layer.pcfg, 1)
+    sel = [layer.idx, other]
+    flip = [0]
+
+    def remap():
+        old, new = sel[flip[0]], sel[1 - flip[0]]
+        ops.state_refresh(carry, old, new, layer.m_state, layer.v_state, layer.row_steps)
+        flip[0] = 1 - flip[0]
+    out["grass_carry_ms"] = timeit(remap, 2, 20)
     out["scores_workspace_bytes"] = ops.lib.size_query("grass_scores_workspace_size", ops.lib.context(0), m, n, b,
                                                        side, 1)
     # graph capture of one full step: proves no host sync or allocation inside
@@ -190,9 +201,9 @@ def main():
              "side = rows",
              "",
              "| m x n | r | grad ms (x floor) | step ms (x floor) | grad+step ms (x floor) | graph replay ms "
-             "| refresh ms (x dense dW) | grass amortized ms | full dW+AdamW ms (ratio) | GaLore ms (ratio) "
-             "| eager GRASS ms (ratio) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| refresh ms (x dense dW) | carry remap ms | grass amortized ms | full dW+AdamW ms (ratio) "
+             "| GaLore ms (ratio) | eager GRASS ms (ratio) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for o in rows:
         g = o["grass_ms"]
         lines.append(
@@ -200,7 +211,8 @@ def main():
             f"| {o['grass_step_ms']:.3f} ({o['grass_step_ms'] / o['floor_step_ms']:.2f}) "
             f"| {o['grass_both_ms']:.3f} ({o['grass_both_ms'] / o['floor_both_ms']:.2f}) "
             f"| {o['grass_both_graph_ms']:.3f} "
-            f"| {o['grass_refresh_ms']:.3f} ({o['grass_refresh_ms'] / o['full_grad_ms']:.2f}) | {g:.3f} "
+            f"| {o['grass_refresh_ms']:.3f} ({o['grass_refresh_ms'] / o['full_grad_ms']:.2f}) "
+            f"| {o['grass_carry_ms']:.3f} | {g:.3f} "
             f"| {o['full_ms']:.3f} ({o['full_ms'] / g:.1f}x) | {o['galore_ms']:.3f} ({o['galore_ms'] / g:.1f}x) "
             f"| {o['grass_t_ms']:.3f} ({o['grass_t_ms'] / g:.1f}x) |")
     lines += ["", "grad+step against the floor with dY's gather counted in whole 32-byte sectors, and the "

@@ -12,7 +12,10 @@
 # racecheck.log, synccheck.log, nvidia-smi.txt. MEMCHECK_FILTER, RACECHECK_FILTER and
 # SYNCCHECK_FILTER name the tests each sanitizer runs (test-name filters; memcheck runs all by
 # default), SANITIZE_TIMEOUT bounds each run (300 s), CTEST_SANITIZE=OFF builds the ctest cases
-# without ASan/UBSan (where the compiler lacks them).
+# without ASan/UBSan (where the compiler lacks them). PARTS picks what runs (default "tests
+# ctest sanitizers"): a device call is capped at 10 minutes, so run e.g. PARTS="tests ctest"
+# in one call and PARTS=sanitizers in the next (logs go to $OUT of each call; summary.txt
+# is appended to, not reset, when PARTS is given).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-logs}
@@ -24,8 +27,11 @@ source scripts/gpu_env.sh
 export GRASS_REQUIRE_GPU=1 GRASS_REQUIRE_NVRTC=1 RUST_BACKTRACE=1
 
 SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+PARTS=${PARTS-}
+part() { [ -z "$PARTS" ] || [[ " $PARTS " == *" $1 "* ]]; }
 summary="$OUT/summary.txt"
-: >"$summary"
+[ -n "$PARTS" ] || : >"$summary"
+echo "parts: ${PARTS:-tests ctest sanitizers}" | tee -a "$summary"
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 {
     echo "GRASS_CUDA_LIBRARY_PATH=$GRASS_CUDA_LIBRARY_PATH"
@@ -38,6 +44,7 @@ record() { # name rc seconds
     [ "$2" -eq 0 ] || status=1
 }
 
+if part tests; then
 : >"$OUT/tests.log"
 for t in "$BIN"/*; do
     name=$(basename "$t")
@@ -58,7 +65,9 @@ for t in "$BIN"/*; do
     { echo "===== $name"; cat "$OUT/one.log"; } >>"$OUT/tests.log"
     rm -f "$OUT/one.log"
 done
+fi
 
+if part ctest; then
 # The C/C++ tests, configured here like a user's build: CMake imports the carried library
 # (GRASS_LIB_DIR; the tests' runpath points there, which ldd confirms). test_cuda compares
 # CUDA and CPU contexts op by op and handle by handle, and must pass, not skip;
@@ -87,7 +96,9 @@ if [ $rc -eq 0 ] && ! grep -Eq "test_cuda \.+ +Passed" "$OUT/ctest.log"; then
 fi
 record "ctest ($ctest_dir against .carry/lib)" $rc $((SECONDS - start))
 grep -E "tests passed|\*\*\*|^test_cuda" "$OUT/ctest.log" | tail -n 8
+fi
 
+if part sanitizers; then
 # Only select_rows, row_norms and carry_rows use shared memory, which is what racecheck
 # inspects; synccheck checks that every __syncthreads of select_rows and carry_rows is reached
 # by the whole block.
@@ -112,6 +123,8 @@ for tool in memcheck racecheck synccheck; do
         mv "$OUT/cut.log" "$OUT/$tool.log"
     fi
 done
+
+fi
 
 echo "suite: $([ $status -eq 0 ] && echo PASSED || echo FAILED)" | tee -a "$summary"
 exit $status

@@ -725,23 +725,16 @@ fn carry_in_place_matches_an_out_of_place_merge() {
         let (m0, v0) = (rng.vec(r * k), rng.vec(r * k));
         let steps0: Vec<i32> = (0..r as i32).map(|j| 1 + j).collect();
         let (mut ms, mut vs, mut steps) = (m0.clone(), v0.clone(), steps0.clone());
-        check(unsafe {
-            grass_state_refresh(
-                ctx.0,
-                &cfg,
-                r as i64,
-                k as i64,
-                old.as_ptr(),
-                new.as_ptr(),
-                ms.as_mut_ptr().cast(),
-                vs.as_mut_ptr().cast(),
-                steps.as_mut_ptr(),
-                ptr::null_mut(),
-                0,
-                ptr::null_mut(),
-            )
-        })
-        .unwrap();
+        refresh(
+            &ctx,
+            &cfg,
+            k,
+            Some(&old),
+            &new,
+            &mut ms,
+            &mut vs,
+            &mut steps,
+        );
         let mut a = 0;
         for (b, &val) in new.iter().enumerate() {
             while a < r && old[a] < val {
@@ -782,29 +775,16 @@ fn carry_keeps_exactly_the_surviving_rows() {
     let m0: Vec<f32> = (0..r * k).map(|e| e as f32 + 1.0).collect();
     let v0: Vec<f32> = (0..r * k).map(|e| e as f32 + 100.0).collect();
     let (mut ms, mut vs, mut steps) = (m0.clone(), v0.clone(), [5i32, 6, 7, 8]);
-    let mut bytes = 0usize;
-    unsafe {
-        check(grass_state_refresh_workspace_size(
-            ctx.0, &cfg, r as i64, k as i64, &mut bytes,
-        ))
-        .unwrap();
-        let mut ws = vec![0u8; bytes];
-        check(grass_state_refresh(
-            ctx.0,
-            &cfg,
-            r as i64,
-            k as i64,
-            old.as_ptr(),
-            new.as_ptr(),
-            ms.as_mut_ptr().cast(),
-            vs.as_mut_ptr().cast(),
-            steps.as_mut_ptr(),
-            ws.as_mut_ptr().cast(),
-            bytes,
-            ptr::null_mut(),
-        ))
-        .unwrap();
-    }
+    refresh(
+        &ctx,
+        &cfg,
+        k,
+        Some(&old),
+        &new,
+        &mut ms,
+        &mut vs,
+        &mut steps,
+    );
     // new row 1 (index 3) takes old row 1 (first 3), new row 2 (index 8) old row 3; others zero
     let want = |src: &[f32]| -> Vec<f32> {
         let mut o = vec![0f32; r * k];
@@ -816,23 +796,16 @@ fn carry_keeps_exactly_the_surviving_rows() {
     assert_eq!(vs, want(&v0));
     assert_eq!(steps, [0, 6, 8, 0], "step counts move with their rows");
     cfg.refresh_mode = GRASS_REFRESH_RESET;
-    unsafe {
-        check(grass_state_refresh(
-            ctx.0,
-            &cfg,
-            r as i64,
-            k as i64,
-            old.as_ptr(),
-            new.as_ptr(),
-            ms.as_mut_ptr().cast(),
-            vs.as_mut_ptr().cast(),
-            steps.as_mut_ptr(),
-            ptr::null_mut(),
-            0,
-            ptr::null_mut(),
-        ))
-        .unwrap();
-    }
+    refresh(
+        &ctx,
+        &cfg,
+        k,
+        Some(&old),
+        &new,
+        &mut ms,
+        &mut vs,
+        &mut steps,
+    );
     assert!(ms.iter().chain(&vs).all(|&v| v == 0.0));
     assert_eq!(steps, [0; 4]);
 }
@@ -861,32 +834,19 @@ fn carry_runs_each_row_as_its_own_adam() {
     );
     let sc = vec![1.0f32; r];
     let lr = 1e-2f32;
-    let mut bytes = 0usize;
-    check(unsafe {
-        grass_state_refresh_workspace_size(ctx.0, &cfg, r as i64, n as i64, &mut bytes)
-    })
-    .unwrap();
-    let mut ws = vec![0u8; bytes];
     let selections: [[i32; 4]; 4] = [[0, 3, 5, 9], [3, 5, 7, 11], [0, 3, 7, 9], [0, 3, 7, 9]];
     let mut old: Option<[i32; 4]> = None;
     for sel in selections {
-        check(unsafe {
-            grass_state_refresh(
-                ctx.0,
-                &cfg,
-                r as i64,
-                n as i64,
-                old.as_ref().map_or(ptr::null(), |o| o.as_ptr()),
-                sel.as_ptr(),
-                ms.as_mut_ptr().cast(),
-                vs.as_mut_ptr().cast(),
-                steps.as_mut_ptr(),
-                ws.as_mut_ptr().cast(),
-                bytes,
-                ptr::null_mut(),
-            )
-        })
-        .unwrap();
+        refresh(
+            &ctx,
+            &cfg,
+            n,
+            old.as_ref().map(|o| &o[..]),
+            &sel,
+            &mut ms,
+            &mut vs,
+            &mut steps,
+        );
         for i in 0..m {
             if !sel.contains(&(i as i32)) {
                 ref_t[i] = 0;

@@ -319,6 +319,38 @@ pub fn sparse_step(
     .unwrap();
 }
 
+/// One state refresh of f32 states on host buffers (the refresh needs no workspace), from
+/// `old` (None: no previous selection) to `new`.
+#[allow(clippy::too_many_arguments)]
+pub fn refresh(
+    ctx: &Ctx,
+    cfg: &grass_adamw_config,
+    k: usize,
+    old: Option<&[i32]>,
+    new: &[i32],
+    ms: &mut [f32],
+    vs: &mut [f32],
+    row_steps: &mut [i32],
+) {
+    check(unsafe {
+        grass_state_refresh(
+            ctx.0,
+            cfg,
+            new.len() as i64,
+            k as i64,
+            old.map_or(ptr::null(), |o| o.as_ptr()),
+            new.as_ptr(),
+            ms.as_mut_ptr().cast(),
+            vs.as_mut_ptr().cast(),
+            row_steps.as_mut_ptr(),
+            ptr::null_mut(),
+            0,
+            ptr::null_mut(),
+        )
+    })
+    .unwrap();
+}
+
 /// One dense AdamW step on f32 host buffers.
 #[allow(clippy::too_many_arguments)]
 pub fn dense_step(

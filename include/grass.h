@@ -458,7 +458,8 @@ grass_status grass_adamw_step(const struct grass_context *ctx,
                               size_t workspace_bytes,
                               void *stream);
 
-// Scratch bytes `grass_state_refresh` needs.
+// Scratch bytes `grass_state_refresh` needs: 0 in this version (carry moves rows in place),
+// but ask, as other versions may need some.
 grass_status grass_state_refresh_workspace_size(const struct grass_context *ctx,
                                                 const struct grass_adamw_config *config,
                                                 int64_t r,

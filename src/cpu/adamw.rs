@@ -195,16 +195,6 @@ pub fn adamw_dense_step(
     StepOutcome { skipped: false }
 }
 
-/// Bytes of scratch [`state_refresh`] needs: none (carry moves the rows in place).
-pub fn state_refresh_workspace_size(
-    _mode: RefreshMode,
-    _r: usize,
-    _k: usize,
-    _state_size: usize,
-) -> usize {
-    0
-}
-
 /// At a refresh: `reset` zeroes M, V and every row's step count; `carry` keeps the state rows
 /// (and their step counts) of indices that stay selected (matched in sorted order, so repeated
 /// indices pair up one to one) and zeroes the rest.
@@ -232,7 +222,7 @@ pub fn state_refresh(
 
 /// The row of `old` that new row `b` keeps, or None: the q-th repeat of a value in `new`
 /// pairs with its q-th repeat in `old` (both sorted ascending).
-pub fn carry_partner(old: &[i32], new: &[i32], b: usize) -> Option<usize> {
+fn carry_partner(old: &[i32], new: &[i32], b: usize) -> Option<usize> {
     let v = new[b];
     let q = b - new[..b].partition_point(|&x| x < v);
     let lo = old.partition_point(|&x| x < v);
@@ -246,13 +236,7 @@ pub fn carry_partner(old: &[i32], new: &[i32], b: usize) -> Option<usize> {
 /// overwrites a row before it has moved; rows without a partner are zeroed last.
 fn carry_rows<S: Copy + Default>(k: usize, old: &[i32], new: &[i32], data: &mut [S]) {
     let r = new.len();
-    let partner = |b: usize| {
-        if old.is_empty() {
-            None
-        } else {
-            carry_partner(old, new, b)
-        }
-    };
+    let partner = |b: usize| carry_partner(old, new, b);
     for b in (0..r).rev() {
         if let Some(a) = partner(b).filter(|&a| a < b) {
             data.copy_within(a * k..(a + 1) * k, b * k);

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use cudarc::driver::{result, sys, CudaContext};
 
-use crate::core::config::AdamW;
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::core::shape::Projected;
@@ -292,11 +291,6 @@ impl Device {
         let mut plan = Plan::sizing();
         step_layout(&mut plan, None);
         plan.size()
-    }
-
-    /// Carry moves the rows in place: no scratch for either mode.
-    pub fn refresh_workspace_size(&self, _cfg: &AdamW, _r: usize, _k: usize) -> usize {
-        0
     }
 }
 

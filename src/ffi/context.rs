@@ -141,21 +141,11 @@ impl grass_context {
         }
     }
 
-    pub(crate) fn refresh_workspace_size(
-        &self,
-        cfg: &crate::core::config::AdamW,
-        r: usize,
-        k: usize,
-    ) -> usize {
-        match &self.backend {
-            Backend::Cpu => crate::cpu::adamw::state_refresh_workspace_size(
-                cfg.refresh_mode,
-                r,
-                k,
-                cfg.state_dtype.size(),
-            ),
-            Backend::Cuda(d) => d.refresh_workspace_size(cfg, r, k),
-        }
+    /// Scratch of a state refresh: none, on either backend and in either mode (carry moves
+    /// the kept rows in place). The query stays in the ABI so that a refresh that needs some
+    /// can come without breaking callers.
+    pub(crate) fn refresh_workspace_size(&self) -> usize {
+        0
     }
 
     pub(crate) fn row_scores(&self, a: &ScoresArgs) -> Result<()> {

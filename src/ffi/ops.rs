@@ -473,7 +473,8 @@ pub unsafe extern "C" fn grass_adamw_step(
     })
 }
 
-/// Scratch bytes `grass_state_refresh` needs.
+/// Scratch bytes `grass_state_refresh` needs: 0 in this version (carry moves rows in place),
+/// but ask, as other versions may need some.
 #[no_mangle]
 pub unsafe extern "C" fn grass_state_refresh_workspace_size(
     ctx: *const grass_context,
@@ -484,12 +485,13 @@ pub unsafe extern "C" fn grass_state_refresh_workspace_size(
 ) -> grass_status {
     guard("grass_state_refresh_workspace_size", || {
         let c = self::ctx(ctx)?;
-        let cfg = crate::ffi::args::handle("config", config)?.adamw()?;
+        // validated like the refresh's own arguments, though no size depends on them now
+        crate::ffi::args::handle("config", config)?.adamw()?;
         let r = positive("r", r)?;
         let k = positive("k", k)?;
         product("r * k", &[r, k, 8])?;
         let out = req("bytes_out", bytes_out)?;
-        write(out, c.refresh_workspace_size(&cfg, r, k));
+        write(out, c.refresh_workspace_size());
         Ok(())
     })
 }
@@ -534,7 +536,7 @@ pub unsafe extern "C" fn grass_state_refresh(
             ws: self::workspace(
                 workspace,
                 workspace_bytes,
-                c.refresh_workspace_size(&cfg, r, k),
+                c.refresh_workspace_size(),
                 "grass_state_refresh_workspace_size",
             )?,
             stream: stream as usize,

@@ -82,11 +82,7 @@ impl grass_optimizer {
         let (elems, ws_bytes) = match &kind {
             Kind::Sparse { proj, .. } => {
                 let (r, k) = (proj.sel.rank, proj.p.k);
-                (
-                    r * k,
-                    c.sparse_step_workspace_size(&proj.p, r)
-                        .max(c.refresh_workspace_size(&cfg, r, k)),
-                )
+                (r * k, c.sparse_step_workspace_size(&proj.p, r))
             }
             Kind::Dense { numel, .. } => (*numel, c.dense_step_workspace_size(*numel)),
         };

@@ -3,7 +3,8 @@
 // whose f64 rounding depends on the order of operations (totals, the cumulative weights, the
 // water-filling loop and the systematic scan) run on thread 0 in the host's order, over
 // values the block stages through shared memory; everything else is spread over the block.
-// Sorting is a bitonic sort in global scratch (keys padded to a power of two).
+// Sorting is a bitonic sort over global scratch (keys padded to a power of two), its narrow
+// passes done tile by tile in shared memory.
 #include "common.cuh"
 #include "rng.cuh"
 
@@ -32,27 +33,73 @@ __device__ __forceinline__ float scale_from_prob(double p) {
     return (float)fmin(rho, 3.4028234663852886e38); // f32::MAX
 }
 
-// Sorts keys[0, n) ascending by (key, val); n is a power of two. Whole block. `size` is 64-bit
-// because n reaches 2^31 (d up to 2^31 - 1): a 32-bit size would wrap to 0 and never stop.
-__device__ void bitonic_sort(u64* keys, u32* vals, u32 n) {
-    for (u64 size = 2; size <= n; size <<= 1) {
-        for (u32 stride = (u32)(size >> 1); stride > 0; stride >>= 1) {
-            for (u32 t = threadIdx.x; t < n / 2; t += SEL_THREADS) {
-                u32 lo = 2 * t - (t & (stride - 1));
-                u32 hi = lo + stride;
-                bool ascending = (lo & size) == 0;
-                u64 ka = keys[lo], kb = keys[hi];
-                u32 va = vals[lo], vb = vals[hi];
-                bool greater = ka > kb || (ka == kb && va > vb);
-                if (greater == ascending) {
-                    keys[lo] = kb;
-                    keys[hi] = ka;
-                    vals[lo] = vb;
-                    vals[hi] = va;
+// Elements of a bitonic sort that one pass over shared memory handles at a time.
+#define SORT_TILE (2 * SEL_THREADS)
+
+// One compare-exchange of a bitonic sort: orders (k, v)[lo] and (k, v)[hi] ascending when
+// the global position `at` (of lo) lies in an ascending run of `size`, else descending.
+__device__ __forceinline__ void bitonic_exchange(u64* k, u32* v, u32 lo, u32 hi, u64 at,
+                                                 u64 size) {
+    const bool ascending = (at & size) == 0;
+    const u64 ka = k[lo], kb = k[hi];
+    const u32 va = v[lo], vb = v[hi];
+    const bool greater = ka > kb || (ka == kb && va > vb);
+    if (greater == ascending) {
+        k[lo] = kb;
+        k[hi] = ka;
+        v[lo] = vb;
+        v[hi] = va;
+    }
+}
+
+// The passes of stage `size` whose stride is below `tile` (and, from `first_size` up to
+// `size`, the earlier stages' too), run tile by tile in shared memory: a pair of such a pass
+// never leaves its aligned tile.
+__device__ void bitonic_tiles(u64* keys, u32* vals, u32 n, u32 tile, u64 first_size,
+                              u64 size, u64* sk, u32* sv) {
+    for (u32 base = 0; base < n; base += tile) {
+        __syncthreads();
+        for (u32 i = threadIdx.x; i < tile; i += SEL_THREADS) {
+            sk[i] = keys[base + i];
+            sv[i] = vals[base + i];
+        }
+        __syncthreads();
+        for (u64 sz = first_size; sz <= size; sz <<= 1) {
+            for (u32 stride = (u32)(sz >> 1 < tile ? sz >> 1 : tile >> 1); stride > 0;
+                 stride >>= 1) {
+                for (u32 t = threadIdx.x; t < tile / 2; t += SEL_THREADS) {
+                    const u32 lo = 2 * t - (t & (stride - 1));
+                    bitonic_exchange(sk, sv, lo, lo + stride, (u64)base + lo, sz);
                 }
+                __syncthreads();
+            }
+        }
+        for (u32 i = threadIdx.x; i < tile; i += SEL_THREADS) {
+            keys[base + i] = sk[i];
+            vals[base + i] = sv[i];
+        }
+    }
+    __syncthreads();
+}
+
+// Sorts keys[0, n) ascending by (key, val); n is a power of two. Whole block. The stages up
+// to a tile, and each later stage's passes with strides below a tile, run in shared memory;
+// only the wider strides go through global memory. `size` is 64-bit because n reaches 2^31
+// (d up to 2^31 - 1): a 32-bit size would wrap to 0 and never stop.
+__device__ void bitonic_sort(u64* keys, u32* vals, u32 n) {
+    __shared__ u64 sk[SORT_TILE];
+    __shared__ u32 sv[SORT_TILE];
+    const u32 tile = n < SORT_TILE ? n : SORT_TILE;
+    if (tile >= 2) bitonic_tiles(keys, vals, n, tile, 2, tile, sk, sv);
+    for (u64 size = 2 * (u64)tile; size <= n; size <<= 1) {
+        for (u32 stride = (u32)(size >> 1); stride >= tile; stride >>= 1) {
+            for (u32 t = threadIdx.x; t < n / 2; t += SEL_THREADS) {
+                const u32 lo = 2 * t - (t & (stride - 1));
+                bitonic_exchange(keys, vals, lo, lo + stride, lo, size);
             }
             __syncthreads();
         }
+        bitonic_tiles(keys, vals, n, tile, size, size, sk, sv);
     }
 }
 

@@ -246,6 +246,17 @@ __device__ void carry_chunk(void* m, void* v, i32* steps, i32 elem_bytes, i64 k,
     }
 }
 
+// from[b - begin] = carry_partner(b) for the rows [begin, end), whole block (the barriers
+// also keep the previous chunk's readers of `from` ahead of the writes).
+__device__ void load_partners(i32* from, const i32* old_idx, const i32* new_idx, i32 r,
+                              i32 begin, i32 end) {
+    __syncthreads();
+    if (begin + (i32)threadIdx.x < end) {
+        from[threadIdx.x] = carry_partner(old_idx, new_idx, r, begin + (i32)threadIdx.x);
+    }
+    __syncthreads();
+}
+
 // Refresh with carry, in place: each new row keeps the state and step count of its partner in
 // the old selection (carry_partner), rows without one become zero. The pairing is monotone, so
 // no row is ever read after another row's move has written it: the rows moving to a higher
@@ -261,20 +272,12 @@ carry_rows(void* m, void* v, i32* steps, i32 elem_bytes, const i32* __restrict__
     const i32 T = (i32)blockDim.x;
     for (i32 end = r; end > 0; end -= T) {  // pass 1: right-bound rows, from the last down
         const i32 begin = end > T ? end - T : 0;
-        __syncthreads();
-        if (begin + (i32)threadIdx.x < end) {
-            from[threadIdx.x] = carry_partner(old_idx, new_idx, r, begin + (i32)threadIdx.x);
-        }
-        __syncthreads();
+        load_partners(from, old_idx, new_idx, r, begin, end);
         carry_chunk(m, v, steps, elem_bytes, k, from, begin, end, 1);
     }
     for (i32 begin = 0; begin < r; begin += T) {  // pass 2: left-bound rows, then zeros
         const i32 end = r - begin > T ? begin + T : r;
-        __syncthreads();
-        if (begin + (i32)threadIdx.x < end) {
-            from[threadIdx.x] = carry_partner(old_idx, new_idx, r, begin + (i32)threadIdx.x);
-        }
-        __syncthreads();
+        load_partners(from, old_idx, new_idx, r, begin, end);
         carry_chunk(m, v, steps, elem_bytes, k, from, begin, end, 2);
         carry_chunk(m, v, steps, elem_bytes, k, from, begin, end, 0);
     }

@@ -360,10 +360,18 @@ fn bad_indices_or_step_counts_skip_the_step_on_the_device() {
             &mut wsb,
         )
     });
-    for bad in [[2i32, 1, 5], [0, 2, 8], [-1, 2, 5]] {
-        let mut dev = Bufs::new(true, &w0, r * n * 4, wsb, &[0; 3]);
+    // (indices, step counts, outcome): unsorted or out-of-range indices, and a negative count;
+    // each is skipped with its own outcome, W, M and the counts left as they were
+    let cases = [
+        ([2i32, 1, 5], [0i32; 3], GRASS_STEP_SKIPPED_BAD_INDICES),
+        ([0, 2, 8], [0; 3], GRASS_STEP_SKIPPED_BAD_INDICES),
+        ([-1, 2, 5], [0; 3], GRASS_STEP_SKIPPED_BAD_INDICES),
+        ([0, 2, 5], [4, -1, 2], GRASS_STEP_SKIPPED_BAD_STEP_COUNT),
+    ];
+    for (idx, steps, outcome) in cases {
+        let mut dev = Bufs::new(true, &w0, r * n * 4, wsb, &steps);
         let (didx, dsc, dg) = (
-            DevBuf::from(&bad),
+            DevBuf::from(&idx),
             DevBuf::from(&[1f32; 3]),
             DevBuf::from(&rng.normals(r * n)),
         );
@@ -382,46 +390,13 @@ fn bad_indices_or_step_counts_skip_the_step_on_the_device() {
             1e-2,
             false,
         );
-        let (w, _, _, c) = dev.read();
-        assert_eq!(w, w0, "indices {bad:?}: W must be untouched");
-        assert_eq!(
-            from_bytes::<i32>(&c),
-            vec![GRASS_STEP_SKIPPED_BAD_INDICES, 0, 0, 0],
-            "indices {bad:?}"
-        );
+        let (w, mm, _, c) = dev.read();
+        let what = format!("indices {idx:?}, counts {steps:?}");
+        assert_eq!(w, w0, "{what}: W must be untouched");
+        assert!(mm.iter().all(|&x| x == 0), "{what}: M must be untouched");
+        let want: Vec<i32> = std::iter::once(outcome).chain(steps).collect();
+        assert_eq!(from_bytes::<i32>(&c), want, "{what}");
     }
-    // a negative step count: skipped too, with its own outcome, the counts left as they were
-    let mut dev = Bufs::new(true, &w0, r * n * 4, wsb, &[4, -1, 2]);
-    let (didx, dsc, dg) = (
-        DevBuf::from(&[0i32, 2, 5]),
-        DevBuf::from(&[1f32; 3]),
-        DevBuf::from(&rng.normals(r * n)),
-    );
-    sparse_step(
-        gpu_.cuda,
-        &cfg,
-        m,
-        n,
-        GRASS_SIDE_ROWS,
-        r,
-        Dtype::F32,
-        &mut dev,
-        didx.ptr(),
-        dsc.ptr(),
-        dg.ptr(),
-        1e-2,
-        false,
-    );
-    let (w, mm, _, c) = dev.read();
-    assert_eq!(w, w0, "a negative count: W must be untouched");
-    assert!(
-        mm.iter().all(|&x| x == 0),
-        "a negative count: M must be untouched"
-    );
-    assert_eq!(
-        from_bytes::<i32>(&c),
-        vec![GRASS_STEP_SKIPPED_BAD_STEP_COUNT, 4, -1, 2]
-    );
 }
 
 #[test]

@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 for tool in cargo cmake pkg-config c++ python3; do
     command -v "$tool" >/dev/null || { echo "missing $tool (Debian: apt-get install cmake pkg-config g++)" >&2; exit 1; }
 done
-if ! python3 -c "import jax, optax, pytest, setuptools, wheel" 2>/dev/null; then
+if ! python3 -c "import jax, optax, pytest, setuptools, wheel, matplotlib, tqdm" 2>/dev/null; then
     echo "== installing the Python test dependencies"
-    python3 -m pip install -q --disable-pip-version-check "jax[cpu]==0.10.2" optax pytest setuptools wheel
+    python3 -m pip install -q --disable-pip-version-check "jax[cpu]==0.10.2" optax pytest setuptools wheel matplotlib tqdm
 fi
 if ! python3 -c "import nvidia.cu13" 2>/dev/null && ! ldconfig -p 2>/dev/null | grep -q libnvrtc; then
     echo "== installing NVRTC (the CUDA kernels are compiled by it in the tests)"

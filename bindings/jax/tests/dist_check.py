@@ -1,0 +1,115 @@
+"""Data-parallel GRASS training across processes, with and without optimizer-state sharding.
+
+    dist_check.py train OUT.npz SHARD REFRESH_MODE METHOD [PROCESS_ID PROCESSES PORT [SEED]]
+
+trains the test model (model.py) for STEPS steps on a global mesh of every device of every
+process and writes (process 0) the final weights, the selection, the state and the losses to
+OUT.npz. With PROCESS_ID / PROCESSES / PORT it first joins a jax.distributed run with its
+coordinator on 127.0.0.1:PORT (CPU collectives through gloo); the devices per process come
+from XLA_FLAGS=--xla_force_host_platform_device_count. test_distributed.py runs it.
+"""
+
+import json
+import sys
+
+import jax
+
+if len(sys.argv) > 6:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{sys.argv[8]}",
+                               num_processes=int(sys.argv[7]), process_id=int(sys.argv[6]),
+                               initialization_timeout=60)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+import grass_jax as gj  # noqa: E402
+import model  # noqa: E402
+
+STEPS, RANK, REFRESH_EVERY, BATCH_PER_DEVICE = 7, 8, 3, 8
+
+
+def is_spec(x):
+    return isinstance(x, P)
+
+
+def global_array(x, sharding):
+    """A global array from a value every process holds whole."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def whole(x):
+    """The full value of a global array, on every process."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    if x.sharding.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def make_optimizer(shard, refresh_mode, method, seed=0):
+    return gj.grass_adamw(5e-3, grass_mask=model.GRASS_MASK, rank=RANK,
+                          refresh_every=REFRESH_EVERY, method=method, refresh_mode=refresh_mode,
+                          seed=seed, weight_decay=0.01, axis_name="data", shard_state=shard)
+
+
+def make_step(opt, state_specs, mesh):
+    def local(params, state, ids, target):
+        proj = opt.projections(params, state)
+        loss, grads = opt.value_and_grad(model.loss_fn)(params, proj, ids, target)
+        params, state = opt.step(params, grads, state)
+        return params, state, jax.lax.pmean(loss, "data")
+
+    return jax.jit(jax.shard_map(local, mesh=mesh,
+                                 in_specs=(P(), state_specs, P("data"), P("data")),
+                                 out_specs=(P(), state_specs, P()), check_vma=False),
+                   donate_argnums=(0, 1))
+
+
+def train(out, shard, refresh_mode, method, seed=0):
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    opt = make_optimizer(shard, refresh_mode, method, seed)
+    params0 = model.init_params(jax.random.PRNGKey(0))
+    specs = opt.state_specs(jax.eval_shape(opt.init, params0))
+    shardings = jax.tree_util.tree_map(lambda s: NamedSharding(mesh, s), specs, is_leaf=is_spec)
+    opt.check_processes(params0)  # init runs under jit below, where it cannot check
+    params = jax.tree_util.tree_map(lambda p: global_array(p, NamedSharding(mesh, P())), params0)
+    state = jax.jit(opt.init, out_shardings=shardings)(params)
+    step = make_step(opt, specs, mesh)
+    split = NamedSharding(mesh, P("data"))
+    losses = []
+    for i in range(STEPS):
+        ids, target = model.batch(jax.random.PRNGKey(100 + i), BATCH_PER_DEVICE *
+                                  jax.device_count())
+        if opt.refresh_due_host(i):
+            opt.check_processes(params0, state)
+        params, state, loss = step(params, state, global_array(ids, split),
+                                   global_array(target, split))
+        losses.append(float(whole(loss)))
+    result = {"loss": np.asarray(losses, np.float32)}
+    for name, w in params.items():
+        result[f"w_{name}"] = whole(w)
+    for name in ("up", "down"):
+        ls = state.layers[name]
+        for field in ("indices", "scales", "m", "v", "row_steps", "refresh_count", "skipped"):
+            result[f"{field}_{name}"] = whole(getattr(ls, field))
+        # what each device of this process holds of the layer's optimizer state
+        result[f"state_bytes_{name}"] = np.asarray(
+            [sum(s.data.nbytes for s in a.addressable_shards if s.device == d)
+             for d in jax.local_devices() for a in (ls.m, ls.v, ls.row_steps)]
+        ).reshape(len(jax.local_devices()), 3).sum(axis=1)
+    if jax.process_index() == 0:
+        np.savez(out, **result)
+    print(json.dumps({"process": jax.process_index(), "devices": jax.device_count(),
+                      "loss": losses}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "train":
+        seed = int(sys.argv[9]) if len(sys.argv) > 9 else 0
+        train(sys.argv[2], sys.argv[3] == "1", sys.argv[4], sys.argv[5], seed)
+    else:
+        raise SystemExit(f"unknown command {sys.argv[1]!r}")

@@ -4,6 +4,7 @@ with the optimizer state sharded over the data axis (ZeRO-1), against one proces
 Each case runs dist_check.py: 4 devices in one process, or 2 processes with 2 devices each on
 one global mesh of 4, training 7 steps with refreshes at steps 0, 3 and 6."""
 
+import json
 import os
 import socket
 import subprocess
@@ -137,3 +138,44 @@ def test_processes_with_different_seeds_fail_clearly(tmp_path):
     for pid, (code, out) in enumerate(zip(codes, outs)):
         assert code != 0, f"process {pid} ran with another process's seed:\n{out}"
         assert "ProcessMismatchError" in out and "seed (process 0: 0 vs process 1: 1)" in out, out
+
+
+def run_comm(what):
+    p = subprocess.run([sys.executable, str(HERE / "comm_check.py"), what], env=env_for(4),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return json.loads(p.stdout.strip().splitlines()[-1])[what]
+
+
+def test_bytes_handed_to_collectives():
+    """Per layer and step, counted from the traced step: GRASS all-reduces r x k where dense
+    data parallel all-reduces m x n; sharding the state moves no more bytes on a ring; at a
+    refresh "exact" adds one m x n all-reduce (in chunks), "sum_sq" d floats."""
+    from comm_check import LAYERS, N_DEV, RANK, ring_bytes
+    t = run_comm("traffic")
+    import grass_jax as gj
+    for name, (m, n) in LAYERS.items():
+        _, d, k = gj.ops.resolve_side(m, n)
+        g, full = RANK * k * 4, m * n * 4
+        assert t["dense"][name]["handed"] == full
+        assert t["grass_plain"][name]["handed"] == g, t["grass_plain"][name]
+        assert t["grass_refresh"][name]["handed"] == full + g, t["grass_refresh"][name]
+        assert t["grass_sum_sq_refresh"][name]["handed"] == d * 4 + g
+        # sharded: a reduce-scatter of g and an all-gather of the device's r/N rows
+        assert t["grass_sharded_plain"][name]["handed"] == g + g // N_DEV
+        assert t["grass_sharded_plain"][name]["ring"] <= t["grass_plain"][name]["ring"]
+        assert t["grass_plain"][name]["ring"] == ring_bytes("psum", g, N_DEV)
+    # besides the layers: the dense leaf's gradient and the loss, and with sharded state one
+    # i32 per GRASS layer (did any device see a non-finite gradient)
+    assert t["grass_sharded_plain"]["other"]["handed"] == t["grass_plain"]["other"]["handed"] + 8
+
+
+def test_score_combination_selects_like_the_full_batch():
+    """"exact" selects the rows one device selects from the full batch's gradient; "sum_sq"
+    (d floats on the wire) an approximation, measured here (the README quotes the numbers)."""
+    q = run_comm("quality")
+    for key, value in q.items():
+        if key.endswith("_exact"):
+            assert value == 1.0, (key, q)
+    assert all(q[k] < 1.0 for k in q if k.endswith("_sum_sq")), q
+    print(json.dumps(q))

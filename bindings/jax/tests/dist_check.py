@@ -107,9 +107,51 @@ def train(out, shard, refresh_mode, method, seed=0):
                       "loss": losses}))
 
 
+def nonfinite():
+    """The sharded step where only the last device's share of g is not finite: every device
+    must skip (as the unsharded op skips for the whole g), leaving W, M, V and the counts."""
+    n_dev = jax.device_count()
+    mesh = jax.make_mesh((n_dev,), ("data",))
+    m, n, r = 40, 24, 4 * n_dev
+    k = jax.random.split(jax.random.PRNGKey(3), 5)
+    w = jax.random.normal(k[0], (m, n))
+    indices = jnp.sort(jax.random.choice(k[1], m, (r,), replace=False)).astype(jnp.int32)
+    scales = jnp.ones((r,), jnp.float32)
+    mv = jax.random.normal(k[2], (2, r, n)) ** 2 * 1e-3
+    steps = jnp.full((r,), 3, jnp.int32)
+    g = jax.random.normal(k[3], (n_dev, r, n))   # each device's own compressed gradient
+    bad = g.at[0, r - 1, 0].set(jnp.nan)         # a row of the last device's share
+    adam = dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, decay_mode="selected")
+
+    def sharded(w, m_state, v_state, row_steps, g):
+        w, m_state, v_state, row_steps, skipped = gj.sharding.sparse_adamw_step(
+            w, indices, scales, g[0], m_state, v_state, row_steps, 1e-2, axis_name="data",
+            side="rows", rank=r, alpha=1.0, adam=adam)
+        return w, m_state, v_state, row_steps, skipped[None]  # each device's outcome
+
+    run = jax.jit(jax.shard_map(
+        sharded, mesh=mesh, in_specs=(P(), P("data"), P("data"), P("data"), P("data")),
+        out_specs=(P(), P("data"), P("data"), P("data"), P("data")), check_vma=False))
+    put = lambda x, spec: global_array(x, NamedSharding(mesh, spec))
+    args = (put(w, P()), put(mv[0], P("data")), put(mv[1], P("data")), put(steps, P("data")))
+    res = {}
+    for name, grads in (("finite", g), ("nonfinite", bad)):
+        w2, m2, v2, s2, skipped = run(*args, put(grads, P("data")))
+        want = gj.ops.sparse_adamw_step(w, indices, scales, grads.mean(axis=0), mv[0], mv[1],
+                                        steps, 1e-2, side="rows", **adam)
+        res[name] = {"skipped": whole(skipped).tolist(), "want_skipped": int(want[4]),
+                     "w_max_diff": float(np.abs(whole(w2) - np.asarray(want[0])).max()),
+                     "m_max_diff": float(np.abs(whole(m2) - np.asarray(want[1])).max()),
+                     "v_max_diff": float(np.abs(whole(v2) - np.asarray(want[2])).max()),
+                     "steps": whole(s2).tolist(), "w_changed": bool((whole(w2) != w).any())}
+    print(json.dumps(res))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "train":
         seed = int(sys.argv[9]) if len(sys.argv) > 9 else 0
         train(sys.argv[2], sys.argv[3] == "1", sys.argv[4], sys.argv[5], seed)
+    elif sys.argv[1] == "nonfinite":
+        nonfinite()
     else:
         raise SystemExit(f"unknown command {sys.argv[1]!r}")

@@ -179,3 +179,51 @@ def test_score_combination_selects_like_the_full_batch():
             assert value == 1.0, (key, q)
     assert all(q[k] < 1.0 for k in q if k.endswith("_sum_sq")), q
     print(json.dumps(q))
+
+
+def test_sharded_step_skips_on_every_device_when_one_share_is_not_finite():
+    p = subprocess.run([sys.executable, str(SCRIPT), "nonfinite"], env=env_for(4),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    ok, bad = r["finite"], r["nonfinite"]
+    # finite: the sharded step is the unsharded op on the mean gradient, bit for bit
+    assert ok["skipped"] == [0] * 4 and ok["w_changed"], ok
+    assert ok["w_max_diff"] == ok["m_max_diff"] == ok["v_max_diff"] == 0.0, ok
+    assert ok["steps"] == [4] * 16
+    # one NaN in the last device's rows: all four devices skip, nothing is written
+    assert bad["want_skipped"] == 1
+    assert bad["skipped"] == [1] * 4, bad
+    assert not bad["w_changed"] and bad["steps"] == [3] * 16, bad
+    assert bad["w_max_diff"] == bad["m_max_diff"] == bad["v_max_diff"] == 0.0, bad
+
+
+def test_fingerprint_names_what_differs():
+    """The fields the processes compare, from real optimizers (no processes needed)."""
+    import jax
+    import grass_jax as gj
+    from grass_jax import consistency
+    import model
+
+    params = model.init_params(jax.random.PRNGKey(0))
+    kw = dict(grass_mask=model.GRASS_MASK, rank=8, refresh_every=3)
+    base = gj.grass_adamw(1e-3, **kw)
+
+    def table(other, params_other=params, state=None, state_other=None):
+        return np.stack([consistency.fingerprint(base, params, state),
+                         consistency.fingerprint(other, params_other, state_other)])
+
+    assert consistency.mismatches(table(gj.grass_adamw(1e-3, **kw))) == []
+    assert consistency.mismatches(table(gj.grass_adamw(1e-3, **dict(kw, seed=5)))) == [
+        "seed (process 0: 0 vs process 1: 5)"]
+    assert consistency.mismatches(table(gj.grass_adamw(1e-3, **dict(kw, refresh_every=4)))) \
+        == ["refresh_every (process 0: 3 vs process 1: 4)"]
+    assert consistency.mismatches(table(gj.grass_adamw(1e-3, **dict(kw, rank=6)))) == [
+        "weight shapes (process 0 vs process 1) [fingerprints differ]",
+        "rank (process 0: 8 vs process 1: 6)"]
+    wider = dict(params, up=np.zeros((50, 24), np.float32))
+    assert consistency.mismatches(table(base, wider))[0].startswith("weight shapes")
+    state = base.init(params)
+    later = state._replace(count=state.count + 1)
+    assert consistency.mismatches(table(base, state=state, state_other=later)) == [
+        "step count (process 0: 0 vs process 1: 1)"]

@@ -147,11 +147,53 @@ def nonfinite():
     print(json.dumps(res))
 
 
+def memory():
+    """The compiled sharded step (no refresh) for a 4096 x 1024 weight: which instructions make
+    an m x n array, and XLA's scratch. The all-gathered rows must be scattered into the donated
+    W in place, not into a copy."""
+    import re
+
+    m, n, b, r = 4096, 1024, 64, 32
+    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    params = {"w": jax.ShapeDtypeStruct((m, n), jnp.float32)}
+    res = {}
+    for shard in (False, True):
+        opt = gj.grass_adamw(1e-3, grass_mask={"w": True}, rank=r, refresh_every=100,
+                             axis_name="data", shard_state=shard)
+        state = jax.eval_shape(opt.init, params)
+        specs = opt.state_specs(state)
+
+        def loss_fn(p, proj, x):
+            return jnp.mean(jnp.tanh(gj.grass_linear(x, p["w"], proj["w"])) ** 2)
+
+        def local(p, s, x, opt=opt):
+            proj = opt.projections(p, s, refresh=False)
+            loss, grads = opt.value_and_grad(loss_fn)(p, proj, x)
+            p, s = opt.step(p, grads, s)
+            return p, s, loss
+
+        step = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), specs, P("data")),
+                                     out_specs=(P(), specs, P()), check_vma=False),
+                       donate_argnums=(0, 1))
+        x = jax.ShapeDtypeStruct((b * jax.device_count(), n), jnp.float32)
+        compiled = step.lower(params, state, x).compile()
+        hlo = compiled.as_text()
+        made = re.compile(r"=\s*f32\[%d,%d\]\{[^}]*\}\s+([\w-]+)\(" % (m, n))
+        res["sharded" if shard else "replicated"] = {
+            "mn_producers": sorted({k.group(1) for line in hlo.splitlines()
+                                    if (k := made.search(line))}),
+            "temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes),
+            "mn_bytes": m * n * 4}
+    print(json.dumps(res))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "train":
         seed = int(sys.argv[9]) if len(sys.argv) > 9 else 0
         train(sys.argv[2], sys.argv[3] == "1", sys.argv[4], sys.argv[5], seed)
     elif sys.argv[1] == "nonfinite":
         nonfinite()
+    elif sys.argv[1] == "memory":
+        memory()
     else:
         raise SystemExit(f"unknown command {sys.argv[1]!r}")

@@ -227,3 +227,17 @@ def test_fingerprint_names_what_differs():
     later = state._replace(count=state.count + 1)
     assert consistency.mismatches(table(base, state=state, state_other=later)) == [
         "step count (process 0: 0 vs process 1: 1)"]
+
+
+def test_sharded_step_writes_rows_into_w_in_place():
+    """The all-gathered rows go into the donated W by a scatter: no copy of W, and no more
+    scratch than the replicated step (activations and the r x k gradient) beyond r x k."""
+    p = subprocess.run([sys.executable, str(SCRIPT), "memory"], env=env_for(4),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    rep, sh = r["replicated"], r["sharded"]
+    assert "copy" not in sh["mn_producers"], sh
+    assert sh["temp_bytes"] < sh["mn_bytes"] // 4, sh
+    # scratch grows by the gathered rows and the shares' work buffers: 32 x 1024 f32 (128 KiB)
+    assert sh["temp_bytes"] - rep["temp_bytes"] <= 32 * 1024 * 4, (sh, rep)

@@ -26,11 +26,11 @@ positions of the r-row state, across shares: the shares are all-gathered (r x k 
 elements, once per refresh), the carry op runs on the whole state and each device keeps its
 share; the refresh's peak is then the unsharded state size.
 
-Limits, each refused when the optimizer is built: r must be a multiple of N (checked where
-the axis size is known, inside the step); methods that can repeat a row ("multinomial",
-"uniform") are refused, since the updates of a repeated row would be computed apart and then
-overwrite each other; decay_mode "dense" with weight decay is refused (it decays all of W,
-which the row-wise sharded op does not see).
+Limits: r must be a multiple of N (checked when the step is traced, where N is known).
+Refused when the optimizer is built: methods that can draw a row twice ("multinomial",
+"uniform"), whose updates of a repeated row would be computed on different devices and
+overwrite each other; decay_mode "dense" with weight decay, which decays all of W where the
+sharded step sees only the selected rows.
 """
 
 import jax

@@ -144,6 +144,18 @@ def nonfinite():
                      "m_max_diff": float(np.abs(whole(m2) - np.asarray(want[1])).max()),
                      "v_max_diff": float(np.abs(whole(v2) - np.asarray(want[2])).max()),
                      "steps": whole(s2).tolist(), "w_changed": bool((whole(w2) != w).any())}
+    # a rank that does not split into the devices' shares is refused when traced
+    odd = jax.shard_map(
+        lambda w, m_state, v_state, row_steps, g: gj.sharding.sparse_adamw_step(
+            w, indices[:6], scales[:6], g[0][:6], m_state, v_state, row_steps, 1e-2,
+            axis_name="data", side="rows", rank=6, alpha=1.0, adam=adam)[0],
+        mesh=mesh, in_specs=(P(), P("data"), P("data"), P("data"), P("data")), out_specs=P(),
+        check_vma=False)
+    try:
+        jax.jit(odd).lower(*args, put(g, P("data")))
+        res["odd_rank_error"] = None
+    except ValueError as e:
+        res["odd_rank_error"] = str(e)
     print(json.dumps(res))
 
 

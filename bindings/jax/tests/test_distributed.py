@@ -196,6 +196,18 @@ def test_sharded_step_skips_on_every_device_when_one_share_is_not_finite():
     assert bad["skipped"] == [1] * 4, bad
     assert not bad["w_changed"] and bad["steps"] == [3] * 16, bad
     assert bad["w_max_diff"] == bad["m_max_diff"] == bad["v_max_diff"] == 0.0, bad
+    assert "rank 6 is not a multiple of the 4 devices" in r["odd_rank_error"], r
+
+
+@pytest.mark.parametrize("kw,words", [
+    (dict(), "needs axis_name"),
+    (dict(axis_name="data", method="multinomial"), "selects distinct rows"),
+    (dict(axis_name="data", decay_mode="dense", weight_decay=0.1), "decay_mode='dense'"),
+])
+def test_shard_state_refuses_what_it_cannot_do(kw, words):
+    import grass_jax as gj
+    with pytest.raises(ValueError, match=words):
+        gj.grass_adamw(1e-3, grass_mask=lambda path, leaf: True, shard_state=True, **kw)
 
 
 def test_fingerprint_names_what_differs():

@@ -69,6 +69,18 @@ def make_step(opt, state_specs, mesh):
                    donate_argnums=(0, 1))
 
 
+def sum_order(mesh):
+    """psum over the axis of 4096 values per device of mixed magnitudes: f32 addition is not
+    associative, so the sums' last bits tell the order in which the devices were added."""
+    rng = np.random.default_rng(5)
+    n_dev = jax.device_count()
+    values = (rng.standard_normal((n_dev, 4096)) * 10.0 ** rng.uniform(-3, 3, (n_dev, 4096)))
+    total = jax.jit(jax.shard_map(lambda v: jax.lax.psum(v[0], "data"), mesh=mesh,
+                                  in_specs=P("data"), out_specs=P(), check_vma=False))
+    return whole(total(global_array(values.astype(np.float32),
+                                    NamedSharding(mesh, P("data")))))
+
+
 def train(out, shard, refresh_mode, method, seed=0):
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
     opt = make_optimizer(shard, refresh_mode, method, seed)
@@ -89,7 +101,7 @@ def train(out, shard, refresh_mode, method, seed=0):
         params, state, loss = step(params, state, global_array(ids, split),
                                    global_array(target, split))
         losses.append(float(whole(loss)))
-    result = {"loss": np.asarray(losses, np.float32)}
+    result = {"loss": np.asarray(losses, np.float32), "sum_order": sum_order(mesh)}
     for name, w in params.items():
         result[f"w_{name}"] = whole(w)
     for name in ("up", "down"):

@@ -104,6 +104,14 @@ def test_two_processes_equal_one_process(single, tmp_path):
     assert codes == [0, 0], "\n".join(outs)
     assert int(got["refresh_count_up"]) == 3
     assert differences(got, single[False], RTOL) == {}, "2 x 2 devices differ from 1 x 4"
+    # The reason for the tolerance: the all-reduces add the devices in different orders
+    # (sums of the same mixed-magnitude values differ in their last bits). Where they add in
+    # the same order, nothing else may differ.
+    same_order = got["sum_order"].tobytes() == single[False]["sum_order"].tobytes()
+    if same_order:
+        assert differences(got, single[False]) == {}
+    print(f"all-reduce sums that differ between 1 x 4 and 2 x 2 devices: "
+          f"{np.mean(got['sum_order'] != single[False]['sum_order']):.1%}")
 
 
 def test_sharded_state_equals_replicated(single):

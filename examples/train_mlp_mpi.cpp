@@ -130,7 +130,9 @@ class MarkovText {
 // ---- memory of the context --------------------------------------------------------------------
 
 // A tensor with a host copy and, for a CUDA context, a device copy synchronized explicitly; for
-// a CPU context get() is the host copy itself.
+// a CPU context get() is the host copy itself. The copies run on the legacy default stream,
+// which waits for the work enqueued before on the ops' stream (a blocking stream): a copy to the
+// host sees what the ops and collectives wrote.
 template <class T>
 class Buffer {
  public:
@@ -200,8 +202,6 @@ class Comm {
   virtual void allreduce_sum(float* buf, size_t count, grass::Stream stream) = 0;
   // Each rank's `count` floats, concatenated in rank order into `recv` (size() * count).
   virtual void allgather(const float* send, size_t count, float* recv, grass::Stream stream) = 0;
-  // Makes the collectives enqueued on `stream` visible to the host (NCCL); no-op for MPI.
-  virtual void wait(grass::Stream) {}
   virtual const char* name() const = 0;
 
   // Host control plane: the minimum and maximum of each value over the ranks.
@@ -616,12 +616,10 @@ class Trainer {
       // sqrt(sum over ranks of s^2): squares and roots on the host copy (d floats per refresh).
       layer.projection.scores(local_batch_, layer.x->get(), layer.dy->get(), layer.scores.get(),
                               stream_);
-      comm_.wait(stream_);
       layer.scores.to_host();
       for (auto& v : layer.scores.host) v *= v;
       layer.scores.to_device();
       comm_.allreduce_sum(layer.scores.get(), layer.scores.size(), stream_);
-      comm_.wait(stream_);
       layer.scores.to_host();
       for (auto& v : layer.scores.host) v = std::sqrt(v);
       layer.scores.to_device();
@@ -631,7 +629,6 @@ class Trainer {
     }
     if (s_.fault == "selection" && comm_.rank() == 1 && before.refresh_count == 1) {
       // A rank whose scores went astray: the check after the refresh must catch it.
-      comm_.wait(stream_);
       layer.scores.to_host();
       std::reverse(layer.scores.host.begin(), layer.scores.host.end());
       layer.scores.to_device();
@@ -667,7 +664,6 @@ class Trainer {
   std::vector<int32_t> indices(const int32_t* p, size_t count) {
     std::vector<int32_t> out(count);
     if (cuda_) {
-      comm_.wait(stream_);
       cuda_->download(out.data(), p, count * sizeof(int32_t));
     } else {
       std::memcpy(out.data(), p, count * sizeof(int32_t));

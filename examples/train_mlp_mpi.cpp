@@ -29,9 +29,9 @@
 //       [--dp-scores exact|sum_sq] [--backend auto|mpi|nccl] [--check-single] [--compare-scores]
 //       [--fault seed|rank|refresh-every|selection]
 //
-// --check-single also trains the same model on each global batch in one process (on every
-// rank, in parallel) and checks the data-parallel run against it; it checks too that every rank
-// ends with bit-identical weights and that the counted bytes are what the shapes say. --fault
+// Every run checks that all ranks end with bit-identical weights and that the counted bytes are
+// what the shapes say. --check-single also trains the same model on each global batch in one
+// process (on every rank, in parallel) and checks the data-parallel run against it. --fault
 // makes rank 1 misconfigure itself (a test that the fingerprint catches it). --compare-scores
 // (with sum_sq) also computes at each refresh the selection exact scores would have made and
 // reports the share of rows the two have in common.

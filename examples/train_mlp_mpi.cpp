@@ -43,8 +43,6 @@
 
 #include <mpi.h>
 
-#include <dlfcn.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -62,6 +60,7 @@
 #include "grass.hpp"
 
 #ifdef GRASS_EXAMPLE_NCCL
+#include <dlfcn.h>
 #include <nccl.h>
 #endif
 
@@ -328,7 +327,7 @@ class DriverStream {
 // Bytes handed to the collectives, per layer and purpose.
 struct Wire {
   struct Count {
-    int64_t grad = 0, scores = 0, calls = 0;
+    int64_t grad = 0, scores = 0;
   };
   std::map<std::string, Count> by_layer;
   int64_t refreshes = 0;
@@ -590,7 +589,6 @@ class Trainer {
     comm_.allreduce_sum(buf, count, stream_);
     auto& c = wire_.by_layer[layer];
     c.grad += int64_t(count * sizeof(float));
-    ++c.calls;
   }
 
   // New rows for `layer` from scores combined over the ranks, then its state remapped.
@@ -609,7 +607,6 @@ class Trainer {
       comm_.allgather(layer.x->get(), xn, layer.gathered_x.get(), stream_);
       comm_.allgather(layer.dy->get(), dyn, layer.gathered_dy.get(), stream_);
       c.scores += int64_t((xn + dyn) * sizeof(float));
-      c.calls += 2;
       layer.projection.scores(s_.global_batch, layer.gathered_x.get(), layer.gathered_dy.get(),
                               layer.scores.get(), stream_);
     } else {
@@ -624,7 +621,6 @@ class Trainer {
       for (auto& v : layer.scores.host) v = std::sqrt(v);
       layer.scores.to_device();
       c.scores += int64_t(layer.scores.bytes());
-      ++c.calls;
       if (s_.compare_scores) exact_selection(layer, before.refresh_count);
     }
     if (s_.fault == "selection" && comm_.rank() == 1 && before.refresh_count == 1) {

@@ -30,43 +30,51 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-PAPER = ["--lr", "1e-2", "--alpha", "0.25", "--refresh-every", "200", "--refresh-mode", "reset"]
-
-
 def rows():
     """[(phase, id, optimizer, trainer options)] in the order they run."""
     out = []
     add = lambda phase, rid, opt, argv: out.append((phase, rid, opt, list(argv)))
-    for lr in ("1e-3", "2e-3", "3e-3", "6e-3", "1e-2"):
-        add("lr", f"adamw lr {lr}", "adamw", ["--lr", lr])
-    for lr in ("3e-3", "1e-2", "2e-2", "4e-2"):
-        add("lr", f"galore lr {lr}", "galore", ["--lr", lr])
-    for lr in ("1e-3", "3e-3", "1e-2"):
-        add("lr", f"grass defaults lr {lr}", "grass", ["--lr", lr])
-    for method, scaling in (("uniform_nr", "none"), ("top_r", "none"),
-                            ("multinomial_nr", "unbiased"), ("multinomial_nr", "none"),
-                            ("multinomial", "unbiased"), ("uniform_nr", "unbiased")):
+    # The most telling rows first, so that a sweep cut short has them.
+    for opt, lr in (("adamw", "3e-3"), ("galore", "1e-2"), ("grass", "3e-3"),
+                    ("adamw", "1e-3"), ("adamw", "6e-3"), ("galore", "2e-2"),
+                    ("grass", "1e-2"), ("adamw", "2e-3"), ("galore", "4e-2"),
+                    ("grass", "1e-3")):
+        add("lr", f"{opt}{' defaults' if opt == 'grass' else ''} lr {lr}", opt, ["--lr", lr])
+    recipe = lambda lr, method, scaling: ["--lr", lr, "--alpha", "0.25", "--refresh-every",
+                                          "200", "--refresh-mode", "reset", "--method", method,
+                                          "--scaling", scaling]
+    add("paper", "uniform_nr none paper recipe", "grass", recipe("1e-2", "uniform_nr", "none"))
+    add("paper", "uniform_nr none paper recipe, lr 2e-2", "grass",
+        recipe("2e-2", "uniform_nr", "none"))
+    add("lr", "galore lr 8e-2", "galore", ["--lr", "8e-2"])
+    add("paper", "uniform_nr none paper recipe, lr 4e-2", "grass",
+        recipe("4e-2", "uniform_nr", "none"))
+    for method, scaling in (("top_r", "none"), ("multinomial_nr", "unbiased"),
+                            ("multinomial", "unbiased")):
         add("paper", f"{method} {scaling} paper recipe", "grass",
-            PAPER + ["--method", method, "--scaling", scaling])
-    for k in ("50", "20"):
-        for method, scaling in (("uniform_nr", "none"), ("multinomial_nr", "none")):
-            add("carry", f"{method} {scaling} K {k} carry", "grass",
-                ["--lr", "1e-2", "--alpha", "0.25", "--refresh-every", k, "--refresh-mode",
-                 "carry", "--method", method, "--scaling", scaling])
-    base = ["--method", "uniform_nr", "--scaling", "none", "--refresh-mode", "reset"]
-    for lr, alpha in (("2e-2", "0.25"), ("5e-3", "0.25"), ("1e-2", "0.5"), ("3e-3", "1")):
-        add("options", f"uniform_nr none lr {lr} alpha {alpha}", "grass",
-            base + ["--lr", lr, "--alpha", alpha, "--refresh-every", "200"])
-    for k in ("100", "50"):
-        add("options", f"uniform_nr none K {k} reset", "grass",
-            base + ["--lr", "1e-2", "--alpha", "0.25", "--refresh-every", k])
-    add("options", "multinomial_nr none p 1 paper recipe", "grass",
-        PAPER + ["--method", "multinomial_nr", "--scaling", "none", "--power", "1"])
+            recipe("1e-2", method, scaling))
+    carry = lambda lr, k, method: ["--lr", lr, "--alpha", "0.25", "--refresh-every", k,
+                                   "--refresh-mode", "carry", "--method", method,
+                                   "--scaling", "none"]
+    add("carry", "uniform_nr none K 50 carry", "grass", carry("1e-2", "50", "uniform_nr"))
+    add("carry", "uniform_nr none K 20 carry", "grass", carry("1e-2", "20", "uniform_nr"))
+    add("options", "uniform_nr none K 50 reset", "grass",
+        recipe("1e-2", "uniform_nr", "none")[:5] + ["50"] + recipe("1e-2", "uniform_nr",
+                                                                    "none")[6:])
+    add("options", "multinomial_nr none paper recipe", "grass",
+        recipe("1e-2", "multinomial_nr", "none"))
+    add("options", "uniform_nr none paper recipe, alpha 0.5", "grass",
+        ["--lr", "1e-2", "--alpha", "0.5"] + recipe("1e-2", "uniform_nr", "none")[4:])
+    add("carry", "multinomial_nr none K 50 carry", "grass",
+        carry("1e-2", "50", "multinomial_nr"))
     add("memory", "uniform_nr none bf16 state rank 2x", "grass",
-        PAPER + ["--method", "uniform_nr", "--scaling", "none", "--state-dtype", "bfloat16",
-                 "--rank", "2x"])
+        recipe("1e-2", "uniform_nr", "none") + ["--state-dtype", "bfloat16", "--rank", "2x"])
+    add("options", "multinomial_nr none p 1 paper recipe", "grass",
+        recipe("1e-2", "multinomial_nr", "none") + ["--power", "1"])
+    add("options", "uniform_nr unbiased paper recipe", "grass",
+        recipe("1e-2", "uniform_nr", "unbiased"))
     add("memory", "uniform_nr none side cols", "grass",
-        PAPER + ["--method", "uniform_nr", "--scaling", "none", "--side", "cols"])
+        recipe("1e-2", "uniform_nr", "none") + ["--side", "cols"])
     return out
 
 

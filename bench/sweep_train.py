@@ -49,32 +49,45 @@ def rows():
     add("lr", "galore lr 8e-2", "galore", ["--lr", "8e-2"])
     add("paper", "uniform_nr none paper recipe, lr 4e-2", "grass",
         recipe("4e-2", "uniform_nr", "none"))
-    for method, scaling in (("top_r", "none"), ("multinomial_nr", "unbiased"),
-                            ("multinomial", "unbiased")):
+    for method, scaling in (("top_r", "none"), ("multinomial_nr", "unbiased")):
         add("paper", f"{method} {scaling} paper recipe", "grass",
             recipe("1e-2", method, scaling))
-    carry = lambda lr, k, method: ["--lr", lr, "--alpha", "0.25", "--refresh-every", k,
-                                   "--refresh-mode", "carry", "--method", method,
-                                   "--scaling", "none"]
-    add("carry", "uniform_nr none K 50 carry", "grass", carry("1e-2", "50", "uniform_nr"))
-    add("carry", "uniform_nr none K 20 carry", "grass", carry("1e-2", "20", "uniform_nr"))
-    add("options", "uniform_nr none K 50 reset", "grass",
-        recipe("1e-2", "uniform_nr", "none")[:5] + ["50"] + recipe("1e-2", "uniform_nr",
-                                                                    "none")[6:])
-    add("options", "multinomial_nr none paper recipe", "grass",
-        recipe("1e-2", "multinomial_nr", "none"))
-    add("options", "uniform_nr none paper recipe, alpha 0.5", "grass",
-        ["--lr", "1e-2", "--alpha", "0.5"] + recipe("1e-2", "uniform_nr", "none")[4:])
-    add("carry", "multinomial_nr none K 50 carry", "grass",
-        carry("1e-2", "50", "multinomial_nr"))
-    add("memory", "uniform_nr none bf16 state rank 2x", "grass",
-        recipe("1e-2", "uniform_nr", "none") + ["--state-dtype", "bfloat16", "--rank", "2x"])
-    add("options", "multinomial_nr none p 1 paper recipe", "grass",
-        recipe("1e-2", "multinomial_nr", "none") + ["--power", "1"])
-    add("options", "uniform_nr unbiased paper recipe", "grass",
-        recipe("1e-2", "uniform_nr", "unbiased"))
-    add("memory", "uniform_nr none side cols", "grass",
-        recipe("1e-2", "uniform_nr", "none") + ["--side", "cols"])
+    # Around the best learning rate of the paper's recipe (4e-2): more frequent refreshes,
+    # with and without carrying the Adam state of rows that stay selected.
+    with_k = lambda k, mode, method="uniform_nr": (
+        recipe("4e-2", method, "none")[:5] + [k, "--refresh-mode", mode]
+        + recipe("4e-2", method, "none")[8:])
+    add("carry", "uniform_nr none lr 4e-2 K 50 carry", "grass", with_k("50", "carry"))
+    add("carry", "uniform_nr none lr 4e-2 K 20 carry", "grass", with_k("20", "carry"))
+    add("options", "uniform_nr none lr 4e-2 K 50 reset", "grass", with_k("50", "reset"))
+    add("lr", "uniform_nr none paper recipe, lr 8e-2", "grass",
+        recipe("8e-2", "uniform_nr", "none"))
+    add("memory", "uniform_nr none lr 4e-2, bf16 state at rank 2x", "grass",
+        recipe("4e-2", "uniform_nr", "none") + ["--state-dtype", "bfloat16", "--rank", "2x"])
+    for alpha in ("0.5", "0.125"):  # the projected weights' step apart from the dense ones'
+        add("options", f"uniform_nr none lr 4e-2 alpha {alpha}", "grass",
+            ["--lr", "4e-2", "--alpha", alpha] + recipe("4e-2", "uniform_nr", "none")[4:])
+    add("options", "multinomial_nr none lr 4e-2", "grass",
+        recipe("4e-2", "multinomial_nr", "none"))
+    add("options", "multinomial_nr unbiased lr 4e-2", "grass",
+        recipe("4e-2", "multinomial_nr", "unbiased"))
+    add("options", "multinomial_nr none lr 4e-2 p 1", "grass",
+        recipe("4e-2", "multinomial_nr", "none") + ["--power", "1"])
+    add("carry", "multinomial_nr none lr 4e-2 K 50 carry", "grass",
+        with_k("50", "carry", "multinomial_nr"))
+    add("paper", "multinomial unbiased paper recipe", "grass",
+        recipe("1e-2", "multinomial", "unbiased"))
+    add("options", "uniform_nr unbiased lr 4e-2", "grass",
+        recipe("4e-2", "uniform_nr", "unbiased"))
+    add("memory", "uniform_nr none lr 4e-2, side cols", "grass",
+        recipe("4e-2", "uniform_nr", "none") + ["--side", "cols"])
+    # side cols keeps r x 352 moments for the MLP's up projections (auto: r x 128); rank 21
+    # brings its state back to the bytes of the others (0.66x the preset's rank of 32).
+    add("memory", "uniform_nr none lr 4e-2, side cols at equal bytes", "grass",
+        recipe("4e-2", "uniform_nr", "none") + ["--side", "cols", "--rank", "0.66x"])
+    add("memory", "uniform_nr none lr 4e-2, side cols, bf16 state, equal bytes", "grass",
+        recipe("4e-2", "uniform_nr", "none") + ["--side", "cols", "--state-dtype", "bfloat16",
+                                                "--rank", "1.31x"])
     return out
 
 
@@ -102,11 +115,13 @@ def load_done(path):
 
 
 def write_table(out, plan, done, extra):
-    best_adamw = min((r["final_val_loss"] for r in done.values()
-                      if r["optimizer"] == "adamw" and r["diverged_at"] is None),
-                     default=float("nan"))
-    lines = ["| phase | configuration | val loss | / best AdamW | bits/byte | train loss | "
-             "optimizer state | tokens/s | command |", "|" + " --- |" * 9]
+    def best(opt):
+        return min((r["final_val_loss"] for r in done.values()
+                    if r["optimizer"] == opt and r["diverged_at"] is None),
+                   default=float("nan"))
+    adamw, galore = best("adamw"), best("galore")
+    lines = ["| phase | configuration | val loss | / best AdamW | / best GaLore | bits/byte | "
+             "train loss | optimizer state, bytes | command |", "|" + " --- |" * 9]
     for phase, rid, opt, cmd in plan:
         r = done.get(cmd)
         if r is None:
@@ -114,11 +129,11 @@ def write_table(out, plan, done, extra):
         val = f"{r['final_val_loss']:.4f}" if r["diverged_at"] is None else \
             f"diverged at {r['diverged_at']}"
         lines.append(
-            f"| {phase} | {rid} | {val} | {r['final_val_loss'] / best_adamw:.4f} | "
-            f"{r['bits_per_byte']:.4f} | {r['train_loss']:.4f} | {r['state_bytes']:,} | "
-            f"{r['tokens_per_s']:,.0f} | `{cmd}` |")
+            f"| {phase} | {rid} | {val} | {r['final_val_loss'] / adamw:.4f} | "
+            f"{r['final_val_loss'] / galore:.4f} | {r['bits_per_byte']:.4f} | "
+            f"{r['train_loss']:.4f} | {r['state_bytes']:,} | `{cmd}` |")
     head = (f"Trainer sweep: {len(done)} runs, options common to every row: "
-            f"`{' '.join(extra) or '(the cpu preset)'}`.\n\n")
+            f"`{' '.join(extra) or '(the cpu preset)'}`. One seed per row.\n\n")
     (out / "sweep.md").write_text(head + "\n".join(lines) + "\n")
 
 
@@ -128,6 +143,8 @@ def main():
     p.add_argument("--only", help="run only the rows whose configuration contains this text")
     p.add_argument("--out", default=str(HERE / "results" / "sweep_train"))
     p.add_argument("--list", action="store_true", help="print the rows and exit")
+    p.add_argument("--table", action="store_true",
+                   help="rewrite sweep.md from the rows already run, run nothing")
     args, extra = p.parse_known_args()
     from grass_jax import train
 
@@ -146,6 +163,11 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     log = out / "rows.jsonl"
     done = load_done(log)
+    if args.table:
+        plan = [row for row in plan if row[3] in done]
+        write_table(out, plan, done, extra)
+        print(f"wrote {out / 'sweep.md'}")
+        return 0
     for i, (ph, rid, opt, cmd) in enumerate(plan):
         if cmd in done:
             continue

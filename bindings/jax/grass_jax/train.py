@@ -49,8 +49,16 @@ PRESETS = {
 }
 
 # Each optimizer's learning rate when --lr is not given: the best of the learning-rate sweep
-# in bench/sweep_train.py on the cpu preset.
-DEFAULT_LR = {"grass": 1e-2, "adamw": 3e-3, "galore": 1e-2}
+# in bench/sweep_train.py on the cpu preset (AdamW: 1e-3 .. 6e-3; GaLore, scale 0.25:
+# 1e-2 .. 8e-2). grass's depends on its update scale alpha (the projected weights step by
+# lr·alpha, the dense ones by lr): the best measured for the nearest alpha swept.
+DEFAULT_LR = {"adamw": 2e-3, "galore": 4e-2}
+GRASS_LR_BY_ALPHA = {1.0: 3e-3, 0.25: 4e-2}
+
+
+def grass_default_lr(alpha):
+    near = min(GRASS_LR_BY_ALPHA, key=lambda a: abs(math.log(a / alpha)))
+    return GRASS_LR_BY_ALPHA[near]
 
 
 def _grass_defaults():
@@ -83,7 +91,7 @@ class Config:
     final_lr_ratio: float = 0.1
     eval_every: int = 50
     eval_batches: int = 8
-    lr: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_LR))
+    lr: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_LR, grass=None))
     weight_decay: float = 0.0
     b1: float = 0.9
     b2: float = 0.999
@@ -190,7 +198,9 @@ def build_parser():
     m.add_argument("--warmup", type=_nonneg_int, help="linear warm-up steps")
     o = p.add_argument_group("optimization (every optimizer)")
     o.add_argument("--lr", type=_float(0, True),
-                   help=f"learning rate of every optimizer (default: each its own, {DEFAULT_LR})")
+                   help=f"learning rate of every optimizer (default: each its own: "
+                        f"{', '.join(f'{k} {v:g}' for k, v in DEFAULT_LR.items())}, grass "
+                        f"{', '.join(f'{v:g} at alpha {a:g}' for a, v in GRASS_LR_BY_ALPHA.items())})")
     for n in OPTIMIZERS:
         o.add_argument(f"--lr-{n}", type=_float(0, True), help=f"learning rate of {n}")
     o.add_argument("--schedule", choices=("cosine", "linear", "constant"),
@@ -256,6 +266,8 @@ def make_config(given: dict, base: Config = None) -> Config:
             cfg.lr[k[3:]] = v
         elif k in TRAINING_FIELDS:
             setattr(cfg, k, v)
+    if cfg.lr.get("grass") is None:
+        cfg.lr["grass"] = grass_default_lr(cfg.alpha)
     return cfg
 
 

@@ -401,7 +401,7 @@ class Progress:
     step: int = 0
     train_loss: list = dataclasses.field(default_factory=list)   # one per step
     val: list = dataclasses.field(default_factory=list)          # [step, loss]
-    train_seconds: float = 0.0     # step time, first (compiling) step of each segment excluded
+    train_seconds: float = 0.0     # step time; the first step after each compilation excluded
     timed_steps: int = 0
     wall_seconds: float = 0.0
     compile_seconds: float = 0.0

@@ -30,6 +30,10 @@ du -sh .carry/bin .carry/lib
 # For scripts/gpu_bench.sh: the JAX binding built against this library (its handler library is
 # a plain shared object, independent of the Python version). The benchmark's peers are in
 # bench/peers.py and need only torch.
+# It is built with the project's Python environment (.venv/, scripts/venv.sh), which has jax.
 rm -rf .carry/py
-python3 -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation --target .carry/py ./bindings/jax
+# shellcheck source=scripts/venv.sh
+. scripts/venv.sh
+grass_venv
+python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation --target .carry/py ./bindings/jax
 du -sh .carry

@@ -380,10 +380,33 @@ pub(crate) fn select_layout(plan: &mut Plan, d: usize) -> SelectLayout {
 }
 
 pub(crate) struct SparseGradLayout {
+    /// Selected rows per block: each block gathers its columns of A, multiplies, and scales
+    /// its rows of g.
+    pub rows: usize,
     pub gathered: usize,
     pub product: usize,
     pub blas: usize,
     pub blas_bytes: usize,
+}
+
+/// Most scratch bytes of one op.
+pub(crate) const OP_WORKSPACE: usize = 64 << 20;
+
+/// Rows per block of the sparse gradient: all r when the block's gathered columns
+/// (`b·rows·size`), its f32 product (`rows·k·4`) and cuBLAS's share fit 64 MiB, else r split
+/// into equal blocks (multiples of 64 rows when that many fit) that do.
+pub(crate) fn sparse_grad_rows(p: &Projected, b: usize, r: usize, dtype: Dtype) -> usize {
+    let per_row = b * dtype.size() + p.k * 4;
+    let room = OP_WORKSPACE - blas::WORKSPACE - 4 * 256;
+    let most = (room / per_row).max(1);
+    if r <= most {
+        return r;
+    }
+    let most = if most >= 64 { most / 64 * 64 } else { most };
+    let blocks = r.div_ceil(most);
+    let rows = r.div_ceil(blocks);
+    let rows = if most >= 64 { rows.div_ceil(64) * 64 } else { rows };
+    rows.min(most)
 }
 
 pub(crate) fn sparse_grad_layout(
@@ -393,9 +416,11 @@ pub(crate) fn sparse_grad_layout(
     r: usize,
     dtype: Dtype,
 ) -> SparseGradLayout {
-    let product = r * p.k * 4;
+    let rows = sparse_grad_rows(p, b, r, dtype);
+    let product = rows * p.k * 4;
     SparseGradLayout {
-        gathered: plan.take(b * r * dtype.size()),
+        rows,
+        gathered: plan.take(b * rows * dtype.size()),
         product: plan.take(product),
         blas: plan.take(blas::workspace_for(product)),
         blas_bytes: blas::workspace_for(product),
@@ -432,6 +457,45 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// DESIGN's shapes and ranks at 8192 tokens, every dtype and side: each op's scratch
+    /// stays within 64 MiB, and the sparse gradient's blocks cover all r rows.
+    #[test]
+    fn every_op_stays_within_64_mib_at_the_design_shapes() {
+        for (m, n) in [(4096, 4096), (11008, 4096), (4096, 11008), (13824, 5120)] {
+            for side in [Side::Rows, Side::Auto, Side::Cols] {
+                let p = Projected::new(m, n, side);
+                for r in [256, 1024] {
+                    for dtype in [Dtype::F32, Dtype::Bf16, Dtype::F16] {
+                        let mut plan = Plan::sizing();
+                        let l = sparse_grad_layout(&mut plan, &p, 8192, r, dtype);
+                        assert!(plan.size() <= OP_WORKSPACE, "{m}x{n} {side:?} r={r}: {}", plan.size());
+                        assert!(l.rows >= 1 && l.rows <= r);
+                        if l.rows < r {
+                            assert_eq!(l.rows % 64, 0, "{m}x{n} {side:?} r={r}");
+                        }
+                    }
+                    let mut plan = Plan::sizing();
+                    select_layout(&mut plan, p.d);
+                    assert!(plan.size() <= OP_WORKSPACE);
+                    let mut plan = Plan::sizing();
+                    step_layout(&mut plan, Some(r));
+                    assert!(plan.size() <= OP_WORKSPACE);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_grad_blocks_only_when_needed() {
+        let p = Projected::new(4096, 4096, Side::Rows);
+        assert_eq!(sparse_grad_rows(&p, 8192, 1024, Dtype::Bf16), 1024);
+        // 4096 x 11008 by rows at r = 1024: 44 MiB of product alone, so two blocks of 512
+        let p = Projected::new(4096, 11008, Side::Rows);
+        assert_eq!(sparse_grad_rows(&p, 8192, 1024, Dtype::Bf16), 512);
+        // a huge token count still gives at least one row per block
+        assert_eq!(sparse_grad_rows(&p, 1 << 30, 1024, Dtype::F32), 1);
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct Device {
     /// Keeps the kernels' modules loaded; dropped like `blas`.
     _modules: ManuallyDrop<Modules>,
     arch: (i32, i32),
+    /// A `CUevent` (as an address) that orders one stream after another when the context's
+    /// shared workspace changes streams; destroyed with the device.
+    switch_event: usize,
     /// Released last, after the modules and the cuBLAS handle.
     ctx: ManuallyDrop<Arc<CudaContext>>,
 }
@@ -161,11 +164,20 @@ impl Device {
         let modules = Modules::load(&cubins)?;
         let kernels = modules.kernels()?;
         let blas = Blas::new()?;
+        let mut event = std::ptr::null_mut();
+        // SAFETY: plain out-parameter; the context is current (retaining it made it so).
+        check("cuEventCreate", unsafe {
+            sys::cuEventCreate(
+                &mut event,
+                sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32,
+            )
+        })?;
         Ok(Device {
             kernels,
             blas: ManuallyDrop::new(blas),
             _modules: ManuallyDrop::new(modules),
             arch,
+            switch_event: event as usize,
             ctx: ManuallyDrop::new(ctx),
         })
     }
@@ -207,6 +219,64 @@ impl Device {
     pub fn memset_zero(&self, addr: usize, bytes: usize, stream: usize) -> Result<()> {
         let _bound = self.bind()?;
         launch::memset_zero(addr, bytes, stream)
+    }
+
+    /// Enqueues a copy of `bytes` bytes from `src` to `dst` (device memory, not overlapping).
+    pub fn copy(&self, dst: usize, src: usize, bytes: usize, stream: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let _bound = self.bind()?;
+        // SAFETY: both regions hold `bytes` bytes of device memory (the caller's contract).
+        check("cuMemcpyDtoDAsync", unsafe {
+            sys::cuMemcpyDtoDAsync_v2(
+                dst as sys::CUdeviceptr,
+                src as sys::CUdeviceptr,
+                bytes,
+                stream as sys::CUstream,
+            )
+        })
+    }
+
+    /// Waits on the host for the work queued on `stream`.
+    pub fn sync_stream(&self, stream: usize) -> Result<()> {
+        let _bound = self.bind()?;
+        // SAFETY: `stream` is a live stream of this context (the caller's contract).
+        check("cuStreamSynchronize", unsafe {
+            sys::cuStreamSynchronize(stream as sys::CUstream)
+        })
+    }
+
+    fn capturing(stream: usize) -> Result<bool> {
+        let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+        // SAFETY: plain out-parameter on a live stream.
+        check("cuStreamIsCapturing", unsafe {
+            sys::cuStreamIsCapturing(stream as sys::CUstream, &mut status)
+        })?;
+        Ok(status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+    }
+
+    /// Makes the work enqueued on `next` from now on wait for the work queued so far on
+    /// `prev` (an event, no host synchronization). Refused while either stream is being
+    /// captured into a CUDA graph: a dependency across the capture's edge is not allowed.
+    pub fn order_after(&self, prev: usize, next: usize) -> Result<()> {
+        let _bound = self.bind()?;
+        for s in [prev, next] {
+            ensure!(
+                !Device::capturing(s)?,
+                BadState,
+                "the context's workspace was last used on stream {prev:#x} and is now asked for on stream {next:#x} while one of them is being captured into a graph: run handle ops of one context on one stream during capture (or use a context per stream)"
+            );
+        }
+        let ev = self.switch_event as sys::CUevent;
+        // SAFETY: the event belongs to this context; both streams are live streams of it.
+        unsafe {
+            check("cuEventRecord", sys::cuEventRecord(ev, prev as sys::CUstream))?;
+            check(
+                "cuStreamWaitEvent",
+                sys::cuStreamWaitEvent(next as sys::CUstream, ev, 0),
+            )
+        }
     }
 
     /// Copies device memory to the host after the work queued on `stream`, and waits.
@@ -301,6 +371,7 @@ impl Drop for Device {
         let bound = Bound::to(self.ctx.cu_ctx());
         // SAFETY: each field is dropped once, here, in this order.
         unsafe {
+            let _ = sys::cuEventDestroy_v2(self.switch_event as sys::CUevent);
             ManuallyDrop::drop(&mut self.blas);
             ManuallyDrop::drop(&mut self._modules);
             ManuallyDrop::drop(&mut self.ctx);

@@ -182,8 +182,9 @@ pub unsafe extern "C" fn grass_projection_compress(
     })
 }
 
-/// Pointers (context memory, owned by the projection, valid until it is destroyed; contents
-/// change at each refresh) to the rank selected indices and their scales. Either may be NULL.
+/// Pointers (context memory, owned by the projection) to the rank selected indices and their
+/// scales. Either may be NULL. The pointers stay the same for the projection's life (cache them,
+/// or capture them in a CUDA graph); their contents change at each refresh.
 #[no_mangle]
 pub unsafe extern "C" fn grass_projection_selection(
     projection: *const grass_projection,

@@ -216,7 +216,8 @@ typedef struct grass_memory_report {
   int64_t galore_state_bytes;
   // GaLore: the full gradient of every parameter (numel at `w_dtype`), which it projects.
   int64_t galore_gradient_bytes;
-  // GaLore: the d x r projection matrix of each projected weight, at the state dtype.
+  // GaLore: the d x r projection matrix of each projected weight, at the weight's dtype
+  // (GaLore keeps it in the gradient's dtype).
   int64_t galore_projection_bytes;
   // weights + states + gradients + projections (SVD workspace not counted).
   int64_t galore_total_bytes;

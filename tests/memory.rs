@@ -328,11 +328,11 @@ fn memory_plan_adds_up_to_the_handles_and_the_workspace() {
                 + rep.grass_selection_bytes
                 + rep.grass_workspace_bytes
         );
-        // GaLore: 2 r k states and a d x r projection per projected weight
+        // GaLore: 2 r k states and a d x r projection (bf16, the weights' dtype) per projected weight
         let galore_proj: i64 = model
             .iter()
             .filter(|l| l.2 > 0)
-            .map(|&(m, n, r, side, c)| resolve(m, n, side).0 as i64 * r * s * c)
+            .map(|&(m, n, r, side, c)| resolve(m, n, side).0 as i64 * r * 2 * c)
             .sum();
         assert_eq!(rep.galore_projection_bytes, galore_proj);
         assert!(rep.grass_total_bytes < rep.galore_total_bytes);

@@ -108,7 +108,8 @@ pub struct grass_memory_report {
     pub galore_state_bytes: i64,
     /// GaLore: the full gradient of every parameter (numel at `w_dtype`), which it projects.
     pub galore_gradient_bytes: i64,
-    /// GaLore: the d x r projection matrix of each projected weight, at the state dtype.
+    /// GaLore: the d x r projection matrix of each projected weight, at the weight's dtype
+    /// (GaLore keeps it in the gradient's dtype).
     pub galore_projection_bytes: i64,
     /// weights + states + gradients + projections (SVD workspace not counted).
     pub galore_total_bytes: i64,
@@ -196,7 +197,7 @@ fn add_layer(
     s.grass_gradient += count * acc as u128;
     s.grass_selection += count * sel as u128;
     s.galore_state += count * 2 * (r * p.k * state.size()) as u128;
-    s.galore_projection += count * (p.d * r * state.size()) as u128;
+    s.galore_projection += count * (p.d * r * wd.size()) as u128;
     if l.count > 0 {
         s.workspace = s
             .workspace

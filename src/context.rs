@@ -129,10 +129,13 @@ impl grass_context {
             }
             w.stream = Some(stream);
         }
-        let ws = w.buf.as_ref().map_or(Scratch { addr: 0, bytes: 0 }, |b| Scratch {
-            addr: b.addr(),
-            bytes: b.bytes(),
-        });
+        let ws = w
+            .buf
+            .as_ref()
+            .map_or(Scratch { addr: 0, bytes: 0 }, |b| Scratch {
+                addr: b.addr(),
+                bytes: b.bytes(),
+            });
         f(ws)
     }
 

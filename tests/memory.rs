@@ -58,18 +58,18 @@ fn every_op_workspace_is_at_most_64_mib_at_the_design_shapes() {
                         grass_sparse_grad_workspace_size(ctx.0, m, n, b, side, r, dt, &mut ws)
                     })
                     .unwrap();
-                    note(ws, format!("sparse grad {m}x{n} side {side} r {r} dtype {dt}"));
+                    note(
+                        ws,
+                        format!("sparse grad {m}x{n} side {side} r {r} dtype {dt}"),
+                    );
                 }
             }
             for r in [256i64, 1024] {
                 let mut ws = 0usize;
-                check(unsafe { grass_select_workspace_size(ctx.0, d as i64, r, &mut ws) })
-                    .unwrap();
+                check(unsafe { grass_select_workspace_size(ctx.0, d as i64, r, &mut ws) }).unwrap();
                 note(ws, format!("select d {d} r {r}"));
-                check(unsafe {
-                    grass_sparse_adamw_workspace_size(ctx.0, m, n, side, r, &mut ws)
-                })
-                .unwrap();
+                check(unsafe { grass_sparse_adamw_workspace_size(ctx.0, m, n, side, r, &mut ws) })
+                    .unwrap();
                 note(ws, format!("sparse adamw {m}x{n} r {r}"));
                 check(unsafe {
                     grass_state_refresh_workspace_size(ctx.0, &adamw(), r, k as i64, &mut ws)
@@ -82,7 +82,11 @@ fn every_op_workspace_is_at_most_64_mib_at_the_design_shapes() {
         check(unsafe { grass_adamw_workspace_size(ctx.0, m * n, &mut ws) }).unwrap();
         note(ws, format!("adamw {}", m * n));
     }
-    println!("largest workspace: {} ({:.1} MiB)", worst.1, worst.0 as f64 / MIB as f64);
+    println!(
+        "largest workspace: {} ({:.1} MiB)",
+        worst.1,
+        worst.0 as f64 / MIB as f64
+    );
 }
 
 fn to_bf16(v: &[f32]) -> Vec<bf16> {
@@ -105,13 +109,21 @@ fn chunked_scores_and_sparse_gradient_match_the_reference() {
     let dy = to_bf16(&rng.vec(b * m));
     let g = full_grad(&from_bf16(&x), &from_bf16(&dy), b, m, n);
     let want: Vec<f64> = (0..m)
-        .map(|i| g[i * n..(i + 1) * n].iter().map(|v| v * v).sum::<f64>().sqrt())
+        .map(|i| {
+            g[i * n..(i + 1) * n]
+                .iter()
+                .map(|v| v * v)
+                .sum::<f64>()
+                .sqrt()
+        })
         .collect();
     let side = GRASS_SIDE_ROWS;
     let (mi, ni, bi) = (m as i64, n as i64, b as i64);
     let mut ws = 0usize;
-    check(unsafe { grass_scores_workspace_size(ctx.0, mi, ni, bi, side, GRASS_DTYPE_BF16, &mut ws) })
-        .unwrap();
+    check(unsafe {
+        grass_scores_workspace_size(ctx.0, mi, ni, bi, side, GRASS_DTYPE_BF16, &mut ws)
+    })
+    .unwrap();
     assert!(ws <= 64 * MIB && ws < b * n * 4, "scores workspace {ws}");
     let mut w = vec![0u8; ws];
     let mut s = vec![f32::NAN; m];
@@ -137,10 +149,22 @@ fn chunked_scores_and_sparse_gradient_match_the_reference() {
     let idx: Vec<i32> = vec![0, 5, 17, 17, 30, 47];
     let sc: Vec<f32> = vec![1.0, 0.5, 2.0, -1.0, 0.25, 3.0];
     check(unsafe {
-        grass_sparse_grad_workspace_size(ctx.0, mi, ni, bi, side, r as i64, GRASS_DTYPE_BF16, &mut ws)
+        grass_sparse_grad_workspace_size(
+            ctx.0,
+            mi,
+            ni,
+            bi,
+            side,
+            r as i64,
+            GRASS_DTYPE_BF16,
+            &mut ws,
+        )
     })
     .unwrap();
-    assert!(ws <= 64 * MIB && ws < b * n * 4, "sparse grad workspace {ws}");
+    assert!(
+        ws <= 64 * MIB && ws < b * n * 4,
+        "sparse grad workspace {ws}"
+    );
     let mut w = vec![0u8; ws];
     // accumulate onto a known g: the first chunk must add, not overwrite
     let base: Vec<f32> = rng.vec(r * n);
@@ -169,8 +193,7 @@ fn chunked_scores_and_sparse_gradient_match_the_reference() {
     let mut want = vec![0.0f64; r * n];
     for j in 0..r {
         for c in 0..n {
-            want[j * n + c] =
-                base[j * n + c] as f64 + sc[j] as f64 * g[idx[j] as usize * n + c];
+            want[j * n + c] = base[j * n + c] as f64 + sc[j] as f64 * g[idx[j] as usize * n + c];
         }
     }
     compare("chunked sparse gradient (accumulate)", &want, &out, 1e-4).unwrap();
@@ -239,7 +262,16 @@ fn a_handle_holds_its_state_and_at_most_1_mib_more() {
     let ctx = Ctx::cpu();
     for (m, n) in SHAPES {
         for r in [256i64, 1024] {
-            let o = sparse_opt(ctx.0, m, n, r, GRASS_SIDE_AUTO, 8192, GRASS_DTYPE_BF16, GRASS_DTYPE_F32);
+            let o = sparse_opt(
+                ctx.0,
+                m,
+                n,
+                r,
+                GRASS_SIDE_AUTO,
+                8192,
+                GRASS_DTYPE_BF16,
+                GRASS_DTYPE_F32,
+            );
             let (_, k) = resolve(m, n, GRASS_SIDE_AUTO);
             let r = r as usize;
             // M, V and the f32 accumulator (r x k each), indices, previous indices, scales
@@ -290,10 +322,8 @@ fn memory_plan_adds_up_to_the_handles_and_the_workspace() {
             struct_size: std::mem::size_of::<grass_memory_report>(),
             ..Default::default()
         };
-        check(unsafe {
-            grass_memory_plan(ctx.0, &ac, layers.as_ptr(), layers.len(), b, &mut rep)
-        })
-        .unwrap();
+        check(unsafe { grass_memory_plan(ctx.0, &ac, layers.as_ptr(), layers.len(), b, &mut rep) })
+            .unwrap();
         assert_eq!(workspace_bytes(&ctx), 0, "planning allocates nothing");
         let mut handles = vec![];
         for &(m, n, rank, side, count) in &model {
@@ -364,7 +394,11 @@ fn memory_plan_rejects_bad_descriptions() {
             grass_memory_plan(
                 ctx.0,
                 &ac,
-                if layers.is_empty() { ptr::null() } else { layers.as_ptr() },
+                if layers.is_empty() {
+                    ptr::null()
+                } else {
+                    layers.as_ptr()
+                },
                 n,
                 b,
                 &mut rep,
@@ -374,13 +408,31 @@ fn memory_plan_rejects_bad_descriptions() {
     };
     let size = std::mem::size_of::<grass_memory_report>();
     let cases: Vec<(grass_memory_layer, &str)> = vec![
-        (grass_memory_layer { rank: 65, ..good }, "layers[1].rank = 65"),
-        (grass_memory_layer { rank: -1, ..good }, "layers[1].rank = -1"),
+        (
+            grass_memory_layer { rank: 65, ..good },
+            "layers[1].rank = 65",
+        ),
+        (
+            grass_memory_layer { rank: -1, ..good },
+            "layers[1].rank = -1",
+        ),
         (grass_memory_layer { m: 0, ..good }, "layers[1].m = 0"),
-        (grass_memory_layer { count: -2, ..good }, "layers[1].count = -2"),
-        (grass_memory_layer { w_dtype: 9, ..good }, "layers[1].w_dtype"),
+        (
+            grass_memory_layer { count: -2, ..good },
+            "layers[1].count = -2",
+        ),
+        (
+            grass_memory_layer { w_dtype: 9, ..good },
+            "layers[1].w_dtype",
+        ),
         (grass_memory_layer { side: 7, ..good }, "layers[1].side"),
-        (grass_memory_layer { struct_size: 8, ..good }, "layers[1].struct_size = 8"),
+        (
+            grass_memory_layer {
+                struct_size: 8,
+                ..good
+            },
+            "layers[1].struct_size = 8",
+        ),
     ];
     for (bad, says) in cases {
         let (r, untouched) = plan(&[good, bad], 2, 16, size);
@@ -413,10 +465,8 @@ fn selection_pointer_survives_a_refresh() {
         c
     };
     let mut p = ptr::null_mut();
-    check(unsafe {
-        grass_projection_create(ctx.0, &pc, m, n, b, GRASS_DTYPE_F32, &mut p)
-    })
-    .unwrap();
+    check(unsafe { grass_projection_create(ctx.0, &pc, m, n, b, GRASS_DTYPE_F32, &mut p) })
+        .unwrap();
     let first: Vec<f32> = (0..m).map(|i| i as f32).collect(); // top rows 34..39
     let second: Vec<f32> = (0..m).map(|i| (m - i) as f32).collect(); // top rows 0..5
     check(unsafe { grass_projection_refresh_from_scores(p, first.as_ptr(), ptr::null_mut()) })
@@ -431,7 +481,11 @@ fn selection_pointer_survives_a_refresh() {
     check(unsafe { grass_projection_selection(p, &mut idx2, &mut sc2) }).unwrap();
     assert_eq!((idx, sc), (idx2, sc2), "the pointers moved at a refresh");
     let after = unsafe { std::slice::from_raw_parts(idx, r as usize) }.to_vec();
-    assert_eq!(after, vec![0, 1, 2, 3, 4, 5], "old pointer reads the new rows");
+    assert_eq!(
+        after,
+        vec![0, 1, 2, 3, 4, 5],
+        "old pointer reads the new rows"
+    );
     unsafe { grass_projection_destroy(p) };
 }
 
@@ -439,17 +493,39 @@ fn selection_pointer_survives_a_refresh() {
 fn train(ctx: *const grass_context, seed: u64) -> Vec<f32> {
     let (m, n, b, r) = (48i64, 32i64, 24usize, 8i64);
     let mut rng = Rng(seed);
-    let o = sparse_opt(ctx, m, n, r, GRASS_SIDE_AUTO, b as i64, GRASS_DTYPE_F32, GRASS_DTYPE_F32);
+    let o = sparse_opt(
+        ctx,
+        m,
+        n,
+        r,
+        GRASS_SIDE_AUTO,
+        b as i64,
+        GRASS_DTYPE_F32,
+        GRASS_DTYPE_F32,
+    );
     let mut w: Vec<bf16> = to_bf16(&rng.vec((m * n) as usize));
     for _ in 0..7 {
         let x = rng.vec(b * n as usize);
         let dy = rng.vec(b * m as usize);
         check(unsafe {
-            grass_optimizer_backward(o.0, b as i64, x.as_ptr().cast(), dy.as_ptr().cast(), ptr::null(), ptr::null_mut())
+            grass_optimizer_backward(
+                o.0,
+                b as i64,
+                x.as_ptr().cast(),
+                dy.as_ptr().cast(),
+                ptr::null(),
+                ptr::null_mut(),
+            )
         })
         .unwrap();
         check(unsafe {
-            grass_optimizer_step(o.0, w.as_mut_ptr().cast(), ptr::null(), 1e-2, ptr::null_mut())
+            grass_optimizer_step(
+                o.0,
+                w.as_mut_ptr().cast(),
+                ptr::null(),
+                1e-2,
+                ptr::null_mut(),
+            )
         })
         .unwrap();
     }
@@ -492,14 +568,19 @@ fn threads_on_separate_or_shared_contexts_train_like_one_thread() {
         } else {
             // one thread per context: contexts a and b each get two runs in turn
             std::thread::scope(|s| {
-                let ha = s.spawn(move || vec![train(ctxs[0].ptr(), 100), train(ctxs[2].ptr(), 102)]);
-                let hb = s.spawn(move || vec![train(ctxs[1].ptr(), 101), train(ctxs[3].ptr(), 103)]);
+                let ha =
+                    s.spawn(move || vec![train(ctxs[0].ptr(), 100), train(ctxs[2].ptr(), 102)]);
+                let hb =
+                    s.spawn(move || vec![train(ctxs[1].ptr(), 101), train(ctxs[3].ptr(), 103)]);
                 let (ra, rb) = (ha.join().unwrap(), hb.join().unwrap());
                 vec![ra[0].clone(), rb[0].clone(), ra[1].clone(), rb[1].clone()]
             })
         };
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(g == w, "run {i} (shared context: {shared}) differs from the lone run");
+            assert!(
+                g == w,
+                "run {i} (shared context: {shared}) differs from the lone run"
+            );
         }
     }
 }

@@ -271,7 +271,10 @@ impl Device {
         let ev = self.switch_event as sys::CUevent;
         // SAFETY: the event belongs to this context; both streams are live streams of it.
         unsafe {
-            check("cuEventRecord", sys::cuEventRecord(ev, prev as sys::CUstream))?;
+            check(
+                "cuEventRecord",
+                sys::cuEventRecord(ev, prev as sys::CUstream),
+            )?;
             check(
                 "cuStreamWaitEvent",
                 sys::cuStreamWaitEvent(next as sys::CUstream, ev, 0),
@@ -476,7 +479,11 @@ pub(crate) fn sparse_grad_rows(p: &Projected, b: usize, r: usize, dtype: Dtype) 
     let most = if most >= 64 { most / 64 * 64 } else { most };
     let blocks = r.div_ceil(most);
     let rows = r.div_ceil(blocks);
-    let rows = if most >= 64 { rows.div_ceil(64) * 64 } else { rows };
+    let rows = if most >= 64 {
+        rows.div_ceil(64) * 64
+    } else {
+        rows
+    };
     rows.min(most)
 }
 
@@ -541,7 +548,11 @@ mod tests {
                     for dtype in [Dtype::F32, Dtype::Bf16, Dtype::F16] {
                         let mut plan = Plan::sizing();
                         let l = sparse_grad_layout(&mut plan, &p, 8192, r, dtype);
-                        assert!(plan.size() <= OP_WORKSPACE, "{m}x{n} {side:?} r={r}: {}", plan.size());
+                        assert!(
+                            plan.size() <= OP_WORKSPACE,
+                            "{m}x{n} {side:?} r={r}: {}",
+                            plan.size()
+                        );
                         assert!(l.rows >= 1 && l.rows <= r);
                         if l.rows < r {
                             assert_eq!(l.rows % 64, 0, "{m}x{n} {side:?} r={r}");

@@ -1,12 +1,12 @@
 //! Memory: the context's shared workspace, and a plan of what training a model takes before
 //! any handle exists.
 
+use crate::context::grass_context;
 use crate::core::config::Side;
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::core::shape::{positive, Projected};
 use crate::ffi::args::{ctx, handle, req, write};
-use crate::context::grass_context;
 use crate::ffi::status::{grass_status, guard};
 use crate::ffi::types::*;
 use crate::handles::memory::*;
@@ -164,7 +164,9 @@ fn add_layer(
     s.gradient += count * numel * wd.size() as u128;
     s.adamw_state += count * 2 * numel * state.size() as u128;
     if l.rank == 0 {
-        let numel = usize::try_from(numel).ok().filter(|&v| v <= i32::MAX as usize);
+        let numel = usize::try_from(numel)
+            .ok()
+            .filter(|&v| v <= i32::MAX as usize);
         let Some(numel) = numel else {
             bail!(
                 InvalidValue,
@@ -199,9 +201,7 @@ fn add_layer(
     s.galore_state += count * 2 * (r * p.k * state.size()) as u128;
     s.galore_projection += count * (p.d * r * wd.size()) as u128;
     if l.count > 0 {
-        s.workspace = s
-            .workspace
-            .max(sparse_optimizer_workspace(c, &p, b, r, ad));
+        s.workspace = s.workspace.max(sparse_optimizer_workspace(c, &p, b, r, ad));
     }
     Ok(())
 }

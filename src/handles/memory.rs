@@ -1,9 +1,9 @@
 //! What the handles hold and what the context's shared workspace must hold, in one place: the
 //! handles allocate exactly these buffers, and the memory plan adds up the same numbers.
 
+use crate::context::grass_context;
 use crate::core::dtype::Dtype;
 use crate::core::shape::Projected;
-use crate::context::grass_context;
 
 /// Bytes of each buffer a GRASS optimizer handle (and the projection it owns) allocates.
 #[derive(Debug, Clone, Copy)]

@@ -27,9 +27,17 @@ fn selection_pointer_survives_a_refresh_on_cuda() {
     ok(unsafe { grass_projection_refresh_from_scores(p, second.ptr(), std::ptr::null_mut()) });
     let (mut idx2, mut sc2) = (std::ptr::null(), std::ptr::null());
     ok(unsafe { grass_projection_selection(p, &mut idx2, &mut sc2) });
-    assert_eq!((idx, sc), (idx2, sc2), "the selection pointers moved at a refresh");
+    assert_eq!(
+        (idx, sc),
+        (idx2, sc2),
+        "the selection pointers moved at a refresh"
+    );
     sync();
-    assert_eq!(read_device(idx, r), vec![0, 1, 2, 3, 4, 5], "old pointer, new rows");
+    assert_eq!(
+        read_device(idx, r),
+        vec![0, 1, 2, 3, 4, 5],
+        "old pointer, new rows"
+    );
     unsafe { grass_projection_destroy(p) };
 }
 
@@ -61,22 +69,45 @@ fn handles_on_two_streams_share_the_workspace() {
     let dw = [DevBuf::from(&w0), DevBuf::from(&w0)];
     for step in 0..5 {
         // both layers' batches live on the device before either stream starts
-        let data: Vec<(Vec<f32>, Vec<f32>)> =
-            (0..2).map(|_| (rng.normals(b * n), rng.normals(b * m))).collect();
-        let dev_data: Vec<(DevBuf, DevBuf)> =
-            data.iter().map(|(x, dy)| (DevBuf::from(x), DevBuf::from(dy))).collect();
+        let data: Vec<(Vec<f32>, Vec<f32>)> = (0..2)
+            .map(|_| (rng.normals(b * n), rng.normals(b * m)))
+            .collect();
+        let dev_data: Vec<(DevBuf, DevBuf)> = data
+            .iter()
+            .map(|(x, dy)| (DevBuf::from(x), DevBuf::from(dy)))
+            .collect();
         for l in 0..2 {
             let s = streams[(l + step) % 2].raw();
             let (x, dy) = &data[l];
             ok(unsafe {
-                grass_optimizer_backward(hosts[l].0, b as i64, x.as_ptr().cast(), dy.as_ptr().cast(), std::ptr::null(), std::ptr::null_mut())
+                grass_optimizer_backward(
+                    hosts[l].0,
+                    b as i64,
+                    x.as_ptr().cast(),
+                    dy.as_ptr().cast(),
+                    std::ptr::null(),
+                    std::ptr::null_mut(),
+                )
             });
             ok(unsafe {
-                grass_optimizer_step(hosts[l].0, hw[l].as_mut_ptr().cast(), std::ptr::null(), 1e-2, std::ptr::null_mut())
+                grass_optimizer_step(
+                    hosts[l].0,
+                    hw[l].as_mut_ptr().cast(),
+                    std::ptr::null(),
+                    1e-2,
+                    std::ptr::null_mut(),
+                )
             });
             let (dx, ddy) = &dev_data[l];
             ok(unsafe {
-                grass_optimizer_backward(devs[l].0, b as i64, dx.void(), ddy.void(), std::ptr::null(), s)
+                grass_optimizer_backward(
+                    devs[l].0,
+                    b as i64,
+                    dx.void(),
+                    ddy.void(),
+                    std::ptr::null(),
+                    s,
+                )
             });
             ok(unsafe { grass_optimizer_step(devs[l].0, dw[l].void(), std::ptr::null(), 1e-2, s) });
         }

@@ -263,6 +263,10 @@ typedef struct grass_projection_info {
   int32_t has_selection;
   // 1 when there is no selection yet or `refresh_every` steps have passed since the last one.
   int32_t refresh_due;
+  // Bytes of context memory the projection owns: its selection (indices, previous indices
+  // and scales, r each) and d row scores. Scratch is not among them: it is the context's
+  // workspace, shared by all its handles (`grass_context_workspace_bytes`).
+  int64_t memory_bytes;
 } grass_projection_info;
 
 // What an AdamW step wrote to `*skipped`: one of `GRASS_STEP_*`.

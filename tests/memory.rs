@@ -277,6 +277,14 @@ fn a_handle_holds_its_state_and_at_most_1_mib_more() {
             // M, V and the f32 accumulator (r x k each), indices, previous indices, scales
             let essential = 3 * r * k * 4 + 3 * r * 4;
             let held = info(&o).memory_bytes as usize;
+            let mut p = ptr::null_mut();
+            check(unsafe { grass_optimizer_projection(o.0, &mut p) }).unwrap();
+            let mut pi: grass_projection_info = unsafe { std::mem::zeroed() };
+            pi.struct_size = std::mem::size_of::<grass_projection_info>();
+            check(unsafe { grass_projection_get_info(p, &mut pi) }).unwrap();
+            // indices, previous indices and scales (r each) and d scores, in 8-byte words
+            let words = |b: usize| b.div_ceil(8) * 8;
+            assert_eq!(pi.memory_bytes as usize, 3 * words(r * 4) + words(pi.d as usize * 4));
             assert!(held >= essential, "{m}x{n} r {r}: {held} < {essential}");
             assert!(
                 held - essential <= MIB,

@@ -26,8 +26,11 @@ pub struct grass_context {
 /// enqueue their work (CUDA), so they never overlap on it.
 struct SharedWorkspace {
     buf: Option<Buffer>,
-    /// The stream of the last handle call (CUDA): a call on another stream waits for it.
+    /// The stream of the last handle call (CUDA): a call on another stream waits for the work
+    /// queued before the device's mark (`mark_workspace_use`) ...
     stream: Option<usize>,
+    /// ... once a call has set one (calls under graph capture set none).
+    marked: bool,
 }
 
 /// Memory owned by a handle, in its context's memory space.
@@ -62,6 +65,7 @@ impl grass_context {
             workspace: Mutex::new(SharedWorkspace {
                 buf: None,
                 stream: None,
+                marked: false,
             }),
         }
     }
@@ -104,8 +108,8 @@ impl grass_context {
         if bytes == 0 || w.buf.as_ref().is_some_and(|b| b.bytes() >= bytes) {
             return Ok(());
         }
-        if let (Backend::Cuda(d), Some(s)) = (&self.backend, w.stream) {
-            d.sync_stream(s)?;
+        if let (Backend::Cuda(d), true) = (&self.backend, w.marked) {
+            d.sync_workspace()?;
         }
         // free first: the old and the new buffer never coexist
         w.buf = None;
@@ -115,7 +119,7 @@ impl grass_context {
 
     /// Runs one handle call with the shared workspace on `stream`; the calls of the context's
     /// handles run (CPU) or enqueue (CUDA) one at a time, and on CUDA a call on another stream
-    /// than the last one first makes its stream wait for that one.
+    /// than the last one first makes its stream wait for the work queued before.
     pub(crate) fn with_workspace<T>(
         &self,
         stream: usize,
@@ -123,11 +127,9 @@ impl grass_context {
     ) -> Result<T> {
         let mut w = self.shared();
         if let Backend::Cuda(d) = &self.backend {
-            match w.stream {
-                Some(prev) if prev != stream => d.order_after(prev, stream)?,
-                _ => {}
+            if w.marked && w.stream.is_some_and(|prev| prev != stream) {
+                d.wait_workspace(stream)?;
             }
-            w.stream = Some(stream);
         }
         let ws = w
             .buf
@@ -136,7 +138,14 @@ impl grass_context {
                 addr: b.addr(),
                 bytes: b.bytes(),
             });
-        f(ws)
+        let out = f(ws);
+        if let Backend::Cuda(d) = &self.backend {
+            w.stream = Some(stream);
+            if d.mark_workspace_use(stream)? {
+                w.marked = true;
+            }
+        }
+        out
     }
 
     /// Enqueues a copy of `bytes` bytes between two non-overlapping regions of context memory.

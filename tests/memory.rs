@@ -284,7 +284,10 @@ fn a_handle_holds_its_state_and_at_most_1_mib_more() {
             check(unsafe { grass_projection_get_info(p, &mut pi) }).unwrap();
             // indices, previous indices and scales (r each) and d scores, in 8-byte words
             let words = |b: usize| b.div_ceil(8) * 8;
-            assert_eq!(pi.memory_bytes as usize, 3 * words(r * 4) + words(pi.d as usize * 4));
+            assert_eq!(
+                pi.memory_bytes as usize,
+                3 * words(r * 4) + words(pi.d as usize * 4)
+            );
             assert!(held >= essential, "{m}x{n} r {r}: {held} < {essential}");
             assert!(
                 held - essential <= MIB,

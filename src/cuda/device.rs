@@ -240,15 +240,6 @@ impl Device {
         })
     }
 
-    /// Waits on the host for the work queued on `stream`.
-    pub fn sync_stream(&self, stream: usize) -> Result<()> {
-        let _bound = self.bind()?;
-        // SAFETY: `stream` is a live stream of this context (the caller's contract).
-        check("cuStreamSynchronize", unsafe {
-            sys::cuStreamSynchronize(stream as sys::CUstream)
-        })
-    }
-
     fn capturing(stream: usize) -> Result<bool> {
         let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
         // SAFETY: plain out-parameter on a live stream.
@@ -258,30 +249,46 @@ impl Device {
         Ok(status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
     }
 
-    /// Makes the work enqueued on `next` from now on wait for the work queued so far on
-    /// `prev` (an event, no host synchronization). Refused while either stream is being
-    /// captured into a CUDA graph: a dependency across the capture's edge is not allowed.
-    pub fn order_after(&self, prev: usize, next: usize) -> Result<()> {
+    /// Marks, after a handle call on `stream`, the point that calls on other streams must
+    /// wait for (the context's shared workspace is free again there). Recording at each call
+    /// rather than at a switch means a later switch never touches this stream, which the
+    /// caller may have destroyed by then. Returns false, recording nothing, while `stream` is
+    /// being captured into a graph (a captured event cannot be waited for outside it).
+    pub fn mark_workspace_use(&self, stream: usize) -> Result<bool> {
         let _bound = self.bind()?;
-        for s in [prev, next] {
-            ensure!(
-                !Device::capturing(s)?,
-                BadState,
-                "the context's workspace was last used on stream {prev:#x} and is now asked for on stream {next:#x} while one of them is being captured into a graph: run handle ops of one context on one stream during capture (or use a context per stream)"
-            );
+        if Device::capturing(stream)? {
+            return Ok(false);
         }
-        let ev = self.switch_event as sys::CUevent;
-        // SAFETY: the event belongs to this context; both streams are live streams of it.
-        unsafe {
-            check(
-                "cuEventRecord",
-                sys::cuEventRecord(ev, prev as sys::CUstream),
-            )?;
-            check(
-                "cuStreamWaitEvent",
-                sys::cuStreamWaitEvent(next as sys::CUstream, ev, 0),
-            )
-        }
+        // SAFETY: the event belongs to this context; `stream` is a live stream of it.
+        check("cuEventRecord", unsafe {
+            sys::cuEventRecord(self.switch_event as sys::CUevent, stream as sys::CUstream)
+        })?;
+        Ok(true)
+    }
+
+    /// Makes the work enqueued on `next` from now on wait, on the device, for the last point
+    /// `mark_workspace_use` marked. Refused while `next` is being captured into a graph: the
+    /// capture cannot depend on work outside it.
+    pub fn wait_workspace(&self, next: usize) -> Result<()> {
+        let _bound = self.bind()?;
+        ensure!(
+            !Device::capturing(next)?,
+            BadState,
+            "stream {next:#x} is being captured into a graph, but the context's workspace was last used on another stream: run the handle calls of one context on the capture stream only (or use a context per stream)"
+        );
+        // SAFETY: the event belongs to this context; `next` is a live stream of it.
+        check("cuStreamWaitEvent", unsafe {
+            sys::cuStreamWaitEvent(next as sys::CUstream, self.switch_event as sys::CUevent, 0)
+        })
+    }
+
+    /// Waits on the host for the last point `mark_workspace_use` marked.
+    pub fn sync_workspace(&self) -> Result<()> {
+        let _bound = self.bind()?;
+        // SAFETY: the event belongs to this context.
+        check("cuEventSynchronize", unsafe {
+            sys::cuEventSynchronize(self.switch_event as sys::CUevent)
+        })
     }
 
     /// Copies device memory to the host after the work queued on `stream`, and waits.

@@ -121,3 +121,112 @@ fn handles_on_two_streams_share_the_workspace() {
         }
     }
 }
+
+fn sparse_grad_call(
+    ctx: *const grass_context,
+    (m, n, b, r): (usize, usize, usize, usize),
+    bufs: (*const f32, *const f32, *const i32, *const f32, *mut f32),
+    ws: (*mut u8, usize),
+) {
+    let (x, dy, idx, sc, g) = bufs;
+    ok(unsafe {
+        grass_sparse_grad(
+            ctx,
+            m as i64,
+            n as i64,
+            b as i64,
+            GRASS_SIDE_ROWS,
+            r as i64,
+            GRASS_DTYPE_F32,
+            x.cast(),
+            dy.cast(),
+            idx,
+            sc,
+            g,
+            1,
+            ws.0.cast(),
+            ws.1,
+            std::ptr::null_mut(),
+        )
+    });
+}
+
+/// A sparse gradient too large for one block within 64 MiB (r = 1024 rows of 8192 f32 plus
+/// 4096 gathered f32 tokens each): the CUDA op runs in row blocks and must still match the host.
+#[test]
+fn blocked_sparse_grad_matches_the_host() {
+    let Some(g) = gpu("blocked_sparse_grad_matches_the_host") else {
+        return;
+    };
+    let (m, n, b, r) = (1024usize, 8192usize, 4096usize, 1024usize);
+    let mut ws_bytes = 0usize;
+    ok(unsafe {
+        grass_sparse_grad_workspace_size(
+            g.cuda,
+            m as i64,
+            n as i64,
+            b as i64,
+            GRASS_SIDE_ROWS,
+            r as i64,
+            GRASS_DTYPE_F32,
+            &mut ws_bytes,
+        )
+    });
+    assert!(ws_bytes <= 64 << 20, "workspace {ws_bytes}");
+    assert!(
+        ws_bytes < r * (b + n) * 4,
+        "the rows are not blocked: {ws_bytes}"
+    );
+    let mut rng = Rng::new(17);
+    let (x, dy) = (rng.normals(b * n), rng.normals(b * m));
+    let idx = rng.sorted_indices(r, m);
+    let scales: Vec<f32> = (0..r).map(|_| 0.5 + rng.unit() as f32).collect();
+    let start = rng.normals(r * n);
+    let mut want = start.clone();
+    let mut hws = 0usize;
+    ok(unsafe {
+        grass_sparse_grad_workspace_size(
+            g.cpu,
+            m as i64,
+            n as i64,
+            b as i64,
+            GRASS_SIDE_ROWS,
+            r as i64,
+            GRASS_DTYPE_F32,
+            &mut hws,
+        )
+    });
+    let mut host_ws = vec![0u8; hws];
+    sparse_grad_call(
+        g.cpu,
+        (m, n, b, r),
+        (
+            x.as_ptr(),
+            dy.as_ptr(),
+            idx.as_ptr(),
+            scales.as_ptr(),
+            want.as_mut_ptr(),
+        ),
+        (host_ws.as_mut_ptr(), hws),
+    );
+    let (dx, ddy, didx, dsc) = (
+        DevBuf::from(&x),
+        DevBuf::from(&dy),
+        DevBuf::from(&idx),
+        DevBuf::from(&scales),
+    );
+    let (out, dws) = (DevBuf::from(&start), DevBuf::poisoned(ws_bytes));
+    sparse_grad_call(
+        g.cuda,
+        (m, n, b, r),
+        (dx.ptr(), ddy.ptr(), didx.ptr(), dsc.ptr(), out.ptr()),
+        (dws.ptr(), ws_bytes),
+    );
+    sync();
+    assert_close(
+        "blocked sparse gradient (accumulate)",
+        &out.f32s(),
+        &want,
+        grass::core::dtype::tolerance(grass::core::dtype::Dtype::F32, b),
+    );
+}

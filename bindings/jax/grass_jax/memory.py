@@ -207,8 +207,8 @@ def table(rep):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m grass_jax.memory",
-                                 description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m grass_jax.memory", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="llama-7b, llama-13b or a JSON file")
     ap.add_argument("--rank", type=int, help="r of every projected matrix (default: the model's)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",

@@ -14,7 +14,7 @@ pub struct Scratch {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct ScoresArgs {
+pub struct RowScoresArgs {
     pub p: Projected,
     pub b: usize,
     pub dtype: Dtype,
@@ -82,7 +82,7 @@ pub struct StepBuffers {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct SparseStepArgs {
+pub struct SparseAdamwStepArgs {
     pub p: Projected,
     pub r: usize,
     pub indices: usize,
@@ -93,7 +93,7 @@ pub struct SparseStepArgs {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct DenseStepArgs {
+pub struct AdamwStepArgs {
     pub numel: usize,
     pub grad_dtype: Dtype,
     pub grad: usize,
@@ -101,7 +101,7 @@ pub struct DenseStepArgs {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct RefreshArgs {
+pub struct StateRefreshArgs {
     pub cfg: AdamW,
     pub r: usize,
     pub k: usize,

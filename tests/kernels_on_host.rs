@@ -582,7 +582,7 @@ fn adamw(decay: i32, state_dt: i32) -> grass_adamw_config {
 }
 
 #[test]
-fn sparse_step_kernels_match_the_host_step() {
+fn sparse_adamw_step_kernels_match_the_host() {
     let Some(lib) = build() else { return };
     let (check, prepare) = (
         sym!(lib, "host_step_check", CheckFn),
@@ -590,7 +590,7 @@ fn sparse_step_kernels_match_the_host_step() {
     );
     let (decay_all, sparse) = (
         sym!(lib, "host_decay_all", DecayFn),
-        sym!(lib, "host_sparse_adamw", SparseFn),
+        sym!(lib, "host_sparse_adamw_step", SparseFn),
     );
     let ctx = cpu();
     let mut rng = Rng(3);
@@ -658,7 +658,7 @@ fn sparse_step_kernels_match_the_host_step() {
                                 )
                             });
                         }
-                        // The kernel sequence of cuda::ops::sparse_step.
+                        // The kernel sequence of cuda::ops::sparse_adamw_step.
                         let mut h = Header::default();
                         unsafe {
                             check(
@@ -745,13 +745,13 @@ fn sparse_step_kernels_match_the_host_step() {
 }
 
 #[test]
-fn dense_step_kernels_match_the_host_step() {
+fn adamw_step_kernels_match_the_host() {
     let Some(lib) = build() else { return };
     let (check, prepare) = (
         sym!(lib, "host_step_check", CheckFn),
         sym!(lib, "host_step_prepare", PrepareFn),
     );
-    let dense = sym!(lib, "host_dense_adamw", DenseFn);
+    let dense = sym!(lib, "host_adamw_step", DenseFn);
     let ctx = cpu();
     let mut rng = Rng(4);
     let numel = 3001usize;

@@ -463,7 +463,7 @@ fn full_rank_top_r_equals_adamw_for_50_steps() {
         for step in 0..50 {
             let g = rng.vec(m * n);
             let lr = 1e-2 / (1.0 + step as f32);
-            sparse_step(
+            sparse_adamw_step(
                 &ctx,
                 &cfg,
                 (m, n),
@@ -478,7 +478,7 @@ fn full_rank_top_r_equals_adamw_for_50_steps() {
                 lr,
                 ptr::null_mut(),
             );
-            dense_step(
+            adamw_step(
                 &ctx,
                 &cfg,
                 &mut wd_,
@@ -512,7 +512,7 @@ fn cols_side_updates_columns_and_duplicates_add() {
     let (mut ms, mut vs, mut step, mut skipped) =
         (vec![0f32; r * m], vec![0f32; r * m], vec![0i32; r], -1i32);
     let lr = 0.1f32;
-    sparse_step(
+    sparse_adamw_step(
         &ctx,
         &cfg,
         (m, n),
@@ -563,7 +563,7 @@ fn non_finite_gradient_skips_the_step_and_writes_nothing() {
         g[5] = bad;
         let (mut w, mut ms, mut vs, mut steps, mut step, mut skipped) =
             (w0.clone(), m0.clone(), v0.clone(), [7i32, 2], 7i32, -1i32);
-        sparse_step(
+        sparse_adamw_step(
             &ctx,
             &cfg,
             (m, n),
@@ -583,7 +583,7 @@ fn non_finite_gradient_skips_the_step_and_writes_nothing() {
         let mut dense_g = rng.vec(m * n);
         dense_g[0] = bad;
         let (mut w, mut ms, mut vs) = (w0.clone(), vec![0.5f32; m * n], vec![0.5f32; m * n]);
-        dense_step(
+        adamw_step(
             &ctx,
             &cfg,
             &mut w,
@@ -682,7 +682,7 @@ fn step_counts_saturate() {
     let cfg = adamw(0.0, GRASS_DECAY_OFF);
     let mut w = vec![0.5f32; m * n];
     let (mut ms, mut vs, mut steps) = (vec![0f32; n], vec![0f32; n], [i32::MAX]);
-    sparse_step(
+    sparse_adamw_step(
         &ctx,
         &cfg,
         (m, n),
@@ -856,7 +856,7 @@ fn carry_runs_each_row_as_its_own_adam() {
         }
         for _ in 0..6 {
             let g = rng.vec(r * n);
-            sparse_step(
+            sparse_adamw_step(
                 &ctx,
                 &cfg,
                 (m, n),
@@ -953,7 +953,7 @@ fn bf16_and_f16_weights_and_bf16_state() {
         let sbytes = if state == GRASS_DTYPE_F32 { 4 } else { 2 };
         let (mut ms, mut vs) = (vec![0u8; r * n * sbytes], vec![0u8; r * n * sbytes]);
         let mut step = vec![0; r];
-        sparse_step(
+        sparse_adamw_step(
             &ctx,
             &cfg,
             (m, n),

@@ -10,7 +10,7 @@ use crate::backend::*;
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::cpu::adamw::{State, Weights};
-use crate::cpu::project::{Act, Activations};
+use crate::cpu::activations::{Act, Activations};
 use crate::ffi::types::{GRASS_STEP_APPLIED, GRASS_STEP_SKIPPED_NONFINITE};
 use crate::{bail, cpu};
 
@@ -101,7 +101,7 @@ fn check_counts(name: &str, counts: &[i32]) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn row_scores(a: &ScoresArgs) -> Result<()> {
+pub(crate) fn row_scores(a: &RowScoresArgs) -> Result<()> {
     unsafe {
         let act = activations(&a.p, a.b, a.dtype, a.x, a.dy);
         cpu::row_scores(&a.p, &act, view_mut(a.scores, a.p.d), scratch(a.ws))
@@ -160,7 +160,7 @@ unsafe fn report(b: &StepBuffers, skipped: bool) {
     }
 }
 
-pub(crate) fn sparse_step(a: &SparseStepArgs) -> Result<()> {
+pub(crate) fn sparse_adamw_step(a: &SparseAdamwStepArgs) -> Result<()> {
     unsafe {
         let idx = view::<i32>(a.indices, a.r);
         check_indices("indices", idx, a.p.d)?;
@@ -173,7 +173,7 @@ pub(crate) fn sparse_step(a: &SparseStepArgs) -> Result<()> {
             return Ok(());
         }
         let n = a.r * a.p.k;
-        let out = cpu::adamw_sparse_step(
+        let out = cpu::sparse_adamw_step(
             &b.cfg,
             &a.p,
             weights(b.w, a.p.m * a.p.n, b.w_dtype),
@@ -190,7 +190,7 @@ pub(crate) fn sparse_step(a: &SparseStepArgs) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn dense_step(a: &DenseStepArgs) -> Result<()> {
+pub(crate) fn adamw_step(a: &AdamwStepArgs) -> Result<()> {
     unsafe {
         let b = &a.buf;
         check_counts("step", view::<i32>(b.steps, 1))?;
@@ -199,7 +199,7 @@ pub(crate) fn dense_step(a: &DenseStepArgs) -> Result<()> {
             report(b, true);
             return Ok(());
         }
-        let out = cpu::adamw_dense_step(
+        let out = cpu::adamw_step(
             &b.cfg,
             weights(b.w, a.numel, b.w_dtype),
             act(a.grad, a.numel, a.grad_dtype),
@@ -213,7 +213,7 @@ pub(crate) fn dense_step(a: &DenseStepArgs) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn state_refresh(a: &RefreshArgs) -> Result<()> {
+pub(crate) fn state_refresh(a: &StateRefreshArgs) -> Result<()> {
     unsafe {
         let new = view::<i32>(a.new_indices, a.r);
         let old: &[i32] = if a.old_indices == 0 {

@@ -281,13 +281,13 @@ impl Device {
         plan.size()
     }
 
-    pub fn sparse_step_workspace_size(&self, _p: &Projected, r: usize) -> usize {
+    pub fn sparse_adamw_workspace_size(&self, _p: &Projected, r: usize) -> usize {
         let mut plan = Plan::sizing();
         step_layout(&mut plan, Some(r));
         plan.size()
     }
 
-    pub fn dense_step_workspace_size(&self, _numel: usize) -> usize {
+    pub fn adamw_workspace_size(&self, _numel: usize) -> usize {
         let mut plan = Plan::sizing();
         step_layout(&mut plan, None);
         plan.size()

@@ -21,7 +21,7 @@ const BLOCK: u32 = 256;
 const MAX_BLOCKS: u32 = 4096;
 /// Threads of the selection kernel (SEL_THREADS in kernels/select.cu).
 const SELECT_THREADS: u32 = 1024;
-/// Threads per block of the carry kernel (at most CARRY_THREADS in kernels/adamw.cu, which
+/// Threads per block of the carry kernel (at most CARRY_THREADS in kernels/state_refresh.cu, which
 /// sizes its shared memory by it); its blocks split the columns.
 const CARRY_THREADS: u32 = 256;
 
@@ -49,7 +49,7 @@ fn operands(side: Side, x: usize, dy: usize) -> (usize, usize) {
 }
 
 impl Device {
-    pub fn row_scores(&self, a: &ScoresArgs) -> Result<()> {
+    pub fn row_scores(&self, a: &RowScoresArgs) -> Result<()> {
         let p = a.p;
         let mut plan = Plan::within(a.ws);
         let l = scores_layout(&mut plan, &p);
@@ -237,7 +237,7 @@ impl Device {
         Ok(l)
     }
 
-    pub fn sparse_step(&self, a: &SparseStepArgs) -> Result<()> {
+    pub fn sparse_adamw_step(&self, a: &SparseAdamwStepArgs) -> Result<()> {
         let (p, b) = (a.p, &a.buf);
         let r = fits_i32("r", a.r)?;
         let _bound = self.bind()?;
@@ -267,7 +267,7 @@ impl Device {
                 )?;
             }
             launch(
-                &self.kernels.sparse_adamw,
+                &self.kernels.sparse_adamw_step,
                 Shape::rows(p.k as u64, BLOCK, a.r as u64),
                 b.stream,
                 [
@@ -295,7 +295,7 @@ impl Device {
         }
     }
 
-    pub fn dense_step(&self, a: &DenseStepArgs) -> Result<()> {
+    pub fn adamw_step(&self, a: &AdamwStepArgs) -> Result<()> {
         let b = &a.buf;
         let _bound = self.bind()?;
         let header = self
@@ -306,7 +306,7 @@ impl Device {
         // prepared above on the same stream.
         unsafe {
             launch(
-                &self.kernels.dense_adamw,
+                &self.kernels.adamw_step,
                 Shape::linear(a.numel as u64, BLOCK, MAX_BLOCKS),
                 b.stream,
                 [
@@ -328,7 +328,7 @@ impl Device {
         }
     }
 
-    pub fn state_refresh(&self, a: &RefreshArgs) -> Result<()> {
+    pub fn state_refresh(&self, a: &StateRefreshArgs) -> Result<()> {
         let r = fits_i32("r", a.r)?;
         let size = a.cfg.state_dtype.size();
         let bytes = a.r * a.k * size;

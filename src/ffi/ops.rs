@@ -117,7 +117,7 @@ pub unsafe extern "C" fn grass_row_scores(
         let p = projected(m, n, side)?;
         let b = tokens(b, &p)?;
         let dt = self::dtype("dtype", dtype)?;
-        let a = ScoresArgs {
+        let a = RowScoresArgs {
             p,
             b,
             dtype: dt,
@@ -329,7 +329,7 @@ pub unsafe extern "C" fn grass_sparse_adamw_workspace_size(
         let p = projected(m, n, side)?;
         let r = rank(r, &p)?;
         let out = req("bytes_out", bytes_out)?;
-        write(out, c.sparse_step_workspace_size(&p, r));
+        write(out, c.sparse_adamw_workspace_size(&p, r));
         Ok(())
     })
 }
@@ -387,10 +387,10 @@ pub unsafe extern "C" fn grass_sparse_adamw_step(
         buf.ws = self::workspace(
             workspace,
             workspace_bytes,
-            c.sparse_step_workspace_size(&p, r),
+            c.sparse_adamw_workspace_size(&p, r),
             "grass_sparse_adamw_workspace_size",
         )?;
-        let a = SparseStepArgs {
+        let a = SparseAdamwStepArgs {
             p,
             r,
             indices: req("indices", indices)?,
@@ -398,7 +398,7 @@ pub unsafe extern "C" fn grass_sparse_adamw_step(
             g: req("g", g)?,
             buf,
         };
-        c.sparse_step(&a)
+        c.sparse_adamw_step(&a)
     })
 }
 
@@ -413,7 +413,7 @@ pub unsafe extern "C" fn grass_adamw_workspace_size(
         let c = self::ctx(ctx)?;
         let numel = positive("numel", numel)?;
         let out = req("bytes_out", bytes_out)?;
-        write(out, c.dense_step_workspace_size(numel));
+        write(out, c.adamw_workspace_size(numel));
         Ok(())
     })
 }
@@ -459,17 +459,17 @@ pub unsafe extern "C" fn grass_adamw_step(
         buf.ws = self::workspace(
             workspace,
             workspace_bytes,
-            c.dense_step_workspace_size(numel),
+            c.adamw_workspace_size(numel),
             "grass_adamw_workspace_size",
         )?;
         let gd = self::dtype("grad_dtype", grad_dtype)?;
-        let a = DenseStepArgs {
+        let a = AdamwStepArgs {
             numel,
             grad_dtype: gd,
             grad: req_typed("grad", grad, gd)?,
             buf,
         };
-        c.dense_step(&a)
+        c.adamw_step(&a)
     })
 }
 
@@ -491,7 +491,7 @@ pub unsafe extern "C" fn grass_state_refresh_workspace_size(
         let k = positive("k", k)?;
         product("r * k", &[r, k, 8])?;
         let out = req("bytes_out", bytes_out)?;
-        write(out, c.refresh_workspace_size());
+        write(out, c.state_refresh_workspace_size());
         Ok(())
     })
 }
@@ -524,7 +524,7 @@ pub unsafe extern "C" fn grass_state_refresh(
         let r = positive("r", r)?;
         let k = positive("k", k)?;
         product("r * k", &[r, k, 8])?;
-        let a = RefreshArgs {
+        let a = StateRefreshArgs {
             cfg,
             r,
             k,
@@ -536,7 +536,7 @@ pub unsafe extern "C" fn grass_state_refresh(
             ws: self::workspace(
                 workspace,
                 workspace_bytes,
-                c.refresh_workspace_size(),
+                c.state_refresh_workspace_size(),
                 "grass_state_refresh_workspace_size",
             )?,
             stream: stream as usize,

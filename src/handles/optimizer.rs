@@ -61,9 +61,9 @@ impl grass_optimizer {
         let (elems, ws_bytes) = match &kind {
             Kind::Sparse { proj, .. } => {
                 let (r, k) = (proj.sel.rank, proj.p.k);
-                (r * k, c.sparse_step_workspace_size(&proj.p, r))
+                (r * k, c.sparse_adamw_workspace_size(&proj.p, r))
             }
-            Kind::Dense { numel, .. } => (*numel, c.dense_step_workspace_size(*numel)),
+            Kind::Dense { numel, .. } => (*numel, c.adamw_workspace_size(*numel)),
         };
         let bytes = elems * cfg.state_dtype.size();
         let counters = c.alloc(4 * (1 + step_counts(&kind)))?;
@@ -140,7 +140,7 @@ impl grass_optimizer {
             } else {
                 proj.refresh(b, x, dy, stream)?;
             }
-            let a = RefreshArgs {
+            let a = StateRefreshArgs {
                 cfg,
                 r: proj.sel.rank,
                 k: proj.p.k,
@@ -177,7 +177,7 @@ impl grass_optimizer {
             } => {
                 ensure!(grad.is_null(), InvalidValue, "grad must be NULL for a GRASS layer (its gradient comes from grass_optimizer_backward)");
                 ensure!(*accumulated > 0, BadState, "no gradient accumulated since the last step: call grass_optimizer_backward first");
-                let a = SparseStepArgs {
+                let a = SparseAdamwStepArgs {
                     p: proj.p,
                     r: proj.sel.rank,
                     indices: proj.indices.addr(),
@@ -185,18 +185,18 @@ impl grass_optimizer {
                     g: g.addr(),
                     buf,
                 };
-                c.sparse_step(&a)?;
+                c.sparse_adamw_step(&a)?;
                 *accumulated = 0;
                 proj.steps_since_refresh += 1;
             }
             Kind::Dense { numel, grad_dtype } => {
-                let a = DenseStepArgs {
+                let a = AdamwStepArgs {
                     numel: *numel,
                     grad_dtype: *grad_dtype,
                     grad: req_typed("grad", grad, *grad_dtype)?,
                     buf,
                 };
-                c.dense_step(&a)?;
+                c.adamw_step(&a)?;
             }
         }
         self.steps += 1;

@@ -124,7 +124,7 @@ impl grass_projection {
         stream: usize,
     ) -> Result<()> {
         let b = self.tokens(b)?;
-        let a = ScoresArgs {
+        let a = RowScoresArgs {
             p: self.p,
             b,
             dtype: self.dtype,

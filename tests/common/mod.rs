@@ -276,7 +276,7 @@ pub fn compare(what: &str, want: &[f64], got: &[f32], tol: f64) -> Result<(), St
 /// One compressed AdamW step on host buffers (CPU contexts need no workspace; no lr_scale).
 /// `w`, `ms` and `vs` point to the weight and state dtypes the config and `w_dtype` name.
 #[allow(clippy::too_many_arguments)]
-pub fn sparse_step(
+pub fn sparse_adamw_step(
     ctx: &Ctx,
     cfg: &grass_adamw_config,
     (m, n): (usize, usize),
@@ -353,7 +353,7 @@ pub fn refresh(
 
 /// One dense AdamW step on f32 host buffers.
 #[allow(clippy::too_many_arguments)]
-pub fn dense_step(
+pub fn adamw_step(
     ctx: &Ctx,
     cfg: &grass_adamw_config,
     w: &mut [f32],

@@ -1,5 +1,6 @@
 //! Pure Rust: configuration, validation, selection and the random generator. No raw pointers.
 
+pub mod codes;
 pub mod config;
 pub mod dtype;
 pub mod error;

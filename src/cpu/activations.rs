@@ -74,4 +74,3 @@ pub(crate) fn kept_f32<'w>(b: Act<'w>, buf: Option<&'w mut [f32]>) -> &'w [f32] 
         (_, None) => unreachable!("conversion buffer missing"),
     }
 }
-

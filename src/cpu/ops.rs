@@ -7,11 +7,11 @@ use std::slice;
 use half::{bf16, f16};
 
 use crate::backend::*;
+use crate::core::codes::StepOutcome;
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
-use crate::cpu::adamw::{State, Weights};
 use crate::cpu::activations::{Act, Activations};
-use crate::ffi::types::{GRASS_STEP_APPLIED, GRASS_STEP_SKIPPED_NONFINITE};
+use crate::cpu::adamw::{State, Weights};
 use crate::{bail, cpu};
 
 /// # Safety
@@ -153,9 +153,9 @@ unsafe fn effective_lr(b: &StepBuffers) -> f32 {
 unsafe fn report(b: &StepBuffers, skipped: bool) {
     if b.skipped != 0 {
         *(b.skipped as *mut i32) = if skipped {
-            GRASS_STEP_SKIPPED_NONFINITE
+            StepOutcome::SkippedNonfinite as i32
         } else {
-            GRASS_STEP_APPLIED
+            StepOutcome::Applied as i32
         };
     }
 }

@@ -66,4 +66,3 @@ pub fn row_scores(
     }
     Ok(())
 }
-

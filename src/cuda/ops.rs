@@ -3,7 +3,7 @@
 //! allocates or waits for the device.
 
 use crate::backend::*;
-use crate::core::config::{DecayMode, Method, RefreshMode, Scaling, Side};
+use crate::core::config::{DecayMode, RefreshMode, Scaling, Side};
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::cuda::blas::Gemm;
@@ -13,7 +13,6 @@ use crate::cuda::device::{
 };
 use crate::cuda::launch::{self, launch, Arg, Shape};
 use crate::cuda::scratch::Plan;
-use crate::ffi::types::dtype_code;
 
 /// Threads per block of the elementwise kernels.
 const BLOCK: u32 = 256;
@@ -26,17 +25,7 @@ const SELECT_THREADS: u32 = 1024;
 const CARRY_THREADS: u32 = 256;
 
 fn dt(d: Dtype) -> Arg {
-    Arg::I32(dtype_code(d))
-}
-
-fn method_code(m: Method) -> i32 {
-    match m {
-        Method::TopR => 0,
-        Method::Multinomial => 1,
-        Method::MultinomialNr => 2,
-        Method::Uniform => 3,
-        Method::UniformNr => 4,
-    }
+    Arg::I32(d as i32)
 }
 
 /// (A, B) of G_sel = Aᵀ B: A's columns are the projected dimension.
@@ -107,7 +96,7 @@ impl Device {
                     Arg::Ptr(a.scores),
                     Arg::I32(d),
                     Arg::I32(r),
-                    Arg::I32(method_code(a.sel.method)),
+                    Arg::I32(a.sel.method as i32),
                     Arg::I32(a.sel.power as i32),
                     Arg::I32((a.sel.scaling == Scaling::None) as i32),
                     Arg::U64(a.sel.seed),

@@ -3,9 +3,9 @@
 use std::ffi::c_void;
 
 use crate::backend::Scratch;
+use crate::context::grass_context;
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
-use crate::context::grass_context;
 use crate::{bail, ensure};
 
 /// A required pointer to `T`: non-NULL and aligned.

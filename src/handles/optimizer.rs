@@ -4,10 +4,10 @@
 use std::ffi::c_void;
 
 use crate::backend::*;
+use crate::context::{grass_context, Buffer};
 use crate::core::config::{check_lr, AdamW};
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
-use crate::context::{grass_context, Buffer};
 use crate::ffi::args::req_typed;
 use crate::handles::projection::grass_projection;
 use crate::{bail, ensure};
@@ -57,7 +57,12 @@ impl grass_optimizer {
         step_counts(&self.kind)
     }
 
-    pub(crate) fn new(c: &grass_context, cfg: AdamW, w_dtype: Dtype, kind: Kind) -> Result<grass_optimizer> {
+    pub(crate) fn new(
+        c: &grass_context,
+        cfg: AdamW,
+        w_dtype: Dtype,
+        kind: Kind,
+    ) -> Result<grass_optimizer> {
         let (elems, ws_bytes) = match &kind {
             Kind::Sparse { proj, .. } => {
                 let (r, k) = (proj.sel.rank, proj.p.k);
@@ -163,7 +168,13 @@ impl grass_optimizer {
         Ok(())
     }
 
-    pub(crate) fn step(&mut self, w: *mut c_void, grad: *const c_void, lr: f32, stream: usize) -> Result<()> {
+    pub(crate) fn step(
+        &mut self,
+        w: *mut c_void,
+        grad: *const c_void,
+        lr: f32,
+        stream: usize,
+    ) -> Result<()> {
         check_lr(lr)?;
         let w = req_typed("w", w, self.w_dtype)?;
         let buf = self.step_buffers(w, lr, stream);
@@ -210,4 +221,3 @@ fn step_counts(kind: &Kind) -> usize {
         Kind::Dense { .. } => 1,
     }
 }
-

@@ -4,11 +4,11 @@
 use std::ffi::c_void;
 
 use crate::backend::*;
+use crate::context::{grass_context, Buffer};
 use crate::core::config::Selection;
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::core::shape::{positive, product, Projected};
-use crate::context::{grass_context, Buffer};
 use crate::ensure;
 use crate::ffi::args::req_typed;
 use crate::ffi::types::*;
@@ -204,4 +204,3 @@ impl grass_projection {
         self.context().sparse_grad(&a)
     }
 }
-

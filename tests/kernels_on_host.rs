@@ -105,9 +105,8 @@ impl Rng {
     }
 }
 
-fn bytes<T: Copy>(v: &[T]) -> Vec<u8> {
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
-        .to_vec()
+fn bytes<T: bytemuck::Pod>(v: &[T]) -> Vec<u8> {
+    bytemuck::cast_slice(v).to_vec()
 }
 
 /// Values stored with dtype code `dt` (0 f32, 1 bf16, 2 f16).

@@ -1,7 +1,5 @@
 //! Errors carry a kind (the C status code it maps to) and a message that names the argument.
 
-use std::fmt;
-
 use crate::core::codes::code_enum;
 
 code_enum! {
@@ -27,7 +25,8 @@ code_enum! {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind:?}: {message}")]
 pub struct Error {
     pub kind: ErrorKind,
     pub message: String,
@@ -44,13 +43,6 @@ impl Error {
     }
 }
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}: {}", self.kind, self.message)
-    }
-}
-
-impl std::error::Error for Error {}
 
 /// `bail!(Kind, "fmt", args)` returns early with an [`Error`].
 #[macro_export]

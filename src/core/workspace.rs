@@ -19,7 +19,7 @@ impl<'a> Carver<'a> {
     }
 
     /// Takes `count` elements of `T` (a plain numeric type).
-    pub fn take<T: bytemuck_like::Pod>(&mut self, count: usize) -> Result<&'a mut [T]> {
+    pub fn take<T: bytemuck::Pod>(&mut self, count: usize) -> Result<&'a mut [T]> {
         let buf = std::mem::take(&mut self.rest);
         let skip = buf.as_ptr().align_offset(64).min(buf.len());
         let (_, buf) = buf.split_at_mut(skip);
@@ -32,27 +32,13 @@ impl<'a> Carver<'a> {
         let take = bytes.min(buf.len());
         let (head, tail) = buf.split_at_mut(take);
         self.rest = tail;
-        // SAFETY: `head` is 64-byte aligned, holds at least `count * size_of::<T>()` bytes, and
-        // T is a plain numeric type for which every bit pattern is valid.
-        let (pre, mid, _) = unsafe { head.align_to_mut::<T>() };
-        debug_assert!(pre.is_empty());
-        Ok(&mut mid[..count])
+        // `head` starts 64-byte aligned and holds the whole region, so the cast cannot fail.
+        match bytemuck::try_cast_slice_mut(&mut head[..count * std::mem::size_of::<T>()]) {
+            Ok(s) => Ok(s),
+            Err(e) => crate::bail!(Internal, "workspace region cannot hold its type: {e}"),
+        }
     }
 }
 
 /// Extra bytes a caller must add so that regions can be aligned whatever the buffer's address.
 pub(crate) const ALIGN_SLACK: usize = 64;
-
-pub mod bytemuck_like {
-    /// Plain numeric types: every bit pattern is a valid value.
-    pub trait Pod: Copy + 'static {}
-    impl Pod for f32 {}
-    impl Pod for f64 {}
-    impl Pod for u32 {}
-    impl Pod for i32 {}
-    impl Pod for u64 {}
-    impl Pod for u16 {}
-    impl Pod for u8 {}
-    impl Pod for half::bf16 {}
-    impl Pod for half::f16 {}
-}

@@ -9,12 +9,12 @@ use cudarc::driver::{result, sys, CudaContext};
 
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
+use crate::core::scratch::Plan;
 use crate::core::shape::Projected;
 use crate::cuda::blas::{self, Blas};
 use crate::cuda::kernels::{Kernels, Modules};
 use crate::cuda::launch::{self, check, driver_error};
 use crate::cuda::libs::{self, Lib};
-use crate::cuda::scratch::Plan;
 use crate::cuda::{compile, probe};
 use crate::{bail, ensure};
 

@@ -6,13 +6,13 @@ use crate::backend::*;
 use crate::core::config::{DecayMode, RefreshMode, Scaling, Side};
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
+use crate::core::scratch::Plan;
 use crate::cuda::blas::Gemm;
 use crate::cuda::device::{
     fits_i32, scores_layout, select_layout, sparse_grad_layout, step_layout, Device, StepLayout,
     STEP_HEADER,
 };
 use crate::cuda::launch::{self, launch, Arg, Shape};
-use crate::cuda::scratch::Plan;
 
 /// Threads per block of the elementwise kernels.
 const BLOCK: u32 = 256;
@@ -40,7 +40,7 @@ fn operands(side: Side, x: usize, dy: usize) -> (usize, usize) {
 impl Device {
     pub fn row_scores(&self, a: &RowScoresArgs) -> Result<()> {
         let p = a.p;
-        let mut plan = Plan::within(a.ws);
+        let mut plan = Plan::within(a.ws.addr, a.ws.bytes);
         let l = scores_layout(&mut plan, &p);
         plan.check()?;
         let (amat, bmat) = operands(p.side, a.x, a.dy);
@@ -81,7 +81,7 @@ impl Device {
     pub fn select(&self, a: &SelectArgs) -> Result<()> {
         let d = fits_i32("d", a.d)?;
         let r = fits_i32("rank", a.sel.rank)?;
-        let mut plan = Plan::within(a.ws);
+        let mut plan = Plan::within(a.ws.addr, a.ws.bytes);
         let l = select_layout(&mut plan, a.d);
         plan.check()?;
         let _bound = self.bind()?;
@@ -119,7 +119,7 @@ impl Device {
     pub fn sparse_grad(&self, a: &SparseGradArgs) -> Result<()> {
         let p = a.p;
         let r = fits_i32("r", a.r)?;
-        let mut plan = Plan::within(a.ws);
+        let mut plan = Plan::within(a.ws.addr, a.ws.bytes);
         let l = sparse_grad_layout(&mut plan, &p, a.b, a.r, a.dtype);
         plan.check()?;
         let (amat, bmat) = operands(p.side, a.x, a.dy);
@@ -178,7 +178,7 @@ impl Device {
         indices: (usize, usize, usize),
         rows: Option<usize>,
     ) -> Result<StepLayout> {
-        let mut plan = Plan::within(b.ws);
+        let mut plan = Plan::within(b.ws.addr, b.ws.bytes);
         let l = step_layout(&mut plan, rows);
         plan.check()?;
         let (grad, grad_dtype, numel) = grad;

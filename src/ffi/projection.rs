@@ -2,8 +2,11 @@
 
 use std::ffi::c_void;
 
+use crate::backend::{Batch, Buf};
 use crate::context::grass_context;
-use crate::ffi::args::{ctx, handle, handle_mut, opt, req, write};
+use crate::core::error::Result;
+use crate::core::shape::positive;
+use crate::ffi::args::{ctx, handle, handle_mut, opt, req, req_buf, tensor, write};
 use crate::ffi::status::{grass_status, guard, guard_value};
 use crate::ffi::types::*;
 use crate::handles::projection::grass_projection;
@@ -32,6 +35,33 @@ pub struct grass_projection_info {
     pub has_selection: i32,
     /// 1 when there is no selection yet or `refresh_every` steps have passed since the last one.
     pub refresh_due: i32,
+}
+
+/// X (`b x n`) and dY (`b x m`) of a batch for projection `p`: `b` within [1, max_tokens],
+/// both of the projection's dtype. The one check of a batch on every handle path.
+pub(crate) fn batch(
+    p: &grass_projection,
+    b: i64,
+    x: *const c_void,
+    dy: *const c_void,
+) -> Result<Batch> {
+    let b = positive("b", b)?;
+    ensure!(
+        b <= p.max_tokens,
+        InvalidValue,
+        "b = {b} exceeds max_tokens = {} given at creation",
+        p.max_tokens
+    );
+    Ok(Batch {
+        b,
+        x: tensor("x", x, p.dtype, b * p.p.n)?,
+        dy: tensor("dy", dy, p.dtype, b * p.p.m)?,
+    })
+}
+
+/// d scores for projection `p`, in context memory.
+pub(crate) fn scores_buf(p: &grass_projection, scores: *const f32) -> Result<Buf<f32>> {
+    req_buf("scores", scores, p.p.d)
 }
 
 /// Creates a projection for an `m x n` weight whose X and dY have `dtype` and at most
@@ -119,8 +149,8 @@ pub unsafe extern "C" fn grass_projection_scores(
 ) -> grass_status {
     guard("grass_projection_scores", || {
         let p = handle("projection", projection)?;
-        let s = req("scores", scores)?;
-        p.scores(b, x, dy, s, stream as usize)
+        let s = scores_buf(p, scores)?;
+        p.scores(&batch(p, b, x, dy)?, s, stream as usize)
     })
 }
 
@@ -134,7 +164,9 @@ pub unsafe extern "C" fn grass_projection_refresh(
     stream: *mut c_void,
 ) -> grass_status {
     guard("grass_projection_refresh", || {
-        handle_mut("projection", projection)?.refresh(b, x, dy, stream as usize)
+        let p = handle_mut("projection", projection)?;
+        let batch = batch(p, b, x, dy)?;
+        p.refresh(&batch, stream as usize)
     })
 }
 
@@ -147,7 +179,7 @@ pub unsafe extern "C" fn grass_projection_refresh_from_scores(
 ) -> grass_status {
     guard("grass_projection_refresh_from_scores", || {
         let p = handle_mut("projection", projection)?;
-        let s = req("scores", scores)?;
+        let s = scores_buf(p, scores)?;
         p.refresh_from(s, stream as usize)
     })
 }
@@ -177,8 +209,8 @@ pub unsafe extern "C" fn grass_projection_compress(
 ) -> grass_status {
     guard("grass_projection_compress", || {
         let p = handle("projection", projection)?;
-        let g = req("g", g)?;
-        p.compress(b, x, dy, g, accumulate != 0, stream as usize)
+        let g = req_buf("g", g, p.sel.rank * p.p.k)?;
+        p.compress(&batch(p, b, x, dy)?, g, accumulate != 0, stream as usize)
     })
 }
 

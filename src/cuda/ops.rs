@@ -144,7 +144,7 @@ impl Device {
             )?;
             let g = Gemm {
                 dtype: a.batch.dtype(),
-                b: b,
+                b,
                 k: p.k,
                 n: rows,
                 bmat,

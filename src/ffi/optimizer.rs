@@ -7,7 +7,7 @@ use crate::context::grass_context;
 use crate::core::config::check_lr;
 use crate::core::shape::positive;
 use crate::ffi::args::{ctx, handle, handle_mut, req, tensor, write};
-use crate::ffi::projection::{batch, scores_buf};
+use crate::ffi::projection::{batch, projection_shape, scores_buf};
 use crate::ffi::status::{grass_status, guard, guard_value};
 use crate::ffi::types::*;
 use crate::handles::checkpoint;
@@ -54,7 +54,8 @@ pub unsafe extern "C" fn grass_optimizer_create_sparse(
         let ad = self::dtype("act_dtype", act_dtype)?;
         let wd = self::dtype("w_dtype", w_dtype)?;
         let out = req("optimizer_out", optimizer_out)?;
-        let proj = grass_projection::new(c, pcfg, m, n, max_tokens, ad)?;
+        let (sel, shape, every, b) = projection_shape(pcfg, m, n, max_tokens)?;
+        let proj = grass_projection::new(c, sel, shape, every, b, ad)?;
         let g = c.alloc(proj.sel.rank * proj.p.k * 4)?;
         let o = grass_optimizer::new(
             c,

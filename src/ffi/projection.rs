@@ -4,8 +4,9 @@ use std::ffi::c_void;
 
 use crate::backend::{Batch, Buf};
 use crate::context::grass_context;
+use crate::core::config::Selection;
 use crate::core::error::Result;
-use crate::core::shape::positive;
+use crate::core::shape::{positive, product, Projected};
 use crate::ffi::args::{ctx, handle, handle_mut, opt, req, req_buf, tensor, write};
 use crate::ffi::status::{grass_status, guard, guard_value};
 use crate::ffi::types::*;
@@ -35,6 +36,25 @@ pub struct grass_projection_info {
     pub has_selection: i32,
     /// 1 when there is no selection yet or `refresh_every` steps have passed since the last one.
     pub refresh_due: i32,
+}
+
+/// The checked options and shape of a projection of an `m x n` weight for batches of at most
+/// `max_tokens` rows: (selection, projected shape, refresh period, max_tokens).
+pub(crate) fn projection_shape(
+    cfg: &grass_projection_config,
+    m: i64,
+    n: i64,
+    max_tokens: i64,
+) -> Result<(Selection, Projected, u64, usize)> {
+    let sel = cfg.selection()?;
+    let m = positive("m", m)?;
+    let n = positive("n", n)?;
+    let p = Projected::new(m, n, side(cfg.side)?);
+    sel.validate(p.d)
+        .map_err(|e| crate::Error::new(e.kind, format!("config->{}", e.message)))?;
+    let b = positive("max_tokens", max_tokens)?;
+    product("max_tokens * max(m, n)", &[b, m.max(n), 4])?;
+    Ok((sel, p, cfg.refresh_every as u64, b))
 }
 
 /// X (`b x n`) and dY (`b x m`) of a batch for projection `p`: `b` within [1, max_tokens],
@@ -81,7 +101,8 @@ pub unsafe extern "C" fn grass_projection_create(
         let cfg = handle("config", config)?;
         let dt = self::dtype("dtype", dtype)?;
         let out = req("projection_out", projection_out)?;
-        let p = grass_projection::new(c, cfg, m, n, max_tokens, dt)?;
+        let (sel, shape, every, b) = projection_shape(cfg, m, n, max_tokens)?;
+        let p = grass_projection::new(c, sel, shape, every, b, dt)?;
         write(out, Box::into_raw(Box::new(p)));
         Ok(())
     })

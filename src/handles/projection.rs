@@ -6,9 +6,8 @@ use crate::context::{grass_context, Buffer};
 use crate::core::config::Selection;
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
-use crate::core::shape::{positive, product, Projected};
+use crate::core::shape::Projected;
 use crate::ensure;
-use crate::ffi::types::*;
 
 pub struct grass_projection {
     pub(crate) ctx: *const grass_context,
@@ -35,22 +34,16 @@ impl grass_projection {
         unsafe { &*self.ctx }
     }
 
+    /// A projection of checked options and shape (see `ffi::projection::projection_shape`)
+    /// for batches of at most `b` tokens of `dtype`; allocates its buffers and scratch.
     pub(crate) fn new(
         c: &grass_context,
-        cfg: &grass_projection_config,
-        m: i64,
-        n: i64,
-        max_tokens: i64,
+        sel: Selection,
+        p: Projected,
+        refresh_every: u64,
+        b: usize,
         dtype: Dtype,
     ) -> Result<grass_projection> {
-        let sel = cfg.selection()?;
-        let m = positive("m", m)?;
-        let n = positive("n", n)?;
-        let p = Projected::new(m, n, side(cfg.side)?);
-        sel.validate(p.d)
-            .map_err(|e| crate::Error::new(e.kind, format!("config->{}", e.message)))?;
-        let b = positive("max_tokens", max_tokens)?;
-        product("max_tokens * max(m, n)", &[b, m.max(n), 4])?;
         let r = sel.rank;
         let ws_bytes = c
             .scores_workspace_size(&p, b, dtype)
@@ -62,7 +55,7 @@ impl grass_projection {
             p,
             dtype,
             max_tokens: b,
-            refresh_every: cfg.refresh_every as u64,
+            refresh_every,
             indices: c.alloc(r * 4)?,
             prev_indices: c.alloc(r * 4)?,
             scales: c.alloc(r * 4)?,

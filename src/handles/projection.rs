@@ -8,8 +8,8 @@ use crate::core::config::Selection;
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::core::shape::Projected;
-use crate::handles::memory::{projection_workspace, sparse_buffers};
 use crate::ensure;
+use crate::handles::memory::{projection_workspace, sparse_buffers};
 
 pub struct grass_projection {
     pub(crate) ctx: *const grass_context,
@@ -68,10 +68,15 @@ impl grass_projection {
 
     /// Bytes of context memory the projection owns (its workspace is the context's).
     pub(crate) fn memory_bytes(&self) -> usize {
-        [&self.indices, &self.prev_indices, &self.scales, &self.scores]
-            .iter()
-            .map(|b| b.bytes())
-            .sum()
+        [
+            &self.indices,
+            &self.prev_indices,
+            &self.scales,
+            &self.scores,
+        ]
+        .iter()
+        .map(|b| b.bytes())
+        .sum()
     }
 
     pub(crate) fn refresh_due(&self) -> bool {

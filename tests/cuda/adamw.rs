@@ -149,7 +149,7 @@ fn compare(what: &str, cpu: &Bufs, gpu: &Bufs, w_dt: Dtype, s_dt: Dtype) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn sparse_step(
+fn sparse_adamw_step(
     ctx: *const grass_context,
     cfg: &grass_adamw_config,
     m: usize,
@@ -197,8 +197,8 @@ fn sparse_step(
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn sparse_step_matches_the_host_bit_for_bit() {
-    let gpu_ = gpu("sparse_step_matches_the_host_bit_for_bit");
+fn sparse_adamw_step_matches_the_host_bit_for_bit() {
+    let gpu_ = gpu("sparse_adamw_step_matches_the_host_bit_for_bit");
     let mut rng = Rng::new(6);
     // (m, n, r), r capped at d: repeated rows, r = 1, r = d, k = 1, sizes off the block of 256.
     for (m, n, r0, side) in [(40usize, 24usize, 10usize), (1, 37, 1), (300, 2, 300)]
@@ -238,7 +238,7 @@ fn sparse_step_matches_the_host_bit_for_bit() {
                         cpu.set_lr_scale(lr_scale);
                         dev.set_lr_scale(lr_scale);
                         let dg = DevBuf::from(&g);
-                        sparse_step(
+                        sparse_adamw_step(
                             gpu_.cpu,
                             &cfg,
                             m,
@@ -253,7 +253,7 @@ fn sparse_step_matches_the_host_bit_for_bit() {
                             1e-2,
                             t % 2 == 0,
                         );
-                        sparse_step(
+                        sparse_adamw_step(
                             gpu_.cuda,
                             &cfg,
                             m,
@@ -314,7 +314,7 @@ fn a_non_finite_learning_rate_scale_skips_the_step() {
         DevBuf::from(&[1f32; 3]),
         DevBuf::from(&rng.normals(r * n)),
     );
-    sparse_step(
+    sparse_adamw_step(
         gpu_.cuda,
         &cfg,
         m,
@@ -372,7 +372,7 @@ fn bad_indices_or_step_counts_skip_the_step_on_the_device() {
             DevBuf::from(&[1f32; 3]),
             DevBuf::from(&rng.normals(r * n)),
         );
-        sparse_step(
+        sparse_adamw_step(
             gpu_.cuda,
             &cfg,
             m,
@@ -398,8 +398,8 @@ fn bad_indices_or_step_counts_skip_the_step_on_the_device() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn dense_step_matches_the_host_bit_for_bit() {
-    let gpu_ = gpu("dense_step_matches_the_host_bit_for_bit");
+fn adamw_step_matches_the_host_bit_for_bit() {
+    let gpu_ = gpu("adamw_step_matches_the_host_bit_for_bit");
     let mut rng = Rng::new(9);
     for numel in [1000usize, 1_500_007, 1] {
         for w_dt in DTYPES {

@@ -468,7 +468,9 @@ class grass_adamw:
         gleaves, pcts = self._split_grads(grads, treedef, configs)
         layers = _aligned(state.layers, treedef)
         lr = self._lr(state.count)
-        after = _after(grads)
+        # The GRASS weights' own (zero) gradients are left out: they order nothing, and a
+        # stacked weight's, from lax.scan, would be materialised as (*layers, m, n) zeros.
+        after = _after((pcts, [g for g, c in zip(gleaves, configs) if c is None]))
         dense_idx = [i for i, c in enumerate(configs) if c is None]
         sinks = self._mean({i: pcts[i].sink for i, c in enumerate(configs) if c is not None})
         dense_grads = self._mean([gleaves[i] for i in dense_idx])

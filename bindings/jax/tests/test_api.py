@@ -50,6 +50,33 @@ def test_weight_bypassing_grass_linear_is_reported():
     opt.value_and_grad(model.loss_fn)(params, opt.projections(params, state), ids, target)
 
 
+def test_usage_check_sees_through_inner_jit_and_checkpoint():
+    """No false alarm where grass_linear sits inside an inner jax.jit (its trace cached after
+    the first call, so its Python does not run again) or jax.checkpoint; a bypass inside an
+    inner jit is still found."""
+    params = model.init_params(jax.random.PRNGKey(0))
+    opt = gj.grass_adamw(1e-3, grass_mask=model.GRASS_MASK, rank=4)
+    state = opt.init(params)
+    ids, target = model.batch(jax.random.PRNGKey(0), 8)
+    inner = jax.jit(model.forward)
+    losses = {
+        "jit": lambda p, proj, ids, t: jnp.mean((inner(p, proj, ids) - t) ** 2),
+        "checkpoint": lambda p, proj, ids, t: jnp.mean(
+            (jax.checkpoint(model.forward)(p, proj, ids) - t) ** 2),
+    }
+    for name, f in losses.items():
+        for _ in range(2):
+            jax.jit(lambda p, s: opt.value_and_grad(f)(p, opt.projections(p, s), ids, target))(
+                params, state)
+            opt.value_and_grad(f)(params, opt.projections(params, state), ids, target)
+
+    def bypass_in_jit(p, proj, ids, t):
+        return jnp.mean((inner(p, {"up": proj["up"], "down": None}, ids) - t) ** 2)
+
+    with pytest.raises(ValueError, match=r"\['down'\]"):
+        opt.value_and_grad(bypass_in_jit)(params, opt.projections(params, state), ids, target)
+
+
 def test_stacked_weight_bypassing_grass_linear_in_scan_is_reported():
     params = {"w": jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8)) * 0.3,
               "v": jax.random.normal(jax.random.PRNGKey(2), (2, 8, 8)) * 0.3}

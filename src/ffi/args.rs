@@ -5,7 +5,7 @@ use std::ffi::c_void;
 use crate::backend::Scratch;
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
-use crate::ffi::context::grass_context;
+use crate::context::grass_context;
 use crate::{bail, ensure};
 
 /// A required pointer to `T`: non-NULL and aligned.

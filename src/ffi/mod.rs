@@ -5,8 +5,6 @@
 
 pub mod api;
 pub(crate) mod args;
-pub mod context;
-pub(crate) mod host;
 pub mod ops;
 pub mod optimizer;
 pub mod projection;
@@ -14,7 +12,9 @@ pub mod status;
 pub mod types;
 
 pub use api::*;
-pub use context::grass_context;
+pub use crate::context::grass_context;
+pub use crate::handles::optimizer::grass_optimizer;
+pub use crate::handles::projection::grass_projection;
 pub use ops::*;
 pub use optimizer::*;
 pub use projection::*;

@@ -11,7 +11,7 @@ use crate::core::error::Result;
 use crate::core::shape::{positive, product, Projected};
 use crate::ensure;
 use crate::ffi::args::{ctx, opt, req, req_typed, workspace, write};
-use crate::ffi::context::grass_context;
+use crate::context::grass_context;
 use crate::ffi::status::{grass_status, guard};
 use crate::ffi::types::*;
 

@@ -164,3 +164,28 @@ def test_unsliced_stacked_projection_is_refused():
             {"w": jnp.ones((4, 3))},
             gj.grass_adamw(1e-3, grass_mask={"w": True}, rank=2).init({"w": jnp.ones((4, 3))})
         )["w"][0]
+
+
+def test_stacked_static_refresh_schedule_equals_traced(platform):
+    """A refresh step and a plain step compiled apart (refresh=True / False at trace time)
+    give a stacked weight the same trajectory as the one step deciding on the device."""
+    opt = gj.grass_adamw(3e-3, grass_mask=MASK, rank=4, refresh_every=3, refresh_mode="carry")
+    params = init_params(jax.random.PRNGKey(4))
+    a_params, a_state, _ = train(opt, loss_scan, params, 7)
+
+    def step(refresh):
+        def f(params, state, ids, target):
+            proj = opt.projections(params, state, refresh=refresh)
+            loss, grads = opt.value_and_grad(loss_scan)(params, proj, ids, target)
+            return opt.step(params, grads, state)
+        return jax.jit(f)
+
+    steps = {True: step(True), False: step(False)}
+    b_params, b_state = params, opt.init(params)
+    for i in range(7):
+        b_params, b_state = steps[opt.refresh_due_host(i)](b_params, b_state, *batch(i))
+    np.testing.assert_array_equal(a_state.layers["up"].indices, b_state.layers["up"].indices)
+    np.testing.assert_array_equal(a_state.layers["down"].row_steps,
+                                  b_state.layers["down"].row_steps)
+    for name in params:
+        assert_close(a_params[name], b_params[name], what=name)

@@ -218,6 +218,9 @@ class grass_adamw:
         if power not in (1, 2) or isinstance(power, bool):
             raise ValueError(f"grass_adamw: power must be 1 or 2 (q_i ∝ s_i^p), got {power!r}")
         side = _choice(side, _lib.SIDES, "side")
+        seed = _count(seed, "seed", 0)
+        if seed >= 1 << 64:
+            raise ValueError(f"grass_adamw: seed must fit in 64 bits, got {seed}")
         decay_mode = _choice(decay_mode, _lib.DECAY_MODES, "decay_mode")
         refresh_mode = _choice(refresh_mode, _lib.REFRESH_MODES, "refresh_mode")
         dp_scores = _choice(dp_scores, {"exact": 0, "sum_sq": 1}, "dp_scores")

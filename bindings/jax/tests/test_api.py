@@ -125,6 +125,7 @@ def test_jax_value_and_grad_is_explained():
     (dict(refresh_every=0), r"refresh_every must be an integer >= 1"),
     (dict(scaling="unbias"), r"scaling must be one of \['none', 'unbiased'\]"),
     (dict(power=3), r"power must be 1 or 2"),
+    (dict(seed=-1), r"seed must be an integer >= 0"),
     (dict(side="row"), r"did you mean 'rows'"),
     (dict(refresh_mode="carry_over"), r"refresh_mode must be one of \['carry', 'reset'\]"),
     (dict(decay_mode="all"), r"decay_mode must be one of"),

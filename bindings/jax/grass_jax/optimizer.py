@@ -15,8 +15,9 @@ counter, and for each GRASS weight its row indices σ, scales ρ, Adam moments M
 one Adam step count per state row, refresh counter and last step's outcome; for the other
 leaves the dense optimizer's state. A stacked GRASS weight (*layers, m, n), as `lax.scan`
 over layers wants it, has one of each per layer slice (leading axes `layers` on every array but
-the refresh counter). Under data parallelism (`axis_name`) the whole state is
-replicated: every device holds and updates the same copy. The interface is optax-like
+the refresh counter). Under data parallelism (`axis_name`) the whole state is replicated
+(every device holds and updates the same copy), unless `shard_state` splits each GRASS layer's
+M, V and step counts over the devices (grass_jax.sharding). The interface is optax-like
 (init / step) rather than optax's init / update because GRASS writes W in place (a scatter into
 r rows); an `update` returning W_new - W would build the m x n tensor GRASS exists to avoid.
 """
@@ -32,7 +33,7 @@ import optax
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from . import _lib, ops
+from . import _lib, consistency, ops, sharding
 from .linear import LayerConfig, Projection, select_rows
 
 
@@ -106,8 +107,8 @@ def _aligned(tree, treedef):
 
 
 def _choice(value, table, what):
-    """`value` if it names an entry of `table` (or is one of its codes), else a ValueError that
-    lists the choices and the closest one."""
+    """The name of the entry of `table` that `value` names (or whose code it is), else a
+    ValueError that lists the choices and the closest one."""
     if isinstance(value, str):
         if value in table:
             return value
@@ -116,7 +117,7 @@ def _choice(value, table, what):
         raise ValueError(f"grass_adamw: {what} must be one of {sorted(table)}, got "
                          f"{value!r}{hint}")
     if isinstance(value, int) and not isinstance(value, bool) and value in table.values():
-        return value
+        return next(name for name, code in table.items() if code == value)
     raise ValueError(f"grass_adamw: {what} must be one of {sorted(table)}, got {value!r}")
 
 
@@ -187,14 +188,19 @@ class grass_adamw:
     max_grad_norm   None, or clip by global norm before the step: every gradient (the
                     compressed r x k ones and the dense leaves') is scaled by
                     min(1, max_grad_norm / norm), norm over all of them together (see
-                    `global_norm`). A non-finite norm leaves the gradients as they are, so the
-                    step is skipped as for any non-finite gradient.
+                    `global_norm`), after the data-parallel average. A non-finite norm leaves
+                    the gradients as they are, so the step is skipped as for any non-finite
+                    gradient. With shard_state the norm costs one more all-reduce of the
+                    r x k gradients.
     axis_name       data parallel: the mesh axis (inside shard_map) whose devices each see a
                     part of the batch. Gradients are averaged over it (compressed ones only)
                     and row scores combined by `dp_scores` ("exact" | "sum_sq", see
                     linear.layer_scores), so that every device selects the same rows.
                     Run the step under `jax.shard_map(..., check_vma=False)`: with vma
                     checking on, autodiff itself sums the gradients over the axis.
+    shard_state     with axis_name: each device keeps M, V and the step counts of only its
+                    r / N of the selected rows (ZeRO-1, see grass_jax.sharding); pass the
+                    state through shard_map with `state_specs(state)`.
 
     Every option is checked here: a misspelt name or an out-of-range value raises ValueError,
     naming the option and the accepted values.
@@ -205,7 +211,8 @@ class grass_adamw:
                  side="auto", seed=0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
                  decay_mode="selected", alpha=1.0, refresh_mode="reset",
                  state_dtype=jnp.float32, dense=None, axis_name=None, dp_scores="exact",
-                 dp_chunk_elems=1 << 22, max_grad_norm=None, cap_rank=False):
+                 dp_chunk_elems=1 << 22, shard_state=False, max_grad_norm=None,
+                 cap_rank=False):
         if not callable(learning_rate):
             _number(learning_rate, "learning_rate", 0.0)
         if grass_mask is None:
@@ -261,6 +268,10 @@ class grass_adamw:
         self.axis_name, self.dp_scores = axis_name, dp_scores
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.cap_rank = bool(cap_rank)
+        self.shard_state = bool(shard_state)
+        if self.shard_state:
+            sharding.check_options(axis_name=axis_name, method=method, decay_mode=decay_mode,
+                                   weight_decay=weight_decay)
 
     # -- structure ---------------------------------------------------------------------------
 
@@ -289,6 +300,10 @@ class grass_adamw:
                                  f"(out, in) weight or a stack of them (*layers, out, in), got "
                                  f"shape {shape}; leave it out of grass_mask")
             m, n = shape[-2:]
+            if self.shard_state and len(shape) > 2:
+                raise ValueError(f"GRASS leaf {_path_name(path)}: shard_state does not split "
+                                 f"stacked weights {shape}; use 2-D weights with shard_state, "
+                                 f"or a replicated state (shard_state=False)")
             c = LayerConfig.make(
                 m, n, self.rank, self.side, layer_id=layer_id, axis_name=self.axis_name,
                 dp_scores=self.dp_scores, dp_chunk_elems=self.dp_chunk_elems,
@@ -337,6 +352,9 @@ class grass_adamw:
                 dense_params)
         else:
             dense = self.dense.init(dense_params)
+        if jax.process_count() > 1 and not any(
+                isinstance(p, jax.core.Tracer) for p in jax.tree_util.tree_leaves(params)):
+            self.check_processes(params)  # under jit: call it yourself before
         return GrassState(jnp.zeros((), jnp.int32), treedef.unflatten(layers), dense)
 
     # -- one training step -------------------------------------------------------------------
@@ -475,10 +493,17 @@ class grass_adamw:
         # stacked weight's, from lax.scan, would be materialised as (*layers, m, n) zeros.
         after = _after((pcts, [g for g, c in zip(gleaves, configs) if c is None]))
         dense_idx = [i for i, c in enumerate(configs) if c is None]
-        sinks = self._mean({i: pcts[i].sink for i, c in enumerate(configs) if c is not None})
+        sinks = {i: pcts[i].sink for i, c in enumerate(configs) if c is not None}
+        # With shard_state the sharded step averages the compressed gradients itself (a
+        # reduce-scatter); otherwise they are averaged here.
+        if not self.shard_state:
+            sinks = self._mean(sinks)
         dense_grads = self._mean([gleaves[i] for i in dense_idx])
         if self.max_grad_norm is not None:
-            norm = _norm(list(sinks.values()), [g for g in dense_grads if g is not None])
+            # The norm of the averaged gradients (with shard_state: one more all-reduce of
+            # the r x k gradients than the step itself needs).
+            mean_sinks = self._mean(sinks) if self.shard_state else sinks
+            norm = _norm(list(mean_sinks.values()), [g for g in dense_grads if g is not None])
             scale = _clip_scale(norm, self.max_grad_norm)
             sinks = {i: g * scale for i, g in sinks.items()}
             dense_grads = [g if g is None else (g * scale).astype(g.dtype) for g in dense_grads]
@@ -489,9 +514,15 @@ class grass_adamw:
             static = pct.static_refresh
             refresh = self.refresh_due(state) if static is None else static
             ls = self._maybe_refresh(c, ls, pct.score_sink, refresh)
-            w, m, v, row_steps, skipped = ops.sparse_adamw_step(
-                w, ls.indices, ls.scales, sinks[i], ls.m, ls.v, ls.row_steps, lr, side=c.side,
-                alpha=self.alpha, after=after, **self.adam)
+            if self.shard_state:
+                w, m, v, row_steps, skipped = sharding.sparse_adamw_step(
+                    w, ls.indices, ls.scales, sinks[i], ls.m, ls.v, ls.row_steps, lr,
+                    axis_name=self.axis_name, side=c.side, rank=c.rank, alpha=self.alpha,
+                    adam=self.adam, after=after)
+            else:
+                w, m, v, row_steps, skipped = ops.sparse_adamw_step(
+                    w, ls.indices, ls.scales, sinks[i], ls.m, ls.v, ls.row_steps, lr,
+                    side=c.side, alpha=self.alpha, after=after, **self.adam)
             new_leaves[i] = w
             new_layers[i] = ls._replace(m=m, v=v, row_steps=row_steps, skipped=skipped)
         dense = self._dense_step(leaves, dense_idx, dense_grads, treedef, state, lr,
@@ -513,6 +544,11 @@ class grass_adamw:
                                                              refresh_mode=self.refresh_mode))(
                     flat(ls.indices), idx, flat(ls.m), flat(ls.v), flat(ls.row_steps))
                 idx, sc, m, v, row_steps = map(back, (idx, sc, m, v, row_steps))
+            elif self.shard_state:
+                idx, sc = select_rows(c, scores, ri)
+                m, v, row_steps = sharding.state_refresh(
+                    ls.indices, idx, ls.m, ls.v, ls.row_steps, axis_name=self.axis_name,
+                    rank=c.rank, refresh_mode=self.refresh_mode)
             else:
                 idx, sc = select_rows(c, scores, ri)
                 m, v, row_steps = ops.state_refresh(ls.indices, idx, ls.m, ls.v, ls.row_steps,
@@ -546,6 +582,20 @@ class grass_adamw:
         for i in idx:
             new_leaves[i] = updated[i]
         return dense_state
+
+    def check_processes(self, params, state=None):
+        """Multi-process runs: raises consistency.ProcessMismatchError in every process when
+        the processes disagree on shapes, rank, seed, selection, refresh schedule or (with a
+        state) step and refresh counts; one all-gather of a few int32 per process."""
+        consistency.check_processes(self, params, state)
+
+    def state_specs(self, state):
+        """A state-shaped tree of PartitionSpecs for shard_map's in_specs / out_specs (and
+        NamedSharding): with shard_state, M, V and row_steps split over axis_name, the rest
+        replicated; without, all replicated. `state` may be `jax.eval_shape(opt.init, params)`."""
+        if not self.shard_state:
+            return jax.tree_util.tree_map(lambda _: jax.sharding.PartitionSpec(), state)
+        return sharding.state_specs(state, self.axis_name, GrassLayerState)
 
     # -- introspection -----------------------------------------------------------------------
 

@@ -189,3 +189,9 @@ def test_stacked_static_refresh_schedule_equals_traced(platform):
                                   b_state.layers["down"].row_steps)
     for name in params:
         assert_close(a_params[name], b_params[name], what=name)
+
+
+def test_shard_state_refuses_stacked_weights():
+    opt = gj.grass_adamw(1e-3, grass_mask=MASK, rank=4, axis_name="data", shard_state=True)
+    with pytest.raises(ValueError, match=r"\['down'\]: shard_state does not split stacked"):
+        opt.init(init_params(jax.random.PRNGKey(5)))

@@ -66,33 +66,54 @@ fn chunk_rows(p: &Projected) -> usize {
     ((2usize << 20) / p.k).min(p.d.div_ceil(4)).max(1)
 }
 
+/// Bytes of scratch the token-chunked buffers of one op may take (the rest of the 64 MiB
+/// budget covers the fixed regions and alignment).
+const TOKEN_BUDGET: usize = 48 << 20;
+
 fn needs_conversion(dtype: Dtype) -> usize {
     (dtype != Dtype::F32) as usize
 }
 
-/// B as f32: borrowed when it already is, else converted into `buf`.
-fn kept_f32<'w>(b: Act<'w>, buf: Option<&'w mut [f32]>) -> &'w [f32] {
-    match (b, buf) {
-        (Act::F32(s), _) => s,
-        (other, Some(buf)) => {
-            for (i, o) in buf.iter_mut().enumerate() {
-                *o = other.get(i);
+/// Tokens per chunk when each token needs `per_token` bytes of scratch: all of them when they
+/// fit the budget, else as many as do (at least one).
+fn chunk_tokens(b: usize, per_token: usize) -> usize {
+    (TOKEN_BUDGET / per_token.max(1)).clamp(1, b.max(1))
+}
+
+/// Rows `t0..t0 + tn` of B as f32: borrowed when B already is f32, else converted into `buf`.
+fn kept_f32<'w>(b: Act<'w>, k: usize, t0: usize, tn: usize, buf: &'w mut [f32]) -> &'w [f32] {
+    match b {
+        Act::F32(s) => &s[t0 * k..(t0 + tn) * k],
+        other => {
+            let base = t0 * k;
+            for (i, o) in buf[..tn * k].iter_mut().enumerate() {
+                *o = other.get(base + i);
             }
-            buf
+            &buf[..tn * k]
         }
-        (_, None) => unreachable!("conversion buffer missing"),
     }
 }
 
-pub fn scores_workspace_size(p: &Projected, b: usize, dtype: Dtype) -> usize {
-    let c = chunk_rows(p);
-    needs_conversion(dtype) * region(b * p.k, 4)
-        + region(b * c, 4)
-        + region(c * p.k, 4)
-        + 2 * ALIGN_SLACK
+/// Tokens per chunk of the row scores: the conversion of B's rows and the gathered chunk of
+/// A's columns.
+fn scores_tokens(p: &Projected, b: usize, dtype: Dtype) -> usize {
+    chunk_tokens(b, needs_conversion(dtype) * p.k * 4 + chunk_rows(p) * 4)
 }
 
-/// `scores[i] = ‖row i of the projected-side gradient‖₂` for all `d` rows.
+/// `conversion (tc·k·4 when X and dY are not f32) + tc·c·4 + c·k·4` with `c` = rows per chunk
+/// (`c·k·4 ≤ 8 MiB`, `c ≤ d/4`) and `tc` = tokens per chunk (`tc·(conversion/token + c·4) ≤
+/// 48 MiB`): at most 56 MiB plus alignment.
+pub fn scores_workspace_size(p: &Projected, b: usize, dtype: Dtype) -> usize {
+    let c = chunk_rows(p);
+    let tc = scores_tokens(p, b, dtype);
+    needs_conversion(dtype) * region(tc * p.k, 4)
+        + region(tc * c, 4)
+        + region(c * p.k, 4)
+        + 3 * ALIGN_SLACK
+}
+
+/// `scores[i] = ‖row i of the projected-side gradient‖₂` for all `d` rows: per chunk of rows,
+/// the chunk of G is summed over chunks of tokens.
 pub fn row_scores(
     p: &Projected,
     act: &Activations<'_>,
@@ -101,30 +122,41 @@ pub fn row_scores(
 ) -> Result<()> {
     let (a, b) = act.operands(p);
     let (bt, d, k) = (act.b, p.d, p.k);
-    let mut ws = Carver::new(ws);
-    let conv = if b.dtype() == Dtype::F32 {
-        None
-    } else {
-        Some(ws.take::<f32>(bt * k)?)
-    };
-    let bmat = kept_f32(b, conv);
     let c = chunk_rows(p);
-    let cols: &mut [f32] = ws.take(bt * c)?;
+    let tc = scores_tokens(p, bt, b.dtype());
+    let mut ws = Carver::new(ws);
+    let conv: &mut [f32] = ws.take(needs_conversion(b.dtype()) * tc * k)?;
+    let cols: &mut [f32] = ws.take(tc * c)?;
     let out: &mut [f32] = ws.take(c * k)?;
+    // with a single token chunk B is converted once, not once per chunk of rows
+    let once = tc >= bt;
+    if once && b.dtype() != Dtype::F32 {
+        kept_f32(b, k, 0, bt, conv);
+    }
     let mut i0 = 0;
     while i0 < d {
         let cn = c.min(d - i0);
-        for t in 0..bt {
-            for i in 0..cn {
-                cols[t * cn + i] = a.get(t * d + i0 + i);
+        let mut t0 = 0;
+        while t0 < bt {
+            let tn = tc.min(bt - t0);
+            for t in 0..tn {
+                for i in 0..cn {
+                    cols[t * cn + i] = a.get((t0 + t) * d + i0 + i);
+                }
             }
+            let bmat: &[f32] = match b {
+                Act::F32(s) => &s[t0 * k..(t0 + tn) * k],
+                _ if once => &conv[..bt * k],
+                _ => kept_f32(b, k, t0, tn, conv),
+            };
+            matmul(
+                View::transposed(&cols[..tn * cn], tn, cn),
+                View::row_major(bmat, tn, k),
+                &mut out[..cn * k],
+                t0 > 0,
+            );
+            t0 += tn;
         }
-        matmul(
-            View::transposed(&cols[..bt * cn], bt, cn),
-            View::row_major(bmat, bt, k),
-            &mut out[..cn * k],
-            false,
-        );
         for i in 0..cn {
             let s: f64 = out[i * k..(i + 1) * k]
                 .iter()
@@ -137,11 +169,21 @@ pub fn row_scores(
     Ok(())
 }
 
-pub fn sparse_grad_workspace_size(p: &Projected, b: usize, r: usize, dtype: Dtype) -> usize {
-    needs_conversion(dtype) * region(b * p.k, 4) + region(b * r, 4) + 2 * ALIGN_SLACK
+/// Tokens per chunk of the sparse gradient: the conversion of B's rows and the r gathered
+/// columns of A.
+fn sparse_grad_tokens(p: &Projected, b: usize, r: usize, dtype: Dtype) -> usize {
+    chunk_tokens(b, needs_conversion(dtype) * p.k * 4 + r * 4)
 }
 
-/// `g (r x k) [+]= ρ ⊙ (A[:, σ])ᵀ B`: a gather of r columns and one `r x b x k` GEMM.
+/// `conversion (tc·k·4 when X and dY are not f32) + tc·r·4` with `tc` = tokens per chunk,
+/// `tc·(conversion/token + r·4) ≤ 48 MiB`: at most 48 MiB plus alignment.
+pub fn sparse_grad_workspace_size(p: &Projected, b: usize, r: usize, dtype: Dtype) -> usize {
+    let tc = sparse_grad_tokens(p, b, r, dtype);
+    needs_conversion(dtype) * region(tc * p.k, 4) + region(tc * r, 4) + 2 * ALIGN_SLACK
+}
+
+/// `g (r x k) [+]= ρ ⊙ (A[:, σ])ᵀ B`: a gather of r columns and an `r x b x k` GEMM, over
+/// chunks of tokens that each add into g.
 pub fn sparse_grad(
     p: &Projected,
     act: &Activations<'_>,
@@ -153,24 +195,26 @@ pub fn sparse_grad(
 ) -> Result<()> {
     let (a, b) = act.operands(p);
     let (bt, d, k, r) = (act.b, p.d, p.k, indices.len());
+    let tc = sparse_grad_tokens(p, bt, r, b.dtype());
     let mut ws = Carver::new(ws);
-    let conv = if b.dtype() == Dtype::F32 {
-        None
-    } else {
-        Some(ws.take::<f32>(bt * k)?)
-    };
-    let bmat = kept_f32(b, conv);
-    let gathered: &mut [f32] = ws.take(bt * r)?;
-    for t in 0..bt {
-        for j in 0..r {
-            gathered[t * r + j] = scales[j] * a.get(t * d + indices[j] as usize);
+    let conv: &mut [f32] = ws.take(needs_conversion(b.dtype()) * tc * k)?;
+    let gathered: &mut [f32] = ws.take(tc * r)?;
+    let mut t0 = 0;
+    while t0 < bt {
+        let tn = tc.min(bt - t0);
+        for t in 0..tn {
+            for j in 0..r {
+                gathered[t * r + j] = scales[j] * a.get((t0 + t) * d + indices[j] as usize);
+            }
         }
+        let bmat = kept_f32(b, k, t0, tn, conv);
+        matmul(
+            View::transposed(&gathered[..tn * r], tn, r),
+            View::row_major(bmat, tn, k),
+            &mut g[..r * k],
+            accumulate || t0 > 0,
+        );
+        t0 += tn;
     }
-    matmul(
-        View::transposed(gathered, bt, r),
-        View::row_major(bmat, bt, k),
-        &mut g[..r * k],
-        accumulate,
-    );
     Ok(())
 }

@@ -129,54 +129,61 @@ impl Device {
 
     pub fn sparse_grad(&self, a: &SparseGradArgs) -> Result<()> {
         let p = a.p;
-        let r = fits_i32("r", a.r)?;
+        fits_i32("r", a.r)?;
         let mut plan = Plan::within(a.ws);
         let l = sparse_grad_layout(&mut plan, &p, a.b, a.r, a.dtype);
         plan.check()?;
         let (amat, bmat) = operands(p.side, a.x, a.dy);
         let _bound = self.bind()?;
-        // SAFETY: A is b x d and B is b x k of `dtype`, indices and scales hold r entries,
-        // g holds r x k f32, and the scratch regions have the sizes of the layout.
-        unsafe {
-            launch(
-                &self.kernels.gather_cols,
-                Shape::rows(a.r as u64, BLOCK, a.b as u64),
-                a.stream,
-                [
-                    Arg::Ptr(amat),
-                    dt(a.dtype),
-                    Arg::I64(a.b as i64),
-                    Arg::I64(p.d as i64),
-                    Arg::Ptr(a.indices),
-                    Arg::I32(r),
-                    Arg::Ptr(l.gathered),
-                ],
-            )?;
-            let g = Gemm {
-                dtype: a.dtype,
-                b: a.b,
-                k: p.k,
-                n: a.r,
-                bmat,
-                amat: l.gathered,
-                lda: a.r,
-                out: l.product,
-            };
-            self.blas.run(&g, l.blas, l.blas_bytes, a.stream)?;
-            launch(
-                &self.kernels.scale_rows,
-                Shape::rows(p.k as u64, BLOCK, a.r as u64),
-                a.stream,
-                [
-                    Arg::Ptr(l.product),
-                    Arg::Ptr(a.scales),
-                    Arg::I32(r),
-                    Arg::I64(p.k as i64),
-                    Arg::Ptr(a.g),
-                    Arg::I32(a.accumulate as i32),
-                ],
-            )
+        let mut j0 = 0;
+        while j0 < a.r {
+            let rows = l.rows.min(a.r - j0);
+            // SAFETY: A is b x d and B is b x k of `dtype`, indices and scales hold r entries
+            // (this block reads `rows` of them from j0), g holds r x k f32, and the scratch
+            // regions have the sizes of the layout (`l.rows` >= rows).
+            unsafe {
+                launch(
+                    &self.kernels.gather_cols,
+                    Shape::rows(rows as u64, BLOCK, a.b as u64),
+                    a.stream,
+                    [
+                        Arg::Ptr(amat),
+                        dt(a.dtype),
+                        Arg::I64(a.b as i64),
+                        Arg::I64(p.d as i64),
+                        Arg::Ptr(a.indices + j0 * 4),
+                        Arg::I32(rows as i32),
+                        Arg::Ptr(l.gathered),
+                    ],
+                )?;
+                let g = Gemm {
+                    dtype: a.dtype,
+                    b: a.b,
+                    k: p.k,
+                    n: rows,
+                    bmat,
+                    amat: l.gathered,
+                    lda: rows,
+                    out: l.product,
+                };
+                self.blas.run(&g, l.blas, l.blas_bytes, a.stream)?;
+                launch(
+                    &self.kernels.scale_rows,
+                    Shape::rows(p.k as u64, BLOCK, rows as u64),
+                    a.stream,
+                    [
+                        Arg::Ptr(l.product),
+                        Arg::Ptr(a.scales + j0 * 4),
+                        Arg::I32(rows as i32),
+                        Arg::I64(p.k as i64),
+                        Arg::Ptr(a.g + j0 * p.k * 4),
+                        Arg::I32(a.accumulate as i32),
+                    ],
+                )?;
+            }
+            j0 += rows;
         }
+        Ok(())
     }
 
     /// Zeroes the step header, flags a bad gradient (or bad indices) on the device, decides

@@ -72,9 +72,7 @@ pub unsafe extern "C" fn grass_context_create_cpu(
         let out = req("ctx_out", ctx_out)?;
         write(
             out,
-            Box::into_raw(Box::new(grass_context {
-                backend: Backend::Cpu,
-            })),
+            Box::into_raw(Box::new(grass_context::new(Backend::Cpu))),
         );
         Ok(())
     })
@@ -94,9 +92,7 @@ pub unsafe extern "C" fn grass_context_create_cuda(
         let dev = cuda::Device::open(ordinal)?;
         write(
             out,
-            Box::into_raw(Box::new(grass_context {
-                backend: Backend::Cuda(Box::new(dev)),
-            })),
+            Box::into_raw(Box::new(grass_context::new(Backend::Cuda(Box::new(dev))))),
         );
         Ok(())
     })

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub(crate) mod args;
+pub mod memory;
 pub mod ops;
 pub mod optimizer;
 pub mod projection;
@@ -12,6 +13,7 @@ pub mod status;
 pub mod types;
 
 pub use api::*;
+pub use memory::*;
 pub use crate::context::grass_context;
 pub use crate::handles::optimizer::grass_optimizer;
 pub use crate::handles::projection::grass_projection;

@@ -73,7 +73,14 @@ pub unsafe extern "C" fn grass_resolve_side(
     })
 }
 
-/// Scratch bytes `grass_row_scores` needs for these shapes.
+/// Scratch bytes `grass_row_scores` needs for these shapes (at most 64 MiB at every DESIGN
+/// shape up to 8192 tokens). With d and k the projected and kept dimensions, each region
+/// rounded up for alignment:
+/// - CPU: `c·k·4 + tc·c·4 (+ tc·k·4 when dtype is not f32)`, c = rows of G per chunk
+///   (`c·k·4 ≤ 8 MiB`, `c ≤ d/4`), tc = tokens per chunk, all b when
+///   `b·(c·4 + k·4 if not f32) ≤ 48 MiB`, else as many as fit that;
+/// - CUDA: `c·k·4 + min(c·k·2, 16 MiB)`, c = rows of G per chunk (`c·k·4 ≤ 32 MiB`,
+///   `c ≤ d/4`, a multiple of 64 when at least 64), whatever b.
 #[no_mangle]
 pub unsafe extern "C" fn grass_scores_workspace_size(
     ctx: *const grass_context,
@@ -136,7 +143,8 @@ pub unsafe extern "C" fn grass_row_scores(
     })
 }
 
-/// Scratch bytes `grass_select` needs for `d` scores and rank `r`.
+/// Scratch bytes `grass_select` needs for `d` scores and rank `r`: CPU `28·d`, CUDA
+/// `17·d + 12·p` with p the next power of two ≥ d (plus alignment; under 1 MiB for d ≤ 16384).
 #[no_mangle]
 pub unsafe extern "C" fn grass_select_workspace_size(
     ctx: *const grass_context,
@@ -206,7 +214,14 @@ pub unsafe extern "C" fn grass_select(
     })
 }
 
-/// Scratch bytes `grass_sparse_grad` needs for these shapes.
+/// Scratch bytes `grass_sparse_grad` needs for these shapes (at most 64 MiB at every DESIGN
+/// shape and rank up to 8192 tokens), with k the kept dimension and s the dtype's size, each
+/// region rounded up for alignment:
+/// - CPU: `tc·r·4 (+ tc·k·4 when dtype is not f32)`, tc = tokens per chunk, all b when that
+///   is at most 48 MiB, else as many as fit it (chunks add into g);
+/// - CUDA: `q·b·s + q·k·4 + min(q·k·2, 16 MiB)`, q = selected rows per block: all r when
+///   `r·(b·s + k·4) ≤ 48 MiB - 1 KiB`, else r split into equal blocks (multiples of 64 rows)
+///   that fit it.
 #[no_mangle]
 pub unsafe extern "C" fn grass_sparse_grad_workspace_size(
     ctx: *const grass_context,
@@ -314,7 +329,7 @@ unsafe fn step_buffers(
     })
 }
 
-/// Scratch bytes `grass_sparse_adamw_step` needs.
+/// Scratch bytes `grass_sparse_adamw_step` needs: CPU 0, CUDA `32 + 8·r` (plus alignment).
 #[no_mangle]
 pub unsafe extern "C" fn grass_sparse_adamw_workspace_size(
     ctx: *const grass_context,
@@ -402,7 +417,7 @@ pub unsafe extern "C" fn grass_sparse_adamw_step(
     })
 }
 
-/// Scratch bytes `grass_adamw_step` needs for `numel` elements.
+/// Scratch bytes `grass_adamw_step` needs for `numel` elements: CPU 0, CUDA 32 (plus alignment).
 #[no_mangle]
 pub unsafe extern "C" fn grass_adamw_workspace_size(
     ctx: *const grass_context,

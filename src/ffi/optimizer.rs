@@ -27,7 +27,10 @@ pub struct grass_optimizer_info {
     pub accumulated: i32,
     /// Elements of each of M and V.
     pub state_elements: i64,
-    /// Bytes of context memory the optimizer owns (states, accumulator, selection, scratch).
+    /// Bytes of context memory the optimizer owns: M, V, step counts, and for GRASS layers the
+    /// compressed-gradient accumulator and the projection's selection and row scores. Scratch
+    /// is not among them: it is the context's workspace, shared by all its handles
+    /// (`grass_context_workspace_bytes`).
     pub memory_bytes: i64,
 }
 
@@ -221,19 +224,11 @@ pub unsafe extern "C" fn grass_optimizer_get_info(
             );
         }
         let elems = o.state_elements();
-        let (sparse, acc, extra) = match &o.kind {
-            Kind::Sparse {
-                proj,
-                g,
-                accumulated,
-            } => (1, *accumulated as i32, g.bytes() + proj.memory_bytes()),
-            Kind::Dense { .. } => (0, 0, 0),
+        let (sparse, acc) = match &o.kind {
+            Kind::Sparse { accumulated, .. } => (1, *accumulated as i32),
+            Kind::Dense { .. } => (0, 0),
         };
-        let owned = [&o.m, &o.v, &o.counters, &o.ws]
-            .iter()
-            .map(|b| b.bytes())
-            .sum::<usize>()
-            + extra;
+        let owned = o.memory_bytes();
         write(
             out,
             grass_optimizer_info {

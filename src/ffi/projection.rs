@@ -32,6 +32,10 @@ pub struct grass_projection_info {
     pub has_selection: i32,
     /// 1 when there is no selection yet or `refresh_every` steps have passed since the last one.
     pub refresh_due: i32,
+    /// Bytes of context memory the projection owns: its selection (indices, previous indices
+    /// and scales, r each) and d row scores. Scratch is not among them: it is the context's
+    /// workspace, shared by all its handles (`grass_context_workspace_bytes`).
+    pub memory_bytes: i64,
 }
 
 /// Creates a projection for an `m x n` weight whose X and dY have `dtype` and at most
@@ -80,6 +84,7 @@ pub(crate) fn projection_info(p: &grass_projection) -> grass_projection_info {
         steps_since_refresh: p.steps_since_refresh as i64,
         has_selection: p.has_selection as i32,
         refresh_due: p.refresh_due() as i32,
+        memory_bytes: p.memory_bytes() as i64,
     }
 }
 
@@ -182,8 +187,9 @@ pub unsafe extern "C" fn grass_projection_compress(
     })
 }
 
-/// Pointers (context memory, owned by the projection, valid until it is destroyed; contents
-/// change at each refresh) to the rank selected indices and their scales. Either may be NULL.
+/// Pointers (context memory, owned by the projection) to the rank selected indices and their
+/// scales. Either may be NULL. The pointers stay the same for the projection's life (cache them,
+/// or capture them in a CUDA graph); their contents change at each refresh.
 #[no_mangle]
 pub unsafe extern "C" fn grass_projection_selection(
     projection: *const grass_projection,

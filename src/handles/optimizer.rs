@@ -9,6 +9,9 @@ use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::context::{grass_context, Buffer};
 use crate::ffi::args::req_typed;
+use crate::handles::memory::{
+    dense_buffers, dense_optimizer_workspace, sparse_buffers, sparse_optimizer_workspace,
+};
 use crate::handles::projection::grass_projection;
 use crate::{bail, ensure};
 
@@ -34,8 +37,6 @@ pub struct grass_optimizer {
     /// i32[1 + counts]: the outcome of the last step (`GRASS_STEP_*`), then the Adam step
     /// counts (one per state row of a GRASS layer, one for a dense parameter).
     pub(crate) counters: Buffer,
-    pub(crate) ws: Buffer,
-    pub(crate) ws_bytes: usize,
     pub(crate) steps: u64,
 }
 
@@ -58,30 +59,41 @@ impl grass_optimizer {
     }
 
     pub(crate) fn new(c: &grass_context, cfg: AdamW, w_dtype: Dtype, kind: Kind) -> Result<grass_optimizer> {
-        let (elems, ws_bytes) = match &kind {
+        let state = cfg.state_dtype;
+        let ((moment, counters), ws) = match &kind {
             Kind::Sparse { proj, .. } => {
-                let (r, k) = (proj.sel.rank, proj.p.k);
-                (r * k, c.sparse_step_workspace_size(&proj.p, r))
+                let s = sparse_buffers(&proj.p, proj.sel.rank, state);
+                let ws = sparse_optimizer_workspace(c, &proj.p, proj.max_tokens, proj.sel.rank, proj.dtype);
+                ((s.moment, s.counters), ws)
             }
-            Kind::Dense { numel, .. } => (*numel, c.dense_step_workspace_size(*numel)),
+            Kind::Dense { numel, .. } => {
+                (dense_buffers(*numel, state), dense_optimizer_workspace(c, *numel))
+            }
         };
-        let bytes = elems * cfg.state_dtype.size();
-        let counters = c.alloc(4 * (1 + step_counts(&kind)))?;
+        c.reserve_workspace(ws)?;
         Ok(grass_optimizer {
             ctx: c,
             cfg,
             w_dtype,
             kind,
-            m: c.alloc(bytes)?,
-            v: c.alloc(bytes)?,
-            counters,
-            ws: c.alloc(ws_bytes)?,
-            ws_bytes,
+            m: c.alloc(moment)?,
+            v: c.alloc(moment)?,
+            counters: c.alloc(counters)?,
             steps: 0,
         })
     }
 
-    fn step_buffers(&self, w: usize, lr: f32, stream: usize) -> StepBuffers {
+    /// Bytes of context memory the optimizer owns, with its projection and accumulator (the
+    /// workspace is the context's).
+    pub(crate) fn memory_bytes(&self) -> usize {
+        let own: usize = [&self.m, &self.v, &self.counters].iter().map(|b| b.bytes()).sum();
+        match &self.kind {
+            Kind::Sparse { proj, g, .. } => own + g.bytes() + proj.memory_bytes(),
+            Kind::Dense { .. } => own,
+        }
+    }
+
+    fn step_buffers(&self, w: usize, lr: f32, ws: Scratch, stream: usize) -> StepBuffers {
         let counters = self.counters.addr();
         StepBuffers {
             cfg: self.cfg,
@@ -93,15 +105,8 @@ impl grass_optimizer {
             lr,
             lr_scale: 0,
             skipped: counters,
-            ws: self.scratch(),
+            ws,
             stream,
-        }
-    }
-
-    fn scratch(&self) -> Scratch {
-        Scratch {
-            addr: self.ws.addr(),
-            bytes: self.ws_bytes,
         }
     }
 
@@ -115,12 +120,11 @@ impl grass_optimizer {
     ) -> Result<()> {
         // SAFETY: the context outlives the optimizer (documented contract of the ABI).
         let c = unsafe { &*self.ctx };
-        let (cfg, m, v, row_steps, ws) = (
+        let (cfg, m, v, row_steps) = (
             self.cfg,
             self.m.addr(),
             self.v.addr(),
             self.counters.addr() + 4,
-            self.scratch(),
         );
         let Kind::Sparse {
             proj,
@@ -140,23 +144,26 @@ impl grass_optimizer {
             } else {
                 proj.refresh(b, x, dy, stream)?;
             }
-            let a = RefreshArgs {
-                cfg,
-                r: proj.sel.rank,
-                k: proj.p.k,
-                old_indices: if proj.has_prev {
-                    proj.prev_indices.addr()
-                } else {
-                    0
-                },
-                new_indices: proj.indices.addr(),
-                m,
-                v,
-                row_steps,
-                ws,
-                stream,
+            let old_indices = if proj.has_prev {
+                proj.prev_indices.addr()
+            } else {
+                0
             };
-            c.state_refresh(&a)?;
+            let (r, k, new_indices) = (proj.sel.rank, proj.p.k, proj.indices.addr());
+            c.with_workspace(stream, |ws| {
+                c.state_refresh(&RefreshArgs {
+                    cfg,
+                    r,
+                    k,
+                    old_indices,
+                    new_indices,
+                    m,
+                    v,
+                    row_steps,
+                    ws,
+                    stream,
+                })
+            })?;
         }
         proj.compress(b, x, dy, g.addr(), *accumulated > 0, stream)?;
         *accumulated += 1;
@@ -166,9 +173,23 @@ impl grass_optimizer {
     pub(crate) fn step(&mut self, w: *mut c_void, grad: *const c_void, lr: f32, stream: usize) -> Result<()> {
         check_lr(lr)?;
         let w = req_typed("w", w, self.w_dtype)?;
-        let buf = self.step_buffers(w, lr, stream);
         // SAFETY: the context outlives the optimizer (documented contract of the ABI).
         let c = unsafe { &*self.ctx };
+        c.with_workspace(stream, |ws| self.step_in(c, w, grad, lr, ws, stream))?;
+        self.steps += 1;
+        Ok(())
+    }
+
+    fn step_in(
+        &mut self,
+        c: &grass_context,
+        w: usize,
+        grad: *const c_void,
+        lr: f32,
+        ws: Scratch,
+        stream: usize,
+    ) -> Result<()> {
+        let buf = self.step_buffers(w, lr, ws, stream);
         match &mut self.kind {
             Kind::Sparse {
                 proj,
@@ -199,7 +220,6 @@ impl grass_optimizer {
                 c.dense_step(&a)?;
             }
         }
-        self.steps += 1;
         Ok(())
     }
 }

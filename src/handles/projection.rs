@@ -1,5 +1,6 @@
 //! Layer 2: a projection handle owns σ, ρ, the refresh counter and the generator key of one
-//! layer, plus the scratch its calls need (sized at creation for `max_tokens`).
+//! layer. Its calls run in the context's shared workspace, grown at creation to what they
+//! need at `max_tokens`.
 
 use std::ffi::c_void;
 
@@ -9,6 +10,7 @@ use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::core::shape::{positive, product, Projected};
 use crate::context::{grass_context, Buffer};
+use crate::handles::memory::{projection_workspace, sparse_buffers};
 use crate::ensure;
 use crate::ffi::args::req_typed;
 use crate::ffi::types::*;
@@ -24,8 +26,6 @@ pub struct grass_projection {
     pub(crate) prev_indices: Buffer,
     pub(crate) scales: Buffer,
     scores: Buffer,
-    ws: Buffer,
-    ws_bytes: usize,
     pub(crate) refresh_count: u32,
     pub(crate) steps_since_refresh: u64,
     pub(crate) has_selection: bool,
@@ -55,10 +55,8 @@ impl grass_projection {
         let b = positive("max_tokens", max_tokens)?;
         product("max_tokens * max(m, n)", &[b, m.max(n), 4])?;
         let r = sel.rank;
-        let ws_bytes = c
-            .scores_workspace_size(&p, b, dtype)
-            .max(c.select_workspace_size(p.d, r))
-            .max(c.sparse_grad_workspace_size(&p, b, r, dtype));
+        c.reserve_workspace(projection_workspace(c, &p, b, r, dtype))?;
+        let sizes = sparse_buffers(&p, r, Dtype::F32);
         Ok(grass_projection {
             ctx: c,
             sel,
@@ -66,12 +64,10 @@ impl grass_projection {
             dtype,
             max_tokens: b,
             refresh_every: cfg.refresh_every as u64,
-            indices: c.alloc(r * 4)?,
-            prev_indices: c.alloc(r * 4)?,
-            scales: c.alloc(r * 4)?,
-            scores: c.alloc(p.d * 4)?,
-            ws: c.alloc(ws_bytes)?,
-            ws_bytes,
+            indices: c.alloc(sizes.selection)?,
+            prev_indices: c.alloc(sizes.selection)?,
+            scales: c.alloc(sizes.selection)?,
+            scores: c.alloc(sizes.scores)?,
             refresh_count: 0,
             steps_since_refresh: 0,
             has_selection: false,
@@ -79,25 +75,12 @@ impl grass_projection {
         })
     }
 
-    /// Bytes of context memory the projection owns.
+    /// Bytes of context memory the projection owns (its workspace is the context's).
     pub(crate) fn memory_bytes(&self) -> usize {
-        [
-            &self.indices,
-            &self.prev_indices,
-            &self.scales,
-            &self.scores,
-            &self.ws,
-        ]
-        .iter()
-        .map(|b| b.bytes())
-        .sum()
-    }
-
-    fn scratch(&self) -> Scratch {
-        Scratch {
-            addr: self.ws.addr(),
-            bytes: self.ws_bytes,
-        }
+        [&self.indices, &self.prev_indices, &self.scales, &self.scores]
+            .iter()
+            .map(|b| b.bytes())
+            .sum()
     }
 
     pub(crate) fn refresh_due(&self) -> bool {
@@ -124,36 +107,52 @@ impl grass_projection {
         stream: usize,
     ) -> Result<()> {
         let b = self.tokens(b)?;
-        let a = ScoresArgs {
-            p: self.p,
-            b,
-            dtype: self.dtype,
-            x: req_typed("x", x, self.dtype)?,
-            dy: req_typed("dy", dy, self.dtype)?,
-            scores,
-            ws: self.scratch(),
-            stream,
-        };
-        self.context().row_scores(&a)
+        let (x, dy) = (
+            req_typed("x", x, self.dtype)?,
+            req_typed("dy", dy, self.dtype)?,
+        );
+        let c = self.context();
+        c.with_workspace(stream, |ws| {
+            c.row_scores(&ScoresArgs {
+                p: self.p,
+                b,
+                dtype: self.dtype,
+                x,
+                dy,
+                scores,
+                ws,
+                stream,
+            })
+        })
     }
 
+    /// Selects new rows into the same buffers (their addresses are promised to callers for
+    /// the handle's life), keeping the previous indices aside for the state refresh.
     pub(crate) fn refresh_from(&mut self, scores: usize, stream: usize) -> Result<()> {
-        std::mem::swap(&mut self.indices, &mut self.prev_indices);
-        let a = SelectArgs {
-            sel: self.sel,
-            d: self.p.d,
-            refresh_index: self.refresh_count,
-            refresh_index_at: 0,
-            scores,
-            indices: self.indices.addr(),
-            scales: self.scales.addr(),
-            ws: self.scratch(),
-            stream,
-        };
-        if let Err(e) = self.context().select(&a) {
-            std::mem::swap(&mut self.indices, &mut self.prev_indices);
-            return Err(e);
-        }
+        let c = self.context();
+        let (idx, prev, bytes) = (
+            self.indices.addr(),
+            self.prev_indices.addr(),
+            self.sel.rank * 4,
+        );
+        c.with_workspace(stream, |ws| {
+            c.copy(prev, idx, bytes, stream)?;
+            let a = SelectArgs {
+                sel: self.sel,
+                d: self.p.d,
+                refresh_index: self.refresh_count,
+                refresh_index_at: 0,
+                scores,
+                indices: idx,
+                scales: self.scales.addr(),
+                ws,
+                stream,
+            };
+            c.select(&a).inspect_err(|_| {
+                // a failed refresh changes nothing: the previous rows come back
+                let _ = c.copy(idx, prev, bytes, stream);
+            })
+        })?;
         self.has_prev = self.has_selection;
         self.has_selection = true;
         self.refresh_count += 1;
@@ -187,21 +186,27 @@ impl grass_projection {
             "the projection has no selection yet: refresh it first"
         );
         let b = self.tokens(b)?;
-        let a = SparseGradArgs {
-            p: self.p,
-            b,
-            r: self.sel.rank,
-            dtype: self.dtype,
-            x: req_typed("x", x, self.dtype)?,
-            dy: req_typed("dy", dy, self.dtype)?,
-            indices: self.indices.addr(),
-            scales: self.scales.addr(),
-            g,
-            accumulate,
-            ws: self.scratch(),
-            stream,
-        };
-        self.context().sparse_grad(&a)
+        let (x, dy) = (
+            req_typed("x", x, self.dtype)?,
+            req_typed("dy", dy, self.dtype)?,
+        );
+        let c = self.context();
+        c.with_workspace(stream, |ws| {
+            c.sparse_grad(&SparseGradArgs {
+                p: self.p,
+                b,
+                r: self.sel.rank,
+                dtype: self.dtype,
+                x,
+                dy,
+                indices: self.indices.addr(),
+                scales: self.scales.addr(),
+                g,
+                accumulate,
+                ws,
+                stream,
+            })
+        })
     }
 }
 

@@ -8,5 +8,6 @@ mod context;
 mod gpu;
 mod graph;
 mod handles;
+mod memory;
 mod project;
 mod select;

@@ -56,6 +56,7 @@ _PROTOTYPES = {
     "grass_adamw_workspace_size": (_i32, [_p, _i64, _c.POINTER(_sz)]),
     "grass_state_refresh_workspace_size": (_i32, [_p, _p, _i64, _i64, _c.POINTER(_sz)]),
     "grass_adamw_config_init": (_i32, [_p]),
+    "grass_memory_plan": (_i32, [_p, _p, _p, _sz, _i64, _p]),
 }
 
 

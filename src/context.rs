@@ -5,8 +5,9 @@
 use std::sync::{Mutex, MutexGuard};
 
 use crate::backend::*;
+use crate::core::dtype::Dtype;
 use crate::core::error::Result;
-use crate::cpu::ops as host;
+use crate::cpu;
 use crate::{bail, cuda};
 
 pub(crate) enum Backend {
@@ -55,6 +56,21 @@ impl Buffer {
     /// Bytes actually held (host buffers are whole 8-byte words).
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// The first `len` elements of `T` of this buffer.
+    pub(crate) fn buf<T>(&self, len: usize) -> Buf<T> {
+        assert!(
+            len * std::mem::size_of::<T>() <= self.bytes,
+            "buffer overrun"
+        );
+        Buf::new(self.addr(), len)
+    }
+
+    /// The first `len` elements of `dtype` of this buffer.
+    pub(crate) fn tensor(&self, dtype: Dtype, len: usize) -> Tensor {
+        assert!(len * dtype.size() <= self.bytes, "buffer overrun");
+        Tensor::new(self.addr(), len, dtype)
     }
 }
 
@@ -238,69 +254,69 @@ impl grass_context {
         }
     }
 
-    pub(crate) fn sparse_step_workspace_size(
+    pub(crate) fn sparse_adamw_workspace_size(
         &self,
         p: &crate::core::shape::Projected,
         r: usize,
     ) -> usize {
         match &self.backend {
             Backend::Cpu => 0,
-            Backend::Cuda(d) => d.sparse_step_workspace_size(p, r),
+            Backend::Cuda(d) => d.sparse_adamw_workspace_size(p, r),
         }
     }
 
-    pub(crate) fn dense_step_workspace_size(&self, numel: usize) -> usize {
+    pub(crate) fn adamw_workspace_size(&self, numel: usize) -> usize {
         match &self.backend {
             Backend::Cpu => 0,
-            Backend::Cuda(d) => d.dense_step_workspace_size(numel),
+            Backend::Cuda(d) => d.adamw_workspace_size(numel),
         }
     }
 
     /// Scratch of a state refresh: none, on either backend and in either mode (carry moves
     /// the kept rows in place). The query stays in the ABI so that a refresh that needs some
     /// can come without breaking callers.
-    pub(crate) fn refresh_workspace_size(&self) -> usize {
+    pub(crate) fn state_refresh_workspace_size(&self) -> usize {
         0
     }
 
-    pub(crate) fn row_scores(&self, a: &ScoresArgs) -> Result<()> {
+    pub(crate) fn row_scores(&self, a: &RowScoresArgs) -> Result<()> {
         match &self.backend {
-            Backend::Cpu => host::row_scores(a),
+            Backend::Cpu => cpu::ops::row_scores(a),
             Backend::Cuda(d) => d.row_scores(a),
         }
     }
 
     pub(crate) fn select(&self, a: &SelectArgs) -> Result<()> {
         match &self.backend {
-            Backend::Cpu => host::select(a),
+            Backend::Cpu => cpu::ops::select(a),
             Backend::Cuda(d) => d.select(a),
         }
     }
 
     pub(crate) fn sparse_grad(&self, a: &SparseGradArgs) -> Result<()> {
         match &self.backend {
-            Backend::Cpu => host::sparse_grad(a),
+            Backend::Cpu => cpu::ops::sparse_grad(a),
             Backend::Cuda(d) => d.sparse_grad(a),
         }
     }
 
-    pub(crate) fn sparse_step(&self, a: &SparseStepArgs) -> Result<()> {
+    pub(crate) fn sparse_adamw_step(&self, a: &SparseAdamwStepArgs) -> Result<()> {
         match &self.backend {
-            Backend::Cpu => host::sparse_step(a),
-            Backend::Cuda(d) => d.sparse_step(a),
+            Backend::Cpu => cpu::ops::sparse_adamw_step(a),
+            Backend::Cuda(d) => d.sparse_adamw_step(a),
         }
     }
 
-    pub(crate) fn dense_step(&self, a: &DenseStepArgs) -> Result<()> {
+    pub(crate) fn adamw_step(&self, a: &AdamwStepArgs) -> Result<()> {
         match &self.backend {
-            Backend::Cpu => host::dense_step(a),
-            Backend::Cuda(d) => d.dense_step(a),
+            Backend::Cpu => cpu::ops::adamw_step(a),
+            Backend::Cuda(d) => d.adamw_step(a),
         }
     }
 
-    pub(crate) fn state_refresh(&self, a: &RefreshArgs) -> Result<()> {
+    pub(crate) fn state_refresh(&self, a: &StateRefreshArgs) -> Result<()> {
         match &self.backend {
-            Backend::Cpu => host::state_refresh(a),
+            Backend::Cpu => cpu::ops::state_refresh(a),
             Backend::Cuda(d) => d.state_refresh(a),
         }
     }

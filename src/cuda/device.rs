@@ -9,12 +9,12 @@ use cudarc::driver::{result, sys, CudaContext};
 
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
+use crate::core::scratch::Plan;
 use crate::core::shape::Projected;
 use crate::cuda::blas::{self, Blas};
 use crate::cuda::kernels::{Kernels, Modules};
 use crate::cuda::launch::{self, check, driver_error};
 use crate::cuda::libs::{self, Lib};
-use crate::cuda::scratch::Plan;
 use crate::cuda::{compile, probe};
 use crate::{bail, ensure};
 
@@ -363,13 +363,13 @@ impl Device {
         plan.size()
     }
 
-    pub fn sparse_step_workspace_size(&self, _p: &Projected, r: usize) -> usize {
+    pub fn sparse_adamw_workspace_size(&self, _p: &Projected, r: usize) -> usize {
         let mut plan = Plan::sizing();
         step_layout(&mut plan, Some(r));
         plan.size()
     }
 
-    pub fn dense_step_workspace_size(&self, _numel: usize) -> usize {
+    pub fn adamw_workspace_size(&self, _numel: usize) -> usize {
         let mut plan = Plan::sizing();
         step_layout(&mut plan, None);
         plan.size()

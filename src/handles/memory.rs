@@ -59,13 +59,13 @@ pub(crate) fn sparse_optimizer_workspace(
     dtype: Dtype,
 ) -> usize {
     projection_workspace(c, p, b, r, dtype)
-        .max(c.refresh_workspace_size())
-        .max(c.sparse_step_workspace_size(p, r))
+        .max(c.state_refresh_workspace_size())
+        .max(c.sparse_adamw_workspace_size(p, r))
 }
 
 /// Workspace the step of a dense optimizer needs.
 pub(crate) fn dense_optimizer_workspace(c: &grass_context, numel: usize) -> usize {
-    c.dense_step_workspace_size(numel)
+    c.adamw_workspace_size(numel)
 }
 
 /// The held size of `bytes` worth of sparse-handle buffers, as `grass_optimizer_get_info`

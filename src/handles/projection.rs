@@ -2,18 +2,14 @@
 //! layer. Its calls run in the context's shared workspace, grown at creation to what they
 //! need at `max_tokens`.
 
-use std::ffi::c_void;
-
 use crate::backend::*;
+use crate::context::{grass_context, Buffer};
 use crate::core::config::Selection;
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
-use crate::core::shape::{positive, product, Projected};
-use crate::context::{grass_context, Buffer};
-use crate::handles::memory::{projection_workspace, sparse_buffers};
+use crate::core::shape::Projected;
 use crate::ensure;
-use crate::ffi::args::req_typed;
-use crate::ffi::types::*;
+use crate::handles::memory::{projection_workspace, sparse_buffers};
 
 pub struct grass_projection {
     pub(crate) ctx: *const grass_context,
@@ -38,22 +34,17 @@ impl grass_projection {
         unsafe { &*self.ctx }
     }
 
+    /// A projection of checked options and shape (see `ffi::projection::projection_shape`)
+    /// for batches of at most `b` tokens of `dtype`; allocates its buffers and grows the
+    /// context's workspace to what its calls need.
     pub(crate) fn new(
         c: &grass_context,
-        cfg: &grass_projection_config,
-        m: i64,
-        n: i64,
-        max_tokens: i64,
+        sel: Selection,
+        p: Projected,
+        refresh_every: u64,
+        b: usize,
         dtype: Dtype,
     ) -> Result<grass_projection> {
-        let sel = cfg.selection()?;
-        let m = positive("m", m)?;
-        let n = positive("n", n)?;
-        let p = Projected::new(m, n, side(cfg.side)?);
-        sel.validate(p.d)
-            .map_err(|e| crate::Error::new(e.kind, format!("config->{}", e.message)))?;
-        let b = positive("max_tokens", max_tokens)?;
-        product("max_tokens * max(m, n)", &[b, m.max(n), 4])?;
         let r = sel.rank;
         c.reserve_workspace(projection_workspace(c, &p, b, r, dtype))?;
         let sizes = sparse_buffers(&p, r, Dtype::F32);
@@ -63,7 +54,7 @@ impl grass_projection {
             p,
             dtype,
             max_tokens: b,
-            refresh_every: cfg.refresh_every as u64,
+            refresh_every,
             indices: c.alloc(sizes.selection)?,
             prev_indices: c.alloc(sizes.selection)?,
             scales: c.alloc(sizes.selection)?,
@@ -77,48 +68,36 @@ impl grass_projection {
 
     /// Bytes of context memory the projection owns (its workspace is the context's).
     pub(crate) fn memory_bytes(&self) -> usize {
-        [&self.indices, &self.prev_indices, &self.scales, &self.scores]
-            .iter()
-            .map(|b| b.bytes())
-            .sum()
+        [
+            &self.indices,
+            &self.prev_indices,
+            &self.scales,
+            &self.scores,
+        ]
+        .iter()
+        .map(|b| b.bytes())
+        .sum()
     }
 
     pub(crate) fn refresh_due(&self) -> bool {
         !self.has_selection || self.steps_since_refresh >= self.refresh_every
     }
 
-    pub(crate) fn tokens(&self, b: i64) -> Result<usize> {
-        let b = positive("b", b)?;
-        ensure!(
-            b <= self.max_tokens,
-            InvalidValue,
-            "b = {b} exceeds max_tokens = {} given at creation",
-            self.max_tokens
-        );
-        Ok(b)
+    /// The selected indices and their scales.
+    pub(crate) fn selection(&self) -> (Buf<i32>, Buf<f32>) {
+        (
+            self.indices.buf(self.sel.rank),
+            self.scales.buf(self.sel.rank),
+        )
     }
 
-    pub(crate) fn scores(
-        &self,
-        b: i64,
-        x: *const c_void,
-        dy: *const c_void,
-        scores: usize,
-        stream: usize,
-    ) -> Result<()> {
-        let b = self.tokens(b)?;
-        let (x, dy) = (
-            req_typed("x", x, self.dtype)?,
-            req_typed("dy", dy, self.dtype)?,
-        );
+    /// Writes this batch's d row scores to `scores`.
+    pub(crate) fn scores(&self, batch: &Batch, scores: Buf<f32>, stream: usize) -> Result<()> {
         let c = self.context();
         c.with_workspace(stream, |ws| {
-            c.row_scores(&ScoresArgs {
+            c.row_scores(&RowScoresArgs {
                 p: self.p,
-                b,
-                dtype: self.dtype,
-                x,
-                dy,
+                batch: *batch,
                 scores,
                 ws,
                 stream,
@@ -128,8 +107,9 @@ impl grass_projection {
 
     /// Selects new rows into the same buffers (their addresses are promised to callers for
     /// the handle's life), keeping the previous indices aside for the state refresh.
-    pub(crate) fn refresh_from(&mut self, scores: usize, stream: usize) -> Result<()> {
+    pub(crate) fn refresh_from(&mut self, scores: Buf<f32>, stream: usize) -> Result<()> {
         let c = self.context();
+        let (indices, scales) = self.selection();
         let (idx, prev, bytes) = (
             self.indices.addr(),
             self.prev_indices.addr(),
@@ -139,12 +119,11 @@ impl grass_projection {
             c.copy(prev, idx, bytes, stream)?;
             let a = SelectArgs {
                 sel: self.sel,
-                d: self.p.d,
                 refresh_index: self.refresh_count,
-                refresh_index_at: 0,
+                refresh_index_at: None,
                 scores,
-                indices: idx,
-                scales: self.scales.addr(),
+                indices,
+                scales,
                 ws,
                 stream,
             };
@@ -160,23 +139,16 @@ impl grass_projection {
         Ok(())
     }
 
-    pub(crate) fn refresh(
-        &mut self,
-        b: i64,
-        x: *const c_void,
-        dy: *const c_void,
-        stream: usize,
-    ) -> Result<()> {
-        self.scores(b, x, dy, self.scores.addr(), stream)?;
-        self.refresh_from(self.scores.addr(), stream)
+    pub(crate) fn refresh(&mut self, batch: &Batch, stream: usize) -> Result<()> {
+        let scores = self.scores.buf(self.p.d);
+        self.scores(batch, scores, stream)?;
+        self.refresh_from(scores, stream)
     }
 
     pub(crate) fn compress(
         &self,
-        b: i64,
-        x: *const c_void,
-        dy: *const c_void,
-        g: usize,
+        batch: &Batch,
+        g: Buf<f32>,
         accumulate: bool,
         stream: usize,
     ) -> Result<()> {
@@ -185,22 +157,14 @@ impl grass_projection {
             BadState,
             "the projection has no selection yet: refresh it first"
         );
-        let b = self.tokens(b)?;
-        let (x, dy) = (
-            req_typed("x", x, self.dtype)?,
-            req_typed("dy", dy, self.dtype)?,
-        );
+        let (indices, scales) = self.selection();
         let c = self.context();
         c.with_workspace(stream, |ws| {
             c.sparse_grad(&SparseGradArgs {
                 p: self.p,
-                b,
-                r: self.sel.rank,
-                dtype: self.dtype,
-                x,
-                dy,
-                indices: self.indices.addr(),
-                scales: self.scales.addr(),
+                batch: *batch,
+                indices,
+                scales,
                 g,
                 accumulate,
                 ws,
@@ -209,4 +173,3 @@ impl grass_projection {
         })
     }
 }
-

@@ -149,7 +149,7 @@ fn compare(what: &str, cpu: &Bufs, gpu: &Bufs, w_dt: Dtype, s_dt: Dtype) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn sparse_step(
+fn sparse_adamw_step(
     ctx: *const grass_context,
     cfg: &grass_adamw_config,
     m: usize,
@@ -196,8 +196,8 @@ fn sparse_step(
 }
 
 #[test]
-fn sparse_step_matches_the_host_bit_for_bit() {
-    let Some(gpu_) = gpu("sparse_step_matches_the_host_bit_for_bit") else {
+fn sparse_adamw_step_matches_the_host_bit_for_bit() {
+    let Some(gpu_) = gpu("sparse_adamw_step_matches_the_host_bit_for_bit") else {
         return;
     };
     let mut rng = Rng::new(6);
@@ -239,7 +239,7 @@ fn sparse_step_matches_the_host_bit_for_bit() {
                         cpu.set_lr_scale(lr_scale);
                         dev.set_lr_scale(lr_scale);
                         let dg = DevBuf::from(&g);
-                        sparse_step(
+                        sparse_adamw_step(
                             gpu_.cpu,
                             &cfg,
                             m,
@@ -254,7 +254,7 @@ fn sparse_step_matches_the_host_bit_for_bit() {
                             1e-2,
                             t % 2 == 0,
                         );
-                        sparse_step(
+                        sparse_adamw_step(
                             gpu_.cuda,
                             &cfg,
                             m,
@@ -316,7 +316,7 @@ fn a_non_finite_learning_rate_scale_skips_the_step() {
         DevBuf::from(&[1f32; 3]),
         DevBuf::from(&rng.normals(r * n)),
     );
-    sparse_step(
+    sparse_adamw_step(
         gpu_.cuda,
         &cfg,
         m,
@@ -375,7 +375,7 @@ fn bad_indices_or_step_counts_skip_the_step_on_the_device() {
             DevBuf::from(&[1f32; 3]),
             DevBuf::from(&rng.normals(r * n)),
         );
-        sparse_step(
+        sparse_adamw_step(
             gpu_.cuda,
             &cfg,
             m,
@@ -400,8 +400,8 @@ fn bad_indices_or_step_counts_skip_the_step_on_the_device() {
 }
 
 #[test]
-fn dense_step_matches_the_host_bit_for_bit() {
-    let Some(gpu_) = gpu("dense_step_matches_the_host_bit_for_bit") else {
+fn adamw_step_matches_the_host_bit_for_bit() {
+    let Some(gpu_) = gpu("adamw_step_matches_the_host_bit_for_bit") else {
         return;
     };
     let mut rng = Rng::new(9);

@@ -102,7 +102,7 @@ impl DevBuf {
         b
     }
 
-    pub fn from<T: Copy>(data: &[T]) -> DevBuf {
+    pub fn from<T: bytemuck::Pod>(data: &[T]) -> DevBuf {
         DevBuf::from_bytes(as_bytes(data))
     }
 
@@ -187,8 +187,8 @@ impl Drop for Stream {
     }
 }
 
-pub fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+pub fn as_bytes<T: bytemuck::Pod>(v: &[T]) -> &[u8] {
+    bytemuck::cast_slice(v)
 }
 
 pub fn from_bytes<T: Copy + Default>(b: &[u8]) -> Vec<T> {

@@ -9,5 +9,6 @@ mod gpu;
 mod graph;
 mod handles;
 mod memory;
-mod project;
+mod row_scores;
 mod select;
+mod sparse_grad;

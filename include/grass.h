@@ -10,7 +10,20 @@
  * contexts), enqueue their work and never synchronize; scratch comes from the caller, sized
  * by the matching *_workspace_size query. Handles are not thread-safe: use one handle from
  * one thread at a time; distinct handles may be used concurrently. Contexts must outlive the
- * handles made from them. */
+ * handles made from them.
+ *
+ * Workspace of handles: the handles made on one context share that context's one workspace
+ * (sized for the most any of them needs, at most 64 MiB at DESIGN's shapes); a handle holds only
+ * its state. So handle calls on one context never overlap: on a CPU context they run one at a
+ * time, whatever the threads (a call waits for the one in progress); on a CUDA context a call
+ * on another stream than the previous handle call makes its stream wait, on the device, for the
+ * work already queued on that one (no host synchronization). Any mix of threads and streams is
+ * therefore correct; for handle calls that run in parallel, give each thread or stream its own
+ * context. During CUDA graph capture, handle calls of one context must stay on the capture
+ * stream (a switch is refused with GRASS_ERROR_INVALID_STATE), and a captured graph must be
+ * launched on that stream. The workspace grows when a handle needing more is created: create
+ * handles (or call grass_context_reserve_workspace) before capturing graphs that use them.
+ * Layer-1 ops use the caller's workspace and none of this applies to them. */
 
 #ifndef GRASS_H
 #define GRASS_H
@@ -74,7 +87,8 @@ enum grass_status
 typedef int32_t grass_status;
 #endif // __cplusplus
 
-// A device: CPU (host pointers) or one CUDA device (device pointers, the caller's streams).
+// A device: CPU (host pointers) or one CUDA device (device pointers, the caller's streams),
+// and the one workspace every handle made on it runs its ops in.
 typedef struct grass_context grass_context;
 
 typedef struct grass_optimizer grass_optimizer;
@@ -146,6 +160,69 @@ typedef struct grass_adamw_config {
 // Kind of a context's device: one of `GRASS_DEVICE_*`.
 typedef int32_t grass_device_kind;
 
+// One kind of parameter of a model, for `grass_memory_plan`.
+typedef struct grass_memory_layer {
+  // Set to `sizeof(grass_memory_layer)`.
+  size_t struct_size;
+  // A weight of m x n elements; a dense parameter of m·n elements (e.g. n = 1).
+  int64_t m;
+  int64_t n;
+  // r: trained with GRASS at this rank (1 ≤ r ≤ the projected dimension); 0: a dense
+  // parameter, trained with plain AdamW by every method.
+  int64_t rank;
+  // The projected side of a GRASS weight (`GRASS_SIDE_*`); ignored for dense parameters.
+  grass_side side;
+  // Dtype of the weight (and of a dense parameter's gradient).
+  grass_dtype w_dtype;
+  // Dtype of X and dY of a GRASS weight; ignored for dense parameters.
+  grass_dtype act_dtype;
+  // How many parameters of the model have this description (0 is allowed).
+  int64_t count;
+} grass_memory_layer;
+
+// Bytes a model takes to train, per method. Activations are not counted for any method.
+// "Gradients" are what exists at once after a backward pass; the dense parameters' gradients
+// (held by the caller) count for every method alike.
+typedef struct grass_memory_report {
+  // Set to `sizeof(grass_memory_report)` before the call.
+  size_t struct_size;
+  // Every weight and dense parameter at its `w_dtype` (the same for every method).
+  int64_t weight_bytes;
+  // GRASS: M and V (r x k, state dtype) and step counts of each GRASS weight; M, V and step
+  // count of each dense parameter.
+  int64_t grass_state_bytes;
+  // GRASS: the f32 compressed-gradient accumulator (r x k) of each GRASS weight, plus the
+  // dense parameters' gradients.
+  int64_t grass_gradient_bytes;
+  // GRASS: the selection of each GRASS weight (indices, previous indices, scales: r each;
+  // d row scores).
+  int64_t grass_selection_bytes;
+  // GRASS: the context's shared workspace, the most any op of the model needs (ops run one
+  // after another, so one workspace serves them all).
+  int64_t grass_workspace_bytes;
+  // What the optimizer handles of the model hold together: the sum of their
+  // `grass_optimizer_info.memory_bytes` (states, accumulators, selections).
+  int64_t grass_handle_bytes;
+  // weights + states + gradients + selections + workspace.
+  int64_t grass_total_bytes;
+  // AdamW: M and V of every parameter (2·numel at the state dtype).
+  int64_t adamw_state_bytes;
+  // AdamW: the gradient of every parameter (numel at `w_dtype`).
+  int64_t adamw_gradient_bytes;
+  // weights + states + gradients.
+  int64_t adamw_total_bytes;
+  // GaLore: M and V (r x k, state dtype) of each projected weight, and 2·numel of each
+  // dense parameter.
+  int64_t galore_state_bytes;
+  // GaLore: the full gradient of every parameter (numel at `w_dtype`), which it projects.
+  int64_t galore_gradient_bytes;
+  // GaLore: the d x r projection matrix of each projected weight, at the weight's dtype
+  // (GaLore keeps it in the gradient's dtype).
+  int64_t galore_projection_bytes;
+  // weights + states + gradients + projections (SVD workspace not counted).
+  int64_t galore_total_bytes;
+} grass_memory_report;
+
 // Sizes and progress of an optimizer.
 typedef struct grass_optimizer_info {
   // Set to `sizeof(grass_optimizer_info)` before the call.
@@ -158,7 +235,10 @@ typedef struct grass_optimizer_info {
   int32_t accumulated;
   // Elements of each of M and V.
   int64_t state_elements;
-  // Bytes of context memory the optimizer owns (states, accumulator, selection, scratch).
+  // Bytes of context memory the optimizer owns: M, V, step counts, and for GRASS layers the
+  // compressed-gradient accumulator and the projection's selection and row scores. Scratch
+  // is not among them: it is the context's workspace, shared by all its handles
+  // (`grass_context_workspace_bytes`).
   int64_t memory_bytes;
 } grass_optimizer_info;
 
@@ -183,6 +263,10 @@ typedef struct grass_projection_info {
   int32_t has_selection;
   // 1 when there is no selection yet or `refresh_every` steps have passed since the last one.
   int32_t refresh_due;
+  // Bytes of context memory the projection owns: its selection (indices, previous indices
+  // and scales, r each) and d row scores. Scratch is not among them: it is the context's
+  // workspace, shared by all its handles (`grass_context_workspace_bytes`).
+  int64_t memory_bytes;
 } grass_projection_info;
 
 // What an AdamW step wrote to `*skipped`: one of `GRASS_STEP_*`.
@@ -303,6 +387,31 @@ grass_status grass_context_device_kind(const struct grass_context *ctx,
 // Loads the driver, NVRTC and cuBLAS libraries but creates no context.
 grass_status grass_cuda_available(int32_t *available_out, char *reason, size_t reason_len);
 
+// Writes the bytes the context's shared workspace holds now. Every handle made on the
+// context runs its ops in this one workspace, which grows (when a handle that needs more is
+// created, or by `grass_context_reserve_workspace`) and never shrinks.
+grass_status grass_context_workspace_bytes(const struct grass_context *ctx, size_t *bytes_out);
+
+// Grows the context's shared workspace to at least `bytes` now (e.g. to
+// `grass_memory_report.grass_workspace_bytes`), so that no later handle creation reallocates
+// it: do this before capturing CUDA graphs of handle ops if more handles come after.
+// Synchronizes the stream the workspace was last used on when it grows (CUDA).
+grass_status grass_context_reserve_workspace(const struct grass_context *ctx, size_t bytes);
+
+// Plans the memory of training a model on this context before any handle exists: `layers`
+// (`layer_count` descriptions) with X and dY of at most `max_tokens` rows per backward call,
+// the optimizer states at `adamw_config->state_dtype`. GRASS's numbers are what this
+// library's handles would hold on this context (`grass_handle_bytes` equals the sum of their
+// `memory_bytes`, `grass_workspace_bytes` what the context's shared workspace grows to);
+// AdamW's and GaLore's are computed from their definitions, counted the same way (see
+// `grass_memory_report`). Writes `*report` (whose `struct_size` the caller sets).
+grass_status grass_memory_plan(const struct grass_context *ctx,
+                               const struct grass_adamw_config *adamw_config,
+                               const struct grass_memory_layer *layers,
+                               size_t layer_count,
+                               int64_t max_tokens,
+                               struct grass_memory_report *report);
+
 // Writes the projected dimension d and kept dimension k that `side` resolves to for an
 // `m x n` weight (`GRASS_SIDE_AUTO` picks the longer dimension). Either out-pointer may be NULL.
 grass_status grass_resolve_side(int64_t m,
@@ -312,7 +421,14 @@ grass_status grass_resolve_side(int64_t m,
                                 int64_t *d_out,
                                 int64_t *k_out);
 
-// Scratch bytes `grass_row_scores` needs for these shapes.
+// Scratch bytes `grass_row_scores` needs for these shapes (at most 64 MiB at every DESIGN
+// shape up to 8192 tokens). With d and k the projected and kept dimensions, each region
+// rounded up for alignment:
+// - CPU: `c·k·4 + tc·c·4 (+ tc·k·4 when dtype is not f32)`, c = rows of G per chunk
+//   (`c·k·4 ≤ 8 MiB`, `c ≤ d/4`), tc = tokens per chunk, all b when
+//   `b·(c·4 + k·4 if not f32) ≤ 48 MiB`, else as many as fit that;
+// - CUDA: `c·k·4 + min(c·k·2, 16 MiB)`, c = rows of G per chunk (`c·k·4 ≤ 32 MiB`,
+//   `c ≤ d/4`, a multiple of 64 when at least 64), whatever b.
 grass_status grass_scores_workspace_size(const struct grass_context *ctx,
                                          int64_t m,
                                          int64_t n,
@@ -336,7 +452,8 @@ grass_status grass_row_scores(const struct grass_context *ctx,
                               size_t workspace_bytes,
                               void *stream);
 
-// Scratch bytes `grass_select` needs for `d` scores and rank `r`.
+// Scratch bytes `grass_select` needs for `d` scores and rank `r`: CPU `28·d`, CUDA
+// `17·d + 12·p` with p the next power of two ≥ d (plus alignment; under 1 MiB for d ≤ 16384).
 grass_status grass_select_workspace_size(const struct grass_context *ctx,
                                          int64_t d,
                                          int64_t r,
@@ -360,7 +477,14 @@ grass_status grass_select(const struct grass_context *ctx,
                           size_t workspace_bytes,
                           void *stream);
 
-// Scratch bytes `grass_sparse_grad` needs for these shapes.
+// Scratch bytes `grass_sparse_grad` needs for these shapes (at most 64 MiB at every DESIGN
+// shape and rank up to 8192 tokens), with k the kept dimension and s the dtype's size, each
+// region rounded up for alignment:
+// - CPU: `tc·r·4 (+ tc·k·4 when dtype is not f32)`, tc = tokens per chunk, all b when that
+//   is at most 48 MiB, else as many as fit it (chunks add into g);
+// - CUDA: `q·b·s + q·k·4 + min(q·k·2, 16 MiB)`, q = selected rows per block: all r when
+//   `r·(b·s + k·4) ≤ 48 MiB - 1 KiB`, else r split into equal blocks (multiples of 64 rows)
+//   that fit it.
 grass_status grass_sparse_grad_workspace_size(const struct grass_context *ctx,
                                               int64_t m,
                                               int64_t n,
@@ -392,7 +516,7 @@ grass_status grass_sparse_grad(const struct grass_context *ctx,
                                size_t workspace_bytes,
                                void *stream);
 
-// Scratch bytes `grass_sparse_adamw_step` needs.
+// Scratch bytes `grass_sparse_adamw_step` needs: CPU 0, CUDA `32 + 8·r` (plus alignment).
 grass_status grass_sparse_adamw_workspace_size(const struct grass_context *ctx,
                                                int64_t m,
                                                int64_t n,
@@ -432,7 +556,7 @@ grass_status grass_sparse_adamw_step(const struct grass_context *ctx,
                                      size_t workspace_bytes,
                                      void *stream);
 
-// Scratch bytes `grass_adamw_step` needs for `numel` elements.
+// Scratch bytes `grass_adamw_step` needs for `numel` elements: CPU 0, CUDA 32 (plus alignment).
 grass_status grass_adamw_workspace_size(const struct grass_context *ctx,
                                         int64_t numel,
                                         size_t *bytes_out);
@@ -626,8 +750,9 @@ grass_status grass_projection_compress(const struct grass_projection *projection
                                        int32_t accumulate,
                                        void *stream);
 
-// Pointers (context memory, owned by the projection, valid until it is destroyed; contents
-// change at each refresh) to the rank selected indices and their scales. Either may be NULL.
+// Pointers (context memory, owned by the projection) to the rank selected indices and their
+// scales. Either may be NULL. The pointers stay the same for the projection's life (cache them,
+// or capture them in a CUDA graph); their contents change at each refresh.
 grass_status grass_projection_selection(const struct grass_projection *projection,
                                         const int32_t **indices_out,
                                         const float **scales_out);

@@ -105,9 +105,8 @@ impl Rng {
     }
 }
 
-fn bytes<T: Copy>(v: &[T]) -> Vec<u8> {
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
-        .to_vec()
+fn bytes<T: bytemuck::Pod>(v: &[T]) -> Vec<u8> {
+    bytemuck::cast_slice(v).to_vec()
 }
 
 /// Values stored with dtype code `dt` (0 f32, 1 bf16, 2 f16).
@@ -582,7 +581,7 @@ fn adamw(decay: i32, state_dt: i32) -> grass_adamw_config {
 }
 
 #[test]
-fn sparse_step_kernels_match_the_host_step() {
+fn sparse_adamw_step_kernels_match_the_host() {
     let Some(lib) = build() else { return };
     let (check, prepare) = (
         sym!(lib, "host_step_check", CheckFn),
@@ -590,7 +589,7 @@ fn sparse_step_kernels_match_the_host_step() {
     );
     let (decay_all, sparse) = (
         sym!(lib, "host_decay_all", DecayFn),
-        sym!(lib, "host_sparse_adamw", SparseFn),
+        sym!(lib, "host_sparse_adamw_step", SparseFn),
     );
     let ctx = cpu();
     let mut rng = Rng(3);
@@ -658,7 +657,7 @@ fn sparse_step_kernels_match_the_host_step() {
                                 )
                             });
                         }
-                        // The kernel sequence of cuda::ops::sparse_step.
+                        // The kernel sequence of cuda::ops::sparse_adamw_step.
                         let mut h = Header::default();
                         unsafe {
                             check(
@@ -745,13 +744,13 @@ fn sparse_step_kernels_match_the_host_step() {
 }
 
 #[test]
-fn dense_step_kernels_match_the_host_step() {
+fn adamw_step_kernels_match_the_host() {
     let Some(lib) = build() else { return };
     let (check, prepare) = (
         sym!(lib, "host_step_check", CheckFn),
         sym!(lib, "host_step_prepare", PrepareFn),
     );
-    let dense = sym!(lib, "host_dense_adamw", DenseFn);
+    let dense = sym!(lib, "host_adamw_step", DenseFn);
     let ctx = cpu();
     let mut rng = Rng(4);
     let numel = 3001usize;

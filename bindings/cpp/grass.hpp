@@ -299,6 +299,24 @@ class AdamWConfig {
   grass_adamw_config c_{};
 };
 
+// One kind of parameter of a model for Context::memory_plan: an m x n weight trained with
+// GRASS at `rank`, or (rank 0) a dense parameter of m * n elements; `count` of them.
+[[nodiscard]] inline grass_memory_layer memory_layer(int64_t m, int64_t n, int64_t rank,
+                                                     int64_t count, Side side = Side::Auto,
+                                                     Dtype w_dtype = Dtype::Bf16,
+                                                     Dtype act_dtype = Dtype::Bf16) noexcept {
+  grass_memory_layer l{};
+  l.struct_size = sizeof l;
+  l.m = m;
+  l.n = n;
+  l.rank = rank;
+  l.side = static_cast<grass_side>(side);
+  l.w_dtype = static_cast<grass_dtype>(w_dtype);
+  l.act_dtype = static_cast<grass_dtype>(act_dtype);
+  l.count = count;
+  return l;
+}
+
 namespace detail {
 
 struct ContextDeleter {
@@ -456,6 +474,31 @@ class Context {
                      Stream stream = nullptr) const {
     check(grass_state_refresh(get(), &config.raw(), r, k, old_indices, new_indices, m_state,
                               v_state, row_steps, workspace, workspace_bytes, stream));
+  }
+
+  // Bytes of the workspace the context's handles share (grows, never shrinks).
+  [[nodiscard]] std::size_t workspace_bytes() const {
+    std::size_t bytes = 0;
+    check(grass_context_workspace_bytes(get(), &bytes));
+    return bytes;
+  }
+
+  // Grows the shared workspace to at least `bytes` now (e.g. a MemoryPlan's workspace).
+  void reserve_workspace(std::size_t bytes) const {
+    check(grass_context_reserve_workspace(get(), bytes));
+  }
+
+  // What training a model takes on this context (see grass_memory_plan): `layers` describe
+  // the weights (rank > 0: GRASS) and dense parameters (rank 0), with X and dY of at most
+  // `max_tokens` rows per backward call and states at `config`'s state dtype.
+  [[nodiscard]] grass_memory_report memory_plan(const std::vector<grass_memory_layer>& layers,
+                                                int64_t max_tokens,
+                                                const AdamWConfig& config = AdamWConfig()) const {
+    grass_memory_report report{};
+    report.struct_size = sizeof report;
+    check(grass_memory_plan(get(), &config.raw(), layers.empty() ? nullptr : layers.data(),
+                            layers.size(), max_tokens, &report));
+    return report;
   }
 
  private:

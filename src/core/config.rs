@@ -1,46 +1,56 @@
 //! Algorithm options (DESIGN.md §1) with their defaults and validation.
 
+use crate::core::codes::code_enum;
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::ensure;
 
-/// Which dimension of G = dYᵀX is projected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// Select rows of G (output features); states are r x n.
-    Rows,
-    /// Select columns of G (input features); states are r x m (row j holds column σ_j of G).
-    Cols,
-    /// Compress the longer dimension (smallest state); rows when m == n.
-    Auto,
+code_enum! {
+    /// Which dimension of G = dYᵀX is projected.
+    pub enum Side: "grass_side", "GRASS_SIDE_" {
+        /// Select rows of G (output features); states are r x n.
+        Rows = 0 => "rows",
+        /// Select columns of G (input features); states are r x m (row j holds column σ_j of G).
+        Cols = 1 => "cols",
+        /// Compress the longer dimension (smallest state); rows when m == n.
+        Auto = 2 => "auto",
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    TopR,
-    Multinomial,
-    MultinomialNr,
-    Uniform,
-    UniformNr,
+code_enum! {
+    /// How rows are chosen at a refresh.
+    pub enum Method: "grass_method", "GRASS_METHOD_" {
+        TopR = 0 => "top_r",
+        Multinomial = 1 => "multinomial",
+        MultinomialNr = 2 => "multinomial_nr",
+        Uniform = 3 => "uniform",
+        UniformNr = 4 => "uniform_nr",
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scaling {
-    Unbiased,
-    None,
+code_enum! {
+    /// The scale ρ of the selected rows.
+    pub enum Scaling: "grass_scaling", "GRASS_SCALING_" {
+        Unbiased = 0 => "unbiased",
+        None = 1 => "none",
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecayMode {
-    Off,
-    Selected,
-    Dense,
+code_enum! {
+    /// Decoupled weight decay.
+    pub enum DecayMode: "grass_decay_mode", "GRASS_DECAY_" {
+        Off = 0 => "off",
+        Selected = 1 => "selected",
+        Dense = 2 => "dense",
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefreshMode {
-    Reset,
-    Carry,
+code_enum! {
+    /// Optimizer state at a refresh.
+    pub enum RefreshMode: "grass_refresh_mode", "GRASS_REFRESH_" {
+        Reset = 0 => "reset",
+        Carry = 1 => "carry",
+    }
 }
 
 /// How rows are chosen at a refresh.

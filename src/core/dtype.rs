@@ -2,11 +2,14 @@
 
 use half::{bf16, f16};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Dtype {
-    F32,
-    Bf16,
-    F16,
+use crate::core::codes::{code_enum, Code};
+
+code_enum! {
+    pub enum Dtype: "grass_dtype", "GRASS_DTYPE_" {
+        F32 = 0 => "f32",
+        Bf16 = 1 => "bf16",
+        F16 = 2 => "f16",
+    }
 }
 
 impl Dtype {
@@ -17,11 +20,7 @@ impl Dtype {
         }
     }
     pub fn name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "f32",
-            Dtype::Bf16 => "bf16",
-            Dtype::F16 => "f16",
-        }
+        self.label()
     }
 }
 

@@ -7,7 +7,7 @@ use crate::core::config::Side;
 use crate::core::config::{AdamW, DecayMode, RefreshMode};
 use crate::core::dtype::Elem;
 use crate::core::shape::Projected;
-use crate::cpu::project::Act;
+use crate::cpu::activations::Act;
 
 /// A weight tensor of any supported dtype.
 pub enum Weights<'a> {
@@ -67,7 +67,7 @@ fn decay_all<W: Elem>(w: &mut [W], factor: f32) {
 /// incremented (saturating at i32::MAX, where the corrections are long 1) and gives that row's
 /// bias corrections.
 #[allow(clippy::too_many_arguments)]
-pub fn adamw_sparse_step(
+pub fn sparse_adamw_step(
     cfg: &AdamW,
     p: &Projected,
     w: Weights<'_>,
@@ -164,7 +164,7 @@ fn sparse_inner<W: Elem, S: Elem, T: Elem>(
 
 /// Plain AdamW on a dense parameter (embeddings, norms, biases).
 #[allow(clippy::too_many_arguments)]
-pub fn adamw_dense_step(
+pub fn adamw_step(
     cfg: &AdamW,
     w: Weights<'_>,
     grad: Act<'_>,

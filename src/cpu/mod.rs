@@ -2,12 +2,14 @@
 //! threads through `matrixmultiply`). It is the reference every CUDA kernel is tested against.
 //! Inputs arrive as validated slices; nothing here allocates: scratch comes from the workspace.
 
+pub mod activations;
 pub mod adamw;
 pub mod gemm;
 pub(crate) mod ops;
-pub mod project;
+pub mod row_scores;
+pub mod sparse_grad;
 
-pub use adamw::{adamw_dense_step, adamw_sparse_step, state_refresh, StepOutcome};
-pub use project::{
-    row_scores, scores_workspace_size, sparse_grad, sparse_grad_workspace_size, Activations,
-};
+pub use activations::Activations;
+pub use adamw::{adamw_step, sparse_adamw_step, state_refresh, StepOutcome};
+pub use row_scores::{row_scores, scores_workspace_size};
+pub use sparse_grad::{sparse_grad, sparse_grad_workspace_size};

@@ -26,14 +26,18 @@ pub const HEADERS: [(&str, &str); 2] = [
 ];
 
 /// Every module: file name and source.
-pub const MODULES: [(&str, &str); 4] = [
-    ("scores.cu", include_str!("../../kernels/scores.cu")),
+pub const MODULES: [(&str, &str); 5] = [
+    ("row_scores.cu", include_str!("../../kernels/row_scores.cu")),
     ("select.cu", include_str!("../../kernels/select.cu")),
     (
         "sparse_grad.cu",
         include_str!("../../kernels/sparse_grad.cu"),
     ),
     ("adamw.cu", include_str!("../../kernels/adamw.cu")),
+    (
+        "state_refresh.cu",
+        include_str!("../../kernels/state_refresh.cu"),
+    ),
 ];
 
 /// Options of every compilation for `target` (`sm_90` for CUBIN, `compute_90` for PTX).

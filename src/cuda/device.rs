@@ -9,12 +9,12 @@ use cudarc::driver::{result, sys, CudaContext};
 
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
+use crate::core::scratch::Plan;
 use crate::core::shape::Projected;
 use crate::cuda::blas::{self, Blas};
 use crate::cuda::kernels::{Kernels, Modules};
 use crate::cuda::launch::{self, check, driver_error};
 use crate::cuda::libs::{self, Lib};
-use crate::cuda::scratch::Plan;
 use crate::cuda::{compile, probe};
 use crate::{bail, ensure};
 
@@ -25,6 +25,9 @@ pub struct Device {
     /// Keeps the kernels' modules loaded; dropped like `blas`.
     _modules: ManuallyDrop<Modules>,
     arch: (i32, i32),
+    /// A `CUevent` (as an address) that orders one stream after another when the context's
+    /// shared workspace changes streams; destroyed with the device.
+    switch_event: usize,
     /// Released last, after the modules and the cuBLAS handle.
     ctx: ManuallyDrop<Arc<CudaContext>>,
 }
@@ -163,11 +166,20 @@ impl Device {
         let modules = Modules::load(&cubins)?;
         let kernels = modules.kernels()?;
         let blas = Blas::new()?;
+        let mut event = std::ptr::null_mut();
+        // SAFETY: plain out-parameter; the context is current (retaining it made it so).
+        check("cuEventCreate", unsafe {
+            sys::cuEventCreate(
+                &mut event,
+                sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32,
+            )
+        })?;
         Ok(Device {
             kernels,
             blas: ManuallyDrop::new(blas),
             _modules: ManuallyDrop::new(modules),
             arch,
+            switch_event: event as usize,
             ctx: ManuallyDrop::new(ctx),
         })
     }
@@ -209,6 +221,74 @@ impl Device {
     pub fn memset_zero(&self, addr: usize, bytes: usize, stream: usize) -> Result<()> {
         let _bound = self.bind()?;
         launch::memset_zero(addr, bytes, stream)
+    }
+
+    /// Enqueues a copy of `bytes` bytes from `src` to `dst` (device memory, not overlapping).
+    pub fn copy(&self, dst: usize, src: usize, bytes: usize, stream: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let _bound = self.bind()?;
+        // SAFETY: both regions hold `bytes` bytes of device memory (the caller's contract).
+        check("cuMemcpyDtoDAsync", unsafe {
+            sys::cuMemcpyDtoDAsync_v2(
+                dst as sys::CUdeviceptr,
+                src as sys::CUdeviceptr,
+                bytes,
+                stream as sys::CUstream,
+            )
+        })
+    }
+
+    fn capturing(stream: usize) -> Result<bool> {
+        let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+        // SAFETY: plain out-parameter on a live stream.
+        check("cuStreamIsCapturing", unsafe {
+            sys::cuStreamIsCapturing(stream as sys::CUstream, &mut status)
+        })?;
+        Ok(status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+    }
+
+    /// Marks, after a handle call on `stream`, the point that calls on other streams must
+    /// wait for (the context's shared workspace is free again there). Recording at each call
+    /// rather than at a switch means a later switch never touches this stream, which the
+    /// caller may have destroyed by then. Returns false, recording nothing, while `stream` is
+    /// being captured into a graph (a captured event cannot be waited for outside it).
+    pub fn mark_workspace_use(&self, stream: usize) -> Result<bool> {
+        let _bound = self.bind()?;
+        if Device::capturing(stream)? {
+            return Ok(false);
+        }
+        // SAFETY: the event belongs to this context; `stream` is a live stream of it.
+        check("cuEventRecord", unsafe {
+            sys::cuEventRecord(self.switch_event as sys::CUevent, stream as sys::CUstream)
+        })?;
+        Ok(true)
+    }
+
+    /// Makes the work enqueued on `next` from now on wait, on the device, for the last point
+    /// `mark_workspace_use` marked. Refused while `next` is being captured into a graph: the
+    /// capture cannot depend on work outside it.
+    pub fn wait_workspace(&self, next: usize) -> Result<()> {
+        let _bound = self.bind()?;
+        ensure!(
+            !Device::capturing(next)?,
+            BadState,
+            "stream {next:#x} is being captured into a graph, but the context's workspace was last used on another stream: run the handle calls of one context on the capture stream only (or use a context per stream)"
+        );
+        // SAFETY: the event belongs to this context; `next` is a live stream of it.
+        check("cuStreamWaitEvent", unsafe {
+            sys::cuStreamWaitEvent(next as sys::CUstream, self.switch_event as sys::CUevent, 0)
+        })
+    }
+
+    /// Waits on the host for the last point `mark_workspace_use` marked.
+    pub fn sync_workspace(&self) -> Result<()> {
+        let _bound = self.bind()?;
+        // SAFETY: the event belongs to this context.
+        check("cuEventSynchronize", unsafe {
+            sys::cuEventSynchronize(self.switch_event as sys::CUevent)
+        })
     }
 
     /// Copies device memory to the host after the work queued on `stream`, and waits.
@@ -283,13 +363,13 @@ impl Device {
         plan.size()
     }
 
-    pub fn sparse_step_workspace_size(&self, _p: &Projected, r: usize) -> usize {
+    pub fn sparse_adamw_workspace_size(&self, _p: &Projected, r: usize) -> usize {
         let mut plan = Plan::sizing();
         step_layout(&mut plan, Some(r));
         plan.size()
     }
 
-    pub fn dense_step_workspace_size(&self, _numel: usize) -> usize {
+    pub fn adamw_workspace_size(&self, _numel: usize) -> usize {
         let mut plan = Plan::sizing();
         step_layout(&mut plan, None);
         plan.size()
@@ -303,6 +383,7 @@ impl Drop for Device {
         let bound = Bound::to(self.ctx.cu_ctx());
         // SAFETY: each field is dropped once, here, in this order.
         unsafe {
+            let _ = sys::cuEventDestroy_v2(self.switch_event as sys::CUevent);
             ManuallyDrop::drop(&mut self.blas);
             ManuallyDrop::drop(&mut self._modules);
             ManuallyDrop::drop(&mut self.ctx);
@@ -382,10 +463,37 @@ pub(crate) fn select_layout(plan: &mut Plan, d: usize) -> SelectLayout {
 }
 
 pub(crate) struct SparseGradLayout {
+    /// Selected rows per block: each block gathers its columns of A, multiplies, and scales
+    /// its rows of g.
+    pub rows: usize,
     pub gathered: usize,
     pub product: usize,
     pub blas: usize,
     pub blas_bytes: usize,
+}
+
+/// Most scratch bytes of one op.
+pub(crate) const OP_WORKSPACE: usize = 64 << 20;
+
+/// Rows per block of the sparse gradient: all r when the block's gathered columns
+/// (`b·rows·size`), its f32 product (`rows·k·4`) and cuBLAS's share fit 64 MiB, else r split
+/// into equal blocks (multiples of 64 rows when that many fit) that do.
+pub(crate) fn sparse_grad_rows(p: &Projected, b: usize, r: usize, dtype: Dtype) -> usize {
+    let per_row = b * dtype.size() + p.k * 4;
+    let room = OP_WORKSPACE - blas::WORKSPACE - 4 * 256;
+    let most = (room / per_row).max(1);
+    if r <= most {
+        return r;
+    }
+    let most = if most >= 64 { most / 64 * 64 } else { most };
+    let blocks = r.div_ceil(most);
+    let rows = r.div_ceil(blocks);
+    let rows = if most >= 64 {
+        rows.div_ceil(64) * 64
+    } else {
+        rows
+    };
+    rows.min(most)
 }
 
 pub(crate) fn sparse_grad_layout(
@@ -395,9 +503,11 @@ pub(crate) fn sparse_grad_layout(
     r: usize,
     dtype: Dtype,
 ) -> SparseGradLayout {
-    let product = r * p.k * 4;
+    let rows = sparse_grad_rows(p, b, r, dtype);
+    let product = rows * p.k * 4;
     SparseGradLayout {
-        gathered: plan.take(b * r * dtype.size()),
+        rows,
+        gathered: plan.take(b * rows * dtype.size()),
         product: plan.take(product),
         blas: plan.take(blas::workspace_for(product)),
         blas_bytes: blas::workspace_for(product),
@@ -434,6 +544,49 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// DESIGN's shapes and ranks at 8192 tokens, every dtype and side: each op's scratch
+    /// stays within 64 MiB, and the sparse gradient's blocks cover all r rows.
+    #[test]
+    fn every_op_stays_within_64_mib_at_the_design_shapes() {
+        for (m, n) in [(4096, 4096), (11008, 4096), (4096, 11008), (13824, 5120)] {
+            for side in [Side::Rows, Side::Auto, Side::Cols] {
+                let p = Projected::new(m, n, side);
+                for r in [256, 1024] {
+                    for dtype in [Dtype::F32, Dtype::Bf16, Dtype::F16] {
+                        let mut plan = Plan::sizing();
+                        let l = sparse_grad_layout(&mut plan, &p, 8192, r, dtype);
+                        assert!(
+                            plan.size() <= OP_WORKSPACE,
+                            "{m}x{n} {side:?} r={r}: {}",
+                            plan.size()
+                        );
+                        assert!(l.rows >= 1 && l.rows <= r);
+                        if l.rows < r {
+                            assert_eq!(l.rows % 64, 0, "{m}x{n} {side:?} r={r}");
+                        }
+                    }
+                    let mut plan = Plan::sizing();
+                    select_layout(&mut plan, p.d);
+                    assert!(plan.size() <= OP_WORKSPACE);
+                    let mut plan = Plan::sizing();
+                    step_layout(&mut plan, Some(r));
+                    assert!(plan.size() <= OP_WORKSPACE);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_grad_blocks_only_when_needed() {
+        let p = Projected::new(4096, 4096, Side::Rows);
+        assert_eq!(sparse_grad_rows(&p, 8192, 1024, Dtype::Bf16), 1024);
+        // 4096 x 11008 by rows at r = 1024: 44 MiB of product alone, so two blocks of 512
+        let p = Projected::new(4096, 11008, Side::Rows);
+        assert_eq!(sparse_grad_rows(&p, 8192, 1024, Dtype::Bf16), 512);
+        // a huge token count still gives at least one row per block
+        assert_eq!(sparse_grad_rows(&p, 1 << 30, 1024, Dtype::F32), 1);
     }
 
     #[test]

@@ -14,16 +14,16 @@ use crate::cuda::launch::driver_error;
 /// (module, kernel, parameters): one letter per parameter, `p` an address, `i` an i32,
 /// `u` a u32, `l` an i64, `q` a u64, `f` an f32.
 pub const SIGNATURES: [(&str, &str, &str); 10] = [
-    ("scores.cu", "row_norms", "pilp"),
+    ("row_scores.cu", "row_norms", "pilp"),
     ("select.cu", "select_rows", "piiiiiquuppppppppu"),
     ("sparse_grad.cu", "gather_cols", "pillpip"),
     ("sparse_grad.cu", "scale_rows", "ppilpi"),
     ("adamw.cu", "step_check", "pilpilpip"),
     ("adamw.cu", "step_prepare", "ppipfpfffp"),
     ("adamw.cu", "decay_all", "pilp"),
-    ("adamw.cu", "sparse_adamw", "pilippipppilffffipp"),
-    ("adamw.cu", "dense_adamw", "pipippilfffip"),
-    ("adamw.cu", "carry_rows", "pppippil"),
+    ("adamw.cu", "sparse_adamw_step", "pilippipppilffffipp"),
+    ("adamw.cu", "adamw_step", "pipippilfffip"),
+    ("state_refresh.cu", "carry_rows", "pppippil"),
 ];
 
 /// A loaded kernel.
@@ -43,8 +43,8 @@ pub(crate) struct Kernels {
     pub step_check: Kernel,
     pub step_prepare: Kernel,
     pub decay_all: Kernel,
-    pub sparse_adamw: Kernel,
-    pub dense_adamw: Kernel,
+    pub sparse_adamw_step: Kernel,
+    pub adamw_step: Kernel,
     pub carry_rows: Kernel,
 }
 
@@ -88,8 +88,8 @@ impl Modules {
             step_check: self.kernel("step_check")?,
             step_prepare: self.kernel("step_prepare")?,
             decay_all: self.kernel("decay_all")?,
-            sparse_adamw: self.kernel("sparse_adamw")?,
-            dense_adamw: self.kernel("dense_adamw")?,
+            sparse_adamw_step: self.kernel("sparse_adamw_step")?,
+            adamw_step: self.kernel("adamw_step")?,
             carry_rows: self.kernel("carry_rows")?,
         })
     }

@@ -3,17 +3,16 @@
 //! allocates or waits for the device.
 
 use crate::backend::*;
-use crate::core::config::{DecayMode, Method, RefreshMode, Scaling, Side};
+use crate::core::config::{DecayMode, RefreshMode, Scaling, Side};
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
+use crate::core::scratch::Plan;
 use crate::cuda::blas::Gemm;
 use crate::cuda::device::{
     fits_i32, scores_layout, select_layout, sparse_grad_layout, step_layout, Device, StepLayout,
     STEP_HEADER,
 };
 use crate::cuda::launch::{self, launch, Arg, Shape};
-use crate::cuda::scratch::Plan;
-use crate::ffi::types::dtype_code;
 
 /// Threads per block of the elementwise kernels.
 const BLOCK: u32 = 256;
@@ -21,22 +20,12 @@ const BLOCK: u32 = 256;
 const MAX_BLOCKS: u32 = 4096;
 /// Threads of the selection kernel (SEL_THREADS in kernels/select.cu).
 const SELECT_THREADS: u32 = 1024;
-/// Threads per block of the carry kernel (at most CARRY_THREADS in kernels/adamw.cu, which
+/// Threads per block of the carry kernel (at most CARRY_THREADS in kernels/state_refresh.cu, which
 /// sizes its shared memory by it); its blocks split the columns.
 const CARRY_THREADS: u32 = 256;
 
 fn dt(d: Dtype) -> Arg {
-    Arg::I32(dtype_code(d))
-}
-
-fn method_code(m: Method) -> i32 {
-    match m {
-        Method::TopR => 0,
-        Method::Multinomial => 1,
-        Method::MultinomialNr => 2,
-        Method::Uniform => 3,
-        Method::UniformNr => 4,
-    }
+    Arg::I32(d as i32)
 }
 
 /// (A, B) of G_sel = Aᵀ B: A's columns are the projected dimension.
@@ -49,23 +38,23 @@ fn operands(side: Side, x: usize, dy: usize) -> (usize, usize) {
 }
 
 impl Device {
-    pub fn row_scores(&self, a: &ScoresArgs) -> Result<()> {
+    pub fn row_scores(&self, a: &RowScoresArgs) -> Result<()> {
         let p = a.p;
-        let mut plan = Plan::within(a.ws);
+        let mut plan = Plan::within(a.ws.addr, a.ws.bytes);
         let l = scores_layout(&mut plan, &p);
         plan.check()?;
-        let (amat, bmat) = operands(p.side, a.x, a.dy);
+        let (amat, bmat) = operands(p.side, a.batch.x.addr(), a.batch.dy.addr());
         let _bound = self.bind()?;
         let mut i0 = 0;
         while i0 < p.d {
             let rows = l.rows.min(p.d - i0);
             let g = Gemm {
-                dtype: a.dtype,
-                b: a.b,
+                dtype: a.batch.dtype(),
+                b: a.batch.b,
                 k: p.k,
                 n: rows,
                 bmat,
-                amat: amat + i0 * a.dtype.size(),
+                amat: amat + i0 * a.batch.dtype().size(),
                 lda: p.d,
                 out: l.chunk,
             };
@@ -80,7 +69,7 @@ impl Device {
                         Arg::Ptr(l.chunk),
                         Arg::I32(rows as i32),
                         Arg::I64(p.k as i64),
-                        Arg::Ptr(a.scores + i0 * 4),
+                        Arg::Ptr(a.scores.addr() + i0 * 4),
                     ],
                 )?;
             }
@@ -90,10 +79,10 @@ impl Device {
     }
 
     pub fn select(&self, a: &SelectArgs) -> Result<()> {
-        let d = fits_i32("d", a.d)?;
+        let d = fits_i32("d", a.scores.len())?;
         let r = fits_i32("rank", a.sel.rank)?;
-        let mut plan = Plan::within(a.ws);
-        let l = select_layout(&mut plan, a.d);
+        let mut plan = Plan::within(a.ws.addr, a.ws.bytes);
+        let l = select_layout(&mut plan, a.scores.len());
         plan.check()?;
         let _bound = self.bind()?;
         // SAFETY: scores holds d f32, indices and scales r entries, and the scratch regions
@@ -104,18 +93,18 @@ impl Device {
                 Shape::single(SELECT_THREADS),
                 a.stream,
                 [
-                    Arg::Ptr(a.scores),
+                    Arg::Ptr(a.scores.addr()),
                     Arg::I32(d),
                     Arg::I32(r),
-                    Arg::I32(method_code(a.sel.method)),
+                    Arg::I32(a.sel.method as i32),
                     Arg::I32(a.sel.power as i32),
                     Arg::I32((a.sel.scaling == Scaling::None) as i32),
                     Arg::U64(a.sel.seed),
                     Arg::U32(a.sel.layer_id),
                     Arg::U32(a.refresh_index),
-                    Arg::Ptr(a.refresh_index_at),
-                    Arg::Ptr(a.indices),
-                    Arg::Ptr(a.scales),
+                    Arg::Ptr(addr_or_null(a.refresh_index_at)),
+                    Arg::Ptr(a.indices.addr()),
+                    Arg::Ptr(a.scales.addr()),
                     Arg::Ptr(l.w),
                     Arg::Ptr(l.aux),
                     Arg::Ptr(l.keys),
@@ -129,54 +118,63 @@ impl Device {
 
     pub fn sparse_grad(&self, a: &SparseGradArgs) -> Result<()> {
         let p = a.p;
-        let r = fits_i32("r", a.r)?;
-        let mut plan = Plan::within(a.ws);
-        let l = sparse_grad_layout(&mut plan, &p, a.b, a.r, a.dtype);
+        let (b, r) = (a.batch.b, a.indices.len());
+        fits_i32("r", r)?;
+        let dtype = a.batch.dtype();
+        let mut plan = Plan::within(a.ws.addr, a.ws.bytes);
+        let l = sparse_grad_layout(&mut plan, &p, b, r, dtype);
         plan.check()?;
-        let (amat, bmat) = operands(p.side, a.x, a.dy);
+        let (amat, bmat) = operands(p.side, a.batch.x.addr(), a.batch.dy.addr());
         let _bound = self.bind()?;
-        // SAFETY: A is b x d and B is b x k of `dtype`, indices and scales hold r entries,
-        // g holds r x k f32, and the scratch regions have the sizes of the layout.
-        unsafe {
-            launch(
-                &self.kernels.gather_cols,
-                Shape::rows(a.r as u64, BLOCK, a.b as u64),
-                a.stream,
-                [
-                    Arg::Ptr(amat),
-                    dt(a.dtype),
-                    Arg::I64(a.b as i64),
-                    Arg::I64(p.d as i64),
-                    Arg::Ptr(a.indices),
-                    Arg::I32(r),
-                    Arg::Ptr(l.gathered),
-                ],
-            )?;
-            let g = Gemm {
-                dtype: a.dtype,
-                b: a.b,
-                k: p.k,
-                n: a.r,
-                bmat,
-                amat: l.gathered,
-                lda: a.r,
-                out: l.product,
-            };
-            self.blas.run(&g, l.blas, l.blas_bytes, a.stream)?;
-            launch(
-                &self.kernels.scale_rows,
-                Shape::rows(p.k as u64, BLOCK, a.r as u64),
-                a.stream,
-                [
-                    Arg::Ptr(l.product),
-                    Arg::Ptr(a.scales),
-                    Arg::I32(r),
-                    Arg::I64(p.k as i64),
-                    Arg::Ptr(a.g),
-                    Arg::I32(a.accumulate as i32),
-                ],
-            )
+        let mut j0 = 0;
+        while j0 < r {
+            let rows = l.rows.min(r - j0);
+            // SAFETY: A is b x d and B is b x k of `dtype`, indices and scales hold r entries
+            // (this block reads `rows` of them from j0), g holds r x k f32, and the scratch
+            // regions have the sizes of the layout (`l.rows` >= rows).
+            unsafe {
+                launch(
+                    &self.kernels.gather_cols,
+                    Shape::rows(rows as u64, BLOCK, b as u64),
+                    a.stream,
+                    [
+                        Arg::Ptr(amat),
+                        dt(dtype),
+                        Arg::I64(b as i64),
+                        Arg::I64(p.d as i64),
+                        Arg::Ptr(a.indices.addr() + j0 * 4),
+                        Arg::I32(rows as i32),
+                        Arg::Ptr(l.gathered),
+                    ],
+                )?;
+                let g = Gemm {
+                    dtype,
+                    b,
+                    k: p.k,
+                    n: rows,
+                    bmat,
+                    amat: l.gathered,
+                    lda: rows,
+                    out: l.product,
+                };
+                self.blas.run(&g, l.blas, l.blas_bytes, a.stream)?;
+                launch(
+                    &self.kernels.scale_rows,
+                    Shape::rows(p.k as u64, BLOCK, rows as u64),
+                    a.stream,
+                    [
+                        Arg::Ptr(l.product),
+                        Arg::Ptr(a.scales.addr() + j0 * 4),
+                        Arg::I32(rows as i32),
+                        Arg::I64(p.k as i64),
+                        Arg::Ptr(a.g.addr() + j0 * p.k * 4),
+                        Arg::I32(a.accumulate as i32),
+                    ],
+                )?;
+            }
+            j0 += rows;
         }
+        Ok(())
     }
 
     /// Zeroes the step header, flags a bad gradient (or bad indices) on the device, decides
@@ -189,7 +187,7 @@ impl Device {
         indices: (usize, usize, usize),
         rows: Option<usize>,
     ) -> Result<StepLayout> {
-        let mut plan = Plan::within(b.ws);
+        let mut plan = Plan::within(b.ws.addr, b.ws.bytes);
         let l = step_layout(&mut plan, rows);
         plan.check()?;
         let (grad, grad_dtype, numel) = grad;
@@ -211,7 +209,7 @@ impl Device {
                     Arg::Ptr(idx),
                     Arg::I32(r as i32),
                     Arg::I64(d as i64),
-                    Arg::Ptr(b.steps),
+                    Arg::Ptr(b.steps.addr()),
                     Arg::I32(counts as i32),
                     Arg::Ptr(l.header),
                 ],
@@ -222,30 +220,31 @@ impl Device {
                 b.stream,
                 [
                     Arg::Ptr(l.header),
-                    Arg::Ptr(b.steps),
+                    Arg::Ptr(b.steps.addr()),
                     Arg::I32(counts as i32),
                     Arg::Ptr(l.coef),
                     Arg::F32(b.lr),
-                    Arg::Ptr(b.lr_scale),
+                    Arg::Ptr(addr_or_null(b.lr_scale)),
                     Arg::F32(b.cfg.beta1),
                     Arg::F32(b.cfg.beta2),
                     Arg::F32(b.cfg.weight_decay),
-                    Arg::Ptr(b.skipped),
+                    Arg::Ptr(addr_or_null(b.skipped)),
                 ],
             )?;
         }
         Ok(l)
     }
 
-    pub fn sparse_step(&self, a: &SparseStepArgs) -> Result<()> {
+    pub fn sparse_adamw_step(&self, a: &SparseAdamwStepArgs) -> Result<()> {
         let (p, b) = (a.p, &a.buf);
-        let r = fits_i32("r", a.r)?;
+        let rows = a.indices.len();
+        let r = fits_i32("r", rows)?;
         let _bound = self.bind()?;
         let l = self.prepare_step(
             b,
-            (a.g, Dtype::F32, a.r * p.k),
-            (a.indices, a.r, p.d),
-            Some(a.r),
+            (a.g.addr(), Dtype::F32, a.g.len()),
+            (a.indices.addr(), rows, p.d),
+            Some(rows),
         )?;
         let header = l.header;
         let decaying = b.cfg.weight_decay > 0.0;
@@ -259,28 +258,28 @@ impl Device {
                     Shape::linear((p.m * p.n) as u64, BLOCK, MAX_BLOCKS),
                     b.stream,
                     [
-                        Arg::Ptr(b.w),
-                        dt(b.w_dtype),
+                        Arg::Ptr(b.w.addr()),
+                        dt(b.w.dtype()),
                         Arg::I64((p.m * p.n) as i64),
                         Arg::Ptr(header),
                     ],
                 )?;
             }
             launch(
-                &self.kernels.sparse_adamw,
-                Shape::rows(p.k as u64, BLOCK, a.r as u64),
+                &self.kernels.sparse_adamw_step,
+                Shape::rows(p.k as u64, BLOCK, rows as u64),
                 b.stream,
                 [
-                    Arg::Ptr(b.w),
-                    dt(b.w_dtype),
+                    Arg::Ptr(b.w.addr()),
+                    dt(b.w.dtype()),
                     Arg::I64(p.n as i64),
                     Arg::I32((p.side == Side::Cols) as i32),
-                    Arg::Ptr(b.m),
-                    Arg::Ptr(b.v),
-                    dt(b.cfg.state_dtype),
-                    Arg::Ptr(a.g),
-                    Arg::Ptr(a.indices),
-                    Arg::Ptr(a.scales),
+                    Arg::Ptr(b.m.addr()),
+                    Arg::Ptr(b.v.addr()),
+                    dt(b.m.dtype()),
+                    Arg::Ptr(a.g.addr()),
+                    Arg::Ptr(a.indices.addr()),
+                    Arg::Ptr(a.scales.addr()),
                     Arg::I32(r),
                     Arg::I64(p.k as i64),
                     Arg::F32(b.cfg.beta1),
@@ -295,29 +294,34 @@ impl Device {
         }
     }
 
-    pub fn dense_step(&self, a: &DenseStepArgs) -> Result<()> {
+    pub fn adamw_step(&self, a: &AdamwStepArgs) -> Result<()> {
         let b = &a.buf;
         let _bound = self.bind()?;
         let header = self
-            .prepare_step(b, (a.grad, a.grad_dtype, a.numel), (0, 0, 0), None)?
+            .prepare_step(
+                b,
+                (a.grad.addr(), a.grad.dtype(), a.grad.len()),
+                (0, 0, 0),
+                None,
+            )?
             .header;
         let decay_on = b.cfg.weight_decay > 0.0 && b.cfg.decay_mode != DecayMode::Off;
         // SAFETY: W, grad, M and V hold numel elements of their dtypes; the header was
         // prepared above on the same stream.
         unsafe {
             launch(
-                &self.kernels.dense_adamw,
-                Shape::linear(a.numel as u64, BLOCK, MAX_BLOCKS),
+                &self.kernels.adamw_step,
+                Shape::linear(a.grad.len() as u64, BLOCK, MAX_BLOCKS),
                 b.stream,
                 [
-                    Arg::Ptr(b.w),
-                    dt(b.w_dtype),
-                    Arg::Ptr(a.grad),
-                    dt(a.grad_dtype),
-                    Arg::Ptr(b.m),
-                    Arg::Ptr(b.v),
-                    dt(b.cfg.state_dtype),
-                    Arg::I64(a.numel as i64),
+                    Arg::Ptr(b.w.addr()),
+                    dt(b.w.dtype()),
+                    Arg::Ptr(a.grad.addr()),
+                    dt(a.grad.dtype()),
+                    Arg::Ptr(b.m.addr()),
+                    Arg::Ptr(b.v.addr()),
+                    dt(b.m.dtype()),
+                    Arg::I64(a.grad.len() as i64),
                     Arg::F32(b.cfg.beta1),
                     Arg::F32(b.cfg.beta2),
                     Arg::F32(b.cfg.eps),
@@ -328,16 +332,17 @@ impl Device {
         }
     }
 
-    pub fn state_refresh(&self, a: &RefreshArgs) -> Result<()> {
-        let r = fits_i32("r", a.r)?;
-        let size = a.cfg.state_dtype.size();
-        let bytes = a.r * a.k * size;
+    pub fn state_refresh(&self, a: &StateRefreshArgs) -> Result<()> {
+        let rows = a.new_indices.len();
+        let r = fits_i32("r", rows)?;
+        let size = a.m.dtype().size();
+        let bytes = a.m.len() * size;
         let _bound = self.bind()?;
         match a.cfg.refresh_mode {
             RefreshMode::Reset => {
-                launch::memset_zero(a.m, bytes, a.stream)?;
-                launch::memset_zero(a.v, bytes, a.stream)?;
-                launch::memset_zero(a.row_steps, 4 * a.r, a.stream)
+                launch::memset_zero(a.m.addr(), bytes, a.stream)?;
+                launch::memset_zero(a.v.addr(), bytes, a.stream)?;
+                launch::memset_zero(a.row_steps.addr(), 4 * rows, a.stream)
             }
             // SAFETY: M and V hold r x k elements, the step counts and index arrays r entries
             // each (old may be 0 for none); the kernel moves rows in place, in blocks of its
@@ -348,12 +353,12 @@ impl Device {
                     Shape::linear(a.k as u64, CARRY_THREADS, MAX_BLOCKS),
                     a.stream,
                     [
-                        Arg::Ptr(a.m),
-                        Arg::Ptr(a.v),
-                        Arg::Ptr(a.row_steps),
+                        Arg::Ptr(a.m.addr()),
+                        Arg::Ptr(a.v.addr()),
+                        Arg::Ptr(a.row_steps.addr()),
                         Arg::I32(size as i32),
-                        Arg::Ptr(a.old_indices),
-                        Arg::Ptr(a.new_indices),
+                        Arg::Ptr(addr_or_null(a.old_indices)),
+                        Arg::Ptr(a.new_indices.addr()),
                         Arg::I32(r),
                         Arg::I64(a.k as i64),
                     ],

@@ -2,9 +2,9 @@
 
 use std::ffi::c_char;
 
+use crate::context::{grass_context, Backend};
 use crate::cuda;
 use crate::ffi::args::{ctx, req, write};
-use crate::context::{grass_context, Backend};
 use crate::ffi::status::{grass_status, guard, guard_value, last_error_ptr, status_text};
 use crate::ffi::types::*;
 
@@ -72,9 +72,7 @@ pub unsafe extern "C" fn grass_context_create_cpu(
         let out = req("ctx_out", ctx_out)?;
         write(
             out,
-            Box::into_raw(Box::new(grass_context {
-                backend: Backend::Cpu,
-            })),
+            Box::into_raw(Box::new(grass_context::new(Backend::Cpu))),
         );
         Ok(())
     })
@@ -94,9 +92,7 @@ pub unsafe extern "C" fn grass_context_create_cuda(
         let dev = cuda::Device::open(ordinal)?;
         write(
             out,
-            Box::into_raw(Box::new(grass_context {
-                backend: Backend::Cuda(Box::new(dev)),
-            })),
+            Box::into_raw(Box::new(grass_context::new(Backend::Cuda(Box::new(dev))))),
         );
         Ok(())
     })

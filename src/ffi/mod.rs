@@ -5,16 +5,18 @@
 
 pub mod api;
 pub(crate) mod args;
+pub mod memory;
 pub mod ops;
 pub mod optimizer;
 pub mod projection;
 pub mod status;
 pub mod types;
 
-pub use api::*;
 pub use crate::context::grass_context;
 pub use crate::handles::optimizer::grass_optimizer;
 pub use crate::handles::projection::grass_projection;
+pub use api::*;
+pub use memory::*;
 pub use ops::*;
 pub use optimizer::*;
 pub use projection::*;

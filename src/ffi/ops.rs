@@ -5,13 +5,13 @@
 use std::ffi::c_void;
 
 use crate::backend::*;
+use crate::context::grass_context;
 use crate::core::config::check_lr;
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::core::shape::{positive, product, Projected};
 use crate::ensure;
-use crate::ffi::args::{ctx, opt, req, req_typed, workspace, write};
-use crate::context::grass_context;
+use crate::ffi::args::{ctx, opt, opt_buf, req, req_buf, tensor, workspace, write};
 use crate::ffi::status::{grass_status, guard};
 use crate::ffi::types::*;
 
@@ -73,7 +73,14 @@ pub unsafe extern "C" fn grass_resolve_side(
     })
 }
 
-/// Scratch bytes `grass_row_scores` needs for these shapes.
+/// Scratch bytes `grass_row_scores` needs for these shapes (at most 64 MiB at every DESIGN
+/// shape up to 8192 tokens). With d and k the projected and kept dimensions, each region
+/// rounded up for alignment:
+/// - CPU: `c·k·4 + tc·c·4 (+ tc·k·4 when dtype is not f32)`, c = rows of G per chunk
+///   (`c·k·4 ≤ 8 MiB`, `c ≤ d/4`), tc = tokens per chunk, all b when
+///   `b·(c·4 + k·4 if not f32) ≤ 48 MiB`, else as many as fit that;
+/// - CUDA: `c·k·4 + min(c·k·2, 16 MiB)`, c = rows of G per chunk (`c·k·4 ≤ 32 MiB`,
+///   `c ≤ d/4`, a multiple of 64 when at least 64), whatever b.
 #[no_mangle]
 pub unsafe extern "C" fn grass_scores_workspace_size(
     ctx: *const grass_context,
@@ -117,13 +124,14 @@ pub unsafe extern "C" fn grass_row_scores(
         let p = projected(m, n, side)?;
         let b = tokens(b, &p)?;
         let dt = self::dtype("dtype", dtype)?;
-        let a = ScoresArgs {
+        let a = RowScoresArgs {
             p,
-            b,
-            dtype: dt,
-            x: req_typed("x", x, dt)?,
-            dy: req_typed("dy", dy, dt)?,
-            scores: req("scores", scores)?,
+            batch: Batch {
+                b,
+                x: tensor("x", x, dt, b * p.n)?,
+                dy: tensor("dy", dy, dt, b * p.m)?,
+            },
+            scores: req_buf("scores", scores, p.d)?,
             ws: self::workspace(
                 workspace,
                 workspace_bytes,
@@ -136,7 +144,8 @@ pub unsafe extern "C" fn grass_row_scores(
     })
 }
 
-/// Scratch bytes `grass_select` needs for `d` scores and rank `r`.
+/// Scratch bytes `grass_select` needs for `d` scores and rank `r`: CPU `28·d`, CUDA
+/// `17·d + 12·p` with p the next power of two ≥ d (plus alignment; under 1 MiB for d ≤ 16384).
 #[no_mangle]
 pub unsafe extern "C" fn grass_select_workspace_size(
     ctx: *const grass_context,
@@ -188,12 +197,11 @@ pub unsafe extern "C" fn grass_select(
         );
         let a = SelectArgs {
             sel,
-            d,
             refresh_index,
-            refresh_index_at: opt("refresh_index_at", refresh_index_at)?,
-            scores: req("scores", scores)?,
-            indices: req("indices", indices)?,
-            scales: req("scales", scales)?,
+            refresh_index_at: opt_buf("refresh_index_at", refresh_index_at, 1)?,
+            scores: req_buf("scores", scores, d)?,
+            indices: req_buf("indices", indices, sel.rank)?,
+            scales: req_buf("scales", scales, sel.rank)?,
             ws: self::workspace(
                 workspace,
                 workspace_bytes,
@@ -206,7 +214,14 @@ pub unsafe extern "C" fn grass_select(
     })
 }
 
-/// Scratch bytes `grass_sparse_grad` needs for these shapes.
+/// Scratch bytes `grass_sparse_grad` needs for these shapes (at most 64 MiB at every DESIGN
+/// shape and rank up to 8192 tokens), with k the kept dimension and s the dtype's size, each
+/// region rounded up for alignment:
+/// - CPU: `tc·r·4 (+ tc·k·4 when dtype is not f32)`, tc = tokens per chunk, all b when that
+///   is at most 48 MiB, else as many as fit it (chunks add into g);
+/// - CUDA: `q·b·s + q·k·4 + min(q·k·2, 16 MiB)`, q = selected rows per block: all r when
+///   `r·(b·s + k·4) ≤ 48 MiB - 1 KiB`, else r split into equal blocks (multiples of 64 rows)
+///   that fit it.
 #[no_mangle]
 pub unsafe extern "C" fn grass_sparse_grad_workspace_size(
     ctx: *const grass_context,
@@ -262,14 +277,14 @@ pub unsafe extern "C" fn grass_sparse_grad(
         let dt = self::dtype("dtype", dtype)?;
         let a = SparseGradArgs {
             p,
-            b,
-            r,
-            dtype: dt,
-            x: req_typed("x", x, dt)?,
-            dy: req_typed("dy", dy, dt)?,
-            indices: req("indices", indices)?,
-            scales: req("scales", scales)?,
-            g: req("g", g)?,
+            batch: Batch {
+                b,
+                x: tensor("x", x, dt, b * p.n)?,
+                dy: tensor("dy", dy, dt, b * p.m)?,
+            },
+            indices: req_buf("indices", indices, r)?,
+            scales: req_buf("scales", scales, r)?,
+            g: req_buf("g", g, r * p.k)?,
             accumulate: accumulate != 0,
             ws: self::workspace(
                 workspace,
@@ -287,10 +302,11 @@ pub unsafe extern "C" fn grass_sparse_grad(
 unsafe fn step_buffers(
     config: *const grass_adamw_config,
     w_dtype: grass_dtype,
-    w: *mut c_void,
+    w: (*mut c_void, usize),
     m_state: *mut c_void,
     v_state: *mut c_void,
-    steps: (&str, *mut i32),
+    state_len: usize,
+    steps: (&str, *mut i32, usize),
     lr: f32,
     lr_scale: *const f32,
     skipped: *mut i32,
@@ -301,20 +317,19 @@ unsafe fn step_buffers(
     check_lr(lr)?;
     Ok(StepBuffers {
         cfg,
-        w_dtype: wd,
-        w: req_typed("w", w, wd)?,
-        m: req_typed("m_state", m_state, cfg.state_dtype)?,
-        v: req_typed("v_state", v_state, cfg.state_dtype)?,
-        steps: req(steps.0, steps.1)?,
+        w: tensor("w", w.0, wd, w.1)?,
+        m: tensor("m_state", m_state, cfg.state_dtype, state_len)?,
+        v: tensor("v_state", v_state, cfg.state_dtype, state_len)?,
+        steps: req_buf(steps.0, steps.1, steps.2)?,
         lr,
-        lr_scale: opt("lr_scale", lr_scale)?,
-        skipped: opt("skipped", skipped)?,
+        lr_scale: opt_buf("lr_scale", lr_scale, 1)?,
+        skipped: opt_buf("skipped", skipped, 1)?,
         ws: Scratch { addr: 0, bytes: 0 },
         stream: stream as usize,
     })
 }
 
-/// Scratch bytes `grass_sparse_adamw_step` needs.
+/// Scratch bytes `grass_sparse_adamw_step` needs: CPU 0, CUDA `32 + 8·r` (plus alignment).
 #[no_mangle]
 pub unsafe extern "C" fn grass_sparse_adamw_workspace_size(
     ctx: *const grass_context,
@@ -329,7 +344,7 @@ pub unsafe extern "C" fn grass_sparse_adamw_workspace_size(
         let p = projected(m, n, side)?;
         let r = rank(r, &p)?;
         let out = req("bytes_out", bytes_out)?;
-        write(out, c.sparse_step_workspace_size(&p, r));
+        write(out, c.sparse_adamw_workspace_size(&p, r));
         Ok(())
     })
 }
@@ -375,10 +390,11 @@ pub unsafe extern "C" fn grass_sparse_adamw_step(
         let mut buf = step_buffers(
             config,
             w_dtype,
-            w,
+            (w, p.m * p.n),
             m_state,
             v_state,
-            ("row_steps", row_steps),
+            r * p.k,
+            ("row_steps", row_steps, r),
             lr,
             lr_scale,
             skipped,
@@ -387,22 +403,21 @@ pub unsafe extern "C" fn grass_sparse_adamw_step(
         buf.ws = self::workspace(
             workspace,
             workspace_bytes,
-            c.sparse_step_workspace_size(&p, r),
+            c.sparse_adamw_workspace_size(&p, r),
             "grass_sparse_adamw_workspace_size",
         )?;
-        let a = SparseStepArgs {
+        let a = SparseAdamwStepArgs {
             p,
-            r,
-            indices: req("indices", indices)?,
-            scales: req("scales", scales)?,
-            g: req("g", g)?,
+            indices: req_buf("indices", indices, r)?,
+            scales: req_buf("scales", scales, r)?,
+            g: req_buf("g", g, r * p.k)?,
             buf,
         };
-        c.sparse_step(&a)
+        c.sparse_adamw_step(&a)
     })
 }
 
-/// Scratch bytes `grass_adamw_step` needs for `numel` elements.
+/// Scratch bytes `grass_adamw_step` needs for `numel` elements: CPU 0, CUDA 32 (plus alignment).
 #[no_mangle]
 pub unsafe extern "C" fn grass_adamw_workspace_size(
     ctx: *const grass_context,
@@ -413,7 +428,7 @@ pub unsafe extern "C" fn grass_adamw_workspace_size(
         let c = self::ctx(ctx)?;
         let numel = positive("numel", numel)?;
         let out = req("bytes_out", bytes_out)?;
-        write(out, c.dense_step_workspace_size(numel));
+        write(out, c.adamw_workspace_size(numel));
         Ok(())
     })
 }
@@ -447,10 +462,11 @@ pub unsafe extern "C" fn grass_adamw_step(
         let mut buf = step_buffers(
             config,
             w_dtype,
-            w,
+            (w, numel),
             m_state,
             v_state,
-            ("step", step),
+            numel,
+            ("step", step, 1),
             lr,
             lr_scale,
             skipped,
@@ -459,17 +475,15 @@ pub unsafe extern "C" fn grass_adamw_step(
         buf.ws = self::workspace(
             workspace,
             workspace_bytes,
-            c.dense_step_workspace_size(numel),
+            c.adamw_workspace_size(numel),
             "grass_adamw_workspace_size",
         )?;
         let gd = self::dtype("grad_dtype", grad_dtype)?;
-        let a = DenseStepArgs {
-            numel,
-            grad_dtype: gd,
-            grad: req_typed("grad", grad, gd)?,
+        let a = AdamwStepArgs {
+            grad: tensor("grad", grad, gd, numel)?,
             buf,
         };
-        c.dense_step(&a)
+        c.adamw_step(&a)
     })
 }
 
@@ -491,7 +505,7 @@ pub unsafe extern "C" fn grass_state_refresh_workspace_size(
         let k = positive("k", k)?;
         product("r * k", &[r, k, 8])?;
         let out = req("bytes_out", bytes_out)?;
-        write(out, c.refresh_workspace_size());
+        write(out, c.state_refresh_workspace_size());
         Ok(())
     })
 }
@@ -524,19 +538,18 @@ pub unsafe extern "C" fn grass_state_refresh(
         let r = positive("r", r)?;
         let k = positive("k", k)?;
         product("r * k", &[r, k, 8])?;
-        let a = RefreshArgs {
+        let a = StateRefreshArgs {
             cfg,
-            r,
             k,
-            old_indices: opt("old_indices", old_indices)?,
-            new_indices: req("new_indices", new_indices)?,
-            m: req_typed("m_state", m_state, cfg.state_dtype)?,
-            v: req_typed("v_state", v_state, cfg.state_dtype)?,
-            row_steps: req("row_steps", row_steps)?,
+            old_indices: opt_buf("old_indices", old_indices, r)?,
+            new_indices: req_buf("new_indices", new_indices, r)?,
+            m: tensor("m_state", m_state, cfg.state_dtype, r * k)?,
+            v: tensor("v_state", v_state, cfg.state_dtype, r * k)?,
+            row_steps: req_buf("row_steps", row_steps, r)?,
             ws: self::workspace(
                 workspace,
                 workspace_bytes,
-                c.refresh_workspace_size(),
+                c.state_refresh_workspace_size(),
                 "grass_state_refresh_workspace_size",
             )?,
             stream: stream as usize,

@@ -4,8 +4,10 @@
 use std::ffi::c_void;
 
 use crate::context::grass_context;
+use crate::core::config::check_lr;
 use crate::core::shape::positive;
-use crate::ffi::args::{ctx, handle, handle_mut, opt, req, write};
+use crate::ffi::args::{ctx, handle, handle_mut, req, tensor, write};
+use crate::ffi::projection::{batch, projection_shape, scores_buf};
 use crate::ffi::status::{grass_status, guard, guard_value};
 use crate::ffi::types::*;
 use crate::handles::checkpoint;
@@ -27,7 +29,10 @@ pub struct grass_optimizer_info {
     pub accumulated: i32,
     /// Elements of each of M and V.
     pub state_elements: i64,
-    /// Bytes of context memory the optimizer owns (states, accumulator, selection, scratch).
+    /// Bytes of context memory the optimizer owns: M, V, step counts, and for GRASS layers the
+    /// compressed-gradient accumulator and the projection's selection and row scores. Scratch
+    /// is not among them: it is the context's workspace, shared by all its handles
+    /// (`grass_context_workspace_bytes`).
     pub memory_bytes: i64,
 }
 
@@ -52,7 +57,8 @@ pub unsafe extern "C" fn grass_optimizer_create_sparse(
         let ad = self::dtype("act_dtype", act_dtype)?;
         let wd = self::dtype("w_dtype", w_dtype)?;
         let out = req("optimizer_out", optimizer_out)?;
-        let proj = grass_projection::new(c, pcfg, m, n, max_tokens, ad)?;
+        let (sel, shape, every, b) = projection_shape(pcfg, m, n, max_tokens)?;
+        let proj = grass_projection::new(c, sel, shape, every, b, ad)?;
         let g = c.alloc(proj.sel.rank * proj.p.k * 4)?;
         let o = grass_optimizer::new(
             c,
@@ -160,8 +166,16 @@ pub unsafe extern "C" fn grass_optimizer_backward(
 ) -> grass_status {
     guard("grass_optimizer_backward", || {
         let o = handle_mut("optimizer", optimizer)?;
-        let s = opt("scores", scores)?;
-        o.backward(b, x, dy, s, stream as usize)
+        let Kind::Sparse { proj, .. } = &o.kind else {
+            bail!(BadState, "grass_optimizer_backward is for GRASS layers; pass the gradient of a dense parameter to grass_optimizer_step");
+        };
+        let s = if scores.is_null() {
+            None
+        } else {
+            Some(scores_buf(proj, scores)?)
+        };
+        let batch = batch(proj, b, x, dy)?;
+        o.backward(&batch, s, stream as usize)
     })
 }
 
@@ -178,7 +192,17 @@ pub unsafe extern "C" fn grass_optimizer_step(
     stream: *mut c_void,
 ) -> grass_status {
     guard("grass_optimizer_step", || {
-        handle_mut("optimizer", optimizer)?.step(w, grad, lr, stream as usize)
+        let o = handle_mut("optimizer", optimizer)?;
+        check_lr(lr)?;
+        let w = tensor("w", w, o.w_dtype, o.weight_elements())?;
+        let grad = match &o.kind {
+            Kind::Sparse { .. } => {
+                ensure!(grad.is_null(), InvalidValue, "grad must be NULL for a GRASS layer (its gradient comes from grass_optimizer_backward)");
+                None
+            }
+            Kind::Dense { numel, grad_dtype } => Some(tensor("grad", grad, *grad_dtype, *numel)?),
+        };
+        o.step(w, grad, lr, stream as usize)
     })
 }
 
@@ -221,19 +245,11 @@ pub unsafe extern "C" fn grass_optimizer_get_info(
             );
         }
         let elems = o.state_elements();
-        let (sparse, acc, extra) = match &o.kind {
-            Kind::Sparse {
-                proj,
-                g,
-                accumulated,
-            } => (1, *accumulated as i32, g.bytes() + proj.memory_bytes()),
-            Kind::Dense { .. } => (0, 0, 0),
+        let (sparse, acc) = match &o.kind {
+            Kind::Sparse { accumulated, .. } => (1, *accumulated as i32),
+            Kind::Dense { .. } => (0, 0),
         };
-        let owned = [&o.m, &o.v, &o.counters, &o.ws]
-            .iter()
-            .map(|b| b.bytes())
-            .sum::<usize>()
-            + extra;
+        let owned = o.memory_bytes();
         write(
             out,
             grass_optimizer_info {

@@ -72,6 +72,28 @@ impl From<ErrorKind> for grass_status {
     }
 }
 
+// The numbers of grass_status are the codes of core's ErrorKind (the one list of them); the
+// enum stays spelled out because cbindgen emits only literal values.
+const _: () = {
+    use ErrorKind as K;
+    assert!(GRASS_ERROR_NULL_POINTER as i32 == K::NullPointer as i32);
+    assert!(GRASS_ERROR_INVALID_VALUE as i32 == K::InvalidValue as i32);
+    assert!(GRASS_ERROR_INVALID_ENUM as i32 == K::InvalidEnum as i32);
+    assert!(GRASS_ERROR_DTYPE as i32 == K::Dtype as i32);
+    assert!(GRASS_ERROR_STRUCT_SIZE as i32 == K::StructSize as i32);
+    assert!(GRASS_ERROR_WORKSPACE_TOO_SMALL as i32 == K::WorkspaceTooSmall as i32);
+    assert!(GRASS_ERROR_INVALID_STATE as i32 == K::BadState as i32);
+    assert!(GRASS_ERROR_BAD_CHECKPOINT as i32 == K::BadCheckpoint as i32);
+    assert!(GRASS_ERROR_WRONG_CONTEXT as i32 == K::WrongContext as i32);
+    assert!(GRASS_ERROR_MISALIGNED as i32 == K::Misaligned as i32);
+    assert!(GRASS_ERROR_CUDA_UNAVAILABLE as i32 == K::CudaUnavailable as i32);
+    assert!(GRASS_ERROR_CUDA as i32 == K::Cuda as i32);
+    assert!(GRASS_ERROR_UNSUPPORTED as i32 == K::Unsupported as i32);
+    assert!(GRASS_ERROR_OUT_OF_MEMORY as i32 == K::OutOfMemory as i32);
+    assert!(GRASS_ERROR_PANIC as i32 == K::Panic as i32);
+    assert!(GRASS_ERROR_INTERNAL as i32 == K::Internal as i32);
+};
+
 pub(crate) fn status_text(code: i32) -> &'static str {
     match code {
         0 => "success\0",

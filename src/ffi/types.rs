@@ -1,7 +1,11 @@
 //! Enums and config structs of the C ABI and their conversion into `core` types.
 //! Enums cross the boundary as `int32_t` so that an unknown value is an error, never UB.
+//! Their codes are those of the `#[repr(i32)]` enums in `core` (see `core::codes`); the
+//! constants below repeat them as literals only because cbindgen emits nothing else, and
+//! are asserted equal to them at compile time.
 
 use crate::bail;
+use crate::core::codes::{Code, DeviceKind, StepOutcome};
 use crate::core::config::{AdamW, DecayMode, Method, RefreshMode, Scaling, Selection, Side};
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
@@ -76,44 +80,56 @@ pub type grass_device_kind = i32;
 pub const GRASS_DEVICE_CPU: grass_device_kind = 0;
 pub const GRASS_DEVICE_CUDA: grass_device_kind = 1;
 
-pub(crate) fn dtype(name: &str, v: grass_dtype) -> Result<Dtype> {
-    Ok(match v {
-        GRASS_DTYPE_F32 => Dtype::F32,
-        GRASS_DTYPE_BF16 => Dtype::Bf16,
-        GRASS_DTYPE_F16 => Dtype::F16,
-        _ => bail!(
+const _: () = {
+    assert!(GRASS_DTYPE_F32 == Dtype::F32 as i32);
+    assert!(GRASS_DTYPE_BF16 == Dtype::Bf16 as i32);
+    assert!(GRASS_DTYPE_F16 == Dtype::F16 as i32);
+    assert!(GRASS_SIDE_ROWS == Side::Rows as i32);
+    assert!(GRASS_SIDE_COLS == Side::Cols as i32);
+    assert!(GRASS_SIDE_AUTO == Side::Auto as i32);
+    assert!(GRASS_METHOD_TOP_R == Method::TopR as i32);
+    assert!(GRASS_METHOD_MULTINOMIAL == Method::Multinomial as i32);
+    assert!(GRASS_METHOD_MULTINOMIAL_NR == Method::MultinomialNr as i32);
+    assert!(GRASS_METHOD_UNIFORM == Method::Uniform as i32);
+    assert!(GRASS_METHOD_UNIFORM_NR == Method::UniformNr as i32);
+    assert!(GRASS_SCALING_UNBIASED == Scaling::Unbiased as i32);
+    assert!(GRASS_SCALING_NONE == Scaling::None as i32);
+    assert!(GRASS_DECAY_OFF == DecayMode::Off as i32);
+    assert!(GRASS_DECAY_SELECTED == DecayMode::Selected as i32);
+    assert!(GRASS_DECAY_DENSE == DecayMode::Dense as i32);
+    assert!(GRASS_REFRESH_RESET == RefreshMode::Reset as i32);
+    assert!(GRASS_REFRESH_CARRY == RefreshMode::Carry as i32);
+    assert!(GRASS_STEP_APPLIED == StepOutcome::Applied as i32);
+    assert!(GRASS_STEP_SKIPPED_NONFINITE == StepOutcome::SkippedNonfinite as i32);
+    assert!(GRASS_STEP_SKIPPED_BAD_INDICES == StepOutcome::SkippedBadIndices as i32);
+    assert!(GRASS_STEP_SKIPPED_BAD_STEP_COUNT == StepOutcome::SkippedBadStepCount as i32);
+    assert!(GRASS_DEVICE_CPU == DeviceKind::Cpu as i32);
+    assert!(GRASS_DEVICE_CUDA == DeviceKind::Cuda as i32);
+};
+
+/// The `core` value of enum argument `name`, or `GRASS_ERROR_INVALID_ENUM` listing the options.
+pub(crate) fn code<T: Code>(name: &str, v: i32) -> Result<T> {
+    match T::from_code(v) {
+        Some(t) => Ok(t),
+        None => bail!(
             InvalidEnum,
-            "{name} = {v} is not a grass_dtype (0 = f32, 1 = bf16, 2 = f16)"
+            "{name} = {v} is not a {} ({})",
+            T::C_TYPE,
+            T::options()
         ),
-    })
+    }
 }
 
-pub(crate) fn dtype_code(d: Dtype) -> grass_dtype {
-    match d {
-        Dtype::F32 => GRASS_DTYPE_F32,
-        Dtype::Bf16 => GRASS_DTYPE_BF16,
-        Dtype::F16 => GRASS_DTYPE_F16,
-    }
+pub(crate) fn dtype(name: &str, v: grass_dtype) -> Result<Dtype> {
+    code(name, v)
 }
 
 pub(crate) fn side(v: grass_side) -> Result<Side> {
-    Ok(match v {
-        GRASS_SIDE_ROWS => Side::Rows,
-        GRASS_SIDE_COLS => Side::Cols,
-        GRASS_SIDE_AUTO => Side::Auto,
-        _ => bail!(
-            InvalidEnum,
-            "side = {v} is not a grass_side (0 = rows, 1 = cols, 2 = auto)"
-        ),
-    })
+    code("side", v)
 }
 
 pub(crate) fn side_code(s: Side) -> grass_side {
-    match s {
-        Side::Rows => GRASS_SIDE_ROWS,
-        Side::Cols => GRASS_SIDE_COLS,
-        Side::Auto => GRASS_SIDE_AUTO,
-    }
+    s.code()
 }
 
 /// Options of a projection (the selection and its schedule).
@@ -192,25 +208,8 @@ impl grass_projection_config {
     /// The selection options, validated except for `rank <= d` (checked where d is known).
     pub(crate) fn selection(&self) -> Result<Selection> {
         check_struct_size("config", self.struct_size, std::mem::size_of::<Self>())?;
-        let method = match self.method {
-            GRASS_METHOD_TOP_R => Method::TopR,
-            GRASS_METHOD_MULTINOMIAL => Method::Multinomial,
-            GRASS_METHOD_MULTINOMIAL_NR => Method::MultinomialNr,
-            GRASS_METHOD_UNIFORM => Method::Uniform,
-            GRASS_METHOD_UNIFORM_NR => Method::UniformNr,
-            v => bail!(
-                InvalidEnum,
-                "config->method = {v} is not a grass_method (0..4)"
-            ),
-        };
-        let scaling = match self.scaling {
-            GRASS_SCALING_UNBIASED => Scaling::Unbiased,
-            GRASS_SCALING_NONE => Scaling::None,
-            v => bail!(
-                InvalidEnum,
-                "config->scaling = {v} is not a grass_scaling (0 = unbiased, 1 = none)"
-            ),
-        };
+        let method: Method = code("config->method", self.method)?;
+        let scaling: Scaling = code("config->scaling", self.scaling)?;
         side(self.side).map_err(|e| crate::Error::new(e.kind, format!("config->{}", e.message)))?;
         if self.rank <= 0 || self.rank > i32::MAX as i64 {
             bail!(
@@ -262,23 +261,8 @@ impl grass_adamw_config {
 
     pub(crate) fn adamw(&self) -> Result<AdamW> {
         check_struct_size("config", self.struct_size, std::mem::size_of::<Self>())?;
-        let decay_mode = match self.decay_mode {
-            GRASS_DECAY_OFF => DecayMode::Off,
-            GRASS_DECAY_SELECTED => DecayMode::Selected,
-            GRASS_DECAY_DENSE => DecayMode::Dense,
-            v => bail!(
-                InvalidEnum,
-                "config->decay_mode = {v} is not a grass_decay_mode (0..2)"
-            ),
-        };
-        let refresh_mode = match self.refresh_mode {
-            GRASS_REFRESH_RESET => RefreshMode::Reset,
-            GRASS_REFRESH_CARRY => RefreshMode::Carry,
-            v => bail!(
-                InvalidEnum,
-                "config->refresh_mode = {v} is not a grass_refresh_mode (0 = reset, 1 = carry)"
-            ),
-        };
+        let decay_mode: DecayMode = code("config->decay_mode", self.decay_mode)?;
+        let refresh_mode: RefreshMode = code("config->refresh_mode", self.refresh_mode)?;
         let state_dtype = dtype("config->state_dtype", self.state_dtype)?;
         let a = AdamW {
             beta1: self.beta1,

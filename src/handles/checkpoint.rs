@@ -1,11 +1,9 @@
 //! The optimizer's state blob: a header of little-endian u64 fields that identify the handle,
 //! the raw sections in context byte order, and an FNV-1a-64 checksum of everything before it.
 
-use crate::handles::optimizer::{grass_optimizer, Kind};
+use crate::core::codes::{Code, StepOutcome};
 use crate::core::error::Result;
-use crate::ffi::types::{
-    dtype_code, side_code, GRASS_STEP_APPLIED, GRASS_STEP_SKIPPED_BAD_STEP_COUNT,
-};
+use crate::handles::optimizer::{grass_optimizer, Kind};
 use crate::{bail, ensure};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"GRASSCK\x01");
@@ -35,18 +33,18 @@ fn header(o: &grass_optimizer) -> [u64; 16] {
     let mut h = [0u64; 16];
     h[0] = MAGIC;
     h[1] = FORMAT;
-    h[3] = dtype_code(o.w_dtype) as u64;
-    h[4] = dtype_code(o.cfg.state_dtype) as u64;
+    h[3] = o.w_dtype.code() as u64;
+    h[4] = o.cfg.state_dtype.code() as u64;
     h[11] = o.steps;
     match &o.kind {
         Kind::Sparse {
             proj, accumulated, ..
         } => {
             h[2] = 1;
-            h[5] = dtype_code(proj.dtype) as u64;
+            h[5] = proj.dtype.code() as u64;
             h[6] = proj.p.m as u64;
             h[7] = proj.p.n as u64;
-            h[8] = side_code(proj.p.side) as u64;
+            h[8] = proj.p.side.code() as u64;
             h[9] = proj.sel.rank as u64;
             h[12] = proj.refresh_count as u64;
             h[13] = proj.steps_since_refresh;
@@ -54,7 +52,7 @@ fn header(o: &grass_optimizer) -> [u64; 16] {
             h[15] = *accumulated as u64;
         }
         Kind::Dense { numel, grad_dtype } => {
-            h[5] = dtype_code(*grad_dtype) as u64;
+            h[5] = grad_dtype.code() as u64;
             h[10] = *numel as u64;
         }
     }
@@ -146,8 +144,7 @@ pub(crate) fn import(o: &mut grass_optimizer, src: &[u8], stream: usize) -> Resu
         .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
         .collect();
     ensure!(
-        (GRASS_STEP_APPLIED..=GRASS_STEP_SKIPPED_BAD_STEP_COUNT).contains(&counts[0])
-            && counts[1..].iter().all(|&t| t >= 0),
+        StepOutcome::from_code(counts[0]).is_some() && counts[1..].iter().all(|&t| t >= 0),
         BadCheckpoint,
         "step counts are out of range"
     );

@@ -4,5 +4,6 @@
 #![allow(non_camel_case_types)]
 
 pub(crate) mod checkpoint;
+pub(crate) mod memory;
 pub mod optimizer;
 pub mod projection;

@@ -1,17 +1,15 @@
 //! Layer 2: a projection handle owns σ, ρ, the refresh counter and the generator key of one
-//! layer, plus the scratch its calls need (sized at creation for `max_tokens`).
-
-use std::ffi::c_void;
+//! layer. Its calls run in the context's shared workspace, grown at creation to what they
+//! need at `max_tokens`.
 
 use crate::backend::*;
+use crate::context::{grass_context, Buffer};
 use crate::core::config::Selection;
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
-use crate::core::shape::{positive, product, Projected};
-use crate::context::{grass_context, Buffer};
+use crate::core::shape::Projected;
 use crate::ensure;
-use crate::ffi::args::req_typed;
-use crate::ffi::types::*;
+use crate::handles::memory::{projection_workspace, sparse_buffers};
 
 pub struct grass_projection {
     pub(crate) ctx: *const grass_context,
@@ -24,8 +22,6 @@ pub struct grass_projection {
     pub(crate) prev_indices: Buffer,
     pub(crate) scales: Buffer,
     scores: Buffer,
-    ws: Buffer,
-    ws_bytes: usize,
     pub(crate) refresh_count: u32,
     pub(crate) steps_since_refresh: u64,
     pub(crate) has_selection: bool,
@@ -38,40 +34,31 @@ impl grass_projection {
         unsafe { &*self.ctx }
     }
 
+    /// A projection of checked options and shape (see `ffi::projection::projection_shape`)
+    /// for batches of at most `b` tokens of `dtype`; allocates its buffers and grows the
+    /// context's workspace to what its calls need.
     pub(crate) fn new(
         c: &grass_context,
-        cfg: &grass_projection_config,
-        m: i64,
-        n: i64,
-        max_tokens: i64,
+        sel: Selection,
+        p: Projected,
+        refresh_every: u64,
+        b: usize,
         dtype: Dtype,
     ) -> Result<grass_projection> {
-        let sel = cfg.selection()?;
-        let m = positive("m", m)?;
-        let n = positive("n", n)?;
-        let p = Projected::new(m, n, side(cfg.side)?);
-        sel.validate(p.d)
-            .map_err(|e| crate::Error::new(e.kind, format!("config->{}", e.message)))?;
-        let b = positive("max_tokens", max_tokens)?;
-        product("max_tokens * max(m, n)", &[b, m.max(n), 4])?;
         let r = sel.rank;
-        let ws_bytes = c
-            .scores_workspace_size(&p, b, dtype)
-            .max(c.select_workspace_size(p.d, r))
-            .max(c.sparse_grad_workspace_size(&p, b, r, dtype));
+        c.reserve_workspace(projection_workspace(c, &p, b, r, dtype))?;
+        let sizes = sparse_buffers(&p, r, Dtype::F32);
         Ok(grass_projection {
             ctx: c,
             sel,
             p,
             dtype,
             max_tokens: b,
-            refresh_every: cfg.refresh_every as u64,
-            indices: c.alloc(r * 4)?,
-            prev_indices: c.alloc(r * 4)?,
-            scales: c.alloc(r * 4)?,
-            scores: c.alloc(p.d * 4)?,
-            ws: c.alloc(ws_bytes)?,
-            ws_bytes,
+            refresh_every,
+            indices: c.alloc(sizes.selection)?,
+            prev_indices: c.alloc(sizes.selection)?,
+            scales: c.alloc(sizes.selection)?,
+            scores: c.alloc(sizes.scores)?,
             refresh_count: 0,
             steps_since_refresh: 0,
             has_selection: false,
@@ -79,81 +66,72 @@ impl grass_projection {
         })
     }
 
-    /// Bytes of context memory the projection owns.
+    /// Bytes of context memory the projection owns (its workspace is the context's).
     pub(crate) fn memory_bytes(&self) -> usize {
         [
             &self.indices,
             &self.prev_indices,
             &self.scales,
             &self.scores,
-            &self.ws,
         ]
         .iter()
         .map(|b| b.bytes())
         .sum()
     }
 
-    fn scratch(&self) -> Scratch {
-        Scratch {
-            addr: self.ws.addr(),
-            bytes: self.ws_bytes,
-        }
-    }
-
     pub(crate) fn refresh_due(&self) -> bool {
         !self.has_selection || self.steps_since_refresh >= self.refresh_every
     }
 
-    pub(crate) fn tokens(&self, b: i64) -> Result<usize> {
-        let b = positive("b", b)?;
-        ensure!(
-            b <= self.max_tokens,
-            InvalidValue,
-            "b = {b} exceeds max_tokens = {} given at creation",
-            self.max_tokens
+    /// The selected indices and their scales.
+    pub(crate) fn selection(&self) -> (Buf<i32>, Buf<f32>) {
+        (
+            self.indices.buf(self.sel.rank),
+            self.scales.buf(self.sel.rank),
+        )
+    }
+
+    /// Writes this batch's d row scores to `scores`.
+    pub(crate) fn scores(&self, batch: &Batch, scores: Buf<f32>, stream: usize) -> Result<()> {
+        let c = self.context();
+        c.with_workspace(stream, |ws| {
+            c.row_scores(&RowScoresArgs {
+                p: self.p,
+                batch: *batch,
+                scores,
+                ws,
+                stream,
+            })
+        })
+    }
+
+    /// Selects new rows into the same buffers (their addresses are promised to callers for
+    /// the handle's life), keeping the previous indices aside for the state refresh.
+    pub(crate) fn refresh_from(&mut self, scores: Buf<f32>, stream: usize) -> Result<()> {
+        let c = self.context();
+        let (indices, scales) = self.selection();
+        let (idx, prev, bytes) = (
+            self.indices.addr(),
+            self.prev_indices.addr(),
+            self.sel.rank * 4,
         );
-        Ok(b)
-    }
-
-    pub(crate) fn scores(
-        &self,
-        b: i64,
-        x: *const c_void,
-        dy: *const c_void,
-        scores: usize,
-        stream: usize,
-    ) -> Result<()> {
-        let b = self.tokens(b)?;
-        let a = ScoresArgs {
-            p: self.p,
-            b,
-            dtype: self.dtype,
-            x: req_typed("x", x, self.dtype)?,
-            dy: req_typed("dy", dy, self.dtype)?,
-            scores,
-            ws: self.scratch(),
-            stream,
-        };
-        self.context().row_scores(&a)
-    }
-
-    pub(crate) fn refresh_from(&mut self, scores: usize, stream: usize) -> Result<()> {
-        std::mem::swap(&mut self.indices, &mut self.prev_indices);
-        let a = SelectArgs {
-            sel: self.sel,
-            d: self.p.d,
-            refresh_index: self.refresh_count,
-            refresh_index_at: 0,
-            scores,
-            indices: self.indices.addr(),
-            scales: self.scales.addr(),
-            ws: self.scratch(),
-            stream,
-        };
-        if let Err(e) = self.context().select(&a) {
-            std::mem::swap(&mut self.indices, &mut self.prev_indices);
-            return Err(e);
-        }
+        c.with_workspace(stream, |ws| {
+            c.copy(prev, idx, bytes, stream)?;
+            let a = SelectArgs {
+                sel: self.sel,
+                refresh_index: self.refresh_count,
+                refresh_index_at: None,
+                scores,
+                indices,
+                scales,
+                ws,
+                stream,
+            };
+            c.select(&a).inspect_err(|_| {
+                // a failed refresh changes nothing: the previous rows come back
+                let _ = c.copy(idx, prev, bytes, stream);
+            })
+        })?;
         self.has_prev = self.has_selection;
         self.has_selection = true;
         self.refresh_count += 1;
@@ -161,23 +139,16 @@ impl grass_projection {
         Ok(())
     }
 
-    pub(crate) fn refresh(
-        &mut self,
-        b: i64,
-        x: *const c_void,
-        dy: *const c_void,
-        stream: usize,
-    ) -> Result<()> {
-        self.scores(b, x, dy, self.scores.addr(), stream)?;
-        self.refresh_from(self.scores.addr(), stream)
+    pub(crate) fn refresh(&mut self, batch: &Batch, stream: usize) -> Result<()> {
+        let scores = self.scores.buf(self.p.d);
+        self.scores(batch, scores, stream)?;
+        self.refresh_from(scores, stream)
     }
 
     pub(crate) fn compress(
         &self,
-        b: i64,
-        x: *const c_void,
-        dy: *const c_void,
-        g: usize,
+        batch: &Batch,
+        g: Buf<f32>,
         accumulate: bool,
         stream: usize,
     ) -> Result<()> {
@@ -186,22 +157,19 @@ impl grass_projection {
             BadState,
             "the projection has no selection yet: refresh it first"
         );
-        let b = self.tokens(b)?;
-        let a = SparseGradArgs {
-            p: self.p,
-            b,
-            r: self.sel.rank,
-            dtype: self.dtype,
-            x: req_typed("x", x, self.dtype)?,
-            dy: req_typed("dy", dy, self.dtype)?,
-            indices: self.indices.addr(),
-            scales: self.scales.addr(),
-            g,
-            accumulate,
-            ws: self.scratch(),
-            stream,
-        };
-        self.context().sparse_grad(&a)
+        let (indices, scales) = self.selection();
+        let c = self.context();
+        c.with_workspace(stream, |ws| {
+            c.sparse_grad(&SparseGradArgs {
+                p: self.p,
+                batch: *batch,
+                indices,
+                scales,
+                g,
+                accumulate,
+                ws,
+                stream,
+            })
+        })
     }
 }
-

@@ -56,7 +56,7 @@ static int32_t start_count(int32_t step0, int64_t j) {
 
 /* `run` > 0: the first `run` selected indices are one row (a run longer than the library's
  * per-run cache of bias corrections); otherwise a spread-out selection with one repeat. */
-static void check_sparse_step(grass_context* ctx, int64_t m, int64_t n, grass_side side,
+static void check_sparse_adamw_step(grass_context* ctx, int64_t m, int64_t n, grass_side side,
                               grass_dtype w_dtype, grass_dtype s_dtype, const hyper* h,
                               int32_t step0, int steps, int run, uint64_t seed) {
   tk_rng rng = {seed};
@@ -203,7 +203,7 @@ static void check_sparse_step(grass_context* ctx, int64_t m, int64_t n, grass_si
 
 /* ---- grass_adamw_step ---------------------------------------------------------------------- */
 
-static void check_dense_step(grass_context* ctx, int64_t numel, grass_dtype w_dtype,
+static void check_adamw_step(grass_context* ctx, int64_t numel, grass_dtype w_dtype,
                              grass_dtype g_dtype, grass_dtype s_dtype, const hyper* h,
                              int32_t step0, int steps, uint64_t seed) {
   tk_rng rng = {seed};
@@ -567,12 +567,12 @@ int main(void) {
   for (int wi = 0; wi < 3; ++wi) {
     for (int si = 0; si < 2; ++si) {
       for (int sd = 0; sd < 2; ++sd) {
-        check_sparse_step(ctx, 24, 20, sides[sd], w_dtypes[wi], s_dtypes[si], &base, 0, 3, 0,
+        check_sparse_adamw_step(ctx, 24, 20, sides[sd], w_dtypes[wi], s_dtypes[si], &base, 0, 3, 0,
                           seed++);
-        check_sparse_step(ctx, 20, 24, sides[sd], w_dtypes[wi], s_dtypes[si], &base, 1000, 1, 0,
+        check_sparse_adamw_step(ctx, 20, 24, sides[sd], w_dtypes[wi], s_dtypes[si], &base, 1000, 1, 0,
                           seed++);
         /* one row selected 10 times, its state rows at different counts */
-        check_sparse_step(ctx, 24, 20, sides[sd], w_dtypes[wi], s_dtypes[si], &base, 2, 2, 10,
+        check_sparse_adamw_step(ctx, 24, 20, sides[sd], w_dtypes[wi], s_dtypes[si], &base, 2, 2, 10,
                           seed++);
       }
     }
@@ -586,7 +586,7 @@ int main(void) {
     h.alpha = 0.25f;
     for (int sd = 0; sd < 2; ++sd) {
       for (int wi = 0; wi < 2; ++wi) {
-        check_sparse_step(ctx, 16, 12, sides[sd], w_dtypes[wi], GRASS_DTYPE_F32, &h, 4, 2, 0,
+        check_sparse_adamw_step(ctx, 16, 12, sides[sd], w_dtypes[wi], GRASS_DTYPE_F32, &h, 4, 2, 0,
                           seed++);
       }
     }
@@ -595,7 +595,7 @@ int main(void) {
   for (int wi = 0; wi < 3; ++wi) {
     for (int gi = 0; gi < 3; ++gi) {
       for (int si = 0; si < 2; ++si) {
-        check_dense_step(ctx, 257, w_dtypes[wi], w_dtypes[gi], s_dtypes[si], &base, 0, 3, seed++);
+        check_adamw_step(ctx, 257, w_dtypes[wi], w_dtypes[gi], s_dtypes[si], &base, 0, 3, seed++);
       }
     }
   }
@@ -603,7 +603,7 @@ int main(void) {
     hyper h = base;
     h.decay = decays[di];
     h.lr_scale = 2.0f;
-    check_dense_step(ctx, 33, GRASS_DTYPE_F32, GRASS_DTYPE_F32, GRASS_DTYPE_F32, &h, 10, 2, seed++);
+    check_adamw_step(ctx, 33, GRASS_DTYPE_F32, GRASS_DTYPE_F32, GRASS_DTYPE_F32, &h, 10, 2, seed++);
   }
 
   for (size_t ci = 0; ci < sizeof refresh_cases / sizeof refresh_cases[0]; ++ci) {

@@ -420,7 +420,7 @@ static void sparse_grad(void) {
 
 /* ---- grass_sparse_adamw_step --------------------------------------------------------------- */
 
-static void sparse_step(void) {
+static void sparse_adamw_step(void) {
   const char* f = "grass_sparse_adamw_step";
   grass_adamw_config c;
 #define STEP_ARGS(cfg, m, n, side, r, wd, w, idx, g, ms, vs, steps, lr)                          \
@@ -511,7 +511,7 @@ static void sparse_step(void) {
 
 /* ---- grass_adamw_step ---------------------------------------------------------------------- */
 
-static void dense_step(void) {
+static void adamw_step(void) {
   const char* f = "grass_adamw_step";
 #define DSTEP(numel, wd, w, gd, grad, ms, vs, step, lr) \
   grass_adamw_step(fx.ctx, &fx.ac, numel, wd, w, gd, grad, ms, vs, step, lr, NULL, &fx.skipped, \
@@ -865,8 +865,8 @@ int main(void) {
   row_scores();
   select_();
   sparse_grad();
-  sparse_step();
-  dense_step();
+  sparse_adamw_step();
+  adamw_step();
   state_refresh();
   projection_handle();
   optimizer_handle();

@@ -750,17 +750,17 @@ void compare_steps(const std::string& what, const StepBufs& cpu, const StepBufs&
   same_values("outcome and step counts, " + what, dev.counters(), cpu.counters());
 }
 
-size_t sparse_step_ws(const grass_context* ctx, int64_t m, int64_t n, grass_side side,
-                      int64_t r) {
+size_t sparse_adamw_step_ws(const grass_context* ctx, int64_t m, int64_t n, grass_side side,
+                            int64_t r) {
   size_t bytes = 0;
   OK(grass_sparse_adamw_workspace_size(ctx, m, n, side, r, &bytes));
   return bytes;
 }
 
-grass_status sparse_step(const grass_context* ctx, const grass_adamw_config& cfg, int64_t m,
-                         int64_t n, grass_side side, int64_t r, grass_dtype w_dt, StepBufs& bufs,
-                         const int32_t* idx, const float* scales, const float* g, float lr,
-                         bool use_scale, void* ws, size_t wsb, void* stream = nullptr) {
+grass_status call_sparse_adamw_step(const grass_context* ctx, const grass_adamw_config& cfg, int64_t m,
+                                    int64_t n, grass_side side, int64_t r, grass_dtype w_dt, StepBufs& bufs,
+                                    const int32_t* idx, const float* scales, const float* g, float lr,
+                                    bool use_scale, void* ws, size_t wsb, void* stream = nullptr) {
   return grass_sparse_adamw_step(ctx, &cfg, m, n, side, r, w_dt, bufs.w(), idx, scales, g,
                                  bufs.m(), bufs.v(), bufs.steps(), lr,
                                  use_scale ? bufs.lr_scale() : nullptr, bufs.skipped(), ws, wsb,
@@ -793,8 +793,8 @@ void sparse_adamw_step() {
             const size_t state_bytes = sz(r * k) * tk_size(s_dt);
             StepBufs cpu(false, w0, zeros(state_bytes), zeros(state_bytes), steps0);
             StepBufs dev(true, w0, zeros(state_bytes), zeros(state_bytes), steps0);
-            Bytes hws(sparse_step_ws(G->cpu, m, n, side, r));
-            const size_t wsb = sparse_step_ws(G->cuda, m, n, side, r);
+            Bytes hws(sparse_adamw_step_ws(G->cpu, m, n, side, r));
+            const size_t wsb = sparse_adamw_step_ws(G->cuda, m, n, side, r);
             const DevBuf dws = DevBuf::poisoned(wsb);
             const DevBuf didx = DevBuf::of(idx), dsc = DevBuf::of(scales);
             for (int t = 0; t < 4; ++t) {
@@ -804,9 +804,9 @@ void sparse_adamw_step() {
               cpu.set_lr_scale(lr_scale);
               dev.set_lr_scale(lr_scale);
               const DevBuf dg = DevBuf::of(g);
-              OK(sparse_step(G->cpu, cfg, m, n, side, r, w_dt, cpu, idx.data(), scales.data(),
+              OK(call_sparse_adamw_step(G->cpu, cfg, m, n, side, r, w_dt, cpu, idx.data(), scales.data(),
                              g.data(), 1e-2f, t % 2 == 0, host_ptr(hws), hws.size()));
-              OK(sparse_step(G->cuda, cfg, m, n, side, r, w_dt, dev, didx.ptr<int32_t>(),
+              OK(call_sparse_adamw_step(G->cuda, cfg, m, n, side, r, w_dt, dev, didx.ptr<int32_t>(),
                              dsc.ptr<float>(), dg.ptr<float>(), 1e-2f, t % 2 == 0, dws.ptr(),
                              wsb));
               char what[160];
@@ -830,7 +830,7 @@ void sparse_adamw_step() {
 
 // Unsorted or out-of-range indices and negative step counts: the CPU context rejects the call,
 // the CUDA context skips the step with its own outcome. Neither writes anything else.
-void sparse_step_bad_inputs() {
+void sparse_adamw_step_bad_inputs() {
   tk_rng rng{105};
   const int64_t m = 8, n = 6, r = 3;
   const auto cfg = adamw_config(GRASS_DECAY_DENSE, GRASS_DTYPE_F32, GRASS_REFRESH_RESET);
@@ -839,8 +839,8 @@ void sparse_step_bad_inputs() {
   const Bytes v0 = abs_tensor(random_tensor(&rng, GRASS_DTYPE_F32, sz(r * n)), GRASS_DTYPE_F32);
   const auto g = random_floats(&rng, sz(r * n));
   const std::vector<float> scales(sz(r), 1.0f);
-  Bytes hws(sparse_step_ws(G->cpu, m, n, GRASS_SIDE_ROWS, r));
-  const size_t wsb = sparse_step_ws(G->cuda, m, n, GRASS_SIDE_ROWS, r);
+  Bytes hws(sparse_adamw_step_ws(G->cpu, m, n, GRASS_SIDE_ROWS, r));
+  const size_t wsb = sparse_adamw_step_ws(G->cuda, m, n, GRASS_SIDE_ROWS, r);
   const DevBuf dws = DevBuf::poisoned(wsb), dg = DevBuf::of(g), dsc = DevBuf::of(scales);
 
   const auto expect_untouched = [&](const StepBufs& b, const std::vector<int32_t>& counters,
@@ -872,13 +872,13 @@ void sparse_step_bad_inputs() {
     const std::vector<int32_t> steps0 = {1, 0, 2};
     StepBufs dev(true, w0, m0, v0, steps0);
     const DevBuf didx = DevBuf::of(idx);
-    expect_skip(sparse_step(G->cuda, cfg, m, n, GRASS_SIDE_ROWS, r, GRASS_DTYPE_F32, dev,
+    expect_skip(call_sparse_adamw_step(G->cuda, cfg, m, n, GRASS_SIDE_ROWS, r, GRASS_DTYPE_F32, dev,
                             didx.ptr<int32_t>(), dsc.ptr<float>(), dg.ptr<float>(), 1e-2f, true,
                             dws.ptr(), wsb),
                 dev, GRASS_STEP_SKIPPED_BAD_INDICES, steps0, "indices", what);
 
     StepBufs cpu(false, w0, m0, v0, steps0);
-    TK_FAILS(sparse_step(G->cpu, cfg, m, n, GRASS_SIDE_ROWS, r, GRASS_DTYPE_F32, cpu, idx.data(),
+    TK_FAILS(call_sparse_adamw_step(G->cpu, cfg, m, n, GRASS_SIDE_ROWS, r, GRASS_DTYPE_F32, cpu, idx.data(),
                          scales.data(), g.data(), 1e-2f, true, host_ptr(hws), hws.size()),
              GRASS_ERROR_INVALID_VALUE, "grass_sparse_adamw_step", "indices");
     expect_untouched(cpu, {-1, 1, 0, 2}, "cpu, " + what);
@@ -888,24 +888,24 @@ void sparse_step_bad_inputs() {
   const std::vector<int32_t> idx = {0, 2, 5}, steps0 = {4, -1, 2};
   const DevBuf didx = DevBuf::of(idx);
   StepBufs dev(true, w0, m0, v0, steps0);
-  expect_skip(sparse_step(G->cuda, cfg, m, n, GRASS_SIDE_ROWS, r, GRASS_DTYPE_F32, dev,
+  expect_skip(call_sparse_adamw_step(G->cuda, cfg, m, n, GRASS_SIDE_ROWS, r, GRASS_DTYPE_F32, dev,
                           didx.ptr<int32_t>(), dsc.ptr<float>(), dg.ptr<float>(), 1e-2f, false,
                           dws.ptr(), wsb),
               dev, GRASS_STEP_SKIPPED_BAD_STEP_COUNT, steps0, "row_steps", "a negative count");
   StepBufs cpu(false, w0, m0, v0, steps0);
-  TK_FAILS(sparse_step(G->cpu, cfg, m, n, GRASS_SIDE_ROWS, r, GRASS_DTYPE_F32, cpu, idx.data(),
+  TK_FAILS(call_sparse_adamw_step(G->cpu, cfg, m, n, GRASS_SIDE_ROWS, r, GRASS_DTYPE_F32, cpu, idx.data(),
                        scales.data(), g.data(), 1e-2f, false, host_ptr(hws), hws.size()),
            GRASS_ERROR_INVALID_VALUE, "grass_sparse_adamw_step", "row_steps");
   expect_untouched(cpu, {-1, 4, -1, 2}, "cpu, a negative count");
 }
 
-size_t dense_step_ws(const grass_context* ctx, int64_t numel) {
+size_t adamw_step_ws(const grass_context* ctx, int64_t numel) {
   size_t bytes = 0;
   OK(grass_adamw_workspace_size(ctx, numel, &bytes));
   return bytes;
 }
 
-void dense_adamw_step() {
+void adamw_step() {
   tk_rng rng{106};
   for (int64_t numel : {int64_t{1000}, int64_t{1500007}, int64_t{1}}) {
     for (grass_dtype w_dt : kDtypes) {
@@ -920,8 +920,8 @@ void dense_adamw_step() {
             const size_t state_bytes = sz(numel) * tk_size(s_dt);
             StepBufs cpu(false, w0, zeros(state_bytes), zeros(state_bytes), {0});
             StepBufs dev(true, w0, zeros(state_bytes), zeros(state_bytes), {0});
-            Bytes hws(dense_step_ws(G->cpu, numel));
-            const size_t wsb = dense_step_ws(G->cuda, numel);
+            Bytes hws(adamw_step_ws(G->cpu, numel));
+            const size_t wsb = adamw_step_ws(G->cuda, numel);
             const DevBuf dws = DevBuf::poisoned(wsb);
             for (int t = 0; t < 3; ++t) {
               Bytes grad = random_tensor(&rng, g_dt, sz(numel));
@@ -1072,13 +1072,13 @@ void ops_on_a_stream() {
                            cpu.steps(), host_ptr(ws), ws.size(), nullptr));
   }
   {
-    Bytes ws(sparse_step_ws(G->cpu, m, n, side, r));
-    OK(sparse_step(G->cpu, acfg, m, n, side, r, w_dt, cpu, idx.data(), scales.data(), g.data(),
+    Bytes ws(sparse_adamw_step_ws(G->cpu, m, n, side, r));
+    OK(call_sparse_adamw_step(G->cpu, acfg, m, n, side, r, w_dt, cpu, idx.data(), scales.data(), g.data(),
                    1e-2f, true, host_ptr(ws), ws.size()));
   }
   StepBufs cpu_dense(false, wd0, zeros(sz(numel) * 4), zeros(sz(numel) * 4), {0});
   {
-    Bytes ws(dense_step_ws(G->cpu, numel));
+    Bytes ws(adamw_step_ws(G->cpu, numel));
     OK(grass_adamw_step(G->cpu, &dcfg, numel, GRASS_DTYPE_F32, cpu_dense.w(), GRASS_DTYPE_F32,
                         grad.data(), cpu_dense.m(), cpu_dense.v(), cpu_dense.steps(), 3e-3f,
                         nullptr, cpu_dense.skipped(), host_ptr(ws), ws.size(), nullptr));
@@ -1088,8 +1088,8 @@ void ops_on_a_stream() {
   const size_t wsb = std::max({scores_ws(G->cuda, m, n, b, side, dt), select_ws(G->cuda, d, r),
                                grad_ws(G->cuda, m, n, b, side, r, dt),
                                refresh_ws(G->cuda, acfg, r, k),
-                               sparse_step_ws(G->cuda, m, n, side, r),
-                               dense_step_ws(G->cuda, numel)});
+                               sparse_adamw_step_ws(G->cuda, m, n, side, r),
+                               adamw_step_ws(G->cuda, numel)});
   const DevBuf dws = DevBuf::poisoned(wsb);
   const DevBuf dx1 = DevBuf::from(x1), ddy1 = DevBuf::from(dy1);
   const DevBuf dx2 = DevBuf::from(x2), ddy2 = DevBuf::from(dy2);
@@ -1115,7 +1115,7 @@ void ops_on_a_stream() {
                        dsc.ptr<float>(), dg_out.ptr<float>(), 1, dws.ptr(), wsb, s));
   OK(grass_state_refresh(G->cuda, &acfg, r, k, dold.ptr<int32_t>(), didx.ptr<int32_t>(), dev.m(),
                          dev.v(), dev.steps(), dws.ptr(), wsb, s));
-  OK(sparse_step(G->cuda, acfg, m, n, side, r, w_dt, dev, didx.ptr<int32_t>(), dsc.ptr<float>(),
+  OK(call_sparse_adamw_step(G->cuda, acfg, m, n, side, r, w_dt, dev, didx.ptr<int32_t>(), dsc.ptr<float>(),
                  dg_cpu.ptr<float>(), 1e-2f, true, dws.ptr(), wsb, s));
   OK(grass_adamw_step(G->cuda, &dcfg, numel, GRASS_DTYPE_F32, dev_dense.w(), GRASS_DTYPE_F32,
                       dgrad.ptr(), dev_dense.m(), dev_dense.v(), dev_dense.steps(), 3e-3f, nullptr,
@@ -1416,8 +1416,8 @@ int main(int argc, char** argv) {
   tk_run("select_rows", select_rows);
   tk_run("sparse_grad", sparse_grad);
   tk_run("sparse_adamw_step", sparse_adamw_step);
-  tk_run("sparse_step_bad_inputs", sparse_step_bad_inputs);
-  tk_run("dense_adamw_step", dense_adamw_step);
+  tk_run("sparse_adamw_step_bad_inputs", sparse_adamw_step_bad_inputs);
+  tk_run("adamw_step", adamw_step);
   tk_run("state_refresh", state_refresh);
   tk_run("ops_on_a_stream", ops_on_a_stream);
   tk_run("sparse_optimizer_follows_the_cpu", sparse_optimizer_follows_the_cpu);

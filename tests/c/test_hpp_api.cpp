@@ -485,6 +485,41 @@ void concurrent_handles() {
 
 }  // namespace
 
+// The memory plan of a small model against the handles it describes: what they hold plus the
+// context's shared workspace; reserving that workspace up front makes creation allocate none.
+void memory_plan() {
+  auto ctx = grass::Context::cpu();
+  std::vector<grass_memory_layer> model = {grass::memory_layer(64, 48, 8, 3),
+                                           grass::memory_layer(48, 160, 16, 1),
+                                           grass::memory_layer(500, 1, 0, 2)};
+  grass::AdamWConfig adamw;
+  auto plan = ctx.memory_plan(model, 32, adamw);
+  TK_CHECK(ctx.workspace_bytes() == 0);
+  ctx.reserve_workspace(static_cast<std::size_t>(plan.grass_workspace_bytes));
+  TK_CHECK(ctx.workspace_bytes() == static_cast<std::size_t>(plan.grass_workspace_bytes));
+  grass::ProjectionConfig pc;
+  std::vector<grass::Optimizer> opts;
+  for (const auto& l : model) {
+    for (int64_t i = 0; i < l.count; i++) {
+      if (l.rank == 0) {
+        opts.push_back(grass::Optimizer::dense(ctx, adamw, l.m * l.n, grass::Dtype::Bf16,
+                                               grass::Dtype::Bf16));
+      } else {
+        opts.push_back(grass::Optimizer::sparse(ctx, pc.rank(l.rank), adamw, l.m, l.n, 32,
+                                                grass::Dtype::Bf16, grass::Dtype::Bf16));
+      }
+    }
+  }
+  int64_t held = 0;
+  for (const auto& o : opts) held += o.info().memory_bytes;
+  TK_CHECK(held == plan.grass_handle_bytes);
+  TK_CHECK(ctx.workspace_bytes() == static_cast<std::size_t>(plan.grass_workspace_bytes));
+  TK_CHECK(plan.grass_total_bytes < plan.galore_total_bytes);
+  TK_CHECK(plan.galore_total_bytes < plan.adamw_total_bytes);
+  model[0].rank = 65;  // more than the projected dimension, 64
+  TK_THROWS(ctx.memory_plan(model, 32), GRASS_ERROR_INVALID_VALUE, "layers[0].rank = 65");
+}
+
 int main() {
   tk_run("versions", versions);
   tk_run("configs", configs);
@@ -495,5 +530,6 @@ int main() {
   tk_run("shared_scores", shared_scores);
   tk_run("last_error_per_thread", last_error_per_thread);
   tk_run("concurrent_handles", concurrent_handles);
+  tk_run("memory_plan", memory_plan);
   return tk_report("test_hpp_api");
 }

@@ -8,5 +8,7 @@ mod context;
 mod gpu;
 mod graph;
 mod handles;
-mod project;
+mod memory;
+mod row_scores;
 mod select;
+mod sparse_grad;

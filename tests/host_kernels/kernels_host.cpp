@@ -3,9 +3,10 @@
 #include "cuda_host.h"
 
 #include "../../kernels/adamw.cu"
-#include "../../kernels/scores.cu"
+#include "../../kernels/row_scores.cu"
 #include "../../kernels/select.cu"
 #include "../../kernels/sparse_grad.cu"
+#include "../../kernels/state_refresh.cu"
 
 
 extern "C" void host_select_rows(const float* scores, i32 d, i32 r, i32 method, i32 power,
@@ -57,22 +58,22 @@ extern "C" void host_decay_all(unsigned gx, unsigned bx, void* w, i32 w_dt, i64 
     host_grid(gx, 1, bx, [&] { decay_all(w, w_dt, n, h); });
 }
 
-extern "C" void host_sparse_adamw(unsigned gx, unsigned gy, unsigned bx, void* w, i32 w_dt,
+extern "C" void host_sparse_adamw_step(unsigned gx, unsigned gy, unsigned bx, void* w, i32 w_dt,
                                   i64 n, i32 cols, void* ms, void* vs, i32 s_dt,
                                   const float* g, const i32* idx, const float* scales, i32 r,
                                   i64 k, float beta1, float beta2, float eps, float alpha,
                                   i32 decay_rows, const float* coef, const StepHeader* h) {
     host_grid(gx, gy, bx, [&] {
-        sparse_adamw(w, w_dt, n, cols, ms, vs, s_dt, g, idx, scales, r, k, beta1, beta2, eps,
+        sparse_adamw_step(w, w_dt, n, cols, ms, vs, s_dt, g, idx, scales, r, k, beta1, beta2, eps,
                      alpha, decay_rows, coef, h);
     });
 }
 
-extern "C" void host_dense_adamw(unsigned gx, unsigned bx, void* w, i32 w_dt, const void* grad,
+extern "C" void host_adamw_step(unsigned gx, unsigned bx, void* w, i32 w_dt, const void* grad,
                                  i32 g_dt, void* ms, void* vs, i32 s_dt, i64 n, float beta1,
                                  float beta2, float eps, i32 decay_on, const StepHeader* h) {
     host_grid(gx, 1, bx, [&] {
-        dense_adamw(w, w_dt, grad, g_dt, ms, vs, s_dt, n, beta1, beta2, eps, decay_on, h);
+        adamw_step(w, w_dt, grad, g_dt, ms, vs, s_dt, n, beta1, beta2, eps, decay_on, h);
     });
 }
 

@@ -155,6 +155,26 @@ ffi::Error AdamWConfig(const AdamWAttrs& a, const ffi::AnyBuffer& m_state,
   return ffi::Error::Success();
 }
 
+// A weight of shape (*stack, m, n): `slices` = prod(stack) (1 for a 2-D weight).
+ffi::Error StackedMatrix(const ffi::AnyBuffer& b, const char* name, int64_t* slices,
+                         int64_t* rows, int64_t* cols) {
+  auto d = b.dimensions();
+  if (d.size() < 2) {
+    return ffi::Error::InvalidArgument(std::string(name) +
+                                       " must be 2-D (or stacked: leading layer axes), got rank " +
+                                       std::to_string(d.size()));
+  }
+  int64_t s = 1;
+  for (size_t i = 0; i + 2 < d.size(); ++i) s *= d[i];
+  *slices = s;
+  *rows = d[d.size() - 2];
+  *cols = d[d.size() - 1];
+  return ffi::Error::Success();
+}
+
+// The compressed step of a weight of shape (*stack, m, n): one grass_sparse_adamw_step per
+// layer slice, in place, on each slice's rows of indices, scales, g, M, V and row_steps, with
+// one outcome per slice in `skipped`. A 2-D weight is one slice.
 ffi::Error SparseAdamWStep(const Device& dev, ffi::AnyBuffer w, ffi::Buffer<ffi::S32> indices,
                            ffi::Buffer<ffi::F32> scales, ffi::Buffer<ffi::F32> g,
                            ffi::AnyBuffer m_state, ffi::AnyBuffer v_state,
@@ -167,36 +187,49 @@ ffi::Error SparseAdamWStep(const Device& dev, ffi::AnyBuffer w, ffi::Buffer<ffi:
                            ffi::Result<ffi::AnyBuffer> v_out,
                            ffi::Result<ffi::Buffer<ffi::S32>> row_steps_out,
                            ffi::Result<ffi::Buffer<ffi::S32>> skipped, U8Result ws) {
-  int64_t m, n;
+  int64_t slices, m, n;
   grass_dtype wd;
-  GRASS_TRY(Rank2(w, "w", &m, &n));
+  GRASS_TRY(StackedMatrix(w, "w", &slices, &m, &n));
   GRASS_TRY(DtypeOf(w, "w", &wd));
   GRASS_TRY(SameBuffer(w.untyped_data(), w_out->untyped_data(), "w"));
   GRASS_TRY(SameBuffer(m_state.untyped_data(), m_out->untyped_data(), "m_state"));
   GRASS_TRY(SameBuffer(v_state.untyped_data(), v_out->untyped_data(), "v_state"));
   GRASS_TRY(SameBuffer(row_steps.untyped_data(), row_steps_out->untyped_data(), "row_steps"));
-  int64_t r = static_cast<int64_t>(indices.element_count());
-  if (static_cast<int64_t>(scales.element_count()) != r) {
-    return ffi::Error::InvalidArgument("indices and scales must have the same length");
-  }
-  GRASS_TRY(CountOf(row_steps, "row_steps", r,
-                    "int32 Adam step counts (one per state row, r = the length of indices)"));
+  GRASS_TRY(CountOf(*skipped, "skipped", slices, "int32 outcomes (one per layer slice)"));
   GRASS_TRY(CountOf(lr_scale, "lr_scale", 1, "float32 (a scalar)"));
-  GRASS_TRY(CountOf(*skipped, "skipped", 1, "int32 (a scalar)"));
-  int64_t k = r == 0 ? 0 : static_cast<int64_t>(g.element_count()) / r;
-  if (k * r != static_cast<int64_t>(g.element_count()) ||
+  if (slices == 0) return ffi::Error::Success();
+  int64_t total = static_cast<int64_t>(indices.element_count());
+  int64_t r = total / slices;
+  if (r * slices != total || static_cast<int64_t>(scales.element_count()) != total) {
+    return ffi::Error::InvalidArgument(
+        "indices and scales must both hold rank entries per layer slice");
+  }
+  GRASS_TRY(CountOf(row_steps, "row_steps", total,
+                    "int32 Adam step counts (one per state row of each layer slice)"));
+  int64_t k = r == 0 ? 0 : static_cast<int64_t>(g.element_count()) / total;
+  if (k * total != static_cast<int64_t>(g.element_count()) ||
       m_state.element_count() != g.element_count() ||
       v_state.element_count() != g.element_count()) {
-    return ffi::Error::InvalidArgument("g, m_state and v_state must all be rank x k");
+    return ffi::Error::InvalidArgument(
+        "g, m_state and v_state must all be rank x k per layer slice");
   }
   grass_adamw_config cfg;
   GRASS_TRY(AdamWConfig({beta1, beta2, eps, weight_decay, alpha, decay_mode}, m_state, v_state,
                         &cfg));
-  return StatusError(grass_sparse_adamw_step(
-      dev.ctx, &cfg, m, n, side, r, wd, w_out->untyped_data(), indices.typed_data(),
-      scales.typed_data(), g.typed_data(), m_out->untyped_data(), v_out->untyped_data(),
-      row_steps_out->typed_data(), lr, lr_scale.typed_data(), skipped->typed_data(),
-      ws->untyped_data(), ws->size_bytes(), dev.stream));
+  const size_t w_bytes = static_cast<size_t>(m * n) * grass_dtype_size(wd);
+  const size_t state_bytes = static_cast<size_t>(r * k) * grass_dtype_size(cfg.state_dtype);
+  char* w_at = static_cast<char*>(w_out->untyped_data());
+  char* m_at = static_cast<char*>(m_out->untyped_data());
+  char* v_at = static_cast<char*>(v_out->untyped_data());
+  for (int64_t s = 0; s < slices; ++s) {
+    GRASS_TRY(StatusError(grass_sparse_adamw_step(
+        dev.ctx, &cfg, m, n, side, r, wd, w_at + s * w_bytes, indices.typed_data() + s * r,
+        scales.typed_data() + s * r, g.typed_data() + s * r * k, m_at + s * state_bytes,
+        v_at + s * state_bytes, row_steps_out->typed_data() + s * r, lr,
+        lr_scale.typed_data(), skipped->typed_data() + s, ws->untyped_data(),
+        ws->size_bytes(), dev.stream)));
+  }
+  return ffi::Error::Success();
 }
 
 ffi::Error StateRefresh(const Device& dev, ffi::Buffer<ffi::S32> old_indices,

@@ -13,7 +13,7 @@ from .errors import GrassError
 
 _HERE = Path(__file__).resolve().parent
 
-# Constants of grass.h.
+# Constants of grass.h (tests/enum_codes.rs checks them against the header).
 DTYPE_F32, DTYPE_BF16, DTYPE_F16 = 0, 1, 2
 SIDE_ROWS, SIDE_COLS, SIDE_AUTO = 0, 1, 2
 METHODS = {"top_r": 0, "multinomial": 1, "multinomial_nr": 2, "uniform": 3, "uniform_nr": 4}
@@ -56,6 +56,7 @@ _PROTOTYPES = {
     "grass_adamw_workspace_size": (_i32, [_p, _i64, _c.POINTER(_sz)]),
     "grass_state_refresh_workspace_size": (_i32, [_p, _p, _i64, _i64, _c.POINTER(_sz)]),
     "grass_adamw_config_init": (_i32, [_p]),
+    "grass_memory_plan": (_i32, [_p, _p, _p, _sz, _i64, _p]),
 }
 
 

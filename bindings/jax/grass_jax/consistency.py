@@ -43,11 +43,12 @@ def fingerprint(opt, params, state=None):
     without a state)."""
     _, _, configs = opt.layer_configs(params)
     layers = [c for c in configs if c is not None]
-    shapes = [(c.m, c.n, c.side, c.d, c.k, c.rank, c.layer_id) for c in layers]
+    shapes = [(c.stack, c.m, c.n, c.side, c.d, c.k, c.rank, c.layer_id) for c in layers]
     sel = opt.selection
     fp = [len(layers), _hash(shapes), opt.rank, _small(sel["seed"]), opt.refresh_every,
           _hash(sel["method"], sel["power"], sel["scaling"], opt.side),
-          _hash(sorted(opt.adam.items()), opt.alpha, opt.refresh_mode, str(opt.state_dtype)),
+          _hash(sorted(opt.adam.items()), opt.alpha, opt.refresh_mode, str(opt.state_dtype),
+                opt.max_grad_norm),
           _hash(opt.axis_name, opt.dp_scores, opt.dp_chunk_elems,
                 getattr(opt, "shard_state", False)),
           -1, -1]

@@ -2,6 +2,10 @@
 
     y = x @ w.T              w: (m, n) = (out, in), x: (..., n), y: (..., m)
 
+The product runs in x's dtype (the compute dtype): w is cast to it, so bf16 or f16 activations
+work with f32 (or bf16) master weights. `grass_linear(x, w, None)` is the plain product with
+ordinary autodiff, for evaluation.
+
 The backward pass returns dx = dy @ w as usual, but no gradient for w: the cotangent of w is
 zero by construction (w is used like `stop_gradient(w)`). The gradient goes instead to the
 `Projection` passed beside w: the cotangent of its `sink` (r x k) is the compressed gradient
@@ -21,6 +25,7 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from . import ops
@@ -44,11 +49,29 @@ class LayerConfig:
     axis_name: Any = None        # data-parallel mesh axis (inside shard_map), or None
     dp_scores: str = "exact"     # how scores are combined across axis_name: "exact" | "sum_sq"
     dp_chunk_elems: int = 1 << 22
+    stack: tuple = ()            # leading layer axes of a stacked weight (*stack, m, n)
 
     @staticmethod
     def make(m, n, rank, side="auto", **kw):
+        """The config of an m x n weight; `rank` is capped at the projected dimension d."""
         side, d, k = ops.resolve_side(m, n, side)
         return LayerConfig(m=m, n=n, side=side, d=d, k=k, rank=min(int(rank), d), **kw)
+
+    @property
+    def slices(self) -> int:
+        """Number of layer slices: 1 for a 2-D weight, prod(stack) for a stacked one."""
+        return int(np.prod(self.stack, dtype=np.int64)) if self.stack else 1
+
+    def refresh_indices(self, refresh_count):
+        """The refresh index each slice selects with at refresh `refresh_count` (u32, shape
+        `stack`): refresh_count · slices + slice, so that every slice of a stacked weight draws
+        its own rows (the generator's key is (seed, layer_id, refresh index)). A 2-D weight
+        selects with refresh_count itself."""
+        count = jnp.asarray(refresh_count, jnp.uint32)
+        if not self.stack:
+            return count
+        s = jnp.arange(self.slices, dtype=jnp.uint32).reshape(self.stack)
+        return count * jnp.uint32(self.slices) + s
 
 
 @jax.tree_util.register_pytree_node_class
@@ -59,6 +82,10 @@ class Projection:
     whether this step chooses new rows (from this step's exact scores, at refresh index
     `refresh_index`, u32) before compressing. `refresh` is either a traced bool (one compiled
     step, a `lax.cond` inside) or a Python bool (static: compile a refresh step and a plain one).
+
+    For a stacked weight (`config.stack`, e.g. (L,) for L layers of a `lax.scan`) every array
+    has those leading axes: one selection per layer slice. Scan over it together with the
+    weight (`lax.scan(body, h, (w, proj))`), or take one slice with `proj[l]`.
     """
 
     def __init__(self, indices, scales, sink, score_sink, refresh_index, refresh, config):
@@ -83,21 +110,53 @@ class Projection:
         refresh = static if static is not None else children[5]
         return cls(*children[:5], refresh, config)
 
+    def __getitem__(self, i):
+        """The projection of slice `i` of a stacked weight (indexes every array's leading
+        axes)."""
+        if jnp.ndim(self.indices) < 2:
+            raise IndexError("this projection is for one 2-D weight, not a stack: nothing to "
+                             "index")
+        children, aux = self.tree_flatten()
+        return self.tree_unflatten(aux, [c[i] for c in children])
+
     def __repr__(self):
-        return f"Projection({self.config.m}x{self.config.n}, side={self.config.side}, " \
+        stack = f"{'x'.join(map(str, self.config.stack))} layers of " if self.config.stack \
+            else ""
+        return f"Projection({stack}{self.config.m}x{self.config.n}, side={self.config.side}, " \
                f"rank={self.config.rank}, refresh={self.refresh})"
 
 
-def grass_linear(x, w, proj: Projection):
-    """y = x @ w.T, with the compressed weight gradient routed to `proj` (see module doc)."""
+_COMPUTE_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def grass_linear(x, w, proj: Optional[Projection]):
+    """y = x @ w.T, with the compressed weight gradient routed to `proj` (see module doc).
+
+    The product runs in x's dtype (float32, bfloat16 or float16); w (any of those) is cast to
+    it. `proj=None` is the plain product with ordinary autodiff (evaluation)."""
+    x, w = jnp.asarray(x), jnp.asarray(w)
+    if jnp.dtype(x.dtype) not in _COMPUTE_DTYPES:
+        raise TypeError(f"grass_linear: x must be float32, bfloat16 or float16 (the compute "
+                        f"dtype), got {x.dtype}")
+    if jnp.dtype(w.dtype) not in _COMPUTE_DTYPES:
+        raise TypeError(f"grass_linear: w must be float32, bfloat16 or float16, got {w.dtype}")
+    if proj is None:
+        if w.ndim != 2 or x.shape[-1] != w.shape[1]:
+            raise ValueError(f"grass_linear: x {x.shape} and w {w.shape} do not make x @ w.T "
+                             f"(w is (out, in))")
+        return x @ w.astype(x.dtype).T
     cfg = proj.config
+    if jnp.ndim(proj.indices) != 1:
+        raise ValueError(
+            f"grass_linear: this projection holds {'x'.join(map(str, proj.indices.shape[:-1]))} "
+            f"layer slices (a stacked weight of shape {cfg.stack + (cfg.m, cfg.n)}); use one "
+            f"slice per call: scan over the weight and its projection together "
+            f"(lax.scan(body, h, (w, proj))) or index both (w[l], proj[l])")
     if w.shape != (cfg.m, cfg.n):
         raise ValueError(f"w has shape {w.shape} but its projection was made for "
                          f"({cfg.m}, {cfg.n})")
     if x.shape[-1] != cfg.n:
         raise ValueError(f"x has {x.shape[-1]} features, w expects {cfg.n}")
-    if x.dtype != w.dtype:
-        raise TypeError(f"x ({x.dtype}) and w ({w.dtype}) must have one dtype")
     refresh = proj.refresh
     static = proj.static_refresh
     if static is not None:
@@ -108,16 +167,17 @@ def grass_linear(x, w, proj: Projection):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _linear(cfg, static, x, w, indices, scales, sink, score_sink, refresh_index, refresh):
-    return x @ w.T
+    return x @ w.astype(x.dtype).T
 
 
 def _linear_fwd(cfg, static, x, w, indices, scales, sink, score_sink, refresh_index, refresh):
-    return x @ w.T, (x, w, indices, scales, refresh_index, refresh)
+    # w itself is kept (a parameter, alive anyway), not its cast: the backward casts again.
+    return x @ w.astype(x.dtype).T, (x, w, indices, scales, refresh_index, refresh)
 
 
 def _linear_bwd(cfg, static, res, dy):
     x, w, indices, scales, refresh_index, refresh = res
-    dx = (dy @ w).astype(x.dtype)
+    dx = (dy.astype(x.dtype) @ w.astype(x.dtype)).astype(x.dtype)
     x2 = x.reshape(-1, cfg.n)
     dy2 = dy.reshape(-1, cfg.m).astype(x.dtype)
 

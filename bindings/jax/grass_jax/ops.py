@@ -145,13 +145,15 @@ def _step(step):
     return jnp.asarray(step, jnp.int32).reshape(())
 
 
-def _row_steps(row_steps, r, what):
-    """The per-row Adam step counts as i32[r]. A scalar is not broadcast: a state that kept one
-    step count per layer (grass_jax 0.1) must be converted knowingly (see GrassLayerState)."""
+def _row_steps(row_steps, r, what, stack=()):
+    """The per-row Adam step counts as i32[*stack, r]. A scalar is not broadcast: a state that
+    kept one step count per layer (grass_jax 0.1) must be converted knowingly (see
+    GrassLayerState)."""
     row_steps = jnp.asarray(row_steps)
-    if row_steps.shape != (r,) or not jnp.issubdtype(row_steps.dtype, jnp.integer):
-        raise ValueError(f"{what}: row_steps must be int32[{r}], one Adam step count per state "
-                         f"row (r = {r}), got {row_steps.dtype}{list(row_steps.shape)}")
+    want = tuple(stack) + (r,)
+    if row_steps.shape != want or not jnp.issubdtype(row_steps.dtype, jnp.integer):
+        raise ValueError(f"{what}: row_steps must be int32{list(want)}, one Adam step count per "
+                         f"state row (r = {r}), got {row_steps.dtype}{list(row_steps.shape)}")
     return row_steps.astype(jnp.int32)
 
 
@@ -166,6 +168,10 @@ def sparse_adamw_step(w, indices, scales, g, m_state, v_state, row_steps, lr, *,
     1 - β1^t_j and 1 - β2^t_j (t_j = row_steps[j] + 1), so rows that entered the selection at
     different refreshes (refresh_mode "carry") each start like a fresh Adam parameter.
 
+    A stacked weight w (*stack, m, n) steps each layer slice with its own selection: indices,
+    scales and row_steps are then (*stack, r), g, M and V (*stack, r, k) and `skipped` has
+    shape `stack` (one call; every slice updated in place).
+
     `skipped` (i32 scalar) is the step's outcome: 0 (STEP_APPLIED) applied; 1
     (STEP_SKIPPED_NONFINITE) skipped because g held a NaN or infinity or lr was not a finite
     non-negative number; 2 (STEP_SKIPPED_BAD_INDICES) skipped because the indices were not
@@ -179,24 +185,32 @@ def sparse_adamw_step(w, indices, scales, g, m_state, v_state, row_steps, lr, *,
     depends on those reads — the optimizer passes one element of every gradient — so that no
     copy is made."""
     _lib.register()
-    if w.ndim != 2:
-        raise ValueError(f"w must be 2-D, got {w.shape}")
-    m, n = w.shape
+    if w.ndim < 2:
+        raise ValueError(f"w must be 2-D (or stacked: (*layers, m, n)), got {w.shape}")
+    stack, (m, n) = tuple(w.shape[:-2]), w.shape[-2:]
     _dtype_code(w.dtype, "w")
     s, _, k = _lib.resolve_side(m, n, _side_code(side))
-    r = indices.shape[0]
+    r = indices.shape[-1] if indices.ndim else 0
+    if tuple(indices.shape) != stack + (r,) or tuple(scales.shape) != stack + (r,):
+        raise ValueError(f"sparse_adamw_step: indices and scales must be {list(stack)} + [r] "
+                         f"for w {list(w.shape)}, got {list(indices.shape)} and "
+                         f"{list(scales.shape)}")
+    for name, a in (("m_state", m_state), ("v_state", v_state)):
+        if tuple(a.shape) != stack + (r, k):
+            raise ValueError(f"sparse_adamw_step: {name} must be {list(stack + (r, k))}, got "
+                             f"{list(a.shape)}")
     _state_code(m_state.dtype)
-    row_steps = _row_steps(row_steps, r, "sparse_adamw_step")
+    row_steps = _row_steps(row_steps, r, "sparse_adamw_step", stack)
     ws = _lib.sparse_adamw_workspace(m, n, s, r)
     sd = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
     out = jax.ffi.ffi_call(
         "grass_sparse_adamw_step",
-        (sd(w), sd(m_state), sd(v_state), jax.ShapeDtypeStruct((r,), jnp.int32),
-         jax.ShapeDtypeStruct((), jnp.int32), _ws(ws)),
+        (sd(w), sd(m_state), sd(v_state), jax.ShapeDtypeStruct(stack + (r,), jnp.int32),
+         jax.ShapeDtypeStruct(stack, jnp.int32), _ws(ws)),
         input_output_aliases={0: 0, 4: 1, 5: 2, 6: 3},
         vmap_method=_VMAP,
     )(w, jnp.asarray(indices, jnp.int32), jnp.asarray(scales, jnp.float32),
-      jnp.asarray(g, jnp.float32).reshape(r, k), m_state, v_state, row_steps, _lr(lr),
+      jnp.asarray(g, jnp.float32).reshape(stack + (r, k)), m_state, v_state, row_steps, _lr(lr),
       jnp.zeros((), jnp.float32) if after is None else after,
       side=np.int32(s), alpha=np.float32(alpha), lr=np.float32(1.0),
       **_hyper(beta1, beta2, eps, weight_decay, decay_mode))

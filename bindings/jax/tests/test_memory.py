@@ -113,3 +113,42 @@ def test_memory_below_adamw(platform):
     assert g_total < a_total - 1.5 * mn_bytes, (g_total, a_total)
     print(f"[{platform}] GRASS step {g_total} B (temp {g_temp}), optax.adamw step {a_total} B "
           f"(temp {a_temp})")
+
+
+def test_stacked_scan_step_holds_no_weight_gradient(platform):
+    """L layers stacked for lax.scan: no L x m x n value is made besides the stacked weight
+    itself, which one FFI call steps in place, slice by slice; the only m x n values are the
+    slices of W the loop reads (the forward product and dX = dY·W), never a gradient."""
+    L, m = 3, 1024
+    params = {"w": jnp.full((L, m, m), 0.01, jnp.float32)}
+    opt = gj.grass_adamw(1e-3, grass_mask={"w": True}, rank=R, refresh_every=100)
+    state = opt.init(params)
+
+    def loss_fn(p, proj, x):
+        def body(h, xs):
+            return jnp.tanh(gj.grass_linear(h, *xs)), None
+        h, _ = jax.lax.scan(body, x, (p["w"], proj["w"]))
+        return jnp.mean(h ** 2)
+
+    def step(p, s, x):
+        proj = opt.projections(p, s)
+        loss, grads = opt.value_and_grad(loss_fn)(p, proj, x)
+        p, s = opt.step(p, grads, s)
+        return p, s, loss
+
+    x = jnp.ones((B, m), jnp.float32)
+    c = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, x).compile()
+    hlo = c.as_text()
+    value = r"%([\w.-]+)\s*=\s*f32\[{}\]\{{[^}}]*\}}\s+([\w-]+)\("
+    stacked = re.compile(value.format(f"{L},{m},{m}"))
+    ops = [mm.group(2) for line in hlo.splitlines() if (mm := stacked.search(line))]
+    assert set(ops) <= {"parameter", "get-tuple-element", "tuple", "bitcast"}, ops
+    assert re.search(r"f32\[%d,%d,%d\][^=]*=?[^\n]*custom-call\(%%p" % (L, m, m), hlo), \
+        "the stacked weight should go straight from the parameter into the FFI step"
+    single = re.compile(value.format(f"{m},{m}"))
+    made = [(mm.group(1), mm.group(2)) for line in hlo.splitlines()
+            if (mm := single.search(line))]
+    assert all(op in ("parameter", "get-tuple-element", "bitcast") or
+               name.startswith("dynamic-slice") for name, op in made), made
+    _, temp = footprint(c)
+    assert temp < L * m * m * 4, f"stacked step scratch {temp} B >= the stacked gradient"

@@ -39,7 +39,7 @@ def test_full_rank_top_r_equals_adamw(platform):
     step is plain AdamW (the built-in dense AdamW serves the other leaves)."""
     params = model.init_params(jax.random.PRNGKey(1))
     lr = 1e-2
-    opt = gj.grass_adamw(lr, grass_mask=model.GRASS_MASK, rank=10_000, method="top_r",
+    opt = gj.grass_adamw(lr, grass_mask=model.GRASS_MASK, rank=model.HIDDEN, method="top_r",
                          scaling="none", refresh_every=10_000, weight_decay=0.01,
                          decay_mode="selected")
     ref = optax.adamw(lr, weight_decay=0.01)

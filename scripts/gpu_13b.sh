@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# On the GPU machine, after scripts/gpu_prepare.sh filled .carry/ here: the memory proof. A
+# LLaMA-13B-shaped bf16 model trains a few steps with GRASS in JAX; its peak device memory must
+# stay within 40 GB, optax.adamw's compiled step must need more, and the memory plan's numbers
+# are printed beside them. About 4 minutes (two compiles of a 40-block step, three steps).
+# Logs and results go to $OUT (or ./gpu-logs). Extra arguments go to the benchmark (e.g.
+# --rank 512, --steps 5, --small for a dry run).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-logs}
+mkdir -p "$OUT"
+export OUT
+source scripts/gpu_env.sh
+export PYTHONUNBUFFERED=1
+# the peak must be what the step uses, not what XLA reserved up front
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+# grass_jax as scripts/gpu_prepare.sh built it into .carry/py; elsewhere PYTHON may name an
+# interpreter that has it (e.g. PYTHON=.venv/bin/python scripts/gpu_13b.sh --small on a CPU)
+[ -d .carry/py ] && export PYTHONPATH=$PWD/.carry/py${PYTHONPATH:+:$PYTHONPATH}
+PYTHON=${PYTHON:-python3}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/memory_13b_gpu.txt"
+timeout 420 "$PYTHON" bench/bench_13b_memory.py "$@" 2>&1 | tee "$OUT/memory_13b.log"
+exit "${PIPESTATUS[0]}"

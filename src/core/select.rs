@@ -8,11 +8,17 @@
 use crate::core::config::{Method, Scaling, Selection};
 use crate::core::error::Result;
 use crate::core::rng::{Purpose, Stream};
-use crate::core::workspace::{region, Carver, ALIGN_SLACK};
+use crate::core::workspace::{region, total, Carver, ALIGN_SLACK};
 
 /// Scratch bytes [`select`] needs for `d` scores.
 pub fn workspace_size(d: usize, _rank: usize) -> usize {
-    2 * region(d, 8) + region(d, 8) + region(d, 4) + ALIGN_SLACK
+    total(&[
+        region(d, 8),
+        region(d, 8),
+        region(d, 8),
+        region(d, 4),
+        ALIGN_SLACK,
+    ])
 }
 
 fn sanitized_weight(s: f32, power: u32) -> f64 {

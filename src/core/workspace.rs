@@ -4,9 +4,26 @@ use crate::core::error::Result;
 use crate::ensure;
 
 /// Bytes a region of `count` elements of `size` bytes takes, rounded up to 64 for alignment.
+/// Saturates at `usize::MAX` instead of wrapping: sizes come from caller-given dimensions, and
+/// the ABI rejects any total above [`MAX_BYTES`].
 pub fn region(count: usize, size: usize) -> usize {
-    (count * size).div_ceil(64) * 64
+    match count
+        .checked_mul(size)
+        .and_then(|b| b.checked_next_multiple_of(64))
+    {
+        Some(b) => b,
+        None => usize::MAX,
+    }
 }
+
+/// Adds region sizes, saturating at `usize::MAX` (see [`region`]).
+pub fn total(parts: &[usize]) -> usize {
+    parts.iter().fold(0usize, |acc, &p| acc.saturating_add(p))
+}
+
+/// Largest byte count any buffer can have (Rust and C objects stay below `isize::MAX`); a
+/// workspace query whose answer would exceed it fails instead of answering.
+pub const MAX_BYTES: usize = isize::MAX as usize;
 
 /// Hands out consecutive 64-byte aligned regions of a byte buffer.
 pub struct Carver<'a> {

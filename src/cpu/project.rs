@@ -6,7 +6,7 @@ use half::{bf16, f16};
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::core::shape::Projected;
-use crate::core::workspace::{region, Carver, ALIGN_SLACK};
+use crate::core::workspace::{region, total, Carver, ALIGN_SLACK};
 use crate::cpu::gemm::{matmul, View};
 
 /// A read-only tensor of one of the activation dtypes.
@@ -86,10 +86,12 @@ fn kept_f32<'w>(b: Act<'w>, buf: Option<&'w mut [f32]>) -> &'w [f32] {
 
 pub fn scores_workspace_size(p: &Projected, b: usize, dtype: Dtype) -> usize {
     let c = chunk_rows(p);
-    needs_conversion(dtype) * region(b * p.k, 4)
-        + region(b * c, 4)
-        + region(c * p.k, 4)
-        + 2 * ALIGN_SLACK
+    total(&[
+        needs_conversion(dtype) * region(b.saturating_mul(p.k), 4),
+        region(b.saturating_mul(c), 4),
+        region(c.saturating_mul(p.k), 4),
+        2 * ALIGN_SLACK,
+    ])
 }
 
 /// `scores[i] = ‖row i of the projected-side gradient‖₂` for all `d` rows.
@@ -138,7 +140,11 @@ pub fn row_scores(
 }
 
 pub fn sparse_grad_workspace_size(p: &Projected, b: usize, r: usize, dtype: Dtype) -> usize {
-    needs_conversion(dtype) * region(b * p.k, 4) + region(b * r, 4) + 2 * ALIGN_SLACK
+    total(&[
+        needs_conversion(dtype) * region(b.saturating_mul(p.k), 4),
+        region(b.saturating_mul(r), 4),
+        2 * ALIGN_SLACK,
+    ])
 }
 
 /// `g (r x k) [+]= ρ ⊙ (A[:, σ])ᵀ B`: a gather of r columns and one `r x b x k` GEMM.

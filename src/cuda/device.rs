@@ -393,9 +393,9 @@ pub(crate) fn sparse_grad_layout(
     r: usize,
     dtype: Dtype,
 ) -> SparseGradLayout {
-    let product = r * p.k * 4;
+    let product = r.saturating_mul(p.k).saturating_mul(4);
     SparseGradLayout {
-        gathered: plan.take(b * r * dtype.size()),
+        gathered: plan.take(b.saturating_mul(r).saturating_mul(dtype.size())),
         product: plan.take(product),
         blas: plan.take(blas::workspace_for(product)),
         blas_bytes: blas::workspace_for(product),

@@ -35,10 +35,12 @@ impl Plan {
         }
     }
 
-    /// The address of a fresh region of `bytes` bytes.
+    /// The address of a fresh region of `bytes` bytes. Sizes saturate at `usize::MAX` rather
+    /// than wrap (they come from caller-given dimensions; the ABI rejects such a total).
     pub fn take(&mut self, bytes: usize) -> usize {
-        let at = self.base + self.used;
-        self.used += bytes.div_ceil(ALIGN) * ALIGN;
+        let at = self.base.wrapping_add(self.used);
+        let rounded = bytes.checked_next_multiple_of(ALIGN).unwrap_or(usize::MAX);
+        self.used = self.used.saturating_add(rounded);
         at
     }
 
@@ -47,7 +49,7 @@ impl Plan {
         if self.used == 0 {
             0
         } else {
-            self.used + ALIGN
+            self.used.saturating_add(ALIGN)
         }
     }
 
@@ -61,5 +63,21 @@ impl Plan {
             self.used
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizing_saturates_instead_of_wrapping() {
+        let mut plan = Plan::sizing();
+        plan.take(usize::MAX - 10);
+        plan.take(1 << 40);
+        assert_eq!(plan.size(), usize::MAX);
+        let mut plan = Plan::sizing();
+        plan.take(1000);
+        assert_eq!(plan.size(), 1024 + ALIGN);
     }
 }

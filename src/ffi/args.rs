@@ -5,6 +5,7 @@ use std::ffi::c_void;
 use crate::backend::Scratch;
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
+use crate::core::workspace::MAX_BYTES;
 use crate::ffi::context::grass_context;
 use crate::{bail, ensure};
 
@@ -66,12 +67,24 @@ pub(crate) fn write<T>(addr: usize, v: T) {
     unsafe { (addr as *mut T).write(v) }
 }
 
+/// The answer of a workspace query, or an error when the sizes it was computed from need more
+/// than any buffer can hold (the size formulas saturate instead of wrapping).
+pub(crate) fn need(bytes: usize) -> Result<usize> {
+    ensure!(
+        bytes <= MAX_BYTES,
+        InvalidValue,
+        "these sizes need a workspace of more than 2^63 - 1 bytes"
+    );
+    Ok(bytes)
+}
+
 pub(crate) fn workspace(
     ws: *mut c_void,
     bytes: usize,
     need: usize,
     query: &str,
 ) -> Result<Scratch> {
+    let need = self::need(need)?;
     if bytes < need {
         bail!(
             WorkspaceTooSmall,

@@ -43,6 +43,7 @@ I64, SZ = c_int64, c_size_t
 _SIGNATURES = {
     "grass_context_create_cpu": [POINTER(P)],
     "grass_context_create_cuda": [c_int32, POINTER(P)],
+    "grass_cuda_available": [POINTER(c_int32), c_char_p, SZ],
     "grass_projection_config_init": [POINTER(ProjectionConfig)],
     "grass_adamw_config_init": [POINTER(AdamWConfig)],
     "grass_resolve_side": [I64, I64, c_int32, POINTER(c_int32), POINTER(I64), POINTER(I64)],
@@ -83,6 +84,7 @@ class Lib:
             fn = getattr(self.dll, name)
             fn.argtypes = args
             fn.restype = c_int32
+        self.dll.grass_last_error_message.argtypes = []
         self.dll.grass_last_error_message.restype = c_char_p
         self.dll.grass_context_destroy.argtypes = [P]
         self.dll.grass_context_destroy.restype = None
@@ -104,6 +106,12 @@ class Lib:
                 self.call("grass_context_create_cuda", int(cuda_ordinal), ctypes.byref(ctx))
             self._contexts[key] = ctx
         return self._contexts[key]
+
+    def cuda_available(self):
+        """(True or False, the reason grass_cuda_available gives)."""
+        ok, reason = c_int32(), ctypes.create_string_buffer(512)
+        self.call("grass_cuda_available", ctypes.byref(ok), reason, len(reason))
+        return bool(ok.value), reason.value.decode()
 
     def size_query(self, name, *args):
         out = SZ()

@@ -41,6 +41,9 @@ fi
 echo "== ctest: C and C++ consumers under ASan/UBSan, install tree, demo"
 BUILD_DIR=build/ctest tests/c/run.sh
 
+echo "== pytest: the bindings' ctypes declarations against grass.h"
+python3 -m pytest -q -rs bindings/tests
+
 echo "== pytest: PyTorch/ctypes binding"
 python3 -m pytest -q -rs bindings/torch/tests
 

@@ -28,12 +28,12 @@
 // Major version: changes only with an incompatible ABI change.
 #define GRASS_VERSION_MAJOR 0
 
-#define GRASS_VERSION_MINOR 2
+#define GRASS_VERSION_MINOR 3
 
 #define GRASS_VERSION_PATCH 0
 
 // ABI generation: callers built against a header with another value must not load this library.
-#define GRASS_ABI_VERSION 2
+#define GRASS_ABI_VERSION 3
 
 // Result of every fallible call. Numbers are stable: 1–99 are mistakes of the caller,
 // 100–199 problems of the environment (device, driver, memory), 200+ faults inside grass.
@@ -481,25 +481,27 @@ grass_status grass_adamw_step(const struct grass_context *ctx,
                               size_t workspace_bytes,
                               void *stream);
 
-// Scratch bytes `grass_state_refresh` needs: 0 in this version (carry moves rows in place),
-// but ask, as other versions may need some.
+// Scratch bytes `grass_state_refresh` needs for these arguments: 0 in this version (carry
+// moves rows in place), but ask, as other versions may need some.
 grass_status grass_state_refresh_workspace_size(const struct grass_context *ctx,
-                                                const struct grass_adamw_config *config,
+                                                grass_refresh_mode refresh_mode,
+                                                grass_dtype state_dtype,
                                                 int64_t r,
                                                 int64_t k,
                                                 size_t *bytes_out);
 
-// Adapts M, V (r x k) and the row step counts (r) to a new selection. `GRASS_REFRESH_RESET`
-// zeroes all of them; `GRASS_REFRESH_CARRY` keeps the state rows and step counts whose index
-// is in both `old_indices` and `new_indices` (both sorted; repeats pair up in order) and
-// zeroes the others.
+// Adapts M, V (r x k, `state_dtype`: `GRASS_DTYPE_F32` or `GRASS_DTYPE_BF16`) and the row step
+// counts (r) to a new selection. `GRASS_REFRESH_RESET` zeroes all of them;
+// `GRASS_REFRESH_CARRY` keeps the state rows and step counts whose index is in both
+// `old_indices` and `new_indices` (both sorted; repeats pair up in order) and zeroes the others.
 // `old_indices` may be NULL (no previous selection). Indices must be sorted ascending and
 // not negative, and step counts not negative: a CPU context rejects others with
 // `GRASS_ERROR_INVALID_VALUE` and writes nothing. A CUDA context does not check them (the
 // result is then unspecified but stays within M and V; a negative count it carries makes the
 // next step skip with `GRASS_STEP_SKIPPED_BAD_STEP_COUNT`).
 grass_status grass_state_refresh(const struct grass_context *ctx,
-                                 const struct grass_adamw_config *config,
+                                 grass_refresh_mode refresh_mode,
+                                 grass_dtype state_dtype,
                                  int64_t r,
                                  int64_t k,
                                  const int32_t *old_indices,

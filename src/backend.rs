@@ -2,7 +2,7 @@
 //! addresses in the context's memory (host addresses for CPU, device addresses for CUDA);
 //! sizes, dtypes and enums have been checked by `ffi` before a backend sees them.
 
-use crate::core::config::{AdamW, Selection};
+use crate::core::config::{AdamW, RefreshMode, Selection};
 use crate::core::dtype::Dtype;
 use crate::core::shape::Projected;
 
@@ -102,7 +102,9 @@ pub struct DenseStepArgs {
 
 #[derive(Debug, Clone, Copy)]
 pub struct RefreshArgs {
-    pub cfg: AdamW,
+    pub mode: RefreshMode,
+    /// dtype of M and V
+    pub state_dtype: Dtype,
     pub r: usize,
     pub k: usize,
     pub old_indices: usize,

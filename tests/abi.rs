@@ -59,11 +59,18 @@ fn header() -> String {
     std::fs::read_to_string(root().join("include/grass.h")).unwrap()
 }
 
-/// The cdylib next to the test binary (target/<profile>/libgrass.so).
+/// The cdylib built with this test binary: `cargo test` writes it next to the binary
+/// (target/<profile>/deps) and copies it to target/<profile> only on `cargo build`, so the copy
+/// there can be stale.
 fn cdylib() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    dir.join("libgrass.so")
+    let deps = exe.parent().unwrap();
+    let fresh = deps.join("libgrass.so");
+    if fresh.exists() {
+        fresh
+    } else {
+        deps.parent().unwrap().join("libgrass.so")
+    }
 }
 
 #[test]
@@ -746,7 +753,8 @@ fn state_refresh_rejects_negative_counts_and_bad_indices() {
         let mut vs = vec![0.25f32; r * k];
         grass_state_refresh(
             ctx.0,
-            &cfg,
+            cfg.refresh_mode,
+            cfg.state_dtype,
             r as i64,
             k as i64,
             old.as_ptr(),

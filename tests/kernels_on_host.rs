@@ -908,13 +908,21 @@ fn carry_kernel_matches_the_host_refresh() {
             let (mut hm, mut hv, mut hs) = (m0.clone(), v0.clone(), steps0.clone());
             let mut nbytes = 0;
             ok(unsafe {
-                grass_state_refresh_workspace_size(ctx, &cfg, r as i64, k as i64, &mut nbytes)
+                grass_state_refresh_workspace_size(
+                    ctx,
+                    cfg.refresh_mode,
+                    cfg.state_dtype,
+                    r as i64,
+                    k as i64,
+                    &mut nbytes,
+                )
             });
             let mut ws = vec![0u8; nbytes];
             ok(unsafe {
                 grass_state_refresh(
                     ctx,
-                    &cfg,
+                    cfg.refresh_mode,
+                    cfg.state_dtype,
                     r as i64,
                     k as i64,
                     if with_old {

@@ -330,10 +330,10 @@ impl Device {
 
     pub fn state_refresh(&self, a: &RefreshArgs) -> Result<()> {
         let r = fits_i32("r", a.r)?;
-        let size = a.cfg.state_dtype.size();
+        let size = a.state_dtype.size();
         let bytes = a.r * a.k * size;
         let _bound = self.bind()?;
-        match a.cfg.refresh_mode {
+        match a.mode {
             RefreshMode::Reset => {
                 launch::memset_zero(a.m, bytes, a.stream)?;
                 launch::memset_zero(a.v, bytes, a.stream)?;

@@ -254,12 +254,12 @@ pub(crate) fn state_refresh(a: &RefreshArgs) -> Result<()> {
         check_counts("row_steps", steps)?;
         let n = a.r * a.k;
         cpu::state_refresh(
-            a.cfg.refresh_mode,
+            a.mode,
             a.k,
             old,
             new,
-            state(a.m, n, a.cfg.state_dtype),
-            state(a.v, n, a.cfg.state_dtype),
+            state(a.m, n, a.state_dtype),
+            state(a.v, n, a.state_dtype),
             steps,
         );
     }

@@ -484,12 +484,13 @@ pub unsafe extern "C" fn grass_adamw_step(
     })
 }
 
-/// Scratch bytes `grass_state_refresh` needs: 0 in this version (carry moves rows in place),
-/// but ask, as other versions may need some.
+/// Scratch bytes `grass_state_refresh` needs for these arguments: 0 in this version (carry
+/// moves rows in place), but ask, as other versions may need some.
 #[no_mangle]
 pub unsafe extern "C" fn grass_state_refresh_workspace_size(
     ctx: *const grass_context,
-    config: *const grass_adamw_config,
+    refresh_mode: grass_refresh_mode,
+    state_dtype: grass_dtype,
     r: i64,
     k: i64,
     bytes_out: *mut usize,
@@ -497,7 +498,8 @@ pub unsafe extern "C" fn grass_state_refresh_workspace_size(
     guard("grass_state_refresh_workspace_size", || {
         let c = self::ctx(ctx)?;
         // validated like the refresh's own arguments, though no size depends on them now
-        read_versioned("config", config)?.adamw()?;
+        self::refresh_mode("refresh_mode", refresh_mode)?;
+        self::state_dtype("state_dtype", state_dtype)?;
         let r = positive("r", r)?;
         let k = positive("k", k)?;
         product("r * k * 8 bytes", &[r, k, 8])?;
@@ -507,10 +509,10 @@ pub unsafe extern "C" fn grass_state_refresh_workspace_size(
     })
 }
 
-/// Adapts M, V (r x k) and the row step counts (r) to a new selection. `GRASS_REFRESH_RESET`
-/// zeroes all of them; `GRASS_REFRESH_CARRY` keeps the state rows and step counts whose index
-/// is in both `old_indices` and `new_indices` (both sorted; repeats pair up in order) and
-/// zeroes the others.
+/// Adapts M, V (r x k, `state_dtype`: `GRASS_DTYPE_F32` or `GRASS_DTYPE_BF16`) and the row step
+/// counts (r) to a new selection. `GRASS_REFRESH_RESET` zeroes all of them;
+/// `GRASS_REFRESH_CARRY` keeps the state rows and step counts whose index is in both
+/// `old_indices` and `new_indices` (both sorted; repeats pair up in order) and zeroes the others.
 /// `old_indices` may be NULL (no previous selection). Indices must be sorted ascending and
 /// not negative, and step counts not negative: a CPU context rejects others with
 /// `GRASS_ERROR_INVALID_VALUE` and writes nothing. A CUDA context does not check them (the
@@ -519,7 +521,8 @@ pub unsafe extern "C" fn grass_state_refresh_workspace_size(
 #[no_mangle]
 pub unsafe extern "C" fn grass_state_refresh(
     ctx: *const grass_context,
-    config: *const grass_adamw_config,
+    refresh_mode: grass_refresh_mode,
+    state_dtype: grass_dtype,
     r: i64,
     k: i64,
     old_indices: *const i32,
@@ -533,18 +536,20 @@ pub unsafe extern "C" fn grass_state_refresh(
 ) -> grass_status {
     guard("grass_state_refresh", || {
         let c = self::ctx(ctx)?;
-        let cfg = read_versioned("config", config)?.adamw()?;
+        let mode = self::refresh_mode("refresh_mode", refresh_mode)?;
+        let sd = self::state_dtype("state_dtype", state_dtype)?;
         let r = positive("r", r)?;
         let k = positive("k", k)?;
         product("r * k * 8 bytes", &[r, k, 8])?;
         let a = RefreshArgs {
-            cfg,
+            mode,
+            state_dtype: sd,
             r,
             k,
             old_indices: opt("old_indices", old_indices)?,
             new_indices: req("new_indices", new_indices)?,
-            m: req_typed("m_state", m_state, cfg.state_dtype)?,
-            v: req_typed("v_state", v_state, cfg.state_dtype)?,
+            m: req_typed("m_state", m_state, sd)?,
+            v: req_typed("v_state", v_state, sd)?,
             row_steps: req("row_steps", row_steps)?,
             ws: self::workspace(
                 workspace,

@@ -162,7 +162,8 @@ impl grass_optimizer {
                 proj.refresh(b, x, dy, stream)?;
             }
             let a = RefreshArgs {
-                cfg,
+                mode: cfg.refresh_mode,
+                state_dtype: cfg.state_dtype,
                 r: proj.sel.rank,
                 k: proj.p.k,
                 old_indices: if proj.has_prev {

@@ -92,6 +92,26 @@ pub(crate) fn dtype(name: &str, v: grass_dtype) -> Result<Dtype> {
     })
 }
 
+pub(crate) fn refresh_mode(name: &str, v: grass_refresh_mode) -> Result<RefreshMode> {
+    Ok(match v {
+        GRASS_REFRESH_RESET => RefreshMode::Reset,
+        GRASS_REFRESH_CARRY => RefreshMode::Carry,
+        _ => bail!(
+            InvalidEnum,
+            "{name} = {v} is not a grass_refresh_mode (0 = reset, 1 = carry)"
+        ),
+    })
+}
+
+/// The dtype of optimizer states: f32 or bf16.
+pub(crate) fn state_dtype(name: &str, v: grass_dtype) -> Result<Dtype> {
+    let d = dtype(name, v)?;
+    if d == Dtype::F16 {
+        bail!(Dtype, "{name} = f16 is not supported (use f32 or bf16)");
+    }
+    Ok(d)
+}
+
 pub(crate) fn dtype_code(d: Dtype) -> grass_dtype {
     match d {
         Dtype::F32 => GRASS_DTYPE_F32,
@@ -365,14 +385,7 @@ impl grass_adamw_config {
                 "config->decay_mode = {v} is not a grass_decay_mode (0..2)"
             ),
         };
-        let refresh_mode = match self.refresh_mode {
-            GRASS_REFRESH_RESET => RefreshMode::Reset,
-            GRASS_REFRESH_CARRY => RefreshMode::Carry,
-            v => bail!(
-                InvalidEnum,
-                "config->refresh_mode = {v} is not a grass_refresh_mode (0 = reset, 1 = carry)"
-            ),
-        };
+        let refresh_mode = refresh_mode("config->refresh_mode", self.refresh_mode)?;
         let state_dtype = dtype("config->state_dtype", self.state_dtype)?;
         let a = AdamW {
             beta1: self.beta1,

@@ -483,16 +483,35 @@ fn check_refresh(
         2
     };
     let mut wsb = 0;
-    ok(unsafe { grass_state_refresh_workspace_size(gpu_.cuda, cfg, r as i64, k as i64, &mut wsb) });
+    ok(unsafe {
+        grass_state_refresh_workspace_size(
+            gpu_.cuda,
+            cfg.refresh_mode,
+            cfg.state_dtype,
+            r as i64,
+            k as i64,
+            &mut wsb,
+        )
+    });
     let mut cws = 0;
-    ok(unsafe { grass_state_refresh_workspace_size(gpu_.cpu, cfg, r as i64, k as i64, &mut cws) });
+    ok(unsafe {
+        grass_state_refresh_workspace_size(
+            gpu_.cpu,
+            cfg.refresh_mode,
+            cfg.state_dtype,
+            r as i64,
+            k as i64,
+            &mut cws,
+        )
+    });
     let steps0: Vec<i32> = (0..r as i32).map(|j| 5 + j).collect();
     let (mut hm, mut hv, mut hsteps, mut hws) =
         (ms.to_vec(), vs.to_vec(), steps0.clone(), vec![0u8; cws]);
     ok(unsafe {
         grass_state_refresh(
             gpu_.cpu,
-            cfg,
+            cfg.refresh_mode,
+            cfg.state_dtype,
             r as i64,
             k as i64,
             old.map_or(std::ptr::null(), |o| o.as_ptr()),
@@ -516,7 +535,8 @@ fn check_refresh(
     ok(unsafe {
         grass_state_refresh(
             gpu_.cuda,
-            cfg,
+            cfg.refresh_mode,
+            cfg.state_dtype,
             r as i64,
             k as i64,
             dold.as_ref().map_or(std::ptr::null_mut(), |o| o.ptr()),

@@ -5,9 +5,11 @@
 //! [`ffi`] is the only place with `extern "C"`, raw pointers and the panic boundary.
 
 pub mod backend;
+pub mod context;
 pub mod core;
 pub mod cpu;
 pub mod cuda;
 pub mod ffi;
+pub mod handles;
 
 pub use crate::core::error::{Error, ErrorKind, Result};

@@ -4,6 +4,7 @@
 
 pub mod adamw;
 pub mod gemm;
+pub(crate) mod ops;
 pub mod project;
 
 pub use adamw::{adamw_dense_step, adamw_sparse_step, state_refresh, StepOutcome};

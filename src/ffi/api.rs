@@ -2,9 +2,9 @@
 
 use std::ffi::c_char;
 
+use crate::context::{grass_context, Backend};
 use crate::cuda;
 use crate::ffi::args::{ctx, req, write};
-use crate::ffi::context::{grass_context, Backend};
 use crate::ffi::status::{grass_status, guard, guard_value, last_error_ptr, status_text};
 use crate::ffi::types::*;
 

@@ -3,10 +3,10 @@
 use std::ffi::c_void;
 
 use crate::backend::Scratch;
+use crate::context::grass_context;
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::core::workspace::MAX_BYTES;
-use crate::ffi::context::grass_context;
 use crate::{bail, ensure};
 
 /// A required pointer to `T`: non-NULL and aligned.

@@ -5,16 +5,16 @@
 
 pub mod api;
 pub(crate) mod args;
-pub mod context;
-pub(crate) mod host;
 pub mod ops;
 pub mod optimizer;
 pub mod projection;
 pub mod status;
 pub mod types;
 
+pub use crate::context::grass_context;
+pub use crate::handles::optimizer::grass_optimizer;
+pub use crate::handles::projection::grass_projection;
 pub use api::*;
-pub use context::grass_context;
 pub use ops::*;
 pub use optimizer::*;
 pub use projection::*;

@@ -5,13 +5,13 @@
 use std::ffi::c_void;
 
 use crate::backend::*;
+use crate::context::grass_context;
 use crate::core::config::check_lr;
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::core::shape::{positive, product, Projected};
 use crate::ensure;
 use crate::ffi::args::{ctx, need, opt, req, req_typed, workspace, write};
-use crate::ffi::context::grass_context;
 use crate::ffi::status::{grass_status, guard};
 use crate::ffi::types::*;
 

@@ -1,8 +1,10 @@
 //! Contexts: which device the pointers of a call live on, and how handles get memory there.
 
+#![allow(non_camel_case_types)]
+
 use crate::backend::*;
 use crate::core::error::Result;
-use crate::ffi::host;
+use crate::cpu::ops as host;
 use crate::{bail, cuda};
 
 pub(crate) enum Backend {

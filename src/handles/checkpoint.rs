@@ -1,11 +1,11 @@
 //! The optimizer's state blob: a header of little-endian u64 fields that identify the handle,
 //! the raw sections in context byte order, and an FNV-1a-64 checksum of everything before it.
 
-use super::{grass_optimizer, Kind};
 use crate::core::error::Result;
 use crate::ffi::types::{
     dtype_code, side_code, GRASS_STEP_APPLIED, GRASS_STEP_SKIPPED_BAD_STEP_COUNT,
 };
+use crate::handles::optimizer::{grass_optimizer, Kind};
 use crate::{bail, ensure};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"GRASSCK\x01");
@@ -166,7 +166,7 @@ pub(crate) fn import(o: &mut grass_optimizer, src: &[u8], stream: usize) -> Resu
                 .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
                 .collect();
             if theirs[14] >> part & 1 == 1 {
-                crate::ffi::host::check_indices("checkpoint indices", &idx, proj.p.d)
+                crate::cpu::ops::check_indices("checkpoint indices", &idx, proj.p.d)
                     .map_err(|e| crate::Error::new(crate::ErrorKind::BadCheckpoint, e.message))?;
             }
         }

@@ -253,7 +253,8 @@ typedef int32_t grass_step_outcome;
 // The step was applied.
 #define GRASS_STEP_APPLIED 0
 
-// Skipped: the gradient held a NaN or infinity, or the effective learning rate
+// Skipped: the gradient (or, on a CUDA context, a scale of the compressed step) held a NaN or
+// infinity, or the effective learning rate
 // `lr * *lr_scale` was not a finite non-negative number. `*lr_scale` lives in context memory
 // (a schedule on the device) and is only read where the step runs, so a bad value there
 // skips. The host argument `lr` itself is the caller's: a NaN, infinite or negative `lr` is
@@ -432,8 +433,8 @@ grass_status grass_sparse_adamw_workspace_size(const struct grass_context *ctx,
 // checks them on the device and skips the step (`GRASS_STEP_SKIPPED_BAD_INDICES`,
 // `GRASS_STEP_SKIPPED_BAD_STEP_COUNT`). Counts saturate at 2^31 - 1. Scales must be finite
 // (`grass_select` writes finite ones): a CPU context rejects a NaN or infinite scale with
-// `GRASS_ERROR_INVALID_VALUE`; a CUDA context does not check them, and its row of W then
-// receives non-finite values.
+// `GRASS_ERROR_INVALID_VALUE`; a CUDA context skips the step with
+// `GRASS_STEP_SKIPPED_NONFINITE`.
 grass_status grass_sparse_adamw_step(const struct grass_context *ctx,
                                      const struct grass_adamw_config *config,
                                      int64_t m,

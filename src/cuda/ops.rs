@@ -186,17 +186,18 @@ impl Device {
         &self,
         b: &StepBuffers,
         grad: (usize, Dtype, usize),
-        indices: (usize, usize, usize),
+        indices: (usize, usize, usize, usize),
         rows: Option<usize>,
     ) -> Result<StepLayout> {
         let mut plan = Plan::within(b.ws);
         let l = step_layout(&mut plan, rows);
         plan.check()?;
         let (grad, grad_dtype, numel) = grad;
-        let (idx, r, d) = indices;
+        let (idx, scales, r, d) = indices;
         let counts = rows.unwrap_or(1);
         launch::memset_zero(l.header, STEP_HEADER, b.stream)?;
-        // SAFETY: grad holds numel elements of grad_dtype, idx (when not 0) r i32, steps
+        // SAFETY: grad holds numel elements of grad_dtype, idx and scales (when not 0) r i32
+        // and r f32, steps
         // `counts` i32 and coef `counts` f32 pairs, lr_scale and skipped (when not 0) one value
         // each, the header STEP_HEADER bytes.
         unsafe {
@@ -209,6 +210,7 @@ impl Device {
                     dt(grad_dtype),
                     Arg::I64(numel as i64),
                     Arg::Ptr(idx),
+                    Arg::Ptr(scales),
                     Arg::I32(r as i32),
                     Arg::I64(d as i64),
                     Arg::Ptr(b.steps),
@@ -244,7 +246,7 @@ impl Device {
         let l = self.prepare_step(
             b,
             (a.g, Dtype::F32, a.r * p.k),
-            (a.indices, a.r, p.d),
+            (a.indices, a.scales, a.r, p.d),
             Some(a.r),
         )?;
         let header = l.header;
@@ -299,7 +301,7 @@ impl Device {
         let b = &a.buf;
         let _bound = self.bind()?;
         let header = self
-            .prepare_step(b, (a.grad, a.grad_dtype, a.numel), (0, 0, 0), None)?
+            .prepare_step(b, (a.grad, a.grad_dtype, a.numel), (0, 0, 0, 0), None)?
             .header;
         let decay_on = b.cfg.weight_decay > 0.0 && b.cfg.decay_mode != DecayMode::Off;
         // SAFETY: W, grad, M and V hold numel elements of their dtypes; the header was

@@ -354,8 +354,8 @@ pub unsafe extern "C" fn grass_sparse_adamw_workspace_size(
 /// checks them on the device and skips the step (`GRASS_STEP_SKIPPED_BAD_INDICES`,
 /// `GRASS_STEP_SKIPPED_BAD_STEP_COUNT`). Counts saturate at 2^31 - 1. Scales must be finite
 /// (`grass_select` writes finite ones): a CPU context rejects a NaN or infinite scale with
-/// `GRASS_ERROR_INVALID_VALUE`; a CUDA context does not check them, and its row of W then
-/// receives non-finite values.
+/// `GRASS_ERROR_INVALID_VALUE`; a CUDA context skips the step with
+/// `GRASS_STEP_SKIPPED_NONFINITE`.
 #[no_mangle]
 pub unsafe extern "C" fn grass_sparse_adamw_step(
     ctx: *const grass_context,

@@ -62,7 +62,8 @@ pub const GRASS_REFRESH_CARRY: grass_refresh_mode = 1;
 pub type grass_step_outcome = i32;
 /// The step was applied.
 pub const GRASS_STEP_APPLIED: grass_step_outcome = 0;
-/// Skipped: the gradient held a NaN or infinity, or the effective learning rate
+/// Skipped: the gradient (or, on a CUDA context, a scale of the compressed step) held a NaN or
+/// infinity, or the effective learning rate
 /// `lr * *lr_scale` was not a finite non-negative number. `*lr_scale` lives in context memory
 /// (a schedule on the device) and is only read where the step runs, so a bad value there
 /// skips. The host argument `lr` itself is the caller's: a NaN, infinite or negative `lr` is

@@ -124,7 +124,8 @@ pub fn available() -> Result<i32> {
 
 impl Device {
     /// Retains the primary context of device `ordinal`, compiles every kernel for its exact
-    /// architecture and creates the cuBLAS handle. Fails with `CudaUnavailable` when a
+    /// architecture (once per process and architecture: `compile::KernelCache`) and creates
+    /// the cuBLAS handle. Fails with `CudaUnavailable` when a
     /// driver, device or library is missing.
     pub fn open(ordinal: i32) -> Result<Device> {
         if ordinal < 0 {
@@ -157,7 +158,8 @@ impl Device {
         let arch = ctx
             .compute_capability()
             .map_err(|e| driver_error("cuDeviceGetAttribute(compute capability)", e))?;
-        let cubins = compile::compile_all(arch.0, arch.1)?;
+        // NVRTC runs once per architecture and process (or not at all, from the disk cache).
+        let cubins = compile::KernelCache::global().get(arch.0, arch.1)?;
         let modules = Modules::load(&cubins)?;
         let kernels = modules.kernels()?;
         let blas = Blas::new()?;

@@ -3,7 +3,7 @@
 
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
-use crate::core::scratch::{Carve, Plan};
+use crate::core::scratch::{bytes, Carve, Plan};
 use crate::core::shape::Projected;
 use crate::cpu::activations::{kept_f32, Activations};
 use crate::cpu::gemm::{matmul, View};
@@ -27,9 +27,9 @@ fn layout(plan: &mut Plan, p: &Projected, b: usize, dtype: Dtype) -> Layout {
     let rows = chunk_rows(p);
     Layout {
         rows,
-        conv: (dtype != Dtype::F32).then(|| plan.take(b * p.k * 4)),
-        cols: plan.take(b * rows * 4),
-        out: plan.take(rows * p.k * 4),
+        conv: (dtype != Dtype::F32).then(|| plan.take(bytes(b.saturating_mul(p.k), 4))),
+        cols: plan.take(bytes(b.saturating_mul(rows), 4)),
+        out: plan.take(bytes(rows.saturating_mul(p.k), 4)),
     }
 }
 

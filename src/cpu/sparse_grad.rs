@@ -3,7 +3,7 @@
 
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
-use crate::core::scratch::{Carve, Plan};
+use crate::core::scratch::{bytes, Carve, Plan};
 use crate::core::shape::Projected;
 use crate::cpu::activations::{kept_f32, Activations};
 use crate::cpu::gemm::{matmul, View};
@@ -17,8 +17,8 @@ struct Layout {
 
 fn layout(plan: &mut Plan, p: &Projected, b: usize, r: usize, dtype: Dtype) -> Layout {
     Layout {
-        conv: (dtype != Dtype::F32).then(|| plan.take(b * p.k * 4)),
-        gathered: plan.take(b * r * 4),
+        conv: (dtype != Dtype::F32).then(|| plan.take(bytes(b.saturating_mul(p.k), 4))),
+        gathered: plan.take(bytes(b.saturating_mul(r), 4)),
     }
 }
 

@@ -327,7 +327,7 @@ pub(crate) struct StepLayout {
 pub(crate) fn step_layout(plan: &mut Plan, rows: Option<usize>) -> StepLayout {
     let header = plan.take(STEP_HEADER);
     let coef = match rows {
-        Some(r) => plan.take(8 * r),
+        Some(r) => plan.take(r.saturating_mul(8)),
         None => header + STEP_HEADER_COEF,
     };
     StepLayout { header, coef }
@@ -373,10 +373,10 @@ pub(crate) fn select_layout(plan: &mut Plan, d: usize) -> SelectLayout {
     let padded = d.next_power_of_two();
     SelectLayout {
         padded,
-        w: plan.take(d * 8),
-        aux: plan.take(d * 8),
-        keys: plan.take(padded * 8),
-        vals: plan.take(padded * 4),
+        w: plan.take(d.saturating_mul(8)),
+        aux: plan.take(d.saturating_mul(8)),
+        keys: plan.take(padded.saturating_mul(8)),
+        vals: plan.take(padded.saturating_mul(4)),
         taken: plan.take(d),
     }
 }
@@ -395,9 +395,9 @@ pub(crate) fn sparse_grad_layout(
     r: usize,
     dtype: Dtype,
 ) -> SparseGradLayout {
-    let product = r * p.k * 4;
+    let product = r.saturating_mul(p.k).saturating_mul(4);
     SparseGradLayout {
-        gathered: plan.take(b * r * dtype.size()),
+        gathered: plan.take(b.saturating_mul(r).saturating_mul(dtype.size())),
         product: plan.take(product),
         blas: plan.take(blas::workspace_for(product)),
         blas_bytes: blas::workspace_for(product),

@@ -159,7 +159,7 @@ impl grass_optimizer {
             }
             let r = proj.sel.rank;
             let a = StateRefreshArgs {
-                cfg,
+                mode: cfg.refresh_mode,
                 k: proj.p.k,
                 old_indices: proj.has_prev.then(|| proj.prev_indices.buf(r)),
                 new_indices: proj.indices.buf(r),

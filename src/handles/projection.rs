@@ -45,10 +45,11 @@ impl grass_projection {
         dtype: Dtype,
     ) -> Result<grass_projection> {
         let r = sel.rank;
-        let ws_bytes = c
-            .scores_workspace_size(&p, b, dtype)
-            .max(c.select_workspace_size(p.d, r))
-            .max(c.sparse_grad_workspace_size(&p, b, r, dtype));
+        let ws_bytes = crate::core::scratch::need(
+            c.scores_workspace_size(&p, b, dtype)
+                .max(c.select_workspace_size(p.d, r))
+                .max(c.sparse_grad_workspace_size(&p, b, r, dtype)),
+        )?;
         Ok(grass_projection {
             ctx: c,
             sel,

@@ -10,13 +10,14 @@
 from . import ops
 from ._lib import cuda_available, version
 from .checkpoint import load_state, save_state
+from .consistency import ProcessMismatchError
 from .errors import GrassError
 from .linear import LayerConfig, Projection, grass_linear
 from .optimizer import DenseAdamWState, GrassLayerState, GrassState, grass_adamw
 
 __all__ = [
     "DenseAdamWState", "GrassError", "GrassLayerState", "GrassState", "LayerConfig",
-    "Projection", "cuda_available", "grass_adamw", "grass_linear", "load_state", "ops",
-    "save_state", "version",
+    "ProcessMismatchError", "Projection", "cuda_available", "grass_adamw", "grass_linear",
+    "load_state", "ops", "save_state", "version",
 ]
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -14,9 +14,11 @@ The state is a pytree of arrays (save it with `save_state`, or any checkpointer)
 counter, and for each GRASS weight its row indices σ, scales ρ, Adam moments M and V (r x k),
 one Adam step count per state row, refresh counter and last step's outcome; for the other
 leaves the dense optimizer's state. Under data parallelism (`axis_name`) the whole state is
-replicated: every device holds and updates the same copy. The interface is optax-like
-(init / step) rather than optax's init / update because GRASS writes W in place (a scatter into
-r rows); an `update` returning W_new - W would build the m x n tensor GRASS exists to avoid.
+replicated (every device holds and updates the same copy), unless `shard_state` splits each
+GRASS layer's M, V and step counts over the devices (grass_jax.sharding). The interface is
+optax-like (init / step) rather than optax's init / update because GRASS writes W in place (a
+scatter into r rows); an `update` returning W_new - W would build the m x n tensor GRASS exists
+to avoid.
 """
 
 from typing import Any, Callable, NamedTuple, Optional, Union
@@ -26,7 +28,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from . import ops
+from . import consistency, ops, sharding
 from .linear import LayerConfig, Projection, select_rows
 
 
@@ -116,6 +118,9 @@ class grass_adamw:
                     linear.layer_scores), so that every device selects the same rows.
                     Run the step under `jax.shard_map(..., check_vma=False)`: with vma
                     checking on, autodiff itself sums the gradients over the axis.
+    shard_state     with axis_name: each device keeps M, V and the step counts of only its
+                    r / N of the selected rows (ZeRO-1, see grass_jax.sharding); pass the
+                    state through shard_map with `state_specs(state)`.
     """
 
     def __init__(self, learning_rate: Union[float, Callable], *, grass_mask, rank=256,
@@ -123,7 +128,7 @@ class grass_adamw:
                  side="auto", seed=0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
                  decay_mode="selected", alpha=1.0, refresh_mode="reset",
                  state_dtype=jnp.float32, dense=None, axis_name=None, dp_scores="exact",
-                 dp_chunk_elems=1 << 22):
+                 dp_chunk_elems=1 << 22, shard_state=False):
         if refresh_every < 1:
             raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
         if dp_scores not in ("exact", "sum_sq"):
@@ -139,6 +144,10 @@ class grass_adamw:
         self.state_dtype = jnp.dtype(state_dtype)
         self.dense = dense
         self.axis_name, self.dp_scores, self.dp_chunk_elems = axis_name, dp_scores, dp_chunk_elems
+        self.shard_state = bool(shard_state)
+        if self.shard_state:
+            sharding.check_options(axis_name=axis_name, method=method, decay_mode=decay_mode,
+                                   weight_decay=weight_decay)
 
     # -- structure ---------------------------------------------------------------------------
 
@@ -197,6 +206,9 @@ class grass_adamw:
                 dense_params)
         else:
             dense = self.dense.init(dense_params)
+        if jax.process_count() > 1 and not any(
+                isinstance(p, jax.core.Tracer) for p in jax.tree_util.tree_leaves(params)):
+            self.check_processes(params)  # under jit: call it yourself before
         return GrassState(jnp.zeros((), jnp.int32), treedef.unflatten(layers), dense)
 
     # -- one training step -------------------------------------------------------------------
@@ -263,10 +275,15 @@ class grass_adamw:
             static = pct.static_refresh
             refresh = self.refresh_due(state) if static is None else static
             ls = self._maybe_refresh(c, ls, pct.score_sink, refresh)
-            g = self._mean(pct.sink)
-            w, m, v, row_steps, skipped = ops.sparse_adamw_step(
-                w, ls.indices, ls.scales, g, ls.m, ls.v, ls.row_steps, lr, side=c.side,
-                alpha=self.alpha, after=after, **self.adam)
+            if self.shard_state:
+                w, m, v, row_steps, skipped = sharding.sparse_adamw_step(
+                    w, ls.indices, ls.scales, pct.sink, ls.m, ls.v, ls.row_steps, lr,
+                    axis_name=self.axis_name, side=c.side, rank=c.rank, alpha=self.alpha,
+                    adam=self.adam, after=after)
+            else:
+                w, m, v, row_steps, skipped = ops.sparse_adamw_step(
+                    w, ls.indices, ls.scales, self._mean(pct.sink), ls.m, ls.v, ls.row_steps,
+                    lr, side=c.side, alpha=self.alpha, after=after, **self.adam)
             new_leaves[i] = w
             new_layers[i] = ls._replace(m=m, v=v, row_steps=row_steps, skipped=skipped)
         dense = self._dense_step(leaves, gleaves, configs, treedef, state, lr, new_leaves, after)
@@ -277,8 +294,13 @@ class grass_adamw:
         def fresh(ls):
             # The same op on the same scores as in the backward pass: the same rows.
             idx, sc = select_rows(c, scores, ls.refresh_count)
-            m, v, row_steps = ops.state_refresh(ls.indices, idx, ls.m, ls.v, ls.row_steps,
-                                                refresh_mode=self.refresh_mode)
+            if self.shard_state:
+                m, v, row_steps = sharding.state_refresh(
+                    ls.indices, idx, ls.m, ls.v, ls.row_steps, axis_name=self.axis_name,
+                    rank=c.rank, refresh_mode=self.refresh_mode)
+            else:
+                m, v, row_steps = ops.state_refresh(ls.indices, idx, ls.m, ls.v, ls.row_steps,
+                                                    refresh_mode=self.refresh_mode)
             return ls._replace(indices=idx, scales=sc, m=m, v=v, row_steps=row_steps,
                                refresh_count=ls.refresh_count + jnp.uint32(1))
 
@@ -309,6 +331,20 @@ class grass_adamw:
         for i in idx:
             new_leaves[i] = updated[i]
         return dense_state
+
+    def check_processes(self, params, state=None):
+        """Multi-process runs: raises consistency.ProcessMismatchError in every process when
+        the processes disagree on shapes, rank, seed, selection, refresh schedule or (with a
+        state) step and refresh counts; one all-gather of a few int32 per process."""
+        consistency.check_processes(self, params, state)
+
+    def state_specs(self, state):
+        """A state-shaped tree of PartitionSpecs for shard_map's in_specs / out_specs (and
+        NamedSharding): with shard_state, M, V and row_steps split over axis_name, the rest
+        replicated; without, all replicated. `state` may be `jax.eval_shape(opt.init, params)`."""
+        if not self.shard_state:
+            return jax.tree_util.tree_map(lambda _: jax.sharding.PartitionSpec(), state)
+        return sharding.state_specs(state, self.axis_name, GrassLayerState)
 
     # -- introspection -----------------------------------------------------------------------
 

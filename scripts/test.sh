@@ -17,15 +17,14 @@ if ! python3 -c "import nvidia.cu13" 2>/dev/null && ! ldconfig -p 2>/dev/null | 
     python3 -m pip install -q --disable-pip-version-check "nvidia-cuda-nvrtc==13.*"
 fi
 
-echo "== cargo build --release (also regenerates include/grass.h)"
+echo "== cargo build --release"
 cargo build --release
+# A build never writes into the source tree (build.rs generates the header into target/);
+# tests/abi.rs fails when include/grass.h differs from it. This second guard catches a header
+# edited after the tests ran.
 if git rev-parse --git-dir >/dev/null 2>&1 && ! git diff --quiet -- include/grass.h; then
     git --no-pager diff --stat -- include/grass.h
-    if [ "${CI:-}" = "true" ]; then
-        echo "include/grass.h is not the header cbindgen generates: regenerate and commit it" >&2
-        exit 1
-    fi
-    echo "warning: include/grass.h changed; commit it" >&2
+    echo "warning: include/grass.h has uncommitted changes; commit them" >&2
 fi
 
 echo "== cargo test"
@@ -41,6 +40,9 @@ fi
 
 echo "== ctest: C and C++ consumers under ASan/UBSan, install tree, demo"
 BUILD_DIR=build/ctest tests/c/run.sh
+
+echo "== pytest: the bindings' ctypes declarations against grass.h"
+python3 -m pytest -q -rs bindings/tests
 
 echo "== pytest: PyTorch/ctypes binding"
 python3 -m pytest -q -rs bindings/torch/tests

@@ -276,14 +276,9 @@ impl Versioned for grass_projection_config {
 
 impl Versioned for crate::ffi::projection::grass_projection_info {
     const NAME: &'static str = "grass_projection_info";
-    /// 0.2.0's struct ends at `refresh_due`; 0.3.0 adds `memory_bytes`.
-    const VERSIONS: &'static [(usize, usize)] = &[
-        (
-            std::mem::offset_of!(Self, memory_bytes),
-            std::mem::offset_of!(Self, memory_bytes),
-        ),
-        (size_of::<Self>(), size_of::<Self>()),
-    ];
+    /// One release in ABI 3, with `memory_bytes`: ABI 2's struct without it belongs to another
+    /// ABI generation (its callers must rebuild) and its size is rejected like any unknown one.
+    const VERSIONS: &'static [(usize, usize)] = &[(size_of::<Self>(), size_of::<Self>())];
     fn defaults() -> Self {
         // SAFETY: integers only; an info struct is written, never read.
         unsafe { std::mem::zeroed() }

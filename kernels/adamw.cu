@@ -12,7 +12,8 @@
 #define BAD_GRADIENT 1u
 #define BAD_INDICES 2u
 #define BAD_COUNTS 4u
-// Outcomes written to StepHeader::skip and *skipped (GRASS_STEP_* in include/grass.h).
+// Outcomes written to StepHeader::skip and *skipped (GRASS_STEP_* in include/grass.h;
+// tests/enum_codes.rs checks them).
 #define STEP_APPLIED 0
 #define STEP_SKIPPED_NONFINITE 1
 #define STEP_SKIPPED_BAD_INDICES 2

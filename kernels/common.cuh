@@ -11,7 +11,7 @@ typedef int i32;
 typedef long long i64;
 typedef unsigned long long u64;
 
-// Values of grass_dtype.
+// Values of grass_dtype (tests/enum_codes.rs checks every code the kernels use against grass.h).
 #define DT_F32 0
 #define DT_BF16 1
 #define DT_F16 2

@@ -15,7 +15,7 @@
 #endif
 #define NONE 0xFFFFFFFFu
 
-// Values of core::config::Method, in declaration order.
+// Values of grass_method (core::config::Method; tests/enum_codes.rs checks them).
 #define M_TOP_R 0
 #define M_MULTINOMIAL 1
 #define M_MULTINOMIAL_NR 2

@@ -16,9 +16,10 @@ for line in sys.stdin:
         m = json.loads(line)
     except ValueError:
         continue
-    # abi and kernels_on_host read this checkout (header, sources) and need no GPU: they stay here
+    # abi, enum_codes and kernels_on_host read this checkout (header, sources) and need no GPU:
+    # they stay here
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"] \
-            and m["target"]["name"] not in ("abi", "kernels_on_host"):
+            and m["target"]["name"] not in ("abi", "enum_codes", "kernels_on_host"):
         print(m["target"]["name"], m["executable"])
 ' | while read -r name exe; do
         objcopy --strip-debug "$exe" ".carry/bin/$name"

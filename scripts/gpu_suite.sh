@@ -103,7 +103,7 @@ if part sanitizers; then
 # inspects; synccheck checks that every __syncthreads of select_rows and carry_rows is reached
 # by the whole block.
 MEMCHECK_FILTER=${MEMCHECK_FILTER-}
-RACECHECK_FILTER=${RACECHECK_FILTER-"select:: project::row_scores adamw::state_refresh"}
+RACECHECK_FILTER=${RACECHECK_FILTER-"select:: row_scores:: adamw::state_refresh"}
 SYNCCHECK_FILTER=${SYNCCHECK_FILTER-"select::large_selections_match_the_host adamw::state_refresh"}
 for tool in memcheck racecheck synccheck; do
     start=$SECONDS

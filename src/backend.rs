@@ -1,10 +1,90 @@
-//! Validated arguments of every layer-1 op, as the backends receive them. Buffers are
-//! addresses in the context's memory (host addresses for CPU, device addresses for CUDA);
-//! sizes, dtypes and enums have been checked by `ffi` before a backend sees them.
+//! Validated arguments of every layer-1 op, as the backends receive them. Buffers are typed
+//! addresses in the context's memory (host addresses for CPU, device addresses for CUDA):
+//! [`Buf`] for a fixed element type, [`Tensor`] for one of the tensor dtypes, each carrying
+//! its length. They are built once, where the argument is checked (`ffi`) or where the buffer
+//! is owned (`handles`), so no op restates a type or a length; sizes, dtypes and enums have
+//! been checked before a backend sees them.
+
+use std::marker::PhantomData;
 
 use crate::core::config::{AdamW, Selection};
 use crate::core::dtype::Dtype;
 use crate::core::shape::Projected;
+
+/// `len` elements of `T` at `addr`.
+#[derive(Debug)]
+pub struct Buf<T> {
+    addr: usize,
+    len: usize,
+    elem: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Buf<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Buf<T> {}
+
+impl<T> Buf<T> {
+    /// A buffer checked by the caller: non-NULL, aligned for `T`, `len` elements.
+    pub(crate) fn new(addr: usize, len: usize) -> Self {
+        Buf {
+            addr,
+            len,
+            elem: PhantomData,
+        }
+    }
+
+    pub fn addr(&self) -> usize {
+        self.addr
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// `len` elements of `dtype` at `addr`.
+#[derive(Debug, Clone, Copy)]
+pub struct Tensor {
+    addr: usize,
+    len: usize,
+    dtype: Dtype,
+}
+
+impl Tensor {
+    /// A tensor checked by the caller: non-NULL, aligned for `dtype`, `len` elements.
+    pub(crate) fn new(addr: usize, len: usize, dtype: Dtype) -> Self {
+        Tensor { addr, len, dtype }
+    }
+
+    pub fn addr(&self) -> usize {
+        self.addr
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+}
+
+/// The address of an optional buffer, 0 for none (as kernels take it).
+pub fn addr_or_null<T>(b: Option<Buf<T>>) -> usize {
+    b.map_or(0, |b| b.addr())
+}
 
 /// Caller-provided scratch: address and size in bytes (address 0 when size is 0).
 #[derive(Debug, Clone, Copy)]
@@ -13,15 +93,25 @@ pub struct Scratch {
     pub bytes: usize,
 }
 
+/// X (`b x n`) and dY (`b x m`) of one linear layer, of one dtype.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch {
+    pub b: usize,
+    pub x: Tensor,
+    pub dy: Tensor,
+}
+
+impl Batch {
+    pub fn dtype(&self) -> Dtype {
+        self.x.dtype()
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct RowScoresArgs {
     pub p: Projected,
-    pub b: usize,
-    pub dtype: Dtype,
-    pub x: usize,
-    pub dy: usize,
-    /// f32[d]
-    pub scores: usize,
+    pub batch: Batch,
+    pub scores: Buf<f32>,
     pub ws: Scratch,
     pub stream: usize,
 }
@@ -29,16 +119,15 @@ pub struct RowScoresArgs {
 #[derive(Debug, Clone, Copy)]
 pub struct SelectArgs {
     pub sel: Selection,
-    pub d: usize,
     pub refresh_index: u32,
-    /// u32[1] holding the refresh index (overrides `refresh_index`), or 0 for none.
-    pub refresh_index_at: usize,
-    /// f32[d]
-    pub scores: usize,
-    /// i32[r]
-    pub indices: usize,
-    /// f32[r]
-    pub scales: usize,
+    /// The refresh index (overrides `refresh_index`), or none.
+    pub refresh_index_at: Option<Buf<u32>>,
+    /// d scores
+    pub scores: Buf<f32>,
+    /// r indices
+    pub indices: Buf<i32>,
+    /// r scales
+    pub scales: Buf<f32>,
     pub ws: Scratch,
     pub stream: usize,
 }
@@ -46,15 +135,11 @@ pub struct SelectArgs {
 #[derive(Debug, Clone, Copy)]
 pub struct SparseGradArgs {
     pub p: Projected,
-    pub b: usize,
-    pub r: usize,
-    pub dtype: Dtype,
-    pub x: usize,
-    pub dy: usize,
-    pub indices: usize,
-    pub scales: usize,
-    /// f32[r * k]
-    pub g: usize,
+    pub batch: Batch,
+    pub indices: Buf<i32>,
+    pub scales: Buf<f32>,
+    /// r x k
+    pub g: Buf<f32>,
     pub accumulate: bool,
     pub ws: Scratch,
     pub stream: usize,
@@ -64,19 +149,18 @@ pub struct SparseGradArgs {
 #[derive(Debug, Clone, Copy)]
 pub struct StepBuffers {
     pub cfg: AdamW,
-    pub w_dtype: Dtype,
-    pub w: usize,
+    pub w: Tensor,
     /// M and V, `cfg.state_dtype`.
-    pub m: usize,
-    pub v: usize,
-    /// Step counts, incremented when the step is applied: i32[r] (one per state row) for the
-    /// compressed step, i32[1] for the dense step.
-    pub steps: usize,
+    pub m: Tensor,
+    pub v: Tensor,
+    /// Step counts, incremented when the step is applied: one per state row for the
+    /// compressed step, one for the dense step.
+    pub steps: Buf<i32>,
     pub lr: f32,
-    /// f32[1] multiplying lr, or 0 for none.
-    pub lr_scale: usize,
-    /// i32[1] set to 1 when the step was skipped, else 0; or 0 for none.
-    pub skipped: usize,
+    /// Multiplies lr, or none.
+    pub lr_scale: Option<Buf<f32>>,
+    /// Receives the step's outcome, or none.
+    pub skipped: Option<Buf<i32>>,
     pub ws: Scratch,
     pub stream: usize,
 }
@@ -84,33 +168,31 @@ pub struct StepBuffers {
 #[derive(Debug, Clone, Copy)]
 pub struct SparseAdamwStepArgs {
     pub p: Projected,
-    pub r: usize,
-    pub indices: usize,
-    pub scales: usize,
-    /// f32[r * k]
-    pub g: usize,
+    pub indices: Buf<i32>,
+    pub scales: Buf<f32>,
+    /// r x k
+    pub g: Buf<f32>,
     pub buf: StepBuffers,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct AdamwStepArgs {
-    pub numel: usize,
-    pub grad_dtype: Dtype,
-    pub grad: usize,
+    pub grad: Tensor,
     pub buf: StepBuffers,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct StateRefreshArgs {
     pub cfg: AdamW,
-    pub r: usize,
     pub k: usize,
-    pub old_indices: usize,
-    pub new_indices: usize,
-    pub m: usize,
-    pub v: usize,
-    /// i32[r], the step count of each state row
-    pub row_steps: usize,
+    /// r indices, or none (no previous selection)
+    pub old_indices: Option<Buf<i32>>,
+    pub new_indices: Buf<i32>,
+    /// r x k each, `cfg.state_dtype`
+    pub m: Tensor,
+    pub v: Tensor,
+    /// r: the step count of each state row
+    pub row_steps: Buf<i32>,
     pub ws: Scratch,
     pub stream: usize,
 }

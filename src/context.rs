@@ -3,6 +3,7 @@
 #![allow(non_camel_case_types)]
 
 use crate::backend::*;
+use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::cpu;
 use crate::{bail, cuda};
@@ -39,6 +40,21 @@ impl Buffer {
     /// Bytes actually held (host buffers are whole 8-byte words).
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// The first `len` elements of `T` of this buffer.
+    pub(crate) fn buf<T>(&self, len: usize) -> Buf<T> {
+        assert!(
+            len * std::mem::size_of::<T>() <= self.bytes,
+            "buffer overrun"
+        );
+        Buf::new(self.addr(), len)
+    }
+
+    /// The first `len` elements of `dtype` of this buffer.
+    pub(crate) fn tensor(&self, dtype: Dtype, len: usize) -> Tensor {
+        assert!(len * dtype.size() <= self.bytes, "buffer overrun");
+        Tensor::new(self.addr(), len, dtype)
     }
 }
 

@@ -166,3 +166,154 @@ fn launch_signatures_match_the_kernels_parameters() {
     }
     assert_eq!(seen, sigs.len(), "every listed kernel exists");
 }
+
+// ---- the cache of compiled kernels ----
+
+use compile::{CacheKey, KernelCache};
+
+/// A fresh directory under the system's temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "grass-kernel-cache-{tag}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn images(cubins: &[compile::Cubin]) -> Vec<(&'static str, Vec<u8>)> {
+    cubins.iter().map(|c| (c.name, c.image.clone())).collect()
+}
+
+#[test]
+fn a_second_compile_for_the_same_arch_hits_the_cache() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let cache = KernelCache::new(None);
+    let first = cache.get(9, 0).unwrap();
+    assert_eq!(cache.compiles(), compile::MODULES.len() as u64);
+    let second = cache.get(9, 0).unwrap();
+    assert_eq!(
+        cache.compiles(),
+        compile::MODULES.len() as u64,
+        "NVRTC ran again"
+    );
+    assert!(std::sync::Arc::ptr_eq(&first, &second));
+    // contexts opened on other threads at the same time share one compilation too
+    let shared = KernelCache::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| shared.get(9, 0).unwrap());
+        }
+    });
+    assert_eq!(shared.compiles(), compile::MODULES.len() as u64);
+}
+
+#[test]
+fn different_archs_have_different_keys_and_entries() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let (k90, k80) = (CacheKey::new(9, 0).unwrap(), CacheKey::new(8, 0).unwrap());
+    assert_ne!(k90, k80);
+    assert_ne!(k90.file_name(), k80.file_name());
+    assert_eq!(
+        k90,
+        CacheKey::new(9, 0).unwrap(),
+        "the key is a function of its inputs"
+    );
+    assert_eq!(k90.nvrtc, compile::nvrtc_version().unwrap());
+    let dir = TempDir::new("archs");
+    let cache = KernelCache::new(Some(dir.0.clone()));
+    let a = cache.get(9, 0).unwrap();
+    let b = cache.get(8, 0).unwrap();
+    assert_eq!(cache.compiles(), 2 * compile::MODULES.len() as u64);
+    assert_ne!(images(&a), images(&b), "sm_90 and sm_80 share CUBINs");
+    assert!(cache.path(&k90).unwrap().is_file());
+    assert!(cache.path(&k80).unwrap().is_file());
+}
+
+#[test]
+fn the_disk_cache_serves_a_new_process_and_damaged_entries_are_rewritten() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("disk");
+    let n = compile::MODULES.len() as u64;
+    let writer = KernelCache::new(Some(dir.0.clone()));
+    let compiled = images(&writer.get(9, 0).unwrap());
+    assert_eq!(writer.compiles(), n);
+    let key = CacheKey::new(9, 0).unwrap();
+    let path = writer.path(&key).unwrap();
+    let good = std::fs::read(&path).unwrap();
+
+    // A new cache (another process) reads the file instead of compiling.
+    let reader = KernelCache::new(Some(dir.0.clone()));
+    assert_eq!(images(&reader.get(9, 0).unwrap()), compiled);
+    assert_eq!((reader.compiles(), reader.disk_hits()), (0, 1));
+
+    // Damaged or foreign entries are ignored, compiled afresh and replaced by a good file.
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x40;
+    let k80 = CacheKey::new(8, 0).unwrap();
+    let foreign = KernelCache::new(Some(dir.0.clone()));
+    foreign.get(8, 0).unwrap();
+    let other_key = std::fs::read(foreign.path(&k80).unwrap()).unwrap();
+    // (each costs a compilation: three kinds of damage)
+    let damaged: [(&str, Vec<u8>); 3] = [
+        ("a flipped bit", flipped),
+        ("a truncated file", good[..good.len() - 100].to_vec()),
+        ("another key's entry", other_key),
+    ];
+    for (what, bytes) in damaged {
+        std::fs::write(&path, &bytes).unwrap();
+        let cache = KernelCache::new(Some(dir.0.clone()));
+        assert_eq!(images(&cache.get(9, 0).unwrap()), compiled, "{what}");
+        assert_eq!(
+            (cache.compiles(), cache.disk_hits()),
+            (n, 0),
+            "{what} was used"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            good,
+            "{what} was not rewritten"
+        );
+    }
+    // Every write went through a temporary file that was renamed: none is left behind.
+    let mut names: Vec<String> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec![k80.file_name(), key.file_name()]);
+}
+
+#[test]
+fn a_cache_directory_that_cannot_be_written_only_costs_the_disk_cache() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let dir = TempDir::new("blocked");
+    let blocked = dir.0.join("a-file-not-a-directory");
+    std::fs::write(&blocked, b"").unwrap();
+    let cache = KernelCache::new(Some(blocked.join("kernels")));
+    cache.get(9, 0).unwrap();
+    cache.get(9, 0).unwrap();
+    assert_eq!(cache.compiles(), compile::MODULES.len() as u64);
+}

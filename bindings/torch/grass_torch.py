@@ -9,6 +9,7 @@ import ctypes
 import os
 from ctypes import POINTER, c_char_p, c_float, c_int32, c_int64, c_size_t, c_uint32, c_void_p
 
+# Constants of grass.h (tests/enum_codes.rs checks them against the header).
 DTYPE = {"float32": 0, "bfloat16": 1, "float16": 2}
 SIDE_ROWS, SIDE_COLS, SIDE_AUTO = 0, 1, 2
 METHODS = {"top_r": 0, "multinomial": 1, "multinomial_nr": 2, "uniform": 3, "uniform_nr": 4}

@@ -43,7 +43,6 @@ impl Error {
     }
 }
 
-
 /// `bail!(Kind, "fmt", args)` returns early with an [`Error`].
 #[macro_export]
 macro_rules! bail {

@@ -5,6 +5,6 @@ pub mod config;
 pub mod dtype;
 pub mod error;
 pub mod rng;
+pub mod scratch;
 pub mod select;
 pub mod shape;
-pub mod workspace;

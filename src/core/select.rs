@@ -8,11 +8,30 @@
 use crate::core::config::{Method, Scaling, Selection};
 use crate::core::error::Result;
 use crate::core::rng::{Purpose, Stream};
-use crate::core::workspace::{region, Carver, ALIGN_SLACK};
+use crate::core::scratch::{Carve, Plan};
+
+/// Scratch of [`select`] for `d` scores: weights, their auxiliary copy, sort keys and order.
+struct Layout {
+    w: usize,
+    aux: usize,
+    keys: usize,
+    order: usize,
+}
+
+fn layout(plan: &mut Plan, d: usize) -> Layout {
+    Layout {
+        w: plan.take(d * 8),
+        aux: plan.take(d * 8),
+        keys: plan.take(d * 8),
+        order: plan.take(d * 4),
+    }
+}
 
 /// Scratch bytes [`select`] needs for `d` scores.
 pub fn workspace_size(d: usize, _rank: usize) -> usize {
-    2 * region(d, 8) + region(d, 8) + region(d, 4) + ALIGN_SLACK
+    let mut plan = Plan::sizing();
+    layout(&mut plan, d);
+    plan.size()
 }
 
 fn sanitized_weight(s: f32, power: u32) -> f64 {
@@ -45,11 +64,14 @@ pub fn select(
     let r = sel.rank;
     sel.validate(d)?;
     debug_assert!(indices.len() == r && scales.len() == r);
-    let mut ws = Carver::new(workspace);
-    let w: &mut [f64] = ws.take(d)?;
-    let aux: &mut [f64] = ws.take(d)?;
-    let keys: &mut [u64] = ws.take(d)?;
-    let order: &mut [u32] = ws.take(d)?;
+    let mut plan = Plan::within(workspace.as_ptr() as usize, workspace.len());
+    let l = layout(&mut plan, d);
+    plan.check()?;
+    let mut ws = Carve::new(workspace);
+    let w: &mut [f64] = ws.at(l.w, d)?;
+    let aux: &mut [f64] = ws.at(l.aux, d)?;
+    let keys: &mut [u64] = ws.at(l.keys, d)?;
+    let order: &mut [u32] = ws.at(l.order, d)?;
     let rng = Stream {
         seed: sel.seed,
         layer_id: sel.layer_id,

@@ -57,10 +57,6 @@ impl<'a> Activations<'a> {
     }
 }
 
-pub(crate) fn needs_conversion(dtype: Dtype) -> usize {
-    (dtype != Dtype::F32) as usize
-}
-
 /// B as f32: borrowed when it already is, else converted into `buf`.
 pub(crate) fn kept_f32<'w>(b: Act<'w>, buf: Option<&'w mut [f32]>) -> &'w [f32] {
     match (b, buf) {

@@ -1,10 +1,9 @@
-//! The CPU backend behind the dispatch: turns validated host addresses into slices and runs
+//! The CPU backend behind the dispatch (the twin of `cuda::ops`): views the validated host
+//! buffers of an op's arguments as slices, with the types and lengths they carry, and runs
 //! the reference implementation. Data-dependent checks (index ranges and order) happen here,
 //! before anything is written.
 
 use std::slice;
-
-use half::{bf16, f16};
 
 use crate::backend::*;
 use crate::core::codes::StepOutcome;
@@ -15,59 +14,63 @@ use crate::cpu::adamw::{State, Weights};
 use crate::{bail, cpu};
 
 /// # Safety
-/// `addr` must point to `len` valid, aligned `T`s that nothing else mutates during the call.
-unsafe fn view<'a, T>(addr: usize, len: usize) -> &'a [T] {
-    slice::from_raw_parts(addr as *const T, len)
+/// `b` must be a host buffer that nothing else mutates during the call.
+unsafe fn view<'a, T>(b: Buf<T>) -> &'a [T] {
+    slice::from_raw_parts(b.addr() as *const T, b.len())
 }
 
 /// # Safety
-/// As [`view`], and the region must not be aliased by any other slice of the call.
-unsafe fn view_mut<'a, T>(addr: usize, len: usize) -> &'a mut [T] {
-    slice::from_raw_parts_mut(addr as *mut T, len)
+/// As [`view`], and the buffer must not be aliased by any other slice of the call.
+unsafe fn view_mut<'a, T>(b: Buf<T>) -> &'a mut [T] {
+    slice::from_raw_parts_mut(b.addr() as *mut T, b.len())
 }
 
-unsafe fn act<'a>(addr: usize, len: usize, dtype: Dtype) -> Act<'a> {
-    match dtype {
-        Dtype::F32 => Act::F32(view(addr, len)),
-        Dtype::Bf16 => Act::Bf16(view(addr, len)),
-        Dtype::F16 => Act::F16(view(addr, len)),
+/// # Safety
+/// As [`view`].
+unsafe fn act<'a>(t: Tensor) -> Act<'a> {
+    match t.dtype() {
+        Dtype::F32 => Act::F32(view(Buf::new(t.addr(), t.len()))),
+        Dtype::Bf16 => Act::Bf16(view(Buf::new(t.addr(), t.len()))),
+        Dtype::F16 => Act::F16(view(Buf::new(t.addr(), t.len()))),
     }
 }
 
-unsafe fn weights<'a>(addr: usize, len: usize, dtype: Dtype) -> Weights<'a> {
-    match dtype {
-        Dtype::F32 => Weights::F32(view_mut(addr, len)),
-        Dtype::Bf16 => Weights::Bf16(view_mut::<bf16>(addr, len)),
-        Dtype::F16 => Weights::F16(view_mut::<f16>(addr, len)),
+/// # Safety
+/// As [`view_mut`].
+unsafe fn weights<'a>(t: Tensor) -> Weights<'a> {
+    match t.dtype() {
+        Dtype::F32 => Weights::F32(view_mut(Buf::new(t.addr(), t.len()))),
+        Dtype::Bf16 => Weights::Bf16(view_mut(Buf::new(t.addr(), t.len()))),
+        Dtype::F16 => Weights::F16(view_mut(Buf::new(t.addr(), t.len()))),
     }
 }
 
-unsafe fn state<'a>(addr: usize, len: usize, dtype: Dtype) -> State<'a> {
-    match dtype {
-        Dtype::Bf16 => State::Bf16(view_mut(addr, len)),
-        _ => State::F32(view_mut(addr, len)),
+/// # Safety
+/// As [`view_mut`]; `t` holds f32 or bf16 (the state dtypes).
+unsafe fn state<'a>(t: Tensor) -> State<'a> {
+    match t.dtype() {
+        Dtype::Bf16 => State::Bf16(view_mut(Buf::new(t.addr(), t.len()))),
+        _ => State::F32(view_mut(Buf::new(t.addr(), t.len()))),
     }
 }
 
+/// # Safety
+/// `s` must be host scratch of `s.bytes` bytes that nothing else uses during the call.
 unsafe fn scratch<'a>(s: Scratch) -> &'a mut [u8] {
     if s.bytes == 0 {
         &mut []
     } else {
-        view_mut(s.addr, s.bytes)
+        view_mut(Buf::new(s.addr, s.bytes))
     }
 }
 
-unsafe fn activations<'a>(
-    p: &crate::core::shape::Projected,
-    b: usize,
-    dtype: Dtype,
-    x: usize,
-    dy: usize,
-) -> Activations<'a> {
+/// # Safety
+/// As [`view`].
+unsafe fn activations<'a>(b: &Batch) -> Activations<'a> {
     Activations {
-        x: act(x, b * p.n, dtype),
-        dy: act(dy, b * p.m, dtype),
-        b,
+        x: act(b.x),
+        dy: act(b.dy),
+        b: b.b,
     }
 }
 
@@ -103,23 +106,22 @@ fn check_counts(name: &str, counts: &[i32]) -> Result<()> {
 
 pub(crate) fn row_scores(a: &RowScoresArgs) -> Result<()> {
     unsafe {
-        let act = activations(&a.p, a.b, a.dtype, a.x, a.dy);
-        cpu::row_scores(&a.p, &act, view_mut(a.scores, a.p.d), scratch(a.ws))
+        let act = activations(&a.batch);
+        cpu::row_scores(&a.p, &act, view_mut(a.scores), scratch(a.ws))
     }
 }
 
 pub(crate) fn select(a: &SelectArgs) -> Result<()> {
     unsafe {
         crate::core::select::select(
-            view(a.scores, a.d),
+            view(a.scores),
             &a.sel,
-            if a.refresh_index_at == 0 {
-                a.refresh_index
-            } else {
-                *(a.refresh_index_at as *const u32)
+            match a.refresh_index_at {
+                None => a.refresh_index,
+                Some(at) => view(at)[0],
             },
-            view_mut(a.indices, a.sel.rank),
-            view_mut(a.scales, a.sel.rank),
+            view_mut(a.indices),
+            view_mut(a.scales),
             scratch(a.ws),
         )
     }
@@ -127,15 +129,15 @@ pub(crate) fn select(a: &SelectArgs) -> Result<()> {
 
 pub(crate) fn sparse_grad(a: &SparseGradArgs) -> Result<()> {
     unsafe {
-        let idx = view::<i32>(a.indices, a.r);
+        let idx = view(a.indices);
         check_indices("indices", idx, a.p.d)?;
-        let act = activations(&a.p, a.b, a.dtype, a.x, a.dy);
+        let act = activations(&a.batch);
         cpu::sparse_grad(
             &a.p,
             &act,
             idx,
-            view(a.scales, a.r),
-            view_mut(a.g, a.r * a.p.k),
+            view(a.scales),
+            view_mut(a.g),
             a.accumulate,
             scratch(a.ws),
         )
@@ -143,16 +145,15 @@ pub(crate) fn sparse_grad(a: &SparseGradArgs) -> Result<()> {
 }
 
 unsafe fn effective_lr(b: &StepBuffers) -> f32 {
-    if b.lr_scale == 0 {
-        b.lr
-    } else {
-        b.lr * *(b.lr_scale as *const f32)
+    match b.lr_scale {
+        None => b.lr,
+        Some(s) => b.lr * view(s)[0],
     }
 }
 
 unsafe fn report(b: &StepBuffers, skipped: bool) {
-    if b.skipped != 0 {
-        *(b.skipped as *mut i32) = if skipped {
+    if let Some(out) = b.skipped {
+        view_mut(out)[0] = if skipped {
             StepOutcome::SkippedNonfinite as i32
         } else {
             StepOutcome::Applied as i32
@@ -162,26 +163,25 @@ unsafe fn report(b: &StepBuffers, skipped: bool) {
 
 pub(crate) fn sparse_adamw_step(a: &SparseAdamwStepArgs) -> Result<()> {
     unsafe {
-        let idx = view::<i32>(a.indices, a.r);
+        let idx = view(a.indices);
         check_indices("indices", idx, a.p.d)?;
         let b = &a.buf;
-        let steps = slice::from_raw_parts_mut(b.steps as *mut i32, a.r);
+        let steps = view_mut(b.steps);
         check_counts("row_steps", steps)?;
         let lr = effective_lr(b);
         if !(lr.is_finite() && lr >= 0.0) {
             report(b, true);
             return Ok(());
         }
-        let n = a.r * a.p.k;
         let out = cpu::sparse_adamw_step(
             &b.cfg,
             &a.p,
-            weights(b.w, a.p.m * a.p.n, b.w_dtype),
+            weights(b.w),
             idx,
-            view(a.scales, a.r),
-            view(a.g, n),
-            state(b.m, n, b.cfg.state_dtype),
-            state(b.v, n, b.cfg.state_dtype),
+            view(a.scales),
+            view(a.g),
+            state(b.m),
+            state(b.v),
             steps,
             lr,
         );
@@ -193,7 +193,8 @@ pub(crate) fn sparse_adamw_step(a: &SparseAdamwStepArgs) -> Result<()> {
 pub(crate) fn adamw_step(a: &AdamwStepArgs) -> Result<()> {
     unsafe {
         let b = &a.buf;
-        check_counts("step", view::<i32>(b.steps, 1))?;
+        let step = view_mut(b.steps);
+        check_counts("step", step)?;
         let lr = effective_lr(b);
         if !(lr.is_finite() && lr >= 0.0) {
             report(b, true);
@@ -201,11 +202,11 @@ pub(crate) fn adamw_step(a: &AdamwStepArgs) -> Result<()> {
         }
         let out = cpu::adamw_step(
             &b.cfg,
-            weights(b.w, a.numel, b.w_dtype),
-            act(a.grad, a.numel, a.grad_dtype),
-            state(b.m, a.numel, b.cfg.state_dtype),
-            state(b.v, a.numel, b.cfg.state_dtype),
-            &mut *(b.steps as *mut i32),
+            weights(b.w),
+            act(a.grad),
+            state(b.m),
+            state(b.v),
+            &mut step[0],
             lr,
         );
         report(b, out.skipped);
@@ -215,23 +216,21 @@ pub(crate) fn adamw_step(a: &AdamwStepArgs) -> Result<()> {
 
 pub(crate) fn state_refresh(a: &StateRefreshArgs) -> Result<()> {
     unsafe {
-        let new = view::<i32>(a.new_indices, a.r);
-        let old: &[i32] = if a.old_indices == 0 {
-            &[]
-        } else {
-            view(a.old_indices, a.r)
+        let new = view(a.new_indices);
+        let old: &[i32] = match a.old_indices {
+            None => &[],
+            Some(old) => view(old),
         };
         check_indices("new_indices", new, usize::MAX)?;
         check_indices("old_indices", old, usize::MAX)?;
-        let n = a.r * a.k;
         cpu::state_refresh(
             a.cfg.refresh_mode,
             a.k,
             old,
             new,
-            state(a.m, n, a.cfg.state_dtype),
-            state(a.v, n, a.cfg.state_dtype),
-            slice::from_raw_parts_mut(a.row_steps as *mut i32, a.r),
+            state(a.m),
+            state(a.v),
+            view_mut(a.row_steps),
         );
     }
     Ok(())

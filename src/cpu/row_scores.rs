@@ -3,9 +3,9 @@
 
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
+use crate::core::scratch::{Carve, Plan};
 use crate::core::shape::Projected;
-use crate::core::workspace::{region, Carver, ALIGN_SLACK};
-use crate::cpu::activations::{kept_f32, needs_conversion, Activations};
+use crate::cpu::activations::{kept_f32, Activations};
 use crate::cpu::gemm::{matmul, View};
 
 /// Rows of G per chunk: at most 8 MiB of f32 and at most a quarter of the rows, so even a
@@ -14,12 +14,29 @@ fn chunk_rows(p: &Projected) -> usize {
     ((2usize << 20) / p.k).min(p.d.div_ceil(4)).max(1)
 }
 
+/// Scratch of [`row_scores`]: B in f32 when it is not already, then one chunk of A's columns
+/// and one chunk of G's rows.
+struct Layout {
+    rows: usize,
+    conv: Option<usize>,
+    cols: usize,
+    out: usize,
+}
+
+fn layout(plan: &mut Plan, p: &Projected, b: usize, dtype: Dtype) -> Layout {
+    let rows = chunk_rows(p);
+    Layout {
+        rows,
+        conv: (dtype != Dtype::F32).then(|| plan.take(b * p.k * 4)),
+        cols: plan.take(b * rows * 4),
+        out: plan.take(rows * p.k * 4),
+    }
+}
+
 pub fn scores_workspace_size(p: &Projected, b: usize, dtype: Dtype) -> usize {
-    let c = chunk_rows(p);
-    needs_conversion(dtype) * region(b * p.k, 4)
-        + region(b * c, 4)
-        + region(c * p.k, 4)
-        + 2 * ALIGN_SLACK
+    let mut plan = Plan::sizing();
+    layout(&mut plan, p, b, dtype);
+    plan.size()
 }
 
 /// `scores[i] = ‖row i of the projected-side gradient‖₂` for all `d` rows.
@@ -31,16 +48,18 @@ pub fn row_scores(
 ) -> Result<()> {
     let (a, b) = act.operands(p);
     let (bt, d, k) = (act.b, p.d, p.k);
-    let mut ws = Carver::new(ws);
-    let conv = if b.dtype() == Dtype::F32 {
-        None
-    } else {
-        Some(ws.take::<f32>(bt * k)?)
+    let mut plan = Plan::within(ws.as_ptr() as usize, ws.len());
+    let l = layout(&mut plan, p, bt, b.dtype());
+    plan.check()?;
+    let mut ws = Carve::new(ws);
+    let conv = match l.conv {
+        Some(at) => Some(ws.at::<f32>(at, bt * k)?),
+        None => None,
     };
     let bmat = kept_f32(b, conv);
-    let c = chunk_rows(p);
-    let cols: &mut [f32] = ws.take(bt * c)?;
-    let out: &mut [f32] = ws.take(c * k)?;
+    let c = l.rows;
+    let cols: &mut [f32] = ws.at(l.cols, bt * c)?;
+    let out: &mut [f32] = ws.at(l.out, c * k)?;
     let mut i0 = 0;
     while i0 < d {
         let cn = c.min(d - i0);

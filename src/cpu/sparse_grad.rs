@@ -3,13 +3,29 @@
 
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
+use crate::core::scratch::{Carve, Plan};
 use crate::core::shape::Projected;
-use crate::core::workspace::{region, Carver, ALIGN_SLACK};
-use crate::cpu::activations::{kept_f32, needs_conversion, Activations};
+use crate::cpu::activations::{kept_f32, Activations};
 use crate::cpu::gemm::{matmul, View};
 
+/// Scratch of [`sparse_grad`]: B in f32 when it is not already, then the gathered and scaled
+/// columns of A.
+struct Layout {
+    conv: Option<usize>,
+    gathered: usize,
+}
+
+fn layout(plan: &mut Plan, p: &Projected, b: usize, r: usize, dtype: Dtype) -> Layout {
+    Layout {
+        conv: (dtype != Dtype::F32).then(|| plan.take(b * p.k * 4)),
+        gathered: plan.take(b * r * 4),
+    }
+}
+
 pub fn sparse_grad_workspace_size(p: &Projected, b: usize, r: usize, dtype: Dtype) -> usize {
-    needs_conversion(dtype) * region(b * p.k, 4) + region(b * r, 4) + 2 * ALIGN_SLACK
+    let mut plan = Plan::sizing();
+    layout(&mut plan, p, b, r, dtype);
+    plan.size()
 }
 
 /// `g (r x k) [+]= ρ ⊙ (A[:, σ])ᵀ B`: a gather of r columns and one `r x b x k` GEMM.
@@ -24,14 +40,16 @@ pub fn sparse_grad(
 ) -> Result<()> {
     let (a, b) = act.operands(p);
     let (bt, d, k, r) = (act.b, p.d, p.k, indices.len());
-    let mut ws = Carver::new(ws);
-    let conv = if b.dtype() == Dtype::F32 {
-        None
-    } else {
-        Some(ws.take::<f32>(bt * k)?)
+    let mut plan = Plan::within(ws.as_ptr() as usize, ws.len());
+    let l = layout(&mut plan, p, bt, r, b.dtype());
+    plan.check()?;
+    let mut ws = Carve::new(ws);
+    let conv = match l.conv {
+        Some(at) => Some(ws.at::<f32>(at, bt * k)?),
+        None => None,
     };
     let bmat = kept_f32(b, conv);
-    let gathered: &mut [f32] = ws.take(bt * r)?;
+    let gathered: &mut [f32] = ws.at(l.gathered, bt * r)?;
     for t in 0..bt {
         for j in 0..r {
             gathered[t * r + j] = scales[j] * a.get(t * d + indices[j] as usize);

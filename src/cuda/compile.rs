@@ -1,8 +1,17 @@
 //! NVRTC compilation of the kernels in `kernels/` to CUBIN for one exact architecture. It
 //! needs libnvrtc but no GPU, so a CPU-only machine can prove that every kernel compiles.
+//!
+//! [`KernelCache`] keeps what NVRTC made, so that only the first context of a process compiles
+//! (and, with the disk cache, only the first process): entries are keyed by the architecture,
+//! the NVRTC version and a hash of every kernel source, header and option.
 
+use std::collections::HashMap;
 use std::ffi::{c_char, CStr, CString};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::nvrtc::sys;
 
@@ -175,7 +184,7 @@ fn build(name: &str, source: &str, target: &str) -> Result<Program> {
     }
 }
 
-/// Compiles one module for `sm_{major}{minor}` and returns its CUBIN.
+/// Compiles one module for `sm_{major}{minor}` and returns its CUBIN (no cache).
 pub fn compile(name: &'static str, source: &str, major: i32, minor: i32) -> Result<Cubin> {
     let prog = build(name, source, &format!("sm_{major}{minor}"))?;
     let mut size = 0usize;
@@ -222,4 +231,260 @@ pub fn compile_all(major: i32, minor: i32) -> Result<Vec<Cubin>> {
         .iter()
         .map(|(name, src)| compile(name, src, major, minor))
         .collect()
+}
+
+// ---- the cache of compiled kernels ------------------------------------------------------------
+
+/// What a set of compiled kernels depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    /// The compute capability compiled for, (major, minor).
+    pub arch: (i32, i32),
+    /// The NVRTC that compiled, (major, minor).
+    pub nvrtc: (i32, i32),
+    /// FNV-1a-64 of every module's and header's name and source and of the options.
+    pub source_hash: u64,
+}
+
+impl CacheKey {
+    /// The key of every module compiled for `sm_{major}{minor}` by the NVRTC this process loads.
+    pub fn new(major: i32, minor: i32) -> Result<CacheKey> {
+        Ok(CacheKey {
+            arch: (major, minor),
+            nvrtc: nvrtc_version()?,
+            source_hash: source_hash(&format!("sm_{major}{minor}")),
+        })
+    }
+
+    /// The name of the key's entry in a cache directory.
+    pub fn file_name(&self) -> String {
+        format!(
+            "kernels-sm{}{}-nvrtc{}.{}-{:016x}.bin",
+            self.arch.0, self.arch.1, self.nvrtc.0, self.nvrtc.1, self.source_hash
+        )
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn source_hash(target: &str) -> u64 {
+    let mut h = FNV_OFFSET;
+    for (name, src) in MODULES.iter().chain(HEADERS.iter()) {
+        // lengths first, so that moving text between a name and its source changes the hash
+        h = fnv1a(h, &(name.len() as u64).to_le_bytes());
+        h = fnv1a(h, name.as_bytes());
+        h = fnv1a(h, &(src.len() as u64).to_le_bytes());
+        h = fnv1a(h, src.as_bytes());
+    }
+    for o in options(target) {
+        h = fnv1a(h, o.as_bytes_with_nul());
+    }
+    h
+}
+
+/// Compiled kernels of every key asked for so far, in memory and optionally in a directory.
+/// Contexts share [`KernelCache::global`]; tests make their own.
+pub struct KernelCache {
+    dir: Option<PathBuf>,
+    memory: Mutex<HashMap<CacheKey, Arc<Vec<Cubin>>>>,
+    compiles: AtomicU64,
+    disk_hits: AtomicU64,
+}
+
+/// Start of a cache file; the number is the format's version.
+const MAGIC: &[u8; 8] = b"GRASSKC1";
+
+impl KernelCache {
+    /// A cache kept in memory and, when `dir` is given, in files there.
+    pub fn new(dir: Option<PathBuf>) -> KernelCache {
+        KernelCache {
+            dir,
+            memory: Mutex::new(HashMap::new()),
+            compiles: AtomicU64::new(0),
+            disk_hits: AtomicU64::new(0),
+        }
+    }
+
+    /// The process-wide cache. Its directory is `$GRASS_KERNEL_CACHE` when set (`off`: memory
+    /// only), else `$XDG_CACHE_HOME/grass/kernels`, else `$HOME/.cache/grass/kernels`.
+    pub fn global() -> &'static KernelCache {
+        static GLOBAL: OnceLock<KernelCache> = OnceLock::new();
+        GLOBAL.get_or_init(|| KernelCache::new(default_dir()))
+    }
+
+    /// The directory of the disk cache, if any.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// Modules NVRTC compiled for this cache so far.
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(Ordering::Relaxed)
+    }
+
+    /// Entries this cache read from its directory (rather than compiling them).
+    pub fn disk_hits(&self) -> u64 {
+        self.disk_hits.load(Ordering::Relaxed)
+    }
+
+    /// The file of `key` in the cache directory.
+    pub fn path(&self, key: &CacheKey) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join(key.file_name()))
+    }
+
+    /// Every module compiled for `sm_{major}{minor}`: from memory, else from a valid file of the
+    /// directory, else from NVRTC (then kept in both). Callers for the same key wait for one
+    /// compilation rather than each running their own.
+    pub fn get(&self, major: i32, minor: i32) -> Result<Arc<Vec<Cubin>>> {
+        let key = CacheKey::new(major, minor)?;
+        let mut memory = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = memory.get(&key) {
+            return Ok(hit.clone());
+        }
+        let path = self.path(&key);
+        let cubins = match path.as_deref().and_then(|p| read_entry(p, &key)) {
+            Some(c) => {
+                self.disk_hits.fetch_add(1, Ordering::Relaxed);
+                c
+            }
+            None => {
+                let c = compile_all(major, minor)?;
+                self.compiles.fetch_add(c.len() as u64, Ordering::Relaxed);
+                if let Some(p) = path.as_deref() {
+                    // The cache only saves time: a directory that cannot be written is skipped.
+                    let _ = write_entry(p, &key, &c);
+                }
+                c
+            }
+        };
+        let cubins = Arc::new(cubins);
+        memory.insert(key, cubins.clone());
+        Ok(cubins)
+    }
+}
+
+fn default_dir() -> Option<PathBuf> {
+    let nonempty = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty());
+    if let Some(d) = nonempty("GRASS_KERNEL_CACHE") {
+        return (d != "off").then(|| PathBuf::from(d));
+    }
+    if let Some(d) = nonempty("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("grass").join("kernels"));
+    }
+    nonempty("HOME").map(|h| {
+        PathBuf::from(h)
+            .join(".cache")
+            .join("grass")
+            .join("kernels")
+    })
+}
+
+/// The bytes of a cache file: MAGIC, the key, then per module its name and CUBIN (each with
+/// its length), then the FNV-1a-64 of everything before.
+fn encode(key: &CacheKey, cubins: &[Cubin]) -> Vec<u8> {
+    let mut out = MAGIC.to_vec();
+    for v in [key.arch.0, key.arch.1, key.nvrtc.0, key.nvrtc.1] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&key.source_hash.to_le_bytes());
+    out.extend_from_slice(&(cubins.len() as u64).to_le_bytes());
+    for c in cubins {
+        out.extend_from_slice(&(c.name.len() as u64).to_le_bytes());
+        out.extend_from_slice(c.name.as_bytes());
+        out.extend_from_slice(&(c.image.len() as u64).to_le_bytes());
+        out.extend_from_slice(&c.image);
+    }
+    let sum = fnv1a(FNV_OFFSET, &out);
+    out.extend_from_slice(&sum.to_le_bytes());
+    out
+}
+
+/// The modules of a cache file, when it is whole, belongs to `key` and holds every module of
+/// MODULES in order; None otherwise.
+fn decode(bytes: &[u8], key: &CacheKey) -> Option<Vec<Cubin>> {
+    let body_len = bytes.len().checked_sub(8)?;
+    let (body, sum) = bytes.split_at(body_len);
+    if fnv1a(FNV_OFFSET, body).to_le_bytes() != sum {
+        return None;
+    }
+    let mut rest = body.strip_prefix(MAGIC.as_slice())?;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        if rest.len() < n {
+            return None;
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Some(head)
+    };
+    let mut i32s = [0i32; 4];
+    for v in &mut i32s {
+        *v = i32::from_le_bytes(take(4)?.try_into().ok()?);
+    }
+    let hash = u64::from_le_bytes(take(8)?.try_into().ok()?);
+    let stored = CacheKey {
+        arch: (i32s[0], i32s[1]),
+        nvrtc: (i32s[2], i32s[3]),
+        source_hash: hash,
+    };
+    if stored != *key {
+        return None;
+    }
+    let count = u64::from_le_bytes(take(8)?.try_into().ok()?);
+    if count != MODULES.len() as u64 {
+        return None;
+    }
+    let mut cubins = Vec::with_capacity(MODULES.len());
+    for (name, _) in MODULES {
+        let len = u64::from_le_bytes(take(8)?.try_into().ok()?);
+        if take(usize::try_from(len).ok()?)? != name.as_bytes() {
+            return None;
+        }
+        let len = u64::from_le_bytes(take(8)?.try_into().ok()?);
+        let image = take(usize::try_from(len).ok()?)?;
+        if !image.starts_with(b"\x7fELF") {
+            return None;
+        }
+        cubins.push(Cubin {
+            name,
+            image: image.to_vec(),
+        });
+    }
+    rest.is_empty().then_some(cubins)
+}
+
+fn read_entry(path: &Path, key: &CacheKey) -> Option<Vec<Cubin>> {
+    decode(&std::fs::read(path).ok()?, key)
+}
+
+/// Writes the entry to a temporary file of the same directory and renames it into place, so
+/// that a reader sees the old file, the new one or none, never a part.
+fn write_entry(path: &Path, key: &CacheKey, cubins: &[Cubin]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let tmp = dir.join(format!(
+        ".{}.{}.{nanos}.tmp",
+        key.file_name(),
+        std::process::id()
+    ));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&encode(key, cubins))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }

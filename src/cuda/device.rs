@@ -9,12 +9,12 @@ use cudarc::driver::{result, sys, CudaContext};
 
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
+use crate::core::scratch::Plan;
 use crate::core::shape::Projected;
 use crate::cuda::blas::{self, Blas};
 use crate::cuda::kernels::{Kernels, Modules};
 use crate::cuda::launch::{self, check, driver_error};
 use crate::cuda::libs::{self, Lib};
-use crate::cuda::scratch::Plan;
 use crate::cuda::{compile, probe};
 use crate::{bail, ensure};
 
@@ -124,7 +124,8 @@ pub fn available() -> Result<i32> {
 
 impl Device {
     /// Retains the primary context of device `ordinal`, compiles every kernel for its exact
-    /// architecture and creates the cuBLAS handle. Fails with `CudaUnavailable` when a
+    /// architecture (once per process and architecture: `compile::KernelCache`) and creates
+    /// the cuBLAS handle. Fails with `CudaUnavailable` when a
     /// driver, device or library is missing.
     pub fn open(ordinal: i32) -> Result<Device> {
         if ordinal < 0 {
@@ -157,7 +158,8 @@ impl Device {
         let arch = ctx
             .compute_capability()
             .map_err(|e| driver_error("cuDeviceGetAttribute(compute capability)", e))?;
-        let cubins = compile::compile_all(arch.0, arch.1)?;
+        // NVRTC runs once per architecture and process (or not at all, from the disk cache).
+        let cubins = compile::KernelCache::global().get(arch.0, arch.1)?;
         let modules = Modules::load(&cubins)?;
         let kernels = modules.kernels()?;
         let blas = Blas::new()?;

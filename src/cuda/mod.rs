@@ -14,7 +14,6 @@ pub mod kernels;
 mod launch;
 pub mod libs;
 mod ops;
-mod scratch;
 
 pub use device::{available, Device, DeviceBuffer};
 

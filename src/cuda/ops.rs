@@ -6,13 +6,13 @@ use crate::backend::*;
 use crate::core::config::{DecayMode, RefreshMode, Scaling, Side};
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
+use crate::core::scratch::Plan;
 use crate::cuda::blas::Gemm;
 use crate::cuda::device::{
     fits_i32, scores_layout, select_layout, sparse_grad_layout, step_layout, Device, StepLayout,
     STEP_HEADER,
 };
 use crate::cuda::launch::{self, launch, Arg, Shape};
-use crate::cuda::scratch::Plan;
 
 /// Threads per block of the elementwise kernels.
 const BLOCK: u32 = 256;
@@ -40,21 +40,21 @@ fn operands(side: Side, x: usize, dy: usize) -> (usize, usize) {
 impl Device {
     pub fn row_scores(&self, a: &RowScoresArgs) -> Result<()> {
         let p = a.p;
-        let mut plan = Plan::within(a.ws);
+        let mut plan = Plan::within(a.ws.addr, a.ws.bytes);
         let l = scores_layout(&mut plan, &p);
         plan.check()?;
-        let (amat, bmat) = operands(p.side, a.x, a.dy);
+        let (amat, bmat) = operands(p.side, a.batch.x.addr(), a.batch.dy.addr());
         let _bound = self.bind()?;
         let mut i0 = 0;
         while i0 < p.d {
             let rows = l.rows.min(p.d - i0);
             let g = Gemm {
-                dtype: a.dtype,
-                b: a.b,
+                dtype: a.batch.dtype(),
+                b: a.batch.b,
                 k: p.k,
                 n: rows,
                 bmat,
-                amat: amat + i0 * a.dtype.size(),
+                amat: amat + i0 * a.batch.dtype().size(),
                 lda: p.d,
                 out: l.chunk,
             };
@@ -69,7 +69,7 @@ impl Device {
                         Arg::Ptr(l.chunk),
                         Arg::I32(rows as i32),
                         Arg::I64(p.k as i64),
-                        Arg::Ptr(a.scores + i0 * 4),
+                        Arg::Ptr(a.scores.addr() + i0 * 4),
                     ],
                 )?;
             }
@@ -79,10 +79,10 @@ impl Device {
     }
 
     pub fn select(&self, a: &SelectArgs) -> Result<()> {
-        let d = fits_i32("d", a.d)?;
+        let d = fits_i32("d", a.scores.len())?;
         let r = fits_i32("rank", a.sel.rank)?;
-        let mut plan = Plan::within(a.ws);
-        let l = select_layout(&mut plan, a.d);
+        let mut plan = Plan::within(a.ws.addr, a.ws.bytes);
+        let l = select_layout(&mut plan, a.scores.len());
         plan.check()?;
         let _bound = self.bind()?;
         // SAFETY: scores holds d f32, indices and scales r entries, and the scratch regions
@@ -93,7 +93,7 @@ impl Device {
                 Shape::single(SELECT_THREADS),
                 a.stream,
                 [
-                    Arg::Ptr(a.scores),
+                    Arg::Ptr(a.scores.addr()),
                     Arg::I32(d),
                     Arg::I32(r),
                     Arg::I32(a.sel.method as i32),
@@ -102,9 +102,9 @@ impl Device {
                     Arg::U64(a.sel.seed),
                     Arg::U32(a.sel.layer_id),
                     Arg::U32(a.refresh_index),
-                    Arg::Ptr(a.refresh_index_at),
-                    Arg::Ptr(a.indices),
-                    Arg::Ptr(a.scales),
+                    Arg::Ptr(addr_or_null(a.refresh_index_at)),
+                    Arg::Ptr(a.indices.addr()),
+                    Arg::Ptr(a.scales.addr()),
                     Arg::Ptr(l.w),
                     Arg::Ptr(l.aux),
                     Arg::Ptr(l.keys),
@@ -118,50 +118,51 @@ impl Device {
 
     pub fn sparse_grad(&self, a: &SparseGradArgs) -> Result<()> {
         let p = a.p;
-        let r = fits_i32("r", a.r)?;
-        let mut plan = Plan::within(a.ws);
-        let l = sparse_grad_layout(&mut plan, &p, a.b, a.r, a.dtype);
+        let (b, rows) = (a.batch.b, a.indices.len());
+        let r = fits_i32("r", rows)?;
+        let mut plan = Plan::within(a.ws.addr, a.ws.bytes);
+        let l = sparse_grad_layout(&mut plan, &p, b, rows, a.batch.dtype());
         plan.check()?;
-        let (amat, bmat) = operands(p.side, a.x, a.dy);
+        let (amat, bmat) = operands(p.side, a.batch.x.addr(), a.batch.dy.addr());
         let _bound = self.bind()?;
         // SAFETY: A is b x d and B is b x k of `dtype`, indices and scales hold r entries,
         // g holds r x k f32, and the scratch regions have the sizes of the layout.
         unsafe {
             launch(
                 &self.kernels.gather_cols,
-                Shape::rows(a.r as u64, BLOCK, a.b as u64),
+                Shape::rows(rows as u64, BLOCK, b as u64),
                 a.stream,
                 [
                     Arg::Ptr(amat),
-                    dt(a.dtype),
-                    Arg::I64(a.b as i64),
+                    dt(a.batch.dtype()),
+                    Arg::I64(b as i64),
                     Arg::I64(p.d as i64),
-                    Arg::Ptr(a.indices),
+                    Arg::Ptr(a.indices.addr()),
                     Arg::I32(r),
                     Arg::Ptr(l.gathered),
                 ],
             )?;
             let g = Gemm {
-                dtype: a.dtype,
-                b: a.b,
+                dtype: a.batch.dtype(),
+                b,
                 k: p.k,
-                n: a.r,
+                n: rows,
                 bmat,
                 amat: l.gathered,
-                lda: a.r,
+                lda: rows,
                 out: l.product,
             };
             self.blas.run(&g, l.blas, l.blas_bytes, a.stream)?;
             launch(
                 &self.kernels.scale_rows,
-                Shape::rows(p.k as u64, BLOCK, a.r as u64),
+                Shape::rows(p.k as u64, BLOCK, rows as u64),
                 a.stream,
                 [
                     Arg::Ptr(l.product),
-                    Arg::Ptr(a.scales),
+                    Arg::Ptr(a.scales.addr()),
                     Arg::I32(r),
                     Arg::I64(p.k as i64),
-                    Arg::Ptr(a.g),
+                    Arg::Ptr(a.g.addr()),
                     Arg::I32(a.accumulate as i32),
                 ],
             )
@@ -178,7 +179,7 @@ impl Device {
         indices: (usize, usize, usize),
         rows: Option<usize>,
     ) -> Result<StepLayout> {
-        let mut plan = Plan::within(b.ws);
+        let mut plan = Plan::within(b.ws.addr, b.ws.bytes);
         let l = step_layout(&mut plan, rows);
         plan.check()?;
         let (grad, grad_dtype, numel) = grad;
@@ -200,7 +201,7 @@ impl Device {
                     Arg::Ptr(idx),
                     Arg::I32(r as i32),
                     Arg::I64(d as i64),
-                    Arg::Ptr(b.steps),
+                    Arg::Ptr(b.steps.addr()),
                     Arg::I32(counts as i32),
                     Arg::Ptr(l.header),
                 ],
@@ -211,15 +212,15 @@ impl Device {
                 b.stream,
                 [
                     Arg::Ptr(l.header),
-                    Arg::Ptr(b.steps),
+                    Arg::Ptr(b.steps.addr()),
                     Arg::I32(counts as i32),
                     Arg::Ptr(l.coef),
                     Arg::F32(b.lr),
-                    Arg::Ptr(b.lr_scale),
+                    Arg::Ptr(addr_or_null(b.lr_scale)),
                     Arg::F32(b.cfg.beta1),
                     Arg::F32(b.cfg.beta2),
                     Arg::F32(b.cfg.weight_decay),
-                    Arg::Ptr(b.skipped),
+                    Arg::Ptr(addr_or_null(b.skipped)),
                 ],
             )?;
         }
@@ -228,13 +229,14 @@ impl Device {
 
     pub fn sparse_adamw_step(&self, a: &SparseAdamwStepArgs) -> Result<()> {
         let (p, b) = (a.p, &a.buf);
-        let r = fits_i32("r", a.r)?;
+        let rows = a.indices.len();
+        let r = fits_i32("r", rows)?;
         let _bound = self.bind()?;
         let l = self.prepare_step(
             b,
-            (a.g, Dtype::F32, a.r * p.k),
-            (a.indices, a.r, p.d),
-            Some(a.r),
+            (a.g.addr(), Dtype::F32, a.g.len()),
+            (a.indices.addr(), rows, p.d),
+            Some(rows),
         )?;
         let header = l.header;
         let decaying = b.cfg.weight_decay > 0.0;
@@ -248,8 +250,8 @@ impl Device {
                     Shape::linear((p.m * p.n) as u64, BLOCK, MAX_BLOCKS),
                     b.stream,
                     [
-                        Arg::Ptr(b.w),
-                        dt(b.w_dtype),
+                        Arg::Ptr(b.w.addr()),
+                        dt(b.w.dtype()),
                         Arg::I64((p.m * p.n) as i64),
                         Arg::Ptr(header),
                     ],
@@ -257,19 +259,19 @@ impl Device {
             }
             launch(
                 &self.kernels.sparse_adamw_step,
-                Shape::rows(p.k as u64, BLOCK, a.r as u64),
+                Shape::rows(p.k as u64, BLOCK, rows as u64),
                 b.stream,
                 [
-                    Arg::Ptr(b.w),
-                    dt(b.w_dtype),
+                    Arg::Ptr(b.w.addr()),
+                    dt(b.w.dtype()),
                     Arg::I64(p.n as i64),
                     Arg::I32((p.side == Side::Cols) as i32),
-                    Arg::Ptr(b.m),
-                    Arg::Ptr(b.v),
-                    dt(b.cfg.state_dtype),
-                    Arg::Ptr(a.g),
-                    Arg::Ptr(a.indices),
-                    Arg::Ptr(a.scales),
+                    Arg::Ptr(b.m.addr()),
+                    Arg::Ptr(b.v.addr()),
+                    dt(b.m.dtype()),
+                    Arg::Ptr(a.g.addr()),
+                    Arg::Ptr(a.indices.addr()),
+                    Arg::Ptr(a.scales.addr()),
                     Arg::I32(r),
                     Arg::I64(p.k as i64),
                     Arg::F32(b.cfg.beta1),
@@ -288,7 +290,12 @@ impl Device {
         let b = &a.buf;
         let _bound = self.bind()?;
         let header = self
-            .prepare_step(b, (a.grad, a.grad_dtype, a.numel), (0, 0, 0), None)?
+            .prepare_step(
+                b,
+                (a.grad.addr(), a.grad.dtype(), a.grad.len()),
+                (0, 0, 0),
+                None,
+            )?
             .header;
         let decay_on = b.cfg.weight_decay > 0.0 && b.cfg.decay_mode != DecayMode::Off;
         // SAFETY: W, grad, M and V hold numel elements of their dtypes; the header was
@@ -296,17 +303,17 @@ impl Device {
         unsafe {
             launch(
                 &self.kernels.adamw_step,
-                Shape::linear(a.numel as u64, BLOCK, MAX_BLOCKS),
+                Shape::linear(a.grad.len() as u64, BLOCK, MAX_BLOCKS),
                 b.stream,
                 [
-                    Arg::Ptr(b.w),
-                    dt(b.w_dtype),
-                    Arg::Ptr(a.grad),
-                    dt(a.grad_dtype),
-                    Arg::Ptr(b.m),
-                    Arg::Ptr(b.v),
-                    dt(b.cfg.state_dtype),
-                    Arg::I64(a.numel as i64),
+                    Arg::Ptr(b.w.addr()),
+                    dt(b.w.dtype()),
+                    Arg::Ptr(a.grad.addr()),
+                    dt(a.grad.dtype()),
+                    Arg::Ptr(b.m.addr()),
+                    Arg::Ptr(b.v.addr()),
+                    dt(b.m.dtype()),
+                    Arg::I64(a.grad.len() as i64),
                     Arg::F32(b.cfg.beta1),
                     Arg::F32(b.cfg.beta2),
                     Arg::F32(b.cfg.eps),
@@ -318,15 +325,16 @@ impl Device {
     }
 
     pub fn state_refresh(&self, a: &StateRefreshArgs) -> Result<()> {
-        let r = fits_i32("r", a.r)?;
-        let size = a.cfg.state_dtype.size();
-        let bytes = a.r * a.k * size;
+        let rows = a.new_indices.len();
+        let r = fits_i32("r", rows)?;
+        let size = a.m.dtype().size();
+        let bytes = a.m.len() * size;
         let _bound = self.bind()?;
         match a.cfg.refresh_mode {
             RefreshMode::Reset => {
-                launch::memset_zero(a.m, bytes, a.stream)?;
-                launch::memset_zero(a.v, bytes, a.stream)?;
-                launch::memset_zero(a.row_steps, 4 * a.r, a.stream)
+                launch::memset_zero(a.m.addr(), bytes, a.stream)?;
+                launch::memset_zero(a.v.addr(), bytes, a.stream)?;
+                launch::memset_zero(a.row_steps.addr(), 4 * rows, a.stream)
             }
             // SAFETY: M and V hold r x k elements, the step counts and index arrays r entries
             // each (old may be 0 for none); the kernel moves rows in place, in blocks of its
@@ -337,12 +345,12 @@ impl Device {
                     Shape::linear(a.k as u64, CARRY_THREADS, MAX_BLOCKS),
                     a.stream,
                     [
-                        Arg::Ptr(a.m),
-                        Arg::Ptr(a.v),
-                        Arg::Ptr(a.row_steps),
+                        Arg::Ptr(a.m.addr()),
+                        Arg::Ptr(a.v.addr()),
+                        Arg::Ptr(a.row_steps.addr()),
                         Arg::I32(size as i32),
-                        Arg::Ptr(a.old_indices),
-                        Arg::Ptr(a.new_indices),
+                        Arg::Ptr(addr_or_null(a.old_indices)),
+                        Arg::Ptr(a.new_indices.addr()),
                         Arg::I32(r),
                         Arg::I64(a.k as i64),
                     ],

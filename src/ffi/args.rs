@@ -2,7 +2,7 @@
 
 use std::ffi::c_void;
 
-use crate::backend::Scratch;
+use crate::backend::{Buf, Scratch, Tensor};
 use crate::context::grass_context;
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
@@ -31,6 +31,25 @@ pub(crate) fn req_typed(name: &str, p: *const c_void, dtype: Dtype) -> Result<us
         dtype.name()
     );
     Ok(p as usize)
+}
+
+/// A required buffer of `len` elements of `T`.
+pub(crate) fn req_buf<T>(name: &str, p: *const T, len: usize) -> Result<Buf<T>> {
+    Ok(Buf::new(req(name, p)?, len))
+}
+
+/// An optional buffer of `len` elements of `T`.
+pub(crate) fn opt_buf<T>(name: &str, p: *const T, len: usize) -> Result<Option<Buf<T>>> {
+    Ok(if p.is_null() {
+        None
+    } else {
+        Some(req_buf(name, p, len)?)
+    })
+}
+
+/// A required tensor of `len` elements of `dtype`.
+pub(crate) fn tensor(name: &str, p: *const c_void, dtype: Dtype, len: usize) -> Result<Tensor> {
+    Ok(Tensor::new(req_typed(name, p, dtype)?, len, dtype))
 }
 
 /// An optional pointer: NULL becomes address 0.

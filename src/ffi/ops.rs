@@ -11,7 +11,7 @@ use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::core::shape::{positive, product, Projected};
 use crate::ensure;
-use crate::ffi::args::{ctx, opt, req, req_typed, workspace, write};
+use crate::ffi::args::{ctx, opt, opt_buf, req, req_buf, tensor, workspace, write};
 use crate::ffi::status::{grass_status, guard};
 use crate::ffi::types::*;
 
@@ -119,11 +119,12 @@ pub unsafe extern "C" fn grass_row_scores(
         let dt = self::dtype("dtype", dtype)?;
         let a = RowScoresArgs {
             p,
-            b,
-            dtype: dt,
-            x: req_typed("x", x, dt)?,
-            dy: req_typed("dy", dy, dt)?,
-            scores: req("scores", scores)?,
+            batch: Batch {
+                b,
+                x: tensor("x", x, dt, b * p.n)?,
+                dy: tensor("dy", dy, dt, b * p.m)?,
+            },
+            scores: req_buf("scores", scores, p.d)?,
             ws: self::workspace(
                 workspace,
                 workspace_bytes,
@@ -188,12 +189,11 @@ pub unsafe extern "C" fn grass_select(
         );
         let a = SelectArgs {
             sel,
-            d,
             refresh_index,
-            refresh_index_at: opt("refresh_index_at", refresh_index_at)?,
-            scores: req("scores", scores)?,
-            indices: req("indices", indices)?,
-            scales: req("scales", scales)?,
+            refresh_index_at: opt_buf("refresh_index_at", refresh_index_at, 1)?,
+            scores: req_buf("scores", scores, d)?,
+            indices: req_buf("indices", indices, sel.rank)?,
+            scales: req_buf("scales", scales, sel.rank)?,
             ws: self::workspace(
                 workspace,
                 workspace_bytes,
@@ -262,14 +262,14 @@ pub unsafe extern "C" fn grass_sparse_grad(
         let dt = self::dtype("dtype", dtype)?;
         let a = SparseGradArgs {
             p,
-            b,
-            r,
-            dtype: dt,
-            x: req_typed("x", x, dt)?,
-            dy: req_typed("dy", dy, dt)?,
-            indices: req("indices", indices)?,
-            scales: req("scales", scales)?,
-            g: req("g", g)?,
+            batch: Batch {
+                b,
+                x: tensor("x", x, dt, b * p.n)?,
+                dy: tensor("dy", dy, dt, b * p.m)?,
+            },
+            indices: req_buf("indices", indices, r)?,
+            scales: req_buf("scales", scales, r)?,
+            g: req_buf("g", g, r * p.k)?,
             accumulate: accumulate != 0,
             ws: self::workspace(
                 workspace,
@@ -287,10 +287,11 @@ pub unsafe extern "C" fn grass_sparse_grad(
 unsafe fn step_buffers(
     config: *const grass_adamw_config,
     w_dtype: grass_dtype,
-    w: *mut c_void,
+    w: (*mut c_void, usize),
     m_state: *mut c_void,
     v_state: *mut c_void,
-    steps: (&str, *mut i32),
+    state_len: usize,
+    steps: (&str, *mut i32, usize),
     lr: f32,
     lr_scale: *const f32,
     skipped: *mut i32,
@@ -301,14 +302,13 @@ unsafe fn step_buffers(
     check_lr(lr)?;
     Ok(StepBuffers {
         cfg,
-        w_dtype: wd,
-        w: req_typed("w", w, wd)?,
-        m: req_typed("m_state", m_state, cfg.state_dtype)?,
-        v: req_typed("v_state", v_state, cfg.state_dtype)?,
-        steps: req(steps.0, steps.1)?,
+        w: tensor("w", w.0, wd, w.1)?,
+        m: tensor("m_state", m_state, cfg.state_dtype, state_len)?,
+        v: tensor("v_state", v_state, cfg.state_dtype, state_len)?,
+        steps: req_buf(steps.0, steps.1, steps.2)?,
         lr,
-        lr_scale: opt("lr_scale", lr_scale)?,
-        skipped: opt("skipped", skipped)?,
+        lr_scale: opt_buf("lr_scale", lr_scale, 1)?,
+        skipped: opt_buf("skipped", skipped, 1)?,
         ws: Scratch { addr: 0, bytes: 0 },
         stream: stream as usize,
     })
@@ -375,10 +375,11 @@ pub unsafe extern "C" fn grass_sparse_adamw_step(
         let mut buf = step_buffers(
             config,
             w_dtype,
-            w,
+            (w, p.m * p.n),
             m_state,
             v_state,
-            ("row_steps", row_steps),
+            r * p.k,
+            ("row_steps", row_steps, r),
             lr,
             lr_scale,
             skipped,
@@ -392,10 +393,9 @@ pub unsafe extern "C" fn grass_sparse_adamw_step(
         )?;
         let a = SparseAdamwStepArgs {
             p,
-            r,
-            indices: req("indices", indices)?,
-            scales: req("scales", scales)?,
-            g: req("g", g)?,
+            indices: req_buf("indices", indices, r)?,
+            scales: req_buf("scales", scales, r)?,
+            g: req_buf("g", g, r * p.k)?,
             buf,
         };
         c.sparse_adamw_step(&a)
@@ -447,10 +447,11 @@ pub unsafe extern "C" fn grass_adamw_step(
         let mut buf = step_buffers(
             config,
             w_dtype,
-            w,
+            (w, numel),
             m_state,
             v_state,
-            ("step", step),
+            numel,
+            ("step", step, 1),
             lr,
             lr_scale,
             skipped,
@@ -464,9 +465,7 @@ pub unsafe extern "C" fn grass_adamw_step(
         )?;
         let gd = self::dtype("grad_dtype", grad_dtype)?;
         let a = AdamwStepArgs {
-            numel,
-            grad_dtype: gd,
-            grad: req_typed("grad", grad, gd)?,
+            grad: tensor("grad", grad, gd, numel)?,
             buf,
         };
         c.adamw_step(&a)
@@ -526,13 +525,12 @@ pub unsafe extern "C" fn grass_state_refresh(
         product("r * k", &[r, k, 8])?;
         let a = StateRefreshArgs {
             cfg,
-            r,
             k,
-            old_indices: opt("old_indices", old_indices)?,
-            new_indices: req("new_indices", new_indices)?,
-            m: req_typed("m_state", m_state, cfg.state_dtype)?,
-            v: req_typed("v_state", v_state, cfg.state_dtype)?,
-            row_steps: req("row_steps", row_steps)?,
+            old_indices: opt_buf("old_indices", old_indices, r)?,
+            new_indices: req_buf("new_indices", new_indices, r)?,
+            m: tensor("m_state", m_state, cfg.state_dtype, r * k)?,
+            v: tensor("v_state", v_state, cfg.state_dtype, r * k)?,
+            row_steps: req_buf("row_steps", row_steps, r)?,
             ws: self::workspace(
                 workspace,
                 workspace_bytes,

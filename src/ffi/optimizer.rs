@@ -4,8 +4,10 @@
 use std::ffi::c_void;
 
 use crate::context::grass_context;
+use crate::core::config::check_lr;
 use crate::core::shape::positive;
-use crate::ffi::args::{ctx, handle, handle_mut, opt, req, write};
+use crate::ffi::args::{ctx, handle, handle_mut, req, tensor, write};
+use crate::ffi::projection::{batch, projection_shape, scores_buf};
 use crate::ffi::status::{grass_status, guard, guard_value};
 use crate::ffi::types::*;
 use crate::handles::checkpoint;
@@ -52,7 +54,8 @@ pub unsafe extern "C" fn grass_optimizer_create_sparse(
         let ad = self::dtype("act_dtype", act_dtype)?;
         let wd = self::dtype("w_dtype", w_dtype)?;
         let out = req("optimizer_out", optimizer_out)?;
-        let proj = grass_projection::new(c, pcfg, m, n, max_tokens, ad)?;
+        let (sel, shape, every, b) = projection_shape(pcfg, m, n, max_tokens)?;
+        let proj = grass_projection::new(c, sel, shape, every, b, ad)?;
         let g = c.alloc(proj.sel.rank * proj.p.k * 4)?;
         let o = grass_optimizer::new(
             c,
@@ -160,8 +163,16 @@ pub unsafe extern "C" fn grass_optimizer_backward(
 ) -> grass_status {
     guard("grass_optimizer_backward", || {
         let o = handle_mut("optimizer", optimizer)?;
-        let s = opt("scores", scores)?;
-        o.backward(b, x, dy, s, stream as usize)
+        let Kind::Sparse { proj, .. } = &o.kind else {
+            bail!(BadState, "grass_optimizer_backward is for GRASS layers; pass the gradient of a dense parameter to grass_optimizer_step");
+        };
+        let s = if scores.is_null() {
+            None
+        } else {
+            Some(scores_buf(proj, scores)?)
+        };
+        let batch = batch(proj, b, x, dy)?;
+        o.backward(&batch, s, stream as usize)
     })
 }
 
@@ -178,7 +189,17 @@ pub unsafe extern "C" fn grass_optimizer_step(
     stream: *mut c_void,
 ) -> grass_status {
     guard("grass_optimizer_step", || {
-        handle_mut("optimizer", optimizer)?.step(w, grad, lr, stream as usize)
+        let o = handle_mut("optimizer", optimizer)?;
+        check_lr(lr)?;
+        let w = tensor("w", w, o.w_dtype, o.weight_elements())?;
+        let grad = match &o.kind {
+            Kind::Sparse { .. } => {
+                ensure!(grad.is_null(), InvalidValue, "grad must be NULL for a GRASS layer (its gradient comes from grass_optimizer_backward)");
+                None
+            }
+            Kind::Dense { numel, grad_dtype } => Some(tensor("grad", grad, *grad_dtype, *numel)?),
+        };
+        o.step(w, grad, lr, stream as usize)
     })
 }
 

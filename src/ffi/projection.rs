@@ -2,8 +2,12 @@
 
 use std::ffi::c_void;
 
+use crate::backend::{Batch, Buf};
 use crate::context::grass_context;
-use crate::ffi::args::{ctx, handle, handle_mut, opt, req, write};
+use crate::core::config::Selection;
+use crate::core::error::Result;
+use crate::core::shape::{positive, product, Projected};
+use crate::ffi::args::{ctx, handle, handle_mut, opt, req, req_buf, tensor, write};
 use crate::ffi::status::{grass_status, guard, guard_value};
 use crate::ffi::types::*;
 use crate::handles::projection::grass_projection;
@@ -34,6 +38,52 @@ pub struct grass_projection_info {
     pub refresh_due: i32,
 }
 
+/// The checked options and shape of a projection of an `m x n` weight for batches of at most
+/// `max_tokens` rows: (selection, projected shape, refresh period, max_tokens).
+pub(crate) fn projection_shape(
+    cfg: &grass_projection_config,
+    m: i64,
+    n: i64,
+    max_tokens: i64,
+) -> Result<(Selection, Projected, u64, usize)> {
+    let sel = cfg.selection()?;
+    let m = positive("m", m)?;
+    let n = positive("n", n)?;
+    let p = Projected::new(m, n, side(cfg.side)?);
+    sel.validate(p.d)
+        .map_err(|e| crate::Error::new(e.kind, format!("config->{}", e.message)))?;
+    let b = positive("max_tokens", max_tokens)?;
+    product("max_tokens * max(m, n)", &[b, m.max(n), 4])?;
+    Ok((sel, p, cfg.refresh_every as u64, b))
+}
+
+/// X (`b x n`) and dY (`b x m`) of a batch for projection `p`: `b` within [1, max_tokens],
+/// both of the projection's dtype. The one check of a batch on every handle path.
+pub(crate) fn batch(
+    p: &grass_projection,
+    b: i64,
+    x: *const c_void,
+    dy: *const c_void,
+) -> Result<Batch> {
+    let b = positive("b", b)?;
+    ensure!(
+        b <= p.max_tokens,
+        InvalidValue,
+        "b = {b} exceeds max_tokens = {} given at creation",
+        p.max_tokens
+    );
+    Ok(Batch {
+        b,
+        x: tensor("x", x, p.dtype, b * p.p.n)?,
+        dy: tensor("dy", dy, p.dtype, b * p.p.m)?,
+    })
+}
+
+/// d scores for projection `p`, in context memory.
+pub(crate) fn scores_buf(p: &grass_projection, scores: *const f32) -> Result<Buf<f32>> {
+    req_buf("scores", scores, p.p.d)
+}
+
 /// Creates a projection for an `m x n` weight whose X and dY have `dtype` and at most
 /// `max_tokens` rows per call. The context must outlive the projection.
 #[no_mangle]
@@ -51,7 +101,8 @@ pub unsafe extern "C" fn grass_projection_create(
         let cfg = handle("config", config)?;
         let dt = self::dtype("dtype", dtype)?;
         let out = req("projection_out", projection_out)?;
-        let p = grass_projection::new(c, cfg, m, n, max_tokens, dt)?;
+        let (sel, shape, every, b) = projection_shape(cfg, m, n, max_tokens)?;
+        let p = grass_projection::new(c, sel, shape, every, b, dt)?;
         write(out, Box::into_raw(Box::new(p)));
         Ok(())
     })
@@ -119,8 +170,8 @@ pub unsafe extern "C" fn grass_projection_scores(
 ) -> grass_status {
     guard("grass_projection_scores", || {
         let p = handle("projection", projection)?;
-        let s = req("scores", scores)?;
-        p.scores(b, x, dy, s, stream as usize)
+        let s = scores_buf(p, scores)?;
+        p.scores(&batch(p, b, x, dy)?, s, stream as usize)
     })
 }
 
@@ -134,7 +185,9 @@ pub unsafe extern "C" fn grass_projection_refresh(
     stream: *mut c_void,
 ) -> grass_status {
     guard("grass_projection_refresh", || {
-        handle_mut("projection", projection)?.refresh(b, x, dy, stream as usize)
+        let p = handle_mut("projection", projection)?;
+        let batch = batch(p, b, x, dy)?;
+        p.refresh(&batch, stream as usize)
     })
 }
 
@@ -147,7 +200,7 @@ pub unsafe extern "C" fn grass_projection_refresh_from_scores(
 ) -> grass_status {
     guard("grass_projection_refresh_from_scores", || {
         let p = handle_mut("projection", projection)?;
-        let s = req("scores", scores)?;
+        let s = scores_buf(p, scores)?;
         p.refresh_from(s, stream as usize)
     })
 }
@@ -177,8 +230,8 @@ pub unsafe extern "C" fn grass_projection_compress(
 ) -> grass_status {
     guard("grass_projection_compress", || {
         let p = handle("projection", projection)?;
-        let g = req("g", g)?;
-        p.compress(b, x, dy, g, accumulate != 0, stream as usize)
+        let g = req_buf("g", g, p.sel.rank * p.p.k)?;
+        p.compress(&batch(p, b, x, dy)?, g, accumulate != 0, stream as usize)
     })
 }
 

@@ -1,14 +1,11 @@
 //! Layer 2: an optimizer handle owns M, V, the step counts and (for GRASS layers) its
 //! projection and the compressed-gradient accumulator, and checkpoints all of it.
 
-use std::ffi::c_void;
-
 use crate::backend::*;
 use crate::context::{grass_context, Buffer};
-use crate::core::config::{check_lr, AdamW};
+use crate::core::config::AdamW;
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
-use crate::ffi::args::req_typed;
 use crate::handles::projection::grass_projection;
 use crate::{bail, ensure};
 
@@ -86,18 +83,40 @@ impl grass_optimizer {
         })
     }
 
-    fn step_buffers(&self, w: usize, lr: f32, stream: usize) -> StepBuffers {
-        let counters = self.counters.addr();
+    /// Elements of the weight the optimizer updates.
+    pub(crate) fn weight_elements(&self) -> usize {
+        match &self.kind {
+            Kind::Sparse { proj, .. } => proj.p.m * proj.p.n,
+            Kind::Dense { numel, .. } => *numel,
+        }
+    }
+
+    /// The outcome of the last step (`GRASS_STEP_*`).
+    pub(crate) fn outcome(&self) -> Buf<i32> {
+        self.counters.buf(1)
+    }
+
+    /// The Adam step counts: one per state row of a GRASS layer, one for a dense parameter.
+    fn step_count_buf(&self) -> Buf<i32> {
+        Buf::new(self.counters.addr() + 4, self.step_counts())
+    }
+
+    fn state(&self) -> (Tensor, Tensor) {
+        let (dtype, n) = (self.cfg.state_dtype, self.state_elements());
+        (self.m.tensor(dtype, n), self.v.tensor(dtype, n))
+    }
+
+    fn step_buffers(&self, w: Tensor, lr: f32, stream: usize) -> StepBuffers {
+        let (m, v) = self.state();
         StepBuffers {
             cfg: self.cfg,
-            w_dtype: self.w_dtype,
             w,
-            m: self.m.addr(),
-            v: self.v.addr(),
-            steps: counters + 4,
+            m,
+            v,
+            steps: self.step_count_buf(),
             lr,
-            lr_scale: 0,
-            skipped: counters,
+            lr_scale: None,
+            skipped: Some(self.outcome()),
             ws: self.scratch(),
             stream,
         }
@@ -110,21 +129,19 @@ impl grass_optimizer {
         }
     }
 
+    /// One micro-batch of a GRASS layer (see grass_optimizer_backward).
     pub(crate) fn backward(
         &mut self,
-        b: i64,
-        x: *const c_void,
-        dy: *const c_void,
-        scores: usize,
+        batch: &Batch,
+        scores: Option<Buf<f32>>,
         stream: usize,
     ) -> Result<()> {
         // SAFETY: the context outlives the optimizer (documented contract of the ABI).
         let c = unsafe { &*self.ctx };
-        let (cfg, m, v, row_steps, ws) = (
+        let (cfg, (m, v), row_steps, ws) = (
             self.cfg,
-            self.m.addr(),
-            self.v.addr(),
-            self.counters.addr() + 4,
+            self.state(),
+            self.step_count_buf(),
             self.scratch(),
         );
         let Kind::Sparse {
@@ -135,26 +152,17 @@ impl grass_optimizer {
         else {
             bail!(BadState, "grass_optimizer_backward is for GRASS layers; pass the gradient of a dense parameter to grass_optimizer_step");
         };
-        // validate everything the calls below use before the refresh changes anything
-        proj.tokens(b)?;
-        req_typed("x", x, proj.dtype)?;
-        req_typed("dy", dy, proj.dtype)?;
         if *accumulated == 0 && proj.refresh_due() {
-            if scores != 0 {
-                proj.refresh_from(scores, stream)?;
-            } else {
-                proj.refresh(b, x, dy, stream)?;
+            match scores {
+                Some(s) => proj.refresh_from(s, stream)?,
+                None => proj.refresh(batch, stream)?,
             }
+            let r = proj.sel.rank;
             let a = StateRefreshArgs {
                 cfg,
-                r: proj.sel.rank,
                 k: proj.p.k,
-                old_indices: if proj.has_prev {
-                    proj.prev_indices.addr()
-                } else {
-                    0
-                },
-                new_indices: proj.indices.addr(),
+                old_indices: proj.has_prev.then(|| proj.prev_indices.buf(r)),
+                new_indices: proj.indices.buf(r),
                 m,
                 v,
                 row_steps,
@@ -163,52 +171,53 @@ impl grass_optimizer {
             };
             c.state_refresh(&a)?;
         }
-        proj.compress(b, x, dy, g.addr(), *accumulated > 0, stream)?;
+        let g = g.buf(proj.sel.rank * proj.p.k);
+        proj.compress(batch, g, *accumulated > 0, stream)?;
         *accumulated += 1;
         Ok(())
     }
 
+    /// One AdamW step on `w`; `grad` is the dense parameter's gradient, none for a GRASS
+    /// layer (whose accumulated compressed gradient is used and cleared).
     pub(crate) fn step(
         &mut self,
-        w: *mut c_void,
-        grad: *const c_void,
+        w: Tensor,
+        grad: Option<Tensor>,
         lr: f32,
         stream: usize,
     ) -> Result<()> {
-        check_lr(lr)?;
-        let w = req_typed("w", w, self.w_dtype)?;
         let buf = self.step_buffers(w, lr, stream);
         // SAFETY: the context outlives the optimizer (documented contract of the ABI).
         let c = unsafe { &*self.ctx };
-        match &mut self.kind {
-            Kind::Sparse {
-                proj,
-                g,
-                accumulated,
-            } => {
-                ensure!(grad.is_null(), InvalidValue, "grad must be NULL for a GRASS layer (its gradient comes from grass_optimizer_backward)");
+        match (&mut self.kind, grad) {
+            (
+                Kind::Sparse {
+                    proj,
+                    g,
+                    accumulated,
+                },
+                None,
+            ) => {
                 ensure!(*accumulated > 0, BadState, "no gradient accumulated since the last step: call grass_optimizer_backward first");
+                let (indices, scales) = proj.selection();
                 let a = SparseAdamwStepArgs {
                     p: proj.p,
-                    r: proj.sel.rank,
-                    indices: proj.indices.addr(),
-                    scales: proj.scales.addr(),
-                    g: g.addr(),
+                    indices,
+                    scales,
+                    g: g.buf(proj.sel.rank * proj.p.k),
                     buf,
                 };
                 c.sparse_adamw_step(&a)?;
                 *accumulated = 0;
                 proj.steps_since_refresh += 1;
             }
-            Kind::Dense { numel, grad_dtype } => {
-                let a = AdamwStepArgs {
-                    numel: *numel,
-                    grad_dtype: *grad_dtype,
-                    grad: req_typed("grad", grad, *grad_dtype)?,
-                    buf,
-                };
-                c.adamw_step(&a)?;
+            (Kind::Dense { .. }, Some(grad)) => {
+                c.adamw_step(&AdamwStepArgs { grad, buf })?;
             }
+            _ => bail!(
+                Internal,
+                "grass_optimizer_step: gradient does not match the kind"
+            ),
         }
         self.steps += 1;
         Ok(())

@@ -1,17 +1,13 @@
 //! Layer 2: a projection handle owns σ, ρ, the refresh counter and the generator key of one
 //! layer, plus the scratch its calls need (sized at creation for `max_tokens`).
 
-use std::ffi::c_void;
-
 use crate::backend::*;
 use crate::context::{grass_context, Buffer};
 use crate::core::config::Selection;
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
-use crate::core::shape::{positive, product, Projected};
+use crate::core::shape::Projected;
 use crate::ensure;
-use crate::ffi::args::req_typed;
-use crate::ffi::types::*;
 
 pub struct grass_projection {
     pub(crate) ctx: *const grass_context,
@@ -38,22 +34,16 @@ impl grass_projection {
         unsafe { &*self.ctx }
     }
 
+    /// A projection of checked options and shape (see `ffi::projection::projection_shape`)
+    /// for batches of at most `b` tokens of `dtype`; allocates its buffers and scratch.
     pub(crate) fn new(
         c: &grass_context,
-        cfg: &grass_projection_config,
-        m: i64,
-        n: i64,
-        max_tokens: i64,
+        sel: Selection,
+        p: Projected,
+        refresh_every: u64,
+        b: usize,
         dtype: Dtype,
     ) -> Result<grass_projection> {
-        let sel = cfg.selection()?;
-        let m = positive("m", m)?;
-        let n = positive("n", n)?;
-        let p = Projected::new(m, n, side(cfg.side)?);
-        sel.validate(p.d)
-            .map_err(|e| crate::Error::new(e.kind, format!("config->{}", e.message)))?;
-        let b = positive("max_tokens", max_tokens)?;
-        product("max_tokens * max(m, n)", &[b, m.max(n), 4])?;
         let r = sel.rank;
         let ws_bytes = c
             .scores_workspace_size(&p, b, dtype)
@@ -65,7 +55,7 @@ impl grass_projection {
             p,
             dtype,
             max_tokens: b,
-            refresh_every: cfg.refresh_every as u64,
+            refresh_every,
             indices: c.alloc(r * 4)?,
             prev_indices: c.alloc(r * 4)?,
             scales: c.alloc(r * 4)?,
@@ -104,32 +94,19 @@ impl grass_projection {
         !self.has_selection || self.steps_since_refresh >= self.refresh_every
     }
 
-    pub(crate) fn tokens(&self, b: i64) -> Result<usize> {
-        let b = positive("b", b)?;
-        ensure!(
-            b <= self.max_tokens,
-            InvalidValue,
-            "b = {b} exceeds max_tokens = {} given at creation",
-            self.max_tokens
-        );
-        Ok(b)
+    /// The selected indices and their scales.
+    pub(crate) fn selection(&self) -> (Buf<i32>, Buf<f32>) {
+        (
+            self.indices.buf(self.sel.rank),
+            self.scales.buf(self.sel.rank),
+        )
     }
 
-    pub(crate) fn scores(
-        &self,
-        b: i64,
-        x: *const c_void,
-        dy: *const c_void,
-        scores: usize,
-        stream: usize,
-    ) -> Result<()> {
-        let b = self.tokens(b)?;
+    /// Writes this batch's d row scores to `scores`.
+    pub(crate) fn scores(&self, batch: &Batch, scores: Buf<f32>, stream: usize) -> Result<()> {
         let a = RowScoresArgs {
             p: self.p,
-            b,
-            dtype: self.dtype,
-            x: req_typed("x", x, self.dtype)?,
-            dy: req_typed("dy", dy, self.dtype)?,
+            batch: *batch,
             scores,
             ws: self.scratch(),
             stream,
@@ -137,16 +114,16 @@ impl grass_projection {
         self.context().row_scores(&a)
     }
 
-    pub(crate) fn refresh_from(&mut self, scores: usize, stream: usize) -> Result<()> {
+    pub(crate) fn refresh_from(&mut self, scores: Buf<f32>, stream: usize) -> Result<()> {
         std::mem::swap(&mut self.indices, &mut self.prev_indices);
+        let (indices, scales) = self.selection();
         let a = SelectArgs {
             sel: self.sel,
-            d: self.p.d,
             refresh_index: self.refresh_count,
-            refresh_index_at: 0,
+            refresh_index_at: None,
             scores,
-            indices: self.indices.addr(),
-            scales: self.scales.addr(),
+            indices,
+            scales,
             ws: self.scratch(),
             stream,
         };
@@ -161,23 +138,16 @@ impl grass_projection {
         Ok(())
     }
 
-    pub(crate) fn refresh(
-        &mut self,
-        b: i64,
-        x: *const c_void,
-        dy: *const c_void,
-        stream: usize,
-    ) -> Result<()> {
-        self.scores(b, x, dy, self.scores.addr(), stream)?;
-        self.refresh_from(self.scores.addr(), stream)
+    pub(crate) fn refresh(&mut self, batch: &Batch, stream: usize) -> Result<()> {
+        let scores = self.scores.buf(self.p.d);
+        self.scores(batch, scores, stream)?;
+        self.refresh_from(scores, stream)
     }
 
     pub(crate) fn compress(
         &self,
-        b: i64,
-        x: *const c_void,
-        dy: *const c_void,
-        g: usize,
+        batch: &Batch,
+        g: Buf<f32>,
         accumulate: bool,
         stream: usize,
     ) -> Result<()> {
@@ -186,16 +156,12 @@ impl grass_projection {
             BadState,
             "the projection has no selection yet: refresh it first"
         );
-        let b = self.tokens(b)?;
+        let (indices, scales) = self.selection();
         let a = SparseGradArgs {
             p: self.p,
-            b,
-            r: self.sel.rank,
-            dtype: self.dtype,
-            x: req_typed("x", x, self.dtype)?,
-            dy: req_typed("dy", dy, self.dtype)?,
-            indices: self.indices.addr(),
-            scales: self.scales.addr(),
+            batch: *batch,
+            indices,
+            scales,
             g,
             accumulate,
             ws: self.scratch(),

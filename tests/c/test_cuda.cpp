@@ -751,16 +751,16 @@ void compare_steps(const std::string& what, const StepBufs& cpu, const StepBufs&
 }
 
 size_t sparse_adamw_step_ws(const grass_context* ctx, int64_t m, int64_t n, grass_side side,
-                      int64_t r) {
+                            int64_t r) {
   size_t bytes = 0;
   OK(grass_sparse_adamw_workspace_size(ctx, m, n, side, r, &bytes));
   return bytes;
 }
 
-grass_status sparse_adamw_step(const grass_context* ctx, const grass_adamw_config& cfg, int64_t m,
-                         int64_t n, grass_side side, int64_t r, grass_dtype w_dt, StepBufs& bufs,
-                         const int32_t* idx, const float* scales, const float* g, float lr,
-                         bool use_scale, void* ws, size_t wsb, void* stream = nullptr) {
+grass_status call_sparse_adamw_step(const grass_context* ctx, const grass_adamw_config& cfg, int64_t m,
+                                    int64_t n, grass_side side, int64_t r, grass_dtype w_dt, StepBufs& bufs,
+                                    const int32_t* idx, const float* scales, const float* g, float lr,
+                                    bool use_scale, void* ws, size_t wsb, void* stream = nullptr) {
   return grass_sparse_adamw_step(ctx, &cfg, m, n, side, r, w_dt, bufs.w(), idx, scales, g,
                                  bufs.m(), bufs.v(), bufs.steps(), lr,
                                  use_scale ? bufs.lr_scale() : nullptr, bufs.skipped(), ws, wsb,
@@ -804,9 +804,9 @@ void sparse_adamw_step() {
               cpu.set_lr_scale(lr_scale);
               dev.set_lr_scale(lr_scale);
               const DevBuf dg = DevBuf::of(g);
-              OK(sparse_adamw_step(G->cpu, cfg, m, n, side, r, w_dt, cpu, idx.data(), scales.data(),
+              OK(call_sparse_adamw_step(G->cpu, cfg, m, n, side, r, w_dt, cpu, idx.data(), scales.data(),
                              g.data(), 1e-2f, t % 2 == 0, host_ptr(hws), hws.size()));
-              OK(sparse_adamw_step(G->cuda, cfg, m, n, side, r, w_dt, dev, didx.ptr<int32_t>(),
+              OK(call_sparse_adamw_step(G->cuda, cfg, m, n, side, r, w_dt, dev, didx.ptr<int32_t>(),
                              dsc.ptr<float>(), dg.ptr<float>(), 1e-2f, t % 2 == 0, dws.ptr(),
                              wsb));
               char what[160];
@@ -872,13 +872,13 @@ void sparse_adamw_step_bad_inputs() {
     const std::vector<int32_t> steps0 = {1, 0, 2};
     StepBufs dev(true, w0, m0, v0, steps0);
     const DevBuf didx = DevBuf::of(idx);
-    expect_skip(sparse_adamw_step(G->cuda, cfg, m, n, GRASS_SIDE_ROWS, r, GRASS_DTYPE_F32, dev,
+    expect_skip(call_sparse_adamw_step(G->cuda, cfg, m, n, GRASS_SIDE_ROWS, r, GRASS_DTYPE_F32, dev,
                             didx.ptr<int32_t>(), dsc.ptr<float>(), dg.ptr<float>(), 1e-2f, true,
                             dws.ptr(), wsb),
                 dev, GRASS_STEP_SKIPPED_BAD_INDICES, steps0, "indices", what);
 
     StepBufs cpu(false, w0, m0, v0, steps0);
-    TK_FAILS(sparse_adamw_step(G->cpu, cfg, m, n, GRASS_SIDE_ROWS, r, GRASS_DTYPE_F32, cpu, idx.data(),
+    TK_FAILS(call_sparse_adamw_step(G->cpu, cfg, m, n, GRASS_SIDE_ROWS, r, GRASS_DTYPE_F32, cpu, idx.data(),
                          scales.data(), g.data(), 1e-2f, true, host_ptr(hws), hws.size()),
              GRASS_ERROR_INVALID_VALUE, "grass_sparse_adamw_step", "indices");
     expect_untouched(cpu, {-1, 1, 0, 2}, "cpu, " + what);
@@ -888,12 +888,12 @@ void sparse_adamw_step_bad_inputs() {
   const std::vector<int32_t> idx = {0, 2, 5}, steps0 = {4, -1, 2};
   const DevBuf didx = DevBuf::of(idx);
   StepBufs dev(true, w0, m0, v0, steps0);
-  expect_skip(sparse_adamw_step(G->cuda, cfg, m, n, GRASS_SIDE_ROWS, r, GRASS_DTYPE_F32, dev,
+  expect_skip(call_sparse_adamw_step(G->cuda, cfg, m, n, GRASS_SIDE_ROWS, r, GRASS_DTYPE_F32, dev,
                           didx.ptr<int32_t>(), dsc.ptr<float>(), dg.ptr<float>(), 1e-2f, false,
                           dws.ptr(), wsb),
               dev, GRASS_STEP_SKIPPED_BAD_STEP_COUNT, steps0, "row_steps", "a negative count");
   StepBufs cpu(false, w0, m0, v0, steps0);
-  TK_FAILS(sparse_adamw_step(G->cpu, cfg, m, n, GRASS_SIDE_ROWS, r, GRASS_DTYPE_F32, cpu, idx.data(),
+  TK_FAILS(call_sparse_adamw_step(G->cpu, cfg, m, n, GRASS_SIDE_ROWS, r, GRASS_DTYPE_F32, cpu, idx.data(),
                        scales.data(), g.data(), 1e-2f, false, host_ptr(hws), hws.size()),
            GRASS_ERROR_INVALID_VALUE, "grass_sparse_adamw_step", "row_steps");
   expect_untouched(cpu, {-1, 4, -1, 2}, "cpu, a negative count");
@@ -1073,7 +1073,7 @@ void ops_on_a_stream() {
   }
   {
     Bytes ws(sparse_adamw_step_ws(G->cpu, m, n, side, r));
-    OK(sparse_adamw_step(G->cpu, acfg, m, n, side, r, w_dt, cpu, idx.data(), scales.data(), g.data(),
+    OK(call_sparse_adamw_step(G->cpu, acfg, m, n, side, r, w_dt, cpu, idx.data(), scales.data(), g.data(),
                    1e-2f, true, host_ptr(ws), ws.size()));
   }
   StepBufs cpu_dense(false, wd0, zeros(sz(numel) * 4), zeros(sz(numel) * 4), {0});
@@ -1115,7 +1115,7 @@ void ops_on_a_stream() {
                        dsc.ptr<float>(), dg_out.ptr<float>(), 1, dws.ptr(), wsb, s));
   OK(grass_state_refresh(G->cuda, &acfg, r, k, dold.ptr<int32_t>(), didx.ptr<int32_t>(), dev.m(),
                          dev.v(), dev.steps(), dws.ptr(), wsb, s));
-  OK(sparse_adamw_step(G->cuda, acfg, m, n, side, r, w_dt, dev, didx.ptr<int32_t>(), dsc.ptr<float>(),
+  OK(call_sparse_adamw_step(G->cuda, acfg, m, n, side, r, w_dt, dev, didx.ptr<int32_t>(), dsc.ptr<float>(),
                  dg_cpu.ptr<float>(), 1e-2f, true, dws.ptr(), wsb, s));
   OK(grass_adamw_step(G->cuda, &dcfg, numel, GRASS_DTYPE_F32, dev_dense.w(), GRASS_DTYPE_F32,
                       dgrad.ptr(), dev_dense.m(), dev_dense.v(), dev_dense.steps(), 3e-3f, nullptr,

@@ -386,3 +386,50 @@ pub fn adamw_step(
     })
     .unwrap();
 }
+
+/// Every selection method.
+pub const METHODS: [grass_method; 5] = [
+    GRASS_METHOD_TOP_R,
+    GRASS_METHOD_MULTINOMIAL,
+    GRASS_METHOD_MULTINOMIAL_NR,
+    GRASS_METHOD_UNIFORM,
+    GRASS_METHOD_UNIFORM_NR,
+];
+
+/// A random layer: X (b x n), dY (b x m) and the exact gradient G = dYᵀX in f64.
+pub struct Problem {
+    pub m: usize,
+    pub n: usize,
+    pub b: usize,
+    pub x: Vec<f32>,
+    pub dy: Vec<f32>,
+    pub g: Vec<f64>,
+}
+
+pub fn problem(m: usize, n: usize, b: usize, seed: u64) -> Problem {
+    let mut rng = Rng(seed);
+    let x = rng.vec(b * n);
+    // rows of dY with different magnitudes give rows of G with different norms
+    let dy: Vec<f32> = (0..b * m)
+        .map(|e| rng.sym() * (1.0 + (e % m) as f32 * 0.3))
+        .collect();
+    let g = full_grad(&x, &dy, b, m, n);
+    Problem { m, n, b, x, dy, g }
+}
+
+/// Row `i` of the projected side of G (a row of G, or a column for side COLS).
+pub fn projected_row(p: &Problem, side: grass_side, i: usize) -> Vec<f64> {
+    if side == GRASS_SIDE_COLS {
+        (0..p.m).map(|r| p.g[r * p.n + i]).collect()
+    } else {
+        p.g[i * p.n..(i + 1) * p.n].to_vec()
+    }
+}
+
+/// AdamW defaults with weight decay `wd` in decay mode `mode`.
+pub fn adamw(wd: f32, mode: grass_decay_mode) -> grass_adamw_config {
+    let mut a = grass_adamw_config::defaults();
+    a.weight_decay = wd;
+    a.decay_mode = mode;
+    a
+}

@@ -8,5 +8,6 @@ mod context;
 mod gpu;
 mod graph;
 mod handles;
-mod project;
+mod row_scores;
 mod select;
+mod sparse_grad;

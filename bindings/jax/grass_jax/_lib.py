@@ -13,7 +13,7 @@ from .errors import GrassError
 
 _HERE = Path(__file__).resolve().parent
 
-# Constants of grass.h.
+# Constants of grass.h (tests/enum_codes.rs checks them against the header).
 DTYPE_F32, DTYPE_BF16, DTYPE_F16 = 0, 1, 2
 SIDE_ROWS, SIDE_COLS, SIDE_AUTO = 0, 1, 2
 METHODS = {"top_r": 0, "multinomial": 1, "multinomial_nr": 2, "uniform": 3, "uniform_nr": 4}

@@ -3,6 +3,7 @@ shape queries, and recoverable from the runtime error XLA raises when a handler 
 
 import re
 
+# grass_status (tests/enum_codes.rs checks it against grass.h).
 STATUS_NAMES = {
     0: "GRASS_OK",
     1: "GRASS_ERROR_NULL_POINTER",

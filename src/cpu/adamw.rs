@@ -82,8 +82,8 @@ macro_rules! with_act {
 /// Elements per chunk: the f32 copies of one chunk of g, M, V and W fit in L1.
 const CHUNK: usize = 512;
 
-/// Elements below which a thread is not worth starting (its start costs about as much as
-/// updating this many elements).
+/// Elements each thread gets at least: starting a thread costs tens of microseconds, a small
+/// part of updating this many elements.
 const PAR_MIN: usize = 1 << 17;
 
 /// The most threads one step uses: the steps are bound by memory bandwidth, which a few cores

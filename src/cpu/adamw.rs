@@ -122,8 +122,9 @@ impl Lanes for f32 {
     #[inline(always)]
     fn all_finite(s: &[f32]) -> bool {
         s.chunks(CHUNK).all(|c| {
-            c.iter()
-                .fold(true, |ok, x| ok & (x.to_bits() & 0x7F80_0000 != 0x7F80_0000))
+            c.iter().fold(true, |ok, x| {
+                ok & (x.to_bits() & 0x7F80_0000 != 0x7F80_0000)
+            })
         })
     }
     #[inline(always)]
@@ -809,7 +810,15 @@ mod tests {
     }
 
     /// The scalar dense step (after the finiteness check).
-    fn reference_dense(cfg: &AdamW, w: &mut Buf, g: &Buf, m: &mut Buf, v: &mut Buf, step: &mut i32, lr: f32) {
+    fn reference_dense(
+        cfg: &AdamW,
+        w: &mut Buf,
+        g: &Buf,
+        m: &mut Buf,
+        v: &mut Buf,
+        step: &mut i32,
+        lr: f32,
+    ) {
         *step = step.saturating_add(1);
         let (c1, c2) = cfg.bias_corrections(*step);
         let decay = if cfg.weight_decay > 0.0 && cfg.decay_mode != DecayMode::Off {
@@ -835,7 +844,9 @@ mod tests {
             let x = bf16::from_bits(b);
             assert_eq!(widen_bf16(b).to_bits(), x.to_f32().to_bits(), "{b:#06x}");
         }
-        let lows = [0u32, 1, 0x7FFF, 0x8000, 0x8001, 0xBFFF, 0xC000, 0xFFFF, 0x1_8000];
+        let lows = [
+            0u32, 1, 0x7FFF, 0x8000, 0x8001, 0xBFFF, 0xC000, 0xFFFF, 0x1_8000,
+        ];
         for hi in 0..=u16::MAX as u32 {
             for &lo in &lows {
                 let bits = (hi << 16).wrapping_add(lo);
@@ -848,7 +859,14 @@ mod tests {
     fn weights_with_specials(seed: u64, n: usize) -> Vec<f32> {
         let mut w = rand_vec(seed, n, -1.0, 1.0);
         // W may hold anything; the step must treat it exactly as the scalar formula does
-        let specials = [f32::NAN, f32::INFINITY, -0.0, 1e-40, 3.0e38, 1.0 + f32::EPSILON];
+        let specials = [
+            f32::NAN,
+            f32::INFINITY,
+            -0.0,
+            1e-40,
+            3.0e38,
+            1.0 + f32::EPSILON,
+        ];
         for (t, x) in specials.iter().enumerate() {
             if t * 97 < n {
                 w[t * 97] = *x;
@@ -860,11 +878,22 @@ mod tests {
     #[test]
     fn dense_step_matches_the_scalar_step_bit_for_bit() {
         let cfgs = [
-            AdamW { weight_decay: 0.1, ..AdamW::default() },
-            AdamW { weight_decay: 0.0, decay_mode: DecayMode::Off, eps: 1e-6, ..AdamW::default() },
+            AdamW {
+                weight_decay: 0.1,
+                ..AdamW::default()
+            },
+            AdamW {
+                weight_decay: 0.0,
+                decay_mode: DecayMode::Off,
+                eps: 1e-6,
+                ..AdamW::default()
+            },
         ];
         // one element, a partial chunk, several chunks on one thread, several threads
-        for (size, n) in [1usize, 1000, 5 * CHUNK + 3, 2 * PAR_MIN + 777].into_iter().enumerate() {
+        for (size, n) in [1usize, 1000, 5 * CHUNK + 3, 2 * PAR_MIN + 777]
+            .into_iter()
+            .enumerate()
+        {
             let (g0, m0, v0, w0) = (
                 rand_vec(11 + size as u64, n, -2.0, 2.0),
                 rand_vec(12, n, -1.0, 1.0),
@@ -876,11 +905,20 @@ mod tests {
                     for sd in 0..2 {
                         let cfg = &cfgs[(wd + gd + sd) % 2];
                         let g = Buf::new(gd, &g0);
-                        let (mut w, mut m, mut v) = (Buf::new(wd, &w0), Buf::new(sd, &m0), Buf::new(sd, &v0));
+                        let (mut w, mut m, mut v) =
+                            (Buf::new(wd, &w0), Buf::new(sd, &m0), Buf::new(sd, &v0));
                         let (mut wr, mut mr, mut vr) = (w.clone(), m.clone(), v.clone());
                         let (mut step, mut step_r) = (4, 4);
                         for _ in 0..2 {
-                            let out = adamw_step(cfg, w.weights(), g.act(), m.state(), v.state(), &mut step, 3e-3);
+                            let out = adamw_step(
+                                cfg,
+                                w.weights(),
+                                g.act(),
+                                m.state(),
+                                v.state(),
+                                &mut step,
+                                3e-3,
+                            );
                             assert!(!out.skipped);
                             reference_dense(cfg, &mut wr, &g, &mut mr, &mut vr, &mut step_r, 3e-3);
                         }
@@ -946,13 +984,22 @@ mod tests {
                         alpha: 0.5,
                         ..AdamW::default()
                     };
-                    let (mut w, mut m, mut v) = (Buf::new(wd, &w0), Buf::new(sd, &m0), Buf::new(sd, &v0));
+                    let (mut w, mut m, mut v) =
+                        (Buf::new(wd, &w0), Buf::new(sd, &m0), Buf::new(sd, &v0));
                     let (mut wr, mut mr_, mut vr) = (w.clone(), m.clone(), v.clone());
                     let (mut steps, mut steps_r) = (steps0.clone(), steps0.clone());
                     for _ in 0..2 {
                         let out = sparse_adamw_step(
-                            &cfg, &p, w.weights(), &indices, &scales, &g, m.state(), v.state(),
-                            &mut steps, 2e-3,
+                            &cfg,
+                            &p,
+                            w.weights(),
+                            &indices,
+                            &scales,
+                            &g,
+                            m.state(),
+                            v.state(),
+                            &mut steps,
+                            2e-3,
                         );
                         assert!(!out.skipped);
                         steps_r.iter_mut().for_each(|t| *t = t.saturating_add(1));
@@ -973,15 +1020,31 @@ mod tests {
     #[test]
     fn a_non_finite_gradient_anywhere_writes_nothing() {
         let n = 2 * PAR_MIN + 5;
-        let cfg = AdamW { weight_decay: 0.1, decay_mode: DecayMode::Dense, ..AdamW::default() };
-        for (gd, at, bad) in [(0, n - 1, f32::NAN), (1, 0, f32::INFINITY), (2, n / 2 + 1, f32::NEG_INFINITY)] {
+        let cfg = AdamW {
+            weight_decay: 0.1,
+            decay_mode: DecayMode::Dense,
+            ..AdamW::default()
+        };
+        for (gd, at, bad) in [
+            (0, n - 1, f32::NAN),
+            (1, 0, f32::INFINITY),
+            (2, n / 2 + 1, f32::NEG_INFINITY),
+        ] {
             let mut g0 = rand_vec(31, n, -1.0, 1.0);
             g0[at] = bad;
             let g = Buf::new(gd, &g0);
             let (mut w, mut m, mut v) = (Buf::new(0, &g0), Buf::new(0, &g0), Buf::new(1, &g0));
             let before = (w.clone(), m.clone(), v.clone());
             let mut step = 3;
-            let out = adamw_step(&cfg, w.weights(), g.act(), m.state(), v.state(), &mut step, 1e-3);
+            let out = adamw_step(
+                &cfg,
+                w.weights(),
+                g.act(),
+                m.state(),
+                v.state(),
+                &mut step,
+                1e-3,
+            );
             assert!(out.skipped, "g dtype {gd}, bad at {at}");
             let bits = |b: &(Buf, Buf, Buf)| (b.0.bits(), b.1.bits(), b.2.bits());
             assert!(bits(&(w, m, v)) == bits(&before), "written: g dtype {gd}");
@@ -997,8 +1060,16 @@ mod tests {
         let mut steps = vec![1; r];
         let before = (w.clone(), m.clone(), v.clone(), steps.clone());
         let out = sparse_adamw_step(
-            &cfg, &p, Weights::F32(&mut w), &indices, &vec![1.0; r], &g, State::F32(&mut m),
-            State::F32(&mut v), &mut steps, 1e-3,
+            &cfg,
+            &p,
+            Weights::F32(&mut w),
+            &indices,
+            &vec![1.0; r],
+            &g,
+            State::F32(&mut m),
+            State::F32(&mut v),
+            &mut steps,
+            1e-3,
         );
         assert!(out.skipped);
         let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();

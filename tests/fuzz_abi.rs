@@ -618,7 +618,10 @@ impl Fuzz {
                             struct_size: if self.rng.chance(95) {
                                 std::mem::size_of::<grass_memory_layer>()
                             } else {
-                                self.rng.pick(&[0, 8, 56, 64, 72])
+                                {
+                                    let size = std::mem::size_of::<grass_memory_layer>();
+                                    self.rng.pick(&[0, 8, size - 8, size + 8])
+                                }
                             },
                             m: self.rng.query_dim(),
                             n: self.rng.query_dim(),

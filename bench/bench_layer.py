@@ -109,14 +109,13 @@ def bench_grass(ops, m, n, b, r):
         ops.select(s, layer.pcfg, 0)
     out["grass_refresh_ms"] = timeit(refresh, 2, 10)
     # the state remap of a refresh with carry (in place), between two selections
-    carry = ops.lib.adamw_config(refresh_mode="carry")
     other, _ = ops.select(ops.row_scores(x, dy * 1.5 + 0.01, side), layer.pcfg, 1)
     sel = [layer.idx, other]
     flip = [0]
 
     def remap():
         old, new = sel[flip[0]], sel[1 - flip[0]]
-        ops.state_refresh(carry, old, new, layer.m_state, layer.v_state, layer.row_steps)
+        ops.state_refresh("carry", old, new, layer.m_state, layer.v_state, layer.row_steps)
         flip[0] = 1 - flip[0]
     out["grass_carry_ms"] = timeit(remap, 2, 20)
     out["scores_workspace_bytes"] = ops.lib.size_query("grass_scores_workspace_size", ops.lib.context(0), m, n, b,

@@ -503,7 +503,9 @@ struct GrassLayer {
         row_steps(cuda, size_t(cfg.rank())), old_indices(cuda, size_t(cfg.rank())),
         workspace(cuda, std::max(ctx.sparse_adamw_workspace_size(rows, cols, side.side,
                                                                   cfg.rank()),
-                                 ctx.state_refresh_workspace_size(adamw, cfg.rank(), side.k))),
+                                 ctx.state_refresh_workspace_size(adamw.refresh_mode(),
+                                                                  adamw.state_dtype(),
+                                                                  cfg.rank(), side.k))),
         exact_scores(cuda, size_t(side.d)), exact_scales(cuda, size_t(cfg.rank())),
         exact_indices(cuda, size_t(cfg.rank())),
         select_workspace(cuda, ctx.select_workspace_size(side.d, cfg.rank())) {}
@@ -647,7 +649,7 @@ class Trainer {
       layer.overlap += double(common) / double(layer.r());
       ++layer.compared;
     }
-    ctx_.state_refresh(adamw_, layer.r(), layer.side.k,
+    ctx_.state_refresh(adamw_.refresh_mode(), adamw_.state_dtype(), layer.r(), layer.side.k,
                        before.has_selection ? layer.old_indices.get() : nullptr,
                        layer.projection.selection().indices, layer.m_state.get(),
                        layer.v_state.get(), layer.row_steps.get(), layer.workspace.get(),

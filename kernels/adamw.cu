@@ -29,16 +29,23 @@ struct StepHeader {
     float decay;  // 1 - lr * weight_decay
 };
 
-// Flags the step as bad when n elements of g (dtype g_dt) hold a NaN or infinity, when idx
-// (r entries, may be NULL) is not sorted ascending within [0, d), or when one of the nsteps
-// step counts is negative.
+// Flags the step as bad when n elements of g (dtype g_dt) or the r scales (may be NULL) hold a
+// NaN or infinity (a non-finite scale would write non-finite values into W from a finite
+// gradient), when idx (r entries, may be NULL) is not sorted ascending within [0, d), or when
+// one of the nsteps step counts is negative.
 extern "C" __global__ void step_check(const void* __restrict__ g, i32 g_dt, i64 n,
-                                      const i32* __restrict__ idx, i32 r, i64 d,
+                                      const i32* __restrict__ idx,
+                                      const float* __restrict__ scales, i32 r, i64 d,
                                       const i32* __restrict__ steps, i32 nsteps,
                                       StepHeader* h) {
     bool bad_g = false, bad_i = false, bad_c = false;
     for (u64 e = global_x(); e < (u64)n; e += grid_x()) {
         if (!finite_f32(load_as_f32(g, g_dt, e))) bad_g = true;
+    }
+    if (scales != nullptr) {
+        for (u64 j = global_x(); j < (u64)r; j += grid_x()) {
+            if (!finite_f32(scales[j])) bad_g = true;
+        }
     }
     if (idx != nullptr) {
         for (u64 j = global_x(); j < (u64)r; j += grid_x()) {

@@ -27,15 +27,14 @@ fi
 . scripts/venv.sh
 grass_venv
 
-echo "== cargo build --release (also regenerates include/grass.h)"
+echo "== cargo build --release"
 cargo build --release
+# A build never writes into the source tree (build.rs generates the header into target/);
+# tests/abi.rs fails when include/grass.h differs from it. This second guard catches a header
+# edited after the tests ran.
 if git rev-parse --git-dir >/dev/null 2>&1 && ! git diff --quiet -- include/grass.h; then
     git --no-pager diff --stat -- include/grass.h
-    if [ "${CI:-}" = "true" ]; then
-        echo "include/grass.h is not the header cbindgen generates: regenerate and commit it" >&2
-        exit 1
-    fi
-    echo "warning: include/grass.h changed; commit it" >&2
+    echo "warning: include/grass.h has uncommitted changes; commit them" >&2
 fi
 
 echo "== cargo test"
@@ -78,6 +77,9 @@ one_line_per_skip_reason() {
 
 echo "== ctest: C and C++ consumers under ASan/UBSan, install tree, demo"
 BUILD_DIR=build/ctest tests/c/run.sh
+
+echo "== pytest: the bindings' ctypes declarations against grass.h"
+python -m pytest -q -rs bindings/tests
 
 echo "== pytest: PyTorch/ctypes binding"
 python -m pytest -q -rs bindings/torch/tests | one_line_per_skip_reason

@@ -7,7 +7,7 @@
 
 use std::marker::PhantomData;
 
-use crate::core::config::{AdamW, Selection};
+use crate::core::config::{AdamW, RefreshMode, Selection};
 use crate::core::dtype::Dtype;
 use crate::core::shape::Projected;
 
@@ -183,12 +183,12 @@ pub struct AdamwStepArgs {
 
 #[derive(Debug, Clone, Copy)]
 pub struct StateRefreshArgs {
-    pub cfg: AdamW,
+    pub mode: RefreshMode,
     pub k: usize,
     /// r indices, or none (no previous selection)
     pub old_indices: Option<Buf<i32>>,
     pub new_indices: Buf<i32>,
-    /// r x k each, `cfg.state_dtype`
+    /// r x k each, of the state dtype
     pub m: Tensor,
     pub v: Tensor,
     /// r: the step count of each state row

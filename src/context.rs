@@ -118,8 +118,10 @@ impl grass_context {
     }
 
     /// Grows the shared workspace to at least `bytes` (at handle creation, not on the hot
-    /// path). The old buffer goes only after the work queued on it is done.
+    /// path). The old buffer goes only after the work queued on it is done. Sizes above 2^63 - 1
+    /// bytes (saturated size formulas) fail as in every workspace query.
     pub(crate) fn reserve_workspace(&self, bytes: usize) -> Result<()> {
+        let bytes = crate::core::scratch::need(bytes)?;
         let mut w = self.shared();
         if bytes == 0 || w.buf.as_ref().is_some_and(|b| b.bytes() >= bytes) {
             return Ok(());

@@ -506,6 +506,7 @@ type CheckFn = unsafe extern "C" fn(
     i32,
     i64,
     *const i32,
+    *const f32,
     i32,
     i64,
     *const i32,
@@ -616,21 +617,24 @@ fn sparse_adamw_step_kernels_match_the_host() {
                     let (mut kw, mut km, mut kv, mut ks, mut kskip) =
                         (w0.clone(), hm.clone(), hv.clone(), steps0.clone(), -1i32);
                     let mut coef = vec![f32::NAN; 2 * r];
-                    for t in 0..7 {
+                    for t in 0..8 {
                         let mut g = rng.normals(r * k);
                         if t == 3 {
                             g[7] = f32::NEG_INFINITY;
                         }
                         let lr_scale = [if t == 2 { 0.5f32 } else { 1.0 }];
-                        // step 4 hands the kernels unsorted indices and step 5 a negative
-                        // count: the host rejects them with a status, the device skips the
-                        // step and says why.
+                        // step 4 hands the kernels unsorted indices, step 5 a negative count
+                        // and step 6 a NaN scale: the host rejects them with a status, the
+                        // device skips the step and says why.
                         let mut kidx = idx.clone();
+                        let mut kscales = scales.clone();
                         let kept = ks[r / 2];
                         if t == 4 {
                             kidx.swap(0, r - 1);
                         } else if t == 5 {
                             ks[r / 2] = -3;
+                        } else if t == 6 {
+                            kscales[r - 1] = f32::NAN;
                         } else {
                             ok(unsafe {
                                 grass_sparse_adamw_step(
@@ -666,6 +670,7 @@ fn sparse_adamw_step_kernels_match_the_host() {
                                 0,
                                 (r * k) as i64,
                                 kidx.as_ptr(),
+                                kscales.as_ptr(),
                                 r as i32,
                                 d as i64,
                                 ks.as_ptr(),
@@ -702,7 +707,7 @@ fn sparse_adamw_step_kernels_match_the_host() {
                                 s_dt,
                                 g.as_ptr(),
                                 kidx.as_ptr(),
-                                scales.as_ptr(),
+                                kscales.as_ptr(),
                                 r as i32,
                                 k as i64,
                                 cfg.beta1,
@@ -725,13 +730,13 @@ fn sparse_adamw_step_kernels_match_the_host() {
                         same(&format!("V, {what}"), &kv, &hv);
                         assert_eq!(ks, hs, "row steps, {what}");
                         let want = match t {
-                            3 => GRASS_STEP_SKIPPED_NONFINITE,
+                            3 | 6 => GRASS_STEP_SKIPPED_NONFINITE,
                             4 => GRASS_STEP_SKIPPED_BAD_INDICES,
                             5 => GRASS_STEP_SKIPPED_BAD_STEP_COUNT,
                             _ => GRASS_STEP_APPLIED,
                         };
                         assert_eq!(kskip, want, "outcome, {what}");
-                        if t != 4 && t != 5 {
+                        if !(4..=6).contains(&t) {
                             assert_eq!(hskip, want, "host outcome, {what}");
                         }
                     }
@@ -803,6 +808,7 @@ fn adamw_step_kernels_match_the_host() {
                                 g.as_ptr().cast(),
                                 g_dt,
                                 numel as i64,
+                                std::ptr::null(),
                                 std::ptr::null(),
                                 0,
                                 0,
@@ -907,13 +913,21 @@ fn carry_kernel_matches_the_host_refresh() {
             let (mut hm, mut hv, mut hs) = (m0.clone(), v0.clone(), steps0.clone());
             let mut nbytes = 0;
             ok(unsafe {
-                grass_state_refresh_workspace_size(ctx, &cfg, r as i64, k as i64, &mut nbytes)
+                grass_state_refresh_workspace_size(
+                    ctx,
+                    cfg.refresh_mode,
+                    cfg.state_dtype,
+                    r as i64,
+                    k as i64,
+                    &mut nbytes,
+                )
             });
             let mut ws = vec![0u8; nbytes];
             ok(unsafe {
                 grass_state_refresh(
                     ctx,
-                    &cfg,
+                    cfg.refresh_mode,
+                    cfg.state_dtype,
                     r as i64,
                     k as i64,
                     if with_old {

@@ -71,8 +71,16 @@ fn every_op_workspace_is_at_most_64_mib_at_the_design_shapes() {
                 check(unsafe { grass_sparse_adamw_workspace_size(ctx.0, m, n, side, r, &mut ws) })
                     .unwrap();
                 note(ws, format!("sparse adamw {m}x{n} r {r}"));
+                let a = adamw();
                 check(unsafe {
-                    grass_state_refresh_workspace_size(ctx.0, &adamw(), r, k as i64, &mut ws)
+                    grass_state_refresh_workspace_size(
+                        ctx.0,
+                        a.refresh_mode,
+                        a.state_dtype,
+                        r,
+                        k as i64,
+                        &mut ws,
+                    )
                 })
                 .unwrap();
                 note(ws, format!("state refresh r {r} k {k}"));

@@ -457,23 +457,28 @@ class Context {
                            lr_scale, skipped, workspace, workspace_bytes, stream));
   }
 
-  [[nodiscard]] std::size_t state_refresh_workspace_size(const AdamWConfig& config, int64_t r,
+  [[nodiscard]] std::size_t state_refresh_workspace_size(RefreshMode refresh_mode,
+                                                         Dtype state_dtype, int64_t r,
                                                          int64_t k) const {
     std::size_t bytes = 0;
-    check(grass_state_refresh_workspace_size(get(), &config.raw(), r, k, &bytes));
+    check(grass_state_refresh_workspace_size(get(), static_cast<grass_refresh_mode>(refresh_mode),
+                                             static_cast<grass_dtype>(state_dtype), r, k,
+                                             &bytes));
     return bytes;
   }
 
-  // Adapts M, V (r x k) and `row_steps` (r step counts, one per state row) to a new selection:
-  // Reset zeroes them all; Carry moves each kept row and its count to its new position and
-  // zeroes the rows and counts of entering indices. `old_indices` may be nullptr (no previous
-  // selection).
-  void state_refresh(const AdamWConfig& config, int64_t r, int64_t k, const int32_t* old_indices,
-                     const int32_t* new_indices, void* m_state, void* v_state,
-                     int32_t* row_steps, void* workspace, std::size_t workspace_bytes,
-                     Stream stream = nullptr) const {
-    check(grass_state_refresh(get(), &config.raw(), r, k, old_indices, new_indices, m_state,
-                              v_state, row_steps, workspace, workspace_bytes, stream));
+  // Adapts M, V (r x k of `state_dtype`, Dtype::F32 or Dtype::BF16) and `row_steps` (r step
+  // counts, one per state row) to a new selection: Reset zeroes them all; Carry moves each kept
+  // row and its count to its new position and zeroes the rows and counts of entering indices.
+  // `old_indices` may be nullptr (no previous selection).
+  void state_refresh(RefreshMode refresh_mode, Dtype state_dtype, int64_t r, int64_t k,
+                     const int32_t* old_indices, const int32_t* new_indices, void* m_state,
+                     void* v_state, int32_t* row_steps, void* workspace,
+                     std::size_t workspace_bytes, Stream stream = nullptr) const {
+    check(grass_state_refresh(get(), static_cast<grass_refresh_mode>(refresh_mode),
+                              static_cast<grass_dtype>(state_dtype), r, k, old_indices,
+                              new_indices, m_state, v_state, row_steps, workspace,
+                              workspace_bytes, stream));
   }
 
   // Bytes of the workspace the context's handles share (grows, never shrinks).

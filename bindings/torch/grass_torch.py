@@ -44,6 +44,7 @@ I64, SZ = c_int64, c_size_t
 _SIGNATURES = {
     "grass_context_create_cpu": [POINTER(P)],
     "grass_context_create_cuda": [c_int32, POINTER(P)],
+    "grass_cuda_available": [POINTER(c_int32), c_char_p, SZ],
     "grass_projection_config_init": [POINTER(ProjectionConfig)],
     "grass_adamw_config_init": [POINTER(AdamWConfig)],
     "grass_resolve_side": [I64, I64, c_int32, POINTER(c_int32), POINTER(I64), POINTER(I64)],
@@ -58,8 +59,8 @@ _SIGNATURES = {
                                 c_float, P, P, P, SZ, P],
     "grass_adamw_workspace_size": [P, I64, POINTER(SZ)],
     "grass_adamw_step": [P, POINTER(AdamWConfig), I64, c_int32, P, c_int32, P, P, P, P, c_float, P, P, P, SZ, P],
-    "grass_state_refresh_workspace_size": [P, POINTER(AdamWConfig), I64, I64, POINTER(SZ)],
-    "grass_state_refresh": [P, POINTER(AdamWConfig), I64, I64, P, P, P, P, P, P, SZ, P],
+    "grass_state_refresh_workspace_size": [P, c_int32, c_int32, I64, I64, POINTER(SZ)],
+    "grass_state_refresh": [P, c_int32, c_int32, I64, I64, P, P, P, P, P, P, SZ, P],
 }
 
 
@@ -84,6 +85,7 @@ class Lib:
             fn = getattr(self.dll, name)
             fn.argtypes = args
             fn.restype = c_int32
+        self.dll.grass_last_error_message.argtypes = []
         self.dll.grass_last_error_message.restype = c_char_p
         self.dll.grass_context_destroy.argtypes = [P]
         self.dll.grass_context_destroy.restype = None
@@ -105,6 +107,12 @@ class Lib:
                 self.call("grass_context_create_cuda", int(cuda_ordinal), ctypes.byref(ctx))
             self._contexts[key] = ctx
         return self._contexts[key]
+
+    def cuda_available(self):
+        """(True or False, the reason grass_cuda_available gives)."""
+        ok, reason = c_int32(), ctypes.create_string_buffer(512)
+        self.call("grass_cuda_available", ctypes.byref(ok), reason, len(reason))
+        return bool(ok.value), reason.value.decode()
 
     def size_query(self, name, *args):
         out = SZ()
@@ -146,15 +154,50 @@ def _torch():
 
 
 def _dtype_code(t):
-    return DTYPE[str(t.dtype).replace("torch.", "")]
+    return DTYPE[_describe(t)[0]]
 
 
-def _counts(name, t, n):
+ACT_DTYPES = ("float32", "bfloat16", "float16")
+STATE_DTYPES = ("float32", "bfloat16")
+
+
+def _describe(t):
+    """(dtype name, shape, C-contiguous, device) of a torch tensor (or a numpy array, which
+    lives on the CPU)."""
+    if hasattr(t, "is_contiguous"):
+        return str(t.dtype).replace("torch.", ""), tuple(t.shape), t.is_contiguous(), str(t.device)
+    return t.dtype.name, tuple(t.shape), bool(t.flags.c_contiguous), "cpu"
+
+
+def _check(name, t, dtypes, shape, device):
+    """Checks a tensor before its address goes to libgrass, which reads and writes exactly
+    prod(shape) elements of its dtype, row-major, in the memory of ``device``: a transposed view,
+    a wrong dtype, size or device would be misread silently. ``shape`` entries of None are free
+    (their size is read from the tensor); returns the tensor's shape."""
+    dtype, got, contiguous, dev = _describe(t)
+    if dtype not in dtypes:
+        raise TypeError(f"{name} must be {' or '.join(dtypes)}, got {dtype}")
+    if len(got) != len(shape) or any(w is not None and g != w for g, w in zip(got, shape)):
+        want = "(" + ", ".join("*" if w is None else str(w) for w in shape) + ")"
+        raise ValueError(f"{name} must have shape {want}, got {got}")
+    if not contiguous:
+        raise ValueError(f"{name} must be contiguous (row-major), got a strided view of shape {got}: "
+                         f"pass {name}.contiguous()")
+    if device is not None and dev != device:
+        raise ValueError(f"{name} is on {dev}, the other tensors of the call on {device}")
+    return got
+
+
+def _numel(shape):
+    out = 1
+    for d in shape:
+        out *= d
+    return out
+
+
+def _counts(name, t, n, device=None):
     """Checks that ``t`` is an int32 tensor of ``n`` step counts (libgrass reads and writes n)."""
-    torch = _torch()
-    if t.dtype != torch.int32 or t.numel() != n or not t.is_contiguous():
-        raise ValueError(f"{name} must be a contiguous int32 tensor of {n} step counts, got "
-                         f"{t.dtype} with {t.numel()} elements")
+    _check(name, t, ("int32",), (n,), device)
 
 
 class Torch:
@@ -181,10 +224,16 @@ class Torch:
             self._ws[key] = buf
         return buf
 
+    def _activations(self, x, dy):
+        """(b, m, n, device) of X (b x n) and dY (b x m), checked."""
+        dev = _describe(x)[3]
+        b, n = _check("x", x, ACT_DTYPES, (None, None), dev)
+        _, m = _check("dy", dy, (_describe(x)[0],), (b, None), dev)
+        return b, m, n, dev
+
     def row_scores(self, x, dy, side=SIDE_AUTO):
         torch = _torch()
-        b, n = x.shape
-        m = dy.shape[1]
+        b, m, n, _ = self._activations(x, dy)
         ctx, stream = self._ctx_stream(x)
         _, d, _ = self.lib.resolve_side(m, n, side)
         dt = _dtype_code(x)
@@ -197,8 +246,9 @@ class Torch:
 
     def select(self, scores, config, refresh_index):
         torch = _torch()
+        (d,) = _check("scores", scores, ("float32",), (None,), None)
+        r = config.rank
         ctx, stream = self._ctx_stream(scores)
-        d, r = scores.numel(), config.rank
         wsb = self.lib.size_query("grass_select_workspace_size", ctx, d, r)
         ws = self.workspace(wsb, scores)
         idx = torch.empty(r, dtype=torch.int32, device=scores.device)
@@ -209,11 +259,13 @@ class Torch:
 
     def sparse_grad(self, x, dy, idx, rho, side=SIDE_AUTO, out=None, accumulate=False):
         torch = _torch()
-        b, n = x.shape
-        m = dy.shape[1]
-        r = idx.numel()
-        ctx, stream = self._ctx_stream(x)
+        b, m, n, dev = self._activations(x, dy)
+        (r,) = _check("idx", idx, ("int32",), (None,), dev)
+        _check("rho", rho, ("float32",), (r,), dev)
         _, _, k = self.lib.resolve_side(m, n, side)
+        if out is not None:
+            _check("out", out, ("float32",), (r, k), dev)
+        ctx, stream = self._ctx_stream(x)
         dt = _dtype_code(x)
         wsb = self.lib.size_query("grass_sparse_grad_workspace_size", ctx, m, n, b, side, r, dt)
         ws = self.workspace(wsb, x)
@@ -227,9 +279,15 @@ class Torch:
                           lr_scale=None, skipped=None):
         """``row_steps``: int32[r], the Adam step of each state row (each advances by one when
         the step is applied); ``skipped`` (int32[1]) receives a ``STEP_*`` outcome."""
-        m, n = w.shape
-        r = idx.numel()
-        _counts("row_steps", row_steps, r)
+        dev = _describe(w)[3]
+        m, n = _check("w", w, ACT_DTYPES, (None, None), dev)
+        _, _, k = self.lib.resolve_side(m, n, side)
+        (r,) = _check("idx", idx, ("int32",), (None,), dev)
+        _check("rho", rho, ("float32",), (r,), dev)
+        _check("g", g, ("float32",), (r, k), dev)
+        self._states(config, m_state, v_state, (r, k), dev)
+        _counts("row_steps", row_steps, r, dev)
+        self._step_scalars(lr_scale, skipped, dev)
         ctx, stream = self._ctx_stream(w)
         wsb = self.lib.size_query("grass_sparse_adamw_workspace_size", ctx, m, n, side, r)
         ws = self.workspace(wsb, w)
@@ -239,21 +297,51 @@ class Torch:
                       None if lr_scale is None else lr_scale.data_ptr(),
                       None if skipped is None else skipped.data_ptr(), ws.data_ptr(), ws.numel(), stream)
 
-    def state_refresh(self, config, old_idx, new_idx, m_state, v_state, row_steps):
-        """Adapts M, V and ``row_steps`` (int32[r]) to the selection ``new_idx``: reset zeroes
-        them, carry keeps the rows (and counts) of indices that stay and zeroes the others."""
-        r, k = m_state.shape
-        _counts("row_steps", row_steps, r)
+    @staticmethod
+    def _states(config, m_state, v_state, shape, dev):
+        """M and V: ``shape``, of the config's state dtype."""
+        sdt = tuple(k for k, v in DTYPE.items() if v == config.state_dtype) or STATE_DTYPES
+        _check("m_state", m_state, sdt, shape, dev)
+        _check("v_state", v_state, sdt, shape, dev)
+
+    @staticmethod
+    def _step_scalars(lr_scale, skipped, dev):
+        if lr_scale is not None:
+            _check("lr_scale", lr_scale, ("float32",), (1,), dev)
+        if skipped is not None:
+            _check("skipped", skipped, ("int32",), (1,), dev)
+
+    def state_refresh(self, refresh_mode, old_idx, new_idx, m_state, v_state, row_steps):
+        """Adapts M, V and ``row_steps`` (int32[r]) to the selection ``new_idx``: ``refresh_mode``
+        "reset" (or REFRESH["reset"]) zeroes them, "carry" keeps the rows (and counts) of
+        indices that stay and zeroes the others. The state dtype is M's."""
+        dev = _describe(m_state)[3]
+        r, k = _check("m_state", m_state, STATE_DTYPES, (None, None), dev)
+        _check("v_state", v_state, (_describe(m_state)[0],), (r, k), dev)
+        _check("new_idx", new_idx, ("int32",), (r,), dev)
+        if old_idx is not None:
+            _check("old_idx", old_idx, ("int32",), (r,), dev)
+        _counts("row_steps", row_steps, r, dev)
+        mode = REFRESH[refresh_mode] if isinstance(refresh_mode, str) else int(refresh_mode)
+        sdt = _dtype_code(m_state)
         ctx, stream = self._ctx_stream(m_state)
-        wsb = self.lib.size_query("grass_state_refresh_workspace_size", ctx, ctypes.byref(config), r, k)
+        wsb = self.lib.size_query("grass_state_refresh_workspace_size", ctx, mode, sdt, r, k)
         ws = self.workspace(wsb, m_state)
-        self.lib.call("grass_state_refresh", ctx, ctypes.byref(config), r, k,
+        self.lib.call("grass_state_refresh", ctx, mode, sdt, r, k,
                       None if old_idx is None else old_idx.data_ptr(), new_idx.data_ptr(), m_state.data_ptr(),
                       v_state.data_ptr(), row_steps.data_ptr(), ws.data_ptr(), ws.numel(), stream)
 
     def adamw_step(self, config, w, grad, m_state, v_state, step, lr, lr_scale=None, skipped=None):
         """Dense AdamW; ``step`` is int32[1], the parameter's Adam step."""
-        _counts("step", step, 1)
+        dev = _describe(w)[3]
+        numel = _numel(_check("w", w, ACT_DTYPES, (None,) * len(_describe(w)[1]), dev))
+        sdt = tuple(k for k, v in DTYPE.items() if v == config.state_dtype) or STATE_DTYPES
+        for name, t, dtypes in (("grad", grad, ACT_DTYPES), ("m_state", m_state, sdt), ("v_state", v_state, sdt)):
+            got = _check(name, t, dtypes, (None,) * len(_describe(t)[1]), dev)
+            if _numel(got) != numel:
+                raise ValueError(f"{name} must have {numel} elements like w, got shape {got}")
+        _counts("step", step, 1, dev)
+        self._step_scalars(lr_scale, skipped, dev)
         ctx, stream = self._ctx_stream(w)
         numel = w.numel()
         wsb = self.lib.size_query("grass_adamw_workspace_size", ctx, numel)
@@ -298,7 +386,8 @@ class GrassLayer:
         if scores is None:
             scores = self.ops.row_scores(x, dy, self.side)
         idx, rho = self.ops.select(scores, self.pcfg, self.refreshes)
-        self.ops.state_refresh(self.acfg, self.idx, idx, self.m_state, self.v_state, self.row_steps)
+        self.ops.state_refresh(self.acfg.refresh_mode, self.idx, idx, self.m_state, self.v_state,
+                               self.row_steps)
         self.idx, self.rho = idx, rho
         self.refreshes += 1
         self.since_refresh = 0

@@ -11,6 +11,27 @@ use crate::ensure;
 /// Alignment of every region (cuBLAS wants 256 bytes for its workspace).
 pub(crate) const ALIGN: usize = 256;
 
+/// Largest byte count any buffer can have (Rust and C objects stay below `isize::MAX`); a
+/// workspace query whose answer would exceed it fails instead of answering.
+pub(crate) const MAX_BYTES: usize = isize::MAX as usize;
+
+/// The answer of a workspace query, or an error when the sizes it was computed from need more
+/// than any buffer can hold (the size formulas saturate instead of wrapping).
+pub(crate) fn need(bytes: usize) -> Result<usize> {
+    ensure!(
+        bytes <= MAX_BYTES,
+        InvalidValue,
+        "these sizes need a workspace of more than 2^63 - 1 bytes"
+    );
+    Ok(bytes)
+}
+
+/// Bytes of `count` elements of `size` bytes, saturating at `usize::MAX` instead of wrapping:
+/// counts come from caller-given dimensions, and the ABI rejects any total above [`MAX_BYTES`].
+pub fn bytes(count: usize, size: usize) -> usize {
+    count.saturating_mul(size)
+}
+
 pub struct Plan {
     base: usize,
     used: usize,
@@ -37,10 +58,13 @@ impl Plan {
         }
     }
 
-    /// The address of a fresh region of `bytes` bytes.
+    /// The address of a fresh region of `bytes` bytes. Sizes saturate at `usize::MAX` rather
+    /// than wrap (they come from caller-given dimensions; the ABI rejects such a total, and
+    /// [`Plan::check`] fails on it).
     pub fn take(&mut self, bytes: usize) -> usize {
-        let at = self.base + self.used;
-        self.used += bytes.div_ceil(ALIGN) * ALIGN;
+        let at = self.base.wrapping_add(self.used);
+        let rounded = bytes.checked_next_multiple_of(ALIGN).unwrap_or(usize::MAX);
+        self.used = self.used.saturating_add(rounded);
         at
     }
 
@@ -49,7 +73,7 @@ impl Plan {
         if self.used == 0 {
             0
         } else {
-            self.used + ALIGN
+            self.used.saturating_add(ALIGN)
         }
     }
 
@@ -81,7 +105,7 @@ impl<'a> Carve<'a> {
     /// previous slice.
     pub fn at<T: bytemuck::Pod>(&mut self, addr: usize, count: usize) -> Result<&'a mut [T]> {
         let rest = std::mem::take(&mut self.rest);
-        let bytes = count * std::mem::size_of::<T>();
+        let bytes = bytes(count, std::mem::size_of::<T>());
         let skip = addr.wrapping_sub(rest.as_ptr() as usize);
         ensure!(
             skip <= rest.len() && bytes <= rest.len() - skip,
@@ -127,5 +151,17 @@ mod tests {
             layout(&mut plan);
             assert!(plan.check().is_err(), "{bytes} bytes at {addr}");
         }
+    }
+
+    #[test]
+    fn sizing_saturates_instead_of_wrapping() {
+        let mut plan = Plan::sizing();
+        plan.take(usize::MAX - 10);
+        plan.take(1 << 40);
+        assert_eq!(plan.size(), usize::MAX);
+        let mut plan = Plan::sizing();
+        plan.take(1000);
+        assert_eq!(plan.size(), 1024 + ALIGN);
+        assert_eq!(bytes(usize::MAX / 2, 4), usize::MAX);
     }
 }

@@ -8,7 +8,7 @@
 use crate::core::config::{Method, Scaling, Selection};
 use crate::core::error::Result;
 use crate::core::rng::{Purpose, Stream};
-use crate::core::scratch::{Carve, Plan};
+use crate::core::scratch::{bytes, Carve, Plan};
 
 /// Scratch of [`select`] for `d` scores: weights, their auxiliary copy, sort keys and order.
 struct Layout {
@@ -20,10 +20,10 @@ struct Layout {
 
 fn layout(plan: &mut Plan, d: usize) -> Layout {
     Layout {
-        w: plan.take(d * 8),
-        aux: plan.take(d * 8),
-        keys: plan.take(d * 8),
-        order: plan.take(d * 4),
+        w: plan.take(bytes(d, 8)),
+        aux: plan.take(bytes(d, 8)),
+        keys: plan.take(bytes(d, 8)),
+        order: plan.take(bytes(d, 4)),
     }
 }
 

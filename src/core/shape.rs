@@ -15,16 +15,24 @@ pub fn positive(name: &str, v: i64) -> Result<usize> {
     Ok(v as usize)
 }
 
-/// Multiplies sizes, failing on overflow.
+/// Multiplies sizes, failing when the product exceeds 2^63 - 1 (no buffer can be larger, in
+/// elements or in bytes).
 pub fn product(name: &str, dims: &[usize]) -> Result<usize> {
-    let mut p: usize = 1;
-    for &d in dims {
-        p = match p.checked_mul(d) {
-            Some(v) => v,
-            None => crate::bail!(InvalidValue, "{name}: size overflows"),
-        };
+    let p = dims
+        .iter()
+        .try_fold(1usize, |p, &d| p.checked_mul(d))
+        .filter(|&p| p <= isize::MAX as usize);
+    match p {
+        Some(v) => Ok(v),
+        None => {
+            let shown: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+            crate::bail!(
+                InvalidValue,
+                "{name} = {} exceeds 2^63 - 1: no buffer can be that large",
+                shown.join(" x ")
+            )
+        }
     }
-    Ok(p)
 }
 
 /// `Y = X Wᵀ` with W `m x n`, X `b x n`, dY `b x m`; the projection picks `r` of the `d` entries

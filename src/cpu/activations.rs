@@ -63,7 +63,11 @@ const TOKEN_BUDGET: usize = 48 << 20;
 
 /// Bytes per token of B's conversion to f32: none when B already is f32.
 pub(crate) fn conversion_per_token(dtype: Dtype, k: usize) -> usize {
-    (dtype != Dtype::F32) as usize * k * 4
+    if dtype == Dtype::F32 {
+        0
+    } else {
+        crate::core::scratch::bytes(k, 4)
+    }
 }
 
 /// Tokens per chunk when each token needs `per_token` bytes of scratch: all of them when they

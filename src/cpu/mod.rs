@@ -1,6 +1,8 @@
-//! Host backend: runs every op synchronously on the calling thread (GEMMs use a few worker
-//! threads through `matrixmultiply`). It is the reference every CUDA kernel is tested against.
-//! Inputs arrive as validated slices; nothing here allocates: scratch comes from the workspace.
+//! Host backend: runs every op synchronously (GEMMs use a few worker threads through
+//! `matrixmultiply`; the AdamW steps split large updates over scoped threads that have joined
+//! when they return; see docs/cpu-backend.md). It is the reference every CUDA kernel is tested
+//! against. Inputs arrive as validated slices; no op allocates tensor scratch: that comes from
+//! the workspace.
 
 pub mod activations;
 pub mod adamw;

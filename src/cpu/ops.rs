@@ -80,14 +80,40 @@ pub(crate) fn check_indices(name: &str, idx: &[i32], d: usize) -> Result<()> {
         if i < 0 || i as usize >= d {
             bail!(InvalidValue, "{name}[{j}] = {i} is outside [0, {d})");
         }
-        if j > 0 && idx[j - 1] > i {
-            bail!(
-                InvalidValue,
-                "{name} must be sorted ascending: {name}[{}] = {} > {name}[{j}] = {i}",
-                j - 1,
-                idx[j - 1]
-            );
+        check_order(name, idx, j)?;
+    }
+    Ok(())
+}
+
+/// Indices whose bound d the call does not know (a state refresh): not negative, and sorted.
+fn check_indices_unbounded(name: &str, idx: &[i32]) -> Result<()> {
+    for (j, &i) in idx.iter().enumerate() {
+        if i < 0 {
+            bail!(InvalidValue, "{name}[{j}] = {i} is negative");
         }
+        check_order(name, idx, j)?;
+    }
+    Ok(())
+}
+
+fn check_order(name: &str, idx: &[i32], j: usize) -> Result<()> {
+    if j > 0 && idx[j - 1] > idx[j] {
+        bail!(
+            InvalidValue,
+            "{name} must be sorted ascending: {name}[{}] = {} > {name}[{j}] = {}",
+            j - 1,
+            idx[j - 1],
+            idx[j]
+        );
+    }
+    Ok(())
+}
+
+/// Scales multiply the update of their row: a NaN or infinite one would write non-finite
+/// values into W from a finite gradient (`grass_select` writes finite scales).
+fn check_scales(name: &str, scales: &[f32]) -> Result<()> {
+    if let Some(j) = scales.iter().position(|s| !s.is_finite()) {
+        bail!(InvalidValue, "{name}[{j}] = {} is not finite", scales[j]);
     }
     Ok(())
 }
@@ -165,6 +191,7 @@ pub(crate) fn sparse_adamw_step(a: &SparseAdamwStepArgs) -> Result<()> {
     unsafe {
         let idx = view(a.indices);
         check_indices("indices", idx, a.p.d)?;
+        check_scales("scales", view(a.scales))?;
         let b = &a.buf;
         let steps = view_mut(b.steps);
         check_counts("row_steps", steps)?;
@@ -221,17 +248,11 @@ pub(crate) fn state_refresh(a: &StateRefreshArgs) -> Result<()> {
             None => &[],
             Some(old) => view(old),
         };
-        check_indices("new_indices", new, usize::MAX)?;
-        check_indices("old_indices", old, usize::MAX)?;
-        cpu::state_refresh(
-            a.cfg.refresh_mode,
-            a.k,
-            old,
-            new,
-            state(a.m),
-            state(a.v),
-            view_mut(a.row_steps),
-        );
+        check_indices_unbounded("new_indices", new)?;
+        check_indices_unbounded("old_indices", old)?;
+        let steps = view_mut(a.row_steps);
+        check_counts("row_steps", steps)?;
+        cpu::state_refresh(a.mode, a.k, old, new, state(a.m), state(a.v), steps);
     }
     Ok(())
 }

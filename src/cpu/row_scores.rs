@@ -3,7 +3,7 @@
 
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
-use crate::core::scratch::{Carve, Plan};
+use crate::core::scratch::{bytes, Carve, Plan};
 use crate::core::shape::Projected;
 use crate::cpu::activations::{chunk_tokens, conversion_per_token, kept_f32, Act, Activations};
 use crate::cpu::gemm::{matmul, View};
@@ -31,13 +31,13 @@ struct Layout {
 fn layout(plan: &mut Plan, p: &Projected, b: usize, dtype: Dtype) -> Layout {
     let rows = chunk_rows(p);
     let conv_token = conversion_per_token(dtype, p.k);
-    let tokens = chunk_tokens(b, conv_token + rows * 4);
+    let tokens = chunk_tokens(b, conv_token.saturating_add(bytes(rows, 4)));
     Layout {
         rows,
         tokens,
-        conv: plan.take(tokens * conv_token),
-        cols: plan.take(tokens * rows * 4),
-        out: plan.take(rows * p.k * 4),
+        conv: plan.take(bytes(tokens, conv_token)),
+        cols: plan.take(bytes(tokens.saturating_mul(rows), 4)),
+        out: plan.take(bytes(rows.saturating_mul(p.k), 4)),
     }
 }
 

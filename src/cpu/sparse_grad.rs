@@ -3,7 +3,7 @@
 
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
-use crate::core::scratch::{Carve, Plan};
+use crate::core::scratch::{bytes, Carve, Plan};
 use crate::core::shape::Projected;
 use crate::cpu::activations::{chunk_tokens, conversion_per_token, kept_f32, Activations};
 use crate::cpu::gemm::{matmul, View};
@@ -21,11 +21,11 @@ struct Layout {
 
 fn layout(plan: &mut Plan, p: &Projected, b: usize, r: usize, dtype: Dtype) -> Layout {
     let conv_token = conversion_per_token(dtype, p.k);
-    let tokens = chunk_tokens(b, conv_token + r * 4);
+    let tokens = chunk_tokens(b, conv_token.saturating_add(bytes(r, 4)));
     Layout {
         tokens,
-        conv: plan.take(tokens * conv_token),
-        gathered: plan.take(tokens * r * 4),
+        conv: plan.take(bytes(tokens, conv_token)),
+        gathered: plan.take(bytes(tokens.saturating_mul(r), 4)),
     }
 }
 

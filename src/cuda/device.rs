@@ -9,7 +9,7 @@ use cudarc::driver::{result, sys, CudaContext};
 
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
-use crate::core::scratch::Plan;
+use crate::core::scratch::{bytes, Plan};
 use crate::core::shape::Projected;
 use crate::cuda::blas::{self, Blas};
 use crate::cuda::kernels::{Kernels, Modules};
@@ -408,7 +408,7 @@ pub(crate) struct StepLayout {
 pub(crate) fn step_layout(plan: &mut Plan, rows: Option<usize>) -> StepLayout {
     let header = plan.take(STEP_HEADER);
     let coef = match rows {
-        Some(r) => plan.take(8 * r),
+        Some(r) => plan.take(r.saturating_mul(8)),
         None => header + STEP_HEADER_COEF,
     };
     StepLayout { header, coef }
@@ -454,10 +454,10 @@ pub(crate) fn select_layout(plan: &mut Plan, d: usize) -> SelectLayout {
     let padded = d.next_power_of_two();
     SelectLayout {
         padded,
-        w: plan.take(d * 8),
-        aux: plan.take(d * 8),
-        keys: plan.take(padded * 8),
-        vals: plan.take(padded * 4),
+        w: plan.take(d.saturating_mul(8)),
+        aux: plan.take(d.saturating_mul(8)),
+        keys: plan.take(padded.saturating_mul(8)),
+        vals: plan.take(padded.saturating_mul(4)),
         taken: plan.take(d),
     }
 }
@@ -479,7 +479,7 @@ pub(crate) const OP_WORKSPACE: usize = 64 << 20;
 /// (`b·rows·size`), its f32 product (`rows·k·4`) and cuBLAS's share fit 64 MiB, else r split
 /// into equal blocks (multiples of 64 rows when that many fit) that do.
 pub(crate) fn sparse_grad_rows(p: &Projected, b: usize, r: usize, dtype: Dtype) -> usize {
-    let per_row = b * dtype.size() + p.k * 4;
+    let per_row = bytes(b, dtype.size()).saturating_add(bytes(p.k, 4));
     let room = OP_WORKSPACE - blas::WORKSPACE - 4 * 256;
     let most = (room / per_row).max(1);
     if r <= most {
@@ -504,10 +504,10 @@ pub(crate) fn sparse_grad_layout(
     dtype: Dtype,
 ) -> SparseGradLayout {
     let rows = sparse_grad_rows(p, b, r, dtype);
-    let product = rows * p.k * 4;
+    let product = bytes(rows.saturating_mul(p.k), 4);
     SparseGradLayout {
         rows,
-        gathered: plan.take(b * rows * dtype.size()),
+        gathered: plan.take(bytes(b.saturating_mul(rows), dtype.size())),
         product: plan.take(product),
         blas: plan.take(blas::workspace_for(product)),
         blas_bytes: blas::workspace_for(product),

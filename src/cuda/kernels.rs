@@ -18,7 +18,7 @@ pub const SIGNATURES: [(&str, &str, &str); 10] = [
     ("select.cu", "select_rows", "piiiiiquuppppppppu"),
     ("sparse_grad.cu", "gather_cols", "pillpip"),
     ("sparse_grad.cu", "scale_rows", "ppilpi"),
-    ("adamw.cu", "step_check", "pilpilpip"),
+    ("adamw.cu", "step_check", "pilppilpip"),
     ("adamw.cu", "step_prepare", "ppipfpfffp"),
     ("adamw.cu", "decay_all", "pilp"),
     ("adamw.cu", "sparse_adamw_step", "pilippipppilffffipp"),

@@ -184,19 +184,19 @@ impl Device {
         &self,
         b: &StepBuffers,
         grad: (usize, Dtype, usize),
-        indices: (usize, usize, usize),
+        indices: (usize, usize, usize, usize),
         rows: Option<usize>,
     ) -> Result<StepLayout> {
         let mut plan = Plan::within(b.ws.addr, b.ws.bytes);
         let l = step_layout(&mut plan, rows);
         plan.check()?;
         let (grad, grad_dtype, numel) = grad;
-        let (idx, r, d) = indices;
+        let (idx, scales, r, d) = indices;
         let counts = rows.unwrap_or(1);
         launch::memset_zero(l.header, STEP_HEADER, b.stream)?;
-        // SAFETY: grad holds numel elements of grad_dtype, idx (when not 0) r i32, steps
-        // `counts` i32 and coef `counts` f32 pairs, lr_scale and skipped (when not 0) one value
-        // each, the header STEP_HEADER bytes.
+        // SAFETY: grad holds numel elements of grad_dtype, idx and scales (when not 0) r i32
+        // and r f32, steps `counts` i32 and coef `counts` f32 pairs, lr_scale and skipped
+        // (when not 0) one value each, the header STEP_HEADER bytes.
         unsafe {
             launch(
                 &self.kernels.step_check,
@@ -207,6 +207,7 @@ impl Device {
                     dt(grad_dtype),
                     Arg::I64(numel as i64),
                     Arg::Ptr(idx),
+                    Arg::Ptr(scales),
                     Arg::I32(r as i32),
                     Arg::I64(d as i64),
                     Arg::Ptr(b.steps.addr()),
@@ -243,7 +244,7 @@ impl Device {
         let l = self.prepare_step(
             b,
             (a.g.addr(), Dtype::F32, a.g.len()),
-            (a.indices.addr(), rows, p.d),
+            (a.indices.addr(), a.scales.addr(), rows, p.d),
             Some(rows),
         )?;
         let header = l.header;
@@ -301,7 +302,7 @@ impl Device {
             .prepare_step(
                 b,
                 (a.grad.addr(), a.grad.dtype(), a.grad.len()),
-                (0, 0, 0),
+                (0, 0, 0, 0),
                 None,
             )?
             .header;
@@ -338,7 +339,7 @@ impl Device {
         let size = a.m.dtype().size();
         let bytes = a.m.len() * size;
         let _bound = self.bind()?;
-        match a.cfg.refresh_mode {
+        match a.mode {
             RefreshMode::Reset => {
                 launch::memset_zero(a.m.addr(), bytes, a.stream)?;
                 launch::memset_zero(a.v.addr(), bytes, a.stream)?;

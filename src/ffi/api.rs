@@ -10,10 +10,10 @@ use crate::ffi::types::*;
 
 /// Major version: changes only with an incompatible ABI change.
 pub const GRASS_VERSION_MAJOR: u32 = 0;
-pub const GRASS_VERSION_MINOR: u32 = 2;
+pub const GRASS_VERSION_MINOR: u32 = 3;
 pub const GRASS_VERSION_PATCH: u32 = 0;
 /// ABI generation: callers built against a header with another value must not load this library.
-pub const GRASS_ABI_VERSION: u32 = 2;
+pub const GRASS_ABI_VERSION: u32 = 3;
 
 /// The library version as "MAJOR.MINOR.PATCH" (static storage).
 #[no_mangle]

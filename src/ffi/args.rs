@@ -6,6 +6,7 @@ use crate::backend::{Buf, Scratch, Tensor};
 use crate::context::grass_context;
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
+pub(crate) use crate::core::scratch::need;
 use crate::{bail, ensure};
 
 /// A required pointer to `T`: non-NULL and aligned.
@@ -91,6 +92,7 @@ pub(crate) fn workspace(
     need: usize,
     query: &str,
 ) -> Result<Scratch> {
+    let need = self::need(need)?;
     if bytes < need {
         bail!(
             WorkspaceTooSmall,

@@ -6,7 +6,7 @@ use crate::core::config::Side;
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::core::shape::{positive, Projected};
-use crate::ffi::args::{ctx, handle, req, write};
+use crate::ffi::args::{ctx, req, write};
 use crate::ffi::status::{grass_status, guard};
 use crate::ffi::types::*;
 use crate::handles::memory::*;
@@ -142,11 +142,12 @@ fn add_layer(
     s: &mut Sums,
 ) -> Result<()> {
     let at = |f: &str| format!("layers[{i}].{f}");
+    // One release so far: the elements of `layers` are sizeof(grass_memory_layer) apart.
     let want = std::mem::size_of::<grass_memory_layer>();
     ensure!(
         l.struct_size == want,
         StructSize,
-        "layers[{i}].struct_size = {}, expected {want}",
+        "layers[{i}].struct_size = {} is not a size of grass_memory_layer this library knows ({want}): set it with sizeof",
         l.struct_size
     );
     let m = positive(&at("m"), l.m)?;
@@ -233,7 +234,9 @@ pub unsafe extern "C" fn grass_memory_plan(
 ) -> grass_status {
     guard("grass_memory_plan", || {
         let c = self::ctx(ctx)?;
-        let state = handle("adamw_config", adamw_config)?.adamw()?.state_dtype;
+        let state = read_versioned("adamw_config", adamw_config)?
+            .adamw()?
+            .state_dtype;
         ensure!(
             layer_count <= 1 << 20,
             InvalidValue,
@@ -245,14 +248,7 @@ pub unsafe extern "C" fn grass_memory_plan(
             std::slice::from_raw_parts(req("layers", layers)? as *const _, layer_count)
         };
         let b = positive("max_tokens", max_tokens)?;
-        let out = req("report", report)?;
-        let want = std::mem::size_of::<grass_memory_report>();
-        ensure!(
-            (*report).struct_size == want,
-            StructSize,
-            "report->struct_size = {}, expected {want}",
-            (*report).struct_size
-        );
+        let report_bytes = info_size("report", report)?;
         let mut s = Sums::default();
         for (i, l) in list.iter().enumerate() {
             add_layer(c, i, l, b, state, &mut s)?;
@@ -260,7 +256,7 @@ pub unsafe extern "C" fn grass_memory_plan(
         let workspace = c.held_workspace(s.workspace) as u128;
         let grass_gradient = s.grass_gradient + s.dense_gradient;
         let r = grass_memory_report {
-            struct_size: want,
+            struct_size: 0,
             weight_bytes: bytes("weights", s.weight)?,
             grass_state_bytes: bytes("GRASS states", s.grass_state)?,
             grass_gradient_bytes: bytes("GRASS gradients", grass_gradient)?,
@@ -285,7 +281,7 @@ pub unsafe extern "C" fn grass_memory_plan(
                 s.weight + s.galore_state + s.gradient + s.galore_projection,
             )?,
         };
-        write(out, r);
+        write_versioned(report, report_bytes, r);
         Ok(())
     })
 }

@@ -11,14 +11,15 @@ use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::core::shape::{positive, product, Projected};
 use crate::ensure;
-use crate::ffi::args::{ctx, opt, opt_buf, req, req_buf, tensor, workspace, write};
+use crate::ffi::args::{ctx, need, opt, opt_buf, req, req_buf, tensor, workspace, write};
 use crate::ffi::status::{grass_status, guard};
 use crate::ffi::types::*;
 
 fn projected(m: i64, n: i64, s: grass_side) -> Result<Projected> {
     let m = positive("m", m)?;
     let n = positive("n", n)?;
-    product("m * n", &[m, n])?;
+    // W is m x n elements of up to 4 bytes
+    product("m * n * 4 bytes", &[m, n, 4])?;
     Ok(Projected::new(m, n, side(s)?))
 }
 
@@ -38,7 +39,8 @@ fn rank(r: i64, p: &Projected) -> Result<usize> {
 
 fn tokens(b: i64, p: &Projected) -> Result<usize> {
     let b = positive("b", b)?;
-    product("b * max(m, n)", &[b, p.m.max(p.n)])?;
+    // X and dY are b x n and b x m elements of up to 4 bytes
+    product("b * max(m, n) * 4 bytes", &[b, p.m.max(p.n), 4])?;
     Ok(b)
 }
 
@@ -81,6 +83,10 @@ pub unsafe extern "C" fn grass_resolve_side(
 ///   `b·(c·4 + k·4 if not f32) ≤ 48 MiB`, else as many as fit that;
 /// - CUDA: `c·k·4 + min(c·k·2, 16 MiB)`, c = rows of G per chunk (`c·k·4 ≤ 32 MiB`,
 ///   `c ≤ d/4`, a multiple of 64 when at least 64), whatever b.
+///
+/// Sizes beyond the size limits (top of this header), including a workspace that would exceed
+/// 2^63 - 1 bytes, fail with `GRASS_ERROR_INVALID_VALUE`; so do those of every other
+/// `*_workspace_size` query.
 #[no_mangle]
 pub unsafe extern "C" fn grass_scores_workspace_size(
     ctx: *const grass_context,
@@ -97,7 +103,7 @@ pub unsafe extern "C" fn grass_scores_workspace_size(
         let b = tokens(b, &p)?;
         let dt = self::dtype("dtype", dtype)?;
         let out = req("bytes_out", bytes_out)?;
-        write(out, c.scores_workspace_size(&p, b, dt));
+        write(out, need(c.scores_workspace_size(&p, b, dt))?);
         Ok(())
     })
 }
@@ -144,8 +150,9 @@ pub unsafe extern "C" fn grass_row_scores(
     })
 }
 
-/// Scratch bytes `grass_select` needs for `d` scores and rank `r`: CPU `28·d`, CUDA
-/// `17·d + 12·p` with p the next power of two ≥ d (plus alignment; under 1 MiB for d ≤ 16384).
+/// Scratch bytes `grass_select` needs for `d` scores and rank `r` (within the size limits): CPU
+/// `28·d`, CUDA `17·d + 12·p` with p the next power of two ≥ d (plus alignment; under 1 MiB for
+/// d ≤ 16384).
 #[no_mangle]
 pub unsafe extern "C" fn grass_select_workspace_size(
     ctx: *const grass_context,
@@ -159,7 +166,7 @@ pub unsafe extern "C" fn grass_select_workspace_size(
         let r = positive("r", r)?;
         ensure!(r <= d, InvalidValue, "r = {r} exceeds d = {d}");
         let out = req("bytes_out", bytes_out)?;
-        write(out, c.select_workspace_size(d, r));
+        write(out, need(c.select_workspace_size(d, r))?);
         Ok(())
     })
 }
@@ -186,7 +193,7 @@ pub unsafe extern "C" fn grass_select(
 ) -> grass_status {
     guard("grass_select", || {
         let c = self::ctx(ctx)?;
-        let cfg = *crate::ffi::args::handle("config", config)?;
+        let cfg = read_versioned("config", config)?;
         let sel = cfg.selection()?;
         let d = positive("d", d)?;
         ensure!(
@@ -214,9 +221,9 @@ pub unsafe extern "C" fn grass_select(
     })
 }
 
-/// Scratch bytes `grass_sparse_grad` needs for these shapes (at most 64 MiB at every DESIGN
-/// shape and rank up to 8192 tokens), with k the kept dimension and s the dtype's size, each
-/// region rounded up for alignment:
+/// Scratch bytes `grass_sparse_grad` needs for these shapes (within the size limits; at most
+/// 64 MiB at every DESIGN shape and rank up to 8192 tokens), with k the kept dimension and s the
+/// dtype's size, each region rounded up for alignment:
 /// - CPU: `tc·r·4 (+ tc·k·4 when dtype is not f32)`, tc = tokens per chunk, all b when that
 ///   is at most 48 MiB, else as many as fit it (chunks add into g);
 /// - CUDA: `q·b·s + q·k·4 + min(q·k·2, 16 MiB)`, q = selected rows per block: all r when
@@ -240,7 +247,7 @@ pub unsafe extern "C" fn grass_sparse_grad_workspace_size(
         let r = rank(r, &p)?;
         let dt = self::dtype("dtype", dtype)?;
         let out = req("bytes_out", bytes_out)?;
-        write(out, c.sparse_grad_workspace_size(&p, b, r, dt));
+        write(out, need(c.sparse_grad_workspace_size(&p, b, r, dt))?);
         Ok(())
     })
 }
@@ -248,8 +255,11 @@ pub unsafe extern "C" fn grass_sparse_grad_workspace_size(
 /// The compressed gradient g = PᵀG (r x k, f32) straight from X and dY:
 /// row j = scales[j] · Σ_t A[t, indices[j]] · B[t, :], with (A, B) = (dY, X) for side ROWS and
 /// (X, dY) for side COLS. `accumulate != 0` adds into g (micro-batches).
-/// Indices must lie in [0, d): a CPU context rejects others; a CUDA context, which cannot
-/// read them without waiting for the device, writes NaN into their rows of g instead.
+/// Indices must be sorted ascending within [0, d), as `grass_select` writes them: a CPU context
+/// rejects others with `GRASS_ERROR_INVALID_VALUE`. A CUDA context cannot read them without
+/// waiting for the device: it writes NaN into the rows of g whose index is outside [0, d) (so
+/// the step consuming g skips), and leaves an unsorted order to the step, which skips with
+/// `GRASS_STEP_SKIPPED_BAD_INDICES`.
 #[no_mangle]
 pub unsafe extern "C" fn grass_sparse_grad(
     ctx: *const grass_context,
@@ -312,7 +322,7 @@ unsafe fn step_buffers(
     skipped: *mut i32,
     stream: *mut c_void,
 ) -> Result<StepBuffers> {
-    let cfg = crate::ffi::args::handle("config", config)?.adamw()?;
+    let cfg = read_versioned("config", config)?.adamw()?;
     let wd = self::dtype("w_dtype", w_dtype)?;
     check_lr(lr)?;
     Ok(StepBuffers {
@@ -329,7 +339,8 @@ unsafe fn step_buffers(
     })
 }
 
-/// Scratch bytes `grass_sparse_adamw_step` needs: CPU 0, CUDA `32 + 8·r` (plus alignment).
+/// Scratch bytes `grass_sparse_adamw_step` needs (sizes within the size limits): CPU 0, CUDA
+/// `32 + 8·r` (plus alignment).
 #[no_mangle]
 pub unsafe extern "C" fn grass_sparse_adamw_workspace_size(
     ctx: *const grass_context,
@@ -344,7 +355,7 @@ pub unsafe extern "C" fn grass_sparse_adamw_workspace_size(
         let p = projected(m, n, side)?;
         let r = rank(r, &p)?;
         let out = req("bytes_out", bytes_out)?;
-        write(out, c.sparse_adamw_workspace_size(&p, r));
+        write(out, need(c.sparse_adamw_workspace_size(&p, r))?);
         Ok(())
     })
 }
@@ -353,13 +364,17 @@ pub unsafe extern "C" fn grass_sparse_adamw_workspace_size(
 /// `-lr·lr_scale·α·ρ_j·u_j` into row (side ROWS) or column (side COLS) `indices[j]` of W
 /// (m x n, `w_dtype`), after decoupled weight decay per `config->decay_mode`. `row_steps`
 /// (r counts) holds the Adam step of each state row since it was zeroed: each is incremented
-/// and gives row j its own bias corrections. `*skipped` receives a `GRASS_STEP_*` outcome:
-/// if g holds a NaN or infinity, or the effective learning rate is not finite, nothing else
-/// is written. `lr_scale` and `skipped` may be NULL; like every buffer they live in the
+/// and gives row j its own bias corrections. `lr` must be finite and non-negative
+/// (`GRASS_ERROR_INVALID_VALUE` otherwise). `*skipped` receives a `GRASS_STEP_*` outcome:
+/// if g holds a NaN or infinity, or `lr * *lr_scale` is not finite and non-negative, the step
+/// is skipped (`GRASS_STEP_SKIPPED_NONFINITE`) and nothing else is written. `lr_scale` and `skipped` may be NULL; like every buffer they live in the
 /// context's memory. Indices must be sorted ascending within [0, d) and step counts must not
 /// be negative: a CPU context rejects others with `GRASS_ERROR_INVALID_VALUE`; a CUDA context
 /// checks them on the device and skips the step (`GRASS_STEP_SKIPPED_BAD_INDICES`,
-/// `GRASS_STEP_SKIPPED_BAD_STEP_COUNT`). Counts saturate at 2^31 - 1.
+/// `GRASS_STEP_SKIPPED_BAD_STEP_COUNT`). Counts saturate at 2^31 - 1. Scales must be finite
+/// (`grass_select` writes finite ones): a CPU context rejects a NaN or infinite scale with
+/// `GRASS_ERROR_INVALID_VALUE`; a CUDA context skips the step with
+/// `GRASS_STEP_SKIPPED_NONFINITE`.
 #[no_mangle]
 pub unsafe extern "C" fn grass_sparse_adamw_step(
     ctx: *const grass_context,
@@ -417,7 +432,8 @@ pub unsafe extern "C" fn grass_sparse_adamw_step(
     })
 }
 
-/// Scratch bytes `grass_adamw_step` needs for `numel` elements: CPU 0, CUDA 32 (plus alignment).
+/// Scratch bytes `grass_adamw_step` needs for `numel` elements (within the size limits): CPU 0,
+/// CUDA 32 (plus alignment).
 #[no_mangle]
 pub unsafe extern "C" fn grass_adamw_workspace_size(
     ctx: *const grass_context,
@@ -428,7 +444,7 @@ pub unsafe extern "C" fn grass_adamw_workspace_size(
         let c = self::ctx(ctx)?;
         let numel = positive("numel", numel)?;
         let out = req("bytes_out", bytes_out)?;
-        write(out, c.adamw_workspace_size(numel));
+        write(out, need(c.adamw_workspace_size(numel))?);
         Ok(())
     })
 }
@@ -487,12 +503,13 @@ pub unsafe extern "C" fn grass_adamw_step(
     })
 }
 
-/// Scratch bytes `grass_state_refresh` needs: 0 in this version (carry moves rows in place),
-/// but ask, as other versions may need some.
+/// Scratch bytes `grass_state_refresh` needs for these arguments: 0 in this version (carry
+/// moves rows in place), but ask, as other versions may need some.
 #[no_mangle]
 pub unsafe extern "C" fn grass_state_refresh_workspace_size(
     ctx: *const grass_context,
-    config: *const grass_adamw_config,
+    refresh_mode: grass_refresh_mode,
+    state_dtype: grass_dtype,
     r: i64,
     k: i64,
     bytes_out: *mut usize,
@@ -500,27 +517,31 @@ pub unsafe extern "C" fn grass_state_refresh_workspace_size(
     guard("grass_state_refresh_workspace_size", || {
         let c = self::ctx(ctx)?;
         // validated like the refresh's own arguments, though no size depends on them now
-        crate::ffi::args::handle("config", config)?.adamw()?;
+        self::refresh_mode("refresh_mode", refresh_mode)?;
+        self::state_dtype("state_dtype", state_dtype)?;
         let r = positive("r", r)?;
         let k = positive("k", k)?;
-        product("r * k", &[r, k, 8])?;
+        product("r * k * 8 bytes", &[r, k, 8])?;
         let out = req("bytes_out", bytes_out)?;
-        write(out, c.state_refresh_workspace_size());
+        write(out, need(c.state_refresh_workspace_size())?);
         Ok(())
     })
 }
 
-/// Adapts M, V (r x k) and the row step counts (r) to a new selection. `GRASS_REFRESH_RESET`
-/// zeroes all of them; `GRASS_REFRESH_CARRY` keeps the state rows and step counts whose index
-/// is in both `old_indices` and `new_indices` (both sorted; repeats pair up in order) and
-/// zeroes the others.
-/// `old_indices` may be NULL (no previous selection). A CPU context rejects unsorted
-/// indices; a CUDA context does not check them (the result is then unspecified but stays
-/// within M and V).
+/// Adapts M, V (r x k, `state_dtype`: `GRASS_DTYPE_F32` or `GRASS_DTYPE_BF16`) and the row step
+/// counts (r) to a new selection. `GRASS_REFRESH_RESET` zeroes all of them;
+/// `GRASS_REFRESH_CARRY` keeps the state rows and step counts whose index is in both
+/// `old_indices` and `new_indices` (both sorted; repeats pair up in order) and zeroes the others.
+/// `old_indices` may be NULL (no previous selection). Indices must be sorted ascending and
+/// not negative, and step counts not negative: a CPU context rejects others with
+/// `GRASS_ERROR_INVALID_VALUE` and writes nothing. A CUDA context does not check them (the
+/// result is then unspecified but stays within M and V; a negative count it carries makes the
+/// next step skip with `GRASS_STEP_SKIPPED_BAD_STEP_COUNT`).
 #[no_mangle]
 pub unsafe extern "C" fn grass_state_refresh(
     ctx: *const grass_context,
-    config: *const grass_adamw_config,
+    refresh_mode: grass_refresh_mode,
+    state_dtype: grass_dtype,
     r: i64,
     k: i64,
     old_indices: *const i32,
@@ -534,17 +555,18 @@ pub unsafe extern "C" fn grass_state_refresh(
 ) -> grass_status {
     guard("grass_state_refresh", || {
         let c = self::ctx(ctx)?;
-        let cfg = crate::ffi::args::handle("config", config)?.adamw()?;
+        let mode = self::refresh_mode("refresh_mode", refresh_mode)?;
+        let sd = self::state_dtype("state_dtype", state_dtype)?;
         let r = positive("r", r)?;
         let k = positive("k", k)?;
-        product("r * k", &[r, k, 8])?;
+        product("r * k * 8 bytes", &[r, k, 8])?;
         let a = StateRefreshArgs {
-            cfg,
+            mode,
             k,
             old_indices: opt_buf("old_indices", old_indices, r)?,
             new_indices: req_buf("new_indices", new_indices, r)?,
-            m: tensor("m_state", m_state, cfg.state_dtype, r * k)?,
-            v: tensor("v_state", v_state, cfg.state_dtype, r * k)?,
+            m: tensor("m_state", m_state, sd, r * k)?,
+            v: tensor("v_state", v_state, sd, r * k)?,
             row_steps: req_buf("row_steps", row_steps, r)?,
             ws: self::workspace(
                 workspace,

@@ -52,12 +52,12 @@ pub unsafe extern "C" fn grass_optimizer_create_sparse(
 ) -> grass_status {
     guard("grass_optimizer_create_sparse", || {
         let c = self::ctx(ctx)?;
-        let pcfg = handle("projection_config", projection_config)?;
-        let acfg = handle("adamw_config", adamw_config)?.adamw()?;
+        let pcfg = read_versioned("projection_config", projection_config)?;
+        let acfg = read_versioned("adamw_config", adamw_config)?.adamw()?;
         let ad = self::dtype("act_dtype", act_dtype)?;
         let wd = self::dtype("w_dtype", w_dtype)?;
         let out = req("optimizer_out", optimizer_out)?;
-        let (sel, shape, every, b) = projection_shape(pcfg, m, n, max_tokens)?;
+        let (sel, shape, every, b) = projection_shape(&pcfg, m, n, max_tokens)?;
         let proj = grass_projection::new(c, sel, shape, every, b, ad)?;
         let g = c.alloc(proj.sel.rank * proj.p.k * 4)?;
         let o = grass_optimizer::new(
@@ -87,7 +87,7 @@ pub unsafe extern "C" fn grass_optimizer_create_dense(
 ) -> grass_status {
     guard("grass_optimizer_create_dense", || {
         let c = self::ctx(ctx)?;
-        let acfg = handle("adamw_config", adamw_config)?.adamw()?;
+        let acfg = read_versioned("adamw_config", adamw_config)?.adamw()?;
         let numel = positive("numel", numel)?;
         let wd = self::dtype("w_dtype", w_dtype)?;
         let gd = self::dtype("grad_dtype", grad_dtype)?;
@@ -181,8 +181,9 @@ pub unsafe extern "C" fn grass_optimizer_backward(
 
 /// Applies one AdamW step with learning rate `lr` to `w` (context memory). For a GRASS layer
 /// `grad` must be NULL (the accumulated compressed gradient is used and cleared); for a dense
-/// parameter it is the gradient of `grad_dtype`. A non-finite gradient skips the step (see
-/// `grass_optimizer_last_step_skipped`).
+/// parameter it is the gradient of `grad_dtype`. `lr` must be finite and non-negative
+/// (`GRASS_ERROR_INVALID_VALUE` otherwise, nothing written). A non-finite gradient skips the
+/// step (see `grass_optimizer_last_step_skipped`).
 #[no_mangle]
 pub unsafe extern "C" fn grass_optimizer_step(
     optimizer: *mut grass_optimizer,
@@ -235,25 +236,18 @@ pub unsafe extern "C" fn grass_optimizer_get_info(
 ) -> grass_status {
     guard("grass_optimizer_get_info", || {
         let o = handle("optimizer", optimizer)?;
-        let out = req("info", info)?;
-        let want = std::mem::size_of::<grass_optimizer_info>();
-        if (*info).struct_size != want {
-            bail!(
-                StructSize,
-                "info->struct_size = {}, expected {want}",
-                (*info).struct_size
-            );
-        }
+        let bytes = info_size("info", info)?;
         let elems = o.state_elements();
         let (sparse, acc) = match &o.kind {
             Kind::Sparse { accumulated, .. } => (1, *accumulated as i32),
             Kind::Dense { .. } => (0, 0),
         };
         let owned = o.memory_bytes();
-        write(
-            out,
+        write_versioned(
+            info,
+            bytes,
             grass_optimizer_info {
-                struct_size: want,
+                struct_size: 0,
                 is_sparse: sparse,
                 steps: o.steps as i64,
                 accumulated: acc,

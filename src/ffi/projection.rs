@@ -7,11 +7,11 @@ use crate::context::grass_context;
 use crate::core::config::Selection;
 use crate::core::error::Result;
 use crate::core::shape::{positive, product, Projected};
+use crate::ensure;
 use crate::ffi::args::{ctx, handle, handle_mut, opt, req, req_buf, tensor, write};
 use crate::ffi::status::{grass_status, guard, guard_value};
 use crate::ffi::types::*;
 use crate::handles::projection::grass_projection;
-use crate::{bail, ensure};
 
 /// What a projection is and where it stands.
 #[repr(C)]
@@ -53,11 +53,12 @@ pub(crate) fn projection_shape(
     let sel = cfg.selection()?;
     let m = positive("m", m)?;
     let n = positive("n", n)?;
+    product("m * n * 4 bytes", &[m, n, 4])?;
     let p = Projected::new(m, n, side(cfg.side)?);
     sel.validate(p.d)
         .map_err(|e| crate::Error::new(e.kind, format!("config->{}", e.message)))?;
     let b = positive("max_tokens", max_tokens)?;
-    product("max_tokens * max(m, n)", &[b, m.max(n), 4])?;
+    product("max_tokens * max(m, n) * 4 bytes", &[b, m.max(n), 4])?;
     Ok((sel, p, cfg.refresh_every as u64, b))
 }
 
@@ -102,10 +103,10 @@ pub unsafe extern "C" fn grass_projection_create(
 ) -> grass_status {
     guard("grass_projection_create", || {
         let c = self::ctx(ctx)?;
-        let cfg = handle("config", config)?;
+        let cfg = read_versioned("config", config)?;
         let dt = self::dtype("dtype", dtype)?;
         let out = req("projection_out", projection_out)?;
-        let (sel, shape, every, b) = projection_shape(cfg, m, n, max_tokens)?;
+        let (sel, shape, every, b) = projection_shape(&cfg, m, n, max_tokens)?;
         let p = grass_projection::new(c, sel, shape, every, b, dt)?;
         write(out, Box::into_raw(Box::new(p)));
         Ok(())
@@ -147,16 +148,8 @@ pub unsafe extern "C" fn grass_projection_get_info(
 ) -> grass_status {
     guard("grass_projection_get_info", || {
         let p = handle("projection", projection)?;
-        let out = req("info", info)?;
-        let want = std::mem::size_of::<grass_projection_info>();
-        if (*info).struct_size != want {
-            bail!(
-                StructSize,
-                "info->struct_size = {}, expected {want}",
-                (*info).struct_size
-            );
-        }
-        write(out, projection_info(p));
+        let bytes = info_size("info", info)?;
+        write_versioned(info, bytes, projection_info(p));
         Ok(())
     })
 }
@@ -242,7 +235,8 @@ pub unsafe extern "C" fn grass_projection_compress(
 
 /// Pointers (context memory, owned by the projection) to the rank selected indices and their
 /// scales. Either may be NULL. The pointers stay the same for the projection's life (cache them,
-/// or capture them in a CUDA graph); their contents change at each refresh.
+/// or capture them in a CUDA graph); their contents change at each refresh. Fails with
+/// `GRASS_ERROR_INVALID_STATE` (writing nothing) before the first refresh.
 #[no_mangle]
 pub unsafe extern "C" fn grass_projection_selection(
     projection: *const grass_projection,

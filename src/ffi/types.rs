@@ -9,6 +9,7 @@ use crate::core::codes::{Code, DeviceKind, StepOutcome};
 use crate::core::config::{AdamW, DecayMode, Method, RefreshMode, Scaling, Selection, Side};
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
+use std::mem::size_of;
 
 /// Element type of a tensor: one of `GRASS_DTYPE_*`.
 pub type grass_dtype = i32;
@@ -65,8 +66,12 @@ pub const GRASS_REFRESH_CARRY: grass_refresh_mode = 1;
 pub type grass_step_outcome = i32;
 /// The step was applied.
 pub const GRASS_STEP_APPLIED: grass_step_outcome = 0;
-/// Skipped: the gradient held a NaN or infinity, or the effective learning rate was not a
-/// finite non-negative number.
+/// Skipped: the gradient (or, on a CUDA context, a scale of the compressed step) held a NaN or
+/// infinity, or the effective learning rate
+/// `lr * *lr_scale` was not a finite non-negative number. `*lr_scale` lives in context memory
+/// (a schedule on the device) and is only read where the step runs, so a bad value there
+/// skips. The host argument `lr` itself is the caller's: a NaN, infinite or negative `lr` is
+/// rejected with `GRASS_ERROR_INVALID_VALUE` naming `lr` before anything runs.
 pub const GRASS_STEP_SKIPPED_NONFINITE: grass_step_outcome = 1;
 /// Skipped (CUDA contexts, which check on the device): the indices were not sorted ascending
 /// within [0, d). A CPU context returns `GRASS_ERROR_INVALID_VALUE` instead.
@@ -124,6 +129,19 @@ pub(crate) fn dtype(name: &str, v: grass_dtype) -> Result<Dtype> {
     code(name, v)
 }
 
+pub(crate) fn refresh_mode(name: &str, v: grass_refresh_mode) -> Result<RefreshMode> {
+    code(name, v)
+}
+
+/// The dtype of optimizer states: f32 or bf16.
+pub(crate) fn state_dtype(name: &str, v: grass_dtype) -> Result<Dtype> {
+    let d = dtype(name, v)?;
+    if d == Dtype::F16 {
+        bail!(Dtype, "{name} = f16 is not supported (use f32 or bf16)");
+    }
+    Ok(d)
+}
+
 pub(crate) fn side(v: grass_side) -> Result<Side> {
     code("side", v)
 }
@@ -136,7 +154,10 @@ pub(crate) fn side_code(s: Side) -> grass_side {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct grass_projection_config {
-    /// Must be `sizeof(grass_projection_config)`; set by `grass_projection_config_init`.
+    /// `sizeof(grass_projection_config)` of the header the caller was built with (set by
+    /// `grass_projection_config_init`): a library accepts the size of every earlier release
+    /// of the struct in its ABI generation and gives the fields an older caller lacks their
+    /// defaults; other sizes fail with `GRASS_ERROR_STRUCT_SIZE`.
     pub struct_size: usize,
     /// Default `GRASS_SIDE_AUTO`.
     pub side: grass_side,
@@ -160,7 +181,8 @@ pub struct grass_projection_config {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct grass_adamw_config {
-    /// Must be `sizeof(grass_adamw_config)`; set by `grass_adamw_config_init`.
+    /// `sizeof(grass_adamw_config)` of the caller's header (set by `grass_adamw_config_init`);
+    /// older releases' sizes are accepted as for `grass_projection_config`.
     pub struct_size: usize,
     /// Default 0.9.
     pub beta1: f32,
@@ -180,14 +202,112 @@ pub struct grass_adamw_config {
     pub state_dtype: grass_dtype,
 }
 
-fn check_struct_size(name: &str, got: usize, want: usize) -> Result<()> {
-    if got != want {
-        bail!(
-            StructSize,
-            "{name}->struct_size = {got}, expected {want} (call the _init function first)"
-        );
+/// A struct of the ABI that starts with `struct_size` and may grow at its end within an ABI
+/// generation. Each release of it is one entry of `VERSIONS`, oldest first: the `struct_size`
+/// its callers set (C's `sizeof`, tail padding included) and the bytes its fields span (what
+/// grass reads or writes: a later field may sit in an older version's tail padding). The last
+/// entry is the current struct. A new field must make `sizeof` grow, so that every release has
+/// its own `struct_size`; `versions_have_distinct_sizes` checks that.
+pub(crate) trait Versioned: Copy {
+    const NAME: &'static str;
+    const VERSIONS: &'static [(usize, usize)];
+    /// The value of every field a caller of an older version cannot set.
+    fn defaults() -> Self;
+}
+
+/// The bytes of the fields of the release whose `struct_size` is `size`, or an error listing the
+/// sizes this version knows.
+fn known_size<T: Versioned>(arg: &str, size: usize) -> Result<usize> {
+    match T::VERSIONS.iter().find(|v| v.0 == size) {
+        Some(&(_, bytes)) => Ok(bytes),
+        None => {
+            let known: Vec<String> = T::VERSIONS.iter().map(|v| v.0.to_string()).collect();
+            bail!(
+                StructSize,
+                "{arg}->struct_size = {size} is not a size of {} this library knows ({}): set it with sizeof or the _init function",
+                T::NAME,
+                known.join(", ")
+            )
+        }
     }
-    Ok(())
+}
+
+/// Reads a config struct of any known release: the fields the caller's release has, and the
+/// defaults for the rest. Never reads past the caller's `struct_size`.
+pub(crate) unsafe fn read_versioned<T: Versioned>(arg: &str, p: *const T) -> Result<T> {
+    crate::ffi::args::req(arg, p)?;
+    // SAFETY: every release starts with the usize struct_size; `req` checked alignment.
+    let size = *(p as *const usize);
+    let bytes = known_size::<T>(arg, size)?;
+    let mut v = T::defaults();
+    // SAFETY: the caller's struct holds at least `bytes` bytes (its release's fields), and the
+    // current T holds them too (releases only grow); T is plain data.
+    std::ptr::copy_nonoverlapping(p as *const u8, &mut v as *mut T as *mut u8, bytes);
+    Ok(v)
+}
+
+/// Checks an info struct's `struct_size` before anything is computed; returns the bytes to
+/// write for it.
+pub(crate) unsafe fn info_size<T: Versioned>(arg: &str, p: *mut T) -> Result<usize> {
+    crate::ffi::args::req(arg, p)?;
+    // SAFETY: as in read_versioned.
+    known_size::<T>(arg, *(p as *const usize))
+}
+
+/// Writes the fields of the caller's release of an info struct (`bytes` from [`info_size`]),
+/// with `struct_size` left as the caller set it.
+pub(crate) unsafe fn write_versioned<T: Versioned>(p: *mut T, bytes: usize, v: T) {
+    // SAFETY: the caller's struct holds `bytes` bytes; struct_size (the first usize) is kept.
+    let off = std::mem::size_of::<usize>();
+    std::ptr::copy_nonoverlapping(
+        (&v as *const T as *const u8).add(off),
+        (p as *mut u8).add(off),
+        bytes - off,
+    );
+}
+
+impl Versioned for grass_projection_config {
+    const NAME: &'static str = "grass_projection_config";
+    const VERSIONS: &'static [(usize, usize)] = &[(size_of::<Self>(), size_of::<Self>())];
+    fn defaults() -> Self {
+        Self::defaults()
+    }
+}
+
+impl Versioned for crate::ffi::projection::grass_projection_info {
+    const NAME: &'static str = "grass_projection_info";
+    /// One release in ABI 3, with `memory_bytes`: ABI 2's struct without it belongs to another
+    /// ABI generation (its callers must rebuild) and its size is rejected like any unknown one.
+    const VERSIONS: &'static [(usize, usize)] = &[(size_of::<Self>(), size_of::<Self>())];
+    fn defaults() -> Self {
+        // SAFETY: integers only; an info struct is written, never read.
+        unsafe { std::mem::zeroed() }
+    }
+}
+
+impl Versioned for crate::ffi::optimizer::grass_optimizer_info {
+    const NAME: &'static str = "grass_optimizer_info";
+    const VERSIONS: &'static [(usize, usize)] = &[(size_of::<Self>(), size_of::<Self>())];
+    fn defaults() -> Self {
+        // SAFETY: integers only; an info struct is written, never read.
+        unsafe { std::mem::zeroed() }
+    }
+}
+
+impl Versioned for crate::ffi::memory::grass_memory_report {
+    const NAME: &'static str = "grass_memory_report";
+    const VERSIONS: &'static [(usize, usize)] = &[(size_of::<Self>(), size_of::<Self>())];
+    fn defaults() -> Self {
+        Self::default()
+    }
+}
+
+impl Versioned for grass_adamw_config {
+    const NAME: &'static str = "grass_adamw_config";
+    const VERSIONS: &'static [(usize, usize)] = &[(size_of::<Self>(), size_of::<Self>())];
+    fn defaults() -> Self {
+        Self::defaults()
+    }
 }
 
 impl grass_projection_config {
@@ -207,7 +327,6 @@ impl grass_projection_config {
 
     /// The selection options, validated except for `rank <= d` (checked where d is known).
     pub(crate) fn selection(&self) -> Result<Selection> {
-        check_struct_size("config", self.struct_size, std::mem::size_of::<Self>())?;
         let method: Method = code("config->method", self.method)?;
         let scaling: Scaling = code("config->scaling", self.scaling)?;
         side(self.side).map_err(|e| crate::Error::new(e.kind, format!("config->{}", e.message)))?;
@@ -260,9 +379,8 @@ impl grass_adamw_config {
     }
 
     pub(crate) fn adamw(&self) -> Result<AdamW> {
-        check_struct_size("config", self.struct_size, std::mem::size_of::<Self>())?;
         let decay_mode: DecayMode = code("config->decay_mode", self.decay_mode)?;
-        let refresh_mode: RefreshMode = code("config->refresh_mode", self.refresh_mode)?;
+        let refresh_mode = refresh_mode("config->refresh_mode", self.refresh_mode)?;
         let state_dtype = dtype("config->state_dtype", self.state_dtype)?;
         let a = AdamW {
             beta1: self.beta1,
@@ -277,5 +395,127 @@ impl grass_adamw_config {
         a.validate()
             .map_err(|e| crate::Error::new(e.kind, format!("config->{}", e.message)))?;
         Ok(a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::error::ErrorKind;
+
+    /// Two releases of one struct: release 1 had `struct_size` and `a` (sizeof 16, `a` ends at
+    /// 12); release 2 added `b` (sizeof 24: the u64 needs its own 8 bytes).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    struct Grown {
+        struct_size: usize,
+        a: i32,
+        b: u64,
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Release1 {
+        struct_size: usize,
+        a: i32,
+    }
+
+    impl Versioned for Grown {
+        const NAME: &'static str = "grown";
+        const VERSIONS: &'static [(usize, usize)] = &[(16, 12), (24, 24)];
+        fn defaults() -> Self {
+            Grown {
+                struct_size: 24,
+                a: 1,
+                b: 77,
+            }
+        }
+    }
+
+    #[test]
+    fn an_older_release_reads_its_fields_and_defaults_for_the_rest() {
+        assert_eq!(size_of::<Release1>(), 16);
+        // exactly the old struct's bytes, tail padding poisoned
+        let mut bytes = vec![0xABu8; 16];
+        let old = Release1 {
+            struct_size: 16,
+            a: -5,
+        };
+        unsafe {
+            std::ptr::copy_nonoverlapping(&old as *const _ as *const u8, bytes.as_mut_ptr(), 12)
+        };
+        let mut words = vec![0u64; 2];
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr() as *mut u8, 16) };
+        let got =
+            unsafe { read_versioned::<Grown>("cfg", words.as_ptr() as *const Grown) }.unwrap();
+        assert_eq!((got.a, got.b), (-5, 77), "a from the caller, b its default");
+        let new = Grown {
+            struct_size: 24,
+            a: 3,
+            b: 9,
+        };
+        let got = unsafe { read_versioned::<Grown>("cfg", &new) }.unwrap();
+        assert_eq!(got, new);
+        for size in [0usize, 8, 12, 20, 32] {
+            let mut w = new;
+            w.struct_size = size;
+            let e = unsafe { read_versioned::<Grown>("cfg", &w) }.unwrap_err();
+            assert_eq!(e.kind, ErrorKind::StructSize);
+            assert!(
+                e.message
+                    .contains(&format!("cfg->struct_size = {size} is not a size of grown"))
+                    && e.message.contains("(16, 24)"),
+                "{}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn an_older_info_struct_gets_only_its_fields() {
+        let mut words = [0u64; 3];
+        words[0] = 16;
+        words[2] = 0xFFFF_FFFF_FFFF_FFFF; // past release 1: must stay untouched
+        let p = words.as_mut_ptr() as *mut Grown;
+        let bytes = unsafe { info_size::<Grown>("info", p) }.unwrap();
+        unsafe {
+            write_versioned(
+                p,
+                bytes,
+                Grown {
+                    struct_size: 0,
+                    a: 42,
+                    b: 5,
+                },
+            )
+        };
+        assert_eq!(words[0], 16, "struct_size kept");
+        assert_eq!(words[1] as u32 as i32, 42);
+        assert_eq!(words[2], u64::MAX);
+    }
+
+    #[test]
+    fn versions_have_distinct_sizes() {
+        fn check<T: Versioned>() {
+            let v = T::VERSIONS;
+            assert_eq!(
+                v.last().unwrap(),
+                &(size_of::<T>(), size_of::<T>()),
+                "{}",
+                T::NAME
+            );
+            for w in v.windows(2) {
+                assert!(w[0].0 < w[1].0 && w[0].1 <= w[1].1, "{}: {v:?}", T::NAME);
+            }
+            for &(size, bytes) in v {
+                assert!(bytes <= size && bytes >= size_of::<usize>(), "{}", T::NAME);
+            }
+        }
+        check::<grass_projection_config>();
+        check::<grass_adamw_config>();
+        check::<crate::ffi::projection::grass_projection_info>();
+        check::<crate::ffi::optimizer::grass_optimizer_info>();
+        check::<crate::ffi::memory::grass_memory_report>();
+        check::<Grown>();
     }
 }

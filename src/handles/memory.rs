@@ -3,6 +3,7 @@
 
 use crate::context::grass_context;
 use crate::core::dtype::Dtype;
+use crate::core::scratch::bytes;
 use crate::core::shape::Projected;
 
 /// Bytes of each buffer a GRASS optimizer handle (and the projection it owns) allocates.
@@ -22,17 +23,17 @@ pub(crate) struct SparseBuffers {
 
 pub(crate) fn sparse_buffers(p: &Projected, r: usize, state: Dtype) -> SparseBuffers {
     SparseBuffers {
-        moment: r * p.k * state.size(),
-        counters: 4 * (1 + r),
-        accumulator: r * p.k * 4,
-        selection: r * 4,
-        scores: p.d * 4,
+        moment: bytes(r.saturating_mul(p.k), state.size()),
+        counters: bytes(r.saturating_add(1), 4),
+        accumulator: bytes(r.saturating_mul(p.k), 4),
+        selection: bytes(r, 4),
+        scores: bytes(p.d, 4),
     }
 }
 
 /// Bytes of each buffer a dense optimizer handle allocates: (M and V each, counters).
 pub(crate) fn dense_buffers(numel: usize, state: Dtype) -> (usize, usize) {
-    (numel * state.size(), 4 * 2)
+    (bytes(numel, state.size()), bytes(2, 4))
 }
 
 /// Workspace the calls of a projection need: the largest of its row scores, selection and

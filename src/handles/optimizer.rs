@@ -170,7 +170,7 @@ impl grass_optimizer {
             );
             c.with_workspace(stream, |ws| {
                 c.state_refresh(&StateRefreshArgs {
-                    cfg,
+                    mode: cfg.refresh_mode,
                     k,
                     old_indices,
                     new_indices,

@@ -293,9 +293,6 @@ static const refresh_case refresh_cases[] = {
 static void check_refresh(grass_context* ctx, grass_refresh_mode mode, grass_dtype s_dtype,
                           int with_old, const refresh_case* rc) {
   enum { R = 5, K = 7 };
-  hyper h = {0.9f, 0.999f, 1e-8f, 0.0f, 1.0f, 0.0f, 0.0f, GRASS_DECAY_OFF};
-  grass_adamw_config cfg = make_config(&h, s_dtype);
-  cfg.refresh_mode = mode;
   tk_rng rng = {4242};
   const size_t sn = R * K, es = tk_size(s_dtype);
   void* ms = tk_random_tensor(&rng, s_dtype, sn, 1.0f, NULL);
@@ -309,10 +306,10 @@ static void check_refresh(grass_context* ctx, grass_refresh_mode mode, grass_dty
   int32_t* row_steps = (int32_t*)malloc(R * sizeof(int32_t));
   memcpy(row_steps, steps0, sizeof steps0);
   size_t ws_bytes = 0;
-  TK_OK(grass_state_refresh_workspace_size(ctx, &cfg, R, K, &ws_bytes));
+  TK_OK(grass_state_refresh_workspace_size(ctx, mode, s_dtype, R, K, &ws_bytes));
   void* ws = tk_workspace(ws_bytes);
-  TK_OK(grass_state_refresh(ctx, &cfg, R, K, with_old ? rc->old_idx : NULL, rc->new_idx, ms, vs,
-                            row_steps, ws, ws_bytes, NULL));
+  TK_OK(grass_state_refresh(ctx, mode, s_dtype, R, K, with_old ? rc->old_idx : NULL, rc->new_idx,
+                            ms, vs, row_steps, ws, ws_bytes, NULL));
   int bad = 0;
   for (int j = 0; j < R; ++j) {
     int from = (mode == GRASS_REFRESH_CARRY && with_old) ? rc->src[j] : -1;
@@ -376,11 +373,13 @@ static void check_carry_then_step(grass_context* ctx) {
   const int32_t before[R] = {30, 30, 2, 30};
   memcpy(row_steps, before, sizeof before);
   size_t ws_bytes = 0, ws2 = 0;
-  TK_OK(grass_state_refresh_workspace_size(ctx, &cfg, R, K, &ws_bytes));
+  TK_OK(grass_state_refresh_workspace_size(ctx, cfg.refresh_mode, cfg.state_dtype,
+                                           R, K, &ws_bytes));
   TK_OK(grass_sparse_adamw_workspace_size(ctx, M, N, GRASS_SIDE_ROWS, R, &ws2));
   if (ws2 > ws_bytes) ws_bytes = ws2;
   void* ws = tk_workspace(ws_bytes);
-  TK_OK(grass_state_refresh(ctx, &cfg, R, K, old_idx, new_idx, ms, vs, row_steps, ws, ws_bytes,
+  TK_OK(grass_state_refresh(ctx, cfg.refresh_mode, cfg.state_dtype,
+                            R, K, old_idx, new_idx, ms, vs, row_steps, ws, ws_bytes,
                             NULL));
   TK_CHECK(row_steps[0] == 0 && row_steps[1] == 30 && row_steps[2] == 2 && row_steps[3] == 0);
   int32_t skipped = -1;

@@ -115,7 +115,8 @@ static void setup(void) {
   TK_OK(grass_sparse_grad_workspace_size(fx.ctx, M, N, B, GRASS_SIDE_ROWS, R, GRASS_DTYPE_F32, &c));
   TK_OK(grass_sparse_adamw_workspace_size(fx.ctx, M, N, GRASS_SIDE_ROWS, R, &d));
   TK_OK(grass_adamw_workspace_size(fx.ctx, NUMEL, &e));
-  TK_OK(grass_state_refresh_workspace_size(fx.ctx, &carry, R, K, &f));
+  TK_OK(grass_state_refresh_workspace_size(fx.ctx, carry.refresh_mode, carry.state_dtype,
+                                           R, K, &f));
   fx.ws_bytes = max_size(max_size(max_size(a, b), max_size(c, d)), max_size(e, f));
   TK_CHECK(a > 0 && b > 0 && c > 0); /* the too-small cases below need scratch */
   TK_CHECK(f == 0);                    /* carry moves the state rows in place */
@@ -243,11 +244,16 @@ static void workspace_queries(void) {
   BAD(grass_adamw_workspace_size(NULL, NUMEL, &fx.bytes_out), GRASS_ERROR_NULL_POINTER, f, "ctx");
 
   f = "grass_state_refresh_workspace_size";
-  BAD(grass_state_refresh_workspace_size(fx.ctx, NULL, R, K, &fx.bytes_out),
-      GRASS_ERROR_NULL_POINTER, f, "config");
-  BAD(grass_state_refresh_workspace_size(fx.ctx, &fx.ac, R, 0, &fx.bytes_out),
+  BAD(grass_state_refresh_workspace_size(fx.ctx, 7, GRASS_DTYPE_F32, R, K, &fx.bytes_out),
+      GRASS_ERROR_INVALID_ENUM, f, "refresh_mode = 7");
+  BAD(grass_state_refresh_workspace_size(fx.ctx, GRASS_REFRESH_CARRY, GRASS_DTYPE_F16, R, K,
+                                         &fx.bytes_out),
+      GRASS_ERROR_DTYPE, f, "state_dtype");
+  BAD(grass_state_refresh_workspace_size(fx.ctx, fx.ac.refresh_mode, fx.ac.state_dtype,
+                                         R, 0, &fx.bytes_out),
       GRASS_ERROR_INVALID_VALUE, f, "k");
-  BAD(grass_state_refresh_workspace_size(fx.ctx, &fx.ac, -1, K, &fx.bytes_out),
+  BAD(grass_state_refresh_workspace_size(fx.ctx, fx.ac.refresh_mode, fx.ac.state_dtype,
+                                         -1, K, &fx.bytes_out),
       GRASS_ERROR_INVALID_VALUE, f, "r");
 }
 
@@ -557,9 +563,11 @@ static void state_refresh(void) {
   grass_adamw_config carry = fx.ac;
   carry.refresh_mode = GRASS_REFRESH_CARRY;
   size_t need = 0;
-  TK_OK(grass_state_refresh_workspace_size(fx.ctx, &carry, R, K, &need));
+  TK_OK(grass_state_refresh_workspace_size(fx.ctx, carry.refresh_mode, carry.state_dtype,
+                                           R, K, &need));
 #define REFRESH(cfg, r, k, old, new_, ms, vs, steps, wsb) \
-  grass_state_refresh(fx.ctx, cfg, r, k, old, new_, ms, vs, steps, fx.ws, wsb, NULL)
+  grass_state_refresh(fx.ctx, (cfg)->refresh_mode, (cfg)->state_dtype, r, k, old, new_, ms, vs, \
+                      steps, fx.ws, wsb, NULL)
   BAD(REFRESH(&carry, R, K, fx.old_indices, NULL, fx.ms, fx.vs, fx.row_steps, need),
       GRASS_ERROR_NULL_POINTER, f, "new_indices");
   BAD(REFRESH(&carry, R, K, fx.old_indices, fx.new_indices, fx.ms, NULL, fx.row_steps, need),
@@ -594,9 +602,12 @@ static void state_refresh(void) {
   BAD(REFRESH(&bad, R, K, fx.old_indices, fx.new_indices, fx.ms, fx.vs, fx.row_steps, need),
       GRASS_ERROR_INVALID_ENUM, f, "refresh_mode");
   bad = carry;
-  bad.struct_size = 1;
+  bad.state_dtype = GRASS_DTYPE_F16;
   BAD(REFRESH(&bad, R, K, fx.old_indices, fx.new_indices, fx.ms, fx.vs, fx.row_steps, need),
-      GRASS_ERROR_STRUCT_SIZE, f, "struct_size");
+      GRASS_ERROR_DTYPE, f, "state_dtype = f16");
+  bad.state_dtype = 5;
+  BAD(REFRESH(&bad, R, K, fx.old_indices, fx.new_indices, fx.ms, fx.vs, fx.row_steps, need),
+      GRASS_ERROR_INVALID_ENUM, f, "state_dtype = 5");
 #undef REFRESH
 }
 

@@ -953,7 +953,7 @@ void adamw_step() {
 
 size_t refresh_ws(const grass_context* ctx, const grass_adamw_config& cfg, int64_t r, int64_t k) {
   size_t bytes = 0;
-  OK(grass_state_refresh_workspace_size(ctx, &cfg, r, k, &bytes));
+  OK(grass_state_refresh_workspace_size(ctx, cfg.refresh_mode, cfg.state_dtype, r, k, &bytes));
   return bytes;
 }
 
@@ -966,7 +966,8 @@ void check_refresh(const grass_adamw_config& cfg, int64_t r, int64_t k,
   Bytes hm = m0, hv = v0;
   std::vector<int32_t> hsteps = steps0;
   Bytes hws(refresh_ws(G->cpu, cfg, r, k));
-  OK(grass_state_refresh(G->cpu, &cfg, r, k, old_idx ? old_idx->data() : nullptr, new_idx.data(),
+  OK(grass_state_refresh(G->cpu, cfg.refresh_mode, cfg.state_dtype,
+                         r, k, old_idx ? old_idx->data() : nullptr, new_idx.data(),
                          hm.data(), hv.data(), hsteps.data(), host_ptr(hws), hws.size(), nullptr));
 
   const size_t wsb = refresh_ws(G->cuda, cfg, r, k);
@@ -974,7 +975,8 @@ void check_refresh(const grass_adamw_config& cfg, int64_t r, int64_t k,
   const DevBuf dold = DevBuf::of(old_idx ? *old_idx : std::vector<int32_t>{0});
   const DevBuf dnew = DevBuf::of(new_idx), dm = DevBuf::from(m0), dv = DevBuf::from(v0);
   const DevBuf dsteps = DevBuf::of(steps0), dws = DevBuf::poisoned(wsb);
-  OK(grass_state_refresh(G->cuda, &cfg, r, k, old_idx ? dold.ptr<int32_t>() : nullptr,
+  OK(grass_state_refresh(G->cuda, cfg.refresh_mode, cfg.state_dtype,
+                         r, k, old_idx ? dold.ptr<int32_t>() : nullptr,
                          dnew.ptr<int32_t>(), dm.ptr(), dv.ptr(), dsteps.ptr<int32_t>(), dws.ptr(),
                          wsb, nullptr));
   const size_t s = tk_size(cfg.state_dtype);
@@ -1068,7 +1070,8 @@ void ops_on_a_stream() {
   cpu.set_lr_scale(lr_scale);
   {
     Bytes ws(refresh_ws(G->cpu, acfg, r, k));
-    OK(grass_state_refresh(G->cpu, &acfg, r, k, old_idx.data(), idx.data(), cpu.m(), cpu.v(),
+    OK(grass_state_refresh(G->cpu, acfg.refresh_mode, acfg.state_dtype,
+                           r, k, old_idx.data(), idx.data(), cpu.m(), cpu.v(),
                            cpu.steps(), host_ptr(ws), ws.size(), nullptr));
   }
   {
@@ -1113,7 +1116,8 @@ void ops_on_a_stream() {
                        dsc.ptr<float>(), dg_out.ptr<float>(), 0, dws.ptr(), wsb, s));
   OK(grass_sparse_grad(G->cuda, m, n, b, side, r, dt, dx2.ptr(), ddy2.ptr(), didx.ptr<int32_t>(),
                        dsc.ptr<float>(), dg_out.ptr<float>(), 1, dws.ptr(), wsb, s));
-  OK(grass_state_refresh(G->cuda, &acfg, r, k, dold.ptr<int32_t>(), didx.ptr<int32_t>(), dev.m(),
+  OK(grass_state_refresh(G->cuda, acfg.refresh_mode, acfg.state_dtype,
+                         r, k, dold.ptr<int32_t>(), didx.ptr<int32_t>(), dev.m(),
                          dev.v(), dev.steps(), dws.ptr(), wsb, s));
   OK(call_sparse_adamw_step(G->cuda, acfg, m, n, side, r, w_dt, dev, didx.ptr<int32_t>(), dsc.ptr<float>(),
                  dg_cpu.ptr<float>(), 1e-2f, true, dws.ptr(), wsb, s));

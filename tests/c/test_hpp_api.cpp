@@ -184,7 +184,8 @@ void layer1_matches_handles() {
                               ctx.sparse_grad_workspace_size(m, n, b, grass::Side::Rows, r,
                                                              grass::Dtype::F32),
                               ctx.sparse_adamw_workspace_size(m, n, grass::Side::Rows, r),
-                              ctx.state_refresh_workspace_size(ac, r, n),
+                              ctx.state_refresh_workspace_size(ac.refresh_mode(), ac.state_dtype(),
+                                                               r, n),
                               ctx.adamw_workspace_size(n)});
   std::vector<unsigned char> ws(ws_bytes);
   uint32_t refreshes = 0;
@@ -217,7 +218,8 @@ void layer1_matches_handles() {
       old_idx = idx;
       ctx.select(pc, m, refreshes++, scores.data(), idx.data(), scales.data(), ws.data(),
                  ws.size());
-      ctx.state_refresh(ac, r, n, has_old ? old_idx.data() : nullptr, idx.data(), ms.data(),
+      ctx.state_refresh(ac.refresh_mode(), ac.state_dtype(),
+                        r, n, has_old ? old_idx.data() : nullptr, idx.data(), ms.data(),
                         vs.data(), row_steps.data(), ws.data(), ws.size());
       has_old = true;
     }

@@ -135,7 +135,7 @@ static void check_workspace_offsets(grass_context* ctx) {
   TK_OK(grass_select_workspace_size(ctx, m, r, &sizes[1]));
   TK_OK(grass_sparse_grad_workspace_size(ctx, m, n, b, GRASS_SIDE_ROWS, r, GRASS_DTYPE_BF16,
                                          &sizes[2]));
-  TK_OK(grass_state_refresh_workspace_size(ctx, &ac, r, n, &sizes[3]));
+  TK_OK(grass_state_refresh_workspace_size(ctx, ac.refresh_mode, ac.state_dtype, r, n, &sizes[3]));
   for (size_t off = 0; off < 64; off += 3) {
     unsigned char* ws[4];
     for (int i = 0; i < 4; ++i) ws[i] = (unsigned char*)malloc(sizes[i] + off);
@@ -144,7 +144,8 @@ static void check_workspace_offsets(grass_context* ctx) {
     TK_OK(grass_select(ctx, &pc, m, 0, NULL, scores, idx, scales, ws[1] + off, sizes[1], NULL));
     TK_OK(grass_sparse_grad(ctx, m, n, b, GRASS_SIDE_ROWS, r, GRASS_DTYPE_BF16, x, dy, idx,
                             scales, g, 0, ws[2] + off, sizes[2], NULL));
-    TK_OK(grass_state_refresh(ctx, &ac, r, n, idx, idx, ms, vs, row_steps, ws[3] + off,
+    TK_OK(grass_state_refresh(ctx, ac.refresh_mode, ac.state_dtype,
+                              r, n, idx, idx, ms, vs, row_steps, ws[3] + off,
                               sizes[3], NULL));
     for (int i = 0; i < 4; ++i) free(ws[i]);
   }

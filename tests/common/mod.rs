@@ -335,7 +335,8 @@ pub fn refresh(
     check(unsafe {
         grass_state_refresh(
             ctx.0,
-            cfg,
+            cfg.refresh_mode,
+            cfg.state_dtype,
             new.len() as i64,
             k as i64,
             old.map_or(ptr::null(), |o| o.as_ptr()),

@@ -340,8 +340,8 @@ fn a_non_finite_learning_rate_scale_skips_the_step() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn bad_indices_or_step_counts_skip_the_step_on_the_device() {
-    let gpu_ = gpu("bad_indices_or_step_counts_skip_the_step_on_the_device");
+fn bad_indices_step_counts_or_scales_skip_the_step_on_the_device() {
+    let gpu_ = gpu("bad_indices_step_counts_or_scales_skip_the_step_on_the_device");
     let mut rng = Rng::new(8);
     let (m, n, r) = (8usize, 6usize, 3usize);
     let cfg = adamw_config(GRASS_DECAY_OFF, Dtype::F32, GRASS_REFRESH_RESET);
@@ -357,19 +357,38 @@ fn bad_indices_or_step_counts_skip_the_step_on_the_device() {
             &mut wsb,
         )
     });
-    // (indices, step counts, outcome): unsorted or out-of-range indices, and a negative count;
-    // each is skipped with its own outcome, W, M and the counts left as they were
+    // (indices, step counts, scales, outcome): unsorted or out-of-range indices, a negative
+    // count, a non-finite scale (a CPU context rejects each with a status); each is skipped
+    // with its own outcome, W, M and the counts left as they were
+    let one = [1f32; 3];
     let cases = [
-        ([2i32, 1, 5], [0i32; 3], GRASS_STEP_SKIPPED_BAD_INDICES),
-        ([0, 2, 8], [0; 3], GRASS_STEP_SKIPPED_BAD_INDICES),
-        ([-1, 2, 5], [0; 3], GRASS_STEP_SKIPPED_BAD_INDICES),
-        ([0, 2, 5], [4, -1, 2], GRASS_STEP_SKIPPED_BAD_STEP_COUNT),
+        ([2i32, 1, 5], [0i32; 3], one, GRASS_STEP_SKIPPED_BAD_INDICES),
+        ([0, 2, 8], [0; 3], one, GRASS_STEP_SKIPPED_BAD_INDICES),
+        ([-1, 2, 5], [0; 3], one, GRASS_STEP_SKIPPED_BAD_INDICES),
+        (
+            [0, 2, 5],
+            [4, -1, 2],
+            one,
+            GRASS_STEP_SKIPPED_BAD_STEP_COUNT,
+        ),
+        (
+            [0, 2, 5],
+            [0; 3],
+            [1.0, f32::NAN, 1.0],
+            GRASS_STEP_SKIPPED_NONFINITE,
+        ),
+        (
+            [0, 2, 5],
+            [0; 3],
+            [1.0, 1.0, f32::INFINITY],
+            GRASS_STEP_SKIPPED_NONFINITE,
+        ),
     ];
-    for (idx, steps, outcome) in cases {
+    for (idx, steps, scales, outcome) in cases {
         let mut dev = Bufs::new(true, &w0, r * n * 4, wsb, &steps);
         let (didx, dsc, dg) = (
             DevBuf::from(&idx),
-            DevBuf::from(&[1f32; 3]),
+            DevBuf::from(&scales),
             DevBuf::from(&rng.normals(r * n)),
         );
         sparse_adamw_step(
@@ -388,7 +407,7 @@ fn bad_indices_or_step_counts_skip_the_step_on_the_device() {
             false,
         );
         let (w, mm, _, c) = dev.read();
-        let what = format!("indices {idx:?}, counts {steps:?}");
+        let what = format!("indices {idx:?}, counts {steps:?}, scales {scales:?}");
         assert_eq!(w, w0, "{what}: W must be untouched");
         assert!(mm.iter().all(|&x| x == 0), "{what}: M must be untouched");
         let want: Vec<i32> = std::iter::once(outcome).chain(steps).collect();
@@ -479,16 +498,35 @@ fn check_refresh(
         2
     };
     let mut wsb = 0;
-    ok(unsafe { grass_state_refresh_workspace_size(gpu_.cuda, cfg, r as i64, k as i64, &mut wsb) });
+    ok(unsafe {
+        grass_state_refresh_workspace_size(
+            gpu_.cuda,
+            cfg.refresh_mode,
+            cfg.state_dtype,
+            r as i64,
+            k as i64,
+            &mut wsb,
+        )
+    });
     let mut cws = 0;
-    ok(unsafe { grass_state_refresh_workspace_size(gpu_.cpu, cfg, r as i64, k as i64, &mut cws) });
+    ok(unsafe {
+        grass_state_refresh_workspace_size(
+            gpu_.cpu,
+            cfg.refresh_mode,
+            cfg.state_dtype,
+            r as i64,
+            k as i64,
+            &mut cws,
+        )
+    });
     let steps0: Vec<i32> = (0..r as i32).map(|j| 5 + j).collect();
     let (mut hm, mut hv, mut hsteps, mut hws) =
         (ms.to_vec(), vs.to_vec(), steps0.clone(), vec![0u8; cws]);
     ok(unsafe {
         grass_state_refresh(
             gpu_.cpu,
-            cfg,
+            cfg.refresh_mode,
+            cfg.state_dtype,
             r as i64,
             k as i64,
             old.map_or(std::ptr::null(), |o| o.as_ptr()),
@@ -512,7 +550,8 @@ fn check_refresh(
     ok(unsafe {
         grass_state_refresh(
             gpu_.cuda,
-            cfg,
+            cfg.refresh_mode,
+            cfg.state_dtype,
             r as i64,
             k as i64,
             dold.as_ref().map_or(std::ptr::null_mut(), |o| o.ptr()),

@@ -41,8 +41,9 @@ extern "C" void host_row_norms(const float* chunk, i32 rows, i64 k, float* score
 }
 
 extern "C" void host_step_check(unsigned gx, const void* g, i32 g_dt, i64 n, const i32* idx,
-                                i32 r, i64 d, const i32* steps, i32 nsteps, StepHeader* h) {
-    host_grid(gx, 1, 1, [&] { step_check(g, g_dt, n, idx, r, d, steps, nsteps, h); });
+                                const float* scales, i32 r, i64 d, const i32* steps,
+                                i32 nsteps, StepHeader* h) {
+    host_grid(gx, 1, 1, [&] { step_check(g, g_dt, n, idx, scales, r, d, steps, nsteps, h); });
 }
 
 extern "C" void host_step_prepare(unsigned gx, unsigned bx, StepHeader* h, i32* steps,

@@ -135,6 +135,20 @@ struct AdamWAttrs {
   int32_t decay_mode;
 };
 
+// The grass_dtype of the optimizer states M and V (float32 or bfloat16, both the same).
+ffi::Error StateDtype(const ffi::AnyBuffer& m_state, const ffi::AnyBuffer& v_state,
+                      grass_dtype* out) {
+  if (m_state.element_type() != v_state.element_type()) {
+    return ffi::Error::InvalidArgument("m_state and v_state must have the same dtype");
+  }
+  switch (m_state.element_type()) {
+    case ffi::DataType::F32: *out = GRASS_DTYPE_F32; break;
+    case ffi::DataType::BF16: *out = GRASS_DTYPE_BF16; break;
+    default: return ffi::Error::InvalidArgument("optimizer states must be float32 or bfloat16");
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error AdamWConfig(const AdamWAttrs& a, const ffi::AnyBuffer& m_state,
                        const ffi::AnyBuffer& v_state, grass_adamw_config* cfg) {
   GRASS_TRY(StatusError(grass_adamw_config_init(cfg)));
@@ -144,15 +158,7 @@ ffi::Error AdamWConfig(const AdamWAttrs& a, const ffi::AnyBuffer& m_state,
   cfg->weight_decay = a.weight_decay;
   cfg->alpha = a.alpha;
   cfg->decay_mode = a.decay_mode;
-  if (m_state.element_type() != v_state.element_type()) {
-    return ffi::Error::InvalidArgument("m_state and v_state must have the same dtype");
-  }
-  switch (m_state.element_type()) {
-    case ffi::DataType::F32: cfg->state_dtype = GRASS_DTYPE_F32; break;
-    case ffi::DataType::BF16: cfg->state_dtype = GRASS_DTYPE_BF16; break;
-    default: return ffi::Error::InvalidArgument("optimizer states must be float32 or bfloat16");
-  }
-  return ffi::Error::Success();
+  return StateDtype(m_state, v_state, &cfg->state_dtype);
 }
 
 // A weight of shape (*stack, m, n): `slices` = prod(stack) (1 for a 2-D weight).
@@ -252,11 +258,10 @@ ffi::Error StateRefresh(const Device& dev, ffi::Buffer<ffi::S32> old_indices,
       v_state.element_count() != m_state.element_count()) {
     return ffi::Error::InvalidArgument("m_state and v_state must both be rank x k");
   }
-  grass_adamw_config cfg;
-  GRASS_TRY(AdamWConfig({0.9f, 0.999f, 1e-8f, 0.0f, 1.0f, GRASS_DECAY_SELECTED}, m_state,
-                        v_state, &cfg));
-  cfg.refresh_mode = refresh_mode;
-  return StatusError(grass_state_refresh(dev.ctx, &cfg, r, k, old_indices.typed_data(),
+  grass_dtype state_dtype = GRASS_DTYPE_F32;
+  GRASS_TRY(StateDtype(m_state, v_state, &state_dtype));
+  return StatusError(grass_state_refresh(dev.ctx, refresh_mode, state_dtype, r, k,
+                                         old_indices.typed_data(),
                                          new_indices.typed_data(), m_out->untyped_data(),
                                          v_out->untyped_data(), row_steps_out->typed_data(),
                                          ws->untyped_data(), ws->size_bytes(), dev.stream));

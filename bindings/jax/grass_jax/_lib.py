@@ -23,7 +23,7 @@ REFRESH_MODES = {"reset": 0, "carry": 1}
 # What a step writes to `skipped` (GRASS_STEP_*).
 STEP_APPLIED, STEP_SKIPPED_NONFINITE, STEP_SKIPPED_BAD_INDICES, STEP_SKIPPED_BAD_STEP_COUNT = 0, 1, 2, 3
 SIDES = {"rows": SIDE_ROWS, "cols": SIDE_COLS, "auto": SIDE_AUTO}
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 # Target name -> handler symbol prefix in libgrass_jax_ffi.so (suffixed Cpu / Cuda).
 TARGETS = {
@@ -54,14 +54,15 @@ _PROTOTYPES = {
                                                 _c.POINTER(_sz)]),
     "grass_sparse_adamw_workspace_size": (_i32, [_p, _i64, _i64, _i32, _i64, _c.POINTER(_sz)]),
     "grass_adamw_workspace_size": (_i32, [_p, _i64, _c.POINTER(_sz)]),
-    "grass_state_refresh_workspace_size": (_i32, [_p, _p, _i64, _i64, _c.POINTER(_sz)]),
+    "grass_state_refresh_workspace_size": (_i32, [_p, _i32, _i32, _i64, _i64,
+                                                  _c.POINTER(_sz)]),
     "grass_adamw_config_init": (_i32, [_p]),
     "grass_memory_plan": (_i32, [_p, _p, _p, _sz, _i64, _p]),
 }
 
 
 class _AdamWConfig(ctypes.Structure):
-    """grass_adamw_config, as far as the workspace query of a state refresh reads it."""
+    """grass_adamw_config of grass.h (the memory plan reads its state dtype)."""
 
     _fields_ = [
         ("struct_size", _sz), ("beta1", _c.c_float), ("beta2", _c.c_float),
@@ -203,12 +204,7 @@ def adamw_workspace(numel):
 
 
 def state_refresh_workspace(refresh_mode, state_dtype, r, k):
-    cfg = _AdamWConfig()
-    check(libgrass().grass_adamw_config_init(ctypes.byref(cfg)), "grass_adamw_config_init")
-    if cfg.struct_size != ctypes.sizeof(_AdamWConfig):
-        raise ImportError("grass_adamw_config in libgrass differs from this binding's copy")
-    cfg.refresh_mode, cfg.state_dtype = refresh_mode, state_dtype
-    return _workspace("grass_state_refresh_workspace_size", ctypes.byref(cfg), r, k)
+    return _workspace("grass_state_refresh_workspace_size", refresh_mode, state_dtype, r, k)
 
 
 @functools.cache

@@ -5,21 +5,21 @@ prints both beside libgrass's memory plan of the model.
 Model: 40 blocks (hidden 5120, 40 heads, SwiGLU MLP 13824), vocabulary 32000, bf16 weights.
 Each block weight is stacked over the layers, (40, m, n), and the blocks run under lax.scan
 with the block under jax.checkpoint (only each block's input is kept; its activations are
-recomputed in the backward pass), so the step compiles one block whatever the depth
-(--unrolled runs the same stacked weights in a Python loop instead, to compare). The attention
-and MLP matrices (7 per block) are trained with GRASS (state f32, rank --rank); the embedding,
-output head and norm gains with grass's dense AdamW (state f32). optax.adamw's step (the same
-model and scan) is only compiled, never run: its memory analysis (arguments + outputs -
-aliased + temporaries) is what it would need.
+recomputed in the backward pass), so the step compiles one block whatever the depth. The
+attention and MLP matrices (7 per block) are trained with GRASS (state f32, rank --rank); the
+embedding, output head and norm gains with grass's dense AdamW (state f32). optax.adamw's step
+(the same model and scan) is only compiled, never run: its memory analysis (arguments +
+outputs - aliased + temporaries) is what it would need.
 
 Pass: the measured peak is at most --limit-gb (40); the AdamW step needs more than that; the
 compiled GRASS step makes no stacked (L, m, n) value of a GRASS weight but the weight itself
-(no stacked gradient), its temporaries are below the stacked GRASS weights' bytes, and every
+(no stacked gradient), its temporaries (less the CPU backend's f32 copies of the bf16 weights)
+are below the stacked GRASS weights' bytes, and every
 stacked GRASS weight is updated in place (its parameter aliases its output). On a CPU,
 --small runs a scaled-down model end to end (the peak is then not reported by the backend;
 the compiled analyses, the HLO checks and the plan still are).
 
-Usage: python3 bench/bench_13b_memory.py [--small] [--unrolled] [--steps N] [--rank R]
+Usage: python3 bench/bench_13b_memory.py [--small] [--steps N] [--rank R]
        [--batch B --seq T] [--layers L --hidden H --mlp F --heads A --vocab V]
 Writes $OUT/memory_13b.json and $OUT/memory_13b.md when OUT is set.
 """
@@ -118,13 +118,7 @@ def loss_of(a, linear):
         x = jnp.take(params["embed"], tokens[:, :-1], axis=0)
         blocks = params["blocks"]
         pb = None if proj is None else proj["blocks"]
-        if a.unrolled:
-            for i in range(a.layers):
-                x = block(x, jax.tree.map(lambda w: w[i], blocks),
-                          None if pb is None else {k: None if v is None else v[i]
-                                                   for k, v in pb.items()})
-        else:
-            x, _ = jax.lax.scan(lambda x, xs: (block(x, *xs), None), x, (blocks, pb))
+        x, _ = jax.lax.scan(lambda x, xs: (block(x, *xs), None), x, (blocks, pb))
         x = rms_norm(x, params["norm"])
         logits = (x @ params["head"].T).astype(jnp.float32)
         return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
@@ -258,8 +252,6 @@ def main():
     ap.add_argument("--small", action="store_true",
                     help="16 blocks (or --layers), hidden 256, MLP 688, 4 heads, vocab 1000, "
                     "r 32, 2 x 64 tokens")
-    ap.add_argument("--unrolled", action="store_true",
-                    help="run the stacked blocks in a Python loop instead of lax.scan")
     a = ap.parse_args()
     if a.small:
         a.hidden, a.mlp, a.heads, a.vocab = 256, 688, 4, 1000
@@ -270,7 +262,7 @@ def main():
     on_gpu = dev.platform == "gpu"
     res = {"device": f"{dev.platform}: {dev.device_kind}", "jax": jax.__version__,
            "model": {k: getattr(a, k) for k in ("layers", "hidden", "mlp", "heads", "vocab", "rank",
-                                                "batch", "seq", "steps", "unrolled")}}
+                                                "batch", "seq", "steps")}}
     print(f"{res['device']}, jax {jax.__version__}, grass {gj.version()}", flush=True)
 
     t0 = time.time()
@@ -341,7 +333,7 @@ def main():
         f"{res['device']}, jax {res['jax']}; LLaMA-shaped {m['layers']} blocks, hidden {m['hidden']}, "
         f"MLP {m['mlp']}, {m['heads']} heads, vocab {m['vocab']}, bf16, r = {m['rank']}, "
         f"{m['batch']} x {m['seq'] - 1} tokens, jax.checkpoint per block, "
-        f"{'unrolled' if m['unrolled'] else 'lax.scan'} over stacked weights; GRASS step "
+        f"lax.scan over stacked weights; GRASS step "
         f"compiled in {g['compile_seconds']:.0f} s", "",
         "| | plan total GB | XLA analysis GB | measured peak GB |", "| --- | --- | --- | --- |",
         f"| GRASS (grass_jax) | {fmt(p['grass_total_bytes'])} | {fmt(g['footprint_bytes'])} | {fmt(peak)} |",

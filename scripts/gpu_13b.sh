@@ -20,5 +20,5 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 [ -d .carry/py ] && export PYTHONPATH=$PWD/.carry/py${PYTHONPATH:+:$PYTHONPATH}
 PYTHON=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/memory_13b_gpu.txt"
-timeout 420 "$PYTHON" bench/bench_13b_memory.py "$@" 2>&1 | tee "$OUT/memory_13b.log"
+timeout 300 "$PYTHON" bench/bench_13b_memory.py "$@" 2>&1 | tee "$OUT/memory_13b.log"
 exit "${PIPESTATUS[0]}"

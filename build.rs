@@ -1,5 +1,6 @@
 //! Generates include/grass.h from src/ffi with the pinned cbindgen. The file is committed; it is
-//! rewritten only when its content changes, and tests/header.rs fails when it drifts.
+//! rewritten only when its content changes, and tests/abi.rs (committed_header_matches_cbindgen)
+//! fails when it drifts.
 
 use std::path::Path;
 

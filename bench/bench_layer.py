@@ -1,10 +1,11 @@
 """GPU benchmark of one linear layer: grass's sparse gradient, optimizer step, both, and a
 refresh (row scores + selection), against the floor and, in the same process on the same card
-and data, the peers of ../shared/reference/peers_torch.py (full-rank cuBLAS dW + fused AdamW,
-GaLore, GRASS in eager PyTorch). Also peak memory of one 13824 x 5120 layer per method.
+and data, the peers of bench/peers.py (full-rank cuBLAS dW + fused AdamW, GaLore with a torch
+SVD, GRASS in eager PyTorch). Also peak memory of one 13824 x 5120 layer per method.
 
-Usage (GPU machine): PYTHONPATH=<dir with peers_torch.py>:bindings/torch python3 bench/bench_layer.py
-Writes $OUT/bench.json and $OUT/bench.md when OUT is set.
+Usage (GPU machine, with torch): python3 bench/bench_layer.py
+(libgrass.so from $GRASS_LIB or target/release). Writes $OUT/bench.json and $OUT/bench.md when
+OUT is set; the results go into BENCHMARKS.md with the date, card and command.
 """
 import json
 import os
@@ -13,9 +14,10 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bindings", "torch"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(HERE, "..", "bindings", "torch")]
 import grass_torch as gt  # noqa: E402
-import peers_torch as peers  # noqa: E402
+import peers  # noqa: E402
 
 B = 8192
 K = 200
@@ -165,12 +167,10 @@ def memory_13824(ops, r=256):
     def galore():
         x = torch.randn(b, n, dtype=torch.bfloat16, device="cuda")
         dy = torch.randn(b, m, dtype=torch.bfloat16, device="cuda")
-        w = torch.nn.Parameter(torch.randn(m, n, dtype=torch.bfloat16, device="cuda"))
-        opt = peers.GaLoreAdamW([{"params": [w], "rank": r, "update_proj_gap": K, "scale": 0.25,
-                                  "proj_type": "std"}], lr=1e-3)
+        w = torch.randn(m, n, dtype=torch.bfloat16, device="cuda")
+        opt = peers.GaLoreAdamW(w, r, refresh_every=K)
         for _ in range(3):
-            w.grad = dy.t() @ x
-            opt.step()
+            opt.step(dy.t() @ x)
 
     ops._ws.clear()
     return {"grass_peak_mib": peak_memory(grass), "adamw_peak_mib": peak_memory(adamw),

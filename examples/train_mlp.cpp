@@ -341,10 +341,15 @@ class Trainer {
   std::vector<int> context_, next_;
 };
 
-void print_memory(const Trainer& trainer) {
-  std::printf("\noptimizer memory per parameter (grass_optimizer_get_info):\n");
+// Both columns count the same thing: the bytes of context memory an optimizer owns, as
+// grass_optimizer_get_info reports them (states, step counts, and for GRASS the selection, the
+// compressed-gradient accumulator and scratch). The AdamW column asks a dense optimizer made for
+// the same parameter, so its total equals what the baseline run below reports.
+void print_memory(const grass::Context& ctx, const Trainer& trainer) {
+  std::printf("\noptimizer memory per parameter (bytes of context memory each optimizer owns, "
+              "grass_optimizer_get_info):\n");
   std::printf("  %-10s %-11s %-26s %12s %14s\n", "parameter", "shape", "optimizer", "grass bytes",
-              "AdamW M+V");
+              "AdamW bytes");
   int64_t total_grass = 0, total_dense = 0, weight_grads = 0;
   for (const auto& row : trainer.table()) {
     const auto info = row.opt->info();
@@ -355,11 +360,14 @@ void print_memory(const Trainer& trainer) {
       const auto p = row.opt->projection().info();
       std::snprintf(kind, sizeof kind, "GRASS r=%lld of %lld %s", static_cast<long long>(p.rank),
                     static_cast<long long>(p.d), p.side == GRASS_SIDE_ROWS ? "rows" : "cols");
-      weight_grads += row.m * row.n * 4;
+      weight_grads += row.m * row.n * int64_t(sizeof(float));
     } else {
       std::snprintf(kind, sizeof kind, "dense AdamW");
     }
-    const int64_t dense = 2 * row.m * row.n * 4;  // f32 M and V of the whole parameter
+    const int64_t dense = grass::Optimizer::dense(ctx, grass::AdamWConfig(), row.m * row.n,
+                                                  grass::Dtype::F32, grass::Dtype::F32)
+                              .info()
+                              .memory_bytes;
     std::printf("  %-10s %-11s %-26s %12lld %14lld\n", row.name, shape, kind,
                 static_cast<long long>(info.memory_bytes), static_cast<long long>(dense));
     total_grass += info.memory_bytes;
@@ -490,8 +498,16 @@ Options parse(int argc, char** argv) {
 // A CUDA context (and the driver for device buffers) when grass can make one, else the CPU.
 grass::Context open_device(bool force_cpu, std::shared_ptr<example::CudaDriver>& cuda) {
   const auto probe = grass::cuda_available();
-  if (force_cpu || !probe.available) {
-    std::printf("device: CPU (CUDA: %s)\n", force_cpu ? "not requested" : probe.reason.c_str());
+  if (force_cpu) {
+    std::printf("device: CPU (--cpu)\n");
+    return grass::Context::cpu();
+  }
+  if (!probe.available) {
+    // The usual case on a machine without a GPU, not a fault: the CPU backend is the reference
+    // and runs everything. The reason matters where a GPU was expected, so it follows.
+    std::printf("device: CPU (no usable CUDA GPU here; the CPU backend runs everything)\n"
+                "        why not CUDA: %s\n",
+                probe.reason.c_str());
     return grass::Context::cpu();
   }
   try {
@@ -500,7 +516,8 @@ grass::Context open_device(bool force_cpu, std::shared_ptr<example::CudaDriver>&
     std::printf("device: CUDA device 0 (%s)\n", probe.reason.c_str());
     return ctx;
   } catch (const std::exception& e) {
-    std::printf("device: CPU (a CUDA context could not be created: %s)\n", e.what());
+    std::printf("device: CPU (a CUDA GPU was found, but grass could not use it: %s)\n",
+                e.what());
     return grass::Context::cpu();
   }
 }
@@ -544,7 +561,7 @@ int run(const Options& opt) {
       std::printf("the last step of %s was %s\n", row.name, grass::step_outcome_string(outcome));
     }
   }
-  print_memory(trainer);
+  print_memory(ctx, trainer);
 
   // Checkpoint, train on, then resume from the checkpoint in fresh optimizers.
   save(opt.checkpoint, model, trainer);
@@ -587,8 +604,8 @@ int run(const Options& opt) {
     };
     std::printf("\nbaseline: dense AdamW on every parameter, same start and batches\n"
                 "  mean loss over steps %d-%d: GRASS %.4f, AdamW %.4f (GRASS %+.1f%%)\n"
-                "  optimizer memory: GRASS %lld bytes, AdamW %lld bytes (plus the %zu bytes of "
-                "full weight gradients AdamW needs)\n",
+                "  optimizer memory (as in the table above): GRASS %lld bytes, AdamW %lld bytes "
+                "(plus the %zu bytes of full weight gradients AdamW needs)\n",
                 opt.steps + 1, opt.steps + opt.resume_steps, loss_a, window,
                 100.0 * (loss_a - window) / window, memory(trainer), memory(dense),
                 (base.d_w1.size() + base.d_w2.size()) * sizeof(float));
@@ -602,6 +619,9 @@ int run(const Options& opt) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Line-buffered even into a pipe or a file (scripts/demo.sh | tee), so progress shows as it
+  // happens and interleaves with stderr in order.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   try {
     return run(parse(argc, argv));
   } catch (const grass::Error& e) {

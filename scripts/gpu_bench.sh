@@ -9,8 +9,7 @@ OUT=${OUT:-$PWD/gpu-logs}
 mkdir -p "$OUT"
 source scripts/gpu_env.sh
 export GRASS_REQUIRE_GPU=1 PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --target /tmp/grass-site .carry/whl/*.whl
-export PYTHONPATH=.carry/py:.carry/peers:/tmp/grass-site:bindings/torch
+export PYTHONPATH=.carry/py:bindings/torch
 export GRASS_LIB=$PWD/.carry/lib/libgrass.so
 # PARTS picks what runs (default "tests bench jaxmem"), to split the work over device calls.
 PARTS=${PARTS:-tests bench jaxmem}

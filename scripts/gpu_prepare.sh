@@ -29,15 +29,12 @@ objcopy --strip-debug target/release/libgrass.so .carry/lib/libgrass.so
 du -sh .carry/bin .carry/lib
 
 # For scripts/gpu_bench.sh: the JAX binding built against this library (its handler library is
-# a plain shared object, independent of the Python version), the peers' reference script and
-# galore-torch, which the GPU machine lacks and cannot download.
-rm -rf .carry/py .carry/peers .carry/whl
-python3 -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation --target .carry/py ./bindings/jax
-mkdir -p .carry/peers .carry/whl
-if [ -f ../shared/reference/peers_torch.py ]; then
-    cp ../shared/reference/peers_torch.py .carry/peers/
-else
-    echo "warning: ../shared/reference/peers_torch.py not found; the benchmark needs it" >&2
-fi
-python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: -d .carry/whl galore-torch==1.0
+# a plain shared object, independent of the Python version). The benchmark's peers are in
+# bench/peers.py and need only torch.
+# It is built with the project's Python environment (.venv/, scripts/venv.sh), which has jax.
+rm -rf .carry/py
+# shellcheck source=scripts/venv.sh
+. scripts/venv.sh
+grass_venv
+python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation --target .carry/py ./bindings/jax
 du -sh .carry

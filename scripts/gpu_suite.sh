@@ -58,7 +58,7 @@ for t in "$BIN"/*; do
             ;;
     esac
     start=$SECONDS
-    "$t" --test-threads=1 --nocapture >"$OUT/one.log" 2>&1
+    "$t" --test-threads=1 --nocapture --include-ignored >"$OUT/one.log" 2>&1
     rc=$?
     record "$name" $rc $((SECONDS - start))
     grep -E "^test result|SKIPPED|panicked" "$OUT/one.log" | tail -n 3
@@ -114,7 +114,7 @@ for tool in memcheck racecheck synccheck; do
     esac
     # shellcheck disable=SC2086
     timeout "${SANITIZE_TIMEOUT:-300}" "$SAN" --tool "$tool" --error-exitcode 86 \
-        "$BIN/cuda" --test-threads=1 $filter >"$OUT/$tool.log" 2>&1
+        "$BIN/cuda" --test-threads=1 --include-ignored $filter >"$OUT/$tool.log" 2>&1
     rc=$?
     record "compute-sanitizer $tool ($filter)" $rc $((SECONDS - start))
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^test result" "$OUT/$tool.log" | tail -n 3

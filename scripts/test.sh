@@ -1,21 +1,31 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust tests, the committed-header check, the C/C++ ctest suite
-# (ASan/UBSan), and the JAX binding's pytest suite. GPU cases run where a GPU is present and
-# say that they are skipped elsewhere.
+# (ASan/UBSan, the install tree, the demo), the PyTorch and JAX binding tests, and every
+# runnable snippet of the READMEs and docs/. GPU cases run where CUDA is usable; elsewhere they
+# are reported as ignored/skipped, never as passed.
+#
+# Needs Rust >= 1.82 (rustup), a C/C++ compiler, cmake, pkg-config and Python >= 3.11 with venv
+# (Debian 12: apt-get install build-essential cmake pkg-config python3-venv). The Python
+# packages go into .venv/ at the repository root (scripts/venv.sh), never into the system
+# Python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for tool in cargo cmake pkg-config c++ python3; do
-    command -v "$tool" >/dev/null || { echo "missing $tool (Debian: apt-get install cmake pkg-config g++)" >&2; exit 1; }
+for tool in cargo cmake pkg-config cc c++; do
+    command -v "$tool" >/dev/null || {
+        echo "missing $tool (Rust: rustup; Debian: apt-get install build-essential cmake pkg-config)" >&2
+        exit 1
+    }
 done
-if ! python3 -c "import jax, optax, pytest, setuptools, wheel" 2>/dev/null; then
-    echo "== installing the Python test dependencies"
-    python3 -m pip install -q --disable-pip-version-check "jax[cpu]==0.10.2" optax pytest setuptools wheel
+rust=$(rustc --version | awk '{print $2}')
+if [ "$(printf '%s\n' 1.82.0 "$rust" | sort -V | head -n 1)" != 1.82.0 ]; then
+    echo "grass needs Rust >= 1.82, this is rustc $rust (Debian's apt has 1.63: use rustup)" >&2
+    exit 1
 fi
-if ! python3 -c "import nvidia.cu13" 2>/dev/null && ! ldconfig -p 2>/dev/null | grep -q libnvrtc; then
-    echo "== installing NVRTC (the CUDA kernels are compiled by it in the tests)"
-    python3 -m pip install -q --disable-pip-version-check "nvidia-cuda-nvrtc==13.*"
-fi
+
+# shellcheck source=scripts/venv.sh
+. scripts/venv.sh
+grass_venv
 
 echo "== cargo build --release (also regenerates include/grass.h)"
 cargo build --release
@@ -30,21 +40,51 @@ fi
 
 echo "== cargo test"
 cargo test --release
-# The GPU cases pass as skipped without a usable GPU; say so where it can be read.
-gpu_log=$(cargo test --release -q --test cuda -- --nocapture --test-threads=1 2>&1 || true)
-skipped=$(grep -o 'SKIPPED [^:]*' <<<"$gpu_log" | wc -l || true)
-if [ "$skipped" -gt 0 ]; then
-    echo "GPU tests: $skipped of tests/cuda skipped: $(grep -o 'SKIPPED .*' <<<"$gpu_log" | head -n 1 | sed 's/^SKIPPED [^:]*: //')"
+# The GPU tests (tests/cuda) are #[ignore]d, so cargo test counts them as ignored above. Run
+# them where libgrass can use CUDA; elsewhere say once why they did not run.
+cuda_why=$(python - <<'EOF'
+import ctypes
+lib = ctypes.CDLL("target/release/libgrass.so")
+available, why = ctypes.c_int32(0), ctypes.create_string_buffer(512)
+lib.grass_cuda_available(ctypes.byref(available), why, ctypes.c_size_t(len(why)))
+print(("yes " if available.value == 1 else "no ") + why.value.decode(errors="replace"))
+EOF
+)
+if [ "${cuda_why%% *}" = yes ]; then
+    echo "== GPU tests (tests/cuda): ${cuda_why#yes }"
+    cargo test --release --test cuda -- --include-ignored --test-threads=1
 else
-    echo "GPU tests: tests/cuda ran on a GPU"
+    n=$(cargo test --release -q --test cuda -- --list --ignored 2>/dev/null | grep -c ': test$' || true)
+    echo "GPU tests: $n of tests/cuda ignored, CUDA is not usable here: ${cuda_why#no }"
 fi
+
+# pytest -rs names every skipped test with its reason; the GPU cases skip by the dozen for one
+# reason on a machine without a GPU. Keep one line per reason, with the count, in its place.
+one_line_per_skip_reason() {
+    awk '
+        /^SKIPPED \[[0-9]+\] / {
+            n = $2; gsub(/[][]/, "", n)
+            reason = $0; sub(/^SKIPPED \[[0-9]+\] [^ ]*: /, "", reason)
+            if (!(reason in count)) order[++reasons] = reason
+            count[reason] += n
+            next
+        }
+        {
+            for (i = 1; i <= reasons; i++) printf "SKIPPED %d: %s\n", count[order[i]], order[i]
+            reasons = 0; delete count
+            print
+        }'
+}
 
 echo "== ctest: C and C++ consumers under ASan/UBSan, install tree, demo"
 BUILD_DIR=build/ctest tests/c/run.sh
 
 echo "== pytest: PyTorch/ctypes binding"
-python3 -m pytest -q -rs bindings/torch/tests
+python -m pytest -q -rs bindings/torch/tests | one_line_per_skip_reason
 
-echo "== pytest: JAX binding (installs bindings/jax against this build)"
-python3 -m pip install -q --disable-pip-version-check --no-build-isolation ./bindings/jax
-python3 -m pytest -q -rs bindings/jax/tests
+echo "== pytest: JAX binding (installs bindings/jax into $VIRTUAL_ENV against this build)"
+python -m pip install -q --disable-pip-version-check --no-build-isolation ./bindings/jax
+python -m pytest -q -rs bindings/jax/tests | one_line_per_skip_reason
+
+echo "== README and docs snippets"
+python scripts/check_snippets.py

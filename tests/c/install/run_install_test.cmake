@@ -2,9 +2,11 @@
 # the installed package exactly as users would:
 #   1. a CMake project with find_package(grass CONFIG REQUIRED) (C and C++ programs);
 #   2. the same with a version requirement the package cannot meet, which must fail;
-#   3. C and C++ programs compiled with `pkg-config --cflags --libs grass` (pkg-config must be
-#      installed: a missing pkg-config fails this test rather than skipping it);
+#   3. C and C++ programs compiled with `pkg-config --cflags --libs grass` and nothing else (pkg-config
+#      must be installed: a missing pkg-config fails this test rather than skipping it), which
+#      must start without LD_LIBRARY_PATH: the .pc file's Libs carry the runpath;
 #   4. pkg-config again after moving the installed tree (the .pc file is relocatable).
+# Every program runs with LD_LIBRARY_PATH unset, as a user's shell would have it.
 #
 # Variables: BUILD_DIR (the configured grass build), SOURCE_DIR (this directory), WORK_DIR,
 # C_COMPILER, CXX_COMPILER, GENERATOR, GRASS_VERSION.
@@ -19,9 +21,7 @@ function(run)
   cmake_parse_arguments(R "MAY_FAIL" "RESULT;OUTPUT" "COMMAND;ENV" ${ARGN})
   list(JOIN R_COMMAND " " shown)
   message(STATUS "$ ${shown}")
-  if(R_ENV)
-    set(R_COMMAND ${CMAKE_COMMAND} -E env ${R_ENV} ${R_COMMAND})
-  endif()
+  set(R_COMMAND ${CMAKE_COMMAND} -E env --unset=LD_LIBRARY_PATH ${R_ENV} ${R_COMMAND})
   execute_process(COMMAND ${R_COMMAND} RESULT_VARIABLE rc OUTPUT_VARIABLE out
                   ERROR_VARIABLE out)
   string(STRIP "${out}" out)
@@ -87,14 +87,16 @@ function(pkg_config_consumers tree tag)
   endif()
   run(COMMAND ${PKG_CONFIG} --cflags --libs grass ENV ${env} OUTPUT flags)
   separate_arguments(flags UNIX_COMMAND "${flags}")
-  # the runtime search path is the consumer's business, not the .pc file's
-  set(rpath "-Wl,-rpath,${tree}/lib")
+  string(FIND "${flags}" "-Wl,-rpath," has_rpath)
+  if(has_rpath EQUAL -1)
+    message(FATAL_ERROR "pkg-config --libs grass carries no runpath (-Wl,-rpath,): ${flags}")
+  endif()
   run(COMMAND ${C_COMPILER} -std=c11 -Wall -Wextra -Werror
               "-DGRASS_EXPECTED_VERSION=\"${GRASS_VERSION}\"" "${SOURCE_DIR}/consumer/main.c"
-              ${flags} ${rpath} -o "${WORK_DIR}/pc_consumer_c_${tag}")
+              ${flags} -o "${WORK_DIR}/pc_consumer_c_${tag}")
   run(COMMAND ${CXX_COMPILER} -std=c++17 -Wall -Wextra -Werror
               "-DGRASS_EXPECTED_VERSION=\"${GRASS_VERSION}\"" "${SOURCE_DIR}/consumer/main.cpp"
-              ${flags} ${rpath} -o "${WORK_DIR}/pc_consumer_cpp_${tag}")
+              ${flags} -o "${WORK_DIR}/pc_consumer_cpp_${tag}")
   run(COMMAND "${WORK_DIR}/pc_consumer_c_${tag}")
   run(COMMAND "${WORK_DIR}/pc_consumer_cpp_${tag}")
 endfunction()

@@ -2,18 +2,25 @@
 peak memory; compiles the same step with optax.adamw and reads XLA's memory analysis of it;
 prints both beside libgrass's memory plan of the model.
 
-Model: 40 blocks (hidden 5120, 40 heads, SwiGLU MLP 13824), vocabulary 32000, bf16 weights,
-every block under jax.checkpoint (its activations are recomputed in the backward pass), blocks
-unrolled in Python (grass_jax's weights are 2-D). The attention and MLP matrices (7 per block)
-are trained with GRASS (state f32, rank --rank); the embedding, output head and norm gains
-with grass's dense AdamW (state f32). optax.adamw's step is only compiled, never run: its
-memory analysis (arguments + outputs - aliased + temporaries) is what it would need.
+Model: 40 blocks (hidden 5120, 40 heads, SwiGLU MLP 13824), vocabulary 32000, bf16 weights.
+Each block weight is stacked over the layers, (40, m, n), and the blocks run under lax.scan
+with the block under jax.checkpoint (only each block's input is kept; its activations are
+recomputed in the backward pass), so the step compiles one block whatever the depth. The
+attention and MLP matrices (7 per block) are trained with GRASS (state f32, rank --rank); the
+embedding, output head and norm gains with grass's dense AdamW (state f32). optax.adamw's step
+(the same model and scan) is only compiled, never run: its memory analysis (arguments +
+outputs - aliased + temporaries) is what it would need.
 
-Pass: the measured peak is at most --limit-gb (40) and the AdamW step needs more than that.
-On a CPU, --small runs a scaled-down model end to end (the peak is then not reported by the
-backend; the compiled analyses and the plan still are).
+Pass: the measured peak is at most --limit-gb (40); the AdamW step needs more than that; the
+compiled GRASS step makes no stacked (L, m, n) value of a GRASS weight but the weight itself
+(no stacked gradient), its temporaries (less the CPU backend's f32 copies of the bf16 weights)
+are below the stacked GRASS weights' bytes, and every
+stacked GRASS weight is updated in place (its parameter aliases its output). On a CPU,
+--small runs a scaled-down model end to end (the peak is then not reported by the backend;
+the compiled analyses, the HLO checks and the plan still are).
 
-Usage: python3 bench/bench_13b_memory.py [--small] [--steps N] [--rank R] [--batch B --seq T]
+Usage: python3 bench/bench_13b_memory.py [--small] [--steps N] [--rank R]
+       [--batch B --seq T] [--layers L --hidden H --mlp F --heads A --vocab V]
 Writes $OUT/memory_13b.json and $OUT/memory_13b.md when OUT is set.
 """
 import argparse
@@ -21,6 +28,7 @@ import functools
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -47,26 +55,31 @@ def abstract_params(a):
     sd = lambda s: jax.ShapeDtypeStruct(s, DTYPE)  # noqa: E731
     return {"embed": sd((a.vocab, a.hidden)), "head": sd((a.vocab, a.hidden)),
             "norm": sd((a.hidden,)),
-            "blocks": [{k: sd(s) for k, s in shapes(a).items()} for _ in range(a.layers)]}
+            "blocks": {k: sd((a.layers,) + s) for k, s in shapes(a).items()}}
 
 
-@functools.partial(jax.jit, static_argnums=1)
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def _normal(key, shape, scale):
     return (jax.random.normal(key, shape, jnp.float32) * scale).astype(DTYPE)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _normal_stack(keys, shape, scale):
+    # one layer at a time (lax.map): the f32 draw is one slice, never the whole stack
+    return jax.lax.map(lambda k: _normal(k, shape, scale), keys)
+
+
 def init_params(a, key):
-    """Weights made on the device one tensor at a time (never an f32 copy of the model)."""
-    keys = iter(jax.random.split(key, 2 + 9 * a.layers))
+    """Weights made on the device one stacked tensor at a time (never an f32 copy of one)."""
+    keys = iter(jax.random.split(key, 2 + len(shapes(a))))
     out = {"embed": _normal(next(keys), (a.vocab, a.hidden), 0.02),
            "head": _normal(next(keys), (a.vocab, a.hidden), 0.02),
-           "norm": jnp.ones((a.hidden,), DTYPE), "blocks": []}
-    for _ in range(a.layers):
-        blk = {}
-        for name, s in shapes(a).items():
-            key = next(keys)
-            blk[name] = jnp.ones(s, DTYPE) if len(s) == 1 else _normal(key, s, 1.0 / math.sqrt(s[-1]))
-        out["blocks"].append(blk)
+           "norm": jnp.ones((a.hidden,), DTYPE), "blocks": {}}
+    for name, s in shapes(a).items():
+        key = next(keys)
+        out["blocks"][name] = (jnp.ones((a.layers,) + s, DTYPE) if len(s) == 1 else
+                               _normal_stack(jax.random.split(key, a.layers), s,
+                                             1.0 / math.sqrt(s[-1])))
     return out
 
 
@@ -77,7 +90,7 @@ def rms_norm(x, g):
 
 
 def make_block(a, linear):
-    """One LLaMA block; `linear(x, p, proj, name)` applies weight `name`."""
+    """One LLaMA block; `linear(x, p, proj, name)` applies weight `name` (one layer's slice)."""
     heads, hd = a.heads, a.hidden // a.heads
 
     def block(x, p, proj):
@@ -103,8 +116,9 @@ def loss_of(a, linear):
 
     def loss(params, proj, tokens):
         x = jnp.take(params["embed"], tokens[:, :-1], axis=0)
-        for i, p in enumerate(params["blocks"]):
-            x = block(x, p, None if proj is None else proj["blocks"][i])
+        blocks = params["blocks"]
+        pb = None if proj is None else proj["blocks"]
+        x, _ = jax.lax.scan(lambda x, xs: (block(x, *xs), None), x, (blocks, pb))
         x = rms_norm(x, params["norm"])
         logits = (x @ params["head"].T).astype(jnp.float32)
         return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
@@ -157,6 +171,66 @@ def footprint(compiled):
             - m.alias_size_in_bytes + m.temp_size_in_bytes}
 
 
+# Ops that pass a stacked weight along without making a new value of it.
+PASS_ALONG = {"parameter", "get-tuple-element", "tuple", "bitcast", "while", "conditional",
+              "opt-barrier"}
+
+
+def stacked_checks(compiled, a):
+    """What the compiled GRASS step does with the stacked GRASS weights (L, m, n):
+
+    made: instructions that make a new (L, m, n) value other than a convert of the weight
+      itself (a stacked gradient would be one: a dot, a dynamic-update-slice of a scan's
+      output, a broadcast of zeros, an add, a copy);
+    weight_copy_bytes: converts of a stacked weight parameter to another dtype (XLA's CPU
+      backend has no bf16 dynamic-slice: it converts each bf16 stack to f32 and slices that;
+      a GPU makes none);
+    not_in_place: stacked weights that do not go straight from their parameter into grass's
+      step (operand 0 of grass_sparse_adamw_step, aliased to its output 0) and from it to the
+      step's output aliased to that parameter."""
+    hlo = compiled.as_text()
+    entry = hlo[hlo.index("\nENTRY "):]
+    entry = entry[:entry.index("\n}")]
+    header = hlo[:hlo.index("\n")]
+    aliased_params = {int(n) for n in re.findall(r"\((\d+), \{\}, (?:may|must)-alias\)", header)}
+    stacked = {(a.layers,) + s for n, s in shapes(a).items() if n in GRASS_NAMES}
+    dims = lambda t: tuple(int(d) for d in t.split(",") if d)  # noqa: E731
+    params = {}  # name -> parameter number of each stacked GRASS weight
+    for mm in re.finditer(r"%([\w.-]+) = \w+\[([\d,]*)\]\{[^}]*\} parameter\((\d+)\)", entry):
+        if dims(mm.group(2)) in stacked:
+            params[mm.group(1)] = int(mm.group(3))
+    # Every value a fusion makes appears where the fusion is called: look at those, not into
+    # the fused computations.
+    fused = set(re.findall(r"\bfusion\([^\n]*?calls=%([\w.-]+)", hlo))
+    made, copies, skip = [], 0, False
+    value = re.compile(r"%([\w.-]+) = (\w+)\[([\d,]*)\]\{[^}]*\} ([\w-]+)\(([^)]*)\)")
+    for line in hlo.splitlines():
+        head = re.match(r"(?:ENTRY )?%([\w.-]+) \(", line)
+        if head:
+            skip = head.group(1) in fused
+        mm = None if skip else value.search(line)
+        if not mm or dims(mm.group(3)) not in stacked or mm.group(4) in PASS_ALONG:
+            continue
+        operands = [o.strip().lstrip("%") for o in mm.group(5).split(",")]
+        convert = mm.group(4) == "convert" or (mm.group(4) == "fusion" and "calls=%wrapped_convert" in line)
+        if convert and len(operands) == 1 and operands[0] in params:
+            copies += math.prod(dims(mm.group(3))) * (4 if mm.group(2) == "f32" else 2)
+        else:
+            made.append(f"{mm.group(1)} = {mm.group(2)}[{mm.group(3)}] {mm.group(4)}")
+    not_in_place = []
+    for name, number in params.items():
+        step = re.search(r"custom-call\(%" + re.escape(name) + r"[,)][^\n]*"
+                         r"custom_call_target=\"grass_sparse_adamw_step\"[^\n]*"
+                         r"output_to_operand_aliasing=\{\{0\}: \(0, \{\}\)", entry)
+        if not step or number not in aliased_params:
+            not_in_place.append(name)
+    weight_bytes = sum(math.prod((a.layers,) + s) * 2 for n, s in shapes(a).items()
+                       if n in GRASS_NAMES)
+    return {"stacked_grass_weight_bytes": weight_bytes, "stacked_values_made": made,
+            "weight_copy_bytes": copies, "not_in_place": sorted(not_in_place),
+            "stacked_weights_found": len(params)}
+
+
 def plan_model(a):
     model = gmem.llama(a.layers, a.hidden, a.mlp, a.vocab, rank=a.rank)
     model["max_tokens"] = a.batch * (a.seq - 1)
@@ -165,7 +239,7 @@ def plan_model(a):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--layers", type=int, default=40)
+    ap.add_argument("--layers", type=int, default=None, help="40 (16 with --small)")
     ap.add_argument("--hidden", type=int, default=5120)
     ap.add_argument("--mlp", type=int, default=13824)
     ap.add_argument("--heads", type=int, default=40)
@@ -176,11 +250,14 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--limit-gb", type=float, default=40.0)
     ap.add_argument("--small", action="store_true",
-                    help="2 blocks, hidden 256, MLP 688, 4 heads, vocab 1000, r 32, 2 x 64 tokens")
+                    help="16 blocks (or --layers), hidden 256, MLP 688, 4 heads, vocab 1000, "
+                    "r 32, 2 x 64 tokens")
     a = ap.parse_args()
     if a.small:
-        a.layers, a.hidden, a.mlp, a.heads, a.vocab = 2, 256, 688, 4, 1000
+        a.hidden, a.mlp, a.heads, a.vocab = 256, 688, 4, 1000
         a.rank, a.batch, a.seq = 32, 2, 65
+    if a.layers is None:
+        a.layers = 16 if a.small else 40
     dev = jax.devices()[0]
     on_gpu = dev.platform == "gpu"
     res = {"device": f"{dev.platform}: {dev.device_kind}", "jax": jax.__version__,
@@ -203,19 +280,39 @@ def main():
     tx, astep = adamw_step(a)
     shapes_p = abstract_params(a)
     tokens_sd = jax.ShapeDtypeStruct((a.batch, a.seq), jnp.int32)
-    res["adamw"] = footprint(astep.lower(shapes_p, jax.eval_shape(tx.init, shapes_p), tokens_sd).compile())
-    print(f"optax.adamw step compiled in {time.time() - t0:.0f} s: "
-          f"{res['adamw']['footprint_bytes'] / GB:.2f} GB by XLA's memory analysis", flush=True)
+    t0 = time.time()
+    lowered = astep.lower(shapes_p, jax.eval_shape(tx.init, shapes_p), tokens_sd)
+    t1 = time.time()
+    acompiled = lowered.compile()
+    res["adamw"] = footprint(acompiled)
+    # the same checks must see optax's stacked gradients (else they could not fail)
+    res["adamw"]["stacked_values_made"] = len(stacked_checks(acompiled, a)["stacked_values_made"])
+    res["adamw"].update(trace_seconds=t1 - t0, compile_seconds=time.time() - t1)
+    print(f"optax.adamw step traced in {t1 - t0:.1f} s, compiled in {time.time() - t1:.1f} s: "
+          f"{res['adamw']['footprint_bytes'] / GB:.3g} GB by XLA's memory analysis", flush=True)
 
     t0 = time.time()
     params = init_params(a, jax.random.PRNGKey(0))
     opt, gstep = grass_step(a)
     state = opt.init(params)
     tokens = jax.random.randint(jax.random.PRNGKey(1), (a.batch, a.seq), 0, a.vocab, jnp.int32)
-    compiled = gstep.lower(params, state, tokens).compile()
+    jax.block_until_ready((params, state))
+    t1 = time.time()
+    lowered = gstep.lower(params, state, tokens)
+    t2 = time.time()
+    compiled = lowered.compile()
     res["grass"] = footprint(compiled)
-    print(f"GRASS step compiled in {time.time() - t0:.0f} s: "
-          f"{res['grass']['footprint_bytes'] / GB:.2f} GB by XLA's memory analysis", flush=True)
+    res["grass"].update(init_seconds=t1 - t0, trace_seconds=t2 - t1, compile_seconds=time.time() - t2)
+    print(f"GRASS model and state made in {t1 - t0:.1f} s, step traced in {t2 - t1:.1f} s, "
+          f"compiled in {time.time() - t2:.1f} s: "
+          f"{res['grass']['footprint_bytes'] / GB:.3g} GB by XLA's memory analysis", flush=True)
+    chk = res["stacked"] = stacked_checks(compiled, a)
+    print(f"stacked GRASS weights: {chk['stacked_weights_found']} found, "
+          f"{chk['stacked_grass_weight_bytes'] / GB:.3g} GB; new stacked values made: "
+          f"{chk['stacked_values_made'] or 'none'}; dtype copies of them (CPU backend): "
+          f"{chk['weight_copy_bytes'] / GB:.3g} GB; not updated in place: "
+          f"{chk['not_in_place'] or 'none'}; step temporaries {res['grass']['temp_bytes'] / GB:.3g} GB",
+          flush=True)
     losses, times = [], []
     for _ in range(a.steps):
         t1 = time.time()
@@ -235,7 +332,9 @@ def main():
     rows = [
         f"{res['device']}, jax {res['jax']}; LLaMA-shaped {m['layers']} blocks, hidden {m['hidden']}, "
         f"MLP {m['mlp']}, {m['heads']} heads, vocab {m['vocab']}, bf16, r = {m['rank']}, "
-        f"{m['batch']} x {m['seq'] - 1} tokens, jax.checkpoint per block", "",
+        f"{m['batch']} x {m['seq'] - 1} tokens, jax.checkpoint per block, "
+        f"lax.scan over stacked weights; GRASS step "
+        f"compiled in {g['compile_seconds']:.0f} s", "",
         "| | plan total GB | XLA analysis GB | measured peak GB |", "| --- | --- | --- | --- |",
         f"| GRASS (grass_jax) | {fmt(p['grass_total_bytes'])} | {fmt(g['footprint_bytes'])} | {fmt(peak)} |",
         f"| optax.adamw | {fmt(p['adamw_total_bytes'])} | {fmt(ad['footprint_bytes'])} | not run |",
@@ -264,6 +363,21 @@ def main():
         bad.append("optax.adamw's compiled step is not larger than GRASS's")
     if on_gpu and peak is None:
         bad.append("the GPU reported no peak memory")
+    if chk["stacked_weights_found"] != len(GRASS_NAMES):
+        bad.append(f"found {chk['stacked_weights_found']} stacked GRASS weights in the step's "
+                   f"parameters, not {len(GRASS_NAMES)}")
+    if chk["stacked_values_made"]:
+        bad.append(f"the GRASS step makes stacked values: {chk['stacked_values_made']}")
+    if not ad["stacked_values_made"]:
+        bad.append("sanity: the HLO check finds no stacked gradient in optax.adamw's step either")
+    if chk["not_in_place"]:
+        bad.append(f"not updated in place: {chk['not_in_place']}")
+    # a stacked gradient of the GRASS weights would be at least their bytes (bf16)
+    if res["grass"]["temp_bytes"] - chk["weight_copy_bytes"] >= chk["stacked_grass_weight_bytes"]:
+        bad.append(f"the GRASS step's temporaries ({res['grass']['temp_bytes'] / GB:.3g} GB, "
+                   f"{chk['weight_copy_bytes'] / GB:.3g} GB of them dtype copies of the weights) "
+                   f"are not below the stacked GRASS weights' "
+                   f"{chk['stacked_grass_weight_bytes'] / GB:.3g} GB")
     for b in bad:
         print(f"FAIL: {b}", file=sys.stderr)
     return 1 if bad else 0

@@ -25,7 +25,7 @@
 # skipped or timed out, with its seconds and timeout), logs.tgz (every log: env.txt, one
 # NAME.log per part, ctest_build.log, jax_build.log, bench.md/json, jax_memory.md/json,
 # memory_13b.*), and copies of bench.md, bench.json and memory_13b.md. They are refreshed
-# after every part, so a run stopped from outside still leaves what it had (the device tool
+# after every part, so a run stopped from outside still leaves what it had (a GPU machine
 # brings back at most 8 files from $OUT; this keeps to 5). The logs are written in
 # GPU_ALL_LOGS (default: a fresh folder under /tmp). Exit status: 0 when no part failed or
 # timed out (skipped parts do not fail the run; the summary names them).
@@ -51,43 +51,49 @@ START=$SECONDS
 
 # ---- budget table (seconds) ----------------------------------------------------------------
 # name         budget  min   what sets it
-# (setup)        5      -    nvidia-smi, versions, starting the two background builds
-# rust_cuda     60     20    tests/cuda: ~40 tests, each a CUDA context against a CPU context on
+# (setup)       10      -    nvidia-smi, the torch and jax versions (imports: 10-12 s in the dry
+#                            run here), starting the two background builds
+# rust_cuda     60     20    tests/cuda: 18 tests, each a CUDA context against a CPU context on
 #                            random inputs up to the DESIGN shapes; NVRTC compiles every kernel
 #                            once (2-11 s), later contexts and processes read the kernel cache.
 #                            The CPU side dominates; on 16 cores well under a minute.
-# ctest_cuda    45     15    the build of test_cuda alone (one C++ file with ASan/UBSan, ~20 s on
-#                            16 cores; dry run here: see docs/cuda.md) overlaps rust_cuda; the
-#                            run repeats the op comparisons through the C ABI (~20 s)
-# torch_tests   25     10    torch import ~5 s, a few dozen small CUDA cases
-# jax_tests     70     25    ~40 GPU cases, each jit-compiled once (~0.5-1 s each on the GPU
-#                            machine's CPU) and a few subprocess trainings
+# ctest_cuda    45     15    the build of test_cuda alone (configure + one C++ file with
+#                            ASan/UBSan: ~23 s in the dry run on this project's busy 2-core
+#                            machine) overlaps rust_cuda; the run repeats the op comparisons
+#                            through the C ABI (test_cuda_on_host, the CPU form: 12 s here)
+# torch_tests   25     10    torch import ~5 s, 2 CUDA cases (a layer trained in f32 and bf16)
+# jax_tests    120     40    the 74 GPU cases (-k gpu). Their 74 CPU twins took 220 s of wall
+#                            time and 85 s of CPU time on the busy 2-core machine here (compile-
+#                            bound); on the GPU machine's idle cores about half that CPU time,
+#                            XLA's GPU compiles being slower than its CPU ones: 60-120 s
 # bench_layer  150     60    8 configurations; per configuration ~300 grass and ~100 peer calls
 #                            of at most a few ms each (< 2 s), the profiler pass, and GaLore's 4
 #                            SVDs of an up-to 13824 x 5120 f32 gradient (cuSOLVER, ~1-4 s each):
 #                            ~10-18 s per configuration, plus the ceilings and the memory pass
 # jax_memory    45     20    3 processes (analysis, GRASS peak, AdamW peak), each JAX start-up
-#                            ~5 s and a compile of one layer's step
+#                            ~5 s and a compile of one layer's step (--small, the CPU form: 4 s
+#                            here, compile-bound like the full size)
 # memory_13b   200     90    JAX start-up, the GRASS step's compile, 3 steps of the 13B model
 #                            (~1 s each), optax.adamw's compile for its analysis: about 4 min
 #                            with the 40 blocks unrolled (two compiles of 40 blocks), much less
 #                            with them under lax.scan (one block compiled); it gets the rest
+#                            (--small, the CPU form: 10 s here)
 # racecheck     40     20    optional: only select_rows/row_norms/carry_rows instrumented
 # synccheck     30     15    optional: the same kernels, fewer tests
 # memcheck     300     45    optional: takes what is left (every kernel instrumented: 10-100x)
 # (reserve)     10      -    the summary and the final archive
-# The mandatory budgets add up to 595 s over 470 usable (the minimums to 240 s), on purpose: a
+# The mandatory budgets add up to 645 s over 470 usable (the minimums to 255 s), on purpose: a
 # budget is a ceiling, and every part starts only while the minimums of the mandatory parts
 # after it still fit; a part that ends early leaves its time to those after it. A part whose
 # minimum no longer fits is skipped and recorded as such, so the whole run never exceeds
 # GPU_ALL_TOTAL (a part overruns its timeout by at most the 5 s of `timeout -k`, inside the
-# reserve). Run it with the device tool's timeout_s at 540 or more.
+# reserve). Give the command an outer limit of 540 s or more.
 PARTS=(setup rust_cuda ctest_cuda torch_tests jax_tests bench_layer jax_memory memory_13b
        racecheck synccheck memcheck)
-declare -A BUDGET=([rust_cuda]=60 [ctest_cuda]=45 [torch_tests]=25 [jax_tests]=70
+declare -A BUDGET=([rust_cuda]=60 [ctest_cuda]=45 [torch_tests]=25 [jax_tests]=120
                    [bench_layer]=150 [jax_memory]=45 [memory_13b]=200
                    [racecheck]=40 [synccheck]=30 [memcheck]=300)
-declare -A MIN=([rust_cuda]=20 [ctest_cuda]=15 [torch_tests]=10 [jax_tests]=25
+declare -A MIN=([rust_cuda]=20 [ctest_cuda]=15 [torch_tests]=10 [jax_tests]=40
                 [bench_layer]=60 [jax_memory]=20 [memory_13b]=90
                 [racecheck]=20 [synccheck]=15 [memcheck]=45)
 declare -A OPTIONAL=([racecheck]=1 [synccheck]=1 [memcheck]=1)
@@ -169,6 +175,9 @@ run_part() {
 
 source scripts/gpu_env.sh
 export GRASS_REQUIRE_GPU=1 GRASS_REQUIRE_NVRTC=1 RUST_BACKTRACE=1 PYTHONUNBUFFERED=1
+# JAX takes device memory as it needs it (not 75% up front): the peaks the benchmarks read are
+# what the steps use, and a JAX process never starves the next part
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
 # the kernel cache on disk: NVRTC runs once for the whole run, not once per process
 export GRASS_KERNEL_CACHE=${GRASS_KERNEL_CACHE:-$WORK/kernel-cache}
 export GRASS_LIB=$ROOT/.carry/lib/libgrass.so

@@ -5,7 +5,7 @@
 #   .carry/lib/libgrass.so the library (for ctest's test_cuda and the PyTorch binding)
 #   .carry/py/grass_jax    the JAX binding built against it with the project's .venv
 #   .carry/BUILT_WITH      commit, date and the versions it was built with
-# The other test binaries need no GPU and run in CI. The device tool carries at most 64 MiB
+# The other test binaries need no GPU and run in CI. A GPU call takes at most 64 MiB
 # (working tree and .carry together): the sizes are printed and a larger .carry fails here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +47,6 @@ carry=$(du -sb .carry | cut -f1)
 tree=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -n 1 | cut -f1)
 echo ".carry: $((carry / 1024)) KiB; tracked files: $((tree / 1024)) KiB; limit 65536 KiB together"
 if [ $((carry + tree)) -gt $((60 * 1024 * 1024)) ]; then
-    echo ".carry and the working tree exceed 60 MiB: the device tool carries at most 64 MiB" >&2
+    echo ".carry and the working tree exceed 60 MiB: a GPU call takes at most 64 MiB" >&2
     exit 1
 fi

@@ -1,0 +1,139 @@
+"""`python -m grass_jax.train` on a tiny model for a few steps: every optimizer's loss falls,
+the table, PNG and JSON are written, a resumed run continues bit-identically, and bad options
+get one line and a non-zero exit."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from grass_jax import train
+
+# A model small enough to compile and run in seconds.
+TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--ffn", "64", "--seq-len", "32",
+        "--batch", "8", "--warmup", "2", "--eval-batches", "2", "--rank", "8",
+        "--refresh-every", "5", "--no-progress"]
+
+
+def run(argv, capsys=None):
+    code = train.main(TINY + argv)
+    out = capsys.readouterr() if capsys is not None else None
+    return code, out
+
+
+def test_compare_trains_and_writes_the_results(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, cap = run(["--steps", "24", "--eval-every", "8", "--lr", "1e-2", "--out", str(out)],
+                    capsys)
+    assert code == 0, cap.err
+    summary = json.loads((out / "results.json").read_text())
+    res = {r["optimizer"]: r for r in summary["results"]}
+    assert list(res) == ["grass", "adamw", "galore"]
+    for name, r in res.items():
+        curve = r["train_curve"]
+        assert len(curve) == 24 and all(np.isfinite(curve)), name
+        assert np.mean(curve[-4:]) < np.mean(curve[:2]) - 0.5, (name, curve)
+        assert [s for s, _ in r["val_curve"]] == [8, 16, 24], name
+        assert r["final_val_loss"] < np.log(256) - 0.5, (name, r["final_val_loss"])
+        assert r["bits_per_byte"] == pytest.approx(r["final_val_loss"] / np.log(2))
+        assert r["tokens_per_s"] > 0 and r["wall_s"] > 0
+    # GaLore's rank was chosen to match grass's state bytes; both are printed
+    g, a, q = res["grass"], res["adamw"], res["galore"]
+    assert abs(q["state_bytes"] - g["state_bytes"]) < 0.2 * g["state_bytes"]
+    assert g["state_bytes"] < a["state_bytes"]
+    assert f"grass rank 8 {g['state_bytes']:,} bytes" in cap.out
+    assert f"GaLore rank {q['rank']} {q['state_bytes']:,} bytes" in cap.out
+    # weight-gradient bytes: grass holds r x k per weight, the others m x n
+    assert g["weight_grad_bytes"] == 4 * (4 * 8 * 32 + 3 * 8 * 32)
+    assert a["weight_grad_bytes"] == q["weight_grad_bytes"] == 4 * (4 * 32 * 32 + 3 * 64 * 32)
+    # the table (stdout and results.md) has a row per optimizer; the PNG is a real image
+    for name in res:
+        assert f"| {name}" in cap.out
+    assert (out / "results.md").read_text().count("\n| ") >= 4
+    png = (out / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def load_run(folder, name):
+    arrays = {}
+    for part in ("params", "state"):
+        with np.load(folder / name / f"{part}.npz") as f:
+            arrays.update({f"{part}/{k}": f[k] for k in f.files})
+    return arrays, json.loads((folder / name / "progress.json").read_text())
+
+
+def test_resumed_run_is_bit_identical(tmp_path, capsys):
+    common = ["--optimizers", "grass,galore", "--steps", "10", "--eval-every", "5", "--lr",
+              "1e-2", "--refresh-every", "3", "--refresh-mode", "carry"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert run(common + ["--save", str(whole), "--out", str(tmp_path / "o1")])[0] == 0
+    assert run(common + ["--save", str(part), "--stop-at", "4", "--out",
+                         str(tmp_path / "o2")])[0] == 0
+    stopped = json.loads((part / "grass" / "progress.json").read_text())
+    assert stopped["step"] == 4
+    # a resumed run takes its options from the folder; changing one is refused
+    assert train.main(["--resume", str(part), "--lr", "3e-3", "--no-progress"]) == 2
+    assert "saved run has lr" in capsys.readouterr().err
+    code = train.main(["--resume", str(part), "--no-progress", "--out", str(tmp_path / "o3")])
+    assert code == 0, capsys.readouterr().err
+    for name in ("grass", "galore"):
+        a, pa = load_run(whole, name)
+        b, pb = load_run(part, name)
+        assert pa["step"] == pb["step"] == 10
+        assert pa["train_loss"] == pb["train_loss"], name
+        assert pa["val"] == pb["val"], name
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name} {k}")
+    res = json.loads((tmp_path / "o3" / "results.json").read_text())["results"]
+    assert all(len(r["train_curve"]) == 10 for r in res)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--method", "top_k"], "argument --method: invalid choice: 'top_k'"),
+    (["--refresh-mode", "keep"], "argument --refresh-mode: invalid choice"),
+    (["--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
+    (["--optimizers", "grass,sgd"], "unknown optimizer 'sgd'"),
+    (["--rank", "33"], "--rank 33 exceeds the projected dimension 32 of blocks.0.wk (32 x 32"),
+    (["--rank", "65", "--side", "rows"],
+     "--rank 65 exceeds the projected dimension 32 of blocks.0.w_down (32 x 64, side rows)"),
+    (["--rank", "0"], "--rank: 0 must be a positive integer"),
+    (["--lr", "-1"], "--lr: -1 must be a finite number > 0"),
+    (["--galore-rank", "40"], "--galore-rank 40 exceeds"),
+    (["--heads", "3"], "d_model 32 is not a multiple of heads 3"),
+    (["--stop-at", "99"], "--stop-at 99 is after the last step"),
+    (["--resume", "/nonexistent/run"], "no config.json"),
+])
+def test_bad_options_are_one_line(tmp_path, capsys, argv, says):
+    out = tmp_path / "out"
+    code, cap = run(["--steps", "4", "--out", str(out)] + argv, capsys)
+    assert code == 2
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], cap.err
+    assert lines[0].startswith("python -m grass_jax.train: error:")
+    assert not out.exists()  # nothing written
+
+
+def test_unwritable_output_folder(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for option in ("--out", "--save"):
+        code, cap = run(["--steps", "4", option, str(blocker / "sub")], capsys)
+        assert code == 2
+        lines = cap.err.strip().splitlines()
+        assert len(lines) == 1 and f"{option} {blocker / 'sub'}: cannot write there" in lines[0]
+
+
+def test_command_line_error_has_no_traceback():
+    """The real command: a bad preset is one line on stderr and exit status 2."""
+    proc = subprocess.run([sys.executable, "-m", "grass_jax.train", "--preset", "tpu-huge"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "python -m grass_jax.train: error: argument --preset: invalid choice: 'tpu-huge'"), lines
+    assert "Traceback" not in proc.stderr and proc.stdout == ""

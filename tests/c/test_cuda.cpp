@@ -8,7 +8,7 @@
 // the tolerance below.
 //
 // Without a usable GPU it prints one line "SKIPPED: <reason>" and exits 77, which ctest reports
-// as Skipped (SKIP_RETURN_CODE in CMakeLists.txt); with GRASS_REQUIRE_GPU=1 (scripts/gpu_suite.sh)
+// as Skipped (SKIP_RETURN_CODE in CMakeLists.txt); with GRASS_REQUIRE_GPU=1 (scripts/gpu_all.sh)
 // a missing GPU fails instead. `test_cuda --host` (ctest: test_cuda_on_host) is a rehearsal that
 // runs everywhere: the same comparisons with a second CPU context in place of the CUDA context
 // and host memory of the same sizes in place of device memory, so that ASan checks every buffer

@@ -3,7 +3,7 @@
 //!
 //! Every GPU test is `#[ignore]`d, so that `cargo test` reports it as ignored rather than
 //! passed where it did nothing; `--include-ignored` (scripts/test.sh where CUDA is usable,
-//! scripts/gpu_suite.sh) runs them, and then a missing GPU fails the test.
+//! scripts/gpu_all.sh) runs them, and then a missing GPU fails the test.
 
 use std::ffi::{c_char, c_void, CStr};
 use std::sync::Arc;

@@ -169,12 +169,16 @@ class grass_adamw:
     grass_mask      params-shaped tree of bools, or `fn(path, leaf) -> bool`; each selected
                     leaf is an (m, n) weight used through `grass_linear`, or a stack of them
                     (*layers, m, n) for `lax.scan`: each layer slice is projected on its own
-    rank            r >= 1, at most the projected dimension d = max(m, n) of every GRASS weight
-                    (side "auto"): init refuses a larger one, naming the weight. With
+    rank            r >= 1, at most the projected dimension d of every GRASS weight (n, the
+                    input features, for the default side "cols"; m for "rows"; max(m, n)
+                    for "auto"): init refuses a larger one, naming the weight. With
                     cap_rank=True a weight with d < rank uses r = d instead (opt.rank is then
                     the largest rank; `opt.layer_ranks(params)` gives each weight's)
     refresh_every   K >= 1
-    method, power, scaling, side, seed: the row selection (see grass.h)
+    method, power, scaling, side, seed: the row selection (see grass.h). The defaults
+                    (uniform_nr, scaling none, side cols, alpha 0.25) are the configuration
+                    that trained best in the measured sweep (bench/results/sweep_train/):
+                    every paper method stays available by name.
     b1, b2, eps, weight_decay, decay_mode ("off" | "selected" | "dense"), alpha,
     refresh_mode ("reset" | "carry"), state_dtype (float32 | bfloat16): the compressed AdamW.
                     "carry" keeps the moments and step counts of rows that stay selected;
@@ -207,9 +211,9 @@ class grass_adamw:
     """
 
     def __init__(self, learning_rate: Union[float, Callable], *, grass_mask, rank=256,
-                 refresh_every=200, method="multinomial_nr", power=2, scaling="unbiased",
-                 side="auto", seed=0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-                 decay_mode="selected", alpha=1.0, refresh_mode="reset",
+                 refresh_every=200, method="uniform_nr", power=2, scaling="none",
+                 side="cols", seed=0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+                 decay_mode="selected", alpha=0.25, refresh_mode="reset",
                  state_dtype=jnp.float32, dense=None, axis_name=None, dp_scores="exact",
                  dp_chunk_elems=1 << 22, shard_state=False, max_grad_norm=None,
                  cap_rank=False):

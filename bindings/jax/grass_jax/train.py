@@ -97,11 +97,11 @@ class Config:
     b2: float = 0.999
     # grass
     rank: int = 32
-    method: str = "multinomial_nr"
+    method: str = "uniform_nr"
     power: int = 2
-    scaling: str = "unbiased"
-    side: str = "auto"
-    alpha: float = 1.0
+    scaling: str = "none"
+    side: str = "cols"
+    alpha: float = 0.25
     refresh_mode: str = "reset"
     refresh_every: int = 200
     state_dtype: str = "float32"

@@ -143,23 +143,23 @@ def test_bad_options_fail_at_construction(kwargs, words):
 
 
 def test_rank_above_the_projected_dimension():
-    """rank > d (here "up" is 48 x 24, d = 48; "down" 8 x 48, d = 48): init refuses it, naming
-    the weight and the fixes; cap_rank=True caps it per weight and says so."""
+    """Side "auto": rank > d (here "up" is 48 x 24, d = 48; "down" 8 x 48, d = 48): init
+    refuses it, naming the weight and the fixes; cap_rank=True caps it per weight and says so."""
     params = model.init_params(jax.random.PRNGKey(4))
-    opt = gj.grass_adamw(1e-3, grass_mask=model.GRASS_MASK, rank=64)
+    opt = gj.grass_adamw(1e-3, grass_mask=model.GRASS_MASK, rank=64, side="auto")
     with pytest.raises(ValueError, match=r"\['down'\] \(8 x 48, side cols\) has only 48 "
                                          r"columns.*rank <= 48.*cap_rank=True"):
         opt.init(params)
     with pytest.raises(ValueError, match=r"\['up'\] \(48 x 24, side rows\) has only 48 rows"):
-        gj.grass_adamw(1e-3, grass_mask={**model.GRASS_MASK, "down": False}, rank=64).init(
-            params)
-    capped = gj.grass_adamw(1e-3, grass_mask=model.GRASS_MASK, rank=64, cap_rank=True)
+        gj.grass_adamw(1e-3, grass_mask={**model.GRASS_MASK, "down": False}, rank=64,
+                       side="auto").init(params)
+    capped = gj.grass_adamw(1e-3, grass_mask=model.GRASS_MASK, rank=64, cap_rank=True, side="auto")
     state = capped.init(params)
     assert capped.layer_ranks(params) == {"embed": None, "up": 48, "up_bias": None,
                                           "down": 48, "head": None}
     assert state.layers["up"].indices.shape == (48,)
     assert capped.rank == 64  # the rank asked for; each weight's is in layer_ranks
-    ok = gj.grass_adamw(1e-3, grass_mask=model.GRASS_MASK, rank=48)
+    ok = gj.grass_adamw(1e-3, grass_mask=model.GRASS_MASK, rank=48, side="auto")
     assert ok.layer_ranks(params)["down"] == 48
 
 
@@ -186,13 +186,15 @@ def test_global_norm_covers_compressed_and_dense_gradients():
 
 
 def test_max_grad_norm_full_rank_equals_clipped_adamw(platform):
-    """At full rank (top_r, no scaling) the compressed gradient is the whole gradient, so
-    grass with max_grad_norm is optax.chain(clip_by_global_norm, adamw) on the whole model;
-    the threshold is well below the gradient norm, so every step clips."""
+    """At full rank (top_r, no scaling, alpha 1, side "auto" so that rank 48 is every row of
+    "up" and every column of "down") the compressed gradient is the whole gradient, so grass
+    with max_grad_norm is optax.chain(clip_by_global_norm, adamw) on the whole model; the
+    threshold is well below the gradient norm, so every step clips."""
     params = model.init_params(jax.random.PRNGKey(1))
     lr, c = 1e-2, 0.05
     opt = gj.grass_adamw(lr, grass_mask=model.GRASS_MASK, rank=48, method="top_r",
-                         scaling="none", refresh_every=10_000, max_grad_norm=c,
+                         scaling="none", side="auto", alpha=1.0, refresh_every=10_000,
+                         max_grad_norm=c,
                          dense=lambda lr: optax.adam(lr))
     ref = optax.chain(optax.clip_by_global_norm(c), optax.adam(lr))
     p_ref, s_ref = copy(params), ref.init(params)

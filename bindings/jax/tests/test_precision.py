@@ -61,10 +61,13 @@ def forward(params, proj, ids, compute):
 
 
 def train(compute, master, state_dtype, steps=40):
+    # A deterministic selection (top_r) with alpha 1 and side "auto": the configuration the
+    # tolerances below were measured for, and one that halves the loss in 40 steps.
     params = jax.tree_util.tree_map(lambda p: p.astype(master),
                                     model.init_params(jax.random.PRNGKey(6)))
     opt = gj.grass_adamw(1e-2, grass_mask=model.GRASS_MASK, rank=8, refresh_every=10,
-                         method="top_r", state_dtype=state_dtype)
+                         method="top_r", scaling="unbiased", side="auto", alpha=1.0,
+                         state_dtype=state_dtype)
     state = opt.init(params)
 
     def loss_fn(params, proj, ids, target):

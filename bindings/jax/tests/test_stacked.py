@@ -90,9 +90,11 @@ def train(opt, loss_fn, params, steps):
 
 
 def test_scanned_model_equals_unrolled(platform):
-    """Sampled rows (multinomial_nr), carry, 3 refreshes: the scanned and the unrolled model
-    take the same steps, bit for bit; every slice selects its own rows."""
-    kw = dict(grass_mask=MASK, rank=6, refresh_every=4, refresh_mode="carry")
+    """Sampled rows (multinomial_nr, unbiased scaling, side "auto"), carry, 3 refreshes: the
+    scanned and the unrolled model take the same steps, bit for bit; every slice selects its
+    own rows."""
+    kw = dict(grass_mask=MASK, rank=6, refresh_every=4, refresh_mode="carry",
+              method="multinomial_nr", scaling="unbiased", side="auto", alpha=1.0)
     params = init_params(jax.random.PRNGKey(0))
     a_params, a_state, a_losses = train(gj.grass_adamw(3e-3, **kw), loss_scan, params, 10)
     b_params, b_state, b_losses = train(gj.grass_adamw(3e-3, **kw), loss_unrolled, params, 10)

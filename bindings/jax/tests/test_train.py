@@ -35,12 +35,14 @@ def test_small_model_trains(platform):
 
 
 def test_full_rank_top_r_equals_adamw(platform):
-    """r = d, top_r, no scaling and one refresh: every row is selected, so the compressed
-    step is plain AdamW (the built-in dense AdamW serves the other leaves)."""
+    """r = d (side "auto": the 48 rows of "up", the 48 columns of "down"), top_r, no scaling,
+    alpha 1 and one refresh: every row is selected, so the compressed step is plain AdamW (the
+    built-in dense AdamW serves the other leaves)."""
     params = model.init_params(jax.random.PRNGKey(1))
     lr = 1e-2
     opt = gj.grass_adamw(lr, grass_mask=model.GRASS_MASK, rank=model.HIDDEN, method="top_r",
-                         scaling="none", refresh_every=10_000, weight_decay=0.01,
+                         scaling="none", side="auto", alpha=1.0, refresh_every=10_000,
+                         weight_decay=0.01,
                          decay_mode="selected")
     ref = optax.adamw(lr, weight_decay=0.01)
     p_ref, s_ref = copy(params), ref.init(params)
@@ -144,9 +146,11 @@ def test_learning_rate_schedule(platform):
 
 
 def test_bf16_weights_and_state(platform):
+    """bf16 weights and state with the default selection; lr 1.2e-2 at the default alpha 0.25
+    steps the projected weights by 3e-3 and the dense ones by 1.2e-2."""
     params = jax.tree_util.tree_map(lambda p: p.astype(jnp.bfloat16),
                                     model.init_params(jax.random.PRNGKey(6)))
-    opt = gj.grass_adamw(3e-3, grass_mask=model.GRASS_MASK, rank=8, refresh_every=20,
+    opt = gj.grass_adamw(1.2e-2, grass_mask=model.GRASS_MASK, rank=8, refresh_every=20,
                          state_dtype=jnp.bfloat16)
     state = opt.init(params)
     step = model.make_step(opt)
@@ -165,7 +169,8 @@ def test_mask_as_a_function_of_path_and_leaf():
     a = gj.grass_adamw(1e-3, grass_mask=by_name, rank=4).init(params)
     b = gj.grass_adamw(1e-3, grass_mask=model.GRASS_MASK, rank=4).init(params)
     assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
-    assert a.layers["up"].m.shape == (4, model.DIM)  # (HIDDEN, DIM): rows projected, k = DIM
+    # "up" is (HIDDEN, DIM); the default side "cols" projects its input columns, so k = HIDDEN
+    assert a.layers["up"].m.shape == (4, model.HIDDEN)
     with pytest.raises(ValueError, match="2-D"):
         gj.grass_adamw(1e-3, grass_mask=lambda p, x: True, rank=4).init(params)
 

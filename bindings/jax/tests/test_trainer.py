@@ -46,8 +46,9 @@ def test_compare_trains_and_writes_the_results(tmp_path, capsys):
     assert g["state_bytes"] < a["state_bytes"]
     assert f"grass rank 8 {g['state_bytes']:,} bytes" in cap.out
     assert f"GaLore rank {q['rank']} {q['state_bytes']:,} bytes" in cap.out
-    # weight-gradient bytes: grass holds r x k per weight, the others m x n
-    assert g["weight_grad_bytes"] == 4 * (4 * 8 * 32 + 3 * 8 * 32)
+    # weight-gradient bytes: grass holds r x k per weight (default side "cols": k = m, so
+    # 32 for the attention weights and w_down, 64 for w_gate and w_up), the others m x n
+    assert g["weight_grad_bytes"] == 4 * (4 * 8 * 32 + 2 * 8 * 64 + 8 * 32)
     assert a["weight_grad_bytes"] == q["weight_grad_bytes"] == 4 * (4 * 32 * 32 + 3 * 64 * 32)
     # the table (stdout and results.md) has a row per optimizer; the PNG is a real image
     for name in res:
@@ -97,7 +98,8 @@ def test_resumed_run_is_bit_identical(tmp_path, capsys):
     (["--refresh-mode", "keep"], "argument --refresh-mode: invalid choice"),
     (["--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
     (["--optimizers", "grass,sgd"], "unknown optimizer 'sgd'"),
-    (["--rank", "33"], "--rank 33 exceeds the projected dimension 32 of blocks.0.wk (32 x 32"),
+    (["--rank", "33"],
+     "--rank 33 exceeds the projected dimension 32 of blocks.0.w_gate (64 x 32, side cols)"),
     (["--rank", "65", "--side", "rows"],
      "--rank 65 exceeds the projected dimension 32 of blocks.0.w_down (32 x 64, side rows)"),
     (["--rank", "0"], "--rank: 0 must be a positive integer"),

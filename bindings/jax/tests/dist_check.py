@@ -177,13 +177,13 @@ def memory():
     W in place, not into a copy."""
     import re
 
-    m, n, b, r = 4096, 1024, 64, 32
+    m, n, b, r = 4096, 1024, 64, 32  # side "rows": r of the 4096 rows, k = 1024
     mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     params = {"w": jax.ShapeDtypeStruct((m, n), jnp.float32)}
     res = {}
     for shard in (False, True):
         opt = gj.grass_adamw(1e-3, grass_mask={"w": True}, rank=r, refresh_every=100,
-                             axis_name="data", shard_state=shard)
+                             side="rows", axis_name="data", shard_state=shard)
         state = jax.eval_shape(opt.init, params)
         specs = opt.state_specs(state)
 

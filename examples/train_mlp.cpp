@@ -38,8 +38,14 @@
 
 #include "device_memory.hpp"
 #include "grass.hpp"
+#include "mlp_task.hpp"
 
 namespace {
+
+using example::init;
+using example::matmul;
+using example::matmul_bt;
+using example::Rng;
 
 constexpr int kVocab = 256, kEmbed = 32, kHidden = 128, kBatch = 128;
 constexpr int kRank1 = 16, kRank2 = 32;
@@ -55,93 +61,27 @@ struct GrassSettings {
 
 // ---- data ------------------------------------------------------------------------------------
 
-// splitmix64: small, fast, and the same numbers on every platform.
-struct Rng {
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return double(next() >> 11) * 0x1.0p-53; }
-  int below(int n) { return int(next() % uint64_t(n)); }
-};
-
+// The chain of the header comment: four favourite successors, the remaining 3% spread evenly.
 class MarkovText {
  public:
-  explicit MarkovText(uint64_t seed) : cdf_(size_t(kVocab) * kVocab) {
-    Rng rng{seed};
-    const double favourite[4] = {0.55, 0.25, 0.12, 0.05};  // the remaining 3% spread evenly
-    std::vector<double> p(kVocab);
-    for (int a = 0; a < kVocab; ++a) {
-      std::fill(p.begin(), p.end(), 0.03 / kVocab);
-      for (double f : favourite) p[size_t(rng.below(kVocab))] += f;
-      double acc = 0.0, h = 0.0;
-      for (int b = 0; b < kVocab; ++b) {
-        acc += p[size_t(b)];
-        cdf_[size_t(a) * kVocab + size_t(b)] = acc;
-        h -= p[size_t(b)] * std::log(p[size_t(b)]);
-      }
-      entropy_ += h / kVocab;
-    }
-  }
+  explicit MarkovText(uint64_t seed) : chain_(seed, kVocab, {0.55, 0.25, 0.12, 0.05}, 0.03) {}
 
   // Batch number `step`: a deterministic function of `step`, so a resumed run sees the same data.
   void batch(uint64_t step, std::vector<int>& context, std::vector<int>& next) const {
     Rng rng{0x5eed0000u + step * 7919u};
     context.resize(kBatch);
     next.resize(kBatch);
-    for (int t = 0; t < kBatch; ++t) {
-      const int a = rng.below(kVocab);
-      const double u = rng.uniform();
-      const double* row = &cdf_[size_t(a) * kVocab];
-      int b = 0;
-      while (b < kVocab - 1 && row[b] <= u) ++b;
-      context[size_t(t)] = a;
-      next[size_t(t)] = b;
-    }
+    for (int t = 0; t < kBatch; ++t) chain_.draw(rng, context[size_t(t)], next[size_t(t)]);
   }
 
   // The loss of a perfect model: the mean conditional entropy (nats).
-  double entropy() const { return entropy_; }
+  double entropy() const { return chain_.entropy(); }
 
  private:
-  std::vector<double> cdf_;
-  double entropy_ = 0.0;
+  example::MarkovChain chain_;
 };
 
 // ---- model -----------------------------------------------------------------------------------
-
-// out (rows x cols) = a (rows x inner) * b^T (b is cols x inner) + bias
-void matmul_bt(const float* a, const float* b, const float* bias, float* out, int rows, int inner,
-               int cols) {
-  for (int i = 0; i < rows; ++i) {
-    for (int j = 0; j < cols; ++j) {
-      float s = bias[j];
-      for (int k = 0; k < inner; ++k) s += a[i * inner + k] * b[j * inner + k];
-      out[i * cols + j] = s;
-    }
-  }
-}
-
-// out (rows x cols) = a (rows x inner) * b (inner x cols)
-void matmul(const float* a, const float* b, float* out, int rows, int inner, int cols) {
-  for (int i = 0; i < rows; ++i) {
-    float* o = out + i * cols;
-    std::fill(o, o + cols, 0.0f);
-    for (int k = 0; k < inner; ++k) {
-      const float aik = a[i * inner + k];
-      for (int j = 0; j < cols; ++j) o[j] += aik * b[k * cols + j];
-    }
-  }
-}
-
-std::vector<float> init(Rng& rng, size_t n, float scale) {
-  std::vector<float> v(n);
-  for (auto& x : v) x = scale * float(2.0 * rng.uniform() - 1.0);
-  return v;
-}
 
 struct Model {
   // parameters (row-major, a linear layer's W is out x in)
@@ -204,19 +144,10 @@ struct Model {
     matmul_bt(h.data(), w2.data(), b2.data(), logits.data(), kBatch, kHidden, kVocab);
     double loss = 0.0;
     for (int t = 0; t < kBatch; ++t) {
-      float* row = &logits[size_t(t) * kVocab];
-      float* d = &d_logits[size_t(t) * kVocab];
-      float top = row[0];
-      for (int v = 1; v < kVocab; ++v) top = std::max(top, row[v]);
-      double sum = 0.0;
-      for (int v = 0; v < kVocab; ++v) sum += std::exp(double(row[v] - top));
-      const int y = next[size_t(t)];
-      loss += std::log(sum) - double(row[y] - top);
       // d(mean loss)/d logits = (softmax - onehot) / batch
-      for (int v = 0; v < kVocab; ++v) {
-        d[v] = float(std::exp(double(row[v] - top)) / sum) / kBatch;
-      }
-      d[y] -= 1.0f / kBatch;
+      loss += example::softmax_cross_entropy(&logits[size_t(t) * kVocab],
+                                             &d_logits[size_t(t) * kVocab], kVocab,
+                                             next[size_t(t)], kBatch);
     }
     return float(loss / kBatch);
   }

@@ -58,6 +58,7 @@
 
 #include "device_memory.hpp"
 #include "grass.hpp"
+#include "mlp_task.hpp"
 
 #ifdef GRASS_EXAMPLE_NCCL
 #include <dlfcn.h>
@@ -66,42 +67,21 @@
 
 namespace {
 
+using example::init;
+using example::matmul;
+using example::matmul_bt;
+using example::Rng;
+
 constexpr int kVocab = 256, kEmbed = 64, kHidden = 256;
 constexpr int64_t kRank1 = 16, kRank2 = 32;
 constexpr float kLr = 0.01f;
 
 // ---- data ------------------------------------------------------------------------------------
 
-// splitmix64: the same numbers on every platform and rank.
-struct Rng {
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return double(next() >> 11) * 0x1.0p-53; }
-  int below(int n) { return int(next() % uint64_t(n)); }
-};
-
-// A Markov chain in which each token has four favourite successors.
+// Each token has four favourite successors; the remaining 5% is spread evenly.
 class MarkovText {
  public:
-  explicit MarkovText(uint64_t seed) : cdf_(size_t(kVocab) * kVocab) {
-    Rng rng{seed};
-    const double favourite[4] = {0.5, 0.25, 0.12, 0.08};  // the remaining 5% spread evenly
-    std::vector<double> p(kVocab);
-    for (int a = 0; a < kVocab; ++a) {
-      std::fill(p.begin(), p.end(), 0.05 / kVocab);
-      for (double f : favourite) p[size_t(rng.below(kVocab))] += f;
-      double acc = 0.0;
-      for (int b = 0; b < kVocab; ++b) {
-        acc += p[size_t(b)];
-        cdf_[size_t(a) * kVocab + size_t(b)] = acc;
-      }
-    }
-  }
+  explicit MarkovText(uint64_t seed) : chain_(seed, kVocab, {0.5, 0.25, 0.12, 0.08}, 0.05) {}
 
   // Global batch `step` (a function of `step` alone), and of it the slice [first, first + count).
   void batch(uint64_t step, int global, int first, int count, std::vector<int>& context,
@@ -110,11 +90,8 @@ class MarkovText {
     context.clear();
     next.clear();
     for (int t = 0; t < global; ++t) {
-      const int a = rng.below(kVocab);
-      const double u = rng.uniform();
-      const double* row = &cdf_[size_t(a) * kVocab];
-      int b = 0;
-      while (b < kVocab - 1 && row[b] <= u) ++b;
+      int a = 0, b = 0;
+      chain_.draw(rng, a, b);
       if (t >= first && t < first + count) {
         context.push_back(a);
         next.push_back(b);
@@ -123,7 +100,7 @@ class MarkovText {
   }
 
  private:
-  std::vector<double> cdf_;
+  example::MarkovChain chain_;
 };
 
 // ---- memory of the context --------------------------------------------------------------------
@@ -362,36 +339,6 @@ constexpr size_t kFields = sizeof kFieldNames / sizeof kFieldNames[0];
 
 // ---- model -----------------------------------------------------------------------------------
 
-std::vector<float> init(Rng& rng, size_t n, float scale) {
-  std::vector<float> v(n);
-  for (auto& x : v) x = scale * float(2.0 * rng.uniform() - 1.0);
-  return v;
-}
-
-// out (rows x cols) = a (rows x inner) * b^T (b is cols x inner) + bias
-void matmul_bt(const float* a, const float* b, const float* bias, float* out, int rows, int inner,
-               int cols) {
-  for (int i = 0; i < rows; ++i) {
-    for (int j = 0; j < cols; ++j) {
-      float s = bias[j];
-      for (int k = 0; k < inner; ++k) s += a[i * inner + k] * b[j * inner + k];
-      out[i * cols + j] = s;
-    }
-  }
-}
-
-// out (rows x cols) = a (rows x inner) * b (inner x cols)
-void matmul(const float* a, const float* b, float* out, int rows, int inner, int cols) {
-  for (int i = 0; i < rows; ++i) {
-    float* o = out + i * cols;
-    std::fill(o, o + cols, 0.0f);
-    for (int k = 0; k < inner; ++k) {
-      const float aik = a[i * inner + k];
-      for (int j = 0; j < cols; ++j) o[j] += aik * b[k * cols + j];
-    }
-  }
-}
-
 // The model of one rank: parameters, and the activations and gradients of its batch shard.
 struct Model {
   static constexpr size_t kEmbN = size_t(kVocab) * kEmbed, kB1N = kHidden, kB2N = kVocab;
@@ -429,15 +376,9 @@ struct Model {
     matmul_bt(h.host.data(), w2.host.data(), b2.host.data(), logits.data(), b, kHidden, kVocab);
     double loss = 0.0;
     for (int t = 0; t < b; ++t) {
-      const float* row = &logits[size_t(t) * kVocab];
-      float* d = &d_logits.host[size_t(t) * kVocab];
-      const float top = *std::max_element(row, row + kVocab);
-      double sum = 0.0;
-      for (int v = 0; v < kVocab; ++v) sum += std::exp(double(row[v] - top));
-      const int y = next[size_t(t)];
-      loss += std::log(sum) - double(row[y] - top);
-      for (int v = 0; v < kVocab; ++v) d[v] = float(std::exp(double(row[v] - top)) / sum) / norm;
-      d[y] -= 1.0f / norm;
+      loss += example::softmax_cross_entropy(&logits[size_t(t) * kVocab],
+                                             &d_logits.host[size_t(t) * kVocab], kVocab,
+                                             next[size_t(t)], norm);
     }
     std::vector<float> d_h(h.size()), d_x(x.size());
     matmul(d_logits.host.data(), w2.host.data(), d_h.data(), b, kVocab, kHidden);

@@ -30,16 +30,30 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
+# The selection options every grass row was measured under where the row does not set them
+# (grass_adamw's defaults before the sweep moved them): each command names them, so that it
+# reproduces its row whatever the defaults are now.
+MEASURED_UNDER = (("--method", "multinomial_nr"), ("--scaling", "unbiased"), ("--alpha", "1"),
+                  ("--side", "auto"))
+
+
+def pinned(opt, argv):
+    """argv plus, for grass, the MEASURED_UNDER options it leaves out."""
+    if opt != "grass":
+        return list(argv)
+    return list(argv) + [x for k, v in MEASURED_UNDER if k not in argv for x in (k, v)]
+
+
 def rows():
     """[(phase, id, optimizer, trainer options)] in the order they run."""
     out = []
-    add = lambda phase, rid, opt, argv: out.append((phase, rid, opt, list(argv)))
+    add = lambda phase, rid, opt, argv: out.append((phase, rid, opt, pinned(opt, argv)))
     # The most telling rows first, so that a sweep cut short has them.
     for opt, lr in (("adamw", "3e-3"), ("galore", "1e-2"), ("grass", "3e-3"),
                     ("adamw", "1e-3"), ("adamw", "6e-3"), ("galore", "2e-2"),
                     ("grass", "1e-2"), ("adamw", "2e-3"), ("galore", "4e-2"),
                     ("grass", "1e-3")):
-        add("lr", f"{opt}{' defaults' if opt == 'grass' else ''} lr {lr}", opt, ["--lr", lr])
+        add("lr", f"{opt}{' former defaults' if opt == 'grass' else ''} lr {lr}", opt, ["--lr", lr])
     recipe = lambda lr, method, scaling: ["--lr", lr, "--alpha", "0.25", "--refresh-every",
                                           "200", "--refresh-mode", "reset", "--method", method,
                                           "--scaling", scaling]

@@ -10,6 +10,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <stdexcept>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace example {
@@ -112,6 +115,17 @@ inline double softmax_cross_entropy(const float* logits, float* d_logits, int vo
   }
   d_logits[label] -= 1.0f / norm;
   return std::log(sum) - double(logits[label] - top);
+}
+
+// The enumerator of `table` named `name` (the command-line option `what` gave it).
+template <class E, size_t N>
+E named(const char* what, const std::string& name, const std::pair<const char*, E> (&table)[N]) {
+  for (const auto& [key, value] : table) {
+    if (name == key) return value;
+  }
+  std::string known;
+  for (const auto& entry : table) known += std::string(known.empty() ? "" : ", ") + entry.first;
+  throw std::runtime_error(std::string(what) + " must be one of " + known + ", not " + name);
 }
 
 }  // namespace example

@@ -43,6 +43,7 @@
 namespace {
 
 using example::init;
+using example::named;
 using example::matmul;
 using example::matmul_bt;
 using example::Rng;
@@ -362,16 +363,6 @@ struct Options {
   GrassSettings grass;
 };
 
-// The enumerator of `table` named `name` (the option `what` gave it).
-template <class E, size_t N>
-E named(const char* what, const std::string& name, const std::pair<const char*, E> (&table)[N]) {
-  for (const auto& [key, value] : table) {
-    if (name == key) return value;
-  }
-  std::string known;
-  for (const auto& entry : table) known += std::string(known.empty() ? "" : ", ") + entry.first;
-  throw std::runtime_error(std::string(what) + " must be one of " + known + ", not " + name);
-}
 
 constexpr const char* kUsage =
     "usage: grass_train_mlp [--steps N] [--resume-steps N] [--checkpoint PATH] [--cpu] "

@@ -68,6 +68,7 @@
 namespace {
 
 using example::init;
+using example::named;
 using example::matmul;
 using example::matmul_bt;
 using example::Rng;
@@ -737,15 +738,6 @@ bool report_wire(const Trainer& t, const Settings& s, bool print) {
 
 // ---- main ------------------------------------------------------------------------------------
 
-template <class E, size_t N>
-E named(const char* what, const std::string& name, const std::pair<const char*, E> (&table)[N]) {
-  for (const auto& [key, value] : table) {
-    if (name == key) return value;
-  }
-  std::string known;
-  for (const auto& entry : table) known += std::string(known.empty() ? "" : ", ") + entry.first;
-  throw std::runtime_error(std::string(what) + " must be one of " + known + ", not " + name);
-}
 
 constexpr const char* kUsage =
     "usage: mpirun -np N grass_train_mlp_mpi [--steps N] [--global-batch B] [--refresh-every K] "

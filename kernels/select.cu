@@ -8,10 +8,15 @@
 #include "common.cuh"
 #include "rng.cuh"
 
-// Threads of the block (a power of two; the host launches 1024). Tests that run the kernel
-// on the host use fewer.
+// Threads of the block (a power of two; the host launches SELECT_THREADS of src/cuda/ops.rs,
+// the same number). 512 with __launch_bounds__(SEL_THREADS, 1) lets ptxas keep the kernel in
+// 92 registers with no spills (at 1024 it had 64 registers, the most a 1024-thread block can
+// have, and 100/260 bytes of spill stores/loads), and leaves 36 registers a thread of the
+// register file for the instrumentation compute-sanitizer adds (scripts/kernel_resources.sh,
+// docs/cuda.md). The results do not depend on the block size: the order-dependent sums run on
+// thread 0, and tests/kernels_on_host.rs checks them bit for bit with 64 host threads.
 #ifndef SEL_THREADS
-#define SEL_THREADS 1024
+#define SEL_THREADS 512
 #endif
 #define NONE 0xFFFFFFFFu
 
@@ -341,7 +346,7 @@ __device__ void systematic(const double* pi, i32 d, i32 r, RngKey rng, u64* keys
 // Chooses r of d indices from scores and writes them, sorted by (index, scale), with their
 // scales. Scratch: w and aux hold d doubles, keys and vals `padded` entries (the power of
 // two at or above d), taken d bytes. Launch with one block of SEL_THREADS threads.
-extern "C" __global__ void __launch_bounds__(SEL_THREADS)
+extern "C" __global__ void __launch_bounds__(SEL_THREADS, 1)
 select_rows(const float* __restrict__ scores, i32 d, i32 r, i32 method, i32 power,
             i32 scaling_none, u64 seed, u32 layer_id, u32 refresh_index,
             const u32* refresh_index_at, i32* indices, float* scales, double* w, double* aux, u64* keys, u32* vals,

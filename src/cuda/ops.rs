@@ -18,8 +18,9 @@ use crate::cuda::launch::{self, launch, Arg, Shape};
 const BLOCK: u32 = 256;
 /// Blocks of the grid-stride kernels (enough to fill any current GPU).
 const MAX_BLOCKS: u32 = 4096;
-/// Threads of the selection kernel (SEL_THREADS in kernels/select.cu).
-const SELECT_THREADS: u32 = 1024;
+/// Threads of the selection kernel (SEL_THREADS in kernels/select.cu, whose launch bounds
+/// refuse a larger block).
+const SELECT_THREADS: u32 = 512;
 /// Threads per block of the carry kernel (at most CARRY_THREADS in kernels/state_refresh.cu, which
 /// sizes its shared memory by it); its blocks split the columns.
 const CARRY_THREADS: u32 = 256;

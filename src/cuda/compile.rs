@@ -4,8 +4,15 @@
 //! [`KernelCache`] keeps what NVRTC made, so that only the first context of a process compiles
 //! (and, with the disk cache, only the first process): entries are keyed by the architecture,
 //! the NVRTC version and a hash of every kernel source, header and option.
+//!
+//! Kernels can also be compiled ahead of time ([`write_prebuilt`], the example
+//! `prebuild_kernels`) into a directory named by `GRASS_PREBUILT_KERNELS`: an entry there is used
+//! without NVRTC when its architecture and source hash match this build's, whichever NVRTC
+//! version made it (a CUBIN is machine code for its architecture; the driver loads it or
+//! refuses it, and a refused one is compiled afresh: [`KernelCache::refuse_prebuilt`]). An
+//! entry made from other sources has another hash and is never used.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{c_char, CStr, CString};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -256,6 +263,16 @@ impl CacheKey {
         })
     }
 
+    /// The key of the kernels compiled for `sm_{major}{minor}` from this build's sources by the
+    /// NVRTC `nvrtc` (no NVRTC needed: a prebuilt entry's key).
+    pub fn with_nvrtc(major: i32, minor: i32, nvrtc: (i32, i32)) -> CacheKey {
+        CacheKey {
+            arch: (major, minor),
+            nvrtc,
+            source_hash: source_hash(&format!("sm_{major}{minor}")),
+        }
+    }
+
     /// The name of the key's entry in a cache directory.
     pub fn file_name(&self) -> String {
         format!(
@@ -289,13 +306,29 @@ fn source_hash(target: &str) -> u64 {
     h
 }
 
-/// Compiled kernels of every key asked for so far, in memory and optionally in a directory.
-/// Contexts share [`KernelCache::global`]; tests make their own.
+/// The environment variable naming the directory of kernels compiled ahead of time.
+pub const PREBUILT_VAR: &str = "GRASS_PREBUILT_KERNELS";
+
+/// Compiled kernels of every architecture asked for so far, in memory and optionally in a
+/// directory, and the kernels compiled ahead of time in another. Contexts share
+/// [`KernelCache::global`]; tests make their own.
 pub struct KernelCache {
     dir: Option<PathBuf>,
-    memory: Mutex<HashMap<CacheKey, Arc<Vec<Cubin>>>>,
+    prebuilt: Option<PathBuf>,
+    /// By (architecture, source hash): one NVRTC serves a process, so its version adds nothing.
+    memory: Mutex<Memory>,
     compiles: AtomicU64,
     disk_hits: AtomicU64,
+    prebuilt_hits: AtomicU64,
+}
+
+#[derive(Default)]
+struct Memory {
+    entries: HashMap<((i32, i32), u64), Arc<Vec<Cubin>>>,
+    /// Architectures whose entry in memory came from the prebuilt directory.
+    from_prebuilt: HashSet<(i32, i32)>,
+    /// Architectures whose prebuilt entry the driver refused: compiled from now on.
+    refused: HashSet<(i32, i32)>,
 }
 
 /// Start of a cache file; the number is the format's version.
@@ -304,19 +337,62 @@ const MAGIC: &[u8; 8] = b"GRASSKC1";
 impl KernelCache {
     /// A cache kept in memory and, when `dir` is given, in files there.
     pub fn new(dir: Option<PathBuf>) -> KernelCache {
+        KernelCache::with_prebuilt(dir, None)
+    }
+
+    /// A cache as [`KernelCache::new`] that first looks for kernels compiled ahead of time in
+    /// `prebuilt` (entries as [`write_prebuilt`] writes them).
+    pub fn with_prebuilt(dir: Option<PathBuf>, prebuilt: Option<PathBuf>) -> KernelCache {
         KernelCache {
             dir,
-            memory: Mutex::new(HashMap::new()),
+            prebuilt,
+            memory: Mutex::new(Memory::default()),
             compiles: AtomicU64::new(0),
             disk_hits: AtomicU64::new(0),
+            prebuilt_hits: AtomicU64::new(0),
         }
     }
 
     /// The process-wide cache. Its directory is `$GRASS_KERNEL_CACHE` when set (`off`: memory
-    /// only), else `$XDG_CACHE_HOME/grass/kernels`, else `$HOME/.cache/grass/kernels`.
+    /// only), else `$XDG_CACHE_HOME/grass/kernels`, else `$HOME/.cache/grass/kernels`; the
+    /// prebuilt kernels are looked for in `$GRASS_PREBUILT_KERNELS` when set.
     pub fn global() -> &'static KernelCache {
         static GLOBAL: OnceLock<KernelCache> = OnceLock::new();
-        GLOBAL.get_or_init(|| KernelCache::new(default_dir()))
+        GLOBAL.get_or_init(|| {
+            let prebuilt = std::env::var_os(PREBUILT_VAR)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from);
+            KernelCache::with_prebuilt(default_dir(), prebuilt)
+        })
+    }
+
+    /// The directory of kernels compiled ahead of time, if any.
+    pub fn prebuilt_dir(&self) -> Option<&Path> {
+        self.prebuilt.as_deref()
+    }
+
+    /// Entries this cache took from the prebuilt directory.
+    pub fn prebuilt_hits(&self) -> u64 {
+        self.prebuilt_hits.load(Ordering::Relaxed)
+    }
+
+    /// Whether the kernels this cache holds for `sm_{major}{minor}` came from the prebuilt
+    /// directory.
+    pub fn is_prebuilt(&self, major: i32, minor: i32) -> bool {
+        let memory = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        memory.from_prebuilt.contains(&(major, minor))
+    }
+
+    /// Forgets the prebuilt kernels of `sm_{major}{minor}` (the driver would not load them, e.g.
+    /// made by an NVRTC newer than the driver): the next [`KernelCache::get`] compiles.
+    pub fn refuse_prebuilt(&self, major: i32, minor: i32) {
+        let mut memory = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        if memory.from_prebuilt.remove(&(major, minor)) {
+            memory
+                .entries
+                .retain(|(arch, _), _| *arch != (major, minor));
+        }
+        memory.refused.insert((major, minor));
     }
 
     /// The directory of the disk cache, if any.
@@ -339,15 +415,31 @@ impl KernelCache {
         self.dir.as_ref().map(|d| d.join(key.file_name()))
     }
 
-    /// Every module compiled for `sm_{major}{minor}`: from memory, else from a valid file of the
+    /// Every module compiled for `sm_{major}{minor}`: from memory, else from a matching entry
+    /// of the prebuilt directory (no NVRTC needed), else from a valid file of the cache
     /// directory, else from NVRTC (then kept in both). Callers for the same key wait for one
     /// compilation rather than each running their own.
     pub fn get(&self, major: i32, minor: i32) -> Result<Arc<Vec<Cubin>>> {
-        let key = CacheKey::new(major, minor)?;
+        let arch = (major, minor);
+        let hash = source_hash(&format!("sm_{major}{minor}"));
         let mut memory = self.memory.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(hit) = memory.get(&key) {
+        if let Some(hit) = memory.entries.get(&(arch, hash)) {
             return Ok(hit.clone());
         }
+        if !memory.refused.contains(&arch) {
+            if let Some(c) = self
+                .prebuilt
+                .as_deref()
+                .and_then(|d| find_prebuilt(d, arch))
+            {
+                self.prebuilt_hits.fetch_add(1, Ordering::Relaxed);
+                let c = Arc::new(c);
+                memory.entries.insert((arch, hash), c.clone());
+                memory.from_prebuilt.insert(arch);
+                return Ok(c);
+            }
+        }
+        let key = CacheKey::new(major, minor)?;
         let path = self.path(&key);
         let cubins = match path.as_deref().and_then(|p| read_entry(p, &key)) {
             Some(c) => {
@@ -365,9 +457,72 @@ impl KernelCache {
             }
         };
         let cubins = Arc::new(cubins);
-        memory.insert(key, cubins.clone());
+        memory.entries.insert((arch, hash), cubins.clone());
         Ok(cubins)
     }
+}
+
+/// The kernels of `arch` in `dir` made from this build's sources: the first entry named for
+/// `arch` and this build's source hash (by any NVRTC) that is whole and says the same inside.
+fn find_prebuilt(dir: &Path, arch: (i32, i32)) -> Option<Vec<Cubin>> {
+    let want = CacheKey::with_nvrtc(arch.0, arch.1, (0, 0));
+    let (prefix, suffix) = (
+        format!("kernels-sm{}{}-nvrtc", arch.0, arch.1),
+        format!("-{:016x}.bin", want.source_hash),
+    );
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(&suffix))
+        })
+        .collect();
+    names.sort();
+    names.into_iter().find_map(|p| {
+        let bytes = std::fs::read(&p).ok()?;
+        let nvrtc = stored_key(&bytes)?.nvrtc;
+        decode(&bytes, &CacheKey { nvrtc, ..want })
+    })
+}
+
+/// The key a cache file says it holds (not checked against its contents: see `decode`).
+fn stored_key(bytes: &[u8]) -> Option<CacheKey> {
+    let rest = bytes.strip_prefix(MAGIC.as_slice())?;
+    let i32_at = |i: usize| -> Option<i32> {
+        Some(i32::from_le_bytes(
+            rest.get(4 * i..4 * i + 4)?.try_into().ok()?,
+        ))
+    };
+    Some(CacheKey {
+        arch: (i32_at(0)?, i32_at(1)?),
+        nvrtc: (i32_at(2)?, i32_at(3)?),
+        source_hash: u64::from_le_bytes(rest.get(16..24)?.try_into().ok()?),
+    })
+}
+
+/// Writes `cubins` as the entry of `key` into `dir` (the cache's file format and name, so
+/// that a prebuilt directory is also a valid cache directory); returns its path.
+pub fn write_prebuilt_entry(dir: &Path, key: &CacheKey, cubins: &[Cubin]) -> Result<PathBuf> {
+    let path = dir.join(key.file_name());
+    if let Err(e) = write_entry(&path, key, cubins) {
+        bail!(
+            InvalidValue,
+            "cannot write the prebuilt kernels to {}: {e}",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Compiles every module for `sm_{major}{minor}` with the NVRTC this process loads and writes
+/// them into `dir` for `GRASS_PREBUILT_KERNELS`; returns the entry's path.
+pub fn write_prebuilt(dir: &Path, major: i32, minor: i32) -> Result<PathBuf> {
+    let key = CacheKey::new(major, minor)?;
+    let cubins = compile_all(major, minor)?;
+    write_prebuilt_entry(dir, &key, &cubins)
 }
 
 fn default_dir() -> Option<PathBuf> {

@@ -161,9 +161,18 @@ impl Device {
         let arch = ctx
             .compute_capability()
             .map_err(|e| driver_error("cuDeviceGetAttribute(compute capability)", e))?;
-        // NVRTC runs once per architecture and process (or not at all, from the disk cache).
-        let cubins = compile::KernelCache::global().get(arch.0, arch.1)?;
-        let modules = Modules::load(&cubins)?;
+        // NVRTC runs once per architecture and process (or not at all, from the disk cache or
+        // the prebuilt kernels). Prebuilt CUBINs the driver refuses (made by a newer NVRTC than
+        // the driver knows, say) are compiled here instead.
+        let cache = compile::KernelCache::global();
+        let cubins = cache.get(arch.0, arch.1)?;
+        let modules = match Modules::load(&cubins) {
+            Err(_) if cache.is_prebuilt(arch.0, arch.1) => {
+                cache.refuse_prebuilt(arch.0, arch.1);
+                Modules::load(&cache.get(arch.0, arch.1)?)?
+            }
+            loaded => loaded?,
+        };
         let kernels = modules.kernels()?;
         let blas = Blas::new()?;
         let mut event = std::ptr::null_mut();

@@ -1,5 +1,12 @@
 """Shared fixtures. Every test that takes `platform` runs once on CPU and once on a GPU; the
-GPU run skips, saying why, where JAX has no GPU or libgrass has no usable CUDA context."""
+GPU run skips, saying why, where JAX has no GPU or libgrass has no usable CUDA context.
+
+On a GPU, JAX computes f32 matrix products in TF32 by default (Ampere and later: about 3e-4
+relative error), while libgrass computes them in true f32; `reference_precision` makes the
+references (and every JAX product of the test) true f32 there, so that the f32 tolerance below
+compares like with like."""
+
+import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +34,24 @@ def gpu_skip_reason():
     return None
 
 
+def reference_precision(platform):
+    """The matmul precision of the references on `platform`: "highest" (true f32) on a GPU,
+    whose default is TF32; the CPU backend computes f32 products in f32 already."""
+    if platform == "gpu":
+        return jax.default_matmul_precision("highest")
+    return contextlib.nullcontext()
+
+
+def skip_hlo_structure_on_gpu(platform):
+    """Checks of the compiled HLO's text (which instructions make an m x n value) are written
+    against the CPU backend's HLO; the GPU compiler's fusions, layouts and copies differ. On a
+    GPU the memory claim is checked by XLA's memory analysis (test_memory_below_adamw) and by
+    the device peak of bench/bench_jax_memory.py instead."""
+    if platform == "gpu":
+        pytest.skip("HLO-structure check written against the CPU backend's HLO; on the GPU the "
+                    "memory analysis and bench_jax_memory.py's device peak check the claim")
+
+
 @pytest.fixture(params=["cpu", "gpu"])
 def platform(request):
     if request.param == "gpu":
@@ -34,7 +59,7 @@ def platform(request):
         if reason:
             pytest.skip(reason)
     device = jax.devices(request.param)[0]
-    with jax.default_device(device):
+    with jax.default_device(device), reference_precision(request.param):
         yield request.param
 
 

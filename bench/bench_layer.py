@@ -3,13 +3,19 @@ refresh (row scores + selection), against the floor and, in the same process on 
 and data, the peers of bench/peers.py (full-rank cuBLAS dW + fused AdamW, GaLore with a torch
 SVD, GRASS in eager PyTorch). Also peak memory of one 13824 x 5120 layer per method.
 
-Usage (GPU machine, with torch): python3 bench/bench_layer.py
-(libgrass.so from $GRASS_LIB or target/release). Writes $OUT/bench.json and $OUT/bench.md when
-OUT is set; the results go into BENCHMARKS.md with the date, card and command.
+Usage (GPU machine, with torch): python3 bench/bench_layer.py [--budget SECONDS]
+(libgrass.so from $GRASS_LIB or target/release). With OUT set, every configuration's row is
+appended to $OUT/bench.md and $OUT/bench.jsonl (flushed) as soon as it is measured, so a run
+stopped from outside keeps what it measured; $OUT/bench.json is rewritten after each row. With
+--budget (or $BENCH_BUDGET_S) the run stops starting configurations, GaLore SVD samples and the
+memory pass when the time left would not cover them, and says so under the table. The results
+go into BENCHMARKS.md with the date, card and command.
 """
+import argparse
 import json
 import os
 import sys
+import time
 
 import torch
 
@@ -164,37 +170,15 @@ def memory_13824(ops, r=256):
             "galore_peak_mib": peak_memory(galore)}
 
 
-def main():
-    bw, fl = peers.ceilings()
-    card = torch.cuda.get_device_name()
-    print(f"{card}: copy {bw / 1e12:.2f} TB/s, bf16 GEMM {fl / 1e12:.0f} TFLOP/s", flush=True)
-    ops = gt.Torch()
-    rows = []
-    for (m, n) in SHAPES:
-        for r in RANKS:
-            row = {"m": m, "n": n, "b": B, "r": r}
-            row.update(bench_grass(ops, m, n, B, r))
-            row.update(peers.bench(m, n, B, r, K, bw, fl))
-            fg, fs, fb = floors(m, n, B, r, bw, fl)
-            row.update({"floor_grad_ms": fg, "floor_step_ms": fs, "floor_both_ms": fb})
-            # the same floor with the gather's dY traffic counted in whole sectors
-            sector_bytes = (B * n * 2 + row["dy_gather_sector_bytes"] + r * n * 4 * 4 + r * n * 2 * 2)
-            row["floor_both_sectors_ms"] = max(sector_bytes / bw, 2 * r * B * n / fl) * 1e3
-            row["grass_ms"] = row["grass_both_ms"] + row["grass_refresh_ms"] / K
-            rows.append(row)
-            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    mem = memory_13824(ops)
-    lines = [f"card: {card}; copy {bw / 1e12:.2f} TB/s, bf16 GEMM {fl / 1e12:.0f} TFLOP/s; b = {B}, K = {K}, bf16, "
-             "side = rows",
-             "",
-             "| m x n | r | grad ms (x floor) | step ms (x floor) | grad+step ms (x floor) | graph replay ms "
-             "| refresh ms (x dense dW) | carry remap ms | grass amortized ms | full dW+AdamW ms (ratio) "
-             "| GaLore ms (ratio) | eager GRASS ms (ratio) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for o in rows:
-        g = o["grass_ms"]
-        lines.append(
-            f"| {o['m']} x {o['n']} | {o['r']} | {o['grass_grad_ms']:.3f} ({o['grass_grad_ms'] / o['floor_grad_ms']:.2f}) "
+TABLE_HEAD = ["| m x n | r | grad ms (x floor) | step ms (x floor) | grad+step ms (x floor) | graph replay ms "
+              "| refresh ms (x dense dW) | carry remap ms | grass amortized ms | full dW+AdamW ms (ratio) "
+              "| GaLore ms (ratio) | eager GRASS ms (ratio) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+
+def table_row(o):
+    g = o["grass_ms"]
+    return (f"| {o['m']} x {o['n']} | {o['r']} | {o['grass_grad_ms']:.3f} ({o['grass_grad_ms'] / o['floor_grad_ms']:.2f}) "
             f"| {o['grass_step_ms']:.3f} ({o['grass_step_ms'] / o['floor_step_ms']:.2f}) "
             f"| {o['grass_both_ms']:.3f} ({o['grass_both_ms'] / o['floor_both_ms']:.2f}) "
             f"| {o['grass_both_graph_ms']:.3f} "
@@ -202,21 +186,120 @@ def main():
             f"| {o['grass_carry_ms']:.3f} | {g:.3f} "
             f"| {o['full_ms']:.3f} ({o['full_ms'] / g:.1f}x) | {o['galore_ms']:.3f} ({o['galore_ms'] / g:.1f}x) "
             f"| {o['grass_t_ms']:.3f} ({o['grass_t_ms'] / g:.1f}x) |")
-    lines += ["", "grad+step against the floor with dY's gather counted in whole 32-byte sectors, and the "
+
+
+class Writer:
+    """bench.md, bench.jsonl (appended and flushed line by line) and bench.json in $OUT."""
+
+    def __init__(self, out):
+        self.out = out
+        self.doc = {}
+
+    def md(self, *lines, mode="a"):
+        print("\n".join(lines), flush=True)
+        if self.out:
+            with open(os.path.join(self.out, "bench.md"), mode) as f:
+                f.write("\n".join(lines) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+    def record(self, key, value):
+        """Appends one result to bench.jsonl and rewrites bench.json with everything so far."""
+        if isinstance(self.doc.get(key), list):
+            self.doc[key].append(value)
+        else:
+            self.doc[key] = value
+        if not self.out:
+            return
+        with open(os.path.join(self.out, "bench.jsonl"), "a") as f:
+            f.write(json.dumps({key: value}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp = os.path.join(self.out, "bench.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.doc, f, indent=1)
+        os.replace(tmp, os.path.join(self.out, "bench.json"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--budget", type=float, default=float(os.environ.get("BENCH_BUDGET_S", "0")) or None,
+                    help="seconds for the whole run (default: $BENCH_BUDGET_S, else unbounded)")
+    ap.add_argument("--svd-budget", type=float, default=30.0,
+                    help="seconds of GaLore SVDs beyond the one per shape that a projector needs")
+    args = ap.parse_args()
+    t0 = time.monotonic()
+    deadline = t0 + args.budget if args.budget else None
+    out = os.environ.get("OUT")
+    if out:
+        for name in ("bench.md", "bench.jsonl", "bench.json"):
+            if os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
+    w = Writer(out)
+
+    bw, fl = peers.ceilings()
+    card = torch.cuda.get_device_name()
+    w.record("card", card)
+    w.record("bw", bw)
+    w.record("flops", fl)
+    w.record("rows", [])
+    w.md(f"card: {card}; copy {bw / 1e12:.2f} TB/s, bf16 GEMM {fl / 1e12:.0f} TFLOP/s; b = {B}, K = {K}, bf16, "
+         "side = rows", "", *TABLE_HEAD, mode="w")
+    ops = gt.Torch()
+    svd = peers.SvdSamples(most=4, budget_s=args.svd_budget, deadline=deadline)
+    configs = [(m, n, r) for (m, n) in SHAPES for r in RANKS]
+    rows, took = [], {}
+    for (m, n, r) in configs:
+        # the time of this shape's last configuration (or the longest so far) must still fit
+        guess = took.get((m, n), max(took.values(), default=0.0))
+        if deadline is not None and time.monotonic() + guess > deadline:
+            break
+        c0 = time.monotonic()
+        row = {"m": m, "n": n, "b": B, "r": r}
+        row.update(bench_grass(ops, m, n, B, r))
+        row.update(peers.bench(m, n, B, r, K, bw, fl, svd=svd))
+        fg, fs, fb = floors(m, n, B, r, bw, fl)
+        row.update({"floor_grad_ms": fg, "floor_step_ms": fs, "floor_both_ms": fb})
+        # the same floor with the gather's dY traffic counted in whole sectors
+        sector_bytes = (B * n * 2 + row["dy_gather_sector_bytes"] + r * n * 4 * 4 + r * n * 2 * 2)
+        row["floor_both_sectors_ms"] = max(sector_bytes / bw, 2 * r * B * n / fl) * 1e3
+        row["grass_ms"] = row["grass_both_ms"] + row["grass_refresh_ms"] / K
+        row["seconds"] = time.monotonic() - c0
+        took[(m, n)] = row["seconds"]
+        rows.append(row)
+        w.record("rows", row)
+        w.md(table_row(row))
+    svd.clear()
+    notes = [""]
+    if len(rows) < len(configs):
+        notes.append(f"**Sampled**: {len(rows)} of the {len(configs)} configurations fit the time budget "
+                     f"({args.budget:.0f} s); the others were not started.")
+    counts = {(o["m"], o["n"]): o["galore_svd_samples"] for o in rows}
+    short = {k: v for k, v in counts.items() if v < svd.most}
+    svd_line = ("GaLore's SVD (a torch SVD of the f32 gradient, shared by the ranks of a shape): median of "
+                + ", ".join(f"{c} at {m} x {n}" for (m, n), c in counts.items()) + " timed SVDs")
+    if short:
+        svd_line += (f"; **sampled**: fewer than {svd.most} where the SVD budget ({args.svd_budget:.0f} s, "
+                     f"{svd.spent_s:.1f} s spent) or the run's budget ran out")
+    notes.append(svd_line + ".")
+    notes += ["", "grad+step against the floor with dY's gather counted in whole 32-byte sectors, and the "
               "device time of each kernel of one step (us, from the profiler):", ""]
     for o in rows:
         ks = ", ".join(f"{k[:40]} {v}" for k, v in list(o.get("kernels_us", {}).items())[:8])
-        lines.append(f"- {o['m']} x {o['n']}, r = {o['r']}: dY sectors {o['dy_gather_sector_bytes'] / 2**20:.1f} MiB, "
+        notes.append(f"- {o['m']} x {o['n']}, r = {o['r']}: dY sectors {o['dy_gather_sector_bytes'] / 2**20:.1f} MiB, "
                      f"x sector floor {o['grass_both_ms'] / o['floor_both_sectors_ms']:.2f}; {ks}")
-    lines += ["", f"peak memory of one 13824 x 5120 layer (r = 256, 3 steps, MiB above the start): "
-              f"GRASS {mem['grass_peak_mib']:.0f}, AdamW {mem['adamw_peak_mib']:.0f}, GaLore {mem['galore_peak_mib']:.0f}"]
-    table = "\n".join(lines)
-    print(table)
-    if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], "bench.json"), "w") as f:
-            json.dump({"card": card, "bw": bw, "flops": fl, "rows": rows, "memory": mem}, f, indent=1)
-        with open(os.path.join(os.environ["OUT"], "bench.md"), "w") as f:
-            f.write(table + "\n")
+    w.md(*notes)
+    # the memory pass: three layers built and stepped, one GaLore SVD (about the longest row's time)
+    need = max(took.values(), default=0.0)
+    if deadline is not None and time.monotonic() + need > deadline:
+        w.md("", "peak memory of one 13824 x 5120 layer: **not measured**, the time budget ran out")
+    else:
+        mem = memory_13824(ops)
+        w.record("memory", mem)
+        w.md("", f"peak memory of one 13824 x 5120 layer (r = 256, 3 steps, MiB above the start): "
+             f"GRASS {mem['grass_peak_mib']:.0f}, AdamW {mem['adamw_peak_mib']:.0f}, "
+             f"GaLore {mem['galore_peak_mib']:.0f}")
+    w.md("", f"bench_layer: {time.monotonic() - t0:.0f} s")
 
 
 if __name__ == "__main__":

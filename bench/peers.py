@@ -10,9 +10,11 @@ nothing beyond torch:
            gradient from one GEMM, Adam on r x n f32 states, the update added into r rows of W
 
 `ceilings()` measures the card's copy bandwidth and bf16 GEMM rate, from which the benchmark
-forms its floors; `bench()` times the three methods on the same random data.
+forms its floors; `bench()` times the three methods on the same random data. GaLore's SVD is
+timed by `SvdSamples`, within a time budget (one SVD of a large gradient takes seconds).
 """
 import statistics
+import time
 
 import torch
 
@@ -76,7 +78,8 @@ class GaLoreAdamW:
 
     @torch.no_grad()
     def step(self, grad):
-        if self.steps % self.refresh_every == 0:
+        # the first step's projector, unless one was set before it; then every K steps
+        if self.projector is None or (self.steps > 0 and self.steps % self.refresh_every == 0):
             self.refresh(grad)
         self.steps += 1
         g = grad.float()
@@ -93,9 +96,66 @@ class GaLoreAdamW:
         self.w.add_(full.to(self.w.dtype), alpha=-self.lr * self.alpha)
 
 
-def bench(m, n, b, r, K, bandwidth, rate):
+class SvdSamples:
+    """Times of GaLore's SVD, per gradient shape: an SVD of an m x n gradient costs the same at
+    every rank, so the ranks of a shape share its samples (and its factors, for their
+    projectors). The first projector of a shape is always timed (a projector is needed); more
+    samples, up to `most` per shape, only while the SVD time spent stays under `budget_s` and
+    `deadline` (time.monotonic()) is not near. `note()` says how many were taken."""
+
+    def __init__(self, most=4, budget_s=30.0, deadline=None):
+        self.most, self.budget_s, self.deadline = most, budget_s, deadline
+        self.samples = {}
+        self.spent_s = 0.0
+        self.factors = None  # (shape, u, vh) of the last shape
+
+    def _svd(self, grad):
+        start = torch.cuda.Event(enable_timing=True)
+        stop = torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        u, _, vh = torch.linalg.svd(grad.float(), full_matrices=False)
+        stop.record()
+        torch.cuda.synchronize()
+        ms = start.elapsed_time(stop)
+        self.spent_s += ms / 1e3
+        self.samples.setdefault(tuple(grad.shape), []).append(ms)
+        return u, vh
+
+    def projector(self, galore, grad):
+        """Sets galore's projector from the shape's factors, computing (and timing) them once."""
+        shape = tuple(grad.shape)
+        if self.factors is None or self.factors[0] != shape:
+            self.factors = None  # frees the last shape's factors first
+            torch.cuda.empty_cache()
+            self.factors = (shape, *self._svd(grad))
+        _, u, vh = self.factors
+        galore.projector = u[:, : galore.rank].contiguous() if galore.left else vh[: galore.rank].t().contiguous()
+
+    def more(self, grad):
+        """Further timed SVDs of grad's shape, while the bounds allow."""
+        shape = tuple(grad.shape)
+        while len(self.samples.get(shape, [])) < self.most and self.spent_s < self.budget_s:
+            last = max(self.samples.get(shape, [0.0])) / 1e3
+            if self.deadline is not None and time.monotonic() + 2 * last > self.deadline:
+                break
+            self._svd(grad)
+
+    def ms(self, shape):
+        return statistics.median(self.samples[tuple(shape)])
+
+    def count(self, shape):
+        return len(self.samples.get(tuple(shape), []))
+
+    def clear(self):
+        self.factors = None
+        torch.cuda.empty_cache()
+
+
+def bench(m, n, b, r, K, bandwidth, rate, svd=None):
     """ms per step of each peer on an m x n bf16 layer with b tokens, rank r, refresh every K
-    steps (a refresh's cost is spread over its K steps)."""
+    steps (a refresh's cost is spread over its K steps). `svd` (SvdSamples) times GaLore's SVD;
+    without one it is timed 4 times here."""
     torch.manual_seed(0)
     x = torch.randn(b, n, dtype=torch.bfloat16, device="cuda")
     dy = torch.randn(b, m, dtype=torch.bfloat16, device="cuda") * 0.01
@@ -116,10 +176,13 @@ def bench(m, n, b, r, K, bandwidth, rate):
     # GaLore: the m x n gradient, a projected Adam step; the SVD timed apart and amortized
     w = torch.randn(m, n, dtype=torch.bfloat16, device="cuda") * 0.02
     galore = GaLoreAdamW(w, r, refresh_every=10**9)
-    galore.step(dy.t() @ x)  # makes the projector once
-    out["galore_step_ms"] = timeit(lambda: galore.step(dy.t() @ x))
     grad = dy.t() @ x
-    out["galore_svd_ms"] = timeit(lambda: galore.refresh(grad), 1, 3)
+    svd = svd if svd is not None else SvdSamples(most=4, budget_s=float("inf"))
+    svd.projector(galore, grad)  # the projector once (its SVD timed: one sample)
+    out["galore_step_ms"] = timeit(lambda: galore.step(dy.t() @ x))
+    svd.more(grad)
+    out["galore_svd_ms"] = svd.ms(grad.shape)
+    out["galore_svd_samples"] = svd.count(grad.shape)
     out["galore_ms"] = out["galore_step_ms"] + out["galore_svd_ms"] / K
     del galore, w, grad
     torch.cuda.empty_cache()

@@ -3,46 +3,57 @@
 # compiler, PyTorch and JAX; no Rust), after scripts/gpu_prepare.sh built .carry/ on a machine
 # with Rust:
 #
-#   bash scripts/gpu_all.sh            # with .carry carried along; at most GPU_ALL_TOTAL (480) s
-#   GPU_ALL_DRY=1 bash scripts/gpu_all.sh   # anywhere: the plumbing, each part in a CPU form
+#   bash scripts/gpu_all.sh                  # .carry carried along; at most GPU_ALL_TOTAL (480) s
+#   GPU_ALL_PARTS="2 3" bash scripts/gpu_all.sh   # only those parts (a second call)
+#   GPU_ALL_DRY=1 bash scripts/gpu_all.sh    # anywhere: the plumbing, each step in a CPU form
 #
-# Parts, in this order, each under its own `timeout` from the budget table below:
-#   1. rust_cuda    the Rust CUDA tests (.carry/bin/cuda --include-ignored, GPU and NVRTC required)
-#      ctest_cuda   ctest's test_cuda (C++ through the C ABI, ASan/UBSan), built against the
-#                   carried libgrass.so in build/gpu-ctest; the build runs in the background
-#                   from the start, while the GPU runs part 1
-#   2. torch_tests  bindings/torch/tests, the CUDA cases (-k cuda)
-#      jax_tests    bindings/jax/tests, the GPU cases (-k gpu); a GPU case that skips fails the part
-#   3. bench_layer  bench/bench_layer.py: the 8 DESIGN shapes (4 shapes x r = 256, 1024) with the
-#                   peers of bench/peers.py in the same process
-#      jax_memory   bench/bench_jax_memory.py --run: one 13824 x 5120 layer, GRASS vs optax.adamw
-#      memory_13b   scripts/gpu_13b.sh: the LLaMA-13B-shaped model within 40 GB, vs optax.adamw
-#   4. compute-sanitizer on .carry/bin/cuda, only with the time left: racecheck and synccheck on
-#      grass's own kernels that use shared memory and barriers (--kernel-name), then memcheck
-#      on the CUDA tests (every kernel, cuBLAS's too) with whatever time remains.
+# Before anything runs, the carry must match this tree (scripts/gpu_stamp.sh): built from this
+# commit (where git works here) and from the same sources, file by file; else the script stops
+# within seconds, saying which files differ.
 #
-# Results: $OUT (default ./gpu-logs) gets summary.md (one line per part: passed, failed,
-# skipped or timed out, with its seconds and timeout), logs.tgz (every log: env.txt, one
-# NAME.log per part, ctest_build.log, jax_build.log, bench.md/json, jax_memory.md/json,
-# memory_13b.*), and copies of bench.md, bench.json and memory_13b.md. They are refreshed
-# after every part, so a run stopped from outside still leaves what it had (a GPU machine
-# brings back at most 8 files from $OUT; this keeps to 5). The logs are written in
-# GPU_ALL_LOGS (default: a fresh folder under /tmp). Exit status: 0 when no part failed or
-# timed out (skipped parts do not fail the run; the summary names them).
+# Four parts, most important first, each at most 5 minutes of step budgets (table below):
+#   1. correctness (mandatory): every op on the GPU against the CPU backend
+#      rust_cuda    the Rust CUDA tests (.carry/bin/cuda --include-ignored)
+#      ctest_cuda   ctest's test_cuda (C++ through the C ABI) against the carried libgrass.so,
+#                   a plain build (no sanitizers) made in the background from the start
+#      torch_tests  bindings/torch/tests, the CUDA cases (-k cuda)
+#      jax_ops      the JAX GPU cases of the op, layer, precision and memory tests (-k gpu); a
+#                   GPU case that skips for want of a GPU fails the step
+#   2. bench (mandatory): bench_layer (the 8 DESIGN configurations against the floor, the
+#      peers and GaLore in the same process; rows written as measured) and jax_memory
+#   3. memory_13b (mandatory): the LLaMA-13B-shaped model within 40 GB, vs optax.adamw
+#   4. extra (optional: a failure or timeout here is reported but never fails the run):
+#      compute-sanitizer racecheck, synccheck and memcheck on the release test binary, the
+#      JAX training/stacked/API GPU cases (jax_train), and test_cuda built with ASan/UBSan
+#      (ctest_asan; the driver under ASan needs protect_shadow_gap=0, docs/cuda.md)
 #
-# The JAX binding: .carry/py holds it as gpu_prepare.sh built it here (against this machine's
-# jaxlib, 0.10.x); the GPU machine has jax 0.11. The XLA typed FFI is a versioned C ABI that a
-# newer XLA accepts from handlers built against an older header of the same major version, so
-# the carried build is expected to load there. To rule the question out, the handlers are also
-# rebuilt there in the background at the start (pip --no-build-isolation against that jaxlib's
-# headers and the carried libgrass.so, into $GPU_ALL_WORK/py); jax_tests and the JAX benchmarks
-# use that build when it succeeded, else the carried one, and summary.md says which.
+# The kernels come from .carry/kernels (GRASS_PREBUILT_KERNELS, compiled ahead for sm_90): no
+# NVRTC compile happens when they match; the summary says whether any did.
+#
+# Results: $OUT (default ./gpu-logs) gets summary.md (one line per step: passed, failed,
+# skipped or timed out, seconds, timeout, note; the result), one fragment per part for
+# BENCHMARKS.md (part1_correctness.md, part2_bench.md, part3_memory_13b.md, part4_extra.md;
+# scripts/gpu_record.py merges them), bench.json, and logs.tgz (every log). They are refreshed
+# after every step, so a run stopped from outside keeps what it had (a GPU call brings back at
+# most 8 files; this writes 7). Exit status: 0 when no mandatory step failed or timed out, 1
+# otherwise, 3 when the carry does not match the tree.
+#
+# The JAX binding: .carry/py holds it as gpu_prepare.sh built it (against this project's
+# jaxlib, 0.10.x); the GPU machine has jax 0.11. The handlers are also rebuilt there in the
+# background at the start (pip --no-build-isolation against that jaxlib's headers and the
+# carried libgrass.so, into $GPU_ALL_WORK/py); the JAX steps use that build when it succeeded,
+# else the carried one, and the summary says which.
+#
+# GRASS_HOST_CUDA=1 with GPU_ALL_DRY=1 (once the host stand-in for the CUDA driver exists,
+# tests/host_cuda): rust_cuda and ctest_cuda run their GPU forms against the stand-in instead
+# of listing the tests and running test_cuda_on_host.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=${OUT:-$ROOT/gpu-logs}
 mkdir -p "$OUT"
 DRY=${GPU_ALL_DRY:-0}
+HOST_CUDA=${GRASS_HOST_CUDA:-0}
 TOTAL=${GPU_ALL_TOTAL:-480}
 LOGS=${GPU_ALL_LOGS:-$(mktemp -d /tmp/gpu_all.XXXXXX)}
 WORK=${GPU_ALL_WORK:-$(mktemp -d /tmp/gpu_all_work.XXXXXX)}
@@ -50,135 +61,147 @@ mkdir -p "$LOGS" "$WORK"
 START=$SECONDS
 
 # ---- budget table (seconds) ----------------------------------------------------------------
-# name         budget  min   what sets it
-# (setup)       10      -    nvidia-smi, the torch and jax versions (imports: 10-12 s in the dry
-#                            run here), starting the two background builds
-# rust_cuda     60     20    tests/cuda: 18 tests, each a CUDA context against a CPU context on
-#                            random inputs up to the DESIGN shapes; NVRTC compiles every kernel
-#                            once (2-11 s), later contexts and processes read the kernel cache.
-#                            The CPU side dominates; on 16 cores well under a minute.
-# ctest_cuda    45     15    the build of test_cuda alone (configure + one C++ file with
-#                            ASan/UBSan: ~23 s in the dry run on this project's busy 2-core
-#                            machine) overlaps rust_cuda; the run repeats the op comparisons
-#                            through the C ABI (test_cuda_on_host, the CPU form: 12 s here)
-# torch_tests   25     10    torch import ~5 s, 2 CUDA cases (a layer trained in f32 and bf16)
-# jax_tests    120     40    the 74 GPU cases (-k gpu). Their 74 CPU twins took 220 s of wall
-#                            time and 85 s of CPU time on the busy 2-core machine here (compile-
-#                            bound); on the GPU machine's idle cores about half that CPU time,
-#                            XLA's GPU compiles being slower than its CPU ones: 60-120 s
-# bench_layer  150     60    8 configurations; per configuration ~300 grass and ~100 peer calls
-#                            of at most a few ms each (< 2 s), the profiler pass, and GaLore's 4
-#                            SVDs of an up-to 13824 x 5120 f32 gradient (cuSOLVER, ~1-4 s each):
-#                            ~10-18 s per configuration, plus the ceilings and the memory pass
-# jax_memory    45     20    3 processes (analysis, GRASS peak, AdamW peak), each JAX start-up
-#                            ~5 s and a compile of one layer's step (--small, the CPU form: 4 s
-#                            here, compile-bound like the full size)
-# memory_13b   200     90    JAX start-up, the GRASS step's compile, 3 steps of the 13B model
-#                            (~1 s each), optax.adamw's compile for its analysis: about 4 min
-#                            with the 40 blocks unrolled (two compiles of 40 blocks), much less
-#                            with them under lax.scan (one block compiled); it gets the rest
-#                            (--small, the CPU form: 10 s here)
-# racecheck     40     20    optional: only select_rows/row_norms/carry_rows instrumented
-# synccheck     30     15    optional: the same kernels, fewer tests
-# memcheck     300     45    optional: takes what is left (every kernel instrumented: 10-100x)
-# (reserve)     10      -    the summary and the final archive
-# The mandatory budgets add up to 645 s over 470 usable (the minimums to 255 s), on purpose: a
-# budget is a ceiling, and every part starts only while the minimums of the mandatory parts
-# after it still fit; a part that ends early leaves its time to those after it. A part whose
-# minimum no longer fits is skipped and recorded as such, so the whole run never exceeds
-# GPU_ALL_TOTAL (a part overruns its timeout by at most the 5 s of `timeout -k`, inside the
-# reserve). Give the command an outer limit of 540 s or more.
-PARTS=(setup rust_cuda ctest_cuda torch_tests jax_tests bench_layer jax_memory memory_13b
-       racecheck synccheck memcheck)
-declare -A BUDGET=([rust_cuda]=60 [ctest_cuda]=45 [torch_tests]=25 [jax_tests]=120
-                   [bench_layer]=150 [jax_memory]=45 [memory_13b]=200
-                   [racecheck]=40 [synccheck]=30 [memcheck]=300)
-declare -A MIN=([rust_cuda]=20 [ctest_cuda]=15 [torch_tests]=10 [jax_tests]=40
+# step        part budget min  what sets it
+# (setup)       -    15    -   carry check (~1 s), nvidia-smi, torch and jax versions (imports:
+#                              10-12 s in the dry run here), starting the two background builds
+# rust_cuda     1    60   20   tests/cuda: each test a CUDA context against a CPU context on
+#                              random inputs up to the DESIGN shapes; the kernels are prebuilt
+#                              (no NVRTC: formerly 2-25 s per process). CPU side dominates.
+# ctest_cuda    1    40   15   the plain build of test_cuda (configure + one C++ file, ~20 s on
+#                              the busy 2-core machine here) overlaps rust_cuda; the run repeats
+#                              the op comparisons through the C ABI
+# torch_tests   1    25   10   torch import ~5 s, 2 CUDA cases (a layer trained in f32 and bf16)
+# jax_ops       1   110   40   the 39 GPU cases of test_ops/linear/precision/memory; their CPU
+#                              twins took 60 s of wall time on the busy 2-core machine here
+#                              (compile-bound; XLA's GPU compiles are slower than its CPU ones)
+#    part 1     -   235        (at most 5 minutes)
+# bench_layer   2   150   60   8 configurations, ~300 grass and ~100 peer calls of a few ms each;
+#                              GaLore's SVD once per shape (4 in all, ~1-5 s each) plus samples
+#                              within --svd-budget 20 s; bench_layer gets its own timeout less
+#                              10 s as --budget and stops starting rows that would not fit
+# jax_memory    2    45   20   3 processes (analysis, GRASS peak, AdamW peak), each JAX start-up
+#                              ~5 s and one layer's compile (--small, the CPU form: 4 s here)
+#    part 2     -   195
+# memory_13b    3   150   90   JAX start-up, the GRASS step's compile (one scanned block), 3 steps
+#                              (~1 s each), optax.adamw's compile for its analysis (--small: 10 s)
+#    part 3     -   150
+# racecheck     4    40   20   optional: select_rows/row_norms/carry_rows instrumented only
+# synccheck     4    30   15   optional: the same kernels, fewer tests
+# memcheck      4   100   45   optional: every kernel instrumented (10-100x slower); a timeout
+#                              keeps the errors reported so far
+# jax_train     4    90   30   optional: the 35 GPU cases of test_train/stacked/api (their CPU
+#                              twins: 110 s here)
+# ctest_asan    4    40   15   optional: test_cuda with ASan/UBSan, built in the background
+#    part 4     -   300        takes only what is left
+# (reserve)     -    10    -   the summary, the fragments and the final archive
+# The mandatory budgets add up to 580 s over 470 usable (their minimums to 255 s), on purpose: a
+# budget is a ceiling, and each step starts only while the minimums of the mandatory steps after
+# it still fit; a step that ends early leaves its time to those after it. A step whose minimum
+# no longer fits is skipped and recorded as such, so the whole run never exceeds GPU_ALL_TOTAL
+# (a step overruns its timeout by at most the 5 s of `timeout -k`, inside the reserve).
+# Expected on an H100: setup 15 + part 1 ~150 + part 2 ~140 + part 3 ~100 = ~405 s, leaving ~65 s
+# to part 4. Give the command an outer limit of 540 s or more.
+STEPS=(rust_cuda ctest_cuda torch_tests jax_ops bench_layer jax_memory memory_13b
+       racecheck synccheck memcheck jax_train ctest_asan)
+declare -A PART=([rust_cuda]=1 [ctest_cuda]=1 [torch_tests]=1 [jax_ops]=1
+                 [bench_layer]=2 [jax_memory]=2 [memory_13b]=3
+                 [racecheck]=4 [synccheck]=4 [memcheck]=4 [jax_train]=4 [ctest_asan]=4)
+PART_NAME=([1]=correctness [2]=bench [3]=memory_13b [4]=extra)
+declare -A BUDGET=([rust_cuda]=60 [ctest_cuda]=40 [torch_tests]=25 [jax_ops]=110
+                   [bench_layer]=150 [jax_memory]=45 [memory_13b]=150
+                   [racecheck]=40 [synccheck]=30 [memcheck]=100 [jax_train]=90 [ctest_asan]=40)
+declare -A MIN=([rust_cuda]=20 [ctest_cuda]=15 [torch_tests]=10 [jax_ops]=40
                 [bench_layer]=60 [jax_memory]=20 [memory_13b]=90
-                [racecheck]=20 [synccheck]=15 [memcheck]=45)
-declare -A OPTIONAL=([racecheck]=1 [synccheck]=1 [memcheck]=1)
+                [racecheck]=20 [synccheck]=15 [memcheck]=45 [jax_train]=30 [ctest_asan]=15)
+declare -A OPTIONAL=([racecheck]=1 [synccheck]=1 [memcheck]=1 [jax_train]=1 [ctest_asan]=1)
 RESERVE=10
-# GPU_ALL_ONLY="a b" runs only the named parts (the others are recorded as skipped).
+# GPU_ALL_PARTS="1 2" runs only those parts; GPU_ALL_ONLY="bench_layer memory_13b" only the
+# named steps (the others are recorded as skipped).
+PARTS_WANTED=${GPU_ALL_PARTS:-1 2 3 4}
 ONLY=${GPU_ALL_ONLY:-}
 
 summary=$LOGS/summary.md
 failed=0
+findings=""
 
-publish() { # the run's results into $OUT: few files, refreshed after every part
+publish() { # the run's results into $OUT: few files, refreshed after every step
     cp "$summary" "$OUT/summary.md" 2>/dev/null
-    for f in bench.md bench.json memory_13b.md; do
-        [ -f "$LOGS/$f" ] && cp "$LOGS/$f" "$OUT/$f"
+    local f
+    for f in "$LOGS"/part*_*.md "$LOGS/bench.json"; do
+        [ -f "$f" ] && cp "$f" "$OUT/"
     done
     tar -C "$LOGS" -czf "$OUT/logs.tgz.tmp" . 2>/dev/null && mv "$OUT/logs.tgz.tmp" "$OUT/logs.tgz"
 }
 
 record() { # name status seconds timeout note
     printf '| %s | %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4" "$5" >>"$summary"
-    printf '%-12s %-10s %4ss (timeout %s) %s\n' "$1" "$2" "$3" "$4" "$5"
-    case $2 in failed | "timed out") failed=1 ;; esac
+    printf '%-12s %-18s %4ss (timeout %s) %s\n' "$1" "$2" "$3" "$4" "$5"
+    if [ -n "${PART[$1]:-}" ]; then
+        printf '| %s | %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4" "$5" >>"$WORK/part${PART[$1]}.rows"
+    fi
+    case $2 in
+        failed | "timed out") failed=1 ;;
+        *optional*) findings="$findings $1 ($2)" ;;
+    esac
     publish
 }
 
-later_minimums() { # the minimums of the mandatory parts after $1
-    local after=0 sum=0 p
-    for p in "${PARTS[@]}"; do
-        if [ $after -eq 1 ] && [ -z "${OPTIONAL[$p]:-}" ] && wanted "$p"; then
-            sum=$((sum + ${MIN[$p]}))
-        fi
-        [ "$p" = "$1" ] && after=1
-    done
-    echo $sum
+wanted() {
+    [[ " $PARTS_WANTED " == *" ${PART[$1]} "* ]] || return 1
+    [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]
 }
 
-wanted() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
-
-# run_part NAME NOTE COMMAND...: runs COMMAND under the part's timeout, output to LOGS/NAME.log.
-# The command's status decides passed/failed; 124/137 from timeout is "timed out".
-run_part() {
-    local name=$1 note=$2
-    shift 2
-    if ! wanted "$name"; then
-        record "$name" skipped 0 - "not in GPU_ALL_ONLY"
-        return
-    fi
-    local left=$((TOTAL - RESERVE - (SECONDS - START) - $(later_minimums "$name")))
-    if [ "$left" -lt "${MIN[$name]}" ]; then
-        record "$name" skipped 0 - "${left}s left for it, under its minimum ${MIN[$name]}s"
-        return
-    fi
-    local limit=${BUDGET[$name]}
-    [ "$left" -lt "$limit" ] && limit=$left
-    echo "== $name (timeout ${limit}s): $*" | tee "$LOGS/$name.log"
-    local t0=$SECONDS rc
-    timeout -k 5 "$limit" "$@" >>"$LOGS/$name.log" 2>&1
-    rc=$?
-    local status=passed
-    case $rc in
-        0) ;;
-        124 | 137) status="timed out" ;;
-        *) status=failed note="rc=$rc; $note" ;;
-    esac
-    record "$name" "$status" $((SECONDS - t0)) "$limit" "$note"
-    tail -n 4 "$LOGS/$name.log" | sed 's/^/    /'
+later_minimums() { # the minimums of the wanted mandatory steps after $1
+    local after=0 sum=0 s
+    for s in "${STEPS[@]}"; do
+        if [ $after -eq 1 ] && [ -z "${OPTIONAL[$s]:-}" ] && wanted "$s"; then
+            sum=$((sum + ${MIN[$s]}))
+        fi
+        [ "$s" = "$1" ] && after=1
+    done
+    echo $sum
 }
 
 # ---- setup ---------------------------------------------------------------------------------
 {
     echo "# gpu_all.sh: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     echo
-    echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); total ${TOTAL}s;" \
-        "dry run: $([ "$DRY" = 1 ] && echo yes || echo no)"
+    echo "commit $(git rev-parse --short HEAD 2>/dev/null || sed -n 's/^commit \(.\{12\}\).*/\1 (from .carry\/STAMP)/p' .carry/STAMP 2>/dev/null);" \
+        "total ${TOTAL}s; parts ${PARTS_WANTED}${ONLY:+; steps $ONLY};" \
+        "dry run: $([ "$DRY" = 1 ] && echo "yes$([ "$HOST_CUDA" = 1 ] && echo ', host CUDA stand-in')" || echo no)"
     echo
-    echo "| part | status | seconds | timeout | note |"
+    echo "| step | status | seconds | timeout | note |"
     echo "| --- | --- | --- | --- | --- |"
 } >"$summary"
+rm -f "$WORK"/part*.rows "$LOGS"/part*_*.md "$OUT"/part*_*.md
+
+# The carry must have been built from this tree (gpu_prepare.sh stamps it): checked before any
+# GPU time is spent.
+# shellcheck source=scripts/gpu_stamp.sh
+source scripts/gpu_stamp.sh
+missing=""
+for f in .carry/bin/cuda .carry/lib/libgrass.so .carry/py/grass_jax .carry/kernels; do
+    [ -e "$f" ] || missing="$missing $f"
+done
+if [ -n "$missing" ]; then
+    echo "missing:$missing: run scripts/gpu_prepare.sh first (on a machine with Rust) and carry .carry" >&2
+    record setup failed $((SECONDS - START)) - "missing:$missing"
+    exit 3
+fi
+if ! stamp_check .carry >"$LOGS/carry.txt" 2>&1; then
+    cat "$LOGS/carry.txt" >&2
+    record setup failed $((SECONDS - START)) - "the carry does not match this tree: $(head -n 1 "$LOGS/carry.txt")"
+    exit 3
+fi
+cat "$LOGS/carry.txt"
 
 source scripts/gpu_env.sh
 export GRASS_REQUIRE_GPU=1 GRASS_REQUIRE_NVRTC=1 RUST_BACKTRACE=1 PYTHONUNBUFFERED=1
 # JAX takes device memory as it needs it (not 75% up front): the peaks the benchmarks read are
-# what the steps use, and a JAX process never starves the next part
+# what the steps use, and a JAX process never starves the next step
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
-# the kernel cache on disk: NVRTC runs once for the whole run, not once per process
+# the kernels compiled ahead for sm_90; anything NVRTC still compiles lands in the cache, once
+export GRASS_PREBUILT_KERNELS=$ROOT/.carry/kernels
 export GRASS_KERNEL_CACHE=${GRASS_KERNEL_CACHE:-$WORK/kernel-cache}
 export GRASS_LIB=$ROOT/.carry/lib/libgrass.so
 PY=${PYTHON:-python3}
@@ -191,37 +214,34 @@ SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer
     "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 | tail -n 1
     "$PY" -c 'import jax; print("jax", jax.__version__, jax.devices())' 2>&1 | tail -n 1
     cat .carry/BUILT_WITH 2>/dev/null
+    cat "$LOGS/carry.txt"
     cmake --version 2>&1 | head -n 1
     c++ --version 2>&1 | head -n 1
 } >"$LOGS/env.txt" 2>&1
 cat "$LOGS/env.txt"
 
-missing=""
-for f in .carry/bin/cuda .carry/lib/libgrass.so .carry/py/grass_jax; do
-    [ -e "$f" ] || missing="$missing $f"
-done
-if [ -n "$missing" ]; then
-    echo "missing:$missing: run scripts/gpu_prepare.sh first (on a machine with Rust) and carry .carry" >&2
-    record setup failed $((SECONDS - START)) - "missing:$missing"
-    exit 2
-fi
-
 # Background builds (CPU only), started now so that they overlap the Rust tests on the GPU:
-# test_cuda against the carried library, and the JAX handlers against this machine's jaxlib.
-# Each writes its exit status to a file that the part needing it waits for.
-export ROOT LOGS WORK DRY PY SAN
-export CTEST_DIR=build/gpu-ctest
-rm -f "$WORK/ctest_build.rc" "$WORK/jax_build.rc"
-(
+# test_cuda against the carried library (plain, and with ASan/UBSan for the optional step), and
+# the JAX handlers against this machine's jaxlib. Each writes its exit status to a file that
+# the step needing it waits for.
+export ROOT LOGS WORK DRY HOST_CUDA PY SAN
+build_test_cuda() { # dir sanitize(ON/OFF) log
     {
-        cmake -S . -B "$CTEST_DIR" -DGRASS_LIB_DIR="$ROOT/.carry/lib" -DGRASS_BUILD_TESTS=ON \
-            -DGRASS_BUILD_EXAMPLES=OFF -DGRASS_SANITIZE="${CTEST_SANITIZE:-ON}" \
-            -DCMAKE_BUILD_TYPE=Debug &&
-            cmake --build "$CTEST_DIR" -j"$(nproc)" --target test_cuda &&
-            ldd "$CTEST_DIR/tests/c/test_cuda" | grep "libgrass.so => $ROOT/.carry/lib/libgrass.so"
-    } >"$LOGS/ctest_build.log" 2>&1
-    echo $? >"$WORK/ctest_build.rc"
-) &
+        cmake -S . -B "$1" -DGRASS_LIB_DIR="$ROOT/.carry/lib" -DGRASS_BUILD_TESTS=ON \
+            -DGRASS_BUILD_EXAMPLES=OFF -DGRASS_SANITIZE="$2" -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
+            cmake --build "$1" -j"$(nproc)" --target test_cuda &&
+            ldd "$1/tests/c/test_cuda" | grep "libgrass.so => $ROOT/.carry/lib/libgrass.so"
+    } >"$3" 2>&1
+}
+rm -f "$WORK"/*.rc
+if wanted ctest_cuda; then
+    (build_test_cuda build/gpu-ctest OFF "$LOGS/ctest_build.log"; echo $? >"$WORK/ctest_build.rc") &
+fi
+if wanted ctest_asan; then
+    # after the plain build (which the mandatory step waits for) so that they do not share cores
+    (while wanted ctest_cuda && [ ! -f "$WORK/ctest_build.rc" ]; do sleep 1; done
+     build_test_cuda build/gpu-ctest-asan ON "$LOGS/ctest_asan_build.log"; echo $? >"$WORK/ctest_asan_build.rc") &
+fi
 (
     {
         rm -rf "$WORK/py" "$WORK/jax-src"
@@ -236,8 +256,8 @@ rm -f "$WORK/ctest_build.rc" "$WORK/jax_build.rc"
 record setup passed $((SECONDS - START)) - \
     "$(grep -m1 -o 'NVIDIA [A-Z][^|]*[^ |]' "$LOGS/env.txt" || echo 'no NVIDIA GPU listed')"
 
-# ---- the parts, as functions run by run_part under `timeout bash -c` ------------------------
-# Exit status 77 means "skipped" (with the reason as the last line of the part's log).
+# ---- the steps, as functions run by run_step under `timeout bash -c` -------------------------
+# Exit status 77 means "skipped" (with the reason as the last line of the step's log).
 
 wait_rc() { # wait for a background build's status file; print the status
     while [ ! -f "$1" ]; do sleep 1; done
@@ -245,7 +265,7 @@ wait_rc() { # wait for a background build's status file; print the status
 }
 
 rust_cuda() {
-    if [ "$DRY" = 1 ]; then
+    if [ "$DRY" = 1 ] && [ "$HOST_CUDA" != 1 ]; then
         # no GPU here: the binary loads and lists its tests
         .carry/bin/cuda --list --include-ignored | tee "$WORK/cuda.list" | tail -n 3
         [ "$(grep -c ': test$' "$WORK/cuda.list")" -gt 0 ]
@@ -254,21 +274,30 @@ rust_cuda() {
     .carry/bin/cuda --test-threads=1 --include-ignored
 }
 
-ctest_cuda() {
+ctest_in() { # build-dir rc-file log: waits for the build, then runs test_cuda (or its host form)
     local rc
-    rc=$(wait_rc "$WORK/ctest_build.rc")
-    cat "$LOGS/ctest_build.log"
-    [ "$rc" = 0 ] || { echo "the build of test_cuda failed (ctest_build.log)"; return 1; }
-    if [ "$DRY" = 1 ]; then
+    rc=$(wait_rc "$2")
+    cat "$3"
+    [ "$rc" = 0 ] || { echo "the build of test_cuda failed ($(basename "$3"))"; return 1; }
+    if [ "$DRY" = 1 ] && [ "$HOST_CUDA" != 1 ]; then
         # the same comparisons with a CPU context standing in for CUDA
-        ctest --test-dir "$CTEST_DIR" --output-on-failure --no-tests=error -R '^test_cuda_on_host$'
+        ctest --test-dir "$1" --output-on-failure --no-tests=error -R '^test_cuda_on_host$'
         return
     fi
-    ctest --test-dir "$CTEST_DIR" --output-on-failure --no-tests=error -R '^test_cuda$' |
+    ctest --test-dir "$1" --output-on-failure --no-tests=error -R '^test_cuda$' |
         tee "$WORK/ctest.out" || return 1
     # Skipped (no usable GPU) is not passed: GRASS_REQUIRE_GPU=1 makes it a failure, and this
     # checks that it ran
     grep -Eq "test_cuda \.+ +Passed" "$WORK/ctest.out" || { echo "test_cuda did not pass on the GPU"; return 1; }
+}
+ctest_cuda() { ctest_in build/gpu-ctest "$WORK/ctest_build.rc" "$LOGS/ctest_build.log"; }
+# The CUDA driver under AddressSanitizer: ASan's default protection of its shadow gap takes
+# address ranges the driver maps (cuInit then fails), and the driver's allocations that live
+# until exit read as leaks; both are turned off for this step, which is optional.
+ctest_asan() {
+    export ASAN_OPTIONS=${ASAN_OPTIONS:-protect_shadow_gap=0:detect_leaks=0}
+    echo "ASAN_OPTIONS=$ASAN_OPTIONS"
+    ctest_in build/gpu-ctest-asan "$WORK/ctest_asan_build.rc" "$LOGS/ctest_asan_build.log"
 }
 
 torch_tests() {
@@ -287,30 +316,35 @@ torch_tests() {
 
 jax_pythonpath() { # the JAX binding built here if that worked, else the carried one
     if [ "$(wait_rc "$WORK/jax_build.rc")" = 0 ]; then
-        echo "handlers built on this machine" >"$WORK/jax_tests.note"
+        echo "handlers built on this machine" >"$WORK/$1.note"
         echo "$WORK/py"
     else
-        echo "handlers carried from gpu_prepare.sh (the build here failed: jax_build.log)" >"$WORK/jax_tests.note"
+        echo "handlers carried from gpu_prepare.sh (the build here failed: jax_build.log)" >"$WORK/$1.note"
         echo "$ROOT/.carry/py"
     fi
 }
 
-jax_tests() {
-    PYTHONPATH=$(jax_pythonpath) || return 1
+jax_gpu_cases() { # step files...: the GPU cases (test ids with "gpu") of the files
+    local step=$1
+    shift
+    PYTHONPATH=$(jax_pythonpath "$step") || return 1
     export PYTHONPATH
-    cat "$WORK/jax_tests.note"
+    cat "$WORK/$step.note"
     if [ "$DRY" = 1 ]; then
-        "$PY" -m pytest -q --collect-only -k gpu bindings/jax/tests | tail -n 3
+        "$PY" -m pytest -q --collect-only -k gpu "$@" | tail -n 3
         return
     fi
-    # the GPU cases (test ids with "gpu"); the CPU ones run in CI
-    "$PY" -m pytest -q -rs -k gpu bindings/jax/tests | tee "$WORK/jax_tests.out" || return 1
-    # a GPU case that skips (no GPU in JAX, or libgrass cannot use CUDA) did not run
-    if grep -E "^SKIPPED.*(no GPU|cannot use CUDA)" "$WORK/jax_tests.out"; then
+    "$PY" -m pytest -q -rs -k gpu "$@" | tee "$WORK/$step.out" || return 1
+    # a GPU case that skips for want of a GPU (no GPU in JAX, or libgrass cannot use CUDA) did
+    # not run; the HLO-text checks skip on the GPU on purpose (conftest.py says why)
+    if grep -E "^SKIPPED.*(no GPU|cannot use CUDA)" "$WORK/$step.out"; then
         echo "GPU cases skipped on the GPU machine"
         return 1
     fi
 }
+J=bindings/jax/tests
+jax_ops() { jax_gpu_cases jax_ops $J/test_ops.py $J/test_linear.py $J/test_precision.py $J/test_memory.py; }
+jax_train() { jax_gpu_cases jax_train $J/test_train.py $J/test_stacked.py $J/test_api.py; }
 
 bench_layer() {
     "$PY" -m py_compile bench/bench_layer.py bench/peers.py || return 1
@@ -320,12 +354,13 @@ bench_layer() {
             echo "bench_layer: imports resolve (needs CUDA to run)"
         return
     fi
-    OUT=$LOGS "$PY" bench/bench_layer.py
+    # its own budget: the step's timeout less 10 s, so that it ends with its notes written
+    OUT=$LOGS "$PY" bench/bench_layer.py --budget $((STEP_LIMIT - 10)) --svd-budget 20
 }
 
 jax_memory() {
-    PYTHONPATH=$(jax_pythonpath) || return 1
-    export PYTHONPATH XLA_PYTHON_CLIENT_PREALLOCATE=false
+    PYTHONPATH=$(jax_pythonpath jax_memory) || return 1
+    export PYTHONPATH
     if [ "$DRY" = 1 ]; then
         OUT=$LOGS "$PY" bench/bench_jax_memory.py --small
         return
@@ -334,9 +369,8 @@ jax_memory() {
 }
 
 memory_13b() {
-    PYTHONPATH=$(jax_pythonpath) || return 1
-    # the peak must be what the step uses, not what XLA reserved up front
-    export PYTHONPATH XLA_PYTHON_CLIENT_PREALLOCATE=false
+    PYTHONPATH=$(jax_pythonpath memory_13b) || return 1
+    export PYTHONPATH
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
     if [ "$DRY" = 1 ]; then
         OUT=$LOGS "$PY" bench/bench_13b_memory.py --small
@@ -345,10 +379,11 @@ memory_13b() {
     OUT=$LOGS "$PY" bench/bench_13b_memory.py
 }
 
-# compute-sanitizer on the CUDA tests. Only select_rows, row_norms and carry_rows use shared
-# memory (what racecheck inspects) and __syncthreads (what synccheck checks); cuBLAS's kernels
-# are NVIDIA's and left out of those two by --kernel-name. memcheck instruments every kernel,
-# cuBLAS's GEMMs included, since a wrong leading dimension handed to cuBLAS is grass's bug.
+# compute-sanitizer on the release test binary (no ASan there: the two do not mix). Only
+# select_rows, row_norms and carry_rows use shared memory (what racecheck inspects) and
+# __syncthreads (what synccheck checks); cuBLAS's kernels are NVIDIA's and left out of those two
+# by --kernel-name. memcheck instruments every kernel, cuBLAS's GEMMs included, since a wrong
+# leading dimension handed to cuBLAS is grass's bug.
 OWN_KERNELS="--kernel-name kns=select_rows --kernel-name kns=row_norms --kernel-name kns=carry_rows"
 export OWN_KERNELS
 export RACECHECK_FILTER=${RACECHECK_FILTER-"select:: row_scores:: state_refresh"}
@@ -368,30 +403,28 @@ sanitizer() { # tool kernel-filter test-filter
         return 77
     fi
     [ "$DRY" = 1 ] && { echo "dry run: not started"; return 77; }
+    # errors are printed as they are found: what a timeout cuts short still shows them
     # shellcheck disable=SC2086
-    $cmd >"$WORK/$tool.out" 2>&1
-    local rc=$?
-    # keep the log small: the head and the tail of a long one
-    if [ "$(stat -c %s "$WORK/$tool.out")" -gt 4000000 ]; then
-        head -c 1500000 "$WORK/$tool.out"; echo; echo "[... cut ...]"; tail -c 1500000 "$WORK/$tool.out"
-    else
-        cat "$WORK/$tool.out"
-    fi
-    return $rc
+    # (awk, not head: the pipe must never close under the sanitizer)
+    $cmd 2>&1 | tee "$WORK/$tool.out" | grep --line-buffered -E "^========= [A-Z]" | awk 'n++ < 200' 
+    return "${PIPESTATUS[0]}"
 }
 racecheck() { sanitizer racecheck "$OWN_KERNELS" "$RACECHECK_FILTER"; }
 synccheck() { sanitizer synccheck "$OWN_KERNELS" "$SYNCCHECK_FILTER"; }
 memcheck() { sanitizer memcheck "" "$MEMCHECK_FILTER"; }
 
-export -f wait_rc rust_cuda ctest_cuda torch_tests jax_pythonpath jax_tests bench_layer \
-    jax_memory memory_13b sanitizer racecheck synccheck memcheck
+export -f wait_rc rust_cuda ctest_in ctest_cuda ctest_asan torch_tests jax_pythonpath \
+    jax_gpu_cases jax_ops jax_train bench_layer jax_memory memory_13b sanitizer racecheck \
+    synccheck memcheck
+export J
 
-# run_part NAME: runs the function NAME under the part's timeout, its output in LOGS/NAME.log.
-# Status 0 is passed, 77 skipped, 124/137 (from timeout) timed out, anything else failed.
-run_part() {
+# run_step NAME: runs the function NAME under the step's timeout, its output in LOGS/NAME.log.
+# Status 0 is passed, 77 skipped, 124/137 (from timeout) timed out, anything else failed; an
+# optional step's failure or timeout is recorded as "(optional)" and does not fail the run.
+run_step() {
     local name=$1 left limit t0 rc status note=""
     if ! wanted "$name"; then
-        record "$name" skipped 0 - "not in GPU_ALL_ONLY"
+        record "$name" skipped 0 - "not in GPU_ALL_PARTS/GPU_ALL_ONLY"
         return
     fi
     left=$((TOTAL - RESERVE - (SECONDS - START) - $(later_minimums "$name")))
@@ -401,16 +434,23 @@ run_part() {
     fi
     limit=${BUDGET[$name]}
     [ "$left" -lt "$limit" ] && limit=$left
-    echo "== $name (timeout ${limit}s)"
+    echo "== $name (part ${PART[$name]}, timeout ${limit}s)"
     echo "== $name (timeout ${limit}s, $(date -u +%H:%M:%S))" >"$LOGS/$name.log"
     t0=$SECONDS
-    timeout -k 5 "$limit" bash -c "set -o pipefail; $name" >>"$LOGS/$name.log" 2>&1
+    STEP_LIMIT=$limit timeout -k 5 "$limit" bash -c "set -o pipefail; $name" >>"$LOGS/$name.log" 2>&1
     rc=$?
     case $rc in
         0) status=passed ;;
         77) status=skipped note="$(tail -n 1 "$LOGS/$name.log")" ;;
         124 | 137) status="timed out" ;;
         *) status=failed note="rc=$rc" ;;
+    esac
+    if [ -n "${OPTIONAL[$name]:-}" ] && [[ $status == failed || $status == "timed out" ]]; then
+        status="$status (optional)"
+    fi
+    case $name in racecheck | synccheck | memcheck)
+        [ -f "$WORK/$name.out" ] && note="${note:+$note; }$(grep -m1 -o 'ERROR SUMMARY: [0-9]* errors\?' "$WORK/$name.out" ||
+            echo "$(grep -c '^========= [A-Z]' "$WORK/$name.out") sanitizer lines before it stopped")" ;;
     esac
     if [ -f "$WORK/$name.note" ]; then
         note="${note:+$note; }$(cat "$WORK/$name.note")"
@@ -420,14 +460,62 @@ run_part() {
     tail -n 4 "$LOGS/$name.log" | sed 's/^/    /'
 }
 
-for p in "${PARTS[@]:1}"; do
-    run_part "$p"
-done
+# fragment N: part N's fragment for BENCHMARKS.md (scripts/gpu_record.py merges them)
+fragment() {
+    local n=$1 f="$LOGS/part${1}_${PART_NAME[$1]}.md"
+    {
+        echo "#### Part $n: ${PART_NAME[$n]}$([ "$DRY" = 1 ] && echo ' (DRY RUN: no GPU, CPU forms only)')"
+        echo
+        echo "| step | status | seconds | timeout | note |"
+        echo "| --- | --- | --- | --- | --- |"
+        cat "$WORK/part$n.rows" 2>/dev/null
+        echo
+        case $n in
+            1)
+                grep -h -E "^test result:|[0-9]+ (passed|failed)|tests passed" \
+                    "$LOGS/rust_cuda.log" "$LOGS/ctest_cuda.log" "$LOGS/torch_tests.log" "$LOGS/jax_ops.log" \
+                    2>/dev/null | grep -v '^==' | sed 's/^/    /'
+                ;;
+            2)
+                [ -f "$LOGS/bench.md" ] && cat "$LOGS/bench.md"
+                [ -f "$LOGS/jax_memory.md" ] && { echo; echo "JAX, one layer (bench_jax_memory.py):"; echo; cat "$LOGS/jax_memory.md"; }
+                ;;
+            3)
+                [ -f "$LOGS/memory_13b.md" ] && cat "$LOGS/memory_13b.md"
+                ;;
+            4)
+                local s
+                for s in racecheck synccheck memcheck; do
+                    [ -f "$WORK/$s.out" ] && echo "- $s: $(grep -m1 'ERROR SUMMARY' "$WORK/$s.out" || echo 'no summary (stopped early)')"
+                done
+                grep -h -E "[0-9]+ (passed|failed)|tests passed" "$LOGS/jax_train.log" "$LOGS/ctest_asan.log" 2>/dev/null |
+                    sed 's/^/    /'
+                ;;
+        esac
+    } >"$f"
+    publish
+}
 
+current=0
+for s in "${STEPS[@]}"; do
+    if [ "${PART[$s]}" != "$current" ]; then
+        [ "$current" != 0 ] && [[ " $PARTS_WANTED " == *" $current "* ]] && fragment "$current"
+        current=${PART[$s]}
+        echo "=== part $current: ${PART_NAME[$current]}"
+    fi
+    run_step "$s"
+done
+[[ " $PARTS_WANTED " == *" $current "* ]] && fragment "$current"
+
+compiled=$(ls "$GRASS_KERNEL_CACHE" 2>/dev/null | grep -c '^kernels-')
+skipped=$(grep -E '^\| [a-z_0-9]+ \| skipped \|' "$summary" | cut -d'|' -f2 | tr -d ' ' | tr '\n' ' ')
 {
     echo
-    echo "total: $((SECONDS - START)) s of ${TOTAL} s; result: $([ $failed -eq 0 ] && echo PASSED || echo FAILED)"
-    echo "logs: logs.tgz (env.txt, one NAME.log per part, ctest_build.log, jax_build.log, bench.*,"
+    echo "kernels: $([ "$compiled" = 0 ] && echo "no NVRTC compile in this run (prebuilt: $(sed -n 's/^kernels //p' .carry/STAMP))" ||
+        echo "NVRTC compiled $compiled kernel set(s) (the prebuilt ones did not match or load: $(ls "$GRASS_KERNEL_CACHE" | tr '\n' ' '))")"
+    echo "total: $((SECONDS - START)) s of ${TOTAL} s; result: $([ $failed -eq 0 ] && echo PASSED || echo FAILED)" \
+        "(mandatory steps)${skipped:+; skipped: $skipped}${findings:+; optional findings:$findings}"
+    echo "logs: logs.tgz (env.txt, carry.txt, one NAME.log per step, the build logs, bench.*,"
     echo "jax_memory.*, memory_13b.*)"
 } >>"$summary"
 publish

@@ -66,7 +66,7 @@ target/release/examples/prebuild_kernels .carry/kernels ${PREBUILT_ARCHS:-90} | 
 kernel_entry=$(ls .carry/kernels | grep -m1 '^kernels-sm90-')
 
 {
-    echo "built: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), commit $(git rev-parse --short HEAD)$([ $dirty = yes ] && echo ' (with uncommitted changes)')"
+    echo "built: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), commit ${commit:0:12}$([ $dirty = yes ] && echo ' (with uncommitted changes)')"
     echo "$(rustc --version); $(python -V 2>&1); jax $(python -c 'import jax; print(jax.__version__)')"
     echo "prebuilt kernels: $(tr '\n' ' ' <.carry/kernels.txt)"
 } >.carry/BUILT_WITH

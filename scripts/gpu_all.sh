@@ -67,14 +67,15 @@ START=$SECONDS
 # rust_cuda     1    60   20   tests/cuda: each test a CUDA context against a CPU context on
 #                              random inputs up to the DESIGN shapes; the kernels are prebuilt
 #                              (no NVRTC: formerly 2-25 s per process). CPU side dominates.
-# ctest_cuda    1    40   15   the plain build of test_cuda (configure + one C++ file, ~20 s on
-#                              the busy 2-core machine here) overlaps rust_cuda; the run repeats
-#                              the op comparisons through the C ABI
+# ctest_cuda    1    60   15   the plain build of test_cuda (configure + one C++ file: ~30 s on
+#                              the busy 2-core machine here, beside the JAX build) overlaps
+#                              rust_cuda; the run repeats the op comparisons through the C ABI
+#                              (test_cuda_on_host, the CPU form: 11 s here)
 # torch_tests   1    25   10   torch import ~5 s, 2 CUDA cases (a layer trained in f32 and bf16)
-# jax_ops       1   110   40   the 39 GPU cases of test_ops/linear/precision/memory; their CPU
+# jax_ops       1   110   40   the 60 GPU cases of test_ops/linear/precision/memory; their CPU
 #                              twins took 60 s of wall time on the busy 2-core machine here
 #                              (compile-bound; XLA's GPU compiles are slower than its CPU ones)
-#    part 1     -   235        (at most 5 minutes)
+#    part 1     -   255        (at most 5 minutes)
 # bench_layer   2   150   60   8 configurations, ~300 grass and ~100 peer calls of a few ms each;
 #                              GaLore's SVD once per shape (4 in all, ~1-5 s each) plus samples
 #                              within --svd-budget 20 s; bench_layer gets its own timeout less
@@ -89,25 +90,27 @@ START=$SECONDS
 # synccheck     4    30   15   optional: the same kernels, fewer tests
 # memcheck      4   100   45   optional: every kernel instrumented (10-100x slower); a timeout
 #                              keeps the errors reported so far
-# jax_train     4    90   30   optional: the 35 GPU cases of test_train/stacked/api (their CPU
+# jax_train     4    90   30   optional: the 14 GPU cases of test_train/stacked/api (their CPU
 #                              twins: 110 s here)
 # ctest_asan    4    40   15   optional: test_cuda with ASan/UBSan, built in the background
 #    part 4     -   300        takes only what is left
 # (reserve)     -    10    -   the summary, the fragments and the final archive
-# The mandatory budgets add up to 580 s over 470 usable (their minimums to 255 s), on purpose: a
+# The mandatory budgets add up to 600 s over 470 usable (their minimums to 255 s), on purpose: a
 # budget is a ceiling, and each step starts only while the minimums of the mandatory steps after
 # it still fit; a step that ends early leaves its time to those after it. A step whose minimum
 # no longer fits is skipped and recorded as such, so the whole run never exceeds GPU_ALL_TOTAL
 # (a step overruns its timeout by at most the 5 s of `timeout -k`, inside the reserve).
 # Expected on an H100: setup 15 + part 1 ~150 + part 2 ~140 + part 3 ~100 = ~405 s, leaving ~65 s
-# to part 4. Give the command an outer limit of 540 s or more.
+# to part 4. Give the command an outer limit of 540 s or more. GPU_ALL_SCALE=N multiplies every
+# budget, minimum and the total (default 1; 2 in a dry run: the CPU forms and the background
+# builds share the 2 busy cores of the machine here, where the GPU machine has 16).
 STEPS=(rust_cuda ctest_cuda torch_tests jax_ops bench_layer jax_memory memory_13b
        racecheck synccheck memcheck jax_train ctest_asan)
 declare -A PART=([rust_cuda]=1 [ctest_cuda]=1 [torch_tests]=1 [jax_ops]=1
                  [bench_layer]=2 [jax_memory]=2 [memory_13b]=3
                  [racecheck]=4 [synccheck]=4 [memcheck]=4 [jax_train]=4 [ctest_asan]=4)
 PART_NAME=([1]=correctness [2]=bench [3]=memory_13b [4]=extra)
-declare -A BUDGET=([rust_cuda]=60 [ctest_cuda]=40 [torch_tests]=25 [jax_ops]=110
+declare -A BUDGET=([rust_cuda]=60 [ctest_cuda]=60 [torch_tests]=25 [jax_ops]=110
                    [bench_layer]=150 [jax_memory]=45 [memory_13b]=150
                    [racecheck]=40 [synccheck]=30 [memcheck]=100 [jax_train]=90 [ctest_asan]=40)
 declare -A MIN=([rust_cuda]=20 [ctest_cuda]=15 [torch_tests]=10 [jax_ops]=40
@@ -115,6 +118,14 @@ declare -A MIN=([rust_cuda]=20 [ctest_cuda]=15 [torch_tests]=10 [jax_ops]=40
                 [racecheck]=20 [synccheck]=15 [memcheck]=45 [jax_train]=30 [ctest_asan]=15)
 declare -A OPTIONAL=([racecheck]=1 [synccheck]=1 [memcheck]=1 [jax_train]=1 [ctest_asan]=1)
 RESERVE=10
+SCALE=${GPU_ALL_SCALE:-$([ "$DRY" = 1 ] && echo 2 || echo 1)}
+if [ "$SCALE" != 1 ]; then
+    TOTAL=$((TOTAL * SCALE))
+    for s in "${!BUDGET[@]}"; do
+        BUDGET[$s]=$((${BUDGET[$s]} * SCALE))
+        MIN[$s]=$((${MIN[$s]} * SCALE))
+    done
+fi
 # GPU_ALL_PARTS="1 2" runs only those parts; GPU_ALL_ONLY="bench_layer memory_13b" only the
 # named steps (the others are recorded as skipped).
 PARTS_WANTED=${GPU_ALL_PARTS:-1 2 3 4}
@@ -167,7 +178,7 @@ later_minimums() { # the minimums of the wanted mandatory steps after $1
     echo "# gpu_all.sh: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     echo
     echo "commit $(git rev-parse --short HEAD 2>/dev/null || sed -n 's/^commit \(.\{12\}\).*/\1 (from .carry\/STAMP)/p' .carry/STAMP 2>/dev/null);" \
-        "total ${TOTAL}s; parts ${PARTS_WANTED}${ONLY:+; steps $ONLY};" \
+        "total ${TOTAL}s$([ "$SCALE" != 1 ] && echo " (budgets x$SCALE)"); parts ${PARTS_WANTED}${ONLY:+; steps $ONLY};" \
         "dry run: $([ "$DRY" = 1 ] && echo "yes$([ "$HOST_CUDA" = 1 ] && echo ', host CUDA stand-in')" || echo no)"
     echo
     echo "| step | status | seconds | timeout | note |"
@@ -508,11 +519,17 @@ done
 [[ " $PARTS_WANTED " == *" $current "* ]] && fragment "$current"
 
 compiled=$(ls "$GRASS_KERNEL_CACHE" 2>/dev/null | grep -c '^kernels-')
+if [ "$DRY" = 1 ] && [ "$HOST_CUDA" != 1 ]; then
+    kernels_line="dry run: no CUDA context opened (prebuilt: $(sed -n 's/^kernels //p' .carry/STAMP))"
+elif [ "$compiled" = 0 ]; then
+    kernels_line="no NVRTC compile in this run (prebuilt: $(sed -n 's/^kernels //p' .carry/STAMP))"
+else
+    kernels_line="NVRTC compiled $compiled kernel set(s) (the prebuilt ones did not match or load: $(ls "$GRASS_KERNEL_CACHE" | tr '\n' ' '))"
+fi
 skipped=$(grep -E '^\| [a-z_0-9]+ \| skipped \|' "$summary" | cut -d'|' -f2 | tr -d ' ' | tr '\n' ' ')
 {
     echo
-    echo "kernels: $([ "$compiled" = 0 ] && echo "no NVRTC compile in this run (prebuilt: $(sed -n 's/^kernels //p' .carry/STAMP))" ||
-        echo "NVRTC compiled $compiled kernel set(s) (the prebuilt ones did not match or load: $(ls "$GRASS_KERNEL_CACHE" | tr '\n' ' '))")"
+    echo "kernels: $kernels_line"
     echo "total: $((SECONDS - START)) s of ${TOTAL} s; result: $([ $failed -eq 0 ] && echo PASSED || echo FAILED)" \
         "(mandatory steps)${skipped:+; skipped: $skipped}${findings:+; optional findings:$findings}"
     echo "logs: logs.tgz (env.txt, carry.txt, one NAME.log per step, the build logs, bench.*,"

@@ -41,9 +41,14 @@ stamp_check() {
     here=$(mktemp)
     stamp_sources >"$here"
     if ! diff -q "$dir/SOURCES.sha256" "$here" >/dev/null; then
-        diff=$(diff "$dir/SOURCES.sha256" "$here" |
-            sed -n 's/^\([<>]\) [0-9a-f]*  \(.*\)$/\1 \2/p' | sort -k2 -u | head -n 12 |
-            sed 's/^< /  changed or gone since: /; s/^> /  changed or new here: /')
+        # per file: differs, gone here, or new here (the first 12)
+        diff=$(awk 'NR == FNR { was[$2] = $1; next }
+                    { now[$2] = $1 }
+                    END {
+                        for (f in was) if (!(f in now)) print "  gone here: " f
+                        for (f in now) if (!(f in was)) print "  new here: " f
+                        for (f in now) if ((f in was) && was[f] != now[f]) print "  differs: " f
+                    }' "$dir/SOURCES.sha256" "$here" | sort | head -n 12)
         echo "$dir was built from other sources than this tree's (commit ${commit:0:12}$(
             grep -q '^dirty yes' "$dir/STAMP" && echo ', with uncommitted changes')):"
         echo "$diff"

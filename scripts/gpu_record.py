@@ -37,7 +37,7 @@ def section(dirs, command):
         sys.exit(f"no summary.md in {', '.join(dirs)}: not a gpu_all.sh output directory")
     first = summaries[0]
     when = re.search(r"gpu_all\.sh: (.+ UTC)", first)
-    commit = re.search(r"^commit (\S+)", first, re.M)
+    commit = re.search(r"^commit ([0-9a-f]+)", first, re.M)
     env = "\n".join(env_txt(d) for d in dirs)
     card = re.search(r"(NVIDIA [A-Z][\w ]*?\d+\w*(?: [\w]+)*?)\s{2,}", env)
     driver = re.search(r"Driver Version:\s*(\S+)", env)
@@ -52,7 +52,7 @@ def section(dirs, command):
         total = re.search(r"^total: .*$", s, re.M)
         kern = re.search(r"^kernels: .*$", s, re.M)
         if total:
-            lines.append(f"{total.group(0)}" + (f" {kern.group(0)}." if kern else ""))
+            lines += ["", total.group(0)] + (["", kern.group(0)] if kern else [])
     lines.append("")
     dry = any("dry run: yes" in s for s in summaries)
     found = 0

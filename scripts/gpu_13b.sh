@@ -15,9 +15,15 @@ source scripts/gpu_env.sh
 export PYTHONUNBUFFERED=1
 # the peak must be what the step uses, not what XLA reserved up front
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
-# grass_jax as scripts/gpu_prepare.sh built it into .carry/py; elsewhere PYTHON may name an
+# grass_jax as scripts/gpu_prepare.sh built it into .carry/py (refused when built from other
+# sources: scripts/gpu_stamp.sh) with its prebuilt kernels; elsewhere PYTHON may name an
 # interpreter that has it (e.g. PYTHON=.venv/bin/python scripts/gpu_13b.sh --small on a CPU)
-[ -d .carry/py ] && export PYTHONPATH=$PWD/.carry/py${PYTHONPATH:+:$PYTHONPATH}
+if [ -d .carry/py ]; then
+    source scripts/gpu_stamp.sh
+    stamp_check .carry || exit 3
+    export PYTHONPATH=$PWD/.carry/py${PYTHONPATH:+:$PYTHONPATH}
+    [ -d .carry/kernels ] && export GRASS_PREBUILT_KERNELS=$PWD/.carry/kernels
+fi
 PYTHON=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/memory_13b_gpu.txt"
 timeout 300 "$PYTHON" bench/bench_13b_memory.py "$@" 2>&1 | tee "$OUT/memory_13b.log"

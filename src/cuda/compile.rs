@@ -322,9 +322,12 @@ pub struct KernelCache {
     prebuilt_hits: AtomicU64,
 }
 
+/// (architecture, source hash): what a process's kernels depend on besides its one NVRTC.
+type MemoryKey = ((i32, i32), u64);
+
 #[derive(Default)]
 struct Memory {
-    entries: HashMap<((i32, i32), u64), Arc<Vec<Cubin>>>,
+    entries: HashMap<MemoryKey, Arc<Vec<Cubin>>>,
     /// Architectures whose entry in memory came from the prebuilt directory.
     from_prebuilt: HashSet<(i32, i32)>,
     /// Architectures whose prebuilt entry the driver refused: compiled from now on.

@@ -22,7 +22,15 @@ fn build() -> Option<&'static Lib> {
     static LIB: OnceLock<Option<Lib>> = OnceLock::new();
     LIB.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("libgrass_kernels_host.so");
+        // Selection runs as host threads: a smaller block (more tiles per pass) is cheaper.
+        // GRASS_HOST_SEL_THREADS=512 checks the block size the GPU launches.
+        let sel_threads: u32 = std::env::var("GRASS_HOST_SEL_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|t: &u32| t.is_power_of_two())
+            .unwrap_or(64);
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("libgrass_kernels_host_{sel_threads}.so"));
         let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
         let status = Command::new(&cxx)
             .args([
@@ -33,8 +41,7 @@ fn build() -> Option<&'static Lib> {
                 "-fPIC",
                 "-pthread",
             ])
-            // Selection runs as host threads: a smaller block (more tiles per pass) is cheaper.
-            .arg("-DSEL_THREADS=64")
+            .arg(format!("-DSEL_THREADS={sel_threads}"))
             .arg(root.join("tests/host_kernels/kernels_host.cpp"))
             .arg("-o")
             .arg(&out)

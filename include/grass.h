@@ -534,7 +534,8 @@ grass_status grass_select_workspace_size(const struct grass_context *ctx,
                                          int64_t r,
                                          size_t *bytes_out);
 
-// Chooses `config->rank` of `d` indices from `scores` with `config`'s method, power, scaling,
+// Chooses `config->rank` (1 to d; 0, the handles' rank rule, is refused here: pass
+// `grass_default_rank(d)`) of `d` indices from `scores` with `config`'s method, power, scaling,
 // seed and layer id at refresh `refresh_index` — or, when `refresh_index_at` is not NULL, at the
 // refresh index stored there in context memory (a device-side counter needs no host round
 // trip). Writes `indices` (sorted ascending; repeats

@@ -171,7 +171,8 @@ pub unsafe extern "C" fn grass_select_workspace_size(
     })
 }
 
-/// Chooses `config->rank` of `d` indices from `scores` with `config`'s method, power, scaling,
+/// Chooses `config->rank` (1 to d; 0, the handles' rank rule, is refused here: pass
+/// `grass_default_rank(d)`) of `d` indices from `scores` with `config`'s method, power, scaling,
 /// seed and layer id at refresh `refresh_index` — or, when `refresh_index_at` is not NULL, at the
 /// refresh index stored there in context memory (a device-side counter needs no host round
 /// trip). Writes `indices` (sorted ascending; repeats
@@ -196,6 +197,11 @@ pub unsafe extern "C" fn grass_select(
         let cfg = read_versioned("config", config)?;
         let sel = cfg.selection()?;
         let d = positive("d", d)?;
+        ensure!(
+            sel.rank > 0,
+            InvalidValue,
+            "config->rank = 0 (the rank rule) is for handles: grass_select writes rank entries, so give the rank (grass_default_rank(d) is the rule's)"
+        );
         ensure!(
             sel.rank <= d,
             InvalidValue,

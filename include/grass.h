@@ -13,7 +13,7 @@
  * handles made from them.
  *
  * Workspace of handles: the handles made on one context share that context's one workspace
- * (sized for the most any of them needs, at most 64 MiB at DESIGN's shapes); a handle holds only
+ * (sized for the most any of them needs, at most 64 MiB at the reference shapes of docs/api.md); a handle holds only
  * its state. So handle calls on one context never overlap: on a CPU context they run one at a
  * time, whatever the threads (a call waits for the one in progress); on a CUDA context a call
  * on another stream than the previous handle call makes its stream wait, on the device, for the
@@ -491,7 +491,7 @@ grass_status grass_resolve_side(int64_t m,
                                 int64_t *d_out,
                                 int64_t *k_out);
 
-// Scratch bytes `grass_row_scores` needs for these shapes (at most 64 MiB at every DESIGN
+// Scratch bytes `grass_row_scores` needs for these shapes (at most 64 MiB at every reference
 // shape up to 8192 tokens). With d and k the projected and kept dimensions, each region
 // rounded up for alignment:
 // - CPU: `c·k·4 + tc·c·4 (+ tc·k·4 when dtype is not f32)`, c = rows of G per chunk
@@ -554,7 +554,7 @@ grass_status grass_select(const struct grass_context *ctx,
                           void *stream);
 
 // Scratch bytes `grass_sparse_grad` needs for these shapes (within the size limits; at most
-// 64 MiB at every DESIGN shape and rank up to 8192 tokens), with k the kept dimension and s the
+// 64 MiB at every reference shape (docs/api.md) and rank up to 8192 tokens), with k the kept dimension and s the
 // dtype's size, each region rounded up for alignment:
 // - CPU: `tc·r·4 (+ tc·k·4 when dtype is not f32)`, tc = tokens per chunk, all b when that
 //   is at most 48 MiB, else as many as fit it (chunks add into g);

@@ -75,7 +75,7 @@ pub unsafe extern "C" fn grass_resolve_side(
     })
 }
 
-/// Scratch bytes `grass_row_scores` needs for these shapes (at most 64 MiB at every DESIGN
+/// Scratch bytes `grass_row_scores` needs for these shapes (at most 64 MiB at every reference
 /// shape up to 8192 tokens). With d and k the projected and kept dimensions, each region
 /// rounded up for alignment:
 /// - CPU: `c·k·4 + tc·c·4 (+ tc·k·4 when dtype is not f32)`, c = rows of G per chunk
@@ -228,7 +228,7 @@ pub unsafe extern "C" fn grass_select(
 }
 
 /// Scratch bytes `grass_sparse_grad` needs for these shapes (within the size limits; at most
-/// 64 MiB at every DESIGN shape and rank up to 8192 tokens), with k the kept dimension and s the
+/// 64 MiB at every reference shape (docs/api.md) and rank up to 8192 tokens), with k the kept dimension and s the
 /// dtype's size, each region rounded up for alignment:
 /// - CPU: `tc·r·4 (+ tc·k·4 when dtype is not f32)`, tc = tokens per chunk, all b when that
 ///   is at most 48 MiB, else as many as fit it (chunks add into g);

@@ -399,7 +399,7 @@ pub unsafe extern "C" fn grass_optimizer_import_state(
 }
 
 /// The `count` handles of `optimizers` (none NULL, none repeated).
-unsafe fn handle_set<'a>(
+unsafe fn handle_set(
     optimizers: *const *mut grass_optimizer,
     count: usize,
 ) -> Result<Vec<*mut grass_optimizer>> {

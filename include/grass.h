@@ -36,30 +36,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// 0: the rank rule ([`super::default_rank`]) picks r from the projected dimension.
-#define RANK 0
-
-#define POWER 2
-
-#define REFRESH_EVERY 200
-
-#define SEED 0
-
-#define LAYER_ID 0
-
-#define BETA1 0.9
-
-#define BETA2 0.999
-
-#define EPS 1e-8
-
-#define WEIGHT_DECAY 0.0
-
-// Scale of the projected update: the learning rate it wants is about 10-20x AdamW's.
-#define ALPHA 0.25
-
-#define RANK_MULTIPLE 8
-
 // Major version: changes only with an incompatible ABI change.
 #define GRASS_VERSION_MAJOR 0
 
@@ -318,18 +294,6 @@ typedef struct grass_projection_info {
 
 // What an AdamW step wrote to `*skipped`: one of `GRASS_STEP_*`.
 typedef int32_t grass_step_outcome;
-
-
-
-
-
-
-
-
-
-
-
-
 
 #define GRASS_DTYPE_F32 0
 

@@ -754,6 +754,14 @@ grass_status grass_optimizer_grad_sq_norm(const struct grass_optimizer *optimize
                                           float *sq_norm_out,
                                           void *stream);
 
+// Sets the layer id of a dense parameter's optimizer (0 at creation), which its checkpoints
+// record: `grass_optimizer_import_state` and `grass_checkpoint_load` then refuse a state of a
+// dense parameter with another id, so parameters of one size and dtype (e.g. the LayerNorm
+// gains of every block) cannot be restored into each other. A GRASS layer's layer id is its
+// projection config's (`layer_id`, which also keys its row selection): for a GRASS layer this
+// call fails with `GRASS_ERROR_INVALID_STATE` unless `layer_id` equals it.
+grass_status grass_optimizer_set_layer_id(struct grass_optimizer *optimizer, uint32_t layer_id);
+
 // Writes the outcome of the last step: `GRASS_STEP_APPLIED` (0), or the reason it was
 // skipped (`GRASS_STEP_SKIPPED_*`, e.g. a non-finite gradient). Synchronizes `stream` on
 // CUDA contexts (it reads device memory): not for the hot path.

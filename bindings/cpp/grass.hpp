@@ -707,6 +707,11 @@ class Optimizer {
     return last_step_outcome(stream) != StepOutcome::Applied;
   }
 
+  // A dense parameter's layer id, recorded by its checkpoints so that parameters of one size
+  // cannot be restored into each other (a GRASS layer's is its ProjectionConfig's: setting
+  // another throws GRASS_ERROR_INVALID_STATE).
+  void set_layer_id(uint32_t layer_id) { check(grass_optimizer_set_layer_id(get(), layer_id)); }
+
   [[nodiscard]] grass_optimizer_info info() const {
     grass_optimizer_info out{};
     out.struct_size = sizeof out;

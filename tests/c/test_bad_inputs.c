@@ -865,6 +865,13 @@ static void optimizer_handle(void) {
   BAD(grass_checkpoint_load(NULL, set, 2, NULL), GRASS_ERROR_NULL_POINTER,
       "grass_checkpoint_load", "path");
 
+  /* layer ids: any for a dense parameter, only its own for a GRASS layer */
+  BAD(grass_optimizer_set_layer_id(NULL, 1), GRASS_ERROR_NULL_POINTER,
+      "grass_optimizer_set_layer_id", "optimizer");
+  BAD(grass_optimizer_set_layer_id(sparse, fx.pc.layer_id + 1), GRASS_ERROR_INVALID_STATE,
+      "grass_optimizer_set_layer_id", "layer_id");
+  TK_OK(grass_optimizer_set_layer_id(sparse, fx.pc.layer_id));
+
   /* the rank rule: d within the size limits, an out pointer */
   int64_t rank = -5;
   BAD(grass_default_rank(0, &rank), GRASS_ERROR_INVALID_VALUE, "grass_default_rank", "d");

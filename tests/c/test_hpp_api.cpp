@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -562,6 +563,25 @@ void rank_rule_norm_and_scaled_step() {
             "grad_scale");
   TK_THROWS(layer.grad_sq_norm(nullptr, &sq), GRASS_ERROR_INVALID_STATE,
             "grass_optimizer_backward");
+
+  // a set of Optimizer objects through one checkpoint file
+  std::vector<grass::Optimizer> set;
+  set.push_back(std::move(a));
+  set.push_back(std::move(b));
+  set[0].set_layer_id(10);  // two dense parameters of one size: told apart by their ids
+  set[1].set_layer_id(11);
+  const std::string path = "test_hpp_api.grass";
+  grass::checkpoint_save(path, set);
+  const auto before = set[0].export_state();
+  set[0].step_scaled(wa.data(), g.data(), 1e-2f, 1.0f);
+  TK_CHECK(set[0].export_state() != before);
+  grass::checkpoint_load(path, set);
+  TK_CHECK(set[0].export_state() == before);
+  std::swap(set[0], set[1]);
+  TK_THROWS(grass::checkpoint_load(path, set), GRASS_ERROR_BAD_CHECKPOINT, "layer_id 10");
+  TK_THROWS(layer.set_layer_id(5), GRASS_ERROR_INVALID_STATE, "layer_id = 5");
+  layer.set_layer_id(0);  // its own: accepted
+  std::remove(path.c_str());
 }
 
 int main() {

@@ -19,7 +19,7 @@
 #      torch_tests  bindings/torch/tests, the CUDA cases (-k cuda)
 #      jax_ops      the JAX GPU cases of the op, layer, precision and memory tests (-k gpu); a
 #                   GPU case that skips for want of a GPU fails the step
-#   2. bench (mandatory): bench_layer (the 8 DESIGN configurations against the floor, the
+#   2. bench (mandatory): bench_layer (the 8 reference configurations of docs/api.md against the floor, the
 #      peers and GaLore in the same process; rows written as measured) and jax_memory
 #   3. memory_13b (mandatory): the LLaMA-13B-shaped model within 40 GB, vs optax.adamw
 #   4. extra (optional: a failure or timeout here is reported but never fails the run):
@@ -65,7 +65,7 @@ START=$SECONDS
 # (setup)       -    15    -   carry check (~1 s), nvidia-smi, torch and jax versions (imports:
 #                              10-12 s in the dry run here), starting the two background builds
 # rust_cuda     1    60   20   tests/cuda: each test a CUDA context against a CPU context on
-#                              random inputs up to the DESIGN shapes; the kernels are prebuilt
+#                              random inputs up to the reference shapes (docs/api.md); the kernels are prebuilt
 #                              (no NVRTC: formerly 2-25 s per process). CPU side dominates.
 # ctest_cuda    1    60   15   the plain build of test_cuda (configure + one C++ file: ~30 s on
 #                              the busy 2-core machine here, beside the JAX build) overlaps

@@ -23,6 +23,7 @@ r rows); an `update` returning W_new - W would build the m x n tensor GRASS exis
 """
 
 import difflib
+import inspect
 import math
 import operator
 from typing import Any, Callable, NamedTuple, Optional, Union
@@ -34,7 +35,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from . import _lib, consistency, ops, sharding
-from .linear import LayerConfig, Projection, select_rows
+from .linear import LayerConfig, Projection, check_layout, select_rows
 
 
 class GrassLayerState(NamedTuple):
@@ -161,6 +162,58 @@ _GRADS_HELP = (
     "grass_linear), or jax.value_and_grad(loss_fn, argnums=(0, 1), allow_int=True).")
 
 
+def _refuse_traced_options(options):
+    """grass_adamw's options other than the learning rate fix shapes, the selection and the
+    compiled step: a traced or array value (what `optax.inject_hyperparams` passes for every
+    number it is not told is static) is refused, naming the call that keeps them static."""
+    from optax.schedules import _inject
+    bad = [name for name, value in options.items()
+           if name not in ("self", "learning_rate") and
+           (isinstance(value, (jax.Array, jax.core.Tracer)) or
+            isinstance(value, _inject.WrappedSchedule))]
+    if bad:
+        raise ValueError(
+            f"grass_adamw: {', '.join(bad)} must be static (they fix shapes, the selection and "
+            f"the compiled step); only learning_rate can be a hyper-parameter. With "
+            f"optax.inject_hyperparams use "
+            f"optax.inject_hyperparams(grass_adamw, static_args=grass_adamw.STATIC_ARGS)"
+            f"(learning_rate, grass_mask=..., ...)")
+
+
+def _inside_multisteps():
+    """Whether init was called by optax.MultiSteps.init (which would keep full-size gradient
+    accumulators next to grass's compressed state)."""
+    frame = inspect.currentframe()
+    try:
+        for _ in range(12):
+            frame = frame.f_back if frame is not None else None
+            if frame is None:
+                return False
+            code = frame.f_code
+            if getattr(code, "co_qualname", code.co_name) == "MultiSteps.init" and \
+                    "optax" in code.co_filename:
+                return True
+        return False
+    finally:
+        del frame
+
+
+_MULTISTEPS_HELP = (
+    "grass_adamw: optax.MultiSteps would keep a full-size (m x n) accumulator for every GRASS "
+    "weight, which grass exists to avoid. Accumulate micro-batches into the compressed "
+    "(r x k) gradients instead: grads = opt.accumulate(grads, micro_grads) over the "
+    "micro-batches' opt.value_and_grad results (projections from opt.projections, refreshed "
+    "by the first micro-batch only: opt.micro_projections), then opt.step(params, "
+    "opt.mean(grads, n), state) (see the README, 'Gradient accumulation').")
+
+_PAIR_HELP = (
+    "grass_adamw.update takes the ordinary gradients of the params (jax.grad of the loss, the "
+    "optax contract), and selects rows of them itself. The (param_grads, projection_grads) "
+    "pair of opt.value_and_grad, with the compressed gradients of grass_linear / GrassDense "
+    "layers, goes to opt.step(params, grads, state) instead, which writes the selected rows "
+    "in place; an optax update for them would be a full m x n array.")
+
+
 class grass_adamw:
     """GRASS (compressed AdamW over selected rows) for the leaves `grass_mask` selects, and
     `dense` for the others.
@@ -206,9 +259,36 @@ class grass_adamw:
                     r / N of the selected rows (ZeRO-1, see grass_jax.sharding); pass the
                     state through shard_map with `state_specs(state)`.
 
+    layout          how each GRASS weight is stored: "out_in" ((out, in), y = x @ w.T) or
+                    "in_out" ((in, out), y = x @ w: Flax kernels), a params-shaped tree of
+                    those, or fn(path, leaf) -> layout. None: "out_in", except that a leaf
+                    named "kernel" (Flax's name for an (in, out) weight) must be declared.
+                    grass_linear and the layers check every call against it, naming the
+                    weight, so a square weight is never updated transposed.
+    stacked         number of leading layer axes of each GRASS weight (nn.scan / lax.scan
+                    stacks): an int for all, a params-shaped tree or fn(path, leaf) -> int;
+                    None is 0. A GRASS leaf whose ndim is not stacked + 2 is refused: a 3-D
+                    kernel is never taken for a stack unless declared.
+
     Every option is checked here: a misspelt name or an out-of-range value raises ValueError,
     naming the option and the accepted values.
+
+    Two ways to train with it (both keep init's state):
+      opt.step(params, grads, state) -> (params, state)     grads from opt.value_and_grad
+          with grass_linear / GrassDense layers: compressed gradients, W updated in place.
+      opt.update(grads, state, params) -> (updates, state)  the optax contract, so opt works
+          in optax.chain, optax.apply_updates and Flax TrainState: grads are ordinary full
+          gradients (jax.grad); the selected rows are taken from them (state savings only,
+          like optax.contrib.galore); updates has the params' shapes.
     """
+
+    # Every option but the learning rate: optax.inject_hyperparams(grass_adamw,
+    # static_args=grass_adamw.STATIC_ARGS) keeps them static.
+    STATIC_ARGS = ("grass_mask", "rank", "refresh_every", "method", "power", "scaling", "side",
+                   "seed", "b1", "b2", "eps", "weight_decay", "decay_mode", "alpha",
+                   "refresh_mode", "state_dtype", "dense", "axis_name", "dp_scores",
+                   "dp_chunk_elems", "shard_state", "max_grad_norm", "cap_rank", "layout",
+                   "stacked")
 
     def __init__(self, learning_rate: Union[float, Callable], *, grass_mask, rank=256,
                  refresh_every=200, method="uniform_nr", power=2, scaling="none",
@@ -216,8 +296,9 @@ class grass_adamw:
                  decay_mode="selected", alpha=0.25, refresh_mode="reset",
                  state_dtype=jnp.float32, dense=None, axis_name=None, dp_scores="exact",
                  dp_chunk_elems=1 << 22, shard_state=False, max_grad_norm=None,
-                 cap_rank=False):
-        if not callable(learning_rate):
+                 cap_rank=False, layout=None, stacked=None):
+        _refuse_traced_options(locals())
+        if not callable(learning_rate) and not isinstance(learning_rate, jax.core.Tracer):
             _number(learning_rate, "learning_rate", 0.0)
         if grass_mask is None:
             raise ValueError("grass_adamw: grass_mask is required: a params-shaped tree of bools "
@@ -273,6 +354,19 @@ class grass_adamw:
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.cap_rank = bool(cap_rank)
         self.shard_state = bool(shard_state)
+        if isinstance(layout, str) or layout is None:
+            if layout is not None:
+                check_layout(layout, "grass_adamw: layout")
+        elif not callable(layout) and not isinstance(layout, (dict, list, tuple)):
+            raise ValueError(f"grass_adamw: layout must be 'out_in', 'in_out', a params-shaped "
+                             f"tree of those or fn(path, leaf) -> layout, got {layout!r}")
+        self.layout = layout
+        if stacked is not None and not callable(stacked) and \
+                not isinstance(stacked, (int, dict, list, tuple)):
+            raise ValueError(f"grass_adamw: stacked must be an int (leading layer axes), a "
+                             f"params-shaped tree of ints or fn(path, leaf) -> int, got "
+                             f"{stacked!r}")
+        self.stacked = stacked
         if self.shard_state:
             sharding.check_options(axis_name=axis_name, method=method, decay_mode=decay_mode,
                                    weight_decay=weight_decay)
@@ -288,22 +382,68 @@ class grass_adamw:
             mask = [bool(m) for m in mask]
         return leaves_p, treedef, mask
 
+    def _per_leaf(self, option, leaves_p, treedef, default):
+        """The value of a per-weight option (`layout`, `stacked`) for each leaf: one value for
+        all, a params-shaped tree, or fn(path, leaf)."""
+        if option is None or isinstance(option, (str, int)):
+            return [default if option is None else option] * len(leaves_p)
+        if callable(option):
+            return [option(path, leaf) for path, leaf in leaves_p]
+        try:
+            return treedef.flatten_up_to(option)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"grass_adamw: a per-weight option tree does not have the "
+                             f"structure of the params: {e}") from None
+
+    def _layout_of(self, path, declared):
+        name = _path_name(path)
+        if declared is None:
+            last = path[-1] if path else None
+            key = getattr(last, "key", getattr(last, "name", None))
+            if key == "kernel":
+                raise ValueError(
+                    f"GRASS leaf {name}: a leaf named 'kernel' is stored (in, out) by Flax, "
+                    f"(out, in) elsewhere, and a square one looks the same either way: declare "
+                    f"how it is stored, grass_adamw(..., layout='in_out') for Flax kernels "
+                    f"(grass_linear(x, w, proj, layout='in_out'), GrassDense), or "
+                    f"layout='out_in'")
+            return "out_in"
+        return check_layout(declared, f"grass_adamw: layout of GRASS leaf {name}")
+
     def layer_configs(self, params):
         """LayerConfig per GRASS leaf (None elsewhere), in flattened order. layer_id counts the
         GRASS leaves in that order, so each layer draws its rows independently (the slices of
         a stacked leaf share its layer_id and differ by refresh index, LayerConfig.stack)."""
         leaves_p, treedef, mask = self._mask(params)
+        layouts = self._per_leaf(self.layout, leaves_p, treedef, None)
+        stacks = self._per_leaf(self.stacked, leaves_p, treedef, 0)
         configs, layer_id = [], 0
-        for (path, leaf), is_grass in zip(leaves_p, mask):
+        for (path, leaf), is_grass, layout, stacked in zip(leaves_p, mask, layouts, stacks):
             if not is_grass:
                 configs.append(None)
                 continue
             shape = tuple(jnp.shape(leaf))
-            if len(shape) < 2:
-                raise ValueError(f"GRASS leaf {_path_name(path)}: a GRASS leaf must be a 2-D "
-                                 f"(out, in) weight or a stack of them (*layers, out, in), got "
-                                 f"shape {shape}; leave it out of grass_mask")
-            m, n = shape[-2:]
+            name = _path_name(path)
+            layout = self._layout_of(path, layout)
+            if stacked is None:
+                stacked = 0
+            if isinstance(stacked, bool) or not isinstance(stacked, int) or stacked < 0:
+                raise ValueError(f"grass_adamw: stacked for GRASS leaf {name} must be the "
+                                 f"number of leading layer axes (an int >= 0), got {stacked!r}")
+            if len(shape) != stacked + 2:
+                if len(shape) < 2:
+                    why = "a GRASS leaf must be a 2-D weight; leave it out of grass_mask"
+                elif len(shape) > stacked + 2:
+                    why = (f"it has {len(shape) - 2 - stacked} axes more than a "
+                           f"{'stack of ' if stacked else ''}2-D weight. A stack of layers "
+                           f"(nn.scan / lax.scan) is declared: grass_adamw(..., "
+                           f"stacked={len(shape) - 2}) (or a tree / fn(path, leaf) -> int). A "
+                           f"multi-axis DenseGeneral kernel (e.g. (in, heads, head_dim)) is "
+                           f"not a stack: reshape it to 2-D in the layer (GrassDense does)")
+                else:
+                    why = f"stacked={stacked} declares {stacked} leading layer axes"
+                raise ValueError(f"GRASS leaf {name} has shape {shape}: {why}")
+            m, n = shape[-2:] if layout == "out_in" else shape[-2:][::-1]
             if self.shard_state and len(shape) > 2:
                 raise ValueError(f"GRASS leaf {_path_name(path)}: shard_state does not split "
                                  f"stacked weights {shape}; use 2-D weights with shard_state, "
@@ -311,11 +451,12 @@ class grass_adamw:
             c = LayerConfig.make(
                 m, n, self.rank, self.side, layer_id=layer_id, axis_name=self.axis_name,
                 dp_scores=self.dp_scores, dp_chunk_elems=self.dp_chunk_elems,
-                stack=shape[:-2], **self.selection)
+                stack=shape[:-2], layout=layout, name=name, **self.selection)
             if c.rank < self.rank and not self.cap_rank:
                 what = "rows" if c.side == "rows" else "columns"
                 raise ValueError(
-                    f"GRASS leaf {_path_name(path)} ({m} x {n}, side {c.side}) has only {c.d} "
+                    f"GRASS leaf {name} ({m} x {n}{' as (out, in)' if layout == 'in_out' else ''}, "
+                    f"side {c.side}) has only {c.d} "
                     f"{what} to select from, fewer than rank={self.rank}: choose rank <= {c.d}, "
                     f"leave this weight out of grass_mask, or pass cap_rank=True to use "
                     f"r = min(rank, d) for each weight")
@@ -334,6 +475,8 @@ class grass_adamw:
     # -- init --------------------------------------------------------------------------------
 
     def init(self, params) -> GrassState:
+        if _inside_multisteps():
+            raise ValueError(_MULTISTEPS_HELP)
         leaves, treedef, configs = self.layer_configs(params)
         layers = []
         for c in configs:
@@ -415,6 +558,70 @@ class grass_adamw:
             return out
 
         return checked
+
+    # -- gradient accumulation over micro-batches --------------------------------------------
+
+    def micro_projections(self, projections, grads):
+        """The projections for the micro-batches after the first of a step.
+
+        `projections` are the step's (`opt.projections`), `grads` the first micro-batch's
+        (param_grads, projection_grads). At a refresh step the first micro-batch chose new rows
+        in its backward pass (from its own scores); the projections returned here carry those
+        rows and do not refresh, so every micro-batch compresses onto the same rows and the
+        compressed gradients add up. Outside refresh steps they are the step's rows."""
+        def one(p, pct):
+            if not isinstance(p, Projection):
+                return p
+            c = p.config
+            idx, sc = p.indices, p.scales
+            if p.static_refresh is not False:
+                new_idx, new_sc = _select(c, pct.score_sink, p.refresh_index)
+                if p.static_refresh is None:
+                    idx = jnp.where(p.refresh[..., None], new_idx, idx)
+                    sc = jnp.where(p.refresh[..., None], new_sc, sc)
+                else:
+                    idx, sc = new_idx, new_sc
+            return Projection(idx, sc, jnp.zeros_like(p.sink), jnp.zeros_like(p.score_sink),
+                              p.refresh_index, False, c)
+
+        if not isinstance(grads, (tuple, list)) or len(grads) != 2:
+            raise ValueError(_GRADS_HELP)
+        return jax.tree_util.tree_map(one, projections, grads[1],
+                                      is_leaf=lambda x: isinstance(x, Projection) or x is None)
+
+    @staticmethod
+    def accumulate(acc, grads):
+        """acc + grads for two (param_grads, projection_grads) pairs: the param gradients and
+        the compressed (r x k) gradients add; the row scores stay acc's (the first
+        micro-batch's, from which the step re-derives the rows it chose). Nothing m x n is
+        kept for a GRASS weight."""
+        if not isinstance(acc, (tuple, list)) or len(acc) != 2 or \
+                not isinstance(grads, (tuple, list)) or len(grads) != 2:
+            raise ValueError(_GRADS_HELP)
+        add = lambda a, b: a if a is None else a + b
+        params = jax.tree_util.tree_map(add, acc[0], grads[0])
+
+        def proj(a, b):
+            if not isinstance(a, Projection):
+                return add(a, b)
+            return _replace_sink(a, a.sink + b.sink)
+
+        projs = jax.tree_util.tree_map(proj, acc[1], grads[1],
+                                       is_leaf=lambda x: isinstance(x, Projection) or x is None)
+        return params, projs
+
+    @staticmethod
+    def mean(acc, count):
+        """The accumulated gradients divided by the number of micro-batches `count` (the
+        gradient of the mean loss over equal micro-batches), ready for `step`."""
+        inv = 1.0 / count
+        scale = lambda a: a if a is None or not jnp.issubdtype(a.dtype, jnp.floating) else \
+            (a * inv).astype(a.dtype)
+        params = jax.tree_util.tree_map(scale, acc[0])
+        projs = jax.tree_util.tree_map(
+            lambda p: _replace_sink(p, p.sink * inv) if isinstance(p, Projection) else scale(p),
+            acc[1], is_leaf=lambda x: isinstance(x, Projection) or x is None)
+        return params, projs
 
     def _lr(self, count):
         lr = self.learning_rate(count) if callable(self.learning_rate) else self.learning_rate
@@ -521,17 +728,81 @@ class grass_adamw:
             if self.shard_state:
                 w, m, v, row_steps, skipped = sharding.sparse_adamw_step(
                     w, ls.indices, ls.scales, sinks[i], ls.m, ls.v, ls.row_steps, lr,
-                    axis_name=self.axis_name, side=c.side, rank=c.rank, alpha=self.alpha,
+                    axis_name=self.axis_name, side=c.stored_side, rank=c.rank, alpha=self.alpha,
                     adam=self.adam, after=after)
             else:
                 w, m, v, row_steps, skipped = ops.sparse_adamw_step(
                     w, ls.indices, ls.scales, sinks[i], ls.m, ls.v, ls.row_steps, lr,
-                    side=c.side, alpha=self.alpha, after=after, **self.adam)
+                    side=c.stored_side, alpha=self.alpha, after=after, **self.adam)
             new_leaves[i] = w
             new_layers[i] = ls._replace(m=m, v=v, row_steps=row_steps, skipped=skipped)
         dense = self._dense_step(leaves, dense_idx, dense_grads, treedef, state, lr,
                                  new_leaves, after)
         return (treedef.unflatten(new_leaves),
+                GrassState(state.count + 1, treedef.unflatten(new_layers), dense))
+
+    def update(self, updates, state: GrassState, params=None):
+        """The optax contract: (updates, state) from the ordinary gradients of the params
+        (`updates`, e.g. jax.grad of the loss). For each GRASS weight the row scores come from
+        its gradient, the selection refreshes every refresh_every steps, g = the selected
+        rows (times their scales) and the compressed AdamW steps them; `updates` is
+        W_new - W (non-zero on the selected rows, plus weight decay where decay_mode says),
+        so `optax.apply_updates(params, updates)` gives the new params (up to one rounding
+        of W + (W_new - W)). The other leaves step with `dense`.
+
+        The gradient and the update are m x n here (the gradient is anyway): the state is
+        r x k. For the gradient savings use grass layers and `step`."""
+        if params is None:
+            raise ValueError("grass_adamw.update needs params: tx.update(grads, opt_state, "
+                             "params) (grass reads the weights it updates)")
+        if self.axis_name is not None:
+            raise ValueError("grass_adamw.update (the optax form) does not average over "
+                             "axis_name: with data parallelism use opt.step(params, grads, "
+                             "state) inside shard_map, or average the gradients yourself and "
+                             "build grass_adamw without axis_name")
+        leaves, treedef, configs = self.layer_configs(params)
+        if isinstance(updates, (tuple, list)) and len(updates) == 2 and any(
+                isinstance(x, Projection) for x in jax.tree_util.tree_leaves(
+                    updates[1], is_leaf=lambda x: isinstance(x, Projection))):
+            raise ValueError(_PAIR_HELP)
+        try:
+            gleaves = treedef.flatten_up_to(updates)
+        except (ValueError, TypeError):
+            raise ValueError("grass_adamw.update: the gradients do not have the structure of "
+                             "the params. " + _PAIR_HELP) from None
+        layers = _aligned(state.layers, treedef)
+        lr = self._lr(state.count)
+        refresh = self.refresh_due(state)
+        new_layers, comp = list(layers), {}
+        for i, (c, ls, g) in enumerate(zip(configs, layers, gleaves)):
+            if c is None:
+                continue
+            rows = _selection_rows(c, g)                 # (*stack, d, k)
+            scores = jnp.sqrt(jnp.sum(rows * rows, axis=-1))
+            ls = self._maybe_refresh(c, ls, scores, refresh)
+            comp[i] = jnp.take_along_axis(rows, ls.indices[..., None], axis=-2) * \
+                ls.scales[..., None]
+            new_layers[i] = ls
+        dense_idx = [i for i, c in enumerate(configs) if c is None]
+        dense_grads = [gleaves[i] for i in dense_idx]
+        if self.max_grad_norm is not None:
+            norm = _norm(list(comp.values()), [g for g in dense_grads if g is not None])
+            scale = _clip_scale(norm, self.max_grad_norm)
+            comp = {i: g * scale for i, g in comp.items()}
+            dense_grads = [g if g is None else (g * scale).astype(g.dtype) for g in dense_grads]
+        new_leaves = list(leaves)
+        for i, g in comp.items():
+            c, ls, w = configs[i], new_layers[i], leaves[i]
+            w_new, m, v, row_steps, skipped = ops.sparse_adamw_step(
+                w, ls.indices, ls.scales, g, ls.m, ls.v, ls.row_steps, lr,
+                side=c.stored_side, alpha=self.alpha, **self.adam)
+            new_leaves[i] = w_new
+            new_layers[i] = ls._replace(m=m, v=v, row_steps=row_steps, skipped=skipped)
+        dense = self._dense_step(leaves, dense_idx, dense_grads, treedef, state, lr,
+                                 new_leaves, None)
+        out = [None if g is None else (wn - w).astype(w.dtype)
+               for w, wn, g in zip(leaves, new_leaves, gleaves)]
+        return (treedef.unflatten(out),
                 GrassState(state.count + 1, treedef.unflatten(new_layers), dense))
 
     def _maybe_refresh(self, c, ls, scores, refresh):
@@ -611,6 +882,27 @@ class grass_adamw:
         leaves, treedef, configs = self.layer_configs(params)
         layers = _aligned(state.layers, treedef)
         return treedef.unflatten([ls.skipped if ls is not None else None for ls in layers])
+
+
+def _select(c: LayerConfig, scores, refresh_index):
+    """select_rows for one weight, slice by slice for a stacked one."""
+    if not c.stack:
+        return select_rows(c, scores, refresh_index)
+    flat = lambda a: a.reshape((c.slices,) + a.shape[len(c.stack):])
+    back = lambda a: a.reshape(c.stack + a.shape[1:])
+    idx, sc = jax.vmap(lambda s, i: select_rows(c, s, i))(flat(scores), flat(refresh_index))
+    return back(idx), back(sc)
+
+
+def _selection_rows(c: LayerConfig, g):
+    """A full gradient (stored layout, *stack) as (*stack, d, k) f32: row j is what the
+    selection of index j takes (a row of the (out, in) gradient for side "rows", a column
+    for "cols")."""
+    g = jnp.asarray(g, jnp.float32)
+    if tuple(g.shape) != c.stack + c.stored_shape:
+        raise ValueError(f"grass_adamw.update: the gradient of GRASS weight {c.name} has shape "
+                         f"{tuple(g.shape)}, the weight {c.stack + c.stored_shape}")
+    return g if c.stored_side == "rows" else jnp.swapaxes(g, -1, -2)
 
 
 def _norm(compressed, dense):

@@ -98,13 +98,40 @@ def _after(grads):
     return jnp.concatenate(parts) if parts else jnp.zeros((1,), jnp.float32)
 
 
-def _aligned(tree, treedef):
+def _aligned(tree, treedef, kind=None):
     """The leaves of a params-shaped tree whose entries may be None or a state node, one per
-    leaf of `treedef`."""
+    leaf of `treedef`. `kind` (a NamedTuple class) restores entries that came back as plain
+    tuples (Flax nnx.Optimizer stores the optimizer state that way)."""
     items = jax.tree_util.tree_flatten(tree, is_leaf=_is_node)[0]
     if len(items) != treedef.num_leaves:
-        raise ValueError("tree does not have the structure of the parameters")
+        try:
+            items = treedef.flatten_up_to(tree)
+        except (ValueError, TypeError):
+            raise ValueError("tree does not have the structure of the parameters") from None
+    if kind is not None:
+        items = [_restore(x, kind) for x in items]
     return items
+
+
+def _restore(x, kind):
+    """x as a `kind` NamedTuple when it holds one's fields as a plain tuple or as a mapping
+    (by position or by field name: the forms nnx.Optimizer stores NamedTuples in); else x."""
+    if x is None or isinstance(x, kind):
+        return x
+    n = len(kind._fields)
+    if type(x) is tuple and len(x) == n:
+        return kind(*x)
+    if hasattr(x, "keys"):
+        keys = set(x.keys())
+        if keys == set(kind._fields):
+            return kind(**{f: _value(x[f]) for f in kind._fields})
+        if keys == set(range(n)):
+            return kind(*(_value(x[i]) for i in range(n)))
+    return x
+
+
+def _value(x):
+    return x.value if hasattr(x, "value") and not isinstance(x, jax.Array) else x
 
 
 def _choice(value, table, what):
@@ -147,6 +174,17 @@ def _count(value, what, low=1):
     if x < low:
         raise ValueError(f"grass_adamw: {what} must be an integer >= {low}, got {value!r}")
     return x
+
+
+def leaf_name(path):
+    """The name of the leaf at a params path: its last dict key or attribute, skipping the
+    `.value` of a Flax nnx Variable (nnx.state(model) holds Param(value=array))."""
+    for entry in reversed(tuple(path)):
+        key = getattr(entry, "key", getattr(entry, "name", None))
+        if isinstance(entry, jax.tree_util.GetAttrKey) and key == "value":
+            continue
+        return key
+    return None
 
 
 def _path_name(path):
@@ -398,9 +436,7 @@ class grass_adamw:
     def _layout_of(self, path, declared):
         name = _path_name(path)
         if declared is None:
-            last = path[-1] if path else None
-            key = getattr(last, "key", getattr(last, "name", None))
-            if key == "kernel":
+            if leaf_name(path) == "kernel":
                 raise ValueError(
                     f"GRASS leaf {name}: a leaf named 'kernel' is stored (in, out) by Flax, "
                     f"(out, in) elsewhere, and a square one looks the same either way: declare "
@@ -520,7 +556,7 @@ class grass_adamw:
         decides at trace time, for a loop that calls a refresh step every refresh_every steps
         (`opt.refresh_due_host(step)`) and a plain one otherwise."""
         leaves, treedef, configs = self.layer_configs(params)
-        layers = _aligned(state.layers, treedef)
+        layers = _aligned(state.layers, treedef, GrassLayerState)
         flag = self.refresh_due(state) if refresh is None else bool(refresh)
         out = []
         for c, ls in zip(configs, layers):
@@ -698,7 +734,7 @@ class grass_adamw:
         (zero by construction). Under data parallelism the gradients are averaged here."""
         leaves, treedef, configs = self.layer_configs(params)
         gleaves, pcts = self._split_grads(grads, treedef, configs)
-        layers = _aligned(state.layers, treedef)
+        layers = _aligned(state.layers, treedef, GrassLayerState)
         lr = self._lr(state.count)
         # The GRASS weights' own (zero) gradients are left out: they order nothing, and a
         # stacked weight's, from lax.scan, would be materialised as (*layers, m, n) zeros.
@@ -770,7 +806,7 @@ class grass_adamw:
         except (ValueError, TypeError):
             raise ValueError("grass_adamw.update: the gradients do not have the structure of "
                              "the params. " + _PAIR_HELP) from None
-        layers = _aligned(state.layers, treedef)
+        layers = _aligned(state.layers, treedef, GrassLayerState)
         lr = self._lr(state.count)
         refresh = self.refresh_due(state)
         new_layers, comp = list(layers), {}
@@ -839,7 +875,7 @@ class grass_adamw:
         """Steps the leaves that are not projected (`idx`, their gradients `grads`, already
         averaged and clipped); writes them into new_leaves."""
         if self.dense is None:
-            dstates = _aligned(state.dense, treedef)
+            dstates = _aligned(state.dense, treedef, DenseAdamWState)
             out = list(dstates)
             for i, g in zip(idx, grads):
                 ds = dstates[i]
@@ -880,7 +916,7 @@ class grass_adamw:
         2 skipped for bad indices (CUDA only); None elsewhere. Nonzero means the layer's W and
         state did not change."""
         leaves, treedef, configs = self.layer_configs(params)
-        layers = _aligned(state.layers, treedef)
+        layers = _aligned(state.layers, treedef, GrassLayerState)
         return treedef.unflatten([ls.skipped if ls is not None else None for ls in layers])
 
 

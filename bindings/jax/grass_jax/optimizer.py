@@ -627,23 +627,32 @@ class grass_adamw:
 
     @staticmethod
     def accumulate(acc, grads):
-        """acc + grads for two (param_grads, projection_grads) pairs: the param gradients and
-        the compressed (r x k) gradients add; the row scores stay acc's (the first
-        micro-batch's, from which the step re-derives the rows it chose). Nothing m x n is
-        kept for a GRASS weight."""
-        if not isinstance(acc, (tuple, list)) or len(acc) != 2 or \
-                not isinstance(grads, (tuple, list)) or len(grads) != 2:
-            raise ValueError(_GRADS_HELP)
-        add = lambda a, b: a if a is None else a + b
-        params = jax.tree_util.tree_map(add, acc[0], grads[0])
+        """acc + grads for (param_grads, projection_grads) pairs from `value_and_grad`; `acc`
+        None starts an accumulation with `grads` (the first micro-batch's). The dense leaves'
+        gradients and the compressed (r x k) gradients add; the row scores stay the first
+        micro-batch's (from which the step re-derives the rows it chose); the GRASS weights'
+        own gradients (zero by construction, m x n) are dropped (None), so nothing m x n is
+        kept for a GRASS weight, also not as the carry of a lax.scan over micro-batches."""
+        for pair in (acc, grads):
+            if pair is not None and (not isinstance(pair, (tuple, list)) or len(pair) != 2):
+                raise ValueError(_GRADS_HELP)
+        is_node = lambda x: isinstance(x, Projection) or x is None
 
-        def proj(a, b):
+        def param(p, a, g=None):
+            if isinstance(p, Projection) or a is None:
+                return None
+            return a if g is None else a + g
+
+        def proj(a, b=None):
             if not isinstance(a, Projection):
-                return add(a, b)
-            return _replace_sink(a, a.sink + b.sink)
+                return a if b is None or a is None else a + b
+            return a if b is None else _replace_sink(a, a.sink + b.sink)
 
-        projs = jax.tree_util.tree_map(proj, acc[1], grads[1],
-                                       is_leaf=lambda x: isinstance(x, Projection) or x is None)
+        if acc is None:
+            first = jax.tree_util.tree_map(param, grads[1], grads[0], is_leaf=is_node)
+            return first, grads[1]
+        params = jax.tree_util.tree_map(param, acc[1], acc[0], grads[0], is_leaf=is_node)
+        projs = jax.tree_util.tree_map(proj, acc[1], grads[1], is_leaf=is_node)
         return params, projs
 
     @staticmethod

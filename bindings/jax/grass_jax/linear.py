@@ -149,6 +149,32 @@ class Projection:
                f"rank={self.config.rank}, refresh={self.refresh})"
 
 
+def explicit_spec(a):
+    """The PartitionSpec of `a` when it is sharded over explicit mesh axes (JAX's sharding in
+    types, the default of jax.make_mesh), else None (unsharded, or auto axes where XLA
+    decides)."""
+    try:
+        sharding = jax.typeof(a).sharding
+    except (AttributeError, TypeError):
+        return None
+    spec = getattr(sharding, "spec", None)
+    mesh = getattr(sharding, "mesh", None)
+    if spec is None or mesh is None or getattr(mesh, "empty", True):
+        return None
+    if all(s is None for s in spec):
+        return None
+    return spec
+
+
+def gathered(a):
+    """`a` replicated over the mesh when it is sharded over explicit axes (what FSDP does to a
+    weight before its product, and what grass's ops, which see whole arrays, need); `a`
+    itself otherwise."""
+    if explicit_spec(a) is None:
+        return a
+    return jax.sharding.reshard(a, jax.sharding.PartitionSpec())
+
+
 _COMPUTE_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
@@ -180,6 +206,7 @@ def grass_linear(x, w, proj: Optional[Projection], layout: str = "out_in"):
     if jnp.dtype(w.dtype) not in _COMPUTE_DTYPES:
         raise TypeError(f"grass_linear: w must be float32, bfloat16 or float16, got {w.dtype}")
     if proj is None:
+        w, x = gathered(w), gathered(x)
         n_in = w.shape[1] if layout == "out_in" else w.shape[0]
         if w.ndim != 2 or x.shape[-1] != n_in:
             product = "x @ w.T (w is (out, in))" if layout == "out_in" else \
@@ -208,6 +235,10 @@ def grass_linear(x, w, proj: Optional[Projection], layout: str = "out_in"):
                          f"{cfg.stored_shape} ({name}, layout {cfg.layout!r})")
     if x.shape[-1] != cfg.n:
         raise ValueError(f"x has {x.shape[-1]} features, w expects {cfg.n}")
+    # Weights sharded over explicit mesh axes (FSDP P('data', None), tensor parallel
+    # P(None, 'model')) are gathered for the product, and so are the activations grass's
+    # backward ops read whole; with auto axes XLA places the data itself.
+    w, x = gathered(w), gathered(x)
     refresh = proj.refresh
     static = proj.static_refresh
     if static is not None:

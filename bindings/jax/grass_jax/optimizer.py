@@ -35,7 +35,8 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from . import _lib, consistency, ops, sharding
-from .linear import LayerConfig, Projection, check_layout, select_rows
+from .linear import (LayerConfig, Projection, check_layout, explicit_spec, gathered,
+                     select_rows)
 
 
 class GrassLayerState(NamedTuple):
@@ -93,7 +94,10 @@ def _after(grads):
     it makes the step depend on the whole backward pass, so XLA knows that every read of a
     weight (dX = dY·W in the backward, and through it the forward) comes before the weight is
     updated in place, and copies none."""
-    parts = [leaf.reshape(-1)[:1].astype(jnp.float32) for leaf in jax.tree_util.tree_leaves(grads)
+    # One element by index (not a reshape, which a weight sharded over explicit mesh axes
+    # would refuse).
+    parts = [leaf[(0,) * leaf.ndim].reshape(1).astype(jnp.float32)
+             for leaf in jax.tree_util.tree_leaves(grads)
              if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.size]
     return jnp.concatenate(parts) if parts else jnp.zeros((1,), jnp.float32)
 
@@ -776,9 +780,10 @@ class grass_adamw:
                     axis_name=self.axis_name, side=c.stored_side, rank=c.rank, alpha=self.alpha,
                     adam=self.adam, after=after)
             else:
-                w, m, v, row_steps, skipped = ops.sparse_adamw_step(
-                    w, ls.indices, ls.scales, sinks[i], ls.m, ls.v, ls.row_steps, lr,
-                    side=c.stored_side, alpha=self.alpha, after=after, **self.adam)
+                w, m, v, row_steps, skipped = _sharded_like(
+                    ops.sparse_adamw_step, w, ls.indices, ls.scales, sinks[i], ls.m, ls.v,
+                    ls.row_steps, lr, side=c.stored_side, alpha=self.alpha, after=after,
+                    **self.adam)
             new_leaves[i] = w
             new_layers[i] = ls._replace(m=m, v=v, row_steps=row_steps, skipped=skipped)
         dense = self._dense_step(leaves, dense_idx, dense_grads, treedef, state, lr,
@@ -822,7 +827,7 @@ class grass_adamw:
         for i, (c, ls, g) in enumerate(zip(configs, layers, gleaves)):
             if c is None:
                 continue
-            rows = _selection_rows(c, g)                 # (*stack, d, k)
+            rows = _selection_rows(c, gathered(g))       # (*stack, d, k)
             scores = jnp.sqrt(jnp.sum(rows * rows, axis=-1))
             ls = self._maybe_refresh(c, ls, scores, refresh)
             comp[i] = jnp.take_along_axis(rows, ls.indices[..., None], axis=-2) * \
@@ -838,9 +843,9 @@ class grass_adamw:
         new_leaves = list(leaves)
         for i, g in comp.items():
             c, ls, w = configs[i], new_layers[i], leaves[i]
-            w_new, m, v, row_steps, skipped = ops.sparse_adamw_step(
-                w, ls.indices, ls.scales, g, ls.m, ls.v, ls.row_steps, lr,
-                side=c.stored_side, alpha=self.alpha, **self.adam)
+            w_new, m, v, row_steps, skipped = _sharded_like(
+                ops.sparse_adamw_step, w, ls.indices, ls.scales, g, ls.m, ls.v, ls.row_steps,
+                lr, side=c.stored_side, alpha=self.alpha, **self.adam)
             new_leaves[i] = w_new
             new_layers[i] = ls._replace(m=m, v=v, row_steps=row_steps, skipped=skipped)
         dense = self._dense_step(leaves, dense_idx, dense_grads, treedef, state, lr,
@@ -888,8 +893,8 @@ class grass_adamw:
             out = list(dstates)
             for i, g in zip(idx, grads):
                 ds = dstates[i]
-                w, m, v, st, sk = ops.adamw_step(leaves[i], g, ds.m, ds.v, ds.step, lr,
-                                                 after=after, **self.adam)
+                w, m, v, st, sk = _sharded_like(ops.adamw_step, leaves[i], g, ds.m, ds.v,
+                                                ds.step, lr, after=after, **self.adam)
                 new_leaves[i] = w
                 out[i] = DenseAdamWState(m, v, st, sk)
             return treedef.unflatten(out)
@@ -948,6 +953,21 @@ def _selection_rows(c: LayerConfig, g):
         raise ValueError(f"grass_adamw.update: the gradient of GRASS weight {c.name} has shape "
                          f"{tuple(g.shape)}, the weight {c.stack + c.stored_shape}")
     return g if c.stored_side == "rows" else jnp.swapaxes(g, -1, -2)
+
+
+def _sharded_like(fn, w, *args, **kwargs):
+    """fn(w, *args) for an in-place op, with w (and the array arguments) gathered when they are
+    sharded over explicit mesh axes, and the new w (the first result) sharded as w was: the
+    ops see whole arrays; the params keep their FSDP / tensor-parallel sharding."""
+    spec = explicit_spec(w)
+    if spec is None and not any(explicit_spec(a) is not None for a in args
+                                if isinstance(a, jax.Array)):
+        return fn(w, *args, **kwargs)
+    args = [gathered(a) if isinstance(a, jax.Array) else a for a in args]
+    out = fn(gathered(w), *args, **kwargs)
+    if spec is None:
+        return out
+    return (jax.sharding.reshard(out[0], spec),) + tuple(out[1:])
 
 
 def _norm(compressed, dense):

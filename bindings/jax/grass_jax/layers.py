@@ -39,10 +39,13 @@ _default_kernel_init = nn.initializers.lecun_normal()
 
 
 def is_grass_kernel(path, leaf) -> bool:
-    """A grass_mask for Flax params: the 2-D leaves named "kernel" (every GrassDense /
-    GrassLinear kernel, and plain nn.Dense kernels too, which the optax form trains just as
-    well). Embeddings, biases and norm scales are left to the dense optimizer."""
-    return leaf_name(path) == "kernel" and jnp.ndim(leaf) == 2
+    """A grass_mask for Flax params: the leaves named "kernel" with 2 or more axes (every
+    GrassDense / GrassLinear kernel, and plain nn.Dense kernels too, which the optax form
+    trains just as well). Embeddings, biases and norm scales are left to the dense optimizer.
+    A kernel with more than 2 axes is refused by grass_adamw unless declared a stack of
+    layers (`stacked=`, for nn.scan): a multi-axis nn.DenseGeneral kernel is never projected
+    silently as something else, nor silently left out (use GrassDenseGeneral)."""
+    return leaf_name(path) == "kernel" and jnp.ndim(leaf) >= 2
 
 
 def flax_options(**overrides):

@@ -150,3 +150,46 @@ def test_nnx_grass_linear_is_nnx_linear_and_trains_with_nnx_optimizer():
         params = optax.apply_updates(params, u)
     assert_close(ours.kernel[...], params["kernel"], scale=1.0, what="kernel")
     assert_close(ours.bias[...], params["bias"], scale=1.0, what="bias")
+
+
+class ScanBody(nn.Module):
+    @nn.compact
+    def __call__(self, h, _):
+        return h + gl.GrassDense(16)(jnp.tanh(h)), None
+
+
+class Scanned(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        scan = nn.scan(ScanBody, variable_axes={"params": 0, gl.PROJECTIONS: 0},
+                       split_rngs={"params": True}, length=3)
+        return scan(name="layers")(x, None)[0]
+
+
+def test_nn_scan_stack_is_declared_and_trains_per_slice():
+    """nn.scan stacks the kernels (3, in, out): refused until declared stacked=1; then the
+    projections collection is scanned with the params, each slice selects its own rows, and
+    the layer path equals the optax form."""
+    model = Scanned()
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 16))
+    params = model.init(jax.random.PRNGKey(1), x)["params"]
+    with pytest.raises(ValueError, match=r"\['layers'\]\['GrassDense_0'\]\['kernel'\] has "
+                                         r"shape \(3, 16, 16\).*stacked=1"):
+        gj.grass_adamw(1e-2, **gl.flax_options(**KW)).init(params)
+    opt = gj.grass_adamw(1e-2, stacked=1, **gl.flax_options(**KW))
+    state = opt.init(params)
+
+    def loss(params, proj, x):
+        return jnp.mean(model.apply({"params": params, gl.PROJECTIONS: proj}, x) ** 2)
+
+    proj = opt.projections(params, state)
+    _, grads = jax.jit(opt.value_and_grad(loss))(params, proj, x)
+    a, sa = opt.step(params, grads, state)
+    g = jax.grad(lambda p: jnp.mean(model.apply({"params": p}, x) ** 2))(params)
+    u, sb = opt.update(g, state, params)
+    b = optax.apply_updates(params, u)
+    idx = sa.layers["layers"]["GrassDense_0"]["kernel"].indices
+    assert idx.shape == (3, 4) and len({tuple(r) for r in np.asarray(idx)}) > 1
+    np.testing.assert_array_equal(idx, sb.layers["layers"]["GrassDense_0"]["kernel"].indices)
+    assert_close(a["layers"]["GrassDense_0"]["kernel"], b["layers"]["GrassDense_0"]["kernel"],
+                 scale=1.0, what="stacked kernel")

@@ -17,9 +17,12 @@ leaves the dense optimizer's state. A stacked GRASS weight (*layers, m, n), as `
 over layers wants it, has one of each per layer slice (leading axes `layers` on every array but
 the refresh counter). Under data parallelism (`axis_name`) the whole state is replicated
 (every device holds and updates the same copy), unless `shard_state` splits each GRASS layer's
-M, V and step counts over the devices (grass_jax.sharding). The interface is optax-like
-(init / step) rather than optax's init / update because GRASS writes W in place (a scatter into
-r rows); an `update` returning W_new - W would build the m x n tensor GRASS exists to avoid.
+M, V and step counts over the devices (grass_jax.sharding).
+
+Two interfaces: init / step, for the compressed gradients of grass layers (step writes the
+selected rows of W in place; an optax update W_new - W would be the m x n tensor GRASS exists
+to avoid), and optax's init / update on ordinary full gradients (`update`), so that the
+optimizer drops into optax.chain, Flax TrainState and nnx.Optimizer.
 """
 
 import difflib
@@ -208,11 +211,14 @@ def _refuse_traced_options(options):
     """grass_adamw's options other than the learning rate fix shapes, the selection and the
     compiled step: a traced or array value (what `optax.inject_hyperparams` passes for every
     number it is not told is static) is refused, naming the call that keeps them static."""
-    from optax.schedules import _inject
+    try:  # what inject_hyperparams wraps a callable option (grass_mask) in
+        from optax.schedules._inject import WrappedSchedule
+    except ImportError:
+        WrappedSchedule = ()
     bad = [name for name, value in options.items()
            if name not in ("self", "learning_rate") and
-           (isinstance(value, (jax.Array, jax.core.Tracer)) or
-            isinstance(value, _inject.WrappedSchedule))]
+           isinstance(value, (jax.Array, jax.core.Tracer) + (
+               (WrappedSchedule,) if WrappedSchedule else ()))]
     if bad:
         raise ValueError(
             f"grass_adamw: {', '.join(bad)} must be static (they fix shapes, the selection and "

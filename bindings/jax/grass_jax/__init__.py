@@ -5,6 +5,8 @@
     grass_adamw       the optimizer: row selection every K steps, compressed AdamW in place,
                       any optax transform for the parameters that are not projected
     ops               the libgrass ops as jax.ffi calls (CPU and CUDA)
+    layers            Flax layers (import grass_jax.layers; needs flax): GrassDense,
+                      GrassDenseGeneral (linen), GrassLinear (nnx)
 """
 
 from . import ops

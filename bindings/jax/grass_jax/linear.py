@@ -1,6 +1,14 @@
 """grass_linear: a linear layer whose weight gradient leaves the backward pass compressed.
 
-    y = x @ w.T              w: (m, n) = (out, in), x: (..., n), y: (..., m)
+    y = x @ w.T              layout "out_in": w stored (m, n) = (out, in) (PyTorch, grass)
+    y = x @ w                layout "in_out": w stored (n, m) = (in, out) (Flax kernels)
+    x: (..., n), y: (..., m)
+
+The layout is declared once, for the optimizer (`grass_adamw(layout=...)`), and travels in
+each weight's Projection; the call states the layout it computes with (`layout=`, "out_in"
+unless given), and a call whose layout is not the declared one fails at trace time, naming
+the weight. A square weight looks the same either way: this check is what keeps a (in, out)
+kernel passed transposed from being updated transposed.
 
 The product runs in x's dtype (the compute dtype): w is cast to it, so bf16 or f16 activations
 work with f32 (or bf16) master weights. `grass_linear(x, w, None)` is the plain product with
@@ -50,6 +58,21 @@ class LayerConfig:
     dp_scores: str = "exact"     # how scores are combined across axis_name: "exact" | "sum_sq"
     dp_chunk_elems: int = 1 << 22
     stack: tuple = ()            # leading layer axes of a stacked weight (*stack, m, n)
+    layout: str = "out_in"       # how the weight is stored: "out_in" (m, n) or "in_out" (n, m)
+    name: str = ""               # the weight's path in the params, for messages
+
+    @property
+    def stored_side(self) -> str:
+        """The side the update indexes in the *stored* array: the selected rows of an (out, in)
+        weight are columns of the same weight stored (in, out)."""
+        if self.layout == "out_in":
+            return self.side
+        return "cols" if self.side == "rows" else "rows"
+
+    @property
+    def stored_shape(self) -> tuple:
+        """The shape of the stored weight (one layer slice)."""
+        return (self.m, self.n) if self.layout == "out_in" else (self.n, self.m)
 
     @staticmethod
     def make(m, n, rank, side="auto", **kw):
@@ -126,14 +149,56 @@ class Projection:
                f"rank={self.config.rank}, refresh={self.refresh})"
 
 
+def explicit_spec(a):
+    """The PartitionSpec of `a` when it is sharded over explicit mesh axes (JAX's sharding in
+    types, the default of jax.make_mesh), else None (unsharded, or auto axes where XLA
+    decides)."""
+    try:
+        sharding = jax.typeof(a).sharding
+    except (AttributeError, TypeError):
+        return None
+    spec = getattr(sharding, "spec", None)
+    mesh = getattr(sharding, "mesh", None)
+    if spec is None or mesh is None or getattr(mesh, "empty", True):
+        return None
+    if all(s is None for s in spec):
+        return None
+    return spec
+
+
+def gathered(a):
+    """`a` replicated over the mesh when it is sharded over explicit axes (what FSDP does to a
+    weight before its product, and what grass's ops, which see whole arrays, need); `a`
+    itself otherwise."""
+    if explicit_spec(a) is None:
+        return a
+    return jax.sharding.reshard(a, jax.sharding.PartitionSpec())
+
+
 _COMPUTE_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
-def grass_linear(x, w, proj: Optional[Projection]):
-    """y = x @ w.T, with the compressed weight gradient routed to `proj` (see module doc).
+LAYOUTS = ("out_in", "in_out")
 
+
+def check_layout(layout, what="layout"):
+    """`layout` if it is one of LAYOUTS, else a ValueError naming `what`."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"{what} must be 'out_in' (w stored (out, in), y = x @ w.T) or "
+                         f"'in_out' (w stored (in, out), y = x @ w, as Flax kernels), got "
+                         f"{layout!r}")
+    return layout
+
+
+def grass_linear(x, w, proj: Optional[Projection], layout: str = "out_in"):
+    """y = x @ w.T (layout "out_in") or x @ w (layout "in_out"), with the compressed weight
+    gradient routed to `proj` (see module doc).
+
+    `layout` says how this call reads w; it must be the layout the weight was declared with
+    (`proj.config.layout`, from grass_adamw's `layout`), else ValueError naming the weight.
     The product runs in x's dtype (float32, bfloat16 or float16); w (any of those) is cast to
     it. `proj=None` is the plain product with ordinary autodiff (evaluation)."""
+    check_layout(layout, "grass_linear: layout")
     x, w = jnp.asarray(x), jnp.asarray(w)
     if jnp.dtype(x.dtype) not in _COMPUTE_DTYPES:
         raise TypeError(f"grass_linear: x must be float32, bfloat16 or float16 (the compute "
@@ -141,22 +206,39 @@ def grass_linear(x, w, proj: Optional[Projection]):
     if jnp.dtype(w.dtype) not in _COMPUTE_DTYPES:
         raise TypeError(f"grass_linear: w must be float32, bfloat16 or float16, got {w.dtype}")
     if proj is None:
-        if w.ndim != 2 or x.shape[-1] != w.shape[1]:
-            raise ValueError(f"grass_linear: x {x.shape} and w {w.shape} do not make x @ w.T "
-                             f"(w is (out, in))")
-        return x @ w.astype(x.dtype).T
+        w, x = gathered(w), gathered(x)
+        n_in = w.shape[1] if layout == "out_in" else w.shape[0]
+        if w.ndim != 2 or x.shape[-1] != n_in:
+            product = "x @ w.T (w is (out, in))" if layout == "out_in" else \
+                "x @ w (w is (in, out))"
+            raise ValueError(f"grass_linear: x {x.shape} and w {w.shape} do not make {product}")
+        return x @ (w.astype(x.dtype).T if layout == "out_in" else w.astype(x.dtype))
     cfg = proj.config
+    name = f"GRASS weight {cfg.name}" if cfg.name else "this GRASS weight"
+    if layout != cfg.layout:
+        stored = {"out_in": "(out, in)", "in_out": "(in, out)"}
+        raise ValueError(
+            f"grass_linear: {name} was declared stored {stored[cfg.layout]} (layout "
+            f"{cfg.layout!r}) but this call reads it as {stored[layout]} (layout {layout!r}). "
+            f"Pass the stored array itself (not a transpose) with "
+            f"grass_linear(x, w, proj, layout={cfg.layout!r}), or declare the layout it is "
+            f"stored in: grass_adamw(..., layout={layout!r}). A square weight would otherwise "
+            f"be updated transposed.")
     if jnp.ndim(proj.indices) != 1:
         raise ValueError(
             f"grass_linear: this projection holds {'x'.join(map(str, proj.indices.shape[:-1]))} "
             f"layer slices (a stacked weight of shape {cfg.stack + (cfg.m, cfg.n)}); use one "
             f"slice per call: scan over the weight and its projection together "
             f"(lax.scan(body, h, (w, proj))) or index both (w[l], proj[l])")
-    if w.shape != (cfg.m, cfg.n):
-        raise ValueError(f"w has shape {w.shape} but its projection was made for "
-                         f"({cfg.m}, {cfg.n})")
+    if w.shape != cfg.stored_shape:
+        raise ValueError(f"grass_linear: w has shape {w.shape} but the projection was made for "
+                         f"{cfg.stored_shape} ({name}, layout {cfg.layout!r})")
     if x.shape[-1] != cfg.n:
         raise ValueError(f"x has {x.shape[-1]} features, w expects {cfg.n}")
+    # Weights sharded over explicit mesh axes (FSDP P('data', None), tensor parallel
+    # P(None, 'model')) are gathered for the product, and so are the activations grass's
+    # backward ops read whole; with auto axes XLA places the data itself.
+    w, x = gathered(w), gathered(x)
     refresh = proj.refresh
     static = proj.static_refresh
     if static is not None:
@@ -165,19 +247,25 @@ def grass_linear(x, w, proj: Optional[Projection]):
                    proj.refresh_index, refresh)
 
 
+def _oi(cfg, w, dtype):
+    """w as (out, in) in `dtype` (a transpose XLA folds into the matmul)."""
+    w = w.astype(dtype)
+    return w if cfg.layout == "out_in" else w.T
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _linear(cfg, static, x, w, indices, scales, sink, score_sink, refresh_index, refresh):
-    return x @ w.astype(x.dtype).T
+    return x @ _oi(cfg, w, x.dtype).T
 
 
 def _linear_fwd(cfg, static, x, w, indices, scales, sink, score_sink, refresh_index, refresh):
     # w itself is kept (a parameter, alive anyway), not its cast: the backward casts again.
-    return x @ w.astype(x.dtype).T, (x, w, indices, scales, refresh_index, refresh)
+    return x @ _oi(cfg, w, x.dtype).T, (x, w, indices, scales, refresh_index, refresh)
 
 
 def _linear_bwd(cfg, static, res, dy):
     x, w, indices, scales, refresh_index, refresh = res
-    dx = (dy.astype(x.dtype) @ w.astype(x.dtype)).astype(x.dtype)
+    dx = (dy.astype(x.dtype) @ _oi(cfg, w, x.dtype)).astype(x.dtype)
     x2 = x.reshape(-1, cfg.n)
     dy2 = dy.reshape(-1, cfg.m).astype(x.dtype)
 

@@ -17,12 +17,16 @@ leaves the dense optimizer's state. A stacked GRASS weight (*layers, m, n), as `
 over layers wants it, has one of each per layer slice (leading axes `layers` on every array but
 the refresh counter). Under data parallelism (`axis_name`) the whole state is replicated
 (every device holds and updates the same copy), unless `shard_state` splits each GRASS layer's
-M, V and step counts over the devices (grass_jax.sharding). The interface is optax-like
-(init / step) rather than optax's init / update because GRASS writes W in place (a scatter into
-r rows); an `update` returning W_new - W would build the m x n tensor GRASS exists to avoid.
+M, V and step counts over the devices (grass_jax.sharding).
+
+Two interfaces: init / step, for the compressed gradients of grass layers (step writes the
+selected rows of W in place; an optax update W_new - W would be the m x n tensor GRASS exists
+to avoid), and optax's init / update on ordinary full gradients (`update`), so that the
+optimizer drops into optax.chain, Flax TrainState and nnx.Optimizer.
 """
 
 import difflib
+import inspect
 import math
 import operator
 from typing import Any, Callable, NamedTuple, Optional, Union
@@ -34,7 +38,8 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from . import _lib, consistency, ops, sharding
-from .linear import LayerConfig, Projection, select_rows
+from .linear import (LayerConfig, Projection, check_layout, explicit_spec, gathered,
+                     select_rows)
 
 
 class GrassLayerState(NamedTuple):
@@ -92,18 +97,48 @@ def _after(grads):
     it makes the step depend on the whole backward pass, so XLA knows that every read of a
     weight (dX = dY·W in the backward, and through it the forward) comes before the weight is
     updated in place, and copies none."""
-    parts = [leaf.reshape(-1)[:1].astype(jnp.float32) for leaf in jax.tree_util.tree_leaves(grads)
+    # One element by index (not a reshape, which a weight sharded over explicit mesh axes
+    # would refuse).
+    parts = [leaf[(0,) * leaf.ndim].reshape(1).astype(jnp.float32)
+             for leaf in jax.tree_util.tree_leaves(grads)
              if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.size]
     return jnp.concatenate(parts) if parts else jnp.zeros((1,), jnp.float32)
 
 
-def _aligned(tree, treedef):
+def _aligned(tree, treedef, kind=None):
     """The leaves of a params-shaped tree whose entries may be None or a state node, one per
-    leaf of `treedef`."""
+    leaf of `treedef`. `kind` (a NamedTuple class) restores entries that came back as plain
+    tuples (Flax nnx.Optimizer stores the optimizer state that way)."""
     items = jax.tree_util.tree_flatten(tree, is_leaf=_is_node)[0]
     if len(items) != treedef.num_leaves:
-        raise ValueError("tree does not have the structure of the parameters")
+        try:
+            items = treedef.flatten_up_to(tree)
+        except (ValueError, TypeError):
+            raise ValueError("tree does not have the structure of the parameters") from None
+    if kind is not None:
+        items = [_restore(x, kind) for x in items]
     return items
+
+
+def _restore(x, kind):
+    """x as a `kind` NamedTuple when it holds one's fields as a plain tuple or as a mapping
+    (by position or by field name: the forms nnx.Optimizer stores NamedTuples in); else x."""
+    if x is None or isinstance(x, kind):
+        return x
+    n = len(kind._fields)
+    if type(x) is tuple and len(x) == n:
+        return kind(*x)
+    if hasattr(x, "keys"):
+        keys = set(x.keys())
+        if keys == set(kind._fields):
+            return kind(**{f: _value(x[f]) for f in kind._fields})
+        if keys == set(range(n)):
+            return kind(*(_value(x[i]) for i in range(n)))
+    return x
+
+
+def _value(x):
+    return x.value if hasattr(x, "value") and not isinstance(x, jax.Array) else x
 
 
 def _choice(value, table, what):
@@ -148,6 +183,17 @@ def _count(value, what, low=1):
     return x
 
 
+def leaf_name(path):
+    """The name of the leaf at a params path: its last dict key or attribute, skipping the
+    `.value` of a Flax nnx Variable (nnx.state(model) holds Param(value=array))."""
+    for entry in reversed(tuple(path)):
+        key = getattr(entry, "key", getattr(entry, "name", None))
+        if isinstance(entry, jax.tree_util.GetAttrKey) and key == "value":
+            continue
+        return key
+    return None
+
+
 def _path_name(path):
     return jax.tree_util.keystr(path) or "<root>"
 
@@ -162,6 +208,61 @@ _GRADS_HELP = (
 
 
 _DEFAULTS = _lib.defaults()
+
+
+def _refuse_traced_options(options):
+    """grass_adamw's options other than the learning rate fix shapes, the selection and the
+    compiled step: a traced or array value (what `optax.inject_hyperparams` passes for every
+    number it is not told is static) is refused, naming the call that keeps them static."""
+    try:  # what inject_hyperparams wraps a callable option (grass_mask) in
+        from optax.schedules._inject import WrappedSchedule
+    except ImportError:
+        WrappedSchedule = ()
+    bad = [name for name, value in options.items()
+           if name not in ("self", "learning_rate") and
+           isinstance(value, (jax.Array, jax.core.Tracer) + (
+               (WrappedSchedule,) if WrappedSchedule else ()))]
+    if bad:
+        raise ValueError(
+            f"grass_adamw: {', '.join(bad)} must be static (they fix shapes, the selection and "
+            f"the compiled step); only learning_rate can be a hyper-parameter. With "
+            f"optax.inject_hyperparams use "
+            f"optax.inject_hyperparams(grass_adamw, static_args=grass_adamw.STATIC_ARGS)"
+            f"(learning_rate, grass_mask=..., ...)")
+
+
+def _inside_multisteps():
+    """Whether init was called by optax.MultiSteps.init (which would keep full-size gradient
+    accumulators next to grass's compressed state)."""
+    frame = inspect.currentframe()
+    try:
+        for _ in range(12):
+            frame = frame.f_back if frame is not None else None
+            if frame is None:
+                return False
+            code = frame.f_code
+            if getattr(code, "co_qualname", code.co_name) == "MultiSteps.init" and \
+                    "optax" in code.co_filename:
+                return True
+        return False
+    finally:
+        del frame
+
+
+_MULTISTEPS_HELP = (
+    "grass_adamw: optax.MultiSteps would keep a full-size (m x n) accumulator for every GRASS "
+    "weight, which grass exists to avoid. Accumulate micro-batches into the compressed "
+    "(r x k) gradients instead: grads = opt.accumulate(grads, micro_grads) over the "
+    "micro-batches' opt.value_and_grad results (projections from opt.projections, refreshed "
+    "by the first micro-batch only: opt.micro_projections), then opt.step(params, "
+    "opt.mean(grads, n), state) (see the README, 'Gradient accumulation').")
+
+_PAIR_HELP = (
+    "grass_adamw.update takes the ordinary gradients of the params (jax.grad of the loss, the "
+    "optax contract), and selects rows of them itself. The (param_grads, projection_grads) "
+    "pair of opt.value_and_grad, with the compressed gradients of grass_linear / GrassDense "
+    "layers, goes to opt.step(params, grads, state) instead, which writes the selected rows "
+    "in place; an optax update for them would be a full m x n array.")
 
 
 class grass_adamw:
@@ -209,13 +310,41 @@ class grass_adamw:
                     r / N of the selected rows (ZeRO-1, see grass_jax.sharding); pass the
                     state through shard_map with `state_specs(state)`.
 
+    layout          how each GRASS weight is stored: "out_in" ((out, in), y = x @ w.T) or
+                    "in_out" ((in, out), y = x @ w: Flax kernels), a params-shaped tree of
+                    those, or fn(path, leaf) -> layout. None: "out_in", except that a leaf
+                    named "kernel" (Flax's name for an (in, out) weight) must be declared.
+                    grass_linear and the layers check every call against it, naming the
+                    weight, so a square weight is never updated transposed.
+    stacked         number of leading layer axes of each GRASS weight (nn.scan / lax.scan
+                    stacks): an int for all, a params-shaped tree or fn(path, leaf) -> int;
+                    None is 0. A GRASS leaf whose ndim is not stacked + 2 is refused: a 3-D
+                    kernel is never taken for a stack unless declared.
+
     Every option is checked here: a misspelt name or an out-of-range value raises ValueError,
     naming the option and the accepted values.
+
+    Two ways to train with it (both keep init's state):
+      opt.step(params, grads, state) -> (params, state)     grads from opt.value_and_grad
+          with grass_linear / GrassDense layers: compressed gradients, W updated in place.
+      opt.update(grads, state, params) -> (updates, state)  the optax contract, so opt works
+          in optax.chain, optax.apply_updates and Flax TrainState: grads are ordinary full
+          gradients (jax.grad); the selected rows are taken from them (state savings only,
+          like optax.contrib.galore); updates has the params' shapes.
     """
 
     # The defaults are the library's (grass_projection_config_init / grass_adamw_config_init:
     # one set, kept in the Rust core); rank stays 256 here until rank=None (the library's rank
     # rule, _lib.default_rank) is wired through layer_configs and the consistency fingerprint.
+
+    # Every option but the learning rate: optax.inject_hyperparams(grass_adamw,
+    # static_args=grass_adamw.STATIC_ARGS) keeps them static.
+    STATIC_ARGS = ("grass_mask", "rank", "refresh_every", "method", "power", "scaling", "side",
+                   "seed", "b1", "b2", "eps", "weight_decay", "decay_mode", "alpha",
+                   "refresh_mode", "state_dtype", "dense", "axis_name", "dp_scores",
+                   "dp_chunk_elems", "shard_state", "max_grad_norm", "cap_rank", "layout",
+                   "stacked")
+
     def __init__(self, learning_rate: Union[float, Callable], *, grass_mask, rank=256,
                  refresh_every=_DEFAULTS["refresh_every"], method=_DEFAULTS["method"],
                  power=_DEFAULTS["power"], scaling=_DEFAULTS["scaling"], side=_DEFAULTS["side"],
@@ -226,8 +355,9 @@ class grass_adamw:
                  state_dtype=jnp.dtype(_DEFAULTS["state_dtype"]), dense=None, axis_name=None,
                  dp_scores="exact",
                  dp_chunk_elems=1 << 22, shard_state=False, max_grad_norm=None,
-                 cap_rank=False):
-        if not callable(learning_rate):
+                 cap_rank=False, layout=None, stacked=None):
+        _refuse_traced_options(locals())
+        if not callable(learning_rate) and not isinstance(learning_rate, jax.core.Tracer):
             _number(learning_rate, "learning_rate", 0.0)
         if grass_mask is None:
             raise ValueError("grass_adamw: grass_mask is required: a params-shaped tree of bools "
@@ -283,6 +413,19 @@ class grass_adamw:
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.cap_rank = bool(cap_rank)
         self.shard_state = bool(shard_state)
+        if isinstance(layout, str) or layout is None:
+            if layout is not None:
+                check_layout(layout, "grass_adamw: layout")
+        elif not callable(layout) and not isinstance(layout, (dict, list, tuple)):
+            raise ValueError(f"grass_adamw: layout must be 'out_in', 'in_out', a params-shaped "
+                             f"tree of those or fn(path, leaf) -> layout, got {layout!r}")
+        self.layout = layout
+        if stacked is not None and not callable(stacked) and \
+                not isinstance(stacked, (int, dict, list, tuple)):
+            raise ValueError(f"grass_adamw: stacked must be an int (leading layer axes), a "
+                             f"params-shaped tree of ints or fn(path, leaf) -> int, got "
+                             f"{stacked!r}")
+        self.stacked = stacked
         if self.shard_state:
             sharding.check_options(axis_name=axis_name, method=method, decay_mode=decay_mode,
                                    weight_decay=weight_decay)
@@ -298,22 +441,66 @@ class grass_adamw:
             mask = [bool(m) for m in mask]
         return leaves_p, treedef, mask
 
+    def _per_leaf(self, option, leaves_p, treedef, default):
+        """The value of a per-weight option (`layout`, `stacked`) for each leaf: one value for
+        all, a params-shaped tree, or fn(path, leaf)."""
+        if option is None or isinstance(option, (str, int)):
+            return [default if option is None else option] * len(leaves_p)
+        if callable(option):
+            return [option(path, leaf) for path, leaf in leaves_p]
+        try:
+            return treedef.flatten_up_to(option)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"grass_adamw: a per-weight option tree does not have the "
+                             f"structure of the params: {e}") from None
+
+    def _layout_of(self, path, declared):
+        name = _path_name(path)
+        if declared is None:
+            if leaf_name(path) == "kernel":
+                raise ValueError(
+                    f"GRASS leaf {name}: a leaf named 'kernel' is stored (in, out) by Flax, "
+                    f"(out, in) elsewhere, and a square one looks the same either way: declare "
+                    f"how it is stored, grass_adamw(..., layout='in_out') for Flax kernels "
+                    f"(grass_linear(x, w, proj, layout='in_out'), GrassDense), or "
+                    f"layout='out_in'")
+            return "out_in"
+        return check_layout(declared, f"grass_adamw: layout of GRASS leaf {name}")
+
     def layer_configs(self, params):
         """LayerConfig per GRASS leaf (None elsewhere), in flattened order. layer_id counts the
         GRASS leaves in that order, so each layer draws its rows independently (the slices of
         a stacked leaf share its layer_id and differ by refresh index, LayerConfig.stack)."""
         leaves_p, treedef, mask = self._mask(params)
+        layouts = self._per_leaf(self.layout, leaves_p, treedef, None)
+        stacks = self._per_leaf(self.stacked, leaves_p, treedef, 0)
         configs, layer_id = [], 0
-        for (path, leaf), is_grass in zip(leaves_p, mask):
+        for (path, leaf), is_grass, layout, stacked in zip(leaves_p, mask, layouts, stacks):
             if not is_grass:
                 configs.append(None)
                 continue
             shape = tuple(jnp.shape(leaf))
-            if len(shape) < 2:
-                raise ValueError(f"GRASS leaf {_path_name(path)}: a GRASS leaf must be a 2-D "
-                                 f"(out, in) weight or a stack of them (*layers, out, in), got "
-                                 f"shape {shape}; leave it out of grass_mask")
-            m, n = shape[-2:]
+            name = _path_name(path)
+            layout = self._layout_of(path, layout)
+            if stacked is None:
+                stacked = 0
+            if isinstance(stacked, bool) or not isinstance(stacked, int) or stacked < 0:
+                raise ValueError(f"grass_adamw: stacked for GRASS leaf {name} must be the "
+                                 f"number of leading layer axes (an int >= 0), got {stacked!r}")
+            if len(shape) != stacked + 2:
+                if len(shape) < 2:
+                    why = "a GRASS leaf must be a 2-D weight; leave it out of grass_mask"
+                elif len(shape) > stacked + 2:
+                    why = (f"it has {len(shape) - 2 - stacked} axes more than a "
+                           f"{'stack of ' if stacked else ''}2-D weight. A stack of layers "
+                           f"(nn.scan / lax.scan) is declared: grass_adamw(..., "
+                           f"stacked={len(shape) - 2}) (or a tree / fn(path, leaf) -> int). A "
+                           f"multi-axis DenseGeneral kernel (e.g. (in, heads, head_dim)) is "
+                           f"not a stack: reshape it to 2-D in the layer (GrassDense does)")
+                else:
+                    why = f"stacked={stacked} declares {stacked} leading layer axes"
+                raise ValueError(f"GRASS leaf {name} has shape {shape}: {why}")
+            m, n = shape[-2:] if layout == "out_in" else shape[-2:][::-1]
             if self.shard_state and len(shape) > 2:
                 raise ValueError(f"GRASS leaf {_path_name(path)}: shard_state does not split "
                                  f"stacked weights {shape}; use 2-D weights with shard_state, "
@@ -321,11 +508,12 @@ class grass_adamw:
             c = LayerConfig.make(
                 m, n, self.rank, self.side, layer_id=layer_id, axis_name=self.axis_name,
                 dp_scores=self.dp_scores, dp_chunk_elems=self.dp_chunk_elems,
-                stack=shape[:-2], **self.selection)
+                stack=shape[:-2], layout=layout, name=name, **self.selection)
             if c.rank < self.rank and not self.cap_rank:
                 what = "rows" if c.side == "rows" else "columns"
                 raise ValueError(
-                    f"GRASS leaf {_path_name(path)} ({m} x {n}, side {c.side}) has only {c.d} "
+                    f"GRASS leaf {name} ({m} x {n}{' as (out, in)' if layout == 'in_out' else ''}, "
+                    f"side {c.side}) has only {c.d} "
                     f"{what} to select from, fewer than rank={self.rank}: choose rank <= {c.d}, "
                     f"leave this weight out of grass_mask, or pass cap_rank=True to use "
                     f"r = min(rank, d) for each weight")
@@ -344,6 +532,8 @@ class grass_adamw:
     # -- init --------------------------------------------------------------------------------
 
     def init(self, params) -> GrassState:
+        if _inside_multisteps():
+            raise ValueError(_MULTISTEPS_HELP)
         leaves, treedef, configs = self.layer_configs(params)
         layers = []
         for c in configs:
@@ -387,7 +577,7 @@ class grass_adamw:
         decides at trace time, for a loop that calls a refresh step every refresh_every steps
         (`opt.refresh_due_host(step)`) and a plain one otherwise."""
         leaves, treedef, configs = self.layer_configs(params)
-        layers = _aligned(state.layers, treedef)
+        layers = _aligned(state.layers, treedef, GrassLayerState)
         flag = self.refresh_due(state) if refresh is None else bool(refresh)
         out = []
         for c, ls in zip(configs, layers):
@@ -425,6 +615,79 @@ class grass_adamw:
             return out
 
         return checked
+
+    # -- gradient accumulation over micro-batches --------------------------------------------
+
+    def micro_projections(self, projections, grads):
+        """The projections for the micro-batches after the first of a step.
+
+        `projections` are the step's (`opt.projections`), `grads` the first micro-batch's
+        (param_grads, projection_grads). At a refresh step the first micro-batch chose new rows
+        in its backward pass (from its own scores); the projections returned here carry those
+        rows and do not refresh, so every micro-batch compresses onto the same rows and the
+        compressed gradients add up. Outside refresh steps they are the step's rows."""
+        def one(p, pct):
+            if not isinstance(p, Projection):
+                return p
+            c = p.config
+            idx, sc = p.indices, p.scales
+            if p.static_refresh is not False:
+                new_idx, new_sc = _select(c, pct.score_sink, p.refresh_index)
+                if p.static_refresh is None:
+                    idx = jnp.where(p.refresh[..., None], new_idx, idx)
+                    sc = jnp.where(p.refresh[..., None], new_sc, sc)
+                else:
+                    idx, sc = new_idx, new_sc
+            return Projection(idx, sc, jnp.zeros_like(p.sink), jnp.zeros_like(p.score_sink),
+                              p.refresh_index, False, c)
+
+        if not isinstance(grads, (tuple, list)) or len(grads) != 2:
+            raise ValueError(_GRADS_HELP)
+        return jax.tree_util.tree_map(one, projections, grads[1],
+                                      is_leaf=lambda x: isinstance(x, Projection) or x is None)
+
+    @staticmethod
+    def accumulate(acc, grads):
+        """acc + grads for (param_grads, projection_grads) pairs from `value_and_grad`; `acc`
+        None starts an accumulation with `grads` (the first micro-batch's). The dense leaves'
+        gradients and the compressed (r x k) gradients add; the row scores stay the first
+        micro-batch's (from which the step re-derives the rows it chose); the GRASS weights'
+        own gradients (zero by construction, m x n) are dropped (None), so nothing m x n is
+        kept for a GRASS weight, also not as the carry of a lax.scan over micro-batches."""
+        for pair in (acc, grads):
+            if pair is not None and (not isinstance(pair, (tuple, list)) or len(pair) != 2):
+                raise ValueError(_GRADS_HELP)
+        is_node = lambda x: isinstance(x, Projection) or x is None
+
+        def param(p, a, g=None):
+            if isinstance(p, Projection) or a is None:
+                return None
+            return a if g is None else a + g
+
+        def proj(a, b=None):
+            if not isinstance(a, Projection):
+                return a if b is None or a is None else a + b
+            return a if b is None else _replace_sink(a, a.sink + b.sink)
+
+        if acc is None:
+            first = jax.tree_util.tree_map(param, grads[1], grads[0], is_leaf=is_node)
+            return first, grads[1]
+        params = jax.tree_util.tree_map(param, acc[1], acc[0], grads[0], is_leaf=is_node)
+        projs = jax.tree_util.tree_map(proj, acc[1], grads[1], is_leaf=is_node)
+        return params, projs
+
+    @staticmethod
+    def mean(acc, count):
+        """The accumulated gradients divided by the number of micro-batches `count` (the
+        gradient of the mean loss over equal micro-batches), ready for `step`."""
+        inv = 1.0 / count
+        scale = lambda a: a if a is None or not jnp.issubdtype(a.dtype, jnp.floating) else \
+            (a * inv).astype(a.dtype)
+        params = jax.tree_util.tree_map(scale, acc[0])
+        projs = jax.tree_util.tree_map(
+            lambda p: _replace_sink(p, p.sink * inv) if isinstance(p, Projection) else scale(p),
+            acc[1], is_leaf=lambda x: isinstance(x, Projection) or x is None)
+        return params, projs
 
     def _lr(self, count):
         lr = self.learning_rate(count) if callable(self.learning_rate) else self.learning_rate
@@ -501,7 +764,7 @@ class grass_adamw:
         (zero by construction). Under data parallelism the gradients are averaged here."""
         leaves, treedef, configs = self.layer_configs(params)
         gleaves, pcts = self._split_grads(grads, treedef, configs)
-        layers = _aligned(state.layers, treedef)
+        layers = _aligned(state.layers, treedef, GrassLayerState)
         lr = self._lr(state.count)
         # The GRASS weights' own (zero) gradients are left out: they order nothing, and a
         # stacked weight's, from lax.scan, would be materialised as (*layers, m, n) zeros.
@@ -531,17 +794,82 @@ class grass_adamw:
             if self.shard_state:
                 w, m, v, row_steps, skipped = sharding.sparse_adamw_step(
                     w, ls.indices, ls.scales, sinks[i], ls.m, ls.v, ls.row_steps, lr,
-                    axis_name=self.axis_name, side=c.side, rank=c.rank, alpha=self.alpha,
+                    axis_name=self.axis_name, side=c.stored_side, rank=c.rank, alpha=self.alpha,
                     adam=self.adam, after=after)
             else:
-                w, m, v, row_steps, skipped = ops.sparse_adamw_step(
-                    w, ls.indices, ls.scales, sinks[i], ls.m, ls.v, ls.row_steps, lr,
-                    side=c.side, alpha=self.alpha, after=after, **self.adam)
+                w, m, v, row_steps, skipped = _sharded_like(
+                    ops.sparse_adamw_step, w, ls.indices, ls.scales, sinks[i], ls.m, ls.v,
+                    ls.row_steps, lr, side=c.stored_side, alpha=self.alpha, after=after,
+                    **self.adam)
             new_leaves[i] = w
             new_layers[i] = ls._replace(m=m, v=v, row_steps=row_steps, skipped=skipped)
         dense = self._dense_step(leaves, dense_idx, dense_grads, treedef, state, lr,
                                  new_leaves, after)
         return (treedef.unflatten(new_leaves),
+                GrassState(state.count + 1, treedef.unflatten(new_layers), dense))
+
+    def update(self, updates, state: GrassState, params=None):
+        """The optax contract: (updates, state) from the ordinary gradients of the params
+        (`updates`, e.g. jax.grad of the loss). For each GRASS weight the row scores come from
+        its gradient, the selection refreshes every refresh_every steps, g = the selected
+        rows (times their scales) and the compressed AdamW steps them; `updates` is
+        W_new - W (non-zero on the selected rows, plus weight decay where decay_mode says),
+        so `optax.apply_updates(params, updates)` gives the new params (up to one rounding
+        of W + (W_new - W)). The other leaves step with `dense`.
+
+        The gradient and the update are m x n here (the gradient is anyway): the state is
+        r x k. For the gradient savings use grass layers and `step`."""
+        if params is None:
+            raise ValueError("grass_adamw.update needs params: tx.update(grads, opt_state, "
+                             "params) (grass reads the weights it updates)")
+        if self.axis_name is not None:
+            raise ValueError("grass_adamw.update (the optax form) does not average over "
+                             "axis_name: with data parallelism use opt.step(params, grads, "
+                             "state) inside shard_map, or average the gradients yourself and "
+                             "build grass_adamw without axis_name")
+        leaves, treedef, configs = self.layer_configs(params)
+        if isinstance(updates, (tuple, list)) and len(updates) == 2 and any(
+                isinstance(x, Projection) for x in jax.tree_util.tree_leaves(
+                    updates[1], is_leaf=lambda x: isinstance(x, Projection))):
+            raise ValueError(_PAIR_HELP)
+        try:
+            gleaves = treedef.flatten_up_to(updates)
+        except (ValueError, TypeError):
+            raise ValueError("grass_adamw.update: the gradients do not have the structure of "
+                             "the params. " + _PAIR_HELP) from None
+        layers = _aligned(state.layers, treedef, GrassLayerState)
+        lr = self._lr(state.count)
+        refresh = self.refresh_due(state)
+        new_layers, comp = list(layers), {}
+        for i, (c, ls, g) in enumerate(zip(configs, layers, gleaves)):
+            if c is None:
+                continue
+            rows = _selection_rows(c, gathered(g))       # (*stack, d, k)
+            scores = jnp.sqrt(jnp.sum(rows * rows, axis=-1))
+            ls = self._maybe_refresh(c, ls, scores, refresh)
+            comp[i] = jnp.take_along_axis(rows, ls.indices[..., None], axis=-2) * \
+                ls.scales[..., None]
+            new_layers[i] = ls
+        dense_idx = [i for i, c in enumerate(configs) if c is None]
+        dense_grads = [gleaves[i] for i in dense_idx]
+        if self.max_grad_norm is not None:
+            norm = _norm(list(comp.values()), [g for g in dense_grads if g is not None])
+            scale = _clip_scale(norm, self.max_grad_norm)
+            comp = {i: g * scale for i, g in comp.items()}
+            dense_grads = [g if g is None else (g * scale).astype(g.dtype) for g in dense_grads]
+        new_leaves = list(leaves)
+        for i, g in comp.items():
+            c, ls, w = configs[i], new_layers[i], leaves[i]
+            w_new, m, v, row_steps, skipped = _sharded_like(
+                ops.sparse_adamw_step, w, ls.indices, ls.scales, g, ls.m, ls.v, ls.row_steps,
+                lr, side=c.stored_side, alpha=self.alpha, **self.adam)
+            new_leaves[i] = w_new
+            new_layers[i] = ls._replace(m=m, v=v, row_steps=row_steps, skipped=skipped)
+        dense = self._dense_step(leaves, dense_idx, dense_grads, treedef, state, lr,
+                                 new_leaves, None)
+        out = [None if g is None else (wn - w).astype(w.dtype)
+               for w, wn, g in zip(leaves, new_leaves, gleaves)]
+        return (treedef.unflatten(out),
                 GrassState(state.count + 1, treedef.unflatten(new_layers), dense))
 
     def _maybe_refresh(self, c, ls, scores, refresh):
@@ -578,12 +906,12 @@ class grass_adamw:
         """Steps the leaves that are not projected (`idx`, their gradients `grads`, already
         averaged and clipped); writes them into new_leaves."""
         if self.dense is None:
-            dstates = _aligned(state.dense, treedef)
+            dstates = _aligned(state.dense, treedef, DenseAdamWState)
             out = list(dstates)
             for i, g in zip(idx, grads):
                 ds = dstates[i]
-                w, m, v, st, sk = ops.adamw_step(leaves[i], g, ds.m, ds.v, ds.step, lr,
-                                                 after=after, **self.adam)
+                w, m, v, st, sk = _sharded_like(ops.adamw_step, leaves[i], g, ds.m, ds.v,
+                                                ds.step, lr, after=after, **self.adam)
                 new_leaves[i] = w
                 out[i] = DenseAdamWState(m, v, st, sk)
             return treedef.unflatten(out)
@@ -619,8 +947,44 @@ class grass_adamw:
         2 skipped for bad indices (CUDA only); None elsewhere. Nonzero means the layer's W and
         state did not change."""
         leaves, treedef, configs = self.layer_configs(params)
-        layers = _aligned(state.layers, treedef)
+        layers = _aligned(state.layers, treedef, GrassLayerState)
         return treedef.unflatten([ls.skipped if ls is not None else None for ls in layers])
+
+
+def _select(c: LayerConfig, scores, refresh_index):
+    """select_rows for one weight, slice by slice for a stacked one."""
+    if not c.stack:
+        return select_rows(c, scores, refresh_index)
+    flat = lambda a: a.reshape((c.slices,) + a.shape[len(c.stack):])
+    back = lambda a: a.reshape(c.stack + a.shape[1:])
+    idx, sc = jax.vmap(lambda s, i: select_rows(c, s, i))(flat(scores), flat(refresh_index))
+    return back(idx), back(sc)
+
+
+def _selection_rows(c: LayerConfig, g):
+    """A full gradient (stored layout, *stack) as (*stack, d, k) f32: row j is what the
+    selection of index j takes (a row of the (out, in) gradient for side "rows", a column
+    for "cols")."""
+    g = jnp.asarray(g, jnp.float32)
+    if tuple(g.shape) != c.stack + c.stored_shape:
+        raise ValueError(f"grass_adamw.update: the gradient of GRASS weight {c.name} has shape "
+                         f"{tuple(g.shape)}, the weight {c.stack + c.stored_shape}")
+    return g if c.stored_side == "rows" else jnp.swapaxes(g, -1, -2)
+
+
+def _sharded_like(fn, w, *args, **kwargs):
+    """fn(w, *args) for an in-place op, with w (and the array arguments) gathered when they are
+    sharded over explicit mesh axes, and the new w (the first result) sharded as w was: the
+    ops see whole arrays; the params keep their FSDP / tensor-parallel sharding."""
+    spec = explicit_spec(w)
+    if spec is None and not any(explicit_spec(a) is not None for a in args
+                                if isinstance(a, jax.Array)):
+        return fn(w, *args, **kwargs)
+    args = [gathered(a) if isinstance(a, jax.Array) else a for a in args]
+    out = fn(gathered(w), *args, **kwargs)
+    if spec is None:
+        return out
+    return (jax.sharding.reshard(out[0], spec),) + tuple(out[1:])
 
 
 def _norm(compressed, dense):

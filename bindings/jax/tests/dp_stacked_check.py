@@ -19,7 +19,7 @@ import test_stacked as ts
 def main(n_dev, steps):
     assert jax.device_count() == n_dev, jax.devices()
     mesh = jax.make_mesh((n_dev,), ("data",))
-    kw = dict(grass_mask=ts.MASK, rank=5, refresh_every=3, refresh_mode="carry",
+    kw = dict(grass_mask=ts.MASK, stacked=1, rank=5, refresh_every=3, refresh_mode="carry",
               max_grad_norm=0.5)
     one = gj.grass_adamw(3e-3, **kw)
     many = gj.grass_adamw(3e-3, axis_name="data", **kw)

@@ -80,7 +80,7 @@ def test_usage_check_sees_through_inner_jit_and_checkpoint():
 def test_stacked_weight_bypassing_grass_linear_in_scan_is_reported():
     params = {"w": jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8)) * 0.3,
               "v": jax.random.normal(jax.random.PRNGKey(2), (2, 8, 8)) * 0.3}
-    opt = gj.grass_adamw(1e-3, grass_mask={"w": True, "v": True}, rank=3)
+    opt = gj.grass_adamw(1e-3, grass_mask={"w": True, "v": True}, rank=3, stacked=1)
     state = opt.init(params)
     x = jnp.ones((4, 8))
 

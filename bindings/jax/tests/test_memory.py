@@ -124,7 +124,8 @@ def test_stacked_scan_step_holds_no_weight_gradient(platform):
     slices of W the loop reads (the forward product and dX = dY·W), never a gradient."""
     L, m = 3, 1024
     params = {"w": jnp.full((L, m, m), 0.01, jnp.float32)}
-    opt = gj.grass_adamw(1e-3, grass_mask={"w": True}, rank=R, refresh_every=100)
+    opt = gj.grass_adamw(1e-3, grass_mask={"w": True}, rank=R, refresh_every=100,
+                         stacked=1)
     state = opt.init(params)
 
     def loss_fn(p, proj, x):

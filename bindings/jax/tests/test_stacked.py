@@ -93,7 +93,7 @@ def test_scanned_model_equals_unrolled(platform):
     """Sampled rows (multinomial_nr, unbiased scaling, side "auto"), carry, 3 refreshes: the
     scanned and the unrolled model take the same steps, bit for bit; every slice selects its
     own rows."""
-    kw = dict(grass_mask=MASK, rank=6, refresh_every=4, refresh_mode="carry",
+    kw = dict(grass_mask=MASK, stacked=1, rank=6, refresh_every=4, refresh_mode="carry",
               method="multinomial_nr", scaling="unbiased", side="auto", alpha=1.0)
     params = init_params(jax.random.PRNGKey(0))
     a_params, a_state, a_losses = train(gj.grass_adamw(3e-3, **kw), loss_scan, params, 10)
@@ -118,7 +118,7 @@ def test_stacked_equals_one_weight_per_layer(platform):
     weights: each slice is scored, selected and stepped on its own."""
     kw = dict(rank=5, refresh_every=3, method="top_r", scaling="none")
     params = init_params(jax.random.PRNGKey(1))
-    a_params, a_state, a_losses = train(gj.grass_adamw(5e-3, grass_mask=MASK, **kw), loss_scan,
+    a_params, a_state, a_losses = train(gj.grass_adamw(5e-3, grass_mask=MASK, stacked=1, **kw), loss_scan,
                                         params, 7)
     split_mask = lambda path, leaf: path[0].key.startswith(("up", "down"))
     b_params, b_state, b_losses = train(gj.grass_adamw(5e-3, grass_mask=split_mask, **kw),
@@ -155,7 +155,7 @@ def test_stacked_sparse_adamw_step_is_one_step_per_slice(platform):
 
 
 def test_unsliced_stacked_projection_is_refused():
-    opt = gj.grass_adamw(1e-3, grass_mask=MASK, rank=4)
+    opt = gj.grass_adamw(1e-3, grass_mask=MASK, stacked=1, rank=4)
     params = init_params(jax.random.PRNGKey(3))
     proj = opt.projections(params, opt.init(params))
     with pytest.raises(ValueError, match=r"3 layer slices.*lax.scan"):
@@ -171,7 +171,7 @@ def test_unsliced_stacked_projection_is_refused():
 def test_stacked_static_refresh_schedule_equals_traced(platform):
     """A refresh step and a plain step compiled apart (refresh=True / False at trace time)
     give a stacked weight the same trajectory as the one step deciding on the device."""
-    opt = gj.grass_adamw(3e-3, grass_mask=MASK, rank=4, refresh_every=3, refresh_mode="carry")
+    opt = gj.grass_adamw(3e-3, grass_mask=MASK, stacked=1, rank=4, refresh_every=3, refresh_mode="carry")
     params = init_params(jax.random.PRNGKey(4))
     a_params, a_state, _ = train(opt, loss_scan, params, 7)
 
@@ -194,6 +194,6 @@ def test_stacked_static_refresh_schedule_equals_traced(platform):
 
 
 def test_shard_state_refuses_stacked_weights():
-    opt = gj.grass_adamw(1e-3, grass_mask=MASK, rank=4, axis_name="data", shard_state=True)
+    opt = gj.grass_adamw(1e-3, grass_mask=MASK, stacked=1, rank=4, axis_name="data", shard_state=True)
     with pytest.raises(ValueError, match=r"\['down'\]: shard_state does not split stacked"):
         opt.init(init_params(jax.random.PRNGKey(5)))

@@ -722,15 +722,20 @@ static Text read_text(const char *path, float val_frac, int T) {
         len += got;
         if (len == cap) {
             unsigned char *bigger = realloc(text.bytes, cap *= 2);
-            if (!bigger) usage_error("'%s' does not fit in memory", path);
+            if (!bigger) {
+                free(text.bytes);
+                usage_error("'%s' does not fit in memory", path);
+            }
             text.bytes = bigger;
         }
     }
     int failed = ferror(f);
     fclose(f);
-    if (failed) usage_error("cannot read the text file '%s'", path);
     text.val_len = (size_t)((double)len * val_frac);
     text.train_len = len - text.val_len;
+    if (failed || text.val_len < (size_t)T + 1 || text.train_len < (size_t)T + 1)
+        free(text.bytes);
+    if (failed) usage_error("cannot read the text file '%s'", path);
     if (text.val_len < (size_t)T + 1 || text.train_len < (size_t)T + 1)
         usage_error("'%s' has %zu bytes: too short for a train and a validation window of %d "
                     "bytes at --val-frac %g", path, len, T + 1, val_frac);
@@ -787,15 +792,18 @@ static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
     return h;
 }
 
-static char *path_with(const char *prefix, const char *ext) {
-    char *path = xcalloc(strlen(prefix) + strlen(ext) + 1, 1);
+#define PATH_CHARS 4096
+static void path_with(char path[PATH_CHARS], const char *prefix, const char *ext) {
+    if (strlen(prefix) + strlen(ext) >= PATH_CHARS)
+        usage_error("the checkpoint prefix '%.40s...' is too long", prefix);
     strcpy(path, prefix);
     strcat(path, ext);
-    return path;
 }
 
 static void save_checkpoint(GPT2 *m, const char *prefix, int grass_mode, int step, uint64_t seed) {
-    char *path = path_with(prefix, ".model"), *tmp = path_with(prefix, ".model.tmp");
+    char path[PATH_CHARS], tmp[PATH_CHARS];
+    path_with(path, prefix, ".model");
+    path_with(tmp, prefix, ".model.tmp");
     ModelHeader hd;
     memset(&hd, 0, sizeof hd);
     memcpy(hd.magic, model_magic, 8);
@@ -811,53 +819,56 @@ static void save_checkpoint(GPT2 *m, const char *prefix, int grass_mode, int ste
         fprintf(stderr, "%s: cannot write '%s': %s\n", prog, path, strerror(errno));
         exit(1);
     }
-    free(path);
-    free(tmp);
-    path = path_with(prefix, ".grass");
+    path_with(path, prefix, ".grass");
     grass_optimizer **list = handle_list(m);
-    grass_check(grass_checkpoint_save(path, list, (size_t)m->num_handles, NULL),
-                "grass_checkpoint_save");
+    grass_status status = grass_checkpoint_save(path, list, (size_t)m->num_handles, NULL);
     free(list);
-    free(path);
+    grass_check(status, "grass_checkpoint_save");
 }
 
-/* Restores weights and optimizers; returns the step to continue from. Nothing is changed when
- * either file is refused. */
+/* Restores weights and optimizers; returns the step to continue from. A refused file (damaged,
+ * or of another model or optimizer) ends the run with exit 2 before any step or save. */
 static int load_checkpoint(GPT2 *m, const char *prefix, int grass_mode, uint64_t seed) {
-    char *path = path_with(prefix, ".model");
+    char path[PATH_CHARS];
+    path_with(path, prefix, ".model");
     FILE *f = fopen(path, "rb");
     if (!f) usage_error("--resume: cannot open '%s': %s", path, strerror(errno));
     ModelHeader hd;
     float *params = xcalloc(m->num_params, sizeof(float));
     uint64_t stored = 0;
-    int ok = fread(&hd, sizeof hd, 1, f) == 1 && memcmp(hd.magic, model_magic, 8) == 0;
-    ok = ok && hd.num_params == m->num_params &&
-         fread(params, sizeof(float), m->num_params, f) == m->num_params &&
-         fread(&stored, sizeof stored, 1, f) == 1 && fgetc(f) == EOF;
-    fclose(f);
-    uint64_t sum = fnv1a(0xcbf29ce484222325ull, &hd, sizeof hd);
-    if (!ok || fnv1a(sum, params, m->num_params * sizeof(float)) != stored)
-        usage_error("--resume: '%s' is not a checkpoint of this model or is damaged", path);
+    if (fread(&hd, sizeof hd, 1, f) != 1 || memcmp(hd.magic, model_magic, 8) != 0) {
+        fclose(f);
+        free(params);
+        usage_error("--resume: '%s' is not a checkpoint of this trainer", path);
+    }
     if (hd.V != m->config.V || hd.maxT != m->config.maxT || hd.L != m->config.L ||
-        hd.NH != m->config.NH || hd.C != m->config.C)
+        hd.NH != m->config.NH || hd.C != m->config.C) {
+        fclose(f);
+        free(params);
         usage_error("--resume: '%s' holds a model with V=%d T=%d L=%d H=%d C=%d, the flags ask "
                     "for V=%d T=%d L=%d H=%d C=%d", path, hd.V, hd.maxT, hd.L, hd.NH, hd.C,
                     m->config.V, m->config.maxT, m->config.L, m->config.NH, m->config.C);
+    }
+    int ok = hd.num_params == m->num_params &&
+             fread(params, sizeof(float), m->num_params, f) == m->num_params &&
+             fread(&stored, sizeof stored, 1, f) == 1 && fgetc(f) == EOF;
+    fclose(f);
+    uint64_t sum = fnv1a(0xcbf29ce484222325ull, &hd, sizeof hd);
+    ok = ok && fnv1a(sum, params, m->num_params * sizeof(float)) == stored;
+    if (ok) memcpy(m->params, params, m->num_params * sizeof(float)); /* a refused resume exits */
+    free(params);
+    if (!ok) usage_error("--resume: '%s' is truncated or damaged (its checksum fails)", path);
     if (hd.grass_mode != grass_mode)
         usage_error("--resume: '%s' was trained with --optimizer %s, this run has --optimizer %s",
                     path, hd.grass_mode ? "grass" : "adamw", grass_mode ? "grass" : "adamw");
     if (hd.seed != seed)
         usage_error("--resume: '%s' was trained with --seed %llu, this run has --seed %llu", path,
                     (unsigned long long)hd.seed, (unsigned long long)seed);
-    free(path);
-    path = path_with(prefix, ".grass");
+    path_with(path, prefix, ".grass");
     grass_optimizer **list = handle_list(m);
-    grass_check(grass_checkpoint_load(path, list, (size_t)m->num_handles, NULL),
-                "grass_checkpoint_load (--resume)");
+    grass_status status = grass_checkpoint_load(path, list, (size_t)m->num_handles, NULL);
     free(list);
-    free(path);
-    memcpy(m->params, params, m->num_params * sizeof(float));
-    free(params);
+    grass_check(status, "grass_checkpoint_load (--resume)");
     return (int)hd.step;
 }
 

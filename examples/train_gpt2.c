@@ -628,7 +628,7 @@ static void make_optimizers(GPT2 *m, const Options *o, grass_context *ctx, int g
     grass_projection_config pc;
     grass_check(grass_projection_config_init(&pc), "grass_projection_config_init");
     pc.rank = o->rank; /* 0: the library's rule for each layer (grass_default_rank) */
-    pc.refresh_every = o->refresh_every;
+    if (o->refresh_every) pc.refresh_every = o->refresh_every; /* else the library's default */
     pc.seed = o->seed;
 
     m->handles = xcalloc(NUM_PARAMS + 4 * (size_t)c->L, sizeof(Handle));
@@ -688,7 +688,9 @@ static float optimizer_step(GPT2 *m, const Options *o, int step) {
         sq += s;
     }
     const float norm = (float)sqrt(sq);
-    const float scale = (o->clip > 0.0f && norm > o->clip) ? o->clip / norm : 1.0f;
+    /* A non-finite norm scales nothing: the steps skip a non-finite gradient themselves. */
+    const float scale = (o->clip > 0.0f && isfinite(norm) && norm > o->clip) ? o->clip / norm
+                                                                              : 1.0f;
     const float mult = lr_multiplier(step, o->steps, o->warmup, o->min_lr_frac);
     for (int i = 0; i < m->num_handles; i++) {
         Handle *h = &m->handles[i];
@@ -901,7 +903,7 @@ static int check_grad(Options *o) {
     int failures = 0;
     double worst = 0.0;
     for (int p = 0; p < NUM_PARAMS; p++) {
-        for (int k = 0; k < 6; k++) {
+        for (int k = 0; k < 8; k++) {
             size_t i = (size_t)(splitmix64(&rng) % full.param_sizes[p]);
             if (p == P_WTE) i = (size_t)full.inputs[k] * c.C + (size_t)(splitmix64(&rng) % c.C);
             float *w = full.param[p] + i, saved = *w;
@@ -920,7 +922,7 @@ static int check_grad(Options *o) {
             }
         }
     }
-    printf("check-grad: %d tensors x 6 elements against central differences (e=%g): worst "
+    printf("check-grad: %d tensors x 8 elements against central differences (e=%g): worst "
            "error %.3f of the tolerance (%g + %g |numeric|)\n", NUM_PARAMS, e, worst, atol, rtol);
 
     /* The grass path: the same batch through the sparse optimizers. */
@@ -999,7 +1001,7 @@ static void print_help(void) {
         "  --grass-lr X (1e-2)     learning rate of the grass-projected matrices\n"
         "  --warmup N (steps/20)   --min-lr-frac F (0.1)  cosine from lr to F*lr\n"
         "  --weight-decay X (0.1)  on matrices and embeddings   --clip X (1.0, 0 = off)\n"
-        "  --rank R (0 = grass_default_rank of each layer)      --refresh-every K (200)\n"
+        "  --rank R (0: grass_default_rank of each layer)   --refresh-every K (0: grass's)\n"
         "evaluation and checkpoints:\n"
         "  --val-every N (100)     --val-batches N (8)   --val-frac F (0.1, the file's tail)\n"
         "  --save PREFIX           write PREFIX.model and PREFIX.grass at the end\n"
@@ -1031,7 +1033,7 @@ static Options parse_args(int argc, char **argv) {
     o.optimizer = "grass";
     o.steps = 1000, o.B = 8, o.T = 64, o.val_every = 100, o.val_batches = 8, o.warmup = -1;
     o.lr = 3e-3f, o.grass_lr = 1e-2f, o.min_lr_frac = 0.1f, o.weight_decay = 0.1f;
-    o.clip = 1.0f, o.val_frac = 0.1f, o.rank = 0, o.refresh_every = 200, o.seed = 1;
+    o.clip = 1.0f, o.val_frac = 0.1f, o.rank = 0, o.refresh_every = 0, o.seed = 1;
     o.config = (Config){256, 64, 4, 4, 128};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -1065,7 +1067,7 @@ static Options parse_args(int argc, char **argv) {
         else if (!strcmp(a, "--weight-decay")) o.weight_decay = parse_float(a, v, 0.0f, 10.0f);
         else if (!strcmp(a, "--clip")) o.clip = parse_float(a, v, 0.0f, 1e30f);
         else if (!strcmp(a, "--rank")) o.rank = parse_int(a, v, 0, 0x7fffffffL);
-        else if (!strcmp(a, "--refresh-every")) o.refresh_every = parse_int(a, v, 1, 0x7fffffffL);
+        else if (!strcmp(a, "--refresh-every")) o.refresh_every = parse_int(a, v, 0, 0x7fffffffL);
         else if (!strcmp(a, "--val-every")) o.val_every = (int)parse_int(a, v, 1, 100000000);
         else if (!strcmp(a, "--val-batches")) o.val_batches = (int)parse_int(a, v, 1, 100000);
         else if (!strcmp(a, "--val-frac")) o.val_frac = parse_float(a, v, 0.001f, 0.999f);
@@ -1103,9 +1105,9 @@ int main(int argc, char **argv) {
     make_optimizers(&model, &o, ctx, grass_mode);
     int start = 0;
     if (o.resume) start = load_checkpoint(&model, o.resume, grass_mode, o.seed);
-    if (start >= o.steps)
-        usage_error("--resume: '%s' is at step %d, nothing left of --steps %d", o.resume, start,
-                    o.steps);
+    if (start >= (o.stop_at ? o.stop_at : o.steps))
+        usage_error("--resume: '%s' is at step %d, nothing left to do before step %d", o.resume,
+                    start, o.stop_at ? o.stop_at : o.steps);
 
     size_t state_bytes = 0, grass_params = 0;
     int64_t handle_bytes = 0;
@@ -1134,6 +1136,21 @@ int main(int argc, char **argv) {
            o.weight_decay, o.clip, o.B, threads);
     printf("optimizer state: %zu bytes (grass_optimizer_state_size summed), handles hold %lld "
            "bytes\n", state_bytes, (long long)handle_bytes);
+    if (grass_mode) { /* what the library made of layer 0's matrices (the others are alike) */
+        static const char *matrix_names[4] = {"qkvw", "attprojw", "fcw", "fcprojw"};
+        printf("grass layers:");
+        for (int k = 0; k < 4; k++) {
+            grass_projection *pr;
+            grass_projection_info info = {.struct_size = sizeof info};
+            grass_check(grass_optimizer_projection(model.layer_opt[0][k], &pr),
+                        "grass_optimizer_projection");
+            grass_check(grass_projection_get_info(pr, &info), "grass_projection_get_info");
+            printf(" %s %lldx%lld r=%lld of %s %lld%s", matrix_names[k],
+                   (long long)info.m, (long long)info.n, (long long)info.rank,
+                   info.side == GRASS_SIDE_ROWS ? "rows" : "cols", (long long)info.d,
+                   k < 3 ? "," : "\n");
+        }
+    }
     if (start) printf("resumed from %s at step %d\n", o.resume, start);
 
     const int end = o.stop_at ? o.stop_at : o.steps;

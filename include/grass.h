@@ -36,15 +36,42 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// 0: the rank rule ([`super::default_rank`]) picks r from the projected dimension.
+#define RANK 0
+
+#define POWER 2
+
+#define REFRESH_EVERY 200
+
+#define SEED 0
+
+#define LAYER_ID 0
+
+#define BETA1 0.9
+
+#define BETA2 0.999
+
+#define EPS 1e-8
+
+#define WEIGHT_DECAY 0.0
+
+// Scale of the projected update: the learning rate it wants is about 10-20x AdamW's.
+#define ALPHA 0.25
+
+#define RANK_MULTIPLE 8
+
 // Major version: changes only with an incompatible ABI change.
 #define GRASS_VERSION_MAJOR 0
 
-#define GRASS_VERSION_MINOR 3
+#define GRASS_VERSION_MINOR 4
 
 #define GRASS_VERSION_PATCH 0
 
-// ABI generation: callers built against a header with another value must not load this library.
-#define GRASS_ABI_VERSION 3
+// ABI generation. A library implements its own generation and, where CHANGELOG.md says so,
+// the earlier ones it only adds to: ABI 4 adds to ABI 3, so a caller built against ABI 3
+// runs unchanged. Check `grass_abi_version() >= GRASS_ABI_VERSION` (grass.hpp's
+// `grass::abi_compatible()`).
+#define GRASS_ABI_VERSION 4
 
 // Result of every fallible call. Numbers are stable: 1–99 are mistakes of the caller,
 // 100–199 problems of the environment (device, driver, memory), 200+ faults inside grass.
@@ -116,15 +143,16 @@ typedef struct grass_projection_config {
   // of the struct in its ABI generation and gives the fields an older caller lacks their
   // defaults; other sizes fail with `GRASS_ERROR_STRUCT_SIZE`.
   size_t struct_size;
-  // Default `GRASS_SIDE_AUTO`.
+  // Default `GRASS_SIDE_COLS`.
   grass_side side;
-  // Projection rank r, 1 <= r <= projected dimension. Default 256.
+  // Projection rank r, 1 <= r <= projected dimension d; 0 (the default) picks the rank
+  // rule's r for the layer's d (`grass_default_rank`: d/4 rounded to a multiple of 8).
   int64_t rank;
-  // Default `GRASS_METHOD_MULTINOMIAL_NR`.
+  // Default `GRASS_METHOD_UNIFORM_NR`.
   grass_method method;
   // Exponent p of the sampling probabilities q_i ∝ s_i^p, 1 or 2. Default 2.
   int32_t power;
-  // Default `GRASS_SCALING_UNBIASED`.
+  // Default `GRASS_SCALING_NONE`.
   grass_scaling scaling;
   // Steps between refreshes (K). Default 200.
   int64_t refresh_every;
@@ -158,7 +186,8 @@ typedef struct grass_adamw_config {
   float weight_decay;
   // Default `GRASS_DECAY_SELECTED` (the dense step decays every element unless OFF).
   grass_decay_mode decay_mode;
-  // Scale α of the projected update (GaLore uses 0.25). Default 1.
+  // Scale α of the projected update (multiplies the step of every selected row). Default
+  // 0.25, which wants a learning rate about 10-20x AdamW's (docs/api.md).
   float alpha;
   // Default `GRASS_REFRESH_RESET`.
   grass_refresh_mode refresh_mode;
@@ -249,6 +278,11 @@ typedef struct grass_optimizer_info {
   // is not among them: it is the context's workspace, shared by all its handles
   // (`grass_context_workspace_bytes`).
   int64_t memory_bytes;
+  // 1 when a GRASS layer's rank equals its projected dimension: its M and V are as large as
+  // AdamW's, so it saves no optimizer memory (choose a smaller rank, or train the weight
+  // with a dense optimizer). 0 otherwise and for dense parameters. Since ABI 4 (an ABI 3
+  // caller's smaller `struct_size` gets the fields before it).
+  int32_t full_rank;
 } grass_optimizer_info;
 
 // What a projection is and where it stands.
@@ -276,10 +310,26 @@ typedef struct grass_projection_info {
   // and scales, r each) and d row scores. Scratch is not among them: it is the context's
   // workspace, shared by all its handles (`grass_context_workspace_bytes`).
   int64_t memory_bytes;
+  // 1 when `rank == d`: the compressed state is as large as the full one (no memory
+  // saving). Since ABI 4 (an ABI 3 caller's smaller `struct_size` gets the fields before
+  // it).
+  int32_t full_rank;
 } grass_projection_info;
 
 // What an AdamW step wrote to `*skipped`: one of `GRASS_STEP_*`.
 typedef int32_t grass_step_outcome;
+
+
+
+
+
+
+
+
+
+
+
+
 
 #define GRASS_DTYPE_F32 0
 
@@ -378,6 +428,13 @@ grass_status grass_projection_config_init(struct grass_projection_config *config
 
 // Fills `config` with the documented defaults, including `struct_size`.
 grass_status grass_adamw_config_init(struct grass_adamw_config *config);
+
+// The rank rule: writes the rank a projection of projected dimension `d` gets when its
+// config's `rank` is 0 (the default): d/4 rounded to the nearest multiple of 8 (ties up), at
+// least 8 and never above d (so d <= 8 gives d itself, a projection without memory saving).
+// `d` within the size limits. Bindings and `grass_memory_plan` callers use it to state the
+// rank they will get.
+grass_status grass_default_rank(int64_t d, int64_t *rank_out);
 
 // Creates a CPU context: buffers are host pointers, ops run on the calling thread.
 grass_status grass_context_create_cpu(struct grass_context **ctx_out);
@@ -693,12 +750,44 @@ grass_status grass_optimizer_backward(struct grass_optimizer *optimizer,
 // `grad` must be NULL (the accumulated compressed gradient is used and cleared); for a dense
 // parameter it is the gradient of `grad_dtype`. `lr` must be finite and non-negative
 // (`GRASS_ERROR_INVALID_VALUE` otherwise, nothing written). A non-finite gradient skips the
-// step (see `grass_optimizer_last_step_skipped`).
+// step (see `grass_optimizer_last_step_skipped`). The same as `grass_optimizer_step_scaled`
+// with `grad_scale` 1.
 grass_status grass_optimizer_step(struct grass_optimizer *optimizer,
                                   void *w,
                                   const void *grad,
                                   float lr,
                                   void *stream);
+
+// `grass_optimizer_step` on `grad_scale` times the gradient: the step reads each gradient
+// element (or compressed-gradient element) `g` as the f32 product `grad_scale * g`, with no
+// extra pass over W or the gradient, so the result is that of `grass_optimizer_step` on a
+// gradient of f32 elements `grad_scale * g`. For global-norm clipping, loss scaling and
+// averaging of micro-batches in one factor: `grad_scale = clip / (loss_scale * micro_batches)`
+// with `clip = min(1, max_norm / norm)` and `norm` the global norm of the unscaled gradients
+// (`grass_optimizer_grad_sq_norm`) divided by `loss_scale * micro_batches`. `grad_scale` must
+// be finite and non-negative (`GRASS_ERROR_INVALID_VALUE` naming it otherwise, nothing
+// written); a scaled element that overflows to infinity skips the step like a non-finite
+// gradient (`GRASS_STEP_SKIPPED_NONFINITE`).
+grass_status grass_optimizer_step_scaled(struct grass_optimizer *optimizer,
+                                         void *w,
+                                         const void *grad,
+                                         float lr,
+                                         float grad_scale,
+                                         void *stream);
+
+// Writes to `sq_norm_out` (one float in context memory: a host pointer on a CPU context, a
+// device pointer on a CUDA context, where the reduction is enqueued on `stream` without
+// synchronizing) the squared Frobenius norm of the gradient the next step will use, before
+// any `grad_scale`. A GRASS layer: `grad` must be NULL, and the norm is that of the compressed
+// gradient accumulated since the last step (rank x k, the selected rows of every micro-
+// batch's G already multiplied by their scales ρ); `GRASS_ERROR_INVALID_STATE` when nothing
+// was accumulated. A dense parameter: `grad` is its gradient (numel of `grad_dtype`). Sum the
+// values of all handles for a global norm (docs/api.md says how it relates to the full
+// gradient's norm). Squares are summed in double in a fixed order and rounded once.
+grass_status grass_optimizer_grad_sq_norm(const struct grass_optimizer *optimizer,
+                                          const void *grad,
+                                          float *sq_norm_out,
+                                          void *stream);
 
 // Writes the outcome of the last step: `GRASS_STEP_APPLIED` (0), or the reason it was
 // skipped (`GRASS_STEP_SKIPPED_*`, e.g. a non-finite gradient). Synchronizes `stream` on
@@ -729,6 +818,30 @@ grass_status grass_optimizer_import_state(struct grass_optimizer *optimizer,
                                           const void *src,
                                           size_t bytes,
                                           void *stream);
+
+// Saves the states of `count` optimizers (in this order) to the file `path`, in one file:
+// a header (magic, format, count, each state's size), each optimizer's
+// `grass_optimizer_export_state` blob (which records the handle's identity: kind, shape,
+// side, rank, dtypes and layer id) and a checksum. Written to a temporary file in the same
+// directory, flushed, then renamed over `path`: a crash leaves the old file or the new one,
+// never a mix. The handles may be of any contexts; a handle must not appear twice.
+// Synchronizes `stream` on CUDA contexts. A file that cannot be written is
+// `GRASS_ERROR_INVALID_VALUE` naming the path and the system's reason.
+grass_status grass_checkpoint_save(const char *path,
+                                   struct grass_optimizer *const *optimizers,
+                                   size_t count,
+                                   void *stream);
+
+// Restores `count` optimizers from a file written by `grass_checkpoint_save` for handles of
+// the same identities in the same order. The whole file is read and checked first (count,
+// sizes, checksums, every handle's identity and state): a missing, truncated, damaged or
+// mismatched file fails with `GRASS_ERROR_BAD_CHECKPOINT` naming the first problem (for a
+// mismatch, the index and both identities) and changes no handle. Synchronizes `stream` on
+// CUDA contexts.
+grass_status grass_checkpoint_load(const char *path,
+                                   struct grass_optimizer *const *optimizers,
+                                   size_t count,
+                                   void *stream);
 
 // Creates a projection for an `m x n` weight whose X and dY have `dtype` and at most
 // `max_tokens` rows per call. The context must outlive the projection.

@@ -29,18 +29,20 @@ struct StepHeader {
     float decay;  // 1 - lr * weight_decay
 };
 
-// Flags the step as bad when n elements of g (dtype g_dt) or the r scales (may be NULL) hold a
-// NaN or infinity (a non-finite scale would write non-finite values into W from a finite
-// gradient), when idx (r entries, may be NULL) is not sorted ascending within [0, d), or when
-// one of the nsteps step counts is negative.
-extern "C" __global__ void step_check(const void* __restrict__ g, i32 g_dt, i64 n,
+// Flags the step as bad when n elements of gscale * g (g of dtype g_dt, each element scaled
+// in f32 as the update kernels read it) or the r scales (may be NULL) hold a NaN or infinity
+// (a non-finite scale would write non-finite values into W from a finite gradient), when idx
+// (r entries, may be NULL) is not sorted ascending within [0, d), or when one of the nsteps
+// step counts is negative.
+extern "C" __global__ void step_check(const void* __restrict__ g, i32 g_dt, i64 n, float gscale,
                                       const i32* __restrict__ idx,
                                       const float* __restrict__ scales, i32 r, i64 d,
                                       const i32* __restrict__ steps, i32 nsteps,
                                       StepHeader* h) {
     bool bad_g = false, bad_i = false, bad_c = false;
     for (u64 e = global_x(); e < (u64)n; e += grid_x()) {
-        if (!finite_f32(load_as_f32(g, g_dt, e))) bad_g = true;
+        const float x = load_as_f32(g, g_dt, e);
+        if (!finite_f32(x) || !finite_f32(x * gscale)) bad_g = true;
     }
     if (scales != nullptr) {
         for (u64 j = global_x(); j < (u64)r; j += grid_x()) {
@@ -134,7 +136,7 @@ __device__ __forceinline__ float adam_direction(float beta1, float beta2, float 
 // count) and rounds W once. W is m x n; `cols` selects columns instead of rows.
 extern "C" __global__ void sparse_adamw_step(void* w, i32 w_dt, i64 n, i32 cols,
                                         void* ms, void* vs, i32 s_dt,
-                                        const float* __restrict__ g,
+                                        const float* __restrict__ g, float gscale,
                                         const i32* __restrict__ idx,
                                         const float* __restrict__ scales, i32 r, i64 k,
                                         float beta1, float beta2, float eps, float alpha,
@@ -155,7 +157,7 @@ extern "C" __global__ void sparse_adamw_step(void* w, i32 w_dt, i64 n, i32 cols,
                 const u64 e = (u64)j * (u64)k + c;
                 float m = load_as_f32(ms, s_dt, e), v = load_as_f32(vs, s_dt, e);
                 float u = adam_direction(beta1, beta2, eps, coef[2 * j], coef[2 * j + 1], m,
-                                         v, g[e]);
+                                         v, g[e] * gscale);
                 store_from_f32(ms, s_dt, e, m);
                 store_from_f32(vs, s_dt, e, v);
                 acc += (-lr * alpha * scales[j]) * u;
@@ -165,9 +167,10 @@ extern "C" __global__ void sparse_adamw_step(void* w, i32 w_dt, i64 n, i32 cols,
     }
 }
 
-// Plain AdamW on n elements; `decay_on` applies the decoupled weight decay.
+// Plain AdamW on n elements of gscale * grad; `decay_on` applies the decoupled weight decay.
 extern "C" __global__ void adamw_step(void* w, i32 w_dt, const void* __restrict__ grad,
-                                       i32 g_dt, void* ms, void* vs, i32 s_dt, i64 n,
+                                       i32 g_dt, float gscale, void* ms, void* vs, i32 s_dt,
+                                       i64 n,
                                        float beta1, float beta2, float eps, i32 decay_on,
                                        const StepHeader* h) {
     if (h->skip) return;
@@ -175,9 +178,33 @@ extern "C" __global__ void adamw_step(void* w, i32 w_dt, const void* __restrict_
     const float decay = decay_on ? h->decay : 1.0f;
     for (u64 e = global_x(); e < (u64)n; e += grid_x()) {
         float m = load_as_f32(ms, s_dt, e), v = load_as_f32(vs, s_dt, e);
-        float u = adam_direction(beta1, beta2, eps, c1, c2, m, v, load_as_f32(grad, g_dt, e));
+        const float ge = load_as_f32(grad, g_dt, e) * gscale;
+        float u = adam_direction(beta1, beta2, eps, c1, c2, m, v, ge);
         store_from_f32(ms, s_dt, e, m);
         store_from_f32(vs, s_dt, e, v);
         store_from_f32(w, w_dt, e, load_as_f32(w, w_dt, e) * decay + (-lr) * u);
     }
+}
+
+// Threads of the one block `sq_norm` runs in.
+#define SQ_NORM_THREADS 256
+
+// out[0] = the squared Frobenius norm of n elements of g (dtype g_dt): each thread sums the
+// squares of elements threadIdx.x, threadIdx.x + SQ_NORM_THREADS, ... in double, then a tree
+// over the block adds the threads' sums; the result is rounded once to float. One block of
+// SQ_NORM_THREADS threads, so the sum's order (and the result) is fixed for a given n.
+extern "C" __global__ void sq_norm(const void* __restrict__ g, i32 g_dt, i64 n, float* out) {
+    __shared__ double part[SQ_NORM_THREADS];
+    double acc = 0.0;
+    for (u64 e = threadIdx.x; e < (u64)n; e += SQ_NORM_THREADS) {
+        const double x = (double)load_as_f32(g, g_dt, e);
+        acc += x * x;
+    }
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (u32 half = SQ_NORM_THREADS / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[0] = (float)part[0];
 }

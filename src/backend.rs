@@ -159,6 +159,9 @@ pub struct StepBuffers {
     pub lr: f32,
     /// Multiplies lr, or none.
     pub lr_scale: Option<Buf<f32>>,
+    /// Multiplies the gradient (finite, >= 0; 1 for the layer-1 ops): the step runs on
+    /// `grad_scale * g`, each element scaled in f32 where it is read.
+    pub grad_scale: f32,
     /// Receives the step's outcome, or none.
     pub skipped: Option<Buf<i32>>,
     pub ws: Scratch,

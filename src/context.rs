@@ -316,6 +316,14 @@ impl grass_context {
         }
     }
 
+    /// `out[0] = ‖g‖²`, enqueued on `stream` (no host synchronization on CUDA).
+    pub(crate) fn sq_norm(&self, g: Tensor, out: Buf<f32>, stream: usize) -> Result<()> {
+        match &self.backend {
+            Backend::Cpu => cpu::ops::sq_norm(g, out),
+            Backend::Cuda(d) => d.sq_norm(g, out, stream),
+        }
+    }
+
     pub(crate) fn state_refresh(&self, a: &StateRefreshArgs) -> Result<()> {
         match &self.backend {
             Backend::Cpu => cpu::ops::state_refresh(a),

@@ -264,20 +264,16 @@ fn config_init_and_struct_size() {
         cfg.struct_size,
         std::mem::size_of::<grass_projection_config>()
     );
-    assert_eq!((cfg.rank, cfg.refresh_every, cfg.power), (256, 200, 2));
+    assert_eq!((cfg.rank, cfg.refresh_every, cfg.power), (0, 200, 2));
     assert_eq!(
         (cfg.method, cfg.scaling, cfg.side),
-        (
-            GRASS_METHOD_MULTINOMIAL_NR,
-            GRASS_SCALING_UNBIASED,
-            GRASS_SIDE_AUTO
-        )
+        (GRASS_METHOD_UNIFORM_NR, GRASS_SCALING_NONE, GRASS_SIDE_COLS)
     );
     let mut a: grass_adamw_config = unsafe { std::mem::zeroed() };
     check(unsafe { grass_adamw_config_init(&mut a) }).unwrap();
     assert_eq!(
         (a.beta1, a.beta2, a.eps, a.weight_decay, a.alpha),
-        (0.9, 0.999, 1e-8, 0.0, 1.0)
+        (0.9, 0.999, 1e-8, 0.0, 0.25)
     );
     let scores = [1.0f32; 8];
     let (mut idx, mut sc, mut ws) = (vec![-1i32; 4], vec![0f32; 4], vec![0u8; 1 << 16]);

@@ -447,6 +447,22 @@ impl Fuzz {
                 );
                 self.done("grass_dtype_size", format!("{dt}"), grass_status::GRASS_OK);
             }
+            4 if self.rng.chance(30) => {
+                let d = self.rng.query_dim();
+                let mut r = -7i64;
+                let out = if self.rng.chance(10) {
+                    ptr::null_mut()
+                } else {
+                    &mut r as *mut i64
+                };
+                let st = unsafe { grass_default_rank(d, out) };
+                if st == grass_status::GRASS_OK {
+                    assert!(r >= 1 && r <= d, "grass_default_rank({d}) = {r}");
+                } else {
+                    assert_eq!(r, -7, "grass_default_rank wrote on failure");
+                }
+                self.done("grass_default_rank", format!("d {d}"), st);
+            }
             4 => {
                 let mut avail = -1;
                 let len = self.rng.pick(&[0usize, 1, 8, 256]);
@@ -969,12 +985,17 @@ impl Fuzz {
         let pc = self.pcfg(m.max(n));
         let ctx = self.ctx();
         let (d, k) = self.layer_of(m, n, pc.side).unwrap_or((0, 0));
+        // rank 0 is the rank rule's rank for d
+        let mut rank = pc.rank;
+        if rank == 0 && d > 0 {
+            unsafe { grass_default_rank(d, &mut rank) };
+        }
         let layer = Layer {
             m,
             n,
             d,
             k,
-            rank: pc.rank,
+            rank,
             max_tokens,
             act,
         };
@@ -1191,8 +1212,25 @@ impl Fuzz {
                 } else {
                     self.p(grad) as *const c_void
                 };
-                let st = unsafe { grass_optimizer_step(hh, self.p(w), gp, lr, stream) };
-                self.done("grass_optimizer_step", format!("lr {lr}"), st);
+                if self.rng.chance(50) {
+                    let scale = self.rng.float();
+                    let st = unsafe {
+                        grass_optimizer_step_scaled(hh, self.p(w), gp, lr, scale, stream)
+                    };
+                    self.done(
+                        "grass_optimizer_step_scaled",
+                        format!("lr {lr} grad_scale {scale}"),
+                        st,
+                    );
+                } else {
+                    let st = unsafe { grass_optimizer_step(hh, self.p(w), gp, lr, stream) };
+                    self.done("grass_optimizer_step", format!("lr {lr}"), st);
+                }
+                // the squared norm of the same gradient argument, into a caller float
+                let out = self.buf(4);
+                let st =
+                    unsafe { grass_optimizer_grad_sq_norm(hh, gp, self.p(out).cast(), stream) };
+                self.done("grass_optimizer_grad_sq_norm", String::new(), st);
             }
             4 => {
                 let mut v = -1;
@@ -1206,7 +1244,7 @@ impl Fuzz {
                 info.struct_size = if self.rng.chance(85) {
                     std::mem::size_of::<grass_optimizer_info>()
                 } else {
-                    self.rng.pick(&[0, 8, 100])
+                    self.rng.pick(&[0, 8, 48, 100])
                 };
                 let st = unsafe { grass_optimizer_get_info(hh, &mut info) };
                 self.done("grass_optimizer_get_info", String::new(), st);
@@ -1268,6 +1306,56 @@ impl Fuzz {
         }
     }
 
+    /// `grass_checkpoint_save` then `grass_checkpoint_load` on a few optimizers, sometimes
+    /// with a NULL or repeated handle, a bad count or path, the handles reordered, or the file
+    /// damaged in between.
+    fn checkpoint_set(&mut self) {
+        let dir = std::env::temp_dir().join(format!("grass_fuzz_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("set.grass");
+        let path = std::ffi::CString::new(file.to_str().unwrap()).unwrap();
+        let mut set: Vec<*mut grass_optimizer> = (0..1 + self.rng.below(4))
+            .filter(|_| !self.opts.is_empty())
+            .map(|_| self.opts[self.rng.below(self.opts.len() as u64) as usize].h)
+            .collect();
+        if self.rng.chance(5) {
+            set.push(ptr::null_mut());
+        }
+        let count = if self.rng.chance(5) {
+            self.rng.pick(&[0usize, set.len() + 1])
+        } else {
+            set.len()
+        };
+        let count = if set.is_empty() {
+            0
+        } else {
+            count.min(set.len())
+        };
+        let p = if self.rng.chance(5) {
+            ptr::null()
+        } else {
+            path.as_ptr()
+        };
+        let stream = self.stream();
+        let st = unsafe { grass_checkpoint_save(p, set.as_ptr(), count, stream) };
+        self.done("grass_checkpoint_save", format!("count {count}"), st);
+        if st == grass_status::GRASS_OK && self.rng.chance(30) {
+            let mut bytes = std::fs::read(&file).unwrap();
+            if self.rng.chance(50) {
+                let j = self.rng.below(bytes.len() as u64) as usize;
+                bytes[j] ^= 1 << self.rng.below(8);
+            } else {
+                bytes.truncate(self.rng.below(bytes.len() as u64) as usize);
+            }
+            std::fs::write(&file, bytes).unwrap();
+        }
+        if self.rng.chance(20) {
+            set.reverse();
+        }
+        let st = unsafe { grass_checkpoint_load(p, set.as_ptr(), count, stream) };
+        self.done("grass_checkpoint_load", format!("count {count}"), st);
+    }
+
     fn destroy_some(&mut self) {
         if !self.projs.is_empty() && self.rng.chance(50) {
             let i = self.rng.below(self.projs.len() as u64) as usize;
@@ -1314,7 +1402,8 @@ impl Fuzz {
                 let i = self.rng.below(self.opts.len() as u64) as usize;
                 self.optimizer_calls(i);
             }
-            18 => self.destroy_some(),
+            18 if self.rng.chance(50) => self.destroy_some(),
+            18 => self.checkpoint_set(),
             _ => {
                 if self.rng.chance(50) {
                     self.memory()
@@ -1335,6 +1424,9 @@ impl Fuzz {
         for c in self.ctx.drain(..) {
             unsafe { grass_context_destroy(c) };
         }
+        let _ = std::fs::remove_dir_all(
+            std::env::temp_dir().join(format!("grass_fuzz_{}", std::process::id())),
+        );
         (self.calls, self.per_export)
     }
 }

@@ -505,6 +505,7 @@ type CheckFn = unsafe extern "C" fn(
     *const c_void,
     i32,
     i64,
+    f32,
     *const i32,
     *const f32,
     i32,
@@ -540,6 +541,7 @@ type SparseFn = unsafe extern "C" fn(
     *mut c_void,
     i32,
     *const f32,
+    f32,
     *const i32,
     *const f32,
     i32,
@@ -559,6 +561,7 @@ type DenseFn = unsafe extern "C" fn(
     i32,
     *const c_void,
     i32,
+    f32,
     *mut c_void,
     *mut c_void,
     i32,
@@ -595,153 +598,172 @@ fn sparse_adamw_step_kernels_match_the_host() {
     let ctx = cpu();
     let mut rng = Rng(3);
     let (m, n, r) = (40usize, 24usize, 12usize);
-    for cols in [0, 1] {
-        let (d, k) = if cols == 1 { (n, m) } else { (m, n) };
-        for w_dt in 0..3 {
-            for s_dt in [0, 1] {
-                for decay in [GRASS_DECAY_OFF, GRASS_DECAY_SELECTED, GRASS_DECAY_DENSE] {
-                    let cfg = adamw(decay, s_dt);
-                    let w0 = encode(&rng.normals(m * n), w_dt);
-                    let idx = rng.sorted_indices(r, d);
-                    let scales: Vec<f32> = (0..r).map(|_| 0.5 + rng.unit() as f32).collect();
-                    let ssz = if s_dt == 0 { 4 } else { 2 };
-                    // rows at different step counts, as after a refresh with carry
-                    let steps0: Vec<i32> = (0..r).map(|_| rng.below(4) as i32).collect();
-                    let (mut hw, mut hm, mut hv, mut hs, mut hskip) = (
-                        w0.clone(),
-                        vec![0u8; r * k * ssz],
-                        vec![0u8; r * k * ssz],
-                        steps0.clone(),
-                        -1i32,
-                    );
-                    let (mut kw, mut km, mut kv, mut ks, mut kskip) =
-                        (w0.clone(), hm.clone(), hv.clone(), steps0.clone(), -1i32);
-                    let mut coef = vec![f32::NAN; 2 * r];
-                    for t in 0..8 {
-                        let mut g = rng.normals(r * k);
-                        if t == 3 {
-                            g[7] = f32::NEG_INFINITY;
-                        }
-                        let lr_scale = [if t == 2 { 0.5f32 } else { 1.0 }];
-                        // step 4 hands the kernels unsorted indices, step 5 a negative count
-                        // and step 6 a NaN scale: the host rejects them with a status, the
-                        // device skips the step and says why.
-                        let mut kidx = idx.clone();
-                        let mut kscales = scales.clone();
-                        let kept = ks[r / 2];
-                        if t == 4 {
-                            kidx.swap(0, r - 1);
-                        } else if t == 5 {
-                            ks[r / 2] = -3;
-                        } else if t == 6 {
-                            kscales[r - 1] = f32::NAN;
-                        } else {
-                            ok(unsafe {
-                                grass_sparse_adamw_step(
-                                    ctx,
-                                    &cfg,
-                                    m as i64,
-                                    n as i64,
-                                    cols,
-                                    r as i64,
-                                    w_dt,
-                                    hw.as_mut_ptr().cast(),
-                                    idx.as_ptr(),
-                                    scales.as_ptr(),
-                                    g.as_ptr(),
-                                    hm.as_mut_ptr().cast(),
-                                    hv.as_mut_ptr().cast(),
-                                    hs.as_mut_ptr(),
+    // The kernels take the gradient scale of grass_optimizer_step_scaled; the host reference
+    // is the layer-1 step on the f32 products gscale * g (bit for bit, as the CPU handle is).
+    for gscale in [1.0f32, 0.37] {
+        for cols in [0, 1] {
+            let (d, k) = if cols == 1 { (n, m) } else { (m, n) };
+            for w_dt in 0..3 {
+                for s_dt in [0, 1] {
+                    for decay in [GRASS_DECAY_OFF, GRASS_DECAY_SELECTED, GRASS_DECAY_DENSE] {
+                        let cfg = adamw(decay, s_dt);
+                        let w0 = encode(&rng.normals(m * n), w_dt);
+                        let idx = rng.sorted_indices(r, d);
+                        let scales: Vec<f32> = (0..r).map(|_| 0.5 + rng.unit() as f32).collect();
+                        let ssz = if s_dt == 0 { 4 } else { 2 };
+                        // rows at different step counts, as after a refresh with carry
+                        let steps0: Vec<i32> = (0..r).map(|_| rng.below(4) as i32).collect();
+                        let (mut hw, mut hm, mut hv, mut hs, mut hskip) = (
+                            w0.clone(),
+                            vec![0u8; r * k * ssz],
+                            vec![0u8; r * k * ssz],
+                            steps0.clone(),
+                            -1i32,
+                        );
+                        let (mut kw, mut km, mut kv, mut ks, mut kskip) =
+                            (w0.clone(), hm.clone(), hv.clone(), steps0.clone(), -1i32);
+                        let mut coef = vec![f32::NAN; 2 * r];
+                        for t in 0..8 {
+                            let mut g = rng.normals(r * k);
+                            if t == 3 {
+                                g[7] = f32::NEG_INFINITY;
+                            }
+                            let gs: Vec<f32> = g.iter().map(|&x| x * gscale).collect();
+                            let lr_scale = [if t == 2 { 0.5f32 } else { 1.0 }];
+                            // step 4 hands the kernels unsorted indices, step 5 a negative count
+                            // and step 6 a NaN scale: the host rejects them with a status, the
+                            // device skips the step and says why.
+                            let mut kidx = idx.clone();
+                            let mut kscales = scales.clone();
+                            let kept = ks[r / 2];
+                            if t == 4 {
+                                kidx.swap(0, r - 1);
+                            } else if t == 5 {
+                                ks[r / 2] = -3;
+                            } else if t == 6 {
+                                kscales[r - 1] = f32::NAN;
+                            } else {
+                                ok(unsafe {
+                                    grass_sparse_adamw_step(
+                                        ctx,
+                                        &cfg,
+                                        m as i64,
+                                        n as i64,
+                                        cols,
+                                        r as i64,
+                                        w_dt,
+                                        hw.as_mut_ptr().cast(),
+                                        idx.as_ptr(),
+                                        scales.as_ptr(),
+                                        gs.as_ptr(),
+                                        hm.as_mut_ptr().cast(),
+                                        hv.as_mut_ptr().cast(),
+                                        hs.as_mut_ptr(),
+                                        1e-2,
+                                        lr_scale.as_ptr(),
+                                        &mut hskip,
+                                        std::ptr::null_mut(),
+                                        0,
+                                        std::ptr::null_mut(),
+                                    )
+                                });
+                            }
+                            // The kernel sequence of cuda::ops::sparse_adamw_step.
+                            let mut h = Header::default();
+                            unsafe {
+                                check(
+                                    5,
+                                    g.as_ptr().cast(),
+                                    0,
+                                    (r * k) as i64,
+                                    gscale,
+                                    kidx.as_ptr(),
+                                    kscales.as_ptr(),
+                                    r as i32,
+                                    d as i64,
+                                    ks.as_ptr(),
+                                    r as i32,
+                                    &mut h,
+                                );
+                                prepare(
+                                    2,
+                                    4,
+                                    &mut h,
+                                    ks.as_mut_ptr(),
+                                    r as i32,
+                                    coef.as_mut_ptr(),
                                     1e-2,
                                     lr_scale.as_ptr(),
-                                    &mut hskip,
-                                    std::ptr::null_mut(),
-                                    0,
-                                    std::ptr::null_mut(),
-                                )
-                            });
-                        }
-                        // The kernel sequence of cuda::ops::sparse_adamw_step.
-                        let mut h = Header::default();
-                        unsafe {
-                            check(
-                                5,
-                                g.as_ptr().cast(),
-                                0,
-                                (r * k) as i64,
-                                kidx.as_ptr(),
-                                kscales.as_ptr(),
-                                r as i32,
-                                d as i64,
-                                ks.as_ptr(),
-                                r as i32,
-                                &mut h,
-                            );
-                            prepare(
-                                2,
-                                4,
-                                &mut h,
-                                ks.as_mut_ptr(),
-                                r as i32,
-                                coef.as_mut_ptr(),
-                                1e-2,
-                                lr_scale.as_ptr(),
-                                cfg.beta1,
-                                cfg.beta2,
-                                cfg.weight_decay,
-                                &mut kskip,
-                            );
-                            if decay == GRASS_DECAY_DENSE {
-                                decay_all(3, 64, kw.as_mut_ptr().cast(), w_dt, (m * n) as i64, &h);
+                                    cfg.beta1,
+                                    cfg.beta2,
+                                    cfg.weight_decay,
+                                    &mut kskip,
+                                );
+                                if decay == GRASS_DECAY_DENSE {
+                                    decay_all(
+                                        3,
+                                        64,
+                                        kw.as_mut_ptr().cast(),
+                                        w_dt,
+                                        (m * n) as i64,
+                                        &h,
+                                    );
+                                }
+                                sparse(
+                                    (k as u32).div_ceil(16),
+                                    5,
+                                    16,
+                                    kw.as_mut_ptr().cast(),
+                                    w_dt,
+                                    n as i64,
+                                    cols,
+                                    km.as_mut_ptr().cast(),
+                                    kv.as_mut_ptr().cast(),
+                                    s_dt,
+                                    g.as_ptr(),
+                                    gscale,
+                                    kidx.as_ptr(),
+                                    kscales.as_ptr(),
+                                    r as i32,
+                                    k as i64,
+                                    cfg.beta1,
+                                    cfg.beta2,
+                                    cfg.eps,
+                                    cfg.alpha,
+                                    (decay == GRASS_DECAY_SELECTED) as i32,
+                                    coef.as_ptr(),
+                                    &h,
+                                );
                             }
-                            sparse(
-                                (k as u32).div_ceil(16),
-                                5,
-                                16,
-                                kw.as_mut_ptr().cast(),
-                                w_dt,
-                                n as i64,
-                                cols,
-                                km.as_mut_ptr().cast(),
-                                kv.as_mut_ptr().cast(),
-                                s_dt,
-                                g.as_ptr(),
-                                kidx.as_ptr(),
-                                kscales.as_ptr(),
-                                r as i32,
-                                k as i64,
-                                cfg.beta1,
-                                cfg.beta2,
-                                cfg.eps,
-                                cfg.alpha,
-                                (decay == GRASS_DECAY_SELECTED) as i32,
-                                coef.as_ptr(),
-                                &h,
-                            );
+                            let what = format!(
+                            "gscale {gscale} cols {cols} W {w_dt} state {s_dt} decay {decay} step {t}"
+                        );
+                            if t == 5 {
+                                assert_eq!(
+                                    ks[r / 2],
+                                    -3,
+                                    "a skipped step leaves the counts, {what}"
+                                );
+                                ks[r / 2] = kept;
+                            }
+                            same(&format!("W, {what}"), &kw, &hw);
+                            same(&format!("M, {what}"), &km, &hm);
+                            same(&format!("V, {what}"), &kv, &hv);
+                            assert_eq!(ks, hs, "row steps, {what}");
+                            let want = match t {
+                                3 | 6 => GRASS_STEP_SKIPPED_NONFINITE,
+                                4 => GRASS_STEP_SKIPPED_BAD_INDICES,
+                                5 => GRASS_STEP_SKIPPED_BAD_STEP_COUNT,
+                                _ => GRASS_STEP_APPLIED,
+                            };
+                            assert_eq!(kskip, want, "outcome, {what}");
+                            if !(4..=6).contains(&t) {
+                                assert_eq!(hskip, want, "host outcome, {what}");
+                            }
                         }
-                        let what =
-                            format!("cols {cols} W {w_dt} state {s_dt} decay {decay} step {t}");
-                        if t == 5 {
-                            assert_eq!(ks[r / 2], -3, "a skipped step leaves the counts, {what}");
-                            ks[r / 2] = kept;
-                        }
-                        same(&format!("W, {what}"), &kw, &hw);
-                        same(&format!("M, {what}"), &km, &hm);
-                        same(&format!("V, {what}"), &kv, &hv);
-                        assert_eq!(ks, hs, "row steps, {what}");
-                        let want = match t {
-                            3 | 6 => GRASS_STEP_SKIPPED_NONFINITE,
-                            4 => GRASS_STEP_SKIPPED_BAD_INDICES,
-                            5 => GRASS_STEP_SKIPPED_BAD_STEP_COUNT,
-                            _ => GRASS_STEP_APPLIED,
-                        };
-                        assert_eq!(kskip, want, "outcome, {what}");
-                        if !(4..=6).contains(&t) {
-                            assert_eq!(hskip, want, "host outcome, {what}");
-                        }
+                        let four: Vec<i32> = steps0.iter().map(|s| s + 4).collect();
+                        assert_eq!(ks, four, "each row counts its own applied steps");
                     }
-                    let four: Vec<i32> = steps0.iter().map(|s| s + 4).collect();
-                    assert_eq!(ks, four, "each row counts its own applied steps");
                 }
             }
         }
@@ -759,105 +781,168 @@ fn adamw_step_kernels_match_the_host() {
     let ctx = cpu();
     let mut rng = Rng(4);
     let numel = 3001usize;
-    for w_dt in 0..3 {
-        for g_dt in 0..3 {
-            for s_dt in [0, 1] {
-                for decay in [GRASS_DECAY_OFF, GRASS_DECAY_SELECTED] {
-                    let cfg = adamw(decay, s_dt);
-                    let w0 = encode(&rng.normals(numel), w_dt);
-                    let ssz = if s_dt == 0 { 4 } else { 2 };
-                    // [step, outcome]
-                    let (mut hw, mut hm, mut hv, mut hc) = (
-                        w0.clone(),
-                        vec![0u8; numel * ssz],
-                        vec![0u8; numel * ssz],
-                        [0i32, -1],
-                    );
-                    let (mut kw, mut km, mut kv, mut kc) =
-                        (w0.clone(), hm.clone(), hv.clone(), [0i32, -1]);
-                    for t in 0..3 {
-                        let mut gv = rng.normals(numel);
-                        if t == 1 {
-                            gv[numel - 1] = f32::NAN;
+    // gscale as in the sparse test; the host steps on the f32 products gscale * g (g widened
+    // first), and a scale that overflows a finite gradient (t == 2 at 1e38) skips.
+    for gscale in [1.0f32, 0.37, 1e38] {
+        for w_dt in 0..3 {
+            for g_dt in 0..3 {
+                for s_dt in [0, 1] {
+                    for decay in [GRASS_DECAY_OFF, GRASS_DECAY_SELECTED] {
+                        let cfg = adamw(decay, s_dt);
+                        let w0 = encode(&rng.normals(numel), w_dt);
+                        let ssz = if s_dt == 0 { 4 } else { 2 };
+                        // [step, outcome]
+                        let (mut hw, mut hm, mut hv, mut hc) = (
+                            w0.clone(),
+                            vec![0u8; numel * ssz],
+                            vec![0u8; numel * ssz],
+                            [0i32, -1],
+                        );
+                        let (mut kw, mut km, mut kv, mut kc) =
+                            (w0.clone(), hm.clone(), hv.clone(), [0i32, -1]);
+                        for t in 0..3 {
+                            let mut gv = rng.normals(numel);
+                            if t == 1 {
+                                gv[numel - 1] = f32::NAN;
+                            }
+                            if gscale == 1e38 {
+                                if t != 2 {
+                                    continue;
+                                }
+                                gv[5] = 100.0; // finite, but 1e40 once scaled
+                            }
+                            let g = encode(&gv, g_dt);
+                            // g as the kernel reads it, times gscale, in f32
+                            let gs: Vec<f32> = gv
+                            .iter()
+                            .map(|&x| match g_dt {
+                                0 => x,
+                                1 => bf16::from_f32(x).to_f32(),
+                                _ => f16::from_f32(x).to_f32(),
+                            } * gscale)
+                            .collect();
+                            let (hg, hg_dt) = if gscale == 1.0 {
+                                (g.clone(), g_dt)
+                            } else {
+                                (bytes(&gs), 0)
+                            };
+                            ok(unsafe {
+                                grass_adamw_step(
+                                    ctx,
+                                    &cfg,
+                                    numel as i64,
+                                    w_dt,
+                                    hw.as_mut_ptr().cast(),
+                                    hg_dt,
+                                    hg.as_ptr().cast(),
+                                    hm.as_mut_ptr().cast(),
+                                    hv.as_mut_ptr().cast(),
+                                    hc.as_mut_ptr(),
+                                    3e-3,
+                                    std::ptr::null(),
+                                    hc.as_mut_ptr().add(1),
+                                    std::ptr::null_mut(),
+                                    0,
+                                    std::ptr::null_mut(),
+                                )
+                            });
+                            let mut h = Header::default();
+                            unsafe {
+                                check(
+                                    7,
+                                    g.as_ptr().cast(),
+                                    g_dt,
+                                    numel as i64,
+                                    gscale,
+                                    std::ptr::null(),
+                                    std::ptr::null(),
+                                    0,
+                                    0,
+                                    kc.as_ptr(),
+                                    1,
+                                    &mut h,
+                                );
+                                let coef = std::ptr::addr_of_mut!(h.c1);
+                                prepare(
+                                    1,
+                                    32,
+                                    &mut h,
+                                    kc.as_mut_ptr(),
+                                    1,
+                                    coef,
+                                    3e-3,
+                                    std::ptr::null(),
+                                    cfg.beta1,
+                                    cfg.beta2,
+                                    cfg.weight_decay,
+                                    kc.as_mut_ptr().add(1),
+                                );
+                                dense(
+                                    4,
+                                    128,
+                                    kw.as_mut_ptr().cast(),
+                                    w_dt,
+                                    g.as_ptr().cast(),
+                                    g_dt,
+                                    gscale,
+                                    km.as_mut_ptr().cast(),
+                                    kv.as_mut_ptr().cast(),
+                                    s_dt,
+                                    numel as i64,
+                                    cfg.beta1,
+                                    cfg.beta2,
+                                    cfg.eps,
+                                    (decay != GRASS_DECAY_OFF) as i32,
+                                    &h,
+                                );
+                            }
+                            let what = format!(
+                            "gscale {gscale} W {w_dt} grad {g_dt} state {s_dt} decay {decay} step {t}"
+                        );
+                            same(&format!("W, {what}"), &kw, &hw);
+                            same(&format!("M, {what}"), &km, &hm);
+                            same(&format!("V, {what}"), &kv, &hv);
+                            assert_eq!(kc, hc, "step and skipped, {what}");
+                            if gscale == 1e38 {
+                                assert_eq!(kc[1], GRASS_STEP_SKIPPED_NONFINITE, "{what}");
+                            }
                         }
-                        let g = encode(&gv, g_dt);
-                        ok(unsafe {
-                            grass_adamw_step(
-                                ctx,
-                                &cfg,
-                                numel as i64,
-                                w_dt,
-                                hw.as_mut_ptr().cast(),
-                                g_dt,
-                                g.as_ptr().cast(),
-                                hm.as_mut_ptr().cast(),
-                                hv.as_mut_ptr().cast(),
-                                hc.as_mut_ptr(),
-                                3e-3,
-                                std::ptr::null(),
-                                hc.as_mut_ptr().add(1),
-                                std::ptr::null_mut(),
-                                0,
-                                std::ptr::null_mut(),
-                            )
-                        });
-                        let mut h = Header::default();
-                        unsafe {
-                            check(
-                                7,
-                                g.as_ptr().cast(),
-                                g_dt,
-                                numel as i64,
-                                std::ptr::null(),
-                                std::ptr::null(),
-                                0,
-                                0,
-                                kc.as_ptr(),
-                                1,
-                                &mut h,
-                            );
-                            let coef = std::ptr::addr_of_mut!(h.c1);
-                            prepare(
-                                1,
-                                32,
-                                &mut h,
-                                kc.as_mut_ptr(),
-                                1,
-                                coef,
-                                3e-3,
-                                std::ptr::null(),
-                                cfg.beta1,
-                                cfg.beta2,
-                                cfg.weight_decay,
-                                kc.as_mut_ptr().add(1),
-                            );
-                            dense(
-                                4,
-                                128,
-                                kw.as_mut_ptr().cast(),
-                                w_dt,
-                                g.as_ptr().cast(),
-                                g_dt,
-                                km.as_mut_ptr().cast(),
-                                kv.as_mut_ptr().cast(),
-                                s_dt,
-                                numel as i64,
-                                cfg.beta1,
-                                cfg.beta2,
-                                cfg.eps,
-                                (decay != GRASS_DECAY_OFF) as i32,
-                                &h,
-                            );
-                        }
-                        let what =
-                            format!("W {w_dt} grad {g_dt} state {s_dt} decay {decay} step {t}");
-                        same(&format!("W, {what}"), &kw, &hw);
-                        same(&format!("M, {what}"), &km, &hm);
-                        same(&format!("V, {what}"), &kv, &hv);
-                        assert_eq!(kc, hc, "step and skipped, {what}");
                     }
                 }
             }
+        }
+    }
+}
+
+type SqNormFn = unsafe extern "C" fn(*const c_void, i32, i64, *mut f32);
+
+/// The squared-norm kernel (one block) against an f64 sum, for every gradient dtype and
+/// lengths around the block's size.
+#[test]
+fn sq_norm_kernel_matches_f64() {
+    let Some(lib) = build() else { return };
+    let sq_norm = sym!(lib, "host_sq_norm", SqNormFn);
+    let mut rng = Rng(6);
+    for n in [1usize, 255, 256, 257, 5000, 100_003] {
+        for g_dt in 0..3 {
+            let gv = rng.normals(n);
+            let g = encode(&gv, g_dt);
+            let want: f64 = gv
+                .iter()
+                .map(|&x| match g_dt {
+                    0 => x,
+                    1 => bf16::from_f32(x).to_f32(),
+                    _ => f16::from_f32(x).to_f32(),
+                } as f64)
+                .map(|x| x * x)
+                .sum();
+            let mut out = f32::NAN;
+            unsafe { sq_norm(g.as_ptr().cast(), g_dt, n as i64, &mut out) };
+            let got = out as f64;
+            assert!(
+                (got - want).abs() <= 1e-6 * want,
+                "n {n} dtype {g_dt}: {got} vs {want}"
+            );
         }
     }
 }

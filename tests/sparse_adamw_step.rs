@@ -20,7 +20,11 @@ fn full_rank_top_r_equals_adamw_for_50_steps() {
         (0.1, GRASS_DECAY_SELECTED),
         (0.1, GRASS_DECAY_DENSE),
     ] {
-        let cfg = adamw(wd, mode);
+        // alpha 1: the full-rank update is AdamW's
+        let cfg = grass_adamw_config {
+            alpha: 1.0,
+            ..adamw(wd, mode)
+        };
         let w0 = rng.vec(m * n);
         let (mut ws, mut wd_) = (w0.clone(), w0.clone());
         let (mut ms, mut vs, mut md, mut vd) = (
@@ -79,7 +83,10 @@ fn cols_side_updates_columns_and_duplicates_add() {
     let g = rng.vec(r * m);
     let idx = [2i32, 2, 7];
     let sc = [1.0f32, 0.5, 2.0];
-    let cfg = adamw(0.0, GRASS_DECAY_OFF);
+    let cfg = grass_adamw_config {
+        alpha: 1.0, // the reference below leaves alpha out
+        ..adamw(0.0, GRASS_DECAY_OFF)
+    };
     let mut w = w0.clone();
     let (mut ms, mut vs, mut step, mut skipped) =
         (vec![0f32; r * m], vec![0f32; r * m], vec![0i32; r], -1i32);

@@ -1,4 +1,8 @@
-//! Algorithm options (DESIGN.md §1) with their defaults and validation.
+//! Algorithm options with their defaults and validation.
+//!
+//! The defaults of every option live here, in [`defaults`], and nowhere else: the C init
+//! functions (`grass_projection_config_init`, `grass_adamw_config_init`) return them and every
+//! binding reads them from the library.
 
 use crate::core::codes::code_enum;
 use crate::core::dtype::Dtype;
@@ -53,6 +57,58 @@ code_enum! {
     }
 }
 
+/// The defaults of the projection and AdamW options, in one place: a later measurement changes
+/// a default here and every binding follows (they read these through the C init functions).
+///
+/// Chosen by the project's 32-run trainer sweep (bench/results/sweep_train/sweep.md): uniform
+/// rows without replacement, no scaling, alpha 0.25 and the column side gave the lowest
+/// validation loss of the grass configurations (below AdamW's best, at its best learning rate
+/// of about 4e-2, 20x AdamW's 2e-3); the former defaults (multinomial_nr, unbiased, alpha 1,
+/// side auto) measured worst. That preset trained at rank 32 on a projected dimension of 128:
+/// the rank rule's fraction 1/4.
+pub mod defaults {
+    use super::{DecayMode, Method, RefreshMode, Scaling, Side};
+    use crate::core::dtype::Dtype;
+
+    pub const SIDE: Side = Side::Cols;
+    /// 0: the rank rule ([`super::default_rank`]) picks r from the projected dimension.
+    pub const RANK: i64 = 0;
+    pub const METHOD: Method = Method::UniformNr;
+    pub const POWER: u32 = 2;
+    pub const SCALING: Scaling = Scaling::None;
+    pub const REFRESH_EVERY: i64 = 200;
+    pub const SEED: u64 = 0;
+    pub const LAYER_ID: u32 = 0;
+
+    pub const BETA1: f32 = 0.9;
+    pub const BETA2: f32 = 0.999;
+    pub const EPS: f32 = 1e-8;
+    pub const WEIGHT_DECAY: f32 = 0.0;
+    pub const DECAY_MODE: DecayMode = DecayMode::Selected;
+    /// Scale of the projected update: the learning rate it wants is about 10-20x AdamW's.
+    pub const ALPHA: f32 = 0.25;
+    pub const REFRESH_MODE: RefreshMode = RefreshMode::Reset;
+    pub const STATE_DTYPE: Dtype = Dtype::F32;
+
+    /// The rank rule: r = d * RANK_FRACTION.0 / RANK_FRACTION.1 of the projected dimension d,
+    /// rounded to the nearest multiple of RANK_MULTIPLE (ties up), at least RANK_MULTIPLE and
+    /// never above d.
+    pub const RANK_FRACTION: (u64, u64) = (1, 4);
+    pub const RANK_MULTIPLE: u64 = 8;
+}
+
+/// The default rank of a projected dimension `d >= 1` (see [`defaults::RANK_FRACTION`]): d/4
+/// rounded to the nearest multiple of 8 (ties up), at least 8, at most d. d = 128 gives 32,
+/// 768 gives 192, 4096 gives 1024; d <= 8 gives d itself (no memory saving).
+pub fn default_rank(d: usize) -> usize {
+    let (num, den) = defaults::RANK_FRACTION;
+    let q = defaults::RANK_MULTIPLE;
+    // d * num / den rounded to a multiple of q: floor((d * num + den * q / 2) / (den * q)) * q
+    let d64 = d as u64;
+    let r = (d64 * num + den * q / 2) / (den * q) * q;
+    r.max(q).min(d64) as usize
+}
+
 /// How rows are chosen at a refresh.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Selection {
@@ -101,14 +157,14 @@ pub struct AdamW {
 impl Default for AdamW {
     fn default() -> Self {
         AdamW {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            decay_mode: DecayMode::Selected,
-            alpha: 1.0,
-            refresh_mode: RefreshMode::Reset,
-            state_dtype: Dtype::F32,
+            beta1: defaults::BETA1,
+            beta2: defaults::BETA2,
+            eps: defaults::EPS,
+            weight_decay: defaults::WEIGHT_DECAY,
+            decay_mode: defaults::DECAY_MODE,
+            alpha: defaults::ALPHA,
+            refresh_mode: defaults::REFRESH_MODE,
+            state_dtype: defaults::STATE_DTYPE,
         }
     }
 }
@@ -162,6 +218,16 @@ impl AdamW {
     }
 }
 
+/// Validates a gradient scale given per call (`grass_optimizer_step_scaled`).
+pub fn check_grad_scale(grad_scale: f32) -> Result<()> {
+    ensure!(
+        grad_scale.is_finite() && grad_scale >= 0.0,
+        InvalidValue,
+        "grad_scale = {grad_scale} must be finite and non-negative"
+    );
+    Ok(())
+}
+
 /// Validates a learning rate given per call.
 pub fn check_lr(lr: f32) -> Result<()> {
     ensure!(
@@ -170,4 +236,45 @@ pub fn check_lr(lr: f32) -> Result<()> {
         "lr = {lr} must be finite and non-negative"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An independent statement of the rule: the multiple of 8 nearest to d/4 (ties up),
+    /// clamped to [min(8, d), d].
+    fn rule(d: usize) -> usize {
+        let quarter = d as f64 / 4.0;
+        let r = ((quarter / 8.0) + 0.5).floor() as usize * 8;
+        r.max(8).min(d)
+    }
+
+    #[test]
+    fn the_rank_rule() {
+        for (d, r) in [
+            (1, 1),
+            (7, 7),
+            (8, 8),
+            (16, 8),
+            (48, 16),
+            (64, 16),
+            (100, 24),
+            (128, 32),
+            (144, 40),
+            (768, 192),
+            (3072, 768),
+            (4096, 1024),
+            (5120, 1280),
+            (13824, 3456),
+        ] {
+            assert_eq!(default_rank(d), r, "d = {d}");
+        }
+        for d in 1..5000 {
+            let r = default_rank(d);
+            assert_eq!(r, rule(d), "d = {d}");
+            assert!(r >= 1 && r <= d);
+            assert!(r == d || r % 8 == 0);
+        }
+    }
 }

@@ -258,6 +258,20 @@ fn all_finite_par<G: Lanes>(g: &[G]) -> bool {
     ok.into_inner()
 }
 
+/// True when `grad_scale * g` (each element in f32) has no NaN or infinity, for a finite `g`
+/// and a finite, non-negative `grad_scale`: only a scale above 1 can overflow an element.
+fn scaled_finite<G: Lanes>(g: &[G], grad_scale: f32) -> bool {
+    if grad_scale <= 1.0 {
+        return true;
+    }
+    let mut buf = [0.0f32; CHUNK];
+    g.chunks(CHUNK).all(|c| {
+        let c = G::read(c, &mut buf);
+        c.iter()
+            .fold(true, |ok, &x| ok & (x * grad_scale).is_finite())
+    })
+}
+
 /// W = W * factor, rounded to W's dtype, on up to `max_threads()` threads.
 fn decay_all<W: Lanes>(w: &mut [W], factor: f32) {
     let threads = threads_for(w.len());
@@ -291,15 +305,16 @@ pub fn sparse_adamw_step(
     v: State<'_>,
     row_steps: &mut [i32],
     lr: f32,
+    grad_scale: f32,
 ) -> StepOutcome {
-    if !all_finite_par(g) {
+    if !all_finite_par(g) || !scaled_finite(g, grad_scale) {
         return StepOutcome { skipped: true };
     }
     for t in row_steps.iter_mut() {
         *t = t.saturating_add(1);
     }
     with_weights!(w, w => with_state!(m, m => with_state!(v, v => {
-        sparse_inner(cfg, p, w, indices, scales, g, m, v, row_steps, lr)
+        sparse_inner(cfg, p, w, indices, scales, g, m, v, row_steps, lr, grad_scale)
     })));
     StepOutcome { skipped: false }
 }
@@ -357,6 +372,7 @@ fn sparse_inner<W: Lanes, S: Lanes, T: Lanes>(
     vs: &mut [T],
     row_steps: &[i32],
     lr: f32,
+    grad_scale: f32,
 ) {
     let decay = 1.0 - lr * cfg.weight_decay;
     let decaying = cfg.weight_decay > 0.0;
@@ -395,7 +411,7 @@ fn sparse_inner<W: Lanes, S: Lanes, T: Lanes>(
         // are sorted), and distinct indices own distinct elements of W: the parts touch
         // disjoint elements of W.
         sparse_rows(
-            cfg, p, &w, indices, scales, g, rows, j_end, row_steps, lr, row_decay,
+            cfg, p, &w, indices, scales, g, rows, j_end, row_steps, lr, row_decay, grad_scale,
         );
     });
 }
@@ -425,6 +441,7 @@ fn sparse_rows<W: Lanes, S: Lanes, T: Lanes>(
     row_steps: &[i32],
     lr: f32,
     row_decay: f32,
+    grad_scale: f32,
 ) {
     let (k, n) = (p.k, p.n);
     let rows_j0 = rows.j0;
@@ -448,7 +465,7 @@ fn sparse_rows<W: Lanes, S: Lanes, T: Lanes>(
             T::update(&mut rows.v[e..e + len], &mut vb, |v| {
                 let (m, v) = (&mut m[..len], &mut v[..len]);
                 for t in 0..len {
-                    let u = adam_update(cfg, c1, c2, &mut m[t], &mut v[t], g[t]);
+                    let u = adam_update(cfg, c1, c2, &mut m[t], &mut v[t], g[t] * grad_scale);
                     out[t] = coef * u;
                 }
             })
@@ -557,6 +574,50 @@ fn sparse_rows<W: Lanes, S: Lanes, T: Lanes>(
     }
 }
 
+/// Elements of one block of the squared norm: blocks are summed in order, so the result does
+/// not depend on the thread count.
+const NORM_BLOCK: usize = 1 << 16;
+
+/// The squared Frobenius norm of `g`: each element widened to f32, squared and summed in f64
+/// (eight interleaved partial sums per block of `NORM_BLOCK` elements, the blocks' sums added
+/// in order), rounded once to f32. Blocks run on up to `max_threads()` threads.
+pub fn sq_norm(g: Act<'_>) -> f32 {
+    fn block<G: Lanes>(g: &[G]) -> f64 {
+        let mut buf = [0.0f32; CHUNK];
+        let mut acc = [0.0f64; 8];
+        for c in g.chunks(CHUNK) {
+            let c = G::read(c, &mut buf);
+            let mut lanes = c.chunks_exact(8);
+            for l in &mut lanes {
+                for t in 0..8 {
+                    let x = l[t] as f64;
+                    acc[t] += x * x;
+                }
+            }
+            for (t, &x) in lanes.remainder().iter().enumerate() {
+                acc[t] += x as f64 * x as f64;
+            }
+        }
+        acc.iter().sum()
+    }
+    fn all<G: Lanes>(g: &[G]) -> f64 {
+        let blocks: Vec<&[G]> = g.chunks(NORM_BLOCK).collect();
+        let mut sums = vec![0.0f64; blocks.len()];
+        let threads = threads_for(g.len()).min(blocks.len().max(1));
+        let per = blocks.len().div_ceil(threads).max(1);
+        run_parts(
+            blocks.chunks(per).zip(sums.chunks_mut(per)),
+            |(b, s): (&[&[G]], &mut [f64])| {
+                for (b, s) in b.iter().zip(s.iter_mut()) {
+                    *s = block(b);
+                }
+            },
+        );
+        sums.iter().sum()
+    }
+    (with_act!(g, g => all(g))) as f32
+}
+
 /// Plain AdamW on a dense parameter (embeddings, norms, biases).
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_step(
@@ -567,8 +628,9 @@ pub fn adamw_step(
     v: State<'_>,
     step: &mut i32,
     lr: f32,
+    grad_scale: f32,
 ) -> StepOutcome {
-    if !with_act!(grad, g => all_finite_par(g)) {
+    if !with_act!(grad, g => all_finite_par(g) && scaled_finite(g, grad_scale)) {
         return StepOutcome { skipped: true };
     }
     *step = step.saturating_add(1);
@@ -579,7 +641,7 @@ pub fn adamw_step(
         1.0
     };
     with_weights!(w, w => with_act!(grad, g => with_state!(m, m => with_state!(v, v => {
-        dense_inner(cfg, c1, c2, decay, lr, w, g, m, v)
+        dense_inner(cfg, c1, c2, decay, lr, grad_scale, w, g, m, v)
     }))));
     StepOutcome { skipped: false }
 }
@@ -591,6 +653,7 @@ fn dense_inner<W: Lanes, G: Lanes, S: Lanes, T: Lanes>(
     c2: f32,
     decay: f32,
     lr: f32,
+    grad_scale: f32,
     w: &mut [W],
     g: &[G],
     m: &mut [S],
@@ -617,7 +680,8 @@ fn dense_inner<W: Lanes, G: Lanes, S: Lanes, T: Lanes>(
                         let len = w.len();
                         let (g, m, v) = (&g[..len], &mut m[..len], &mut v[..len]);
                         for e in 0..len {
-                            let u = adam_update(cfg, c1, c2, &mut m[e], &mut v[e], g[e]);
+                            let ge = g[e] * grad_scale;
+                            let u = adam_update(cfg, c1, c2, &mut m[e], &mut v[e], ge);
                             w[e] = w[e] * decay + (-lr) * u;
                         }
                     })
@@ -918,6 +982,7 @@ mod tests {
                                 v.state(),
                                 &mut step,
                                 3e-3,
+                                1.0,
                             );
                             assert!(!out.skipped);
                             reference_dense(cfg, &mut wr, &g, &mut mr, &mut vr, &mut step_r, 3e-3);
@@ -1000,6 +1065,7 @@ mod tests {
                             v.state(),
                             &mut steps,
                             2e-3,
+                            1.0,
                         );
                         assert!(!out.skipped);
                         steps_r.iter_mut().for_each(|t| *t = t.saturating_add(1));
@@ -1044,6 +1110,7 @@ mod tests {
                 v.state(),
                 &mut step,
                 1e-3,
+                1.0,
             );
             assert!(out.skipped, "g dtype {gd}, bad at {at}");
             let bits = |b: &(Buf, Buf, Buf)| (b.0.bits(), b.1.bits(), b.2.bits());
@@ -1070,6 +1137,7 @@ mod tests {
             State::F32(&mut v),
             &mut steps,
             1e-3,
+            1.0,
         );
         assert!(out.skipped);
         let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
@@ -1214,6 +1282,7 @@ mod split_tests {
                 State::Bf16(&mut v2),
                 &mut s2,
                 0.01,
+                1.0,
             );
             assert!(!out.skipped);
             assert_eq!(s1, s2);
@@ -1271,6 +1340,7 @@ mod split_tests {
             State::F32(&mut v2),
             &mut step,
             lr,
+            1.0,
         );
         assert!(!out.skipped);
         assert_eq!(step, t);

@@ -211,6 +211,7 @@ pub(crate) fn sparse_adamw_step(a: &SparseAdamwStepArgs) -> Result<()> {
             state(b.v),
             steps,
             lr,
+            b.grad_scale,
         );
         report(b, out.skipped);
     }
@@ -235,8 +236,17 @@ pub(crate) fn adamw_step(a: &AdamwStepArgs) -> Result<()> {
             state(b.v),
             &mut step[0],
             lr,
+            b.grad_scale,
         );
         report(b, out.skipped);
+    }
+    Ok(())
+}
+
+/// `out[0] = ‖g‖²` (see [`cpu::adamw::sq_norm`]).
+pub(crate) fn sq_norm(g: Tensor, out: Buf<f32>) -> Result<()> {
+    unsafe {
+        view_mut(out)[0] = cpu::adamw::sq_norm(act(g));
     }
     Ok(())
 }

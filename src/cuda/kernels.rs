@@ -13,16 +13,17 @@ use crate::cuda::launch::driver_error;
 
 /// (module, kernel, parameters): one letter per parameter, `p` an address, `i` an i32,
 /// `u` a u32, `l` an i64, `q` a u64, `f` an f32.
-pub const SIGNATURES: [(&str, &str, &str); 10] = [
+pub const SIGNATURES: [(&str, &str, &str); 11] = [
     ("row_scores.cu", "row_norms", "pilp"),
     ("select.cu", "select_rows", "piiiiiquuppppppppu"),
     ("sparse_grad.cu", "gather_cols", "pillpip"),
     ("sparse_grad.cu", "scale_rows", "ppilpi"),
-    ("adamw.cu", "step_check", "pilppilpip"),
+    ("adamw.cu", "step_check", "pilfppilpip"),
     ("adamw.cu", "step_prepare", "ppipfpfffp"),
     ("adamw.cu", "decay_all", "pilp"),
-    ("adamw.cu", "sparse_adamw_step", "pilippipppilffffipp"),
-    ("adamw.cu", "adamw_step", "pipippilfffip"),
+    ("adamw.cu", "sparse_adamw_step", "pilippipfppilffffipp"),
+    ("adamw.cu", "adamw_step", "pipifppilfffip"),
+    ("adamw.cu", "sq_norm", "pilp"),
     ("state_refresh.cu", "carry_rows", "pppippil"),
 ];
 
@@ -45,6 +46,7 @@ pub(crate) struct Kernels {
     pub decay_all: Kernel,
     pub sparse_adamw_step: Kernel,
     pub adamw_step: Kernel,
+    pub sq_norm: Kernel,
     pub carry_rows: Kernel,
 }
 
@@ -90,6 +92,7 @@ impl Modules {
             decay_all: self.kernel("decay_all")?,
             sparse_adamw_step: self.kernel("sparse_adamw_step")?,
             adamw_step: self.kernel("adamw_step")?,
+            sq_norm: self.kernel("sq_norm")?,
             carry_rows: self.kernel("carry_rows")?,
         })
     }

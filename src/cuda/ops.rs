@@ -23,6 +23,8 @@ const SELECT_THREADS: u32 = 1024;
 /// Threads per block of the carry kernel (at most CARRY_THREADS in kernels/state_refresh.cu, which
 /// sizes its shared memory by it); its blocks split the columns.
 const CARRY_THREADS: u32 = 256;
+/// Threads of the one block of `sq_norm` (`SQ_NORM_THREADS` in kernels/adamw.cu).
+const SQ_NORM_THREADS: u32 = 256;
 
 fn dt(d: Dtype) -> Arg {
     Arg::I32(d as i32)
@@ -206,6 +208,7 @@ impl Device {
                     Arg::Ptr(grad),
                     dt(grad_dtype),
                     Arg::I64(numel as i64),
+                    Arg::F32(b.grad_scale),
                     Arg::Ptr(idx),
                     Arg::Ptr(scales),
                     Arg::I32(r as i32),
@@ -279,6 +282,7 @@ impl Device {
                     Arg::Ptr(b.v.addr()),
                     dt(b.m.dtype()),
                     Arg::Ptr(a.g.addr()),
+                    Arg::F32(b.grad_scale),
                     Arg::Ptr(a.indices.addr()),
                     Arg::Ptr(a.scales.addr()),
                     Arg::I32(r),
@@ -319,6 +323,7 @@ impl Device {
                     dt(b.w.dtype()),
                     Arg::Ptr(a.grad.addr()),
                     dt(a.grad.dtype()),
+                    Arg::F32(b.grad_scale),
                     Arg::Ptr(b.m.addr()),
                     Arg::Ptr(b.v.addr()),
                     dt(b.m.dtype()),
@@ -328,6 +333,26 @@ impl Device {
                     Arg::F32(b.cfg.eps),
                     Arg::I32(decay_on as i32),
                     Arg::Ptr(header),
+                ],
+            )
+        }
+    }
+
+    /// `out[0] = ‖g‖²` in one block of `SQ_NORM_THREADS` (kernels/adamw.cu), enqueued on
+    /// `stream`.
+    pub fn sq_norm(&self, g: Tensor, out: Buf<f32>, stream: usize) -> Result<()> {
+        let _bound = self.bind()?;
+        // SAFETY: g holds g.len() elements of its dtype, out one f32.
+        unsafe {
+            launch(
+                &self.kernels.sq_norm,
+                Shape::single(SQ_NORM_THREADS),
+                stream,
+                [
+                    Arg::Ptr(g.addr()),
+                    dt(g.dtype()),
+                    Arg::I64(g.len() as i64),
+                    Arg::Ptr(out.addr()),
                 ],
             )
         }

@@ -3,6 +3,8 @@
 use std::ffi::c_char;
 
 use crate::context::{grass_context, Backend};
+use crate::core::config::default_rank;
+use crate::core::shape::positive;
 use crate::cuda;
 use crate::ffi::args::{ctx, req, write};
 use crate::ffi::status::{grass_status, guard, guard_value, last_error_ptr, status_text};
@@ -10,10 +12,13 @@ use crate::ffi::types::*;
 
 /// Major version: changes only with an incompatible ABI change.
 pub const GRASS_VERSION_MAJOR: u32 = 0;
-pub const GRASS_VERSION_MINOR: u32 = 3;
+pub const GRASS_VERSION_MINOR: u32 = 4;
 pub const GRASS_VERSION_PATCH: u32 = 0;
-/// ABI generation: callers built against a header with another value must not load this library.
-pub const GRASS_ABI_VERSION: u32 = 3;
+/// ABI generation. A library implements its own generation and, where CHANGELOG.md says so,
+/// the earlier ones it only adds to: ABI 4 adds to ABI 3, so a caller built against ABI 3
+/// runs unchanged. Check `grass_abi_version() >= GRASS_ABI_VERSION` (grass.hpp's
+/// `grass::abi_compatible()`).
+pub const GRASS_ABI_VERSION: u32 = 4;
 
 /// The library version as "MAJOR.MINOR.PATCH" (static storage).
 #[no_mangle]
@@ -59,6 +64,21 @@ pub unsafe extern "C" fn grass_adamw_config_init(config: *mut grass_adamw_config
     guard("grass_adamw_config_init", || {
         let out = req("config", config)?;
         write(out, grass_adamw_config::defaults());
+        Ok(())
+    })
+}
+
+/// The rank rule: writes the rank a projection of projected dimension `d` gets when its
+/// config's `rank` is 0 (the default): d/4 rounded to the nearest multiple of 8 (ties up), at
+/// least 8 and never above d (so d <= 8 gives d itself, a projection without memory saving).
+/// `d` within the size limits. Bindings and `grass_memory_plan` callers use it to state the
+/// rank they will get.
+#[no_mangle]
+pub unsafe extern "C" fn grass_default_rank(d: i64, rank_out: *mut i64) -> grass_status {
+    guard("grass_default_rank", || {
+        let d = positive("d", d)?;
+        let out = req("rank_out", rank_out)?;
+        write(out, default_rank(d) as i64);
         Ok(())
     })
 }

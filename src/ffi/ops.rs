@@ -333,6 +333,7 @@ unsafe fn step_buffers(
         steps: req_buf(steps.0, steps.1, steps.2)?,
         lr,
         lr_scale: opt_buf("lr_scale", lr_scale, 1)?,
+        grad_scale: 1.0,
         skipped: opt_buf("skipped", skipped, 1)?,
         ws: Scratch { addr: 0, bytes: 0 },
         stream: stream as usize,

@@ -3,15 +3,17 @@
 
 use std::ffi::c_void;
 
+use crate::backend::Tensor;
 use crate::context::grass_context;
-use crate::core::config::check_lr;
+use crate::core::config::{check_grad_scale, check_lr};
+use crate::core::error::Result;
 use crate::core::shape::positive;
-use crate::ffi::args::{ctx, handle, handle_mut, req, tensor, write};
+use crate::ffi::args::{ctx, handle, handle_mut, req, req_buf, tensor, write};
 use crate::ffi::projection::{batch, projection_shape, scores_buf};
 use crate::ffi::status::{grass_status, guard, guard_value};
 use crate::ffi::types::*;
 use crate::handles::checkpoint;
-use crate::handles::optimizer::{grass_optimizer, Kind};
+use crate::handles::optimizer::{grass_optimizer, Kind, StepScalars};
 use crate::handles::projection::grass_projection;
 use crate::{bail, ensure};
 
@@ -34,6 +36,11 @@ pub struct grass_optimizer_info {
     /// is not among them: it is the context's workspace, shared by all its handles
     /// (`grass_context_workspace_bytes`).
     pub memory_bytes: i64,
+    /// 1 when a GRASS layer's rank equals its projected dimension: its M and V are as large as
+    /// AdamW's, so it saves no optimizer memory (choose a smaller rank, or train the weight
+    /// with a dense optimizer). 0 otherwise and for dense parameters. Since ABI 4 (an ABI 3
+    /// caller's smaller `struct_size` gets the fields before it).
+    pub full_rank: i32,
 }
 
 /// Creates the optimizer of one GRASS layer (`m x n` weight of `w_dtype`, X and dY of
@@ -183,7 +190,8 @@ pub unsafe extern "C" fn grass_optimizer_backward(
 /// `grad` must be NULL (the accumulated compressed gradient is used and cleared); for a dense
 /// parameter it is the gradient of `grad_dtype`. `lr` must be finite and non-negative
 /// (`GRASS_ERROR_INVALID_VALUE` otherwise, nothing written). A non-finite gradient skips the
-/// step (see `grass_optimizer_last_step_skipped`).
+/// step (see `grass_optimizer_last_step_skipped`). The same as `grass_optimizer_step_scaled`
+/// with `grad_scale` 1.
 #[no_mangle]
 pub unsafe extern "C" fn grass_optimizer_step(
     optimizer: *mut grass_optimizer,
@@ -193,17 +201,83 @@ pub unsafe extern "C" fn grass_optimizer_step(
     stream: *mut c_void,
 ) -> grass_status {
     guard("grass_optimizer_step", || {
-        let o = handle_mut("optimizer", optimizer)?;
-        check_lr(lr)?;
-        let w = tensor("w", w, o.w_dtype, o.weight_elements())?;
-        let grad = match &o.kind {
-            Kind::Sparse { .. } => {
-                ensure!(grad.is_null(), InvalidValue, "grad must be NULL for a GRASS layer (its gradient comes from grass_optimizer_backward)");
-                None
-            }
-            Kind::Dense { numel, grad_dtype } => Some(tensor("grad", grad, *grad_dtype, *numel)?),
-        };
-        o.step(w, grad, lr, stream as usize)
+        step(optimizer, w, grad, lr, 1.0, stream)
+    })
+}
+
+/// `grass_optimizer_step` on `grad_scale` times the gradient: the step reads each gradient
+/// element (or compressed-gradient element) `g` as the f32 product `grad_scale * g`, with no
+/// extra pass over W or the gradient, so the result is that of `grass_optimizer_step` on a
+/// gradient of f32 elements `grad_scale * g`. For global-norm clipping, loss scaling and
+/// averaging of micro-batches in one factor: `grad_scale = clip / (loss_scale * micro_batches)`
+/// with `clip = min(1, max_norm / norm)` and `norm` the global norm of the unscaled gradients
+/// (`grass_optimizer_grad_sq_norm`) divided by `loss_scale * micro_batches`. `grad_scale` must
+/// be finite and non-negative (`GRASS_ERROR_INVALID_VALUE` naming it otherwise, nothing
+/// written); a scaled element that overflows to infinity skips the step like a non-finite
+/// gradient (`GRASS_STEP_SKIPPED_NONFINITE`).
+#[no_mangle]
+pub unsafe extern "C" fn grass_optimizer_step_scaled(
+    optimizer: *mut grass_optimizer,
+    w: *mut c_void,
+    grad: *const c_void,
+    lr: f32,
+    grad_scale: f32,
+    stream: *mut c_void,
+) -> grass_status {
+    guard("grass_optimizer_step_scaled", || {
+        step(optimizer, w, grad, lr, grad_scale, stream)
+    })
+}
+
+/// The checked gradient argument of a step or norm: none for a GRASS layer (`grad` must be
+/// NULL), the dense parameter's gradient otherwise.
+unsafe fn grad_arg(o: &grass_optimizer, grad: *const c_void) -> Result<Option<Tensor>> {
+    Ok(match &o.kind {
+        Kind::Sparse { .. } => {
+            ensure!(grad.is_null(), InvalidValue, "grad must be NULL for a GRASS layer (its gradient comes from grass_optimizer_backward)");
+            None
+        }
+        Kind::Dense { numel, grad_dtype } => Some(tensor("grad", grad, *grad_dtype, *numel)?),
+    })
+}
+
+unsafe fn step(
+    optimizer: *mut grass_optimizer,
+    w: *mut c_void,
+    grad: *const c_void,
+    lr: f32,
+    grad_scale: f32,
+    stream: *mut c_void,
+) -> Result<()> {
+    let o = handle_mut("optimizer", optimizer)?;
+    check_lr(lr)?;
+    check_grad_scale(grad_scale)?;
+    let w = tensor("w", w, o.w_dtype, o.weight_elements())?;
+    let grad = grad_arg(o, grad)?;
+    o.step(w, grad, StepScalars { lr, grad_scale }, stream as usize)
+}
+
+/// Writes to `sq_norm_out` (one float in context memory: a host pointer on a CPU context, a
+/// device pointer on a CUDA context, where the reduction is enqueued on `stream` without
+/// synchronizing) the squared Frobenius norm of the gradient the next step will use, before
+/// any `grad_scale`. A GRASS layer: `grad` must be NULL, and the norm is that of the compressed
+/// gradient accumulated since the last step (rank x k, the selected rows of every micro-
+/// batch's G already multiplied by their scales ρ); `GRASS_ERROR_INVALID_STATE` when nothing
+/// was accumulated. A dense parameter: `grad` is its gradient (numel of `grad_dtype`). Sum the
+/// values of all handles for a global norm (docs/api.md says how it relates to the full
+/// gradient's norm). Squares are summed in double in a fixed order and rounded once.
+#[no_mangle]
+pub unsafe extern "C" fn grass_optimizer_grad_sq_norm(
+    optimizer: *const grass_optimizer,
+    grad: *const c_void,
+    sq_norm_out: *mut f32,
+    stream: *mut c_void,
+) -> grass_status {
+    guard("grass_optimizer_grad_sq_norm", || {
+        let o = handle("optimizer", optimizer)?;
+        let grad = grad_arg(o, grad)?;
+        let out = req_buf("sq_norm_out", sq_norm_out, 1)?;
+        o.grad_sq_norm(grad, out, stream as usize)
     })
 }
 
@@ -238,9 +312,11 @@ pub unsafe extern "C" fn grass_optimizer_get_info(
         let o = handle("optimizer", optimizer)?;
         let bytes = info_size("info", info)?;
         let elems = o.state_elements();
-        let (sparse, acc) = match &o.kind {
-            Kind::Sparse { accumulated, .. } => (1, *accumulated as i32),
-            Kind::Dense { .. } => (0, 0),
+        let (sparse, acc, full) = match &o.kind {
+            Kind::Sparse {
+                accumulated, proj, ..
+            } => (1, *accumulated as i32, proj.is_full_rank() as i32),
+            Kind::Dense { .. } => (0, 0, 0),
         };
         let owned = o.memory_bytes();
         write_versioned(
@@ -253,6 +329,7 @@ pub unsafe extern "C" fn grass_optimizer_get_info(
                 accumulated: acc,
                 state_elements: elems as i64,
                 memory_bytes: owned as i64,
+                full_rank: full,
             },
         );
         Ok(())
@@ -319,4 +396,127 @@ pub unsafe extern "C" fn grass_optimizer_import_state(
             stream as usize,
         )
     })
+}
+
+/// The `count` handles of `optimizers` (none NULL, none repeated).
+unsafe fn handle_set<'a>(
+    optimizers: *const *mut grass_optimizer,
+    count: usize,
+) -> Result<Vec<*mut grass_optimizer>> {
+    ensure!(
+        count > 0,
+        InvalidValue,
+        "count = 0: there is nothing to save or load"
+    );
+    ensure!(
+        count <= i32::MAX as usize,
+        InvalidValue,
+        "count = {count} exceeds 2^31 - 1"
+    );
+    req("optimizers", optimizers)?;
+    let set = std::slice::from_raw_parts(optimizers, count).to_vec();
+    for (i, &o) in set.iter().enumerate() {
+        ensure!(!o.is_null(), NullPointer, "optimizers[{i}] is NULL");
+        if let Some(j) = set[..i].iter().position(|&p| p == o) {
+            bail!(
+                InvalidValue,
+                "optimizers[{j}] and optimizers[{i}] are the same handle"
+            );
+        }
+    }
+    Ok(set)
+}
+
+unsafe fn path_arg(path: *const std::ffi::c_char) -> Result<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    ensure!(!path.is_null(), NullPointer, "path is NULL");
+    let bytes = std::ffi::CStr::from_ptr(path).to_bytes();
+    ensure!(!bytes.is_empty(), InvalidValue, "path is empty");
+    Ok(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(bytes)))
+}
+
+/// Saves the states of `count` optimizers (in this order) to the file `path`, in one file:
+/// a header (magic, format, count, each state's size), each optimizer's
+/// `grass_optimizer_export_state` blob (which records the handle's identity: kind, shape,
+/// side, rank, dtypes and layer id) and a checksum. Written to a temporary file in the same
+/// directory, flushed, then renamed over `path`: a crash leaves the old file or the new one,
+/// never a mix. The handles may be of any contexts; a handle must not appear twice.
+/// Synchronizes `stream` on CUDA contexts. A file that cannot be written is
+/// `GRASS_ERROR_INVALID_VALUE` naming the path and the system's reason.
+#[no_mangle]
+pub unsafe extern "C" fn grass_checkpoint_save(
+    path: *const std::ffi::c_char,
+    optimizers: *const *mut grass_optimizer,
+    count: usize,
+    stream: *mut c_void,
+) -> grass_status {
+    guard("grass_checkpoint_save", || {
+        let path = path_arg(path)?;
+        let set = handle_set(optimizers, count)?;
+        let refs: Vec<&grass_optimizer> = set.iter().map(|&o| &*o).collect();
+        let bytes = checkpoint::save_set(&refs, stream as usize)?;
+        write_atomically(&path, &bytes)
+    })
+}
+
+/// Restores `count` optimizers from a file written by `grass_checkpoint_save` for handles of
+/// the same identities in the same order. The whole file is read and checked first (count,
+/// sizes, checksums, every handle's identity and state): a missing, truncated, damaged or
+/// mismatched file fails with `GRASS_ERROR_BAD_CHECKPOINT` naming the first problem (for a
+/// mismatch, the index and both identities) and changes no handle. Synchronizes `stream` on
+/// CUDA contexts.
+#[no_mangle]
+pub unsafe extern "C" fn grass_checkpoint_load(
+    path: *const std::ffi::c_char,
+    optimizers: *const *mut grass_optimizer,
+    count: usize,
+    stream: *mut c_void,
+) -> grass_status {
+    guard("grass_checkpoint_load", || {
+        let path = path_arg(path)?;
+        let set = handle_set(optimizers, count)?;
+        let file = std::fs::read(&path).map_err(|e| {
+            crate::Error::new(
+                crate::ErrorKind::BadCheckpoint,
+                format!("path = \"{}\" cannot be read: {e}", path.display()),
+            )
+        })?;
+        let mut refs: Vec<&mut grass_optimizer> = set.iter().map(|&o| &mut *o).collect();
+        checkpoint::load_set(&mut refs, &file, stream as usize)
+    })
+}
+
+/// Writes `bytes` to a temporary file beside `path`, syncs it and renames it over `path`.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let fail = |what: &str, e: std::io::Error| {
+        crate::Error::new(
+            crate::ErrorKind::InvalidValue,
+            format!("path = \"{}\": {what}: {e}", path.display()),
+        )
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| {
+            crate::Error::new(
+                crate::ErrorKind::InvalidValue,
+                format!("path = \"{}\" names no file", path.display()),
+            )
+        })?
+        .to_os_string();
+    let mut tmp_name = name;
+    tmp_name.push(format!(".tmp{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let result = (|| {
+        let mut f =
+            std::fs::File::create(&tmp).map_err(|e| fail("cannot create its temporary file", e))?;
+        f.write_all(bytes).map_err(|e| fail("cannot write", e))?;
+        f.sync_all().map_err(|e| fail("cannot flush", e))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(|e| fail("cannot rename the temporary file to it", e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }

@@ -4,7 +4,7 @@ use std::ffi::c_void;
 
 use crate::backend::{Batch, Buf};
 use crate::context::grass_context;
-use crate::core::config::Selection;
+use crate::core::config::{default_rank, Selection};
 use crate::core::error::Result;
 use crate::core::shape::{positive, product, Projected};
 use crate::ensure;
@@ -40,6 +40,10 @@ pub struct grass_projection_info {
     /// and scales, r each) and d row scores. Scratch is not among them: it is the context's
     /// workspace, shared by all its handles (`grass_context_workspace_bytes`).
     pub memory_bytes: i64,
+    /// 1 when `rank == d`: the compressed state is as large as the full one (no memory
+    /// saving). Since ABI 4 (an ABI 3 caller's smaller `struct_size` gets the fields before
+    /// it).
+    pub full_rank: i32,
 }
 
 /// The checked options and shape of a projection of an `m x n` weight for batches of at most
@@ -50,11 +54,14 @@ pub(crate) fn projection_shape(
     n: i64,
     max_tokens: i64,
 ) -> Result<(Selection, Projected, u64, usize)> {
-    let sel = cfg.selection()?;
+    let mut sel = cfg.selection()?;
     let m = positive("m", m)?;
     let n = positive("n", n)?;
     product("m * n * 4 bytes", &[m, n, 4])?;
     let p = Projected::new(m, n, side(cfg.side)?);
+    if sel.rank == 0 {
+        sel.rank = default_rank(p.d);
+    }
     sel.validate(p.d)
         .map_err(|e| crate::Error::new(e.kind, format!("config->{}", e.message)))?;
     let b = positive("max_tokens", max_tokens)?;
@@ -137,6 +144,7 @@ pub(crate) fn projection_info(p: &grass_projection) -> grass_projection_info {
         has_selection: p.has_selection as i32,
         refresh_due: p.refresh_due() as i32,
         memory_bytes: p.memory_bytes() as i64,
+        full_rank: p.is_full_rank() as i32,
     }
 }
 

@@ -6,7 +6,9 @@
 
 use crate::bail;
 use crate::core::codes::{Code, DeviceKind, StepOutcome};
-use crate::core::config::{AdamW, DecayMode, Method, RefreshMode, Scaling, Selection, Side};
+use crate::core::config::{
+    defaults, AdamW, DecayMode, Method, RefreshMode, Scaling, Selection, Side,
+};
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use std::mem::size_of;
@@ -159,15 +161,16 @@ pub struct grass_projection_config {
     /// of the struct in its ABI generation and gives the fields an older caller lacks their
     /// defaults; other sizes fail with `GRASS_ERROR_STRUCT_SIZE`.
     pub struct_size: usize,
-    /// Default `GRASS_SIDE_AUTO`.
+    /// Default `GRASS_SIDE_COLS`.
     pub side: grass_side,
-    /// Projection rank r, 1 <= r <= projected dimension. Default 256.
+    /// Projection rank r, 1 <= r <= projected dimension d; 0 (the default) picks the rank
+    /// rule's r for the layer's d (`grass_default_rank`: d/4 rounded to a multiple of 8).
     pub rank: i64,
-    /// Default `GRASS_METHOD_MULTINOMIAL_NR`.
+    /// Default `GRASS_METHOD_UNIFORM_NR`.
     pub method: grass_method,
     /// Exponent p of the sampling probabilities q_i ∝ s_i^p, 1 or 2. Default 2.
     pub power: i32,
-    /// Default `GRASS_SCALING_UNBIASED`.
+    /// Default `GRASS_SCALING_NONE`.
     pub scaling: grass_scaling,
     /// Steps between refreshes (K). Default 200.
     pub refresh_every: i64,
@@ -194,7 +197,8 @@ pub struct grass_adamw_config {
     pub weight_decay: f32,
     /// Default `GRASS_DECAY_SELECTED` (the dense step decays every element unless OFF).
     pub decay_mode: grass_decay_mode,
-    /// Scale α of the projected update (GaLore uses 0.25). Default 1.
+    /// Scale α of the projected update (multiplies the step of every selected row). Default
+    /// 0.25, which wants a learning rate about 10-20x AdamW's (docs/api.md).
     pub alpha: f32,
     /// Default `GRASS_REFRESH_RESET`.
     pub refresh_mode: grass_refresh_mode,
@@ -276,9 +280,10 @@ impl Versioned for grass_projection_config {
 
 impl Versioned for crate::ffi::projection::grass_projection_info {
     const NAME: &'static str = "grass_projection_info";
-    /// One release in ABI 3, with `memory_bytes`: ABI 2's struct without it belongs to another
-    /// ABI generation (its callers must rebuild) and its size is rejected like any unknown one.
-    const VERSIONS: &'static [(usize, usize)] = &[(size_of::<Self>(), size_of::<Self>())];
+    /// ABI 3's release ends at `memory_bytes` (88 bytes); ABI 4 added `full_rank`. ABI 2's
+    /// struct without `memory_bytes` belongs to another ABI generation (its callers must
+    /// rebuild) and its size is rejected like any unknown one.
+    const VERSIONS: &'static [(usize, usize)] = &[(88, 88), (size_of::<Self>(), 92)];
     fn defaults() -> Self {
         // SAFETY: integers only; an info struct is written, never read.
         unsafe { std::mem::zeroed() }
@@ -287,7 +292,8 @@ impl Versioned for crate::ffi::projection::grass_projection_info {
 
 impl Versioned for crate::ffi::optimizer::grass_optimizer_info {
     const NAME: &'static str = "grass_optimizer_info";
-    const VERSIONS: &'static [(usize, usize)] = &[(size_of::<Self>(), size_of::<Self>())];
+    /// ABI 3's release ends at `memory_bytes` (48 bytes); ABI 4 added `full_rank`.
+    const VERSIONS: &'static [(usize, usize)] = &[(48, 48), (size_of::<Self>(), 52)];
     fn defaults() -> Self {
         // SAFETY: integers only; an info struct is written, never read.
         unsafe { std::mem::zeroed() }
@@ -314,26 +320,27 @@ impl grass_projection_config {
     pub fn defaults() -> Self {
         grass_projection_config {
             struct_size: std::mem::size_of::<Self>(),
-            side: GRASS_SIDE_AUTO,
-            rank: 256,
-            method: GRASS_METHOD_MULTINOMIAL_NR,
-            power: 2,
-            scaling: GRASS_SCALING_UNBIASED,
-            refresh_every: 200,
-            seed: 0,
-            layer_id: 0,
+            side: defaults::SIDE.code(),
+            rank: defaults::RANK,
+            method: defaults::METHOD.code(),
+            power: defaults::POWER as i32,
+            scaling: defaults::SCALING.code(),
+            refresh_every: defaults::REFRESH_EVERY,
+            seed: defaults::SEED,
+            layer_id: defaults::LAYER_ID,
         }
     }
 
-    /// The selection options, validated except for `rank <= d` (checked where d is known).
+    /// The selection options, validated except for `rank <= d` (checked where d is known);
+    /// rank 0 (the rank rule) is resolved where d is known too.
     pub(crate) fn selection(&self) -> Result<Selection> {
         let method: Method = code("config->method", self.method)?;
         let scaling: Scaling = code("config->scaling", self.scaling)?;
         side(self.side).map_err(|e| crate::Error::new(e.kind, format!("config->{}", e.message)))?;
-        if self.rank <= 0 || self.rank > i32::MAX as i64 {
+        if self.rank < 0 || self.rank > i32::MAX as i64 {
             bail!(
                 InvalidValue,
-                "config->rank = {} must be positive",
+                "config->rank = {} must be 0 (the default rank rule) or in [1, the projected dimension]",
                 self.rank
             );
         }
@@ -371,10 +378,10 @@ impl grass_adamw_config {
             beta2: d.beta2,
             eps: d.eps,
             weight_decay: d.weight_decay,
-            decay_mode: GRASS_DECAY_SELECTED,
+            decay_mode: d.decay_mode.code(),
             alpha: d.alpha,
-            refresh_mode: GRASS_REFRESH_RESET,
-            state_dtype: GRASS_DTYPE_F32,
+            refresh_mode: d.refresh_mode.code(),
+            state_dtype: d.state_dtype.code(),
         }
     }
 
@@ -498,12 +505,7 @@ mod tests {
     fn versions_have_distinct_sizes() {
         fn check<T: Versioned>() {
             let v = T::VERSIONS;
-            assert_eq!(
-                v.last().unwrap(),
-                &(size_of::<T>(), size_of::<T>()),
-                "{}",
-                T::NAME
-            );
+            assert_eq!(v.last().unwrap().0, size_of::<T>(), "{}", T::NAME);
             for w in v.windows(2) {
                 assert!(w[0].0 < w[1].0 && w[0].1 <= w[1].1, "{}: {v:?}", T::NAME);
             }

@@ -123,7 +123,13 @@ impl grass_optimizer {
         (self.m.tensor(dtype, n), self.v.tensor(dtype, n))
     }
 
-    fn step_buffers(&self, w: Tensor, lr: f32, ws: Scratch, stream: usize) -> StepBuffers {
+    fn step_buffers(
+        &self,
+        w: Tensor,
+        step: StepScalars,
+        ws: Scratch,
+        stream: usize,
+    ) -> StepBuffers {
         let (m, v) = self.state();
         StepBuffers {
             cfg: self.cfg,
@@ -131,8 +137,9 @@ impl grass_optimizer {
             m,
             v,
             steps: self.step_count_buf(),
-            lr,
+            lr: step.lr,
             lr_scale: None,
+            grad_scale: step.grad_scale,
             skipped: Some(self.outcome()),
             ws,
             stream,
@@ -188,18 +195,50 @@ impl grass_optimizer {
         Ok(())
     }
 
+    /// The squared Frobenius norm, into `out` (one f32 in context memory), of what the next
+    /// step would use before its gradient scale: a GRASS layer's accumulated compressed
+    /// gradient (`grad` none), or a dense parameter's `grad`.
+    pub(crate) fn grad_sq_norm(
+        &self,
+        grad: Option<Tensor>,
+        out: Buf<f32>,
+        stream: usize,
+    ) -> Result<()> {
+        let c = self.context();
+        let g = match (&self.kind, grad) {
+            (
+                Kind::Sparse {
+                    proj,
+                    g,
+                    accumulated,
+                },
+                None,
+            ) => {
+                ensure!(*accumulated > 0, BadState, "no gradient accumulated since the last step: call grass_optimizer_backward first");
+                g.tensor(Dtype::F32, proj.sel.rank * proj.p.k)
+            }
+            (Kind::Dense { .. }, Some(grad)) => grad,
+            _ => bail!(
+                Internal,
+                "grass_optimizer_grad_sq_norm: gradient does not match the kind"
+            ),
+        };
+        c.with_workspace(stream, |_| c.sq_norm(g, out, stream))
+    }
+
     /// One AdamW step on `w`; `grad` is the dense parameter's gradient, none for a GRASS
-    /// layer (whose accumulated compressed gradient is used and cleared).
+    /// layer (whose accumulated compressed gradient is used and cleared). The step runs on
+    /// `step.grad_scale` times the gradient.
     pub(crate) fn step(
         &mut self,
         w: Tensor,
         grad: Option<Tensor>,
-        lr: f32,
+        step: StepScalars,
         stream: usize,
     ) -> Result<()> {
         // SAFETY: the context outlives the optimizer (documented contract of the ABI).
         let c = unsafe { &*self.ctx };
-        c.with_workspace(stream, |ws| self.step_in(c, w, grad, lr, ws, stream))?;
+        c.with_workspace(stream, |ws| self.step_in(c, w, grad, step, ws, stream))?;
         self.steps += 1;
         Ok(())
     }
@@ -209,11 +248,11 @@ impl grass_optimizer {
         c: &grass_context,
         w: Tensor,
         grad: Option<Tensor>,
-        lr: f32,
+        step: StepScalars,
         ws: Scratch,
         stream: usize,
     ) -> Result<()> {
-        let buf = self.step_buffers(w, lr, ws, stream);
+        let buf = self.step_buffers(w, step, ws, stream);
         match (&mut self.kind, grad) {
             (
                 Kind::Sparse {
@@ -246,6 +285,14 @@ impl grass_optimizer {
         }
         Ok(())
     }
+}
+
+/// The host scalars of one handle step, checked by the caller: learning rate and gradient
+/// scale, both finite and non-negative.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepScalars {
+    pub lr: f32,
+    pub grad_scale: f32,
 }
 
 fn step_counts(kind: &Kind) -> usize {

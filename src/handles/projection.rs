@@ -79,6 +79,11 @@ impl grass_projection {
         .sum()
     }
 
+    /// The rank equals the projected dimension: no memory saving.
+    pub(crate) fn is_full_rank(&self) -> bool {
+        self.sel.rank == self.p.d
+    }
+
     pub(crate) fn refresh_due(&self) -> bool {
         !self.has_selection || self.steps_since_refresh >= self.refresh_every
     }

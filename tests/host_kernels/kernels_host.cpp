@@ -40,10 +40,12 @@ extern "C" void host_row_norms(const float* chunk, i32 rows, i64 k, float* score
     host_block(NORM_THREADS, [&] { row_norms(chunk, rows, k, scores); });
 }
 
-extern "C" void host_step_check(unsigned gx, const void* g, i32 g_dt, i64 n, const i32* idx,
-                                const float* scales, i32 r, i64 d, const i32* steps,
-                                i32 nsteps, StepHeader* h) {
-    host_grid(gx, 1, 1, [&] { step_check(g, g_dt, n, idx, scales, r, d, steps, nsteps, h); });
+extern "C" void host_step_check(unsigned gx, const void* g, i32 g_dt, i64 n, float gscale,
+                                const i32* idx, const float* scales, i32 r, i64 d,
+                                const i32* steps, i32 nsteps, StepHeader* h) {
+    host_grid(gx, 1, 1, [&] {
+        step_check(g, g_dt, n, gscale, idx, scales, r, d, steps, nsteps, h);
+    });
 }
 
 extern "C" void host_step_prepare(unsigned gx, unsigned bx, StepHeader* h, i32* steps,
@@ -61,21 +63,28 @@ extern "C" void host_decay_all(unsigned gx, unsigned bx, void* w, i32 w_dt, i64 
 
 extern "C" void host_sparse_adamw_step(unsigned gx, unsigned gy, unsigned bx, void* w, i32 w_dt,
                                   i64 n, i32 cols, void* ms, void* vs, i32 s_dt,
-                                  const float* g, const i32* idx, const float* scales, i32 r,
-                                  i64 k, float beta1, float beta2, float eps, float alpha,
-                                  i32 decay_rows, const float* coef, const StepHeader* h) {
+                                  const float* g, float gscale, const i32* idx,
+                                  const float* scales, i32 r, i64 k, float beta1, float beta2,
+                                  float eps, float alpha, i32 decay_rows, const float* coef,
+                                  const StepHeader* h) {
     host_grid(gx, gy, bx, [&] {
-        sparse_adamw_step(w, w_dt, n, cols, ms, vs, s_dt, g, idx, scales, r, k, beta1, beta2, eps,
-                     alpha, decay_rows, coef, h);
+        sparse_adamw_step(w, w_dt, n, cols, ms, vs, s_dt, g, gscale, idx, scales, r, k, beta1,
+                          beta2, eps, alpha, decay_rows, coef, h);
     });
 }
 
 extern "C" void host_adamw_step(unsigned gx, unsigned bx, void* w, i32 w_dt, const void* grad,
-                                 i32 g_dt, void* ms, void* vs, i32 s_dt, i64 n, float beta1,
-                                 float beta2, float eps, i32 decay_on, const StepHeader* h) {
+                                 i32 g_dt, float gscale, void* ms, void* vs, i32 s_dt, i64 n,
+                                 float beta1, float beta2, float eps, i32 decay_on,
+                                 const StepHeader* h) {
     host_grid(gx, 1, bx, [&] {
-        adamw_step(w, w_dt, grad, g_dt, ms, vs, s_dt, n, beta1, beta2, eps, decay_on, h);
+        adamw_step(w, w_dt, grad, g_dt, gscale, ms, vs, s_dt, n, beta1, beta2, eps, decay_on, h);
     });
+}
+
+// The one block of SQ_NORM_THREADS threads that cuda::ops::sq_norm launches.
+extern "C" void host_sq_norm(const void* g, i32 g_dt, i64 n, float* out) {
+    host_block(SQ_NORM_THREADS, [&] { sq_norm(g, g_dt, n, out); });
 }
 
 // One block of `threads` host threads (the kernel's columns stride over the grid, so one

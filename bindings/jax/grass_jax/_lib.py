@@ -23,7 +23,7 @@ REFRESH_MODES = {"reset": 0, "carry": 1}
 # What a step writes to `skipped` (GRASS_STEP_*).
 STEP_APPLIED, STEP_SKIPPED_NONFINITE, STEP_SKIPPED_BAD_INDICES, STEP_SKIPPED_BAD_STEP_COUNT = 0, 1, 2, 3
 SIDES = {"rows": SIDE_ROWS, "cols": SIDE_COLS, "auto": SIDE_AUTO}
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 # Target name -> handler symbol prefix in libgrass_jax_ffi.so (suffixed Cpu / Cuda).
 TARGETS = {
@@ -57,12 +57,24 @@ _PROTOTYPES = {
     "grass_state_refresh_workspace_size": (_i32, [_p, _i32, _i32, _i64, _i64,
                                                   _c.POINTER(_sz)]),
     "grass_adamw_config_init": (_i32, [_p]),
+    "grass_projection_config_init": (_i32, [_p]),
+    "grass_default_rank": (_i32, [_i64, _c.POINTER(_i64)]),
     "grass_memory_plan": (_i32, [_p, _p, _p, _sz, _i64, _p]),
 }
 
 
+class _ProjectionConfig(ctypes.Structure):
+    """grass_projection_config of grass.h (`defaults()` reads the library's defaults)."""
+
+    _fields_ = [
+        ("struct_size", _sz), ("side", _i32), ("rank", _i64), ("method", _i32), ("power", _i32),
+        ("scaling", _i32), ("refresh_every", _i64), ("seed", _c.c_uint64), ("layer_id", _u32),
+    ]
+
+
 class _AdamWConfig(ctypes.Structure):
-    """grass_adamw_config of grass.h (the memory plan reads its state dtype)."""
+    """grass_adamw_config of grass.h (the memory plan reads its state dtype; `defaults()` the
+    library's defaults)."""
 
     _fields_ = [
         ("struct_size", _sz), ("beta1", _c.c_float), ("beta2", _c.c_float),
@@ -80,12 +92,58 @@ def libgrass():
     for name, (res, args) in _PROTOTYPES.items():
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = res, args
-    if lib.grass_abi_version() != ABI_VERSION:
+    # A library implements its ABI and the earlier generations it only adds to (ABI 4 adds
+    # to ABI 3): an older one lacks functions this package calls.
+    if lib.grass_abi_version() < ABI_VERSION:
         raise ImportError(
             f"{path} implements grass ABI {lib.grass_abi_version()}, this package needs "
             f"{ABI_VERSION}: rebuild the binding against the library you load"
         )
     return lib
+
+
+def _name(table, code):
+    return next(k for k, v in table.items() if v == code)
+
+
+@functools.cache
+def defaults():
+    """The library's defaults (what grass_projection_config_init and grass_adamw_config_init
+    return), as grass_adamw's keyword names and values: the one set of defaults, kept in the
+    Rust core. rank None is the rank rule (`default_rank`)."""
+    lib = libgrass()
+    p, a = _ProjectionConfig(), _AdamWConfig()
+    check(lib.grass_projection_config_init(ctypes.byref(p)), "grass_projection_config_init")
+    check(lib.grass_adamw_config_init(ctypes.byref(a)), "grass_adamw_config_init")
+    import numpy as np
+
+    def f32(x):  # the shortest decimal of the library's f32 (1e-08, not 9.99999993922529e-09)
+        return float(np.format_float_positional(np.float32(x), unique=True, trim="-"))
+    return {
+        "rank": None if p.rank == 0 else int(p.rank),
+        "refresh_every": int(p.refresh_every),
+        "method": _name(METHODS, p.method),
+        "power": int(p.power),
+        "scaling": _name(SCALINGS, p.scaling),
+        "side": _name(SIDES, p.side),
+        "seed": int(p.seed),
+        "b1": f32(a.beta1),
+        "b2": f32(a.beta2),
+        "eps": f32(a.eps),
+        "weight_decay": f32(a.weight_decay),
+        "decay_mode": _name(DECAY_MODES, a.decay_mode),
+        "alpha": f32(a.alpha),
+        "refresh_mode": _name(REFRESH_MODES, a.refresh_mode),
+        "state_dtype": {DTYPE_F32: "float32", DTYPE_BF16: "bfloat16"}[a.state_dtype],
+    }
+
+
+def default_rank(d):
+    """The rank rule of the library (grass_default_rank): the rank a projected dimension d
+    gets when no rank is given."""
+    out = ctypes.c_int64(0)
+    check(libgrass().grass_default_rank(int(d), ctypes.byref(out)), "grass_default_rank")
+    return int(out.value)
 
 
 @functools.cache

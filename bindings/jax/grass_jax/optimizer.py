@@ -161,6 +161,9 @@ _GRADS_HELP = (
     "grass_linear), or jax.value_and_grad(loss_fn, argnums=(0, 1), allow_int=True).")
 
 
+_DEFAULTS = _lib.defaults()
+
+
 class grass_adamw:
     """GRASS (compressed AdamW over selected rows) for the leaves `grass_mask` selects, and
     `dense` for the others.
@@ -210,11 +213,18 @@ class grass_adamw:
     naming the option and the accepted values.
     """
 
+    # The defaults are the library's (grass_projection_config_init / grass_adamw_config_init:
+    # one set, kept in the Rust core); rank stays 256 here until rank=None (the library's rank
+    # rule, _lib.default_rank) is wired through layer_configs and the consistency fingerprint.
     def __init__(self, learning_rate: Union[float, Callable], *, grass_mask, rank=256,
-                 refresh_every=200, method="uniform_nr", power=2, scaling="none",
-                 side="cols", seed=0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-                 decay_mode="selected", alpha=0.25, refresh_mode="reset",
-                 state_dtype=jnp.float32, dense=None, axis_name=None, dp_scores="exact",
+                 refresh_every=_DEFAULTS["refresh_every"], method=_DEFAULTS["method"],
+                 power=_DEFAULTS["power"], scaling=_DEFAULTS["scaling"], side=_DEFAULTS["side"],
+                 seed=_DEFAULTS["seed"], b1=_DEFAULTS["b1"], b2=_DEFAULTS["b2"],
+                 eps=_DEFAULTS["eps"], weight_decay=_DEFAULTS["weight_decay"],
+                 decay_mode=_DEFAULTS["decay_mode"], alpha=_DEFAULTS["alpha"],
+                 refresh_mode=_DEFAULTS["refresh_mode"],
+                 state_dtype=jnp.dtype(_DEFAULTS["state_dtype"]), dense=None, axis_name=None,
+                 dp_scores="exact",
                  dp_chunk_elems=1 << 22, shard_state=False, max_grad_norm=None,
                  cap_rank=False):
         if not callable(learning_rate):

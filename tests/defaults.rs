@@ -1,0 +1,216 @@
+//! The one set of defaults (what the C init functions return), the rank rule
+//! (`grass_default_rank`, rank 0 in a config), and the full-rank flag of the info structs,
+//! with ABI 3's smaller info structs still accepted.
+
+mod common;
+
+use std::ptr;
+
+use common::*;
+use grass::ffi::*;
+
+#[test]
+fn the_init_functions_return_the_measured_defaults() {
+    let mut pc: grass_projection_config = unsafe { std::mem::zeroed() };
+    let mut ac: grass_adamw_config = unsafe { std::mem::zeroed() };
+    check(unsafe { grass_projection_config_init(&mut pc) }).unwrap();
+    check(unsafe { grass_adamw_config_init(&mut ac) }).unwrap();
+    // the sweep's best configuration (bench/results/sweep_train/sweep.md)
+    assert_eq!(
+        pc.struct_size,
+        std::mem::size_of::<grass_projection_config>()
+    );
+    assert_eq!(
+        (pc.side, pc.rank, pc.method, pc.power, pc.scaling),
+        (
+            GRASS_SIDE_COLS,
+            0,
+            GRASS_METHOD_UNIFORM_NR,
+            2,
+            GRASS_SCALING_NONE
+        )
+    );
+    assert_eq!((pc.refresh_every, pc.seed, pc.layer_id), (200, 0, 0));
+    assert_eq!(
+        (ac.beta1, ac.beta2, ac.eps, ac.weight_decay),
+        (0.9, 0.999, 1e-8, 0.0)
+    );
+    assert_eq!(
+        (ac.decay_mode, ac.alpha, ac.refresh_mode, ac.state_dtype),
+        (
+            GRASS_DECAY_SELECTED,
+            0.25,
+            GRASS_REFRESH_RESET,
+            GRASS_DTYPE_F32
+        )
+    );
+}
+
+/// An independent statement of the rule: the multiple of 8 nearest to d/4 (ties up), at least
+/// 8, at most d.
+fn rule(d: i64) -> i64 {
+    let r = ((d as f64 / 32.0) + 0.5).floor() as i64 * 8;
+    r.max(8).min(d)
+}
+
+#[test]
+fn default_rank_is_a_quarter_of_d_in_multiples_of_8() {
+    for d in (1..3000).chain([4096, 5120, 11008, 13824, i32::MAX as i64]) {
+        let mut r = -1;
+        check(unsafe { grass_default_rank(d, &mut r) }).unwrap();
+        assert_eq!(r, rule(d), "d = {d}");
+    }
+    let mut r = -1;
+    check(unsafe { grass_default_rank(128, &mut r) }).unwrap();
+    assert_eq!(r, 32, "the trainer's cpu preset: r = 32 on d = 128");
+    for d in [0i64, -3, i32::MAX as i64 + 1] {
+        let mut r = -1;
+        assert_eq!(
+            unsafe { grass_default_rank(d, &mut r) },
+            grass_status::GRASS_ERROR_INVALID_VALUE
+        );
+        assert!(
+            last_error().contains(&format!("d = {d}")),
+            "{}",
+            last_error()
+        );
+        assert_eq!(r, -1);
+    }
+    assert_eq!(
+        unsafe { grass_default_rank(64, ptr::null_mut()) },
+        grass_status::GRASS_ERROR_NULL_POINTER
+    );
+    assert!(
+        last_error().contains("rank_out is NULL"),
+        "{}",
+        last_error()
+    );
+}
+
+fn create(
+    ctx: &Ctx,
+    pc: &grass_projection_config,
+    m: i64,
+    n: i64,
+) -> Result<*mut grass_optimizer, (grass_status, String)> {
+    let mut o = ptr::null_mut();
+    check(unsafe {
+        grass_optimizer_create_sparse(
+            ctx.0,
+            pc,
+            &grass_adamw_config::defaults(),
+            m,
+            n,
+            4,
+            GRASS_DTYPE_F32,
+            GRASS_DTYPE_F32,
+            &mut o,
+        )
+    })?;
+    Ok(o)
+}
+
+fn infos(o: *mut grass_optimizer) -> (grass_optimizer_info, grass_projection_info) {
+    let mut oi: grass_optimizer_info = unsafe { std::mem::zeroed() };
+    oi.struct_size = std::mem::size_of::<grass_optimizer_info>();
+    check(unsafe { grass_optimizer_get_info(o, &mut oi) }).unwrap();
+    let mut proj = ptr::null_mut();
+    check(unsafe { grass_optimizer_projection(o, &mut proj) }).unwrap();
+    let mut pi: grass_projection_info = unsafe { std::mem::zeroed() };
+    pi.struct_size = std::mem::size_of::<grass_projection_info>();
+    check(unsafe { grass_projection_get_info(proj, &mut pi) }).unwrap();
+    (oi, pi)
+}
+
+#[test]
+fn rank_zero_follows_the_rule_and_full_rank_is_reported() {
+    let ctx = Ctx::cpu();
+    let pc = grass_projection_config::defaults();
+    // the default side is cols: d = n
+    for (m, n) in [(128i64, 128i64), (256, 768), (768, 256), (40, 6)] {
+        let o = create(&ctx, &pc, m, n).unwrap();
+        let (oi, pi) = infos(o);
+        assert_eq!(pi.d, n);
+        assert_eq!(pi.rank, rule(n), "{m} x {n}");
+        assert_eq!(oi.state_elements, rule(n) * m);
+        let full = (rule(n) == n) as i32;
+        assert_eq!((oi.full_rank, pi.full_rank), (full, full), "{m} x {n}");
+        unsafe { grass_optimizer_destroy(o) };
+    }
+    // an explicit rank equal to d: created, flagged; above d: refused naming both numbers
+    let mut full = pc;
+    full.rank = 64;
+    full.side = GRASS_SIDE_ROWS;
+    let o = create(&ctx, &full, 64, 100).unwrap();
+    let (oi, pi) = infos(o);
+    assert_eq!((oi.full_rank, pi.full_rank, pi.rank, pi.d), (1, 1, 64, 64));
+    unsafe { grass_optimizer_destroy(o) };
+    full.rank = 65;
+    let (st, msg) = create(&ctx, &full, 64, 100).unwrap_err();
+    assert_eq!(st, grass_status::GRASS_ERROR_INVALID_VALUE);
+    assert!(
+        msg.contains("rank = 65") && msg.contains("projected dimension 64"),
+        "{msg}"
+    );
+    full.rank = -1;
+    let (st, msg) = create(&ctx, &full, 64, 100).unwrap_err();
+    assert_eq!(st, grass_status::GRASS_ERROR_INVALID_VALUE);
+    assert!(msg.contains("config->rank = -1 must be 0"), "{msg}");
+    // a dense optimizer is never flagged
+    let mut d = ptr::null_mut();
+    check(unsafe {
+        grass_optimizer_create_dense(
+            ctx.0,
+            &grass_adamw_config::defaults(),
+            10,
+            GRASS_DTYPE_F32,
+            GRASS_DTYPE_F32,
+            &mut d,
+        )
+    })
+    .unwrap();
+    let mut oi: grass_optimizer_info = unsafe { std::mem::zeroed() };
+    oi.struct_size = std::mem::size_of::<grass_optimizer_info>();
+    oi.full_rank = 7;
+    check(unsafe { grass_optimizer_get_info(d, &mut oi) }).unwrap();
+    assert_eq!((oi.is_sparse, oi.full_rank), (0, 0));
+    unsafe { grass_optimizer_destroy(d) };
+}
+
+/// A caller built against ABI 3 passes the info structs' ABI 3 sizes (48 and 88 bytes, ending
+/// at `memory_bytes`): accepted, and nothing past them is written.
+#[test]
+fn abi_3_info_structs_are_still_accepted() {
+    let ctx = Ctx::cpu();
+    let mut pc = grass_projection_config::defaults();
+    pc.rank = 8;
+    let o = create(&ctx, &pc, 16, 8).unwrap(); // rank == d: full_rank would be 1
+    let mut words = [u64::MAX; 8];
+    words[0] = 48;
+    check(unsafe { grass_optimizer_get_info(o, words.as_mut_ptr().cast()) }).unwrap();
+    assert_eq!(words[0], 48);
+    assert_eq!(
+        words[5] as i64,
+        infos(o).0.memory_bytes,
+        "memory_bytes written"
+    );
+    assert_eq!(&words[6..], &[u64::MAX; 2], "nothing past ABI 3's struct");
+    let mut proj = ptr::null_mut();
+    check(unsafe { grass_optimizer_projection(o, &mut proj) }).unwrap();
+    let mut words = [u64::MAX; 14];
+    words[0] = 88;
+    check(unsafe { grass_projection_get_info(proj, words.as_mut_ptr().cast()) }).unwrap();
+    assert_eq!(words[6] as i64, 8, "rank");
+    assert_eq!(words[10] as i64, infos(o).1.memory_bytes);
+    assert_eq!(&words[11..], &[u64::MAX; 3], "nothing past ABI 3's struct");
+    for bad in [56usize - 4, 100] {
+        let mut words = [0u64; 16];
+        words[0] = bad as u64;
+        assert_eq!(
+            unsafe { grass_optimizer_get_info(o, words.as_mut_ptr().cast()) },
+            grass_status::GRASS_ERROR_STRUCT_SIZE
+        );
+        assert!(last_error().contains("(48, 56)"), "{}", last_error());
+    }
+    unsafe { grass_optimizer_destroy(o) };
+}

@@ -114,6 +114,7 @@ fn dense(reps: usize, rows: usize, cols: usize, bf16_weights: bool) {
             State::F32(&mut v),
             &mut step,
             1e-3,
+            1.0,
         );
         assert!(!out.skipped);
     });
@@ -151,6 +152,7 @@ fn sparse(reps: usize, r: usize, m_rows: usize, n: usize, side: Side) {
             State::F32(&mut vs),
             &mut row_steps,
             1e-3,
+            1.0,
         );
         assert!(!out.skipped);
     });

@@ -30,7 +30,7 @@ def timeit(fn, warm=5, n=50):
 
 
 def floors(m, n, b, r, bw, fl):
-    """Floors in ms of (grad, step, both), side = rows (every row of DESIGN.md's table)."""
+    """Floors in ms of (grad, step, both), side = rows (every reference configuration of docs/api.md)."""
     grad_bytes = b * n * 2 + b * r * 2 + r * n * 4
     step_bytes = r * n * 4 + r * n * 4 * 4 + r * n * 2 * 2
     both_bytes = b * n * 2 + b * r * 2 + r * n * 4 * 4 + r * n * 2 * 2

@@ -54,9 +54,9 @@ constexpr float kLr = 0.01f;
 
 // How the GRASS layers choose rows and treat their state at a refresh.
 struct GrassSettings {
-  grass::Method method = grass::Method::TopR;
-  grass::Scaling scaling = grass::Scaling::Unbiased;
-  grass::RefreshMode refresh = grass::RefreshMode::Reset;
+  grass::Method method = grass::ProjectionConfig().method();  // the library's defaults
+  grass::Scaling scaling = grass::ProjectionConfig().scaling();
+  grass::RefreshMode refresh = grass::AdamWConfig().refresh_mode();
   int64_t refresh_every = 50;
 };
 

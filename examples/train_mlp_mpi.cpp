@@ -319,8 +319,8 @@ struct Settings {
   int steps = 40;
   int global_batch = 64;
   int64_t refresh_every = 10;
-  grass::Method method = grass::Method::TopR;
-  grass::RefreshMode refresh = grass::RefreshMode::Reset;
+  grass::Method method = grass::ProjectionConfig().method();  // the library's default
+  grass::RefreshMode refresh = grass::AdamWConfig().refresh_mode();
   DpScores dp_scores = DpScores::Exact;
   uint64_t seed = 2024;
   std::string backend = "auto";

@@ -13,7 +13,7 @@
  * handles made from them.
  *
  * Workspace of handles: the handles made on one context share that context's one workspace
- * (sized for the most any of them needs, at most 64 MiB at DESIGN's shapes); a handle holds only
+ * (sized for the most any of them needs, at most 64 MiB at the reference shapes of docs/api.md); a handle holds only
  * its state. So handle calls on one context never overlap: on a CPU context they run one at a
  * time, whatever the threads (a call waits for the one in progress); on a CUDA context a call
  * on another stream than the previous handle call makes its stream wait, on the device, for the
@@ -35,30 +35,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-
-// 0: the rank rule ([`super::default_rank`]) picks r from the projected dimension.
-#define RANK 0
-
-#define POWER 2
-
-#define REFRESH_EVERY 200
-
-#define SEED 0
-
-#define LAYER_ID 0
-
-#define BETA1 0.9
-
-#define BETA2 0.999
-
-#define EPS 1e-8
-
-#define WEIGHT_DECAY 0.0
-
-// Scale of the projected update: the learning rate it wants is about 10-20x AdamW's.
-#define ALPHA 0.25
-
-#define RANK_MULTIPLE 8
 
 // Major version: changes only with an incompatible ABI change.
 #define GRASS_VERSION_MAJOR 0
@@ -319,18 +295,6 @@ typedef struct grass_projection_info {
 // What an AdamW step wrote to `*skipped`: one of `GRASS_STEP_*`.
 typedef int32_t grass_step_outcome;
 
-
-
-
-
-
-
-
-
-
-
-
-
 #define GRASS_DTYPE_F32 0
 
 #define GRASS_DTYPE_BF16 1
@@ -491,7 +455,7 @@ grass_status grass_resolve_side(int64_t m,
                                 int64_t *d_out,
                                 int64_t *k_out);
 
-// Scratch bytes `grass_row_scores` needs for these shapes (at most 64 MiB at every DESIGN
+// Scratch bytes `grass_row_scores` needs for these shapes (at most 64 MiB at every reference
 // shape up to 8192 tokens). With d and k the projected and kept dimensions, each region
 // rounded up for alignment:
 // - CPU: `c·k·4 + tc·c·4 (+ tc·k·4 when dtype is not f32)`, c = rows of G per chunk
@@ -534,7 +498,8 @@ grass_status grass_select_workspace_size(const struct grass_context *ctx,
                                          int64_t r,
                                          size_t *bytes_out);
 
-// Chooses `config->rank` of `d` indices from `scores` with `config`'s method, power, scaling,
+// Chooses `config->rank` (1 to d; 0, the handles' rank rule, is refused here: pass
+// `grass_default_rank(d)`) of `d` indices from `scores` with `config`'s method, power, scaling,
 // seed and layer id at refresh `refresh_index` — or, when `refresh_index_at` is not NULL, at the
 // refresh index stored there in context memory (a device-side counter needs no host round
 // trip). Writes `indices` (sorted ascending; repeats
@@ -553,7 +518,7 @@ grass_status grass_select(const struct grass_context *ctx,
                           void *stream);
 
 // Scratch bytes `grass_sparse_grad` needs for these shapes (within the size limits; at most
-// 64 MiB at every DESIGN shape and rank up to 8192 tokens), with k the kept dimension and s the
+// 64 MiB at every reference shape (docs/api.md) and rank up to 8192 tokens), with k the kept dimension and s the
 // dtype's size, each region rounded up for alignment:
 // - CPU: `tc·r·4 (+ tc·k·4 when dtype is not f32)`, tc = tokens per chunk, all b when that
 //   is at most 48 MiB, else as many as fit it (chunks add into g);
@@ -788,6 +753,14 @@ grass_status grass_optimizer_grad_sq_norm(const struct grass_optimizer *optimize
                                           const void *grad,
                                           float *sq_norm_out,
                                           void *stream);
+
+// Sets the layer id of a dense parameter's optimizer (0 at creation), which its checkpoints
+// record: `grass_optimizer_import_state` and `grass_checkpoint_load` then refuse a state of a
+// dense parameter with another id, so parameters of one size and dtype (e.g. the LayerNorm
+// gains of every block) cannot be restored into each other. A GRASS layer's layer id is its
+// projection config's (`layer_id`, which also keys its row selection): for a GRASS layer this
+// call fails with `GRASS_ERROR_INVALID_STATE` unless `layer_id` equals it.
+grass_status grass_optimizer_set_layer_id(struct grass_optimizer *optimizer, uint32_t layer_id);
 
 // Writes the outcome of the last step: `GRASS_STEP_APPLIED` (0), or the reason it was
 // skipped (`GRASS_STEP_SKIPPED_*`, e.g. a non-finite gradient). Synchronizes `stream` on

@@ -13,7 +13,7 @@
 #                   from the start, while the GPU runs part 1
 #   2. torch_tests  bindings/torch/tests, the CUDA cases (-k cuda)
 #      jax_tests    bindings/jax/tests, the GPU cases (-k gpu); a GPU case that skips fails the part
-#   3. bench_layer  bench/bench_layer.py: the 8 DESIGN shapes (4 shapes x r = 256, 1024) with the
+#   3. bench_layer  bench/bench_layer.py: the 8 reference configurations (4 shapes x r = 256, 1024; docs/api.md) with the
 #                   peers of bench/peers.py in the same process
 #      jax_memory   bench/bench_jax_memory.py --run: one 13824 x 5120 layer, GRASS vs optax.adamw
 #      memory_13b   scripts/gpu_13b.sh: the LLaMA-13B-shaped model within 40 GB, vs optax.adamw
@@ -54,7 +54,7 @@ START=$SECONDS
 # (setup)       10      -    nvidia-smi, the torch and jax versions (imports: 10-12 s in the dry
 #                            run here), starting the two background builds
 # rust_cuda     60     20    tests/cuda: 18 tests, each a CUDA context against a CPU context on
-#                            random inputs up to the DESIGN shapes; NVRTC compiles every kernel
+#                            random inputs up to the reference shapes (docs/api.md); NVRTC compiles every kernel
 #                            once (2-11 s), later contexts and processes read the kernel cache.
 #                            The CPU side dominates; on 16 cores well under a minute.
 # ctest_cuda    45     15    the build of test_cuda alone (configure + one C++ file with

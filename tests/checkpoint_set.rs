@@ -370,6 +370,73 @@ fn a_set_of_handles_round_trips_through_one_file() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// Dense parameters of one size are told apart by the layer id set on them; a GRASS layer's is
+/// its config's and cannot be changed.
+#[test]
+fn dense_parameters_of_one_size_differ_by_layer_id() {
+    let ctx = Ctx::cpu();
+    let dense = |id: u32| {
+        let mut o = ptr::null_mut();
+        check(unsafe {
+            grass_optimizer_create_dense(
+                ctx.0,
+                &grass_adamw_config::defaults(),
+                12,
+                GRASS_DTYPE_F32,
+                GRASS_DTYPE_F32,
+                &mut o,
+            )
+        })
+        .unwrap();
+        check(unsafe { grass_optimizer_set_layer_id(o, id) }).unwrap();
+        o
+    };
+    let (a, b, a2) = (dense(7), dense(8), dense(7));
+    let mut w = Rng(1).vec(12);
+    let g = Rng(2).vec(12);
+    check(unsafe {
+        grass_optimizer_step(
+            a,
+            w.as_mut_ptr().cast(),
+            g.as_ptr().cast(),
+            1e-3,
+            ptr::null_mut(),
+        )
+    })
+    .unwrap();
+    let blob = export(a);
+    let before = export(b);
+    let st = unsafe {
+        grass_optimizer_import_state(b, blob.as_ptr().cast(), blob.len(), ptr::null_mut())
+    };
+    assert_eq!(st, grass_status::GRASS_ERROR_BAD_CHECKPOINT);
+    assert!(
+        last_error().contains("layer_id 7") && last_error().contains("layer_id 8"),
+        "{}",
+        last_error()
+    );
+    assert_eq!(export(b), before);
+    check(unsafe {
+        grass_optimizer_import_state(a2, blob.as_ptr().cast(), blob.len(), ptr::null_mut())
+    })
+    .unwrap();
+    assert_eq!(export(a2), blob);
+    let md = model(&ctx, 8);
+    let st = unsafe { grass_optimizer_set_layer_id(md.opts[1], 9) };
+    assert_eq!(st, grass_status::GRASS_ERROR_INVALID_STATE);
+    assert!(
+        last_error().contains("layer_id = 9 but this GRASS layer's is 1"),
+        "{}",
+        last_error()
+    );
+    check(unsafe { grass_optimizer_set_layer_id(md.opts[1], 1) }).unwrap();
+    unsafe {
+        grass_optimizer_destroy(a);
+        grass_optimizer_destroy(b);
+        grass_optimizer_destroy(a2);
+    }
+}
+
 #[test]
 fn bad_arguments_are_named() {
     let ctx = Ctx::cpu();

@@ -1233,6 +1233,9 @@ impl Fuzz {
                 self.done("grass_optimizer_grad_sq_norm", String::new(), st);
             }
             4 => {
+                let id = self.rng.next() as u32 % 4;
+                let st = unsafe { grass_optimizer_set_layer_id(hh, id) };
+                self.done("grass_optimizer_set_layer_id", format!("{id}"), st);
                 let mut v = -1;
                 let st = unsafe { grass_optimizer_last_step_skipped(hh, &mut v, stream) };
                 self.done("grass_optimizer_last_step_skipped", String::new(), st);

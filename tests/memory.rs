@@ -1,4 +1,4 @@
-//! Memory at scale on a CPU context: every op's workspace within 64 MiB at DESIGN's shapes
+//! Memory at scale on a CPU context: every op's workspace within 64 MiB at the reference shapes
 //! (and the chunked ops still exact), handles that hold their state and nothing more, one
 //! shared workspace per context (also across threads), a selection pointer that stays put, and
 //! a memory plan that adds up to what the handles really hold.
@@ -262,7 +262,7 @@ fn workspace_bytes(ctx: &Ctx) -> usize {
     w
 }
 
-/// DESIGN's shapes and ranks at 8192 bf16 tokens: a handle holds M, V, the accumulator and
+/// The reference shapes and ranks (docs/api.md) at 8192 bf16 tokens: a handle holds M, V, the accumulator and
 /// the selection plus at most 1 MiB, and the context's one workspace (at most 64 MiB) serves
 /// all of them.
 #[test]

@@ -139,9 +139,19 @@ inline void check(grass_status status) {
 
 [[nodiscard]] inline uint32_t abi_version() noexcept { return grass_abi_version(); }
 
-// True when the loaded library implements the ABI this header was written for.
+// True when the loaded library implements the ABI this header was written for: its own
+// generation or a later one that only adds to it (ABI 4 adds to ABI 3; CHANGELOG.md says which
+// generations are additive).
 [[nodiscard]] inline bool abi_compatible() noexcept {
-  return grass_abi_version() == GRASS_ABI_VERSION;
+  return grass_abi_version() >= GRASS_ABI_VERSION;
+}
+
+// The rank rule: the rank a projection of projected dimension `d` gets when its config's rank
+// is 0 (the default): d/4 rounded to the nearest multiple of 8, at least 8, at most d.
+[[nodiscard]] inline int64_t default_rank(int64_t d) {
+  int64_t r = 0;
+  check(grass_default_rank(d, &r));
+  return r;
 }
 
 [[nodiscard]] inline const char* status_string(grass_status status) noexcept {
@@ -184,8 +194,10 @@ struct ResolvedSide {
   return ResolvedSide{static_cast<Side>(resolved), d, k};
 }
 
-// grass_projection_config with its documented defaults and chainable setters:
+// grass_projection_config with the library's defaults (grass_projection_config_init) and
+// chainable setters:
 //   auto cfg = grass::ProjectionConfig().rank(64).method(grass::Method::TopR);
+// rank() is 0 until set: the rank rule picks r per layer (grass::default_rank).
 class ProjectionConfig {
  public:
   ProjectionConfig() { check(grass_projection_config_init(&c_)); }
@@ -240,7 +252,8 @@ class ProjectionConfig {
   grass_projection_config c_{};
 };
 
-// grass_adamw_config with its documented defaults and chainable setters.
+// grass_adamw_config with the library's defaults (grass_adamw_config_init) and chainable
+// setters. The default alpha 0.25 wants a learning rate about 10-20x AdamW's (docs/api.md).
 class AdamWConfig {
  public:
   AdamWConfig() { check(grass_adamw_config_init(&c_)); }
@@ -300,9 +313,12 @@ class AdamWConfig {
 };
 
 // One kind of parameter of a model for Context::memory_plan: an m x n weight trained with
-// GRASS at `rank`, or (rank 0) a dense parameter of m * n elements; `count` of them.
+// GRASS at `rank`, or (rank 0) a dense parameter of m * n elements; `count` of them. The side
+// defaults to the library's default side (ProjectionConfig().side()); grass::default_rank(d)
+// gives the rank a handle with the default rank 0 gets.
 [[nodiscard]] inline grass_memory_layer memory_layer(int64_t m, int64_t n, int64_t rank,
-                                                     int64_t count, Side side = Side::Auto,
+                                                     int64_t count,
+                                                     Side side = ProjectionConfig().side(),
                                                      Dtype w_dtype = Dtype::Bf16,
                                                      Dtype act_dtype = Dtype::Bf16) noexcept {
   grass_memory_layer l{};
@@ -662,6 +678,22 @@ class Optimizer {
     check(grass_optimizer_step(get(), w, grad, lr, stream));
   }
 
+  // The step on grad_scale times the gradient (clip factor / (loss scale * micro-batches)),
+  // with no extra pass over W: `grad` nullptr for a GRASS layer, the gradient for a dense
+  // parameter, as in step(). grad_scale must be finite and >= 0.
+  void step_scaled(void* w, const void* grad, float lr, float grad_scale,
+                   Stream stream = nullptr) {
+    check(grass_optimizer_step_scaled(get(), w, grad, lr, grad_scale, stream));
+  }
+
+  // The squared norm of the gradient the next step uses (before its grad_scale) into
+  // `sq_norm_out`, one float in context memory (enqueued on CUDA, no synchronization): `grad`
+  // nullptr for a GRASS layer (its accumulated compressed gradient), the gradient for a dense
+  // parameter. Sum the values of every optimizer for a global norm.
+  void grad_sq_norm(const void* grad, float* sq_norm_out, Stream stream = nullptr) const {
+    check(grass_optimizer_grad_sq_norm(get(), grad, sq_norm_out, stream));
+  }
+
   // What the last step did: applied, or why it was skipped (synchronizes on CUDA; throws
   // GRASS_ERROR_INVALID_STATE before the first step).
   [[nodiscard]] StepOutcome last_step_outcome(Stream stream = nullptr) const {
@@ -674,6 +706,11 @@ class Optimizer {
   [[nodiscard]] bool last_step_skipped(Stream stream = nullptr) const {
     return last_step_outcome(stream) != StepOutcome::Applied;
   }
+
+  // A dense parameter's layer id, recorded by its checkpoints so that parameters of one size
+  // cannot be restored into each other (a GRASS layer's is its ProjectionConfig's: setting
+  // another throws GRASS_ERROR_INVALID_STATE).
+  void set_layer_id(uint32_t layer_id) { check(grass_optimizer_set_layer_id(get(), layer_id)); }
 
   [[nodiscard]] grass_optimizer_info info() const {
     grass_optimizer_info out{};
@@ -699,8 +736,9 @@ class Optimizer {
     check(grass_optimizer_export_state(get(), dst, bytes, stream));
   }
 
-  // Restores a blob of an optimizer of the same shapes, dtypes and kind; throws Error with
-  // GRASS_ERROR_BAD_CHECKPOINT, changing nothing, when it does not match or is damaged.
+  // Restores a blob of an optimizer of the same identity (kind, shapes, side, rank, dtypes,
+  // layer id); throws Error with GRASS_ERROR_BAD_CHECKPOINT, naming both identities and
+  // changing nothing, when it does not match or is damaged.
   void import_state(const void* src, std::size_t bytes, Stream stream = nullptr) {
     check(grass_optimizer_import_state(get(), src, bytes, stream));
   }
@@ -712,6 +750,39 @@ class Optimizer {
  private:
   std::unique_ptr<grass_optimizer, detail::OptimizerDeleter> p_;
 };
+
+// Saves the states of a set of optimizers, in this order, to one file (written through a
+// temporary file and a rename): grass_checkpoint_save.
+inline void checkpoint_save(const std::string& path,
+                            const std::vector<grass_optimizer*>& optimizers,
+                            Stream stream = nullptr) {
+  check(grass_checkpoint_save(path.c_str(), optimizers.data(), optimizers.size(), stream));
+}
+
+inline void checkpoint_save(const std::string& path, const std::vector<Optimizer>& optimizers,
+                            Stream stream = nullptr) {
+  std::vector<grass_optimizer*> raw;
+  raw.reserve(optimizers.size());
+  for (const Optimizer& o : optimizers) raw.push_back(o.get());
+  checkpoint_save(path, raw, stream);
+}
+
+// Restores a set of optimizers of the same identities, in the same order, from a file of
+// checkpoint_save. The whole file is checked first: a missing, damaged, truncated or
+// mismatched file throws Error with GRASS_ERROR_BAD_CHECKPOINT and changes no optimizer.
+inline void checkpoint_load(const std::string& path,
+                            const std::vector<grass_optimizer*>& optimizers,
+                            Stream stream = nullptr) {
+  check(grass_checkpoint_load(path.c_str(), optimizers.data(), optimizers.size(), stream));
+}
+
+inline void checkpoint_load(const std::string& path, std::vector<Optimizer>& optimizers,
+                            Stream stream = nullptr) {
+  std::vector<grass_optimizer*> raw;
+  raw.reserve(optimizers.size());
+  for (Optimizer& o : optimizers) raw.push_back(o.get());
+  checkpoint_load(path, raw, stream);
+}
 
 }  // namespace grass
 

@@ -251,6 +251,7 @@ def test_mirrored_structs_match_the_header():
     finally:
         sys.path.pop(0)
     mirrors += [(_lib._AdamWConfig, "grass_adamw_config"),
+                (_lib._ProjectionConfig, "grass_projection_config"),
                 (memory.MemoryLayer, "grass_memory_layer"),
                 (memory.MemoryReport, "grass_memory_report")]
     problems = [struct_mismatch(name, cls, structs) for cls, name in mirrors]

@@ -48,6 +48,7 @@ _SIGNATURES = {
     "grass_projection_config_init": [POINTER(ProjectionConfig)],
     "grass_adamw_config_init": [POINTER(AdamWConfig)],
     "grass_resolve_side": [I64, I64, c_int32, POINTER(c_int32), POINTER(I64), POINTER(I64)],
+    "grass_default_rank": [I64, POINTER(I64)],
     "grass_scores_workspace_size": [P, I64, I64, I64, c_int32, c_int32, POINTER(SZ)],
     "grass_row_scores": [P, I64, I64, I64, c_int32, c_int32, P, P, P, P, SZ, P],
     "grass_select_workspace_size": [P, I64, I64, POINTER(SZ)],
@@ -140,6 +141,19 @@ class Lib:
                 v = DTYPE[v] if isinstance(v, str) else v
             setattr(c, k, v)
         return c
+
+    def default_rank(self, d):
+        """The library's rank rule: the rank a projected dimension ``d`` gets by default."""
+        r = I64()
+        self.call("grass_default_rank", int(d), ctypes.byref(r))
+        return r.value
+
+    def defaults(self):
+        """The library's defaults: the fields of grass_projection_config_init's and
+        grass_adamw_config_init's configs by name (rank 0: the rank rule)."""
+        p, a = self.projection_config(), self.adamw_config()
+        return {**{k: getattr(p, k) for k, _ in ProjectionConfig._fields_ if k != "struct_size"},
+                **{k: getattr(a, k) for k, _ in AdamWConfig._fields_ if k != "struct_size"}}
 
     def resolve_side(self, m, n, side):
         s, d, k = c_int32(), I64(), I64()
@@ -356,14 +370,21 @@ class GrassLayer:
     """GRASS state of one ``m x n`` weight on torch tensors: call ``refresh(x, dy)`` when
     ``refresh_due``, then ``step(w, x, dy, lr)`` every training step."""
 
-    def __init__(self, ops, w, rank, method="multinomial_nr", side=SIDE_AUTO, refresh_every=200, seed=0,
+    def __init__(self, ops, w, rank=None, method=None, side=None, refresh_every=None, seed=None,
                  layer_id=0, **adamw):
+        """Options left None take the library's defaults (grass_projection_config_init); rank None
+        is the library's rank rule for this weight's projected dimension (grass_default_rank).
+        ``adamw`` overrides fields of grass_adamw_config_init's config."""
         torch = _torch()
-        self.ops, self.side = ops, side
+        base = ops.lib.projection_config()
+        side = base.side if side is None else side
         m, n = w.shape
         self.side, self.d, self.k = ops.lib.resolve_side(m, n, side)
-        self.pcfg = ops.lib.projection_config(rank=rank, method=method, side=self.side, refresh_every=refresh_every,
-                                              seed=seed, layer_id=layer_id)
+        rank = ops.lib.default_rank(self.d) if rank is None else rank
+        given = {"method": method, "refresh_every": refresh_every, "seed": seed}
+        self.pcfg = ops.lib.projection_config(rank=rank, side=self.side, layer_id=layer_id,
+                                              **{k: v for k, v in given.items() if v is not None})
+        refresh_every = self.pcfg.refresh_every
         self.acfg = ops.lib.adamw_config(**adamw)
         sdt = torch.bfloat16 if self.acfg.state_dtype == DTYPE["bfloat16"] else torch.float32
         dev = w.device

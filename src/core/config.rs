@@ -65,36 +65,37 @@ code_enum! {
 /// validation loss of the grass configurations (below AdamW's best, at its best learning rate
 /// of about 4e-2, 20x AdamW's 2e-3); the former defaults (multinomial_nr, unbiased, alpha 1,
 /// side auto) measured worst. That preset trained at rank 32 on a projected dimension of 128:
-/// the rank rule's fraction 1/4.
+/// the rank rule's fraction 1/4. (`pub(crate)`: C sees them only through the init functions,
+/// and cbindgen emits no macros for them.)
 pub mod defaults {
     use super::{DecayMode, Method, RefreshMode, Scaling, Side};
     use crate::core::dtype::Dtype;
 
-    pub const SIDE: Side = Side::Cols;
+    pub(crate) const SIDE: Side = Side::Cols;
     /// 0: the rank rule ([`super::default_rank`]) picks r from the projected dimension.
-    pub const RANK: i64 = 0;
-    pub const METHOD: Method = Method::UniformNr;
-    pub const POWER: u32 = 2;
-    pub const SCALING: Scaling = Scaling::None;
-    pub const REFRESH_EVERY: i64 = 200;
-    pub const SEED: u64 = 0;
-    pub const LAYER_ID: u32 = 0;
+    pub(crate) const RANK: i64 = 0;
+    pub(crate) const METHOD: Method = Method::UniformNr;
+    pub(crate) const POWER: u32 = 2;
+    pub(crate) const SCALING: Scaling = Scaling::None;
+    pub(crate) const REFRESH_EVERY: i64 = 200;
+    pub(crate) const SEED: u64 = 0;
+    pub(crate) const LAYER_ID: u32 = 0;
 
-    pub const BETA1: f32 = 0.9;
-    pub const BETA2: f32 = 0.999;
-    pub const EPS: f32 = 1e-8;
-    pub const WEIGHT_DECAY: f32 = 0.0;
-    pub const DECAY_MODE: DecayMode = DecayMode::Selected;
+    pub(crate) const BETA1: f32 = 0.9;
+    pub(crate) const BETA2: f32 = 0.999;
+    pub(crate) const EPS: f32 = 1e-8;
+    pub(crate) const WEIGHT_DECAY: f32 = 0.0;
+    pub(crate) const DECAY_MODE: DecayMode = DecayMode::Selected;
     /// Scale of the projected update: the learning rate it wants is about 10-20x AdamW's.
-    pub const ALPHA: f32 = 0.25;
-    pub const REFRESH_MODE: RefreshMode = RefreshMode::Reset;
-    pub const STATE_DTYPE: Dtype = Dtype::F32;
+    pub(crate) const ALPHA: f32 = 0.25;
+    pub(crate) const REFRESH_MODE: RefreshMode = RefreshMode::Reset;
+    pub(crate) const STATE_DTYPE: Dtype = Dtype::F32;
 
     /// The rank rule: r = d * RANK_FRACTION.0 / RANK_FRACTION.1 of the projected dimension d,
     /// rounded to the nearest multiple of RANK_MULTIPLE (ties up), at least RANK_MULTIPLE and
     /// never above d.
-    pub const RANK_FRACTION: (u64, u64) = (1, 4);
-    pub const RANK_MULTIPLE: u64 = 8;
+    pub(crate) const RANK_FRACTION: (u64, u64) = (1, 4);
+    pub(crate) const RANK_MULTIPLE: u64 = 8;
 }
 
 /// The default rank of a projected dimension `d >= 1` (see [`defaults::RANK_FRACTION`]): d/4

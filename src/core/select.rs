@@ -1,4 +1,4 @@
-//! Choosing the r projected indices and their scales from row scores (DESIGN.md §1).
+//! Choosing the r projected indices and their scales from row scores (docs/api.md, "Selection").
 //!
 //! Scores that are NaN, infinite or negative count as zero (such a row is never preferred).
 //! When no score is positive the distribution falls back to uniform, so a selection always

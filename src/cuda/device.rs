@@ -546,7 +546,7 @@ mod tests {
         }
     }
 
-    /// DESIGN's shapes and ranks at 8192 tokens, every dtype and side: each op's scratch
+    /// The reference shapes and ranks (docs/api.md) at 8192 tokens, every dtype and side: each op's scratch
     /// stays within 64 MiB, and the sparse gradient's blocks cover all r rows.
     #[test]
     fn every_op_stays_within_64_mib_at_the_design_shapes() {

@@ -75,7 +75,7 @@ pub unsafe extern "C" fn grass_resolve_side(
     })
 }
 
-/// Scratch bytes `grass_row_scores` needs for these shapes (at most 64 MiB at every DESIGN
+/// Scratch bytes `grass_row_scores` needs for these shapes (at most 64 MiB at every reference
 /// shape up to 8192 tokens). With d and k the projected and kept dimensions, each region
 /// rounded up for alignment:
 /// - CPU: `c·k·4 + tc·c·4 (+ tc·k·4 when dtype is not f32)`, c = rows of G per chunk
@@ -171,7 +171,8 @@ pub unsafe extern "C" fn grass_select_workspace_size(
     })
 }
 
-/// Chooses `config->rank` of `d` indices from `scores` with `config`'s method, power, scaling,
+/// Chooses `config->rank` (1 to d; 0, the handles' rank rule, is refused here: pass
+/// `grass_default_rank(d)`) of `d` indices from `scores` with `config`'s method, power, scaling,
 /// seed and layer id at refresh `refresh_index` — or, when `refresh_index_at` is not NULL, at the
 /// refresh index stored there in context memory (a device-side counter needs no host round
 /// trip). Writes `indices` (sorted ascending; repeats
@@ -196,6 +197,11 @@ pub unsafe extern "C" fn grass_select(
         let cfg = read_versioned("config", config)?;
         let sel = cfg.selection()?;
         let d = positive("d", d)?;
+        ensure!(
+            sel.rank > 0,
+            InvalidValue,
+            "config->rank = 0 (the rank rule) is for handles: grass_select writes rank entries, so give the rank (grass_default_rank(d) is the rule's)"
+        );
         ensure!(
             sel.rank <= d,
             InvalidValue,
@@ -222,7 +228,7 @@ pub unsafe extern "C" fn grass_select(
 }
 
 /// Scratch bytes `grass_sparse_grad` needs for these shapes (within the size limits; at most
-/// 64 MiB at every DESIGN shape and rank up to 8192 tokens), with k the kept dimension and s the
+/// 64 MiB at every reference shape (docs/api.md) and rank up to 8192 tokens), with k the kept dimension and s the
 /// dtype's size, each region rounded up for alignment:
 /// - CPU: `tc·r·4 (+ tc·k·4 when dtype is not f32)`, tc = tokens per chunk, all b when that
 ///   is at most 48 MiB, else as many as fit it (chunks add into g);

@@ -106,6 +106,7 @@ pub unsafe extern "C" fn grass_optimizer_create_dense(
             Kind::Dense {
                 numel,
                 grad_dtype: gd,
+                layer_id: 0,
             },
         )?;
         write(out, Box::into_raw(Box::new(o)));
@@ -237,7 +238,9 @@ unsafe fn grad_arg(o: &grass_optimizer, grad: *const c_void) -> Result<Option<Te
             ensure!(grad.is_null(), InvalidValue, "grad must be NULL for a GRASS layer (its gradient comes from grass_optimizer_backward)");
             None
         }
-        Kind::Dense { numel, grad_dtype } => Some(tensor("grad", grad, *grad_dtype, *numel)?),
+        Kind::Dense {
+            numel, grad_dtype, ..
+        } => Some(tensor("grad", grad, *grad_dtype, *numel)?),
     })
 }
 
@@ -278,6 +281,32 @@ pub unsafe extern "C" fn grass_optimizer_grad_sq_norm(
         let grad = grad_arg(o, grad)?;
         let out = req_buf("sq_norm_out", sq_norm_out, 1)?;
         o.grad_sq_norm(grad, out, stream as usize)
+    })
+}
+
+/// Sets the layer id of a dense parameter's optimizer (0 at creation), which its checkpoints
+/// record: `grass_optimizer_import_state` and `grass_checkpoint_load` then refuse a state of a
+/// dense parameter with another id, so parameters of one size and dtype (e.g. the LayerNorm
+/// gains of every block) cannot be restored into each other. A GRASS layer's layer id is its
+/// projection config's (`layer_id`, which also keys its row selection): for a GRASS layer this
+/// call fails with `GRASS_ERROR_INVALID_STATE` unless `layer_id` equals it.
+#[no_mangle]
+pub unsafe extern "C" fn grass_optimizer_set_layer_id(
+    optimizer: *mut grass_optimizer,
+    layer_id: u32,
+) -> grass_status {
+    guard("grass_optimizer_set_layer_id", || {
+        let o = handle_mut("optimizer", optimizer)?;
+        match &mut o.kind {
+            Kind::Dense { layer_id: id, .. } => *id = layer_id,
+            Kind::Sparse { proj, .. } => ensure!(
+                proj.sel.layer_id == layer_id,
+                BadState,
+                "layer_id = {layer_id} but this GRASS layer's is {} (set by its projection config at creation, where it also keys the row selection)",
+                proj.sel.layer_id
+            ),
+        }
+        Ok(())
     })
 }
 
@@ -399,7 +428,7 @@ pub unsafe extern "C" fn grass_optimizer_import_state(
 }
 
 /// The `count` handles of `optimizers` (none NULL, none repeated).
-unsafe fn handle_set<'a>(
+unsafe fn handle_set(
     optimizers: *const *mut grass_optimizer,
     count: usize,
 ) -> Result<Vec<*mut grass_optimizer>> {

@@ -61,9 +61,14 @@ fn header(o: &grass_optimizer) -> [u64; HEADER] {
             h[15] = *accumulated as u64;
             h[16] = proj.sel.layer_id as u64;
         }
-        Kind::Dense { numel, grad_dtype } => {
+        Kind::Dense {
+            numel,
+            grad_dtype,
+            layer_id,
+        } => {
             h[5] = grad_dtype.code() as u64;
             h[10] = *numel as u64;
+            h[16] = *layer_id as u64;
         }
     }
     h
@@ -98,8 +103,12 @@ fn identity(h: &[u64], layer_id: Option<u64>) -> String {
             dtype_name(h[5])
         )
     } else {
+        let layer = layer_id.map_or_else(
+            || "layer_id not recorded".into(),
+            |l| format!("layer_id {l}"),
+        );
         format!(
-            "dense parameter of {} elements w {} state {} grad {}",
+            "dense parameter of {} elements w {} state {} grad {}, {layer}",
             h[10],
             dtype_name(h[3]),
             dtype_name(h[4]),

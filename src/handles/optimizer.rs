@@ -21,6 +21,9 @@ pub(crate) enum Kind {
     Dense {
         numel: usize,
         grad_dtype: Dtype,
+        /// Recorded in checkpoints so that dense parameters of one size can be told apart
+        /// (`grass_optimizer_set_layer_id`); 0 until set.
+        layer_id: u32,
     },
 }
 

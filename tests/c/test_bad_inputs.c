@@ -5,6 +5,8 @@
  * checks the specific status, that grass_last_error_message() names the function and the
  * argument, and that nothing was written: every buffer the call could write is poisoned or
  * snapshotted before and compared after. */
+#include <float.h>
+
 #include "testkit.h"
 
 enum { M = 8, N = 6, B = 4, R = 3, K = N, D = M, NUMEL = M * N, SPARE = 4096 };
@@ -673,7 +675,7 @@ static void projection_handle(void) {
 
   grass_projection_info info;
   memset(&info, 0x11, sizeof info);
-  info.struct_size = sizeof info - 8;
+  info.struct_size = sizeof info - 4; /* neither ABI 4's size nor ABI 3's (sizeof - 8) */
   grass_projection_info before = info;
   BAD(grass_projection_get_info(p, &info), GRASS_ERROR_STRUCT_SIZE, "grass_projection_get_info",
       "struct_size");
@@ -797,6 +799,88 @@ static void optimizer_handle(void) {
       "grass_optimizer_step", "w");
   BAD(grass_optimizer_step(sparse, misaligned(), NULL, 0.01f, NULL), GRASS_ERROR_MISALIGNED,
       "grass_optimizer_step", "w");
+
+  /* grass_optimizer_step_scaled: every step check, and grad_scale finite and >= 0 */
+  const float bad_scales[] = {-1.0f, -FLT_MIN, NAN, INFINITY};
+  for (size_t i = 0; i < sizeof bad_scales / sizeof bad_scales[0]; ++i) {
+    BAD(grass_optimizer_step_scaled(sparse, fx.w, NULL, 0.01f, bad_scales[i], NULL),
+        GRASS_ERROR_INVALID_VALUE, "grass_optimizer_step_scaled", "grad_scale");
+    BAD(grass_optimizer_step_scaled(dense, fx.dw, fx.dgrad, 0.01f, bad_scales[i], NULL),
+        GRASS_ERROR_INVALID_VALUE, "grass_optimizer_step_scaled", "grad_scale");
+  }
+  BAD(grass_optimizer_step_scaled(sparse, fx.w, NULL, NAN, 0.5f, NULL), GRASS_ERROR_INVALID_VALUE,
+      "grass_optimizer_step_scaled", "lr");
+  BAD(grass_optimizer_step_scaled(sparse, fx.w, fx.dgrad, 0.01f, 0.5f, NULL),
+      GRASS_ERROR_INVALID_VALUE, "grass_optimizer_step_scaled", "grad");
+  BAD(grass_optimizer_step_scaled(dense, fx.dw, NULL, 0.01f, 0.5f, NULL), GRASS_ERROR_NULL_POINTER,
+      "grass_optimizer_step_scaled", "grad");
+  BAD(grass_optimizer_step_scaled(NULL, fx.dw, fx.dgrad, 0.01f, 0.5f, NULL),
+      GRASS_ERROR_NULL_POINTER, "grass_optimizer_step_scaled", "optimizer");
+  BAD(grass_optimizer_step_scaled(sparse, misaligned(), NULL, 0.01f, 0.5f, NULL),
+      GRASS_ERROR_MISALIGNED, "grass_optimizer_step_scaled", "w");
+
+  /* grass_optimizer_grad_sq_norm: the gradient argument as in the step, a float out */
+  BAD(grass_optimizer_grad_sq_norm(sparse, NULL, NULL, NULL), GRASS_ERROR_NULL_POINTER,
+      "grass_optimizer_grad_sq_norm", "sq_norm_out");
+  BAD(grass_optimizer_grad_sq_norm(sparse, NULL, (float*)misaligned(), NULL),
+      GRASS_ERROR_MISALIGNED, "grass_optimizer_grad_sq_norm", "sq_norm_out");
+  BAD(grass_optimizer_grad_sq_norm(sparse, fx.dgrad, &fx.lr_scale, NULL),
+      GRASS_ERROR_INVALID_VALUE, "grass_optimizer_grad_sq_norm", "grad");
+  BAD(grass_optimizer_grad_sq_norm(dense, NULL, &fx.lr_scale, NULL), GRASS_ERROR_NULL_POINTER,
+      "grass_optimizer_grad_sq_norm", "grad");
+  BAD(grass_optimizer_grad_sq_norm(NULL, fx.dgrad, &fx.lr_scale, NULL), GRASS_ERROR_NULL_POINTER,
+      "grass_optimizer_grad_sq_norm", "optimizer");
+  /* the norm of the micro-batch accumulated above, then the step on a scaled gradient */
+  float sq = -1.0f;
+  TK_OK(grass_optimizer_grad_sq_norm(sparse, NULL, &sq, NULL));
+  TK_CHECK(sq > 0.0f && isfinite(sq));
+  TK_OK(grass_optimizer_grad_sq_norm(dense, fx.dgrad, &sq, NULL));
+  TK_CHECK(sq > 0.0f && isfinite(sq));
+
+  /* checkpoint files: path, optimizers and count are checked before any file is touched */
+  grass_optimizer* set[2] = {sparse, dense};
+  grass_optimizer* twice[2] = {sparse, sparse};
+  grass_optimizer* with_null[2] = {sparse, NULL};
+  const char* path = "test_bad_inputs.grass";
+  remove(path);
+  BAD(grass_checkpoint_save(NULL, set, 2, NULL), GRASS_ERROR_NULL_POINTER,
+      "grass_checkpoint_save", "path");
+  BAD(grass_checkpoint_save("", set, 2, NULL), GRASS_ERROR_INVALID_VALUE, "grass_checkpoint_save",
+      "path");
+  BAD(grass_checkpoint_save(path, NULL, 2, NULL), GRASS_ERROR_NULL_POINTER,
+      "grass_checkpoint_save", "optimizers");
+  BAD(grass_checkpoint_save(path, set, 0, NULL), GRASS_ERROR_INVALID_VALUE,
+      "grass_checkpoint_save", "count");
+  BAD(grass_checkpoint_save(path, with_null, 2, NULL), GRASS_ERROR_NULL_POINTER,
+      "grass_checkpoint_save", "optimizers[1]");
+  BAD(grass_checkpoint_save(path, twice, 2, NULL), GRASS_ERROR_INVALID_VALUE,
+      "grass_checkpoint_save", "optimizers[1]");
+  BAD(grass_checkpoint_save("/nonexistent-grass-dir/x.grass", set, 2, NULL),
+      GRASS_ERROR_INVALID_VALUE, "grass_checkpoint_save", "path");
+  TK_CHECK(fopen(path, "rb") == NULL); /* nothing written */
+  BAD(grass_checkpoint_load(path, set, 2, NULL), GRASS_ERROR_BAD_CHECKPOINT,
+      "grass_checkpoint_load", "path");
+  BAD(grass_checkpoint_load(path, twice, 2, NULL), GRASS_ERROR_INVALID_VALUE,
+      "grass_checkpoint_load", "optimizers[1]");
+  BAD(grass_checkpoint_load(NULL, set, 2, NULL), GRASS_ERROR_NULL_POINTER,
+      "grass_checkpoint_load", "path");
+
+  /* layer ids: any for a dense parameter, only its own for a GRASS layer */
+  BAD(grass_optimizer_set_layer_id(NULL, 1), GRASS_ERROR_NULL_POINTER,
+      "grass_optimizer_set_layer_id", "optimizer");
+  BAD(grass_optimizer_set_layer_id(sparse, fx.pc.layer_id + 1), GRASS_ERROR_INVALID_STATE,
+      "grass_optimizer_set_layer_id", "layer_id");
+  TK_OK(grass_optimizer_set_layer_id(sparse, fx.pc.layer_id));
+
+  /* the rank rule: d within the size limits, an out pointer */
+  int64_t rank = -5;
+  BAD(grass_default_rank(0, &rank), GRASS_ERROR_INVALID_VALUE, "grass_default_rank", "d");
+  BAD(grass_default_rank(2147483648LL, &rank), GRASS_ERROR_INVALID_VALUE, "grass_default_rank",
+      "d");
+  TK_CHECK(rank == -5);
+  BAD(grass_default_rank(128, NULL), GRASS_ERROR_NULL_POINTER, "grass_default_rank", "rank_out");
+  TK_OK(grass_default_rank(128, &rank));
+  TK_CHECK(rank == 32);
 
   grass_optimizer_info info;
   memset(&info, 0x22, sizeof info);

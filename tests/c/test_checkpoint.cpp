@@ -1,11 +1,18 @@
 // Checkpoints through the optimizer handles (via grass.hpp): export mid-training (even between
 // two micro-batches), keep training N steps, import into fresh optimizers, train the same N
-// steps: the weights and the states are bit-identical. The blob's counters (format 2: the last
+// steps: the weights and the states are bit-identical. The blob's counters (format 3: the last
 // step's outcome, then one Adam step count per state row, or one for a dense parameter) hold
 // what the training did. A damaged blob, one of another shape or kind, or one with a
 // semantically broken field (an index past d, a negative step count, an unknown outcome) is
-// rejected with GRASS_ERROR_BAD_CHECKPOINT and changes nothing.
+// rejected with GRASS_ERROR_BAD_CHECKPOINT and changes nothing; so is a blob of another layer
+// of the same shape (its layer id differs). A whole set of optimizers goes through one file
+// (grass::checkpoint_save / checkpoint_load), refused whole when damaged, cut short or given
+// the optimizers in another order.
 #include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <string>
 #include <climits>
 #include <cstdint>
 #include <cstring>
@@ -136,13 +143,14 @@ void write_i32(std::vector<uint8_t>& b, size_t at, int32_t value) {
   for (size_t i = 0; i < 4; ++i) b[at + i] = static_cast<uint8_t>(v >> (8 * i));
 }
 
-// Blob format 2: a header of 16 little-endian u64 fields (the second is the format), then the
+// Blob format 3: a header of 17 little-endian u64 fields (the second is the format, the last the
+// layer id), then the
 // counters i32[1 + counts] (the last step's GRASS_STEP_* outcome, then the step count of each of
 // the r state rows of a GRASS layer, or the one count of a dense parameter), M, V, and for a
 // GRASS layer the r selected indices, the r previous indices, the r scales and the accumulator;
 // last an FNV-1a-64 checksum of everything before it.
-constexpr uint64_t kFormat = 2;
-constexpr size_t kHeader = 16 * 8;
+constexpr uint64_t kFormat = 3;
+constexpr size_t kHeader = 17 * 8;
 constexpr size_t kOutcomeAt = kHeader;
 
 // Offset of step count j (0-based) in the counters section.
@@ -286,7 +294,7 @@ void rejected_blobs() {
       grass::Dtype::F32, grass::Dtype::F32);
   auto other = same_size.export_state();
   TK_CHECK(other.size() == before.size());
-  TK_THROWS(target.opt.import_state(other), GRASS_ERROR_BAD_CHECKPOINT, "field");
+  TK_THROWS(target.opt.import_state(other), GRASS_ERROR_BAD_CHECKPOINT, "m differs");
   unchanged(__LINE__);
   // another dtype of the states
   auto bf16_states = grass::Optimizer::sparse(
@@ -297,7 +305,7 @@ void rejected_blobs() {
             nullptr);
   unchanged(__LINE__);
 
-  // Blobs whose checksum is valid but whose content is not. The offsets follow blob format 2
+  // Blobs whose checksum is valid but whose content is not. The offsets follow blob format 3
   // (see kFormat).
   TK_CHECK(read_u64(before, 8) == kFormat);
   const size_t r = 5;
@@ -370,11 +378,94 @@ void rejected_blobs() {
   TK_CHECK(target.opt.info().steps == 6);
 }
 
+std::vector<grass_optimizer*> handles(const std::vector<Param>& ps) {
+  std::vector<grass_optimizer*> out;
+  for (const auto& p : ps) out.push_back(p.opt.get());
+  return out;
+}
+
+std::vector<std::vector<uint8_t>> states(const std::vector<Param>& ps) {
+  std::vector<std::vector<uint8_t>> out;
+  for (const auto& p : ps) out.push_back(p.opt.export_state());
+  return out;
+}
+
+std::vector<uint8_t> read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::vector<uint8_t>(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
+void write_file(const std::string& path, const std::vector<uint8_t>& bytes) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+}
+
+// A blob of one GRASS layer is refused by another layer of the same shape, naming both.
+void other_layer() {
+  auto ctx = grass::Context::cpu();
+  auto pc = grass::ProjectionConfig().rank(4).side(grass::Side::Rows);
+  auto ac = grass::AdamWConfig();
+  auto a = grass::Optimizer::sparse(ctx, grass::ProjectionConfig(pc).layer_id(3), ac, 16, 8,
+                                    kTokens, grass::Dtype::F32, grass::Dtype::F32);
+  auto b = grass::Optimizer::sparse(ctx, grass::ProjectionConfig(pc).layer_id(4), ac, 16, 8,
+                                    kTokens, grass::Dtype::F32, grass::Dtype::F32);
+  TK_CHECK(a.state_size() == b.state_size());
+  auto blob = a.export_state();
+  TK_THROWS(b.import_state(blob), GRASS_ERROR_BAD_CHECKPOINT, "layer_id 3");
+  TK_THROWS(b.import_state(blob), GRASS_ERROR_BAD_CHECKPOINT, "layer_id 4");
+  TK_CHECK(read_u64(blob, kHeader - 8) == 3);
+}
+
+// Save a set mid-training, train on, restore it into fresh optimizers, train the same steps:
+// bit-identical. A damaged, truncated or reordered file changes no optimizer.
+void checkpoint_set() {
+  const std::string path = "test_checkpoint_set.grass";
+  auto ctx = grass::Context::cpu();
+  auto a = make_params(ctx, 4);
+  train(a, 0, 5, false);
+  grass::checkpoint_save(path, handles(a));
+  std::vector<std::vector<uint8_t>> weights;
+  for (const auto& p : a) weights.push_back(p.w);
+  const int kMore = 7;
+  train(a, 5, 5 + kMore, false);
+
+  auto b = make_params(ctx, 5);
+  const auto fresh = states(b);
+  const auto file = read_file(path);
+  TK_CHECK(file.size() > 64);
+  const std::string bad = "test_checkpoint_set_bad.grass";
+  auto flipped = file;
+  flipped[file.size() - 20] ^= 0x04;  // in the last optimizer's state
+  write_file(bad, flipped);
+  TK_THROWS(grass::checkpoint_load(bad, handles(b)), GRASS_ERROR_BAD_CHECKPOINT, "checksum");
+  write_file(bad, std::vector<uint8_t>(file.begin(), file.end() - 9));
+  TK_THROWS(grass::checkpoint_load(bad, handles(b)), GRASS_ERROR_BAD_CHECKPOINT, "truncated");
+  auto swapped = handles(b);
+  std::swap(swapped[0], swapped[1]);
+  TK_THROWS(grass::checkpoint_load(path, swapped), GRASS_ERROR_BAD_CHECKPOINT, "optimizers[0]");
+  auto fewer = handles(b);
+  fewer.pop_back();
+  TK_THROWS(grass::checkpoint_load(path, fewer), GRASS_ERROR_BAD_CHECKPOINT, "count");
+  TK_CHECK(states(b) == fresh);
+  std::remove(bad.c_str());
+
+  grass::checkpoint_load(path, handles(b));
+  for (size_t i = 0; i < b.size(); ++i) b[i].w = weights[i];
+  train(b, 5, 5 + kMore, false);
+  for (size_t i = 0; i < a.size(); ++i) {
+    TK_SAME_BYTES(a[i].w.data(), b[i].w.data(), a[i].w.size());
+  }
+  TK_CHECK(states(a) == states(b));
+  std::remove(path.c_str());
+}
+
 }  // namespace
 
 int main() {
   tk_run("round_trip", round_trip);
   tk_run("counters", counters);
   tk_run("rejected_blobs", rejected_blobs);
+  tk_run("other_layer", other_layer);
+  tk_run("checkpoint_set", checkpoint_set);
   return tk_report("test_checkpoint");
 }

@@ -1361,6 +1361,69 @@ void dense_optimizer_matches_the_cpu() {
   same_bits("dense optimizer state blob", export_state(dev.get()), export_state(cpu.get()), 1);
 }
 
+// Clipping and loss scaling through the handles: the squared norm lands in device memory and
+// matches the CPU's (the compressed gradients differ by summation order, the dense one not at
+// all), and step_scaled follows the CPU (the dense step bit for bit). A scale that overflows a
+// finite gradient skips the step on both.
+void clipping_follows_the_cpu() {
+  tk_rng rng{113};
+  const int64_t m = 48, n = 80, b = 12, r = 16;
+  const auto pc = handle_projection_config(GRASS_METHOD_MULTINOMIAL_NR, r, 4);
+  const auto ac = adamw_config(GRASS_DECAY_SELECTED, GRASS_DTYPE_F32, GRASS_REFRESH_RESET);
+  const Optimizer cpu = sparse_optimizer(G->cpu, pc, ac, m, n, b);
+  const Optimizer dev = sparse_optimizer(G->cuda, pc, ac, m, n, b);
+  const auto w0 = random_floats(&rng, sz(m * n));
+  auto hw = w0;
+  const DevBuf dw = DevBuf::of(w0);
+  const DevBuf dnorm = DevBuf::of(std::vector<float>{-1.0f});
+  for (int step = 0; step < 6; ++step) {
+    for (int micro = 0; micro < 2; ++micro) backward_both(cpu.get(), dev.get(), &rng, m, n, b);
+    float hnorm = -1.0f;
+    OK(grass_optimizer_grad_sq_norm(cpu.get(), nullptr, &hnorm, nullptr));
+    OK(grass_optimizer_grad_sq_norm(dev.get(), nullptr, dnorm.ptr<float>(), nullptr));
+    const float gnorm = dnorm.read_as<float>()[0];
+    char what[64];
+    std::snprintf(what, sizeof what, "compressed squared norm, step %d", step);
+    close_norm(what, {gnorm}, {hnorm}, 1e-5);
+    TK_CHECK(hnorm > 0.0f);
+    const float scale = 0.5f / std::sqrt(hnorm);  // clip to a norm of 0.5
+    OK(grass_optimizer_step_scaled(cpu.get(), hw.data(), nullptr, 1e-2f, scale, nullptr));
+    OK(grass_optimizer_step_scaled(dev.get(), dw.ptr(), nullptr, 1e-2f, scale, nullptr));
+    std::snprintf(what, sizeof what, "W - W0 after a scaled step %d", step);
+    close_norm(what, minus(dw.read_as<float>(), w0), minus(hw, w0), 1e-4);
+  }
+
+  const int64_t numel = 1500;
+  grass_optimizer *co = nullptr, *go = nullptr;
+  OK(grass_optimizer_create_dense(G->cpu, &ac, numel, GRASS_DTYPE_F32, GRASS_DTYPE_BF16, &co));
+  OK(grass_optimizer_create_dense(G->cuda, &ac, numel, GRASS_DTYPE_F32, GRASS_DTYPE_BF16, &go));
+  const Optimizer dcpu(co), ddev(go);
+  if (!dcpu || !ddev) return;
+  auto dhw = random_floats(&rng, sz(numel));
+  const DevBuf ddw = DevBuf::of(dhw);
+  for (int step = 0; step < 3; ++step) {
+    Bytes grad = random_tensor(&rng, GRASS_DTYPE_BF16, sz(numel));
+    if (step == 2) {  // g[0] = 4 (bf16 0x4080): finite, but not once scaled by 1e38
+      grad[0] = 0x80;
+      grad[1] = 0x40;
+    }
+    const DevBuf dgrad = DevBuf::from(grad);
+    float hnorm = -1.0f;
+    OK(grass_optimizer_grad_sq_norm(dcpu.get(), grad.data(), &hnorm, nullptr));
+    OK(grass_optimizer_grad_sq_norm(ddev.get(), dgrad.ptr(), dnorm.ptr<float>(), nullptr));
+    close_norm("dense squared norm", dnorm.read_as<float>(), {hnorm}, 1e-6);
+    const float scale = step == 2 ? 1e38f : 0.25f;  // step 2: 1e38 * |g| overflows
+    OK(grass_optimizer_step_scaled(dcpu.get(), dhw.data(), grad.data(), 1e-3f, scale, nullptr));
+    OK(grass_optimizer_step_scaled(ddev.get(), ddw.ptr(), dgrad.ptr(), 1e-3f, scale, nullptr));
+    same_values("dense W after a scaled step " + std::to_string(step), ddw.read_as<float>(), dhw);
+    int32_t hs = -1, gs = -1;
+    OK(grass_optimizer_last_step_skipped(dcpu.get(), &hs, nullptr));
+    OK(grass_optimizer_last_step_skipped(ddev.get(), &gs, nullptr));
+    TK_CHECK(hs == gs);
+    TK_CHECK(hs == (step == 2 ? GRASS_STEP_SKIPPED_NONFINITE : GRASS_STEP_APPLIED));
+  }
+}
+
 // ---- setup ------------------------------------------------------------------------------------
 
 bool gpu_required() {
@@ -1427,5 +1490,6 @@ int main(int argc, char** argv) {
   tk_run("sparse_optimizer_follows_the_cpu", sparse_optimizer_follows_the_cpu);
   tk_run("checkpoints_cross_contexts", checkpoints_cross_contexts);
   tk_run("dense_optimizer_matches_the_cpu", dense_optimizer_matches_the_cpu);
+  tk_run("clipping_follows_the_cpu", clipping_follows_the_cpu);
   return tk_report(gpu.rehearsal ? "test_cuda --host" : "test_cuda");
 }

@@ -4,8 +4,9 @@
 // handle computes exactly what the same layer-1 ops compose to, its per-row step counts
 // included.
 #include <algorithm>
-#include <cmath>
 #include <atomic>
+#include <cmath>
+#include <cstdio>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -56,10 +57,11 @@ void versions() {
 void configs() {
   grass::ProjectionConfig p;
   TK_CHECK(p.raw().struct_size == sizeof(grass_projection_config));
-  TK_CHECK(p.side() == grass::Side::Auto && p.rank() == 256 && p.power() == 2);
-  TK_CHECK(p.method() == grass::Method::MultinomialNr && p.scaling() == grass::Scaling::Unbiased);
+  // the library's defaults (rank 0: the rank rule)
+  TK_CHECK(p.side() == grass::Side::Cols && p.rank() == 0 && p.power() == 2);
+  TK_CHECK(p.method() == grass::Method::UniformNr && p.scaling() == grass::Scaling::None);
   TK_CHECK(p.refresh_every() == 200 && p.seed() == 0 && p.layer_id() == 0);
-  p.side(grass::Side::Cols)
+  p.side(grass::Side::Rows)
       .rank(5)
       .method(grass::Method::TopR)
       .power(1)
@@ -67,14 +69,14 @@ void configs() {
       .refresh_every(9)
       .seed(42)
       .layer_id(3);
-  TK_CHECK(p.side() == grass::Side::Cols && p.rank() == 5 && p.method() == grass::Method::TopR);
+  TK_CHECK(p.side() == grass::Side::Rows && p.rank() == 5 && p.method() == grass::Method::TopR);
   TK_CHECK(p.power() == 1 && p.scaling() == grass::Scaling::None && p.refresh_every() == 9);
   TK_CHECK(p.seed() == 42 && p.layer_id() == 3 && p.raw().rank == 5);
 
   grass::AdamWConfig a;
   TK_CHECK(a.raw().struct_size == sizeof(grass_adamw_config));
   TK_CHECK(a.beta1() == 0.9f && a.beta2() == 0.999f && a.eps() == 1e-8f);
-  TK_CHECK(a.weight_decay() == 0.0f && a.alpha() == 1.0f);
+  TK_CHECK(a.weight_decay() == 0.0f && a.alpha() == 0.25f);
   TK_CHECK(a.decay_mode() == grass::DecayMode::Selected);
   TK_CHECK(a.refresh_mode() == grass::RefreshMode::Reset && a.state_dtype() == grass::Dtype::F32);
   a.beta1(0.8f)
@@ -235,17 +237,17 @@ void layer1_matches_handles() {
                    bm.data(), bv.data(), &bstep, 0.01f, nullptr, &bskipped, ws.data(), ws.size());
     TK_CHECK(bskipped == GRASS_STEP_APPLIED);
 
-    // the handles' counters (checkpoint format 2: after the 16 u64 header fields, i32 last
+    // the handles' counters (checkpoint format 3: after the 17 u64 header fields, i32 last
     // outcome then the step counts) hold what the layer-1 ops hold: carry moved each row's count
     // with its row and zeroed the entering rows' counts in both
     std::vector<int32_t> want{skipped};
     want.insert(want.end(), row_steps.begin(), row_steps.end());
     auto blob = opt.export_state();
-    TK_CHECK(blob.size() >= 16 * 8 + want.size() * 4);
-    TK_SAME_BYTES(blob.data() + 16 * 8, want.data(), want.size() * sizeof(int32_t));
+    TK_CHECK(blob.size() >= 17 * 8 + want.size() * 4);
+    TK_SAME_BYTES(blob.data() + 17 * 8, want.data(), want.size() * sizeof(int32_t));
     const int32_t dense_want[2] = {bskipped, bstep};
     auto dblob = dense.export_state();
-    TK_SAME_BYTES(dblob.data() + 16 * 8, dense_want, sizeof dense_want);
+    TK_SAME_BYTES(dblob.data() + 17 * 8, dense_want, sizeof dense_want);
 
     auto sel = opt.projection().selection();
     TK_SAME_BYTES(sel.indices, idx.data(), idx.size() * sizeof(int32_t));
@@ -522,8 +524,69 @@ void memory_plan() {
   TK_THROWS(ctx.memory_plan(model, 32), GRASS_ERROR_INVALID_VALUE, "layers[0].rank = 65");
 }
 
+// The rank rule, full_rank, the squared norm and the scaled step through the wrapper: a dense
+// parameter's norm against a double sum, and step_scaled(s) against step() on s * g.
+void rank_rule_norm_and_scaled_step() {
+  TK_CHECK(grass::default_rank(128) == 32 && grass::default_rank(768) == 192);
+  TK_CHECK(grass::default_rank(6) == 6);
+  TK_THROWS((void)grass::default_rank(0), GRASS_ERROR_INVALID_VALUE, "d = 0");
+  auto ctx = grass::Context::cpu();
+  grass::AdamWConfig ac;
+  auto layer = grass::Optimizer::sparse(ctx, grass::ProjectionConfig(), ac, 24, 64, 8,
+                                        grass::Dtype::F32, grass::Dtype::F32);
+  TK_CHECK(layer.projection().info().rank == 16 && layer.info().full_rank == 0);
+  auto full = grass::Optimizer::sparse(ctx, grass::ProjectionConfig().rank(64), ac, 24, 64, 8,
+                                       grass::Dtype::F32, grass::Dtype::F32);
+  TK_CHECK(full.info().full_rank == 1 && full.projection().info().full_rank == 1);
+
+  const int64_t numel = 1000;
+  tk_rng rng{17};
+  std::vector<float> g(numel), gs(numel), w0(numel);
+  double want = 0.0;
+  for (int64_t i = 0; i < numel; ++i) {
+    g[static_cast<size_t>(i)] = tk_nonzero(&rng);
+    w0[static_cast<size_t>(i)] = tk_nonzero(&rng);
+    want += static_cast<double>(g[static_cast<size_t>(i)]) * g[static_cast<size_t>(i)];
+  }
+  auto a = grass::Optimizer::dense(ctx, ac, numel, grass::Dtype::F32, grass::Dtype::F32);
+  auto b = grass::Optimizer::dense(ctx, ac, numel, grass::Dtype::F32, grass::Dtype::F32);
+  float sq = 0.0f;
+  a.grad_sq_norm(g.data(), &sq);
+  TK_CHECK(std::fabs(static_cast<double>(sq) - want) <= 1e-6 * want);
+  const float scale = 0.3f;
+  for (size_t i = 0; i < g.size(); ++i) gs[i] = scale * g[i];
+  auto wa = w0, wb = w0;
+  a.step_scaled(wa.data(), g.data(), 1e-2f, scale);
+  b.step(wb.data(), gs.data(), 1e-2f);
+  TK_SAME_BYTES(wa.data(), wb.data(), wa.size() * sizeof(float));
+  TK_THROWS(a.step_scaled(wa.data(), g.data(), 1e-2f, -1.0f), GRASS_ERROR_INVALID_VALUE,
+            "grad_scale");
+  TK_THROWS(layer.grad_sq_norm(nullptr, &sq), GRASS_ERROR_INVALID_STATE,
+            "grass_optimizer_backward");
+
+  // a set of Optimizer objects through one checkpoint file
+  std::vector<grass::Optimizer> set;
+  set.push_back(std::move(a));
+  set.push_back(std::move(b));
+  set[0].set_layer_id(10);  // two dense parameters of one size: told apart by their ids
+  set[1].set_layer_id(11);
+  const std::string path = "test_hpp_api.grass";
+  grass::checkpoint_save(path, set);
+  const auto before = set[0].export_state();
+  set[0].step_scaled(wa.data(), g.data(), 1e-2f, 1.0f);
+  TK_CHECK(set[0].export_state() != before);
+  grass::checkpoint_load(path, set);
+  TK_CHECK(set[0].export_state() == before);
+  std::swap(set[0], set[1]);
+  TK_THROWS(grass::checkpoint_load(path, set), GRASS_ERROR_BAD_CHECKPOINT, "layer_id 10");
+  TK_THROWS(layer.set_layer_id(5), GRASS_ERROR_INVALID_STATE, "layer_id = 5");
+  layer.set_layer_id(0);  // its own: accepted
+  std::remove(path.c_str());
+}
+
 int main() {
   tk_run("versions", versions);
+  tk_run("rank_rule_norm_and_scaled_step", rank_rule_norm_and_scaled_step);
   tk_run("configs", configs);
   tk_run("errors_and_ownership", errors_and_ownership);
   tk_run("layer1_matches_handles", layer1_matches_handles);

@@ -21,7 +21,7 @@ int main() {
     std::printf("FAIL: dense optimizer from TU a\n");
     ++failures;
   }
-  if (tu_b_state_elements() != 3 * 5) {
+  if (tu_b_state_elements() != 3 * 8) {  // the default side, columns: states are rank x m
     std::printf("FAIL: sparse optimizer from TU b\n");
     ++failures;
   }

@@ -2,6 +2,8 @@
  *   - config and info structs in buffers of exactly their struct_size (ASan fails any read or
  *     write past it), accepted; every size this library does not know is rejected with
  *     GRASS_ERROR_STRUCT_SIZE, a message that lists the known sizes, and nothing written;
+ *   - ABI 3's smaller info structs (before full_rank) in buffers of exactly their size are still
+ *     filled (a client built against ABI 3 runs unchanged);
  *   - workspace queries over dimensions at 2^31 - 1 fail with GRASS_ERROR_INVALID_VALUE instead
  *     of answering a wrapped size, and write nothing. */
 #include "testkit.h"
@@ -59,7 +61,25 @@ static void configs(grass_context* ctx) {
   TK_CHECK(oi->state_elements == 10 && oi->is_sparse == 0 && oi->struct_size == sizeof *oi);
   unsigned char* raw = exact(sizeof *pi + 16);
   grass_projection_info* big = (grass_projection_info*)(void*)raw;
-  const size_t bad_i[] = {0, sizeof *pi - 8, sizeof *pi + 8};
+  /* ABI 3's releases end at memory_bytes: 88 and 48 bytes, accepted in buffers of that size */
+  unsigned char* abi3 = exact(88);
+  memcpy(abi3, &(size_t){88}, sizeof(size_t));
+  TK_OK(grass_projection_get_info(proj, (grass_projection_info*)(void*)abi3));
+  int64_t abi3_rank = 0;
+  memcpy(&abi3_rank, abi3 + offsetof(grass_projection_info, rank), sizeof abi3_rank);
+  TK_CHECK(abi3_rank == 4);
+  free(abi3);
+  abi3 = exact(48);
+  memcpy(abi3, &(size_t){48}, sizeof(size_t));
+  TK_OK(grass_optimizer_get_info(opt, (grass_optimizer_info*)(void*)abi3));
+  int64_t abi3_elems = 0;
+  memcpy(&abi3_elems, abi3 + offsetof(grass_optimizer_info, state_elements), sizeof abi3_elems);
+  TK_CHECK(abi3_elems == 10);
+  free(abi3);
+  TK_CHECK(offsetof(grass_projection_info, full_rank) == 88);
+  TK_CHECK(offsetof(grass_optimizer_info, full_rank) == 48);
+
+  const size_t bad_i[] = {0, sizeof *pi - 4, sizeof *pi + 8};
   for (size_t i = 0; i < sizeof bad_i / sizeof bad_i[0]; ++i) {
     memset(raw, 0xAB, sizeof *pi + 16);
     big->struct_size = bad_i[i];

@@ -99,7 +99,8 @@ float train(bool weights) {
 
   auto ctx = grass::Context::cpu();
   auto adamw = grass::AdamWConfig().weight_decay(0.0f);
-  auto proj = grass::ProjectionConfig().rank(32).refresh_every(25).seed(1);
+  // side AUTO: W1 (128 x 32) projects its rows, W2 (16 x 128) its columns
+  auto proj = grass::ProjectionConfig().side(grass::Side::Auto).rank(32).refresh_every(25).seed(1);
   auto opt_w1 = grass::Optimizer::sparse(ctx, grass::ProjectionConfig(proj.raw()).layer_id(1),
                                          adamw, kHidden, kIn, kBatch, grass::Dtype::F32,
                                          grass::Dtype::F32);

@@ -85,8 +85,12 @@ class _AdamWConfig(ctypes.Structure):
 
 @functools.cache
 def libgrass():
-    """libgrass.so, from this package (where `pip install` put it) or $GRASS_JAX_LIBGRASS."""
+    """libgrass.so: $GRASS_JAX_LIBGRASS, else this package's (where `pip install` put it), else,
+    in a source checkout, the repository's release build (target/release)."""
     path = os.environ.get("GRASS_JAX_LIBGRASS", str(_HERE / "libgrass.so"))
+    built = _HERE.parents[2] / "target" / "release" / "libgrass.so"
+    if "GRASS_JAX_LIBGRASS" not in os.environ and not os.path.exists(path) and built.exists():
+        path = str(built)
     # RTLD_GLOBAL: the handler library then binds to this very copy of libgrass.
     lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
     for name, (res, args) in _PROTOTYPES.items():

@@ -662,6 +662,10 @@ static void make_optimizers(GPT2 *m, const Options *o, grass_context *ctx, int g
             grass_check(grass_optimizer_create_dense(ctx, ac, (int64_t)m->param_sizes[p],
                                                      GRASS_DTYPE_F32, GRASS_DTYPE_F32, &h->opt),
                         "grass_optimizer_create_dense");
+            /* Its own layer id, which its checkpoint records: LayerNorms and biases of the same
+             * size cannot be restored into each other (the sparse ones are 0 .. 4L-1). */
+            grass_check(grass_optimizer_set_layer_id(h->opt, (uint32_t)(4 * c->L + p)),
+                        "grass_optimizer_set_layer_id");
             h->w = m->param[p];
             h->grad = m->grad[p];
             h->numel = m->param_sizes[p];

@@ -57,6 +57,13 @@ else
     echo "GPU tests: $n of tests/cuda ignored, CUDA is not usable here: ${cuda_why#no }"
 fi
 
+# The same GPU tests on the host stand-in for the CUDA driver and cuBLAS (tests/host_cuda): the
+# CUDA backend's own code (src/cuda: contexts, streams, events, graphs, cuBLAS, launches) runs
+# end to end on every machine, with the stand-in's memcheck on every device access.
+echo "== GPU tests on the host stand-in (GRASS_HOST_CUDA=1, tests/host_cuda)"
+make -s -C tests/host_cuda
+GRASS_HOST_CUDA=1 cargo test --release --test cuda -- --include-ignored
+
 # pytest -rs names every skipped test with its reason; the GPU cases skip by the dozen for one
 # reason on a machine without a GPU. Keep one line per reason, with the count, in its place.
 one_line_per_skip_reason() {

@@ -82,18 +82,34 @@ host_fiber_switch:
 namespace host_fiber {
 namespace {
 
+unsigned count = 0;  // threads of the running block
+
+// Passes control from the current fiber to the next unfinished one of this pass, or back to the
+// scheduler after the last: one switch per thread and barrier.
+void pass_on() {
+    Fiber* me = current;
+    Fiber* next = nullptr;
+    for (Fiber* f = me + 1; f < fibers + count; ++f)
+        if (!f->done) {
+            next = f;
+            break;
+        }
+    if (next != nullptr) {
+        current = next;
+        threadIdx = next->tid;
+        host_fiber_switch(&me->sp, next->sp);
+    } else {
+        host_fiber_switch(&me->sp, sched_sp);
+    }
+    current = me;
+    threadIdx = me->tid;
+}
+
 [[noreturn]] void start() {
     (*body)();
     current->done = true;
-    host_fiber_switch(&current->sp, sched_sp);
+    pass_on();
     std::abort();  // a finished fiber is never resumed
-}
-
-void resume(Fiber& f) {
-    current = &f;
-    threadIdx = f.tid;
-    host_fiber_switch(&sched_sp, f.sp);
-    current = nullptr;
 }
 
 }  // namespace
@@ -103,8 +119,7 @@ void barrier() {
         std::fprintf(stderr, "grass host CUDA: __syncthreads outside a kernel\n");
         std::abort();
     }
-    host_fiber_switch(&current->sp, sched_sp);
-    threadIdx = current->tid;
+    pass_on();
 }
 
 // Runs one block of `n` threads of `blockDim` shape: each fiber to its next barrier or end, in
@@ -133,13 +148,17 @@ void run_block(unsigned n, const std::function<void()>& fn) {
         for (int r = 0; r < 6; ++r) *--sp = 0;         // rbp, rbx, r12-r15
         f.sp = sp;
     }
-    for (bool left = true; left;) {
-        left = false;
-        for (unsigned t = 0; t < n; ++t) {
-            if (fibers[t].done) continue;
-            resume(fibers[t]);
-            left |= !fibers[t].done;
-        }
+    count = n;
+    // Each pass runs every unfinished fiber, in thread order, to its next barrier or its end.
+    for (;;) {
+        Fiber* first = nullptr;
+        for (unsigned t = 0; t < n && first == nullptr; ++t)
+            if (!fibers[t].done) first = &fibers[t];
+        if (first == nullptr) break;
+        current = first;
+        threadIdx = first->tid;
+        host_fiber_switch(&sched_sp, first->sp);
+        current = nullptr;
     }
     body = nullptr;
 }

@@ -160,7 +160,7 @@ const Alloc* near_alloc(uintptr_t a) {
 }
 
 // Says what device address `a` is, for a report.
-std::string describe(uintptr_t a) {
+std::string describe(uintptr_t a, bool in_op = true) {
     char buf[300];
     const Alloc* al = near_alloc(a);
     if (al == nullptr) {
@@ -178,9 +178,10 @@ std::string describe(uintptr_t a) {
                       (unsigned long)a, (size_t)(al->base - a), (unsigned long)al->id, al->size,
                       (unsigned long)al->base);
     } else {
-        std::snprintf(buf, sizeof buf, "%#lx is at byte %zu of allocation #%lu (%zu bytes at %#lx), which this operation was not given",
+        std::snprintf(buf, sizeof buf, "%#lx is at byte %zu of allocation #%lu (%zu bytes at %#lx), %s",
                       (unsigned long)a, (size_t)(a - al->base), (unsigned long)al->id, al->size,
-                      (unsigned long)al->base);
+                      (unsigned long)al->base,
+                      in_op ? "which this operation was not given" : "device memory, which the host cannot read");
     }
     return buf;
 }
@@ -190,7 +191,7 @@ void on_segv(int sig, siginfo_t* si, void* uc) {
     if (in_arena(a)) {
         const char* op = g_op;
         say("grass host CUDA memcheck: %s accessed device memory it may not: %s\n",
-            op != nullptr ? op : "host code (outside any CUDA call)", describe(a).c_str());
+            op != nullptr ? op : "host code (outside any CUDA call)", describe(a, op != nullptr).c_str());
         std::abort();
     }
     // Not device memory: whoever handled SIGSEGV before (the Rust runtime, a sanitizer).
@@ -242,17 +243,22 @@ void set_access(const Alloc& a, bool open) {
     }
 }
 
-void check_canary(const char* op, const Alloc& a) {
-    const uint8_t* p = (const uint8_t*)(a.base + a.size);
-    const uint8_t* end = (const uint8_t*)(a.region + a.region_len);
-    for (; p < end; ++p) {
-        if (*p != kCanary) {
-            report("%s wrote past the end of allocation #%lu (%zu bytes at %#lx): byte %zu",
-                   op, (unsigned long)a.id, a.size, (unsigned long)a.base,
-                   (size_t)((uintptr_t)p - a.base));
-            *const_cast<uint8_t*>(p) = kCanary;
+// Whether the bytes between the allocation's end and its guard page are intact (else reports
+// and restores them).
+bool check_canary(const char* op, const Alloc& a) {
+    uint8_t* p = (uint8_t*)(a.base + a.size);
+    uint8_t* end = (uint8_t*)(a.region + a.region_len);
+    size_t first = 0, changed = 0;
+    for (uint8_t* q = p; q < end; ++q) {
+        if (*q != kCanary) {
+            if (changed++ == 0) first = (size_t)(q - p);
+            *q = kCanary;
         }
     }
+    if (changed > 0)
+        report("%s wrote past the end of allocation #%lu (%zu bytes at %#lx): %zu byte(s) from byte %zu after its end",
+               op, (unsigned long)a.id, a.size, (unsigned long)a.base, changed, first);
+    return changed == 0;
 }
 
 bool capturing_here(const Stream* s) {
@@ -339,11 +345,12 @@ int with_access(const char* op, const std::vector<Range>& ranges, const std::fun
     g_op = op;
     fn();
     g_op = nullptr;
+    bool intact = true;
     for (const Alloc* a : open) {
-        check_canary(op, *a);
+        intact &= check_canary(op, *a);
         set_access(*a, false);
     }
-    return SUCCESS;
+    return intact ? SUCCESS : ILLEGAL_ADDRESS;
 }
 
 bool stream_ok(void* stream) { return stream_of(stream) != nullptr; }

@@ -14,9 +14,9 @@ mod gpu;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use cudarc::driver::result;
-use grass::ffi::*;
+use cudarc::driver::{result, sys};
 use gpu::*;
+use grass::ffi::*;
 
 const CHILD: &str = "GRASS_HOST_CUDA_TEST_CHILD";
 
@@ -24,6 +24,11 @@ const CHILD: &str = "GRASS_HOST_CUDA_TEST_CHILD";
 /// what the child did (None when the stand-in cannot be built and CXX is not required). In the
 /// child: runs `body`.
 fn in_child(name: &str, body: impl FnOnce()) -> Option<Output> {
+    in_child_with(name, &[], body)
+}
+
+/// `in_child` with more environment variables for the child.
+fn in_child_with(name: &str, env: &[(&str, &str)], body: impl FnOnce()) -> Option<Output> {
     if std::env::var(CHILD).as_deref() == Ok(name) {
         body();
         return None;
@@ -45,6 +50,7 @@ fn in_child(name: &str, body: impl FnOnce()) -> Option<Output> {
         .env(CHILD, name)
         .env("GRASS_HOST_CUDA", "1")
         .env("GRASS_HOST_CUDA_DIR", root.join("target/host_cuda"))
+        .envs(env.iter().copied())
         .output()
         .expect("running the child");
     Some(out)
@@ -56,8 +62,9 @@ fn stderr(o: &Output) -> String {
 
 /// One sparse gradient on the CUDA context (m x n = 64 x 48 by rows, b = 16, r = 8) with the
 /// output `g` and the output gradient `dy` (b x m, the gathered operand) given; returns the
-/// status and error message.
-fn sparse_grad_into(g: &Gpu, gout: u64, dy: u64) -> (grass_status, String) {
+/// status and error message, and what the synchronization after it returned (the stand-in,
+/// like a GPU, reports a fault of queued work there).
+fn sparse_grad_into(g: &Gpu, gout: u64, dy: u64) -> (grass_status, String, bool) {
     let (m, n, b, r) = (64usize, 48usize, 16usize, 8usize);
     let mut rng = Rng::new(5);
     let x = DevBuf::from(&rng.normals(b * n));
@@ -98,8 +105,8 @@ fn sparse_grad_into(g: &Gpu, gout: u64, dy: u64) -> (grass_status, String) {
         )
     };
     let msg = last_error();
-    sync();
-    (st, msg)
+    let synced = result::ctx::synchronize().is_ok();
+    (st, msg, synced)
 }
 
 fn dy_input() -> DevBuf {
@@ -108,18 +115,22 @@ fn dy_input() -> DevBuf {
 
 #[test]
 fn the_stand_in_runs_a_correct_call_cleanly_and_says_so() {
-    let Some(out) = in_child("the_stand_in_runs_a_correct_call_cleanly_and_says_so", || {
-        let g = gpu("stand-in");
-        let mut yes = 0;
-        let mut why = [0 as std::ffi::c_char; 512];
-        ok(unsafe { grass_cuda_available(&mut yes, why.as_mut_ptr(), why.len()) });
-        let why = unsafe { std::ffi::CStr::from_ptr(why.as_ptr()) }.to_string_lossy();
-        assert!(why.contains("grass host stand-in"), "{why}");
-        let (dy, gout) = (dy_input(), DevBuf::poisoned(8 * 48 * 4));
-        let (st, msg) = sparse_grad_into(&g, gout.ptr, dy.ptr);
-        assert_eq!(st, grass_status::GRASS_OK, "{msg}");
-        assert!(gout.f32s().iter().all(|v| v.is_finite()));
-    }) else {
+    let Some(out) = in_child(
+        "the_stand_in_runs_a_correct_call_cleanly_and_says_so",
+        || {
+            let g = gpu("stand-in");
+            let mut yes = 0;
+            let mut why = [0 as std::ffi::c_char; 512];
+            ok(unsafe { grass_cuda_available(&mut yes, why.as_mut_ptr(), why.len()) });
+            let why = unsafe { std::ffi::CStr::from_ptr(why.as_ptr()) }.to_string_lossy();
+            assert!(why.contains("grass host stand-in"), "{why}");
+            let (dy, gout) = (dy_input(), DevBuf::poisoned(8 * 48 * 4));
+            let (st, msg, synced) = sparse_grad_into(&g, gout.ptr, dy.ptr);
+            assert_eq!(st, grass_status::GRASS_OK, "{msg}");
+            assert!(synced);
+            assert!(gout.f32s().iter().all(|v| v.is_finite()));
+        },
+    ) else {
         return;
     };
     assert!(out.status.success(), "{}", stderr(&out));
@@ -132,9 +143,12 @@ fn a_kernel_writing_just_past_its_output_is_reported() {
         let g = gpu("stand-in");
         // One f32 short: the last element lands in the guard bytes after the allocation.
         let (dy, gout) = (dy_input(), DevBuf::poisoned(8 * 48 * 4 - 4));
-        let (st, msg) = sparse_grad_into(&g, gout.ptr, dy.ptr);
-        assert_ne!(st, grass_status::GRASS_OK);
-        assert!(msg.contains("scale_rows"), "{msg}");
+        let (st, msg, synced) = sparse_grad_into(&g, gout.ptr, dy.ptr);
+        assert_eq!(st, grass_status::GRASS_OK, "{msg}"); // the launch itself is valid
+        assert!(
+            !synced,
+            "the synchronization after the bad kernel succeeded"
+        );
     }) else {
         return;
     };
@@ -172,7 +186,7 @@ fn a_host_pointer_given_as_device_memory_is_reported() {
         let g = gpu("stand-in");
         let host_dy = Rng::new(6).normals(16 * 64);
         let gout = DevBuf::poisoned(8 * 48 * 4);
-        let (st, msg) = sparse_grad_into(&g, gout.ptr, host_dy.as_ptr() as u64);
+        let (st, msg, _) = sparse_grad_into(&g, gout.ptr, host_dy.as_ptr() as u64);
         assert_ne!(st, grass_status::GRASS_OK);
         assert!(msg.contains("gather_cols"), "{msg}");
     }) else {
@@ -181,8 +195,7 @@ fn a_host_pointer_given_as_device_memory_is_reported() {
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains("memcheck: gather_cols: parameter 0")
-            && err.contains("not device memory"),
+        err.contains("memcheck: gather_cols: parameter 0") && err.contains("not device memory"),
         "{err}"
     );
 }
@@ -194,7 +207,7 @@ fn a_use_after_free_is_reported() {
         let dy = dy_input();
         let freed = unsafe { result::malloc_sync(8 * 48 * 4) }.unwrap();
         unsafe { result::free_sync(freed) }.unwrap();
-        let (st, msg) = sparse_grad_into(&g, freed, dy.ptr);
+        let (st, msg, _) = sparse_grad_into(&g, freed, dy.ptr);
         assert_ne!(st, grass_status::GRASS_OK);
         assert!(msg.contains("scale_rows"), "{msg}");
     }) else {
@@ -225,4 +238,44 @@ fn host_code_reading_device_memory_faults() {
         err.contains("memcheck: host code (outside any CUDA call) accessed device memory"),
         "{err}"
     );
+}
+
+#[test]
+fn work_on_another_stream_without_a_wait_has_not_happened() {
+    let Some(out) = in_child(
+        "work_on_another_stream_without_a_wait_has_not_happened",
+        || {
+            let _g = gpu("stand-in");
+            let (a, b) = (Stream::new(), Stream::new());
+            let read_on_b = |buf: &DevBuf| {
+                let mut v = [0u8; 4];
+                unsafe { result::memcpy_dtoh_async(&mut v, buf.ptr, b.0) }.unwrap();
+                b.sync();
+                v
+            };
+            // Without a wait, b's copy does not see a's fill (on a GPU: a race).
+            let buf = DevBuf::poisoned(4);
+            unsafe { result::memset_d8_async(buf.ptr, 1, 4, a.0) }.unwrap();
+            assert_eq!(read_on_b(&buf), [0xFF; 4]);
+            a.sync();
+            // With one, it does.
+            let buf = DevBuf::poisoned(4);
+            unsafe { result::memset_d8_async(buf.ptr, 1, 4, a.0) }.unwrap();
+            let event = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING).unwrap();
+            unsafe {
+                result::event::record(event, a.0).unwrap();
+                result::stream::wait_event(
+                    b.0,
+                    event,
+                    sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+                )
+                .unwrap();
+            }
+            assert_eq!(read_on_b(&buf), [1; 4]);
+            unsafe { result::event::destroy(event) }.unwrap();
+        },
+    ) else {
+        return;
+    };
+    assert!(out.status.success(), "{}", stderr(&out));
 }

@@ -131,7 +131,8 @@ fn load_host() -> std::result::Result<Option<PathBuf>, String> {
     // library found under an earlier candidate (libcuda.so, say) would win over the stand-in.
     // SAFETY (each): culib() only opens the library by name; a panic when none loads is caught.
     let reaches = |check: fn() -> bool| std::panic::catch_unwind(check).unwrap_or(false);
-    let checks: [(&str, fn() -> bool); 2] = [
+    type Check = (&'static str, fn() -> bool);
+    let checks: [Check; 2] = [
         ("libcuda", || unsafe {
             cudarc::driver::sys::culib()
                 .get::<*const u8>(HOST_MARKER)

@@ -1,7 +1,11 @@
 // libcuda.so.1 of the host stand-in: the CUDA driver API calls grass and its tests make, on
-// the host. One device ("grass host stand-in", compute capability 9.0). Work runs when it is
-// enqueued, in the order it is enqueued (which every ordering the streams and events allow
-// includes); a stream being captured records its work into the graph instead.
+// the host. One device ("grass host stand-in", compute capability 9.0). Work enqueued on a
+// stream waits in the stream's queue until something waits for it; then the streams' ready
+// work runs one operation at a time, the streams taking turns, as far as stream order,
+// cuStreamWaitEvent and the legacy stream's implicit synchronization allow, so work of two
+// streams that nothing orders overlaps (GRASS_HOST_CUDA_ORDER=lazy: only the awaited work
+// runs, so unawaited work has not happened yet). A stream being captured records its work
+// into the graph instead.
 //
 // Memcheck: device memory lives in a reserved address range, one allocation per run of pages
 // with an inaccessible page after it, its end placed as close to that page as 256-byte
@@ -22,6 +26,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -69,12 +74,31 @@ struct Ctx {
 
 struct Graph;
 
+struct Stream;
+
+// All work of `stream` enqueued up to its `seq`-th operation.
+struct Ticket {
+    Stream* stream = nullptr;
+    uint64_t seq = 0;
+};
+
+struct Pending {
+    uint64_t seq;
+    std::string name;
+    std::vector<Ticket> after;  // work of other streams this operation waits for
+    std::function<int()> run;   // empty: a wait only
+};
+
 struct Stream {
     bool live = true;
+    bool nonblocking = false;  // CU_STREAM_NON_BLOCKING: no implicit sync with the legacy stream
     Graph* capture = nullptr;  // the graph being captured into
     int mode = 0;
     std::thread::id capture_thread;
     bool invalidated = false;
+    std::deque<Pending> queue;
+    uint64_t enqueued = 0, done = 0;
+    int error = 0;  // the first failure of its work, returned by its next synchronization
 };
 
 struct Event {
@@ -82,6 +106,7 @@ struct Event {
     unsigned flags = 0;
     bool recorded = false;
     double time_ms = 0;
+    Ticket last;  // the work its latest cuEventRecord marks
 };
 
 struct Op {
@@ -355,18 +380,147 @@ int with_access(const char* op, const std::vector<Range>& ranges, const std::fun
 
 bool stream_ok(void* stream) { return stream_of(stream) != nullptr; }
 
-int enqueue(void* stream, const char* name, std::function<int()> op) {
+namespace {
+
+bool reached(const Ticket& t) { return t.stream == nullptr || t.stream->done >= t.seq; }
+
+std::vector<Stream*> all_streams() {
+    std::vector<Stream*> v = {&g_default_stream};
+    v.insert(v.end(), g_streams.begin(), g_streams.end());
+    return v;
+}
+
+size_t g_turn = 0;  // which stream goes first at the next step
+
+}  // namespace
+
+// Runs one queued operation whose stream order and waits allow it, taking the streams in
+// turn; false when none can run.
+bool step() {
+    std::vector<Stream*> v = all_streams();
+    for (size_t i = 0; i < v.size(); ++i) {
+        Stream* s = v[(g_turn + i) % v.size()];
+        if (s->queue.empty()) continue;
+        Pending& p = s->queue.front();
+        bool ready = true;
+        for (const Ticket& t : p.after) ready &= reached(t);
+        if (!ready) continue;
+        Pending op = std::move(p);
+        s->queue.pop_front();
+        int rc = op.run ? op.run() : (int)SUCCESS;
+        if (rc != SUCCESS && s->error == SUCCESS) s->error = rc;
+        s->done = op.seq;
+        g_turn = (g_turn + i + 1) % v.size();
+        return true;
+    }
+    return false;
+}
+
+namespace {
+
+template <class Done>
+void run_until(Done done) {
+    while (!done()) {
+        if (!step()) {
+            say("grass host CUDA: queued work cannot make progress (a wait that never completes)\n");
+            std::abort();
+        }
+    }
+}
+
+}  // namespace
+
+namespace {
+
+// Runs the next operation of `s`, first (recursively) what it waits for on other streams:
+// the least work that lets `s` move on, so that another stream's unawaited work stays queued.
+void advance(Stream* s) {
+    Pending& p = s->queue.front();
+    for (const Ticket& t : p.after) {
+        if (!reached(t)) {
+            advance(t.stream);
+            return;
+        }
+    }
+    Pending op = std::move(p);
+    s->queue.pop_front();
+    int rc = op.run ? op.run() : (int)SUCCESS;
+    if (rc != SUCCESS && s->error == SUCCESS) s->error = rc;
+    s->done = op.seq;
+}
+
+}  // namespace
+
+// How waiting for one stream's work runs the queues: "interleave" (the default) runs every
+// stream's ready work, the streams taking turns operation by operation, until that work is
+// done, so that work of two streams not ordered by a wait overlaps; "lazy"
+// (GRASS_HOST_CUDA_ORDER=lazy) runs only that work and what it waits for, so that another
+// stream's work not waited for has not happened yet.
+bool lazy() {
+    static const bool v = [] {
+        const char* e = std::getenv("GRASS_HOST_CUDA_ORDER");
+        return e != nullptr && std::strcmp(e, "lazy") == 0;
+    }();
+    return v;
+}
+
+// Runs the work of `s` queued so far.
+void drain(Stream* s) {
+    if (!lazy()) return run_until([s] { return s->queue.empty(); });
+    while (!s->queue.empty()) advance(s);
+}
+
+// Runs everything queued, the streams taking turns operation by operation.
+void drain_all() {
+    run_until([] {
+        for (Stream* s : all_streams())
+            if (!s->queue.empty()) return false;
+        return true;
+    });
+}
+
+// Runs the work `t` marks.
+void drain_to(const Ticket& t) {
+    if (!lazy()) return run_until([&t] { return reached(t); });
+    while (!reached(t)) advance(t.stream);
+}
+
+// The work that an operation enqueued on `s` now must follow besides its own stream's: the
+// legacy stream waits for every blocking stream, and a blocking stream for the legacy one.
+std::vector<Ticket> implicit_after(Stream* s) {
+    std::vector<Ticket> after;
+    if (s == &g_default_stream) {
+        for (Stream* o : g_streams)
+            if (o->live && !o->nonblocking && o->enqueued > o->done) after.push_back({o, o->enqueued});
+    } else if (!s->nonblocking && g_default_stream.enqueued > g_default_stream.done) {
+        after.push_back({&g_default_stream, g_default_stream.enqueued});
+    }
+    return after;
+}
+
+// Queues `op` on `s` after `after`; returns its ticket.
+Ticket push(Stream* s, const char* name, std::vector<Ticket> after, std::function<int()> op) {
+    std::vector<Ticket> all = implicit_after(s);
+    all.insert(all.end(), after.begin(), after.end());
+    uint64_t seq = ++s->enqueued;
+    s->queue.push_back({seq, name, std::move(all), std::move(op)});
+    return {s, seq};
+}
+
+int enqueue_after(void* stream, const char* name, std::vector<Ticket> after, std::function<int()> op,
+                  Ticket* ticket) {
     Stream* s = stream_of(stream);
     if (s == nullptr) {
         report("%s on stream %p, which is not a live stream (destroyed?)", name, stream);
         return INVALID_HANDLE;
     }
     if (s->capture != nullptr) {
-        if (s->mode != 2 && s->capture_thread != std::this_thread::get_id() && s->mode == 1) {
+        if (s->mode == 1 && s->capture_thread != std::this_thread::get_id()) {
             s->invalidated = true;
             return STREAM_CAPTURE_WRONG_THREAD;
         }
         s->capture->ops.push_back({name, std::move(op)});
+        if (ticket != nullptr) *ticket = {};
         return SUCCESS;
     }
     if (s == &g_default_stream && capturing_here(s)) {
@@ -375,7 +529,20 @@ int enqueue(void* stream, const char* name, std::function<int()> op) {
             if (o->capture != nullptr) o->invalidated = true;
         return STREAM_CAPTURE_IMPLICIT;
     }
-    return op();
+    Ticket t = push(s, name, std::move(after), std::move(op));
+    if (ticket != nullptr) *ticket = t;
+    return SUCCESS;
+}
+
+int enqueue(void* stream, const char* name, std::function<int()> op) {
+    return enqueue_after(stream, name, {}, std::move(op), nullptr);
+}
+
+// The first failure of queued work on `s` (then cleared), as its synchronization returns it.
+int take_error(Stream* s) {
+    int e = s->error;
+    s->error = SUCCESS;
+    return e;
 }
 
 }  // namespace host_cuda
@@ -530,6 +697,7 @@ API int cuDevicePrimaryCtxRetain(void** ctx, int dev) {
 namespace {
 // A context goes: every allocation it owns is freed.
 void context_gone(Ctx* c, const char* by) {
+    drain_all();
     for (auto& [_, a] : g_allocs) {
         if (a.live && a.ctx == c) {
             a.live = false;
@@ -612,7 +780,14 @@ API int cuCtxGetDevice(int* dev) {
 API int cuCtxSynchronize() {
     NEED_CONTEXT();
     Lock l;
-    return refuse_during_capture("cuCtxSynchronize");
+    if (int rc = refuse_during_capture("cuCtxSynchronize")) return rc;
+    drain_all();
+    int first = SUCCESS;
+    for (Stream* st : all_streams()) {
+        int e = take_error(st);
+        if (first == SUCCESS) first = e;
+    }
+    return first;
 }
 
 // ---- memory ---------------------------------------------------------------------------------
@@ -649,6 +824,7 @@ API int cuMemFree_v2(unsigned long long p) {
     if (p == 0) return SUCCESS;
     Lock l;
     if (int rc = refuse_during_capture("cuMemFree")) return rc;
+    drain_all();  // cuMemFree waits for the device's work
     Alloc* a = live_alloc(p, 0);
     if (a == nullptr || a->base != p) {
         report("cuMemFree(%#llx): %s", p,
@@ -685,23 +861,42 @@ bool host_range_ok(const char* op, const char* what, const void* p, size_t bytes
     return true;
 }
 
-int memset_on(void* stream, unsigned long long dst, uint8_t v, size_t n, const char* op) {
+// Queues a copy or fill on `stream`; `wait`: returns once it ran (the synchronous calls, which
+// run on the legacy stream, and copies to pageable host memory).
+int queue_copy(void* stream, const char* op, bool wait, std::function<int()> fn) {
+    Ticket t;
+    int rc = enqueue_after(stream, op, {}, std::move(fn), &t);
+    if (rc != SUCCESS || !wait || t.stream == nullptr) return rc;
+    drain_to(t);
+    return take_error(t.stream);
+}
+
+int memset_on(void* stream, unsigned long long dst, uint8_t v, size_t n, const char* op, bool wait) {
     NEED_CONTEXT();
     if (n == 0) return SUCCESS;
     Lock l;
     if (!check_range(op, {dst, n, true, "dstDevice"})) return INVALID_VALUE;
-    return enqueue(stream, op, [=] {
+    return queue_copy(stream, op, wait, [=] {
         return with_access(op, {{dst, n, true, "dstDevice"}}, [=] { std::memset((void*)dst, v, n); });
     });
 }
 
-int htod_on(void* stream, unsigned long long dst, const void* src, size_t n, const char* op) {
+int htod_on(void* stream, unsigned long long dst, const void* src, size_t n, const char* op, bool wait) {
     NEED_CONTEXT();
     if (n == 0) return SUCCESS;
     Lock l;
     if (!check_range(op, {dst, n, true, "dstDevice"}) || !host_range_ok(op, "srcHost", src, n))
         return INVALID_VALUE;
-    return enqueue(stream, op, [=] {
+    // From pageable memory the driver stages the source before returning: it may change after.
+    Stream* s = stream_of(stream);
+    if (s != nullptr && s->capture == nullptr) {
+        auto copy = std::make_shared<std::vector<uint8_t>>((const uint8_t*)src, (const uint8_t*)src + n);
+        return queue_copy(stream, op, wait, [=] {
+            return with_access(op, {{dst, n, true, "dstDevice"}},
+                               [=] { std::memcpy((void*)dst, copy->data(), n); });
+        });
+    }
+    return queue_copy(stream, op, wait, [=] {
         return with_access(op, {{dst, n, true, "dstDevice"}}, [=] { std::memcpy((void*)dst, src, n); });
     });
 }
@@ -712,18 +907,19 @@ int dtoh_on(void* stream, void* dst, unsigned long long src, size_t n, const cha
     Lock l;
     if (!check_range(op, {src, n, false, "srcDevice"}) || !host_range_ok(op, "dstHost", dst, n))
         return INVALID_VALUE;
-    return enqueue(stream, op, [=] {
+    // To pageable memory the copy is complete when the call returns.
+    return queue_copy(stream, op, true, [=] {
         return with_access(op, {{src, n, false, "srcDevice"}}, [=] { std::memcpy(dst, (void*)src, n); });
     });
 }
 
-int dtod_on(void* stream, unsigned long long dst, unsigned long long src, size_t n, const char* op) {
+int dtod_on(void* stream, unsigned long long dst, unsigned long long src, size_t n, const char* op, bool wait) {
     NEED_CONTEXT();
     if (n == 0) return SUCCESS;
     Lock l;
     if (!check_range(op, {dst, n, true, "dstDevice"}) || !check_range(op, {src, n, false, "srcDevice"}))
         return INVALID_VALUE;
-    return enqueue(stream, op, [=] {
+    return queue_copy(stream, op, wait, [=] {
         return with_access(op, {{dst, n, true, "dstDevice"}, {src, n, false, "srcDevice"}},
                            [=] { std::memmove((void*)dst, (void*)src, n); });
     });
@@ -738,17 +934,17 @@ int sync_copy_allowed(const char* op) {
 
 API int cuMemsetD8_v2(unsigned long long dst, unsigned char v, size_t n) {
     if (int rc = sync_copy_allowed("cuMemsetD8")) return rc;
-    return memset_on(nullptr, dst, v, n, "cuMemsetD8");
+    return memset_on(nullptr, dst, v, n, "cuMemsetD8", true);
 }
 API int cuMemsetD8Async(unsigned long long dst, unsigned char v, size_t n, void* s) {
-    return memset_on(s, dst, v, n, "cuMemsetD8Async");
+    return memset_on(s, dst, v, n, "cuMemsetD8Async", false);
 }
 API int cuMemcpyHtoD_v2(unsigned long long dst, const void* src, size_t n) {
     if (int rc = sync_copy_allowed("cuMemcpyHtoD")) return rc;
-    return htod_on(nullptr, dst, src, n, "cuMemcpyHtoD");
+    return htod_on(nullptr, dst, src, n, "cuMemcpyHtoD", true);
 }
 API int cuMemcpyHtoDAsync_v2(unsigned long long dst, const void* src, size_t n, void* s) {
-    return htod_on(s, dst, src, n, "cuMemcpyHtoDAsync");
+    return htod_on(s, dst, src, n, "cuMemcpyHtoDAsync", false);
 }
 API int cuMemcpyDtoH_v2(void* dst, unsigned long long src, size_t n) {
     if (int rc = sync_copy_allowed("cuMemcpyDtoH")) return rc;
@@ -759,19 +955,19 @@ API int cuMemcpyDtoHAsync_v2(void* dst, unsigned long long src, size_t n, void* 
 }
 API int cuMemcpyDtoD_v2(unsigned long long dst, unsigned long long src, size_t n) {
     if (int rc = sync_copy_allowed("cuMemcpyDtoD")) return rc;
-    return dtod_on(nullptr, dst, src, n, "cuMemcpyDtoD");
+    return dtod_on(nullptr, dst, src, n, "cuMemcpyDtoD", true);
 }
 API int cuMemcpyDtoDAsync_v2(unsigned long long dst, unsigned long long src, size_t n, void* s) {
-    return dtod_on(s, dst, src, n, "cuMemcpyDtoDAsync");
+    return dtod_on(s, dst, src, n, "cuMemcpyDtoDAsync", false);
 }
 
 // ---- streams and events ---------------------------------------------------------------------
 
 API int cuStreamCreate(void** out, unsigned flags) {
-    (void)flags;
     NEED_CONTEXT();
     Lock l;
     Stream* s = new Stream();
+    s->nonblocking = (flags & 1) != 0;  // CU_STREAM_NON_BLOCKING
     g_streams.insert(s);
     *out = s;
     return SUCCESS;
@@ -790,6 +986,7 @@ API int cuStreamDestroy_v2(void* h) {
         report("cuStreamDestroy(%p): not a live stream", h);
         return INVALID_HANDLE;
     }
+    drain(s);  // its queued work still runs
     s->live = false;  // kept, so that a later use of the handle is reported
     return SUCCESS;
 }
@@ -806,13 +1003,18 @@ API int cuStreamSynchronize(void* h) {
         s->invalidated = true;
         return STREAM_CAPTURE_UNSUPPORTED;
     }
-    return refuse_during_capture("cuStreamSynchronize");
+    if (int rc = refuse_during_capture("cuStreamSynchronize")) return rc;
+    drain(s);
+    return take_error(s);
 }
 
 API int cuStreamQuery(void* h) {
     NEED_CONTEXT();
     Lock l;
-    return stream_of(h) != nullptr ? SUCCESS : INVALID_HANDLE;
+    Stream* s = stream_of(h);
+    if (s == nullptr) return INVALID_HANDLE;
+    step();  // a caller polling makes progress
+    return s->queue.empty() ? SUCCESS : NOT_READY;
 }
 
 API int cuStreamWaitEvent(void* h, void* e, unsigned flags) {
@@ -835,7 +1037,9 @@ API int cuStreamWaitEvent(void* h, void* e, unsigned flags) {
         say("grass host CUDA: cuStreamWaitEvent on a capturing stream for an event recorded outside the capture\n");
         return STREAM_CAPTURE_INVALIDATED;
     }
-    return SUCCESS;  // work ran when it was enqueued: whatever the event marks is done
+    if (reached(ev->last)) return SUCCESS;  // nothing recorded, or already done
+    push(s, "cuStreamWaitEvent", {ev->last}, {});
+    return SUCCESS;
 }
 
 API int cuEventCreate(void** out, unsigned flags) {
@@ -867,11 +1071,14 @@ API int cuEventRecord(void* h, void* stream) {
         report("cuEventRecord(%p): not a live event", h);
         return INVALID_HANDLE;
     }
-    return enqueue(stream, "cuEventRecord", [e] {
+    Ticket t;
+    int rc = enqueue_after(stream, "cuEventRecord", {}, [e] {
         e->recorded = true;
         e->time_ms = now_ms();
         return (int)SUCCESS;
-    });
+    }, &t);
+    if (rc == SUCCESS) e->last = t;
+    return rc;
 }
 
 API int cuEventSynchronize(void* h) {
@@ -882,14 +1089,17 @@ API int cuEventSynchronize(void* h) {
         report("cuEventSynchronize(%p): not a live event", h);
         return INVALID_HANDLE;
     }
-    return refuse_during_capture("cuEventSynchronize");
+    if (int rc = refuse_during_capture("cuEventSynchronize")) return rc;
+    drain_to(e->last);
+    return e->last.stream != nullptr ? take_error(e->last.stream) : SUCCESS;
 }
 
 API int cuEventQuery(void* h) {
     Lock l;
     Event* e = static_cast<Event*>(h);
     if (!g_events.count(e) || !e->live) return INVALID_HANDLE;
-    return SUCCESS;
+    step();  // a caller polling makes progress
+    return reached(e->last) ? SUCCESS : NOT_READY;
 }
 
 API int cuEventElapsedTime(float* ms, void* a, void* b) {
@@ -1032,6 +1242,7 @@ API int cuModuleUnload(void* h) {
     Lock l;
     Module* m = static_cast<Module*>(h);
     if (!g_modules.count(m) || !m->live) return INVALID_HANDLE;
+    drain_all();  // launches of its kernels still queued
     m->live = false;
     return SUCCESS;
 }

@@ -59,8 +59,9 @@ int with_access(const char* op, const std::vector<Range>& ranges, const std::fun
 // Whether `stream` is a live stream (or the legacy/per-thread default stream).
 bool stream_ok(void* stream);
 
-// Runs `op` on `stream` (in order: the stand-in executes work as it is enqueued) or, while the
-// stream is being captured, appends it to the capture. `op` returns a CUresult.
+// Queues `op` on `stream` (it runs when something waits for it, in stream order) or, while the
+// stream is being captured, appends it to the capture. `op` returns a CUresult, which the
+// stream's next synchronization returns when it is an error.
 int enqueue(void* stream, const char* name, std::function<int()> op);
 
 // Whether a context is current on the calling thread.

@@ -13,6 +13,7 @@ mod gpu;
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 use cudarc::driver::{result, sys};
 use gpu::*;
@@ -34,10 +35,15 @@ fn in_child_with(name: &str, env: &[(&str, &str)], body: impl FnOnce()) -> Optio
         return None;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let built = Command::new("make")
-        .args(["-s", "-C"])
-        .arg(root.join("tests/host_cuda"))
-        .status();
+    // Once per process: the tests run on several threads, and two makes must not race.
+    static BUILT: OnceLock<Result<std::process::ExitStatus, String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        Command::new("make")
+            .args(["-s", "-C"])
+            .arg(root.join("tests/host_cuda"))
+            .status()
+            .map_err(|e| e.to_string())
+    });
     if !matches!(built, Ok(s) if s.success()) {
         if std::env::var("GRASS_REQUIRE_CXX").as_deref() == Ok("1") {
             panic!("GRASS_REQUIRE_CXX=1 but make -C tests/host_cuda failed: {built:?}");

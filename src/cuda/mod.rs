@@ -64,8 +64,13 @@ pub fn probe() -> Result<i32> {
     }
 }
 
-/// The name of device `ordinal` as the driver reports it (after [`probe`] succeeded).
+/// The name of device `ordinal` as the driver reports it (after [`probe`] succeeded); None
+/// when the driver does not say (a panic inside cudarc included).
 pub fn device_name(ordinal: i32) -> Option<String> {
+    std::panic::catch_unwind(|| device_name_unchecked(ordinal)).unwrap_or(None)
+}
+
+fn device_name_unchecked(ordinal: i32) -> Option<String> {
     use cudarc::driver::sys;
     let mut dev = 0;
     let mut name = [0 as std::ffi::c_char; 256];

@@ -2,7 +2,8 @@
 # The whole test suite: Rust tests, the committed-header check, the C/C++ ctest suite
 # (ASan/UBSan, the install tree, the demo), the PyTorch and JAX binding tests, and every
 # runnable snippet of the READMEs and docs/. GPU cases run where CUDA is usable; elsewhere they
-# are reported as ignored/skipped, never as passed.
+# are reported as ignored/skipped, never as passed. The Rust and C++ GPU tests also run
+# everywhere on the host stand-in for the CUDA driver and cuBLAS (tests/host_cuda).
 #
 # Needs Rust >= 1.82 (rustup), a C/C++ compiler, cmake, pkg-config and Python >= 3.11 with venv
 # (Debian 12: apt-get install build-essential cmake pkg-config python3-venv). The Python

@@ -180,7 +180,8 @@ fn a_kernel_reaching_far_past_its_output_faults() {
     let err = stderr(&out);
     assert!(!out.status.success(), "{err}");
     assert!(
-        err.contains("memcheck: scale_rows accessed device memory it may not")
+        err.contains("memcheck: scale_rows (block (")
+            && err.contains("accessed device memory it may not")
             && err.contains("past the end of allocation"),
         "{err}"
     );

@@ -215,8 +215,11 @@ void on_segv(int sig, siginfo_t* si, void* uc) {
     uintptr_t a = (uintptr_t)si->si_addr;
     if (in_arena(a)) {
         const char* op = g_op;
-        say("grass host CUDA memcheck: %s accessed device memory it may not: %s\n",
-            op != nullptr ? op : "host code (outside any CUDA call)", describe(a, op != nullptr).c_str());
+        char thread[96];
+        where(thread, sizeof thread);
+        say("grass host CUDA memcheck: %s%s accessed device memory it may not: %s\n",
+            op != nullptr ? op : "host code (outside any CUDA call)", thread,
+            describe(a, op != nullptr).c_str());
         std::abort();
     }
     // Not device memory: whoever handled SIGSEGV before (the Rust runtime, a sanitizer).

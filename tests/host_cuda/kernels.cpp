@@ -215,7 +215,19 @@ const KernelInfo* find_kernel(const std::string& name) {
     return nullptr;
 }
 
+bool g_in_kernel = false;
+
+void where(char* buf, size_t len) {
+    if (!g_in_kernel) {
+        buf[0] = 0;
+        return;
+    }
+    std::snprintf(buf, len, " (block (%u, %u, %u), thread (%u, %u, %u))", blockIdx.x, blockIdx.y,
+                  blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+}
+
 void run_grid(const KernelInfo& k, const unsigned grid[3], const unsigned block[3], void** params) {
+    g_in_kernel = true;
     gridDim = {grid[0], grid[1], grid[2]};
     blockDim = {block[0], block[1], block[2]};
     const unsigned n = block[0] * block[1] * block[2];
@@ -226,6 +238,7 @@ void run_grid(const KernelInfo& k, const unsigned grid[3], const unsigned block[
                 blockIdx = {x, y, z};
                 host_fiber::run_block(n, body);
             }
+    g_in_kernel = false;
 }
 
 }  // namespace host_cuda

@@ -20,6 +20,9 @@ struct KernelInfo {
 // The kernel `name` of kernels/*.cu, or null.
 const KernelInfo* find_kernel(const std::string& name);
 
+// Writes " (block (x, y, z), thread (x, y, z))" of the running kernel thread to buf, or "".
+void where(char* buf, size_t len);
+
 // Runs every block of the grid, one after another, each as fibers on this thread.
 void run_grid(const KernelInfo& k, const unsigned grid[3], const unsigned block[3], void** params);
 

@@ -2,7 +2,8 @@
 # The whole test suite: Rust tests, the committed-header check, the C/C++ ctest suite
 # (ASan/UBSan, the install tree, the demo), the PyTorch and JAX binding tests, and every
 # runnable snippet of the READMEs and docs/. GPU cases run where CUDA is usable; elsewhere they
-# are reported as ignored/skipped, never as passed.
+# are reported as ignored/skipped, never as passed. The Rust and C++ GPU tests also run
+# everywhere on the host stand-in for the CUDA driver and cuBLAS (tests/host_cuda).
 #
 # Needs Rust >= 1.82 (rustup), a C/C++ compiler, cmake, pkg-config and Python >= 3.11 with venv
 # (Debian 12: apt-get install build-essential cmake pkg-config python3-venv). The Python
@@ -56,6 +57,13 @@ else
     n=$(cargo test --release -q --test cuda -- --list --ignored 2>/dev/null | grep -c ': test$' || true)
     echo "GPU tests: $n of tests/cuda ignored, CUDA is not usable here: ${cuda_why#no }"
 fi
+
+# The same GPU tests on the host stand-in for the CUDA driver and cuBLAS (tests/host_cuda): the
+# CUDA backend's own code (src/cuda: contexts, streams, events, graphs, cuBLAS, launches) runs
+# end to end on every machine, with the stand-in's memcheck on every device access.
+echo "== GPU tests on the host stand-in (GRASS_HOST_CUDA=1, tests/host_cuda)"
+make -s -C tests/host_cuda
+GRASS_HOST_CUDA=1 cargo test --release --test cuda -- --include-ignored
 
 # pytest -rs names every skipped test with its reason; the GPU cases skip by the dozen for one
 # reason on a machine without a GPU. Keep one line per reason, with the count, in its place.

@@ -22,6 +22,8 @@ use crate::core::error::Result;
 
 /// Loads the driver library and counts devices.
 pub fn probe() -> Result<i32> {
+    // GRASS_HOST_CUDA=1: the host stand-in answers to the names below (libs::host_stand_in).
+    libs::host_stand_in()?;
     // SAFETY: loading the system's CUDA driver library runs its initialisers only. It is
     // never unloaded: once cuInit has run, the driver must stay mapped.
     let lib = match unsafe { libloading::Library::new("libcuda.so.1") } {
@@ -59,5 +61,31 @@ pub fn probe() -> Result<i32> {
             );
         }
         Ok(n)
+    }
+}
+
+/// The name of device `ordinal` as the driver reports it (after [`probe`] succeeded); None
+/// when the driver does not say (a panic inside cudarc included).
+pub fn device_name(ordinal: i32) -> Option<String> {
+    std::panic::catch_unwind(|| device_name_unchecked(ordinal)).unwrap_or(None)
+}
+
+fn device_name_unchecked(ordinal: i32) -> Option<String> {
+    use cudarc::driver::sys;
+    let mut dev = 0;
+    let mut name = [0 as std::ffi::c_char; 256];
+    // SAFETY: plain out-parameters; the driver was initialised by probe.
+    unsafe {
+        if sys::cuDeviceGet(&mut dev, ordinal) != sys::CUresult::CUDA_SUCCESS
+            || sys::cuDeviceGetName(name.as_mut_ptr(), name.len() as i32, dev)
+                != sys::CUresult::CUDA_SUCCESS
+        {
+            return None;
+        }
+        Some(
+            std::ffi::CStr::from_ptr(name.as_ptr())
+                .to_string_lossy()
+                .into_owned(),
+        )
     }
 }

@@ -161,10 +161,23 @@ pub unsafe extern "C" fn grass_cuda_available(
     guard("grass_cuda_available", || {
         let out = req("available_out", available_out)?;
         let (ok, why) = match cuda::available() {
-            Ok(n) => (
-                1,
-                format!("CUDA driver found with {n} device(s); NVRTC and cuBLAS load"),
-            ),
+            Ok(n) => {
+                let name = cuda::device_name(0).unwrap_or_else(|| "unnamed".into());
+                let host = match cuda::libs::host_stand_in() {
+                    Ok(Some(dir)) => format!(
+                        " (GRASS_HOST_CUDA=1: the host stand-in from {})",
+                        dir.display()
+                    ),
+                    _ => String::new(),
+                };
+                (
+                    1,
+                    format!(
+                        "CUDA driver found with {n} device(s), device 0 \"{name}\"; NVRTC and \
+                         cuBLAS load{host}"
+                    ),
+                )
+            }
             Err(e) => (0, e.message),
         };
         if !reason.is_null() && reason_len > 0 {

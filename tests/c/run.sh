@@ -15,6 +15,8 @@ cd "$(dirname "$0")/../.."
 build_dir=${BUILD_DIR:-build/ctest}
 
 cargo build --release
+# The host stand-in for the CUDA driver and cuBLAS (test_cuda_host_stand_in).
+make -s -C tests/host_cuda
 cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-Debug}" -DGRASS_BUILD_TESTS=ON \
   -DGRASS_SANITIZE=ON
 cmake --build "$build_dir" -j2

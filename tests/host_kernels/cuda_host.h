@@ -3,6 +3,10 @@
 // are host threads meeting at a std::barrier, and __shared__ variables are statics (one
 // block runs at a time). Only what kernels/*.cu use is provided; __any_sync assumes blocks
 // of one thread, __shfl_down_sync a whole block calling it together.
+//
+// A file that defines CUDA_HOST_THREADS (a header name) before including this one gets the
+// types and intrinsics only, and that header's threads: __syncthreads, the warp
+// collectives and the way blocks run (tests/host_cuda runs every launch that way).
 #pragma once
 #include <barrier>
 #include <cmath>
@@ -24,9 +28,6 @@ struct HostDim {
     unsigned x = 0, y = 0, z = 0;
 };
 inline thread_local HostDim threadIdx, blockIdx, blockDim, gridDim;
-inline std::barrier<>* host_barrier = nullptr;
-
-inline void __syncthreads() { host_barrier->arrive_and_wait(); }
 
 struct uint4 {
     unsigned x, y, z, w;
@@ -48,6 +49,13 @@ inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_S
 inline unsigned atomicOr(unsigned* p, unsigned v) {
     return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST);
 }
+#ifdef CUDA_HOST_THREADS
+#include CUDA_HOST_THREADS
+#else
+inline std::barrier<>* host_barrier = nullptr;
+
+inline void __syncthreads() { host_barrier->arrive_and_wait(); }
+
 // Blocks of one thread only: the lane is the warp.
 inline bool __any_sync(unsigned, bool p) { return p; }
 
@@ -105,3 +113,4 @@ void host_block(unsigned threads, F body) {
     host_barrier = nullptr;
     host_lanes = nullptr;
 }
+#endif  // CUDA_HOST_THREADS

@@ -193,3 +193,57 @@ def test_nn_scan_stack_is_declared_and_trains_per_slice():
     np.testing.assert_array_equal(idx, sb.layers["layers"]["GrassDense_0"]["kernel"].indices)
     assert_close(a["layers"]["GrassDense_0"]["kernel"], b["layers"]["GrassDense_0"]["kernel"],
                  scale=1.0, what="stacked kernel")
+
+
+class Wide(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = nn.gelu(gl.GrassDense(64)(x))  # GrassDense_0
+        return gl.GrassDense(8)(h)
+
+
+def test_flax_layers_default_to_the_rank_rule():
+    """flax_options() without a rank: each kernel gets the library's rule on its input features
+    (linen GrassDense 96 -> 64 and 64 -> 8; nnx GrassLinear 200 -> 8), and trains."""
+    from grass_jax import _lib
+    x = jax.random.normal(jax.random.PRNGKey(5), (32, 96))
+    y = jax.random.normal(jax.random.PRNGKey(6), (32, 8))
+    model = Wide()
+    params = model.init(jax.random.PRNGKey(7), x)["params"]
+    opt = gj.grass_adamw(1e-2, **gl.flax_options(refresh_every=3))
+    ranks = opt.layer_ranks(params)
+    assert ranks["GrassDense_0"]["kernel"] == _lib.default_rank(96) == 24
+    assert ranks["GrassDense_1"]["kernel"] == _lib.default_rank(64) == 16
+    assert ranks["GrassDense_0"]["bias"] is None
+
+    def loss(params, proj):
+        return jnp.mean((model.apply({"params": params, "grass": proj}, x) - y) ** 2)
+
+    @jax.jit
+    def step(params, state):
+        value, grads = opt.value_and_grad(loss)(params, opt.projections(params, state))
+        params, state = opt.step(params, grads, state)
+        return params, state, value
+
+    p, s = params, opt.init(params)
+    losses = []
+    for _ in range(6):
+        p, s, value = step(p, s)
+        losses.append(float(value))
+    assert losses[-1] < losses[0]
+    assert s.layers["GrassDense_0"]["kernel"].m.shape == (24, 64)
+
+    lin = gl.GrassLinear(200, 8, rngs=nnx.Rngs(1))
+    tx = gj.grass_adamw(1e-2, **gl.flax_options())
+    optimizer = nnx.Optimizer(lin, tx, wrt=nnx.Param)
+    assert tx.layer_ranks(nnx.as_pure(nnx.state(lin, nnx.Param)))["kernel"] == 48
+    xs = jax.random.normal(jax.random.PRNGKey(8), (16, 200))
+
+    @nnx.jit
+    def nnx_step(model, optimizer):
+        value, grads = nnx.value_and_grad(lambda m: jnp.mean((m(xs) - 1.0) ** 2))(model)
+        optimizer.update(model, grads)
+        return value
+
+    nnx_losses = [float(nnx_step(lin, optimizer)) for _ in range(4)]
+    assert nnx_losses[-1] < nnx_losses[0]

@@ -247,3 +247,57 @@ def test_flax_layers_default_to_the_rank_rule():
 
     nnx_losses = [float(nnx_step(lin, optimizer)) for _ in range(4)]
     assert nnx_losses[-1] < nnx_losses[0]
+
+
+class NnxMLP(nnx.Module):
+    def __init__(self, rngs):
+        self.up = gl.GrassLinear(24, 40, rngs=rngs)
+        self.down = gl.GrassLinear(40, 8, rngs=rngs)
+
+    def __call__(self, x, proj=None):
+        if proj is None:
+            return self.down(nnx.gelu(self.up(x)))
+        return self.down(nnx.gelu(self.up(x, proj["up"]["kernel"])), proj["down"]["kernel"])
+
+
+def test_nnx_merge_attaches_projections_as_threading_them_by_hand():
+    """gl.merge puts each GrassLinear's projection in the merged model: the compressed path
+    needs nothing threaded through __call__, and gives what passing them by hand gives, bit for
+    bit; a projections tree of other params is refused, naming the layer."""
+    model = NnxMLP(nnx.Rngs(2))
+    graphdef, params = nnx.split(model, nnx.Param)
+    params = nnx.as_pure(params)
+    opt = gj.grass_adamw(1e-2, **gl.flax_options(**KW))
+    kx, ky = jax.random.split(jax.random.PRNGKey(9))
+    x, y = jax.random.normal(kx, (32, 24)), jax.random.normal(ky, (32, 8))
+
+    def attached(params, proj):
+        return jnp.mean((gl.merge(graphdef, params, proj)(x) - y) ** 2)
+
+    def by_hand(params, proj):
+        return jnp.mean((nnx.merge(graphdef, params)(x, proj) - y) ** 2)
+
+    def run(loss):
+        @jax.jit
+        def step(params, state):
+            value, grads = opt.value_and_grad(loss)(params, opt.projections(params, state))
+            params, state = opt.step(params, grads, state)
+            return params, state, value
+
+        p, s, values = params, opt.init(params), []
+        for _ in range(5):
+            p, s, value = step(p, s)
+            values.append(float(value))
+        return p, values
+
+    pa, la = run(attached)
+    pb, lb = run(by_hand)
+    assert la == lb and la[-1] < la[0]
+    for a, b in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(pa["up"]["kernel"], params["up"]["kernel"])
+    assert "grass_projection" not in nnx.state(model)  # the module itself is unchanged
+    with pytest.raises(ValueError, match=r"GrassLinear up has no entry in the projections"):
+        gl.merge(graphdef, params, {"down": {"kernel": None}})
+    with pytest.raises(ValueError, match=r"projection of GrassLinear down must be a Projection"):
+        gl.merge(graphdef, params, {"up": {"kernel": None}, "down": {"kernel": 1.0}})

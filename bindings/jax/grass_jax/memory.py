@@ -51,6 +51,9 @@ import ctypes
 import json
 import sys
 
+import jax.numpy as jnp
+import numpy as np
+
 from . import _lib
 
 GIB = float(1 << 30)
@@ -199,11 +202,8 @@ def model_of(opt, params, max_tokens=8192, act_dtype="bf16"):
     weight at the rank, side and slice count it gets (`opt.layer_configs`), one dense entry
     per other leaf, the weights' dtypes and opt.state_dtype. The dense states count as grass's
     own AdamW (dense=None); another optax `dense` holds what it holds."""
-    import numpy as np
-
-    names = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
-    import jax.numpy as jnp
-    names[jnp.dtype(jnp.bfloat16)] = "bf16"
+    names = {jnp.dtype(jnp.float32): "f32", jnp.dtype(jnp.bfloat16): "bf16",
+             jnp.dtype(jnp.float16): "f16"}
 
     def w_dtype(leaf, where):
         dt = jnp.dtype(jnp.result_type(leaf))

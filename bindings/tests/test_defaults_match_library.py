@@ -73,9 +73,6 @@ def test_jax_defaults_are_the_c_ones(name):
     assert got == want, f"grass_jax grass_adamw({name}=...) defaults to {j[name]!r}, C to {want!r}"
 
 
-@pytest.mark.xfail(strict=True, reason="grass_adamw keeps rank=256 until rank=None (the "
-                   "library's rank rule, _lib.default_rank) is wired through its layer configs "
-                   "and consistency fingerprint; remove this mark when it is")
 def test_jax_rank_default_is_the_rank_rule():
     assert jax_signature_defaults()["rank"] is None and c_defaults()["rank"] == 0
 

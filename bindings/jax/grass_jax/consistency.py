@@ -45,7 +45,9 @@ def fingerprint(opt, params, state=None):
     layers = [c for c in configs if c is not None]
     shapes = [(c.stack, c.m, c.n, c.side, c.d, c.k, c.rank, c.layer_id) for c in layers]
     sel = opt.selection
-    fp = [len(layers), _hash(shapes), opt.rank, _small(sel["seed"]), opt.refresh_every,
+    # opt.rank None (the rank rule) is -1 here; each weight's resolved rank is in `shapes`.
+    rank = -1 if opt.rank is None else opt.rank
+    fp = [len(layers), _hash(shapes), rank, _small(sel["seed"]), opt.refresh_every,
           _hash(sel["method"], sel["power"], sel["scaling"], opt.side),
           _hash(sorted(opt.adam.items()), opt.alpha, opt.refresh_mode, str(opt.state_dtype),
                 opt.max_grad_norm),

@@ -8,6 +8,7 @@ layout "in_out": declare the same to the optimizer (`grass_adamw(..., layout="in
     GrassDenseGeneral(features)     linen, multi-axis features / trailing input axes, the
                                     kernel kept flattened to 2-D (prod(in), prod(features))
     GrassLinear(in, out, rngs=...)  nnx, nnx.Linear's arguments; kernel (in, out)
+    merge(graphdef, params, projections)  nnx.merge that attaches each GrassLinear's projection
 
 Two ways to train them:
   * any optax trainer, with grass_adamw as the optax transform (`tx.update` on ordinary
@@ -135,11 +136,17 @@ class GrassDenseGeneral(nn.Module):
         return y.reshape(batch + features)
 
 
+class GrassProjection(nnx.Variable):
+    """The Projection of a GrassLinear's kernel for one compressed-gradient step, attached by
+    `merge` (not an nnx.Param: nnx.state(model, nnx.Param) and nnx.Optimizer leave it out)."""
+
+
 class GrassLinear(nnx.Module):
     """nnx.Linear with grass's linear product: y = x @ kernel + bias, kernel (in, out) an
     nnx.Param. With grass_adamw as the optax transform of nnx.Optimizer it trains like
-    nnx.Linear (full gradients, grass's compressed state). `__call__(x, proj)` takes the
-    kernel's Projection for the compressed-gradient path."""
+    nnx.Linear (full gradients, grass's compressed state). For the compressed-gradient path
+    the layer uses the Projection that `merge(graphdef, params, projections)` attached to it,
+    or one passed by hand, `__call__(x, proj)`; with neither it is the plain product."""
 
     def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True,
                  dtype: Optional[Any] = None, param_dtype: Any = jnp.float32,
@@ -157,7 +164,39 @@ class GrassLinear(nnx.Module):
         kernel = self.kernel[...]
         bias = self.bias[...] if self.bias is not None else None
         dtype = _dtype(self.dtype, inputs, kernel, *([bias] if bias is not None else []))
+        if proj is None and isinstance(getattr(self, "grass_projection", None), GrassProjection):
+            proj = self.grass_projection.get_value()
         y = grass_linear(inputs.astype(dtype), kernel, proj, layout=LAYOUT)
         if bias is not None:
             y = y + bias.astype(dtype)
         return y
+
+
+def merge(graphdef, params, projections, *states):
+    """`nnx.merge(graphdef, params, *states)` with each GrassLinear's kernel Projection taken
+    from `projections` (opt.projections(params, state): params-shaped, params being the
+    module's nnx.Param state as a plain dict, `nnx.as_pure(nnx.state(model, nnx.Param))`).
+    Call it inside the loss given to opt.value_and_grad: every GrassLinear of the merged model
+    routes its kernel's gradient into its projection, with nothing threaded through
+    `__call__`. A GrassLinear whose kernel grass_mask leaves out gets None (plain product)."""
+    model = nnx.merge(graphdef, params, *states)
+    found = [(path, node) for path, node in nnx.iter_graph(model)
+             if isinstance(node, GrassLinear)]
+    for path, node in found:
+        name = "/".join(map(str, path)) or "(the model)"
+        sub = projections
+        try:
+            for key in path:
+                sub = sub[key]
+            proj = sub["kernel"] if sub is not None else None
+        except (KeyError, IndexError, TypeError):
+            raise ValueError(f"grass_jax.layers.merge: GrassLinear {name} has no entry in the "
+                             f"projections: pass opt.projections(params, state) for the params "
+                             f"of this graphdef") from None
+        if proj is not None and not isinstance(proj, Projection):
+            raise ValueError(f"grass_jax.layers.merge: the projection of GrassLinear {name} "
+                             f"must be a Projection (opt.projections(params, state)), got "
+                             f"{type(proj).__name__}")
+        if proj is not None:
+            node.grass_projection = GrassProjection(proj)
+    return model

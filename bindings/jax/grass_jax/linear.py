@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from . import ops
+from . import _lib, ops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +48,7 @@ class LayerConfig:
     side: str            # "rows" or "cols", resolved
     d: int               # projected dimension
     k: int               # kept dimension: g, M and V are rank x k
-    rank: int
+    rank: int            # r of this weight (resolved: the rank rule's when none was given)
     method: str = "multinomial_nr"
     power: int = 2
     scaling: str = "unbiased"
@@ -75,10 +75,13 @@ class LayerConfig:
         return (self.m, self.n) if self.layout == "out_in" else (self.n, self.m)
 
     @staticmethod
-    def make(m, n, rank, side="auto", **kw):
-        """The config of an m x n weight; `rank` is capped at the projected dimension d."""
+    def make(m, n, rank=None, side="auto", **kw):
+        """The config of an m x n weight; `rank` is capped at the projected dimension d.
+        rank None is the library's rank rule for d (`_lib.default_rank(d)`: d/4 rounded to
+        the nearest multiple of 8, at least 8, at most d)."""
         side, d, k = ops.resolve_side(m, n, side)
-        return LayerConfig(m=m, n=n, side=side, d=d, k=k, rank=min(int(rank), d), **kw)
+        r = _lib.default_rank(d) if rank is None else min(int(rank), d)
+        return LayerConfig(m=m, n=n, side=side, d=d, k=k, rank=r, **kw)
 
     @property
     def slices(self) -> int:

@@ -2,6 +2,9 @@
 
     python -m grass_jax.memory --model llama-7b|llama-13b|FILE.json [--rank R] [--device cpu|cuda]
 
+From Python: `plan(model)`, or `plan(model_of(opt, params))` for a grass_adamw and its params
+(each GRASS weight at the rank it gets, the rank rule's when rank=None).
+
 The numbers come from libgrass's `grass_memory_plan` (the same sizes its handles allocate), so
 they hold for a C/C++ training loop on one context; a JAX step keeps the same states in its
 pytree and lets XLA place the op workspaces.
@@ -14,7 +17,8 @@ Model file (JSON; every key but "matrices" is optional):
       "act_dtype": "bf16",       dtype of X and dY: "f32" | "bf16" | "f16"
       "w_dtype": "bf16",         default dtype of the weights
       "state_dtype": "f32",      dtype of the optimizer states M and V: "f32" | "bf16"
-      "rank": 1024,              default r of the projected matrices
+      "rank": 1024,              default r of the projected matrices; absent or null: the
+                                 rank rule (grass_default_rank of each matrix's d)
       "side": "auto",            default projected side: "rows" | "cols" | "auto"
       "matrices": [              weights trained with GRASS (GaLore projects the same ones)
         {"name": "attn", "m": 4096, "n": 4096, "count": 128,
@@ -46,6 +50,9 @@ import argparse
 import ctypes
 import json
 import sys
+
+import jax.numpy as jnp
+import numpy as np
 
 from . import _lib
 
@@ -138,7 +145,7 @@ def layers_of(model, rank=None):
     w_default = model.get("w_dtype", "bf16")
     _choice("w_dtype", w_default, DTYPES)
     state = _choice("state_dtype", model.get("state_dtype", "f32"), STATE_DTYPES)
-    rank_default = rank if rank is not None else model.get("rank", 1024)
+    rank_default = rank if rank is not None else model.get("rank")
     side_default = model.get("side", "auto")
     _choice("side", side_default, _lib.SIDES)
     matrices, dense = model.get("matrices"), model.get("dense", [])
@@ -153,10 +160,13 @@ def layers_of(model, rank=None):
         for key in ("m", "n"):
             if key not in mat:
                 raise ModelError(f"{w} needs {key!r}")
+        m, n = _int(f"{w}.m", mat["m"]), _int(f"{w}.n", mat["n"])
+        side = _choice(f"{w}.side", mat.get("side", side_default), _lib.SIDES)
         r = mat.get("rank", rank_default) if rank is None else rank
+        if r is None:  # the rank rule, as grass_adamw(rank=None) and the C handles apply it
+            r = _lib.default_rank(_lib.resolve_side(m, n, side)[1])
         out.append(MemoryLayer(
-            ctypes.sizeof(MemoryLayer), _int(f"{w}.m", mat["m"]), _int(f"{w}.n", mat["n"]),
-            _int(f"{w}.rank", r), _choice(f"{w}.side", mat.get("side", side_default), _lib.SIDES),
+            ctypes.sizeof(MemoryLayer), m, n, _int(f"{w}.rank", r), side,
             _choice(f"{w}.w_dtype", mat.get("w_dtype", w_default), DTYPES), act,
             _int(f"{w}.count", mat.get("count", 1), 0)))
     for i, par in enumerate(dense):
@@ -185,6 +195,38 @@ def plan(model, rank=None, device="cpu"):
     _lib.check(lib.grass_memory_plan(ctx, ctypes.byref(cfg), layers, len(layers), max_tokens,
                                      ctypes.byref(rep)), "grass_memory_plan")
     return {f: getattr(rep, f) for f in _REPORT_FIELDS}
+
+
+def model_of(opt, params, max_tokens=8192, act_dtype="bf16"):
+    """The model dict (as `plan` takes) of a grass_adamw and its params: one matrix per GRASS
+    weight at the rank, side and slice count it gets (`opt.layer_configs`), one dense entry
+    per other leaf, the weights' dtypes and opt.state_dtype. The dense states count as grass's
+    own AdamW (dense=None); another optax `dense` holds what it holds."""
+    names = {jnp.dtype(jnp.float32): "f32", jnp.dtype(jnp.bfloat16): "bf16",
+             jnp.dtype(jnp.float16): "f16"}
+
+    def w_dtype(leaf, where):
+        dt = jnp.dtype(jnp.result_type(leaf))
+        if dt not in names:
+            raise ModelError(f"{where}: dtype {dt} is not one the plan knows (f32, bf16, f16)")
+        return names[dt]
+
+    leaves, treedef, configs = opt.layer_configs(params)
+    state = {jnp.dtype(jnp.float32): "f32", jnp.dtype(jnp.bfloat16): "bf16"}[
+        jnp.dtype(opt.state_dtype)]
+    matrices, dense = [], []
+    for leaf, c in zip(leaves, configs):
+        if c is None:
+            dense.append({"numel": int(np.prod(jnp.shape(leaf), dtype=np.int64)),
+                          "w_dtype": w_dtype(leaf, "a dense leaf")})
+        else:
+            matrices.append({"name": c.name, "m": c.m, "n": c.n, "rank": c.rank,
+                             "side": c.side, "count": c.slices,
+                             "w_dtype": w_dtype(leaf, f"GRASS leaf {c.name}")})
+    if not matrices:
+        raise ModelError("the optimizer has no GRASS weight in these params (grass_mask)")
+    return {"max_tokens": int(max_tokens), "act_dtype": act_dtype, "state_dtype": state,
+            "matrices": matrices, "dense": dense}
 
 
 def table(rep):

@@ -273,11 +273,15 @@ class grass_adamw:
     grass_mask      params-shaped tree of bools, or `fn(path, leaf) -> bool`; each selected
                     leaf is an (m, n) weight used through `grass_linear`, or a stack of them
                     (*layers, m, n) for `lax.scan`: each layer slice is projected on its own
-    rank            r >= 1, at most the projected dimension d of every GRASS weight (n, the
-                    input features, for the default side "cols"; m for "rows"; max(m, n)
-                    for "auto"): init refuses a larger one, naming the weight. With
-                    cap_rank=True a weight with d < rank uses r = d instead (opt.rank is then
-                    the largest rank; `opt.layer_ranks(params)` gives each weight's)
+    rank            None (the default): each GRASS weight gets the library's rank rule on
+                    its projected dimension d (n, the input features, for the default side
+                    "cols"; m for "rows"; max(m, n) for "auto"): r = d/4 rounded to the
+                    nearest multiple of 8, at least 8, at most d (`_lib.default_rank(d)`,
+                    grass_default_rank in C), so weights of different d get different ranks.
+                    An int r >= 1: every GRASS weight uses r, which must be at most its d:
+                    init refuses a larger one, naming the weight; with cap_rank=True a weight
+                    with d < rank uses r = d instead. opt.rank is the rank as given (None for
+                    the rule); `opt.layer_ranks(params)` gives each weight's resolved rank.
     refresh_every   K >= 1
     method, power, scaling, side, seed: the row selection (see grass.h). The defaults
                     (uniform_nr, scaling none, side cols, alpha 0.25) are the configuration
@@ -334,8 +338,8 @@ class grass_adamw:
     """
 
     # The defaults are the library's (grass_projection_config_init / grass_adamw_config_init:
-    # one set, kept in the Rust core); rank stays 256 here until rank=None (the library's rank
-    # rule, _lib.default_rank) is wired through layer_configs and the consistency fingerprint.
+    # one set, kept in the Rust core); the library's default rank, 0, is the rank rule: None
+    # here, resolved per weight in layer_configs.
 
     # Every option but the learning rate: optax.inject_hyperparams(grass_adamw,
     # static_args=grass_adamw.STATIC_ARGS) keeps them static.
@@ -345,7 +349,7 @@ class grass_adamw:
                    "dp_chunk_elems", "shard_state", "max_grad_norm", "cap_rank", "layout",
                    "stacked")
 
-    def __init__(self, learning_rate: Union[float, Callable], *, grass_mask, rank=256,
+    def __init__(self, learning_rate: Union[float, Callable], *, grass_mask, rank=_DEFAULTS["rank"],
                  refresh_every=_DEFAULTS["refresh_every"], method=_DEFAULTS["method"],
                  power=_DEFAULTS["power"], scaling=_DEFAULTS["scaling"], side=_DEFAULTS["side"],
                  seed=_DEFAULTS["seed"], b1=_DEFAULTS["b1"], b2=_DEFAULTS["b2"],
@@ -362,7 +366,8 @@ class grass_adamw:
         if grass_mask is None:
             raise ValueError("grass_adamw: grass_mask is required: a params-shaped tree of bools "
                              "or fn(path, leaf) -> bool selecting the GRASS weights")
-        self.rank = _count(rank, "rank (the number of selected rows per weight)")
+        self.rank = None if rank is None else \
+            _count(rank, "rank (the number of selected rows per weight; None: the rank rule)")
         self.refresh_every = _count(refresh_every, "refresh_every")
         method = _choice(method, _lib.METHODS, "method")
         scaling = _choice(scaling, _lib.SCALINGS, "scaling")
@@ -509,7 +514,7 @@ class grass_adamw:
                 m, n, self.rank, self.side, layer_id=layer_id, axis_name=self.axis_name,
                 dp_scores=self.dp_scores, dp_chunk_elems=self.dp_chunk_elems,
                 stack=shape[:-2], layout=layout, name=name, **self.selection)
-            if c.rank < self.rank and not self.cap_rank:
+            if self.rank is not None and c.rank < self.rank and not self.cap_rank:
                 what = "rows" if c.side == "rows" else "columns"
                 raise ValueError(
                     f"GRASS leaf {name} ({m} x {n}{' as (out, in)' if layout == 'in_out' else ''}, "

@@ -163,6 +163,77 @@ def test_rank_above_the_projected_dimension():
     assert ok.layer_ranks(params)["down"] == 48
 
 
+# -- the rank rule (rank=None, the default) ---------------------------------------------------
+
+# (m, n) weights used as y = x @ w.T, side "cols": d = n = 96, 40, 6, 200, 72 gives the rule's
+# 24, 8 (10 rounds to 8), 6 (at most d), 48, 16 (18 rounds to 16).
+RULE_SHAPES = {"a": (40, 96), "b": (16, 40), "c": (24, 6), "e": (8, 200), "f": (12, 72)}
+
+
+def rule_problem(key):
+    ks = jax.random.split(key, 3 * len(RULE_SHAPES))
+    params, xs, ts = {}, {}, {}
+    for i, (name, (m, n)) in enumerate(RULE_SHAPES.items()):
+        params[name] = jax.random.normal(ks[3 * i], (m, n)) / np.sqrt(n)
+        xs[name] = jax.random.normal(ks[3 * i + 1], (32, n))
+        ts[name] = jax.random.normal(ks[3 * i + 2], (32, m))
+    params["bias"] = jax.random.normal(ks[0], (7,))
+    return params, xs, ts
+
+
+def rule_loss(params, proj, xs, ts):
+    out = sum(jnp.mean((gj.grass_linear(xs[k], params[k], proj[k]) - ts[k]) ** 2)
+              for k in RULE_SHAPES)
+    return out + jnp.sum(params["bias"] ** 2)
+
+
+def test_default_rank_is_the_library_rule_per_weight():
+    from grass_jax import _lib, consistency
+    params, xs, ts = rule_problem(jax.random.PRNGKey(11))
+    mask = {k: k != "bias" for k in params}
+    opt = gj.grass_adamw(1e-2, grass_mask=mask)
+    assert opt.rank is None  # the rule; each weight's rank is in layer_ranks
+    ranks = opt.layer_ranks(params)
+    want = {k: _lib.default_rank(n) for k, (_, n) in RULE_SHAPES.items()}
+    assert want == {"a": 24, "b": 8, "c": 6, "e": 48, "f": 16}  # the documented rule
+    assert ranks == {**want, "bias": None}
+    state = opt.init(params)
+    for k, (m, n) in RULE_SHAPES.items():
+        assert state.layers[k].m.shape == (want[k], m)  # r x k, k = m for side cols
+        assert state.layers[k].indices.shape == (want[k],)
+
+    @jax.jit
+    def step(params, state):
+        proj = opt.projections(params, state)
+        loss, grads = opt.value_and_grad(rule_loss)(params, proj, xs, ts)
+        params, state = opt.step(params, grads, state)
+        return params, state, loss
+
+    p, st, first = step(params, state)
+    for k in RULE_SHAPES:  # only the selected columns of each weight moved
+        moved = np.flatnonzero(np.any(np.asarray(p[k]) != np.asarray(params[k]), axis=0))
+        assert set(moved.tolist()) <= set(np.asarray(st.layers[k].indices).tolist())
+        assert 0 < len(moved) <= want[k]
+    for _ in range(5):
+        p, st, loss = step(p, st)
+    assert float(loss) < float(first)
+    # The fingerprint holds each weight's resolved rank; rank None is -1 in its field.
+    fp = consistency.fingerprint(opt, params)
+    assert fp[consistency.FIELDS.index("rank")] == -1
+    fixed = gj.grass_adamw(1e-2, grass_mask=mask, rank=6)
+    assert fixed.layer_ranks(params)["a"] == 6
+    assert consistency.fingerprint(fixed, params)[1] != fp[1]
+
+
+def test_explicit_rank_none_and_bad_ranks():
+    params, _, _ = rule_problem(jax.random.PRNGKey(12))
+    mask = {k: k != "bias" for k in params}
+    assert gj.grass_adamw(1e-2, grass_mask=mask, rank=None).layer_ranks(params)["e"] == 48
+    for bad in (0, -8, 2.5, "auto", True):
+        with pytest.raises(ValueError, match=r"rank \(the number of selected rows"):
+            gj.grass_adamw(1e-2, grass_mask=mask, rank=bad)
+
+
 # -- gradient clipping by global norm ---------------------------------------------------------
 
 def test_global_norm_covers_compressed_and_dense_gradients():

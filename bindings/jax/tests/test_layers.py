@@ -193,3 +193,111 @@ def test_nn_scan_stack_is_declared_and_trains_per_slice():
     np.testing.assert_array_equal(idx, sb.layers["layers"]["GrassDense_0"]["kernel"].indices)
     assert_close(a["layers"]["GrassDense_0"]["kernel"], b["layers"]["GrassDense_0"]["kernel"],
                  scale=1.0, what="stacked kernel")
+
+
+class Wide(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = nn.gelu(gl.GrassDense(64)(x))  # GrassDense_0
+        return gl.GrassDense(8)(h)
+
+
+def test_flax_layers_default_to_the_rank_rule():
+    """flax_options() without a rank: each kernel gets the library's rule on its input features
+    (linen GrassDense 96 -> 64 and 64 -> 8; nnx GrassLinear 200 -> 8), and trains."""
+    from grass_jax import _lib
+    x = jax.random.normal(jax.random.PRNGKey(5), (32, 96))
+    y = jax.random.normal(jax.random.PRNGKey(6), (32, 8))
+    model = Wide()
+    params = model.init(jax.random.PRNGKey(7), x)["params"]
+    opt = gj.grass_adamw(1e-2, **gl.flax_options(refresh_every=3))
+    ranks = opt.layer_ranks(params)
+    assert ranks["GrassDense_0"]["kernel"] == _lib.default_rank(96) == 24
+    assert ranks["GrassDense_1"]["kernel"] == _lib.default_rank(64) == 16
+    assert ranks["GrassDense_0"]["bias"] is None
+
+    def loss(params, proj):
+        return jnp.mean((model.apply({"params": params, "grass": proj}, x) - y) ** 2)
+
+    @jax.jit
+    def step(params, state):
+        value, grads = opt.value_and_grad(loss)(params, opt.projections(params, state))
+        params, state = opt.step(params, grads, state)
+        return params, state, value
+
+    p, s = params, opt.init(params)
+    losses = []
+    for _ in range(6):
+        p, s, value = step(p, s)
+        losses.append(float(value))
+    assert losses[-1] < losses[0]
+    assert s.layers["GrassDense_0"]["kernel"].m.shape == (24, 64)
+
+    lin = gl.GrassLinear(200, 8, rngs=nnx.Rngs(1))
+    tx = gj.grass_adamw(1e-2, **gl.flax_options())
+    optimizer = nnx.Optimizer(lin, tx, wrt=nnx.Param)
+    assert tx.layer_ranks(nnx.as_pure(nnx.state(lin, nnx.Param)))["kernel"] == 48
+    xs = jax.random.normal(jax.random.PRNGKey(8), (16, 200))
+
+    @nnx.jit
+    def nnx_step(model, optimizer):
+        value, grads = nnx.value_and_grad(lambda m: jnp.mean((m(xs) - 1.0) ** 2))(model)
+        optimizer.update(model, grads)
+        return value
+
+    nnx_losses = [float(nnx_step(lin, optimizer)) for _ in range(4)]
+    assert nnx_losses[-1] < nnx_losses[0]
+
+
+class NnxMLP(nnx.Module):
+    def __init__(self, rngs):
+        self.up = gl.GrassLinear(24, 40, rngs=rngs)
+        self.down = gl.GrassLinear(40, 8, rngs=rngs)
+
+    def __call__(self, x, proj=None):
+        if proj is None:
+            return self.down(nnx.gelu(self.up(x)))
+        return self.down(nnx.gelu(self.up(x, proj["up"]["kernel"])), proj["down"]["kernel"])
+
+
+def test_nnx_merge_attaches_projections_as_threading_them_by_hand():
+    """gl.merge puts each GrassLinear's projection in the merged model: the compressed path
+    needs nothing threaded through __call__, and gives what passing them by hand gives, bit for
+    bit; a projections tree of other params is refused, naming the layer."""
+    model = NnxMLP(nnx.Rngs(2))
+    graphdef, params = nnx.split(model, nnx.Param)
+    params = nnx.as_pure(params)
+    opt = gj.grass_adamw(1e-2, **gl.flax_options(**KW))
+    kx, ky = jax.random.split(jax.random.PRNGKey(9))
+    x, y = jax.random.normal(kx, (32, 24)), jax.random.normal(ky, (32, 8))
+
+    def attached(params, proj):
+        return jnp.mean((gl.merge(graphdef, params, proj)(x) - y) ** 2)
+
+    def by_hand(params, proj):
+        return jnp.mean((nnx.merge(graphdef, params)(x, proj) - y) ** 2)
+
+    def run(loss):
+        @jax.jit
+        def step(params, state):
+            value, grads = opt.value_and_grad(loss)(params, opt.projections(params, state))
+            params, state = opt.step(params, grads, state)
+            return params, state, value
+
+        p, s, values = params, opt.init(params), []
+        for _ in range(5):
+            p, s, value = step(p, s)
+            values.append(float(value))
+        return p, values
+
+    pa, la = run(attached)
+    pb, lb = run(by_hand)
+    assert la == lb and la[-1] < la[0]
+    for a, b in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(pa["up"]["kernel"], params["up"]["kernel"])
+    assert "grass_projection" not in nnx.state(model)  # the module itself is unchanged
+    with pytest.raises(ValueError, match=r"GrassLinear up has no entry in the projections"):
+        gl.merge(graphdef, params, {"down": {"kernel": None}})
+    with pytest.raises(ValueError, match=r"projection of GrassLinear down must be a Projection"):
+        gl.merge(graphdef, params, {"up": {"kernel": None}, "down": {"kernel": 1.0}})

@@ -89,3 +89,54 @@ def test_missing_file_is_one_clear_line(tmp_path):
     p = run("--model", str(tmp_path / "absent.json"))
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and "cannot read it" in p.stderr
+
+
+def test_rank_rule_is_the_default_of_a_model_file():
+    """A matrix with no rank anywhere gets the rank rule of its d, as grass_adamw(rank=None)."""
+    from grass_jax import _lib
+    base = {"max_tokens": 64, "matrices": [{"m": 64, "n": 200, "side": "cols"}]}
+    rule = memory.plan(base)
+    explicit = memory.plan({**base, "rank": _lib.default_rank(200)})
+    assert _lib.default_rank(200) == 48
+    assert rule == explicit
+    assert memory.plan({**base, "rank": 8})["grass_state_bytes"] < rule["grass_state_bytes"]
+
+
+@pytest.mark.parametrize("state_dtype", ["float32", "bfloat16"])
+def test_optimizer_state_bytes_match_the_planner(state_dtype):
+    """model_of(opt, params): the planner's grass state bytes are what init allocates (M, V and
+    the step counters of each GRASS weight at its own rule rank; M, V and two counters of each
+    dense leaf), counted at the planner's 8-byte granularity on a CPU context."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import grass_jax as gj
+
+    ks = jax.random.split(jax.random.PRNGKey(0), 6)
+    params = {"a": jax.random.normal(ks[0], (40, 96)), "b": jax.random.normal(ks[1], (16, 40)),
+              "c": jax.random.normal(ks[2], (24, 6)),
+              "stack": jax.random.normal(ks[3], (3, 8, 200)),
+              "embed": jax.random.normal(ks[4], (50, 12)), "gain": jax.random.normal(ks[5], (12,))}
+    opt = gj.grass_adamw(1e-3, grass_mask=lambda path, leaf: leaf.ndim >= 2 and
+                         path[0].key != "embed", stacked=lambda path, leaf: leaf.ndim - 2 if
+                         leaf.ndim > 2 else 0, state_dtype=jnp.dtype(state_dtype))
+    model = memory.model_of(opt, params, max_tokens=32, act_dtype="f32")
+    assert {m["name"]: (m["rank"], m["count"]) for m in model["matrices"]} == {
+        "['a']": (24, 1), "['b']": (8, 1), "['c']": (6, 1), "['stack']": (48, 3)}
+    state = opt.init(params)
+    held = lambda b: -(-int(b) // 8) * 8  # noqa: E731  (a CPU context's allocation unit)
+    want = 0
+    for ls in jax.tree_util.tree_leaves(state.layers, is_leaf=lambda x: hasattr(x, "row_steps")):
+        if not hasattr(ls, "row_steps"):
+            continue
+        slices = int(np.prod(ls.skipped.shape, dtype=np.int64)) if ls.skipped.shape else 1
+        counters = (ls.row_steps.nbytes + ls.skipped.nbytes) // slices  # i32[1 + r] per slice
+        want += slices * (held(ls.m.nbytes // slices) * 2 + held(counters))
+    dense = [ds for ds in jax.tree_util.tree_leaves(
+        state.dense, is_leaf=lambda x: isinstance(x, gj.DenseAdamWState))
+        if isinstance(ds, gj.DenseAdamWState)]
+    assert len(dense) == 2
+    for ds in dense:
+        want += held(ds.m.nbytes) + held(ds.v.nbytes) + held(ds.step.nbytes + ds.skipped.nbytes)
+    assert memory.plan(model)["grass_state_bytes"] == want

@@ -139,7 +139,8 @@ def is_grass(path, leaf):
 
 
 def grass_step(a):
-    opt = gj.grass_adamw(1e-4, grass_mask=is_grass, rank=a.rank, refresh_every=200)
+    # the GRASS weights are the blocks' (layers, m, n) stacks
+    opt = gj.grass_adamw(1e-4, grass_mask=is_grass, rank=a.rank, refresh_every=200, stacked=1)
     loss = loss_of(a, grass_linear)
 
     def step(params, state, tokens):

@@ -44,9 +44,11 @@
 # carried libgrass.so, into $GPU_ALL_WORK/py); the JAX steps use that build when it succeeded,
 # else the carried one, and the summary says which.
 #
-# GRASS_HOST_CUDA=1 with GPU_ALL_DRY=1 (once the host stand-in for the CUDA driver exists,
-# tests/host_cuda): rust_cuda and ctest_cuda run their GPU forms against the stand-in instead
-# of listing the tests and running test_cuda_on_host.
+# GRASS_HOST_CUDA=1 with GPU_ALL_DRY=1 (the host stand-in for the CUDA driver and cuBLAS,
+# tests/host_cuda, built by `make -C tests/host_cuda`): rust_cuda, ctest_cuda and ctest_asan run
+# their GPU forms against the stand-in instead of listing the tests and running
+# test_cuda_on_host. scripts/test.sh (CI) runs it so, after gpu_prepare.sh. RUST_CUDA_FILTER
+# narrows rust_cuda's tests (default: all).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -275,6 +277,9 @@ wait_rc() { # wait for a background build's status file; print the status
     cat "$1"
 }
 
+# RUST_CUDA_FILTER (default: every test) narrows rust_cuda to the tests it names, as in CI's
+# dry run, where scripts/test.sh has just run all of them on the host stand-in.
+export RUST_CUDA_FILTER=${RUST_CUDA_FILTER-}
 rust_cuda() {
     if [ "$DRY" = 1 ] && [ "$HOST_CUDA" != 1 ]; then
         # no GPU here: the binary loads and lists its tests
@@ -282,7 +287,13 @@ rust_cuda() {
         [ "$(grep -c ': test$' "$WORK/cuda.list")" -gt 0 ]
         return
     fi
-    .carry/bin/cuda --test-threads=1 --include-ignored
+    local n
+    # shellcheck disable=SC2086
+    n=$(.carry/bin/cuda --list --include-ignored $RUST_CUDA_FILTER | grep -c ': test$')
+    echo "$n tests match '${RUST_CUDA_FILTER:-every test}'"
+    [ "$n" -gt 0 ] || { echo "the test filter matches no test"; return 1; }
+    # shellcheck disable=SC2086
+    .carry/bin/cuda --test-threads=1 --include-ignored $RUST_CUDA_FILTER
 }
 
 ctest_in() { # build-dir rc-file log: waits for the build, then runs test_cuda (or its host form)

@@ -98,3 +98,21 @@ python -m pytest -q -rs bindings/jax/tests | one_line_per_skip_reason
 
 echo "== README and docs snippets"
 python scripts/check_snippets.py
+
+# The GPU machine's one command rehearsed end to end (scripts/gpu_all.sh, docs/cuda.md): the
+# carry built by gpu_prepare.sh from the release build above, then every part in its dry-run
+# form, rust_cuda and ctest_cuda on the host stand-in built above. Nothing runs twice:
+# rust_cuda runs only sparse_grad:: (all of tests/cuda ran on the stand-in above), and the
+# optional ctest_asan (test_cuda under ASan on the stand-in) is left out, being ctest's
+# test_cuda_host_stand_in again. A dry run that ends FAILED fails the suite.
+echo "== dry run of scripts/gpu_all.sh on the host stand-in (GPU_ALL_DRY=1 GRASS_HOST_CUDA=1)"
+scripts/gpu_prepare.sh
+dry=$PWD/build/gpu-dry
+rm -rf "$dry"
+steps="rust_cuda ctest_cuda torch_tests jax_ops bench_layer jax_memory memory_13b"
+steps="$steps racecheck synccheck memcheck jax_train"
+if ! OUT=$dry/out GPU_ALL_LOGS=$dry/logs GPU_ALL_WORK=$dry/work GPU_ALL_DRY=1 GRASS_HOST_CUDA=1 \
+    RUST_CUDA_FILTER=sparse_grad:: GPU_ALL_ONLY=$steps bash scripts/gpu_all.sh; then
+    echo "the dry run of scripts/gpu_all.sh ended FAILED: $dry/out/summary.md; every log in $dry/out/logs.tgz" >&2
+    exit 1
+fi

@@ -85,7 +85,8 @@ fn a_captured_step_replays_like_eager_steps() {
     );
     assert_ne!(wg.bytes(), as_bytes(&w0), "the replays must have changed W");
     // Every row's device step count advanced once per replay (the blob's counters, the last
-    // outcome and then r step counts, follow its 16-field header).
+    // outcome and then r step counts, follow its header: 17 u64 fields in format 3,
+    // src/handles/checkpoint.rs).
     let (mut be, mut bg) = (0, 0);
     ok(unsafe { grass_optimizer_state_size(eager.0, &mut be) });
     ok(unsafe { grass_optimizer_state_size(graphed.0, &mut bg) });
@@ -94,7 +95,8 @@ fn a_captured_step_replays_like_eager_steps() {
     ok(unsafe {
         grass_optimizer_export_state(graphed.0, eg.as_mut_ptr().cast(), bg, stream.raw())
     });
-    let counters = |blob: &[u8]| from_bytes::<i32>(&blob[128..128 + 4 * (1 + r)]);
+    const HEADER_BYTES: usize = 17 * 8;
+    let counters = |blob: &[u8]| from_bytes::<i32>(&blob[HEADER_BYTES..HEADER_BYTES + 4 * (1 + r)]);
     assert_eq!(counters(&eg), counters(&ee));
     let want: Vec<i32> = std::iter::once(GRASS_STEP_APPLIED)
         .chain(std::iter::repeat_n(replays + 1, r))

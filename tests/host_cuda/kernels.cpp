@@ -202,6 +202,7 @@ const host_cuda::KernelInfo kKernels[] = {
     info("decay_all", &decay_all, host_cuda::kMaxThreads),
     info("sparse_adamw_step", &sparse_adamw_step, host_cuda::kMaxThreads),
     info("adamw_step", &adamw_step, host_cuda::kMaxThreads),
+    info("sq_norm", &sq_norm, host_cuda::kMaxThreads),
     info("carry_rows", &carry_rows, CARRY_THREADS),
 };
 

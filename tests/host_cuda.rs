@@ -249,8 +249,12 @@ fn host_code_reading_device_memory_faults() {
 
 #[test]
 fn work_on_another_stream_without_a_wait_has_not_happened() {
-    let Some(out) = in_child(
+    // Lazy order: waiting for b runs only b's work and what it waits for. (The default order
+    // interleaves the streams' ready work, so whether a's fill ran first would depend on the
+    // order the streams take turns in.)
+    let Some(out) = in_child_with(
         "work_on_another_stream_without_a_wait_has_not_happened",
+        &[("GRASS_HOST_CUDA_ORDER", "lazy")],
         || {
             let _g = gpu("stand-in");
             let (a, b) = (Stream::new(), Stream::new());

@@ -43,6 +43,10 @@ class UsageError(Exception):
 PRESETS = {
     "cpu": dict(d_model=128, layers=4, heads=4, ffn=352, seq_len=64, batch=16, steps=300,
                 warmup=30, eval_every=50, eval_batches=8, rank=32, memory=False),
+    # The cpu preset's model on 20x its tokens (1500 x 32 x 128 bytes): where the optimizers'
+    # gaps open. About 10-25 minutes per optimizer on two CPU cores.
+    "long": dict(d_model=128, layers=4, heads=4, ffn=352, seq_len=128, batch=32, steps=1500,
+                 warmup=150, eval_every=150, eval_batches=16, rank=32, memory=False),
     "gpu-small": dict(d_model=512, layers=8, heads=8, ffn=1408, seq_len=512, batch=32,
                       steps=2000, warmup=200, eval_every=200, eval_batches=32, rank=128,
                       memory=True),
@@ -195,7 +199,9 @@ def build_parser():
                         ("eval-every", "steps between validation losses"),
                         ("eval-batches", "validation batches")):
         m.add_argument(f"--{name}", type=_positive_int, help=help_)
-    m.add_argument("--warmup", type=_nonneg_int, help="linear warm-up steps")
+    m.add_argument("--warmup", type=_nonneg_int,
+                   help="linear warm-up steps (default: the preset's, a tenth of its steps; "
+                        "with --steps, a tenth of those)")
     o = p.add_argument_group("optimization (every optimizer)")
     o.add_argument("--lr", type=_float(0, True),
                    help=f"learning rate of every optimizer (default: each its own: "
@@ -257,6 +263,11 @@ def make_config(given: dict, base: Config = None) -> Config:
         cfg = Config(preset=preset, **_grass_defaults())
         for k, v in PRESETS[preset].items():
             setattr(cfg, k, v)
+        if "steps" in given and "warmup" not in given:
+            # The preset's warm-up is a share of its steps (a tenth): kept as a share, so a
+            # short run (--steps 10) warms up for one step instead of refusing to start.
+            share = PRESETS[preset]["warmup"] / PRESETS[preset]["steps"]
+            cfg.warmup = min(int(round(share * given["steps"])), given["steps"] - 1)
     else:
         cfg = dataclasses.replace(base, lr=dict(base.lr))
     for k, v in given.items():
@@ -589,8 +600,9 @@ def _bytes(n):
     return f"{n} B"
 
 
-def table(results, memory=False):
-    """Markdown table, one row per optimizer."""
+def table(results, memory=False, steps=None):
+    """Markdown table, one row per optimizer. A run that stopped before `steps` (the
+    schedule's length) says so in its val loss: its numbers are partial."""
     head = ["optimizer", "lr", "val loss", "bits/byte", "train loss", "optimizer state",
             "W-grad held", "tokens/s", "wall s"]
     if memory:
@@ -599,6 +611,8 @@ def table(results, memory=False):
     for r in results:
         val = f"{r['final_val_loss']:.4f}" if r["diverged_at"] is None else \
             f"diverged at {r['diverged_at']}"
+        if steps is not None and r["diverged_at"] is None and r["steps"] < steps:
+            val += f" (partial: step {r['steps']} of {steps})"
         name = r["optimizer"] + (f" r={r['rank']}" if r["rank"] else "")
         row = [name, f"{r['lr']:g}", val, f"{r['bits_per_byte']:.4f}",
                f"{r['train_loss']:.4f}", _bytes(r["state_bytes"]),
@@ -639,11 +653,19 @@ def plot(results, path: Path, title):
 
 # -- driver ----------------------------------------------------------------------------------
 
-def _writable_folder(path, what):
-    """Creates `path` if needed and checks that files can be written into it."""
+def _writable_folder(path, what, created):
+    """Creates `path` if needed and checks that files can be written into it. The folders it
+    makes are appended to `created` (deepest first), so that a run that fails before writing
+    anything can take them away again."""
     p = Path(path)
+    new = []
+    q = p.absolute()
+    while not q.exists() and q != q.parent:
+        new.append(q)
+        q = q.parent
     try:
         p.mkdir(parents=True, exist_ok=True)
+        created.extend(new)
         probe = tempfile.NamedTemporaryFile(dir=p, prefix=".write-test-", delete=True)
         probe.close()
     except OSError as e:
@@ -661,6 +683,9 @@ def _resume_config(folder: Path, given: dict) -> Config:
         raise UsageError(f"--resume {folder}: cannot read config.json ({e})")
     saved["optimizers"] = tuple(saved["optimizers"])
     base = Config(**saved)
+    if not any((folder / n / "progress.json").exists() for n in base.optimizers):
+        raise UsageError(f"--resume {folder}: no checkpoint there (the run stopped before "
+                         f"its first save): start it again with --save instead")
     cfg = make_config(given, base)
     for f in TRAINING_FIELDS:
         if getattr(cfg, f) != getattr(base, f):
@@ -691,6 +716,35 @@ def main(argv=None):
 
 
 def _main(argv):
+    created = []
+    try:
+        return _run(argv, created)
+    except BaseException:
+        # Nothing half-written: the folders this run made go again if they are still empty.
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def _check_text(corpus, cfg: Config):
+    """Refuses a --seq-len (or --batch / --eval-batches) that the text cannot fill."""
+    if cfg.seq_len + 1 >= corpus.train.size:
+        raise UsageError(f"--seq-len {cfg.seq_len} is longer than the training text "
+                         f"({corpus.train.size:,} bytes)")
+    n = cfg.eval_batches * cfg.batch
+    if corpus.valid.size - cfg.seq_len - 1 < n:
+        most = corpus.valid.size - n - 1
+        raise UsageError(
+            f"--seq-len {cfg.seq_len}: the validation text ({corpus.valid.size:,} bytes) is "
+            f"too short for --eval-batches {cfg.eval_batches} x --batch {cfg.batch} windows "
+            f"of {cfg.seq_len + 1} bytes"
+            + (f" (use --seq-len <= {most})" if most > 0 else ""))
+
+
+def _run(argv, created):
     parser = build_parser()
     given = vars(parser.parse_args(argv))
     run_only = {"out", "save", "save_every", "resume", "stop_at", "no_progress", "traceback"}
@@ -722,12 +776,13 @@ def _main(argv):
     from .data import load_corpus, valid_batches
     from .model import init_params
 
+    corpus = load_corpus()
+    _check_text(corpus, cfg)
     params0 = init_params(cfg.model(), jax.random.PRNGKey(cfg.seed))
     check_ranks(cfg, params0)
-    out = _writable_folder(given.get("out", "grass_train_out"), "--out")
+    out = _writable_folder(given.get("out", "grass_train_out"), "--out", created)
     save = given.get("save") or (str(resume) if resume is not None else None)
-    save_dir = _writable_folder(save, "--save") if save else None
-    corpus = load_corpus()
+    save_dir = _writable_folder(save, "--save", created) if save else None
     valid = [jax.numpy.asarray(b) for b in
              valid_batches(corpus, cfg.eval_batches, cfg.batch, cfg.seq_len)]
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params0))
@@ -763,16 +818,21 @@ def _main(argv):
         results.append(res)
         del run
 
-    text = table(results, memory)
-    print()
-    print(text)
+    text = table(results, memory, cfg.steps)
     title = (f"{n_params / 1e6:.2f}M-parameter byte LM on the Python standard library, "
              f"{cfg.steps} steps of {cfg.batch}x{cfg.seq_len} bytes")
+    partial = any(r["steps"] < cfg.steps and r["diverged_at"] is None for r in results)
+    if partial:
+        title += f" (PARTIAL: stopped at step {stop} of {cfg.steps})"
+    print()
+    if partial:
+        print(f"partial results: stopped at step {stop} of {cfg.steps} (--resume continues)")
+    print(text)
     summary = {"config": dataclasses.asdict(cfg), "parameters": n_params,
                "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
                "data": {"root": corpus.root, "train_bytes": int(corpus.train.size),
                         "valid_bytes": int(corpus.valid.size)},
-               "stopped_at": stop, "results": results}
+               "stopped_at": stop, "partial": partial, "results": results}
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     (out / "results.md").write_text(title + "\n\n" + text + "\n")
     plot(results, out / "curves.png", title)

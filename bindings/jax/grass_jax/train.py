@@ -31,6 +31,9 @@ import numpy as np
 
 PROG = "python -m grass_jax.train"
 OPTIMIZERS = ("grass", "adamw", "galore")
+# Opt-in only (not in the default comparison): grass_jax.research's jnp twin of grass on full
+# gradients, with the research options (residual updates, per-layer rank).
+RESEARCH = ("grass_ref",)
 
 
 class UsageError(Exception):
@@ -114,6 +117,10 @@ class Config:
     galore_rank: int = 0          # 0: match grass's optimizer-state bytes
     galore_scale: float = 0.25
     galore_refresh_every: int = 0  # 0: grass's refresh_every
+    # grass_ref (research twin) only
+    residual: str = "none"
+    residual_scale: float = 1.0
+    rank_alloc: str = "uniform"
     memory: bool = False
 
     def model(self):
@@ -169,11 +176,11 @@ def _float(lo=None, lo_open=False, hi=None, hi_open=False):
 
 def _optimizer_list(text):
     names = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [n for n in names if n not in OPTIMIZERS]
+    bad = [n for n in names if n not in OPTIMIZERS + RESEARCH]
     if not names or bad:
         raise argparse.ArgumentTypeError(
             f"unknown optimizer {', '.join(map(repr, bad)) or repr(text)} (choose from "
-            f"{', '.join(OPTIMIZERS)}, comma-separated)")
+            f"{', '.join(OPTIMIZERS + RESEARCH)}, comma-separated)")
     if len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(f"{text!r} names an optimizer twice")
     return tuple(names)
@@ -237,6 +244,18 @@ def build_parser():
     q.add_argument("--galore-scale", type=_float(0, True), help="update scale (default 0.25)")
     q.add_argument("--galore-refresh-every", type=_positive_int,
                    help="steps between SVDs (default: grass's --refresh-every)")
+    x = p.add_argument_group(
+        "research (the optimizer grass_ref only: grass_jax.research, a jnp twin of grass on "
+        "full gradients)")
+    from .research import RANK_ALLOCS, RESIDUALS
+    x.add_argument("--residual", choices=RESIDUALS,
+                   help="update of the rows not selected: none (GRASS), sign (FRUGAL's "
+                        "signSGD), sgd, fira (Fira's norm-based scaling) (default none)")
+    x.add_argument("--residual-scale", type=_float(0, True),
+                   help="the residual step is lr·alpha·this x the rule (default 1)")
+    x.add_argument("--rank-alloc", choices=RANK_ALLOCS,
+                   help="uniform: --rank for every weight; fraction: ranks proportional to "
+                        "the projected dimension at the same state bytes (default uniform)")
     r = p.add_argument_group("output and checkpoints")
     r.add_argument("--out", help="folder for results.json, results.md, curves.png "
                                  "(default grass_train_out)")
@@ -272,13 +291,15 @@ def make_config(given: dict, base: Config = None) -> Config:
         cfg = dataclasses.replace(base, lr=dict(base.lr))
     for k, v in given.items():
         if k in ("lr",):
-            cfg.lr = {n: v for n in OPTIMIZERS}
+            cfg.lr = {n: v for n in OPTIMIZERS + RESEARCH}
         elif k.startswith("lr_"):
             cfg.lr[k[3:]] = v
         elif k in TRAINING_FIELDS:
             setattr(cfg, k, v)
     if cfg.lr.get("grass") is None:
         cfg.lr["grass"] = grass_default_lr(cfg.alpha)
+    if cfg.lr.get("grass_ref") is None:
+        cfg.lr["grass_ref"] = cfg.lr["grass"]
     return cfg
 
 
@@ -318,6 +339,23 @@ def make_grass(cfg: Config):
         seed=cfg.seed, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
         decay_mode=cfg.decay_mode, alpha=cfg.alpha, refresh_mode=cfg.refresh_mode,
         state_dtype=jnp.dtype(cfg.state_dtype), dense=dense)
+
+
+def make_grass_ref(cfg: Config):
+    import jax.numpy as jnp
+    import optax
+    from .model import is_projected
+    from .research import grass_reference
+    if cfg.weight_decay:
+        raise UsageError("grass_ref does not implement weight decay: --weight-decay 0")
+    sched = schedule_fn(cfg, cfg.lr["grass_ref"])
+    dense = optax.adamw(sched, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+    return grass_reference(
+        sched, grass_mask=is_projected, rank=cfg.rank, refresh_every=cfg.refresh_every,
+        method=cfg.method, power=cfg.power, scaling=cfg.scaling, side=cfg.side, seed=cfg.seed,
+        b1=cfg.b1, b2=cfg.b2, alpha=cfg.alpha, refresh_mode=cfg.refresh_mode,
+        state_dtype=jnp.dtype(cfg.state_dtype), dense=dense, residual=cfg.residual,
+        residual_scale=cfg.residual_scale, rank_alloc=cfg.rank_alloc)
 
 
 def make_adamw(cfg: Config):
@@ -375,7 +413,7 @@ def check_ranks(cfg: Config, params):
     from . import ops
     from .model import projected_names
     shapes = projected_names(params)
-    if "grass" in cfg.optimizers:
+    if "grass" in cfg.optimizers or "grass_ref" in cfg.optimizers:
         d, name, m, n, side = min((ops.resolve_side(m, n, cfg.side)[1], name, m, n,
                                    ops.resolve_side(m, n, cfg.side)[0])
                                   for name, (m, n) in shapes)
@@ -438,7 +476,8 @@ class Run:
                 params, state = opt.step(params, grads, state)
                 return params, state, loss
         else:
-            opt = make_adamw(cfg) if name == "adamw" else make_galore(cfg, params, galore_rank)
+            opt = (make_adamw(cfg) if name == "adamw" else make_grass_ref(cfg)
+                   if name == "grass_ref" else make_galore(cfg, params, galore_rank))
 
             def step(params, state, windows):
                 loss, grads = jax.value_and_grad(
@@ -452,7 +491,8 @@ class Run:
         self.params = jax.tree_util.tree_map(lambda x: x.copy(), params)
         self.state = opt.init(self.params)
         self.progress = Progress()
-        self.rank = cfg.rank if name == "grass" else (galore_rank if name == "galore" else None)
+        self.rank = cfg.rank if name in ("grass", "grass_ref") else (
+            galore_rank if name == "galore" else None)
 
     # checkpoints
     def save(self, folder: Path):

@@ -1,0 +1,290 @@
+"""Learning-rate sweep and levers on the trainer's long preset (`--preset long`: the cpu
+preset's model on 20x its tokens), every optimizer at the same optimizer-state bytes.
+
+    python bench/sweep_long.py                    # every phase, in order
+    python bench/sweep_long.py --phases lr        # some phases
+    python bench/sweep_long.py --list             # the rows (as far as they are known) and commands
+    python bench/sweep_long.py --table            # rewrite sweep.md from the rows run
+    python bench/sweep_long.py --preset cpu --phases centre,research   # the levers, 20x cheaper
+
+Each row is one single-optimizer run of the trainer. Its results are appended to
+<out>/rows.jsonl (one JSON line per finished run) as soon as it finishes, and rows already
+there are not run again; a run in progress checkpoints every 150 steps into
+<out>/runs/<n>/ckpt and a restarted sweep resumes it from there (bit-identically). So the
+sweep can be stopped at any time and continued with the same command. <out>/sweep.md is
+rewritten after every row: val loss, ratio to the best AdamW and the best GaLore run, state
+bytes and the command that reproduces the row.
+
+Every grass row names all of grass's options (the defaults at the time of the measurement),
+and every GaLore row its rank (26: the rank whose state bytes match grass's at rank 32, side
+cols, f32 moments; about 0.28x AdamW's), so each command reproduces its row whatever the
+defaults become.
+
+Phases (in priority order; rows of later phases depend on the best learning rates found):
+  lr      three learning rates per optimizer around the cpu preset's best (AdamW 2e-3,
+          GaLore 4e-2, grass 4e-2 at alpha 0.25), centre first
+  extend  one more learning rate where an optimizer's best is at the edge of its grid
+  levers  grass at its best learning rate: bf16 state at twice the rank (equal bytes),
+          refresh period and reset vs carry; research rows (grass_ref: residual updates of
+          the rows not selected, per-layer rank) are added by --phases research
+  seeds   seed 1 of each optimizer's best row and of the best lever (close calls)
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from sweep_train import load_done  # noqa: E402
+
+PRESET = ["--preset", "long"]
+# grass's options as measured (grass_adamw's defaults at the time), named on every grass row.
+GRASS = dict(method="uniform_nr", scaling="none", alpha="0.25", side="cols", rank="32",
+             **{"refresh-every": "200", "refresh-mode": "reset", "state-dtype": "float32"})
+GALORE = {"galore-rank": "26", "galore-scale": "0.25", "galore-refresh-every": "200"}
+GRID = {"adamw": ["2e-3", "1e-3", "3e-3"], "galore": ["4e-2", "2e-2", "8e-2"],
+        "grass": ["4e-2", "2e-2", "3e-2"]}
+# The research twin (grass_jax.research via the trainer's grass_ref optimizer): the same
+# options as grass plus its own.
+SAVE_EVERY = "150"
+
+
+def argv_for(opt, lr, seed=0, **over):
+    """Trainer options of one row: the preset, the optimizer, its learning rate, and for grass
+    (and grass_ref) every selection option (`over` replaces some), for GaLore its rank."""
+    out = PRESET + ["--optimizers", opt, "--lr", lr]
+    if seed:
+        out += ["--seed", str(seed)]
+    if opt in ("grass", "grass_ref"):
+        opts = dict(GRASS, **over)
+        for k, v in opts.items():
+            out += [f"--{k}", v]
+    elif opt == "galore":
+        for k, v in dict(GALORE, **over).items():
+            out += [f"--{k}", v]
+    return out
+
+
+def command(argv):
+    return " ".join(["python -m grass_jax.train"] + argv)
+
+
+def best(done, opt, seed=0, where=lambda r: True):
+    rows = [r for r in done.values() if r["optimizer"] == opt and r["diverged_at"] is None
+            and r.get("seed", 0) == seed and where(r)]
+    return min(rows, key=lambda r: r["final_val_loss"], default=None)
+
+
+def lr_rows(done):
+    out = []
+    for i in range(3):
+        for opt in ("adamw", "grass", "galore"):
+            lr = GRID[opt][i]
+            out.append(("lr", f"{opt} lr {lr}", opt, argv_for(opt, lr)))
+    return out
+
+
+def _plain(r):
+    """A row of the learning-rate phases (no lever)."""
+    return r["phase"] in ("centre", "lr", "extend")
+
+
+def extend_rows(done):
+    """Where the best learning rate is the grid's smallest or largest, the next one out
+    (x0.5 or x2), once every grid point of that optimizer has run."""
+    out = []
+    for opt, grid in GRID.items():
+        lrs = sorted(float(x) for x in grid)
+        ran = [r for r in done.values() if r["optimizer"] == opt and _plain(r)
+               and r.get("seed", 0) == 0]
+        if len({r["lr"] for r in ran}) < len(lrs):
+            continue
+        b = best(done, opt, where=_plain)
+        if b is None:
+            continue
+        tried = sorted({r["lr"] for r in ran})
+        if math.isclose(b["lr"], tried[0]):
+            out.append(("extend", f"{opt} lr {tried[0] / 2:g}", opt,
+                        argv_for(opt, f"{tried[0] / 2:g}")))
+        elif math.isclose(b["lr"], tried[-1]):
+            out.append(("extend", f"{opt} lr {tried[-1] * 2:g}", opt,
+                        argv_for(opt, f"{tried[-1] * 2:g}")))
+    return out
+
+
+def grass_best_lr(done):
+    b = best(done, "grass", where=_plain)
+    return None if b is None else f"{b['lr']:g}"
+
+
+def lever_rows(done):
+    lr = grass_best_lr(done)
+    if lr is None:
+        return []
+    return [
+        ("levers", f"grass lr {lr}, bf16 state at rank 64 (equal bytes)", "grass",
+         argv_for("grass", lr, **{"state-dtype": "bfloat16", "rank": "64"})),
+        ("levers", f"grass lr {lr}, K 500 reset", "grass",
+         argv_for("grass", lr, **{"refresh-every": "500"})),
+        ("levers", f"grass lr {lr}, K 100 carry", "grass",
+         argv_for("grass", lr, **{"refresh-every": "100", "refresh-mode": "carry"})),
+        ("levers", f"grass lr {lr}, K 200 carry", "grass",
+         argv_for("grass", lr, **{"refresh-mode": "carry"})),
+    ]
+
+
+def centre_rows(done):
+    """Each optimizer at the centre of its grid (the cpu preset's best learning rate)."""
+    return lr_rows(done)[:3]
+
+
+def research_rows(done):
+    """The research twin (full gradients, the library's row selection): the twin itself (it
+    must match grass), then the residual rules, per-layer rank and bf16 state at twice the
+    rank, each at equal state bytes."""
+    lr = grass_best_lr(done) or "4e-2"
+    r = lambda rid, **over: ("research", f"grass_ref lr {lr}{rid}", "grass_ref",
+                             argv_for("grass_ref", lr, **over))
+    bf16 = {"state-dtype": "bfloat16", "rank": "64"}
+    return [
+        r(" (the twin of grass)"),
+        r(", signSGD residual x0.1", residual="sign", **{"residual-scale": "0.1"}),
+        r(", Fira residual", residual="fira"),
+        r(", rank by fraction of d", **{"rank-alloc": "fraction"}),
+        ("research", f"grass lr {lr}, bf16 state at rank 64 (equal bytes)", "grass",
+         argv_for("grass", lr, **bf16)),
+        r(", signSGD residual x0.03", residual="sign", **{"residual-scale": "0.03"}),
+        r(", Fira residual x0.3", residual="fira", **{"residual-scale": "0.3"}),
+        ("research", "galore lr 2e-2", "galore", argv_for("galore", "2e-2")),
+    ]
+
+
+def seed_rows(done):
+    out = []
+    for opt in ("adamw", "galore", "grass"):
+        b = best(done, opt, where=_plain)
+        if b is not None:
+            out.append(("seeds", f"{b['id']}, seed 1", opt,
+                        b["argv"] + ["--seed", "1"]))
+    lev = best(done, "grass", where=lambda r: r["phase"] == "levers")
+    if lev is not None:
+        out.append(("seeds", f"{lev['id']}, seed 1", "grass", lev["argv"] + ["--seed", "1"]))
+    return out
+
+
+PHASES = {"centre": centre_rows, "lr": lr_rows, "extend": extend_rows, "levers": lever_rows,
+          "research": research_rows, "seeds": seed_rows}
+
+
+def plan(phases, done):
+    rows, seen = [], set()
+    for ph in phases:
+        for phase, rid, opt, argv in PHASES[ph](done):
+            if command(argv) not in seen:
+                seen.add(command(argv))
+                rows.append((phase, rid, opt, argv, command(argv)))
+    return rows
+
+
+def write_table(out, done):
+    adamw = best(done, "adamw")
+    galore = best(done, "galore")
+    a = adamw["final_val_loss"] if adamw else float("nan")
+    g = galore["final_val_loss"] if galore else float("nan")
+    lines = ["| phase | configuration | seed | val loss | / best AdamW | / best GaLore | "
+             "train loss | optimizer state, bytes | wall s | command |", "|" + " --- |" * 10]
+    for r in done.values():
+        val = f"{r['final_val_loss']:.4f}" if r["diverged_at"] is None else \
+            f"diverged at {r['diverged_at']}"
+        lines.append(
+            f"| {r['phase']} | {r['id']} | {r.get('seed', 0)} | {val} | "
+            f"{r['final_val_loss'] / a:.4f} | {r['final_val_loss'] / g:.4f} | "
+            f"{r['train_loss']:.4f} | {r['state_bytes']:,} | {r['wall_s']:.0f} | "
+            f"`{r['command']}` |")
+    what = ("`--preset long`: 1500 steps x 32 x 128 bytes" if PRESET[1] == "long" else
+            "`--preset cpu`: 300 steps x 16 x 64 bytes")
+    head = (f"Sweep on the trainer's {what}, 0.85M parameters: {len(done)} runs. Ratios are to the best seed-0 AdamW "
+            f"({a:.4f}) and GaLore ({g:.4f}) rows.\n\n")
+    (out / "sweep.md").write_text(head + "\n".join(lines) + "\n")
+
+
+def run_row(train, out, phase, rid, opt, argv, cmd):
+    folder = out / "runs" / hashlib.sha1(cmd.encode()).hexdigest()[:10]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "command.txt").write_text(cmd + "\n")
+    ckpt = folder / "ckpt"
+    if (ckpt / "config.json").exists():
+        targs = ["--resume", str(ckpt)]
+    else:
+        targs = argv + ["--save", str(ckpt)]
+    targs += ["--save-every", SAVE_EVERY, "--no-progress", "--out", str(folder)]
+    t0 = time.time()
+    code = train.main(targs)
+    if code != 0:
+        print(f"  failed with status {code}", flush=True)
+        return None
+    res = json.loads((folder / "results.json").read_text())
+    r = res["results"][0]
+    return {"phase": phase, "id": rid, "command": cmd, "argv": argv, "optimizer": opt,
+            "seed": res["config"]["seed"],
+            **{k: r[k] for k in ("final_val_loss", "bits_per_byte", "train_loss",
+                                 "state_bytes", "weight_grad_bytes", "tokens_per_s",
+                                 "wall_s", "diverged_at", "rank", "lr")},
+            "val_curve": r["val_curve"],
+            "train_curve": [round(x, 4) for x in r["train_curve"]],
+            "seconds": time.time() - t0}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--phases", default="lr,extend,levers,seeds")
+    p.add_argument("--preset", default="long", choices=("long", "cpu"),
+                   help="the trainer's preset (cpu: a 20x cheaper screen of the levers)")
+    p.add_argument("--out", help="default: bench/results/sweep_<preset>")
+    p.add_argument("--list", action="store_true", help="print the rows known now and exit")
+    p.add_argument("--table", action="store_true", help="rewrite sweep.md, run nothing")
+    args = p.parse_args()
+    PRESET[1] = args.preset
+    args.out = args.out or str(HERE / "results" / f"sweep_{args.preset}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "rows.jsonl"
+    done = load_done(log)
+    phases = args.phases.split(",")
+    if args.list:
+        for ph, rid, _, _, cmd in plan(phases, done):
+            print(f"{'done' if cmd in done else '    '} {ph:8s} {rid:50s} {cmd}")
+        return 0
+    if args.table:
+        write_table(out, done)
+        print(f"wrote {out / 'sweep.md'}")
+        return 0
+    from grass_jax import train
+    failed = set()
+    while True:  # the plan grows as rows finish (extend, levers and seeds depend on them)
+        todo = [row for row in plan(phases, done) if row[4] not in done and row[4] not in failed]
+        if not todo:
+            break
+        ph, rid, opt, argv, cmd = todo[0]
+        print(f"[{len(done) + 1}, {len(todo)} to go] {rid}: {cmd}", flush=True)
+        rec = run_row(train, out, ph, rid, opt, argv, cmd)
+        if rec is None:
+            failed.add(cmd)
+            continue
+        with log.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        done[cmd] = rec
+        write_table(out, done)
+        print(f"  val {rec['final_val_loss']:.4f} in {rec['seconds']:.0f} s", flush=True)
+    write_table(out, done)
+    print(f"wrote {out / 'sweep.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -34,6 +34,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -164,6 +165,27 @@ def research_rows(done):
     ]
 
 
+def research2_rows(done):
+    """After the first screen: signSGD's scale bracketed from above, and signSGD on top of bf16
+    state at twice the rank (equal bytes)."""
+    lr = grass_best_lr(done) or "4e-2"
+    r = lambda rid, **over: ("research", f"grass_ref lr {lr}{rid}", "grass_ref",
+                             argv_for("grass_ref", lr, **over))
+    return [
+        r(", signSGD residual x0.3", residual="sign", **{"residual-scale": "0.3"}),
+        r(", bf16 rank 64, signSGD residual x0.1", residual="sign",
+          **{"residual-scale": "0.1", "state-dtype": "bfloat16", "rank": "64"}),
+    ]
+
+
+def residual_rows(done):
+    """The lever that the cpu screen (bench/results/sweep_cpu) found strongest: FRUGAL's
+    signSGD on the rows not selected, at grass's best learning rate so far."""
+    lr = grass_best_lr(done) or "4e-2"
+    return [("research", f"grass_ref lr {lr}, signSGD residual x0.1", "grass_ref",
+             argv_for("grass_ref", lr, residual="sign", **{"residual-scale": "0.1"}))]
+
+
 def seed_rows(done):
     out = []
     for opt in ("adamw", "galore", "grass"):
@@ -178,7 +200,7 @@ def seed_rows(done):
 
 
 PHASES = {"centre": centre_rows, "lr": lr_rows, "extend": extend_rows, "levers": lever_rows,
-          "research": research_rows, "seeds": seed_rows}
+          "research": research_rows, "residual": residual_rows, "research2": research2_rows, "seeds": seed_rows}
 
 
 def plan(phases, done):
@@ -213,9 +235,100 @@ def write_table(out, done):
     (out / "sweep.md").write_text(head + "\n".join(lines) + "\n")
 
 
+def headline(done):
+    """[(label, row)]: AdamW, GaLore and grass's defaults at their best learning rates, and
+    the best grass configuration of any phase (seed 0)."""
+    out = []
+    for label, opt in (("AdamW", "adamw"), ("GaLore", "galore"), ("grass defaults", "grass")):
+        b = best(done, opt, where=_plain)
+        if b is not None:
+            out.append((f"{label}, lr {b['lr']:g}", b))
+    b = min((r for r in done.values() if r["optimizer"] in ("grass", "grass_ref")
+             and r["diverged_at"] is None and r.get("seed", 0) == 0),
+            key=lambda r: r["final_val_loss"], default=None)
+    if b is not None and not _plain(b):
+        out.append((f"best grass: {b['id']}", b))
+    return out
+
+
+def in_progress(out, done):
+    """[(label, row)] of the runs started but not finished: their curves so far, from their
+    last checkpoint (every 150 steps)."""
+    ids = {cmd: rid for _, rid, _, _, cmd in plan(list(PHASES), done)}
+    rows = []
+    for folder in sorted((out / "runs").glob("*")):
+        try:
+            cmd = (folder / "command.txt").read_text().strip()
+        except OSError:
+            continue
+        if cmd in done:
+            continue
+        for prog in (folder / "ckpt").glob("*/progress.json"):
+            pr = json.loads(prog.read_text())
+            if pr["val"]:
+                rows.append((f"{ids.get(cmd, cmd)} (running: step {pr['step']})",
+                             {"train_curve": pr["train_loss"], "val_curve": pr["val"],
+                              "state_bytes": None, "step": pr["step"], "command": cmd}))
+    return rows
+
+
+def plot(done, path, title, running=()):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    fig, (ax_t, ax_v) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, r in list(headline(done)) + list(running):
+        y = np.asarray(r.get("train_curve", []), np.float64)
+        if y.size:
+            w = max(1, min(50, y.size // 10))
+            ax_t.plot(np.arange(w, y.size + 1), np.convolve(y, np.ones(w) / w, "valid"),
+                      label=label)
+        s_, v = zip(*r["val_curve"])
+        mib = "" if r["state_bytes"] is None else f" ({r['state_bytes'] / 2**20:.2f} MiB state)"
+        ax_v.plot(s_, v, marker="o", ms=3, label=label + mib,
+                  linestyle="--" if r["state_bytes"] is None else "-")
+    ax_t.set(title="train loss (moving average)", xlabel="step", ylabel="nats / byte")
+    ax_v.set(title="validation loss", xlabel="step", ylabel="nats / byte")
+    for ax in (ax_t, ax_v):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    lo = min((min(v for _, v in r["val_curve"]) for _, r in list(headline(done)) + list(running)),
+             default=None)
+    if lo is not None:
+        ax_v.set_ylim(lo - 0.05, lo + 0.6)
+        ax_t.set_ylim(lo - 0.15, lo + 0.6)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_folder(out, cmd):
+    return out / "runs" / hashlib.sha1(cmd.encode()).hexdigest()[:10]
+
+
+def claimed(out, cmd):
+    """Whether another live sweep process is running this row (its pid in runs/<n>/claim):
+    several sweep processes can share one plan."""
+    try:
+        pid = int((run_folder(out, cmd) / "claim").read_text())
+    except (OSError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
 def run_row(train, out, phase, rid, opt, argv, cmd):
-    folder = out / "runs" / hashlib.sha1(cmd.encode()).hexdigest()[:10]
+    folder = run_folder(out, cmd)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "claim").write_text(str(os.getpid()))
     (folder / "command.txt").write_text(cmd + "\n")
     ckpt = folder / "ckpt"
     if (ckpt / "config.json").exists():
@@ -248,6 +361,8 @@ def main():
     p.add_argument("--out", help="default: bench/results/sweep_<preset>")
     p.add_argument("--list", action="store_true", help="print the rows known now and exit")
     p.add_argument("--table", action="store_true", help="rewrite sweep.md, run nothing")
+    p.add_argument("--plot", help="write the curves of AdamW, GaLore, grass's defaults and the "
+                                  "best grass configuration (best learning rates) to this PNG")
     args = p.parse_args()
     PRESET[1] = args.preset
     args.out = args.out or str(HERE / "results" / f"sweep_{args.preset}")
@@ -260,14 +375,23 @@ def main():
         for ph, rid, _, _, cmd in plan(phases, done):
             print(f"{'done' if cmd in done else '    '} {ph:8s} {rid:50s} {cmd}")
         return 0
-    if args.table:
+    if args.table or args.plot:
         write_table(out, done)
         print(f"wrote {out / 'sweep.md'}")
+        if args.plot:
+            running = in_progress(out, done)
+            plot(done, args.plot, f"0.85M-parameter byte LM, --preset {PRESET[1]}, equal "
+                                  f"optimizer-state bytes for grass and GaLore", running)
+            print(f"wrote {args.plot}")
+            for label, r in running:
+                print(f"running: {label}: val {r['val_curve']}")
         return 0
     from grass_jax import train
     failed = set()
     while True:  # the plan grows as rows finish (extend, levers and seeds depend on them)
-        todo = [row for row in plan(phases, done) if row[4] not in done and row[4] not in failed]
+        done.update(load_done(log))  # rows other sweep processes finished
+        todo = [row for row in plan(phases, done) if row[4] not in done and row[4] not in failed
+                and not claimed(out, row[4])]
         if not todo:
             break
         ph, rid, opt, argv, cmd = todo[0]

@@ -199,8 +199,23 @@ def seed_rows(done):
     return out
 
 
+def research_seed_rows(done):
+    """Seed 1 of AdamW, grass's defaults and the best research row (the close calls)."""
+    out = []
+    for opt in ("adamw", "grass"):
+        b = best(done, opt, where=_plain)
+        if b is not None:
+            out.append(("seeds", f"{b['id']}, seed 1", opt, b["argv"] + ["--seed", "1"]))
+    b = min((r for r in done.values() if r["phase"] == "research" and r.get("seed", 0) == 0
+             and r["diverged_at"] is None), key=lambda r: r["final_val_loss"], default=None)
+    if b is not None:
+        out.append(("seeds", f"{b['id']}, seed 1", b["optimizer"], b["argv"] + ["--seed", "1"]))
+    return out
+
+
 PHASES = {"centre": centre_rows, "lr": lr_rows, "extend": extend_rows, "levers": lever_rows,
-          "research": research_rows, "residual": residual_rows, "research2": research2_rows, "seeds": seed_rows}
+          "research": research_rows, "residual": residual_rows, "research2": research2_rows,
+          "research_seeds": research_seed_rows, "seeds": seed_rows}
 
 
 def plan(phases, done):

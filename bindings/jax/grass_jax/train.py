@@ -794,6 +794,10 @@ def _run(argv, created):
     else:
         resume = None
         cfg = make_config({k: v for k, v in given.items() if k not in run_only})
+    research = [k for k in ("residual", "residual_scale", "rank_alloc") if k in given]
+    if research and "grass_ref" not in cfg.optimizers:
+        raise UsageError(f"--{research[0].replace('_', '-')} applies to the research optimizer "
+                         f"grass_ref only (add it to --optimizers; grass has no such option)")
     try:
         cfg.model().check()
     except ValueError as e:

@@ -108,6 +108,7 @@ def test_resumed_run_is_bit_identical(tmp_path, capsys):
     (["--heads", "3"], "d_model 32 is not a multiple of heads 3"),
     (["--stop-at", "99"], "--stop-at 99 is after the last step"),
     (["--resume", "/nonexistent/run"], "no config.json"),
+    (["--residual", "sign"], "--residual applies to the research optimizer grass_ref only"),
     (["--seq-len", "100000000"], "--seq-len 100000000 is longer than the training text"),
 ])
 def test_bad_options_are_one_line(tmp_path, capsys, argv, says):
@@ -223,3 +224,23 @@ def test_seq_len_longer_than_the_validation_text(tmp_path, capsys):
         f"short for --eval-batches 2 x --batch 8 windows" in lines[0], cap.err
     assert f"(use --seq-len <= {n - 17})" in lines[0]
     assert not out.exists()
+
+
+def test_research_twin_runs_beside_grass(tmp_path, capsys):
+    """grass_ref (the jnp twin) with no research option takes grass's steps: the same train
+    losses to f32 rounding and the same state bytes; with the signSGD residual it trains."""
+    out = tmp_path / "o"
+    common = ["--steps", "8", "--eval-every", "4", "--lr", "1e-2"]
+    code, cap = run(common + ["--optimizers", "grass,grass_ref", "--out", str(out)], capsys)
+    assert code == 0, cap.err
+    res = {r["optimizer"]: r for r in json.loads((out / "results.json").read_text())["results"]}
+    g, t = res["grass"], res["grass_ref"]
+    np.testing.assert_allclose(t["train_curve"], g["train_curve"], rtol=1e-4)
+    assert t["state_bytes"] == g["state_bytes"]
+    code, cap = run(common + ["--optimizers", "grass_ref", "--residual", "sign",
+                              "--residual-scale", "0.1", "--out", str(tmp_path / "r")], capsys)
+    assert code == 0, cap.err
+    r = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert r["config"]["residual"] == "sign"
+    curve = r["results"][0]["train_curve"]
+    assert np.mean(curve[-2:]) < np.mean(curve[:2]) - 0.3, curve

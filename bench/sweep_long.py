@@ -25,9 +25,16 @@ Phases (in priority order; rows of later phases depend on the best learning rate
           GaLore 4e-2, grass 4e-2 at alpha 0.25), centre first
   extend  one more learning rate where an optimizer's best is at the edge of its grid
   levers  grass at its best learning rate: bf16 state at twice the rank (equal bytes),
-          refresh period and reset vs carry; research rows (grass_ref: residual updates of
-          the rows not selected, per-layer rank) are added by --phases research
+          refresh period and reset vs carry
   seeds   seed 1 of each optimizer's best row and of the best lever (close calls)
+Phases run on request (--phases ...), mostly for the cpu screen (--preset cpu):
+  centre          the first row of each optimizer's grid (the cpu preset's best rates)
+  research        grass_ref (the jnp twin of grass in grass_jax.research): the twin itself,
+                  signSGD and Fira residuals, rank per layer, bf16 moments at twice the rank
+  research2       signSGD's scale from above; signSGD with bf16 moments at twice the rank
+  refresh         carry instead of reset at K 200 and 100 (current defaults)
+  research_seeds  seed 1 of AdamW, grass's defaults and the best research row
+  residual        the long preset's grass + signSGD residual (x0.1)
 """
 
 import argparse
@@ -178,6 +185,15 @@ def research2_rows(done):
     ]
 
 
+def refresh_rows(done):
+    """(b) at the current defaults (side cols): carry instead of reset, K 200 and 100."""
+    lr = grass_best_lr(done) or "4e-2"
+    return [("research", f"grass lr {lr}, K 200 carry", "grass",
+             argv_for("grass", lr, **{"refresh-mode": "carry"})),
+            ("research", f"grass lr {lr}, K 100 carry", "grass",
+             argv_for("grass", lr, **{"refresh-every": "100", "refresh-mode": "carry"}))]
+
+
 def residual_rows(done):
     """The lever that the cpu screen (bench/results/sweep_cpu) found strongest: FRUGAL's
     signSGD on the rows not selected, at grass's best learning rate so far."""
@@ -214,7 +230,7 @@ def research_seed_rows(done):
 
 
 PHASES = {"centre": centre_rows, "lr": lr_rows, "extend": extend_rows, "levers": lever_rows,
-          "research": research_rows, "residual": residual_rows, "research2": research2_rows,
+          "research": research_rows, "residual": residual_rows, "research2": research2_rows, "refresh": refresh_rows,
           "research_seeds": research_seed_rows, "seeds": seed_rows}
 
 

@@ -362,7 +362,7 @@ def run_row(train, out, phase, rid, opt, argv, cmd):
     (folder / "claim").write_text(str(os.getpid()))
     (folder / "command.txt").write_text(cmd + "\n")
     ckpt = folder / "ckpt"
-    if (ckpt / "config.json").exists():
+    if any(ckpt.glob("*/progress.json")):  # a checkpoint to continue from
         targs = ["--resume", str(ckpt)]
     else:
         targs = argv + ["--save", str(ckpt)]

@@ -31,6 +31,9 @@ import numpy as np
 
 PROG = "python -m grass_jax.train"
 OPTIMIZERS = ("grass", "adamw", "galore")
+# Opt-in only (not in the default comparison): grass_jax.research's jnp twin of grass on full
+# gradients, with the research options (residual updates, per-layer rank).
+RESEARCH = ("grass_ref",)
 
 
 class UsageError(Exception):
@@ -43,6 +46,10 @@ class UsageError(Exception):
 PRESETS = {
     "cpu": dict(d_model=128, layers=4, heads=4, ffn=352, seq_len=64, batch=16, steps=300,
                 warmup=30, eval_every=50, eval_batches=8, rank=32, memory=False),
+    # The cpu preset's model on 20x its tokens (1500 x 32 x 128 bytes): where the optimizers'
+    # gaps open. About 10-25 minutes per optimizer on two CPU cores.
+    "long": dict(d_model=128, layers=4, heads=4, ffn=352, seq_len=128, batch=32, steps=1500,
+                 warmup=150, eval_every=150, eval_batches=16, rank=32, memory=False),
     "gpu-small": dict(d_model=512, layers=8, heads=8, ffn=1408, seq_len=512, batch=32,
                       steps=2000, warmup=200, eval_every=200, eval_batches=32, rank=128,
                       memory=True),
@@ -110,6 +117,10 @@ class Config:
     galore_rank: int = 0          # 0: match grass's optimizer-state bytes
     galore_scale: float = 0.25
     galore_refresh_every: int = 0  # 0: grass's refresh_every
+    # grass_ref (research twin) only
+    residual: str = "none"
+    residual_scale: float = 1.0
+    rank_alloc: str = "uniform"
     memory: bool = False
 
     def model(self):
@@ -165,11 +176,11 @@ def _float(lo=None, lo_open=False, hi=None, hi_open=False):
 
 def _optimizer_list(text):
     names = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [n for n in names if n not in OPTIMIZERS]
+    bad = [n for n in names if n not in OPTIMIZERS + RESEARCH]
     if not names or bad:
         raise argparse.ArgumentTypeError(
             f"unknown optimizer {', '.join(map(repr, bad)) or repr(text)} (choose from "
-            f"{', '.join(OPTIMIZERS)}, comma-separated)")
+            f"{', '.join(OPTIMIZERS + RESEARCH)}, comma-separated)")
     if len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(f"{text!r} names an optimizer twice")
     return tuple(names)
@@ -195,7 +206,9 @@ def build_parser():
                         ("eval-every", "steps between validation losses"),
                         ("eval-batches", "validation batches")):
         m.add_argument(f"--{name}", type=_positive_int, help=help_)
-    m.add_argument("--warmup", type=_nonneg_int, help="linear warm-up steps")
+    m.add_argument("--warmup", type=_nonneg_int,
+                   help="linear warm-up steps (default: the preset's, a tenth of its steps; "
+                        "with --steps, a tenth of those)")
     o = p.add_argument_group("optimization (every optimizer)")
     o.add_argument("--lr", type=_float(0, True),
                    help=f"learning rate of every optimizer (default: each its own: "
@@ -231,6 +244,18 @@ def build_parser():
     q.add_argument("--galore-scale", type=_float(0, True), help="update scale (default 0.25)")
     q.add_argument("--galore-refresh-every", type=_positive_int,
                    help="steps between SVDs (default: grass's --refresh-every)")
+    x = p.add_argument_group(
+        "research (the optimizer grass_ref only: grass_jax.research, a jnp twin of grass on "
+        "full gradients)")
+    from .research import RANK_ALLOCS, RESIDUALS
+    x.add_argument("--residual", choices=RESIDUALS,
+                   help="update of the rows not selected: none (GRASS), sign (FRUGAL's "
+                        "signSGD), sgd, fira (Fira's norm-based scaling) (default none)")
+    x.add_argument("--residual-scale", type=_float(0, True),
+                   help="the residual step is lr·alpha·this x the rule (default 1)")
+    x.add_argument("--rank-alloc", choices=RANK_ALLOCS,
+                   help="uniform: --rank for every weight; fraction: ranks proportional to "
+                        "the projected dimension at the same state bytes (default uniform)")
     r = p.add_argument_group("output and checkpoints")
     r.add_argument("--out", help="folder for results.json, results.md, curves.png "
                                  "(default grass_train_out)")
@@ -257,17 +282,24 @@ def make_config(given: dict, base: Config = None) -> Config:
         cfg = Config(preset=preset, **_grass_defaults())
         for k, v in PRESETS[preset].items():
             setattr(cfg, k, v)
+        if "steps" in given and "warmup" not in given:
+            # The preset's warm-up is a share of its steps (a tenth): kept as a share, so a
+            # short run (--steps 10) warms up for one step instead of refusing to start.
+            share = PRESETS[preset]["warmup"] / PRESETS[preset]["steps"]
+            cfg.warmup = min(int(round(share * given["steps"])), given["steps"] - 1)
     else:
         cfg = dataclasses.replace(base, lr=dict(base.lr))
     for k, v in given.items():
         if k in ("lr",):
-            cfg.lr = {n: v for n in OPTIMIZERS}
+            cfg.lr = {n: v for n in OPTIMIZERS + RESEARCH}
         elif k.startswith("lr_"):
             cfg.lr[k[3:]] = v
         elif k in TRAINING_FIELDS:
             setattr(cfg, k, v)
     if cfg.lr.get("grass") is None:
         cfg.lr["grass"] = grass_default_lr(cfg.alpha)
+    if cfg.lr.get("grass_ref") is None:
+        cfg.lr["grass_ref"] = cfg.lr["grass"]
     return cfg
 
 
@@ -307,6 +339,23 @@ def make_grass(cfg: Config):
         seed=cfg.seed, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
         decay_mode=cfg.decay_mode, alpha=cfg.alpha, refresh_mode=cfg.refresh_mode,
         state_dtype=jnp.dtype(cfg.state_dtype), dense=dense)
+
+
+def make_grass_ref(cfg: Config):
+    import jax.numpy as jnp
+    import optax
+    from .model import is_projected
+    from .research import grass_reference
+    if cfg.weight_decay:
+        raise UsageError("grass_ref does not implement weight decay: --weight-decay 0")
+    sched = schedule_fn(cfg, cfg.lr["grass_ref"])
+    dense = optax.adamw(sched, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+    return grass_reference(
+        sched, grass_mask=is_projected, rank=cfg.rank, refresh_every=cfg.refresh_every,
+        method=cfg.method, power=cfg.power, scaling=cfg.scaling, side=cfg.side, seed=cfg.seed,
+        b1=cfg.b1, b2=cfg.b2, alpha=cfg.alpha, refresh_mode=cfg.refresh_mode,
+        state_dtype=jnp.dtype(cfg.state_dtype), dense=dense, residual=cfg.residual,
+        residual_scale=cfg.residual_scale, rank_alloc=cfg.rank_alloc)
 
 
 def make_adamw(cfg: Config):
@@ -364,7 +413,7 @@ def check_ranks(cfg: Config, params):
     from . import ops
     from .model import projected_names
     shapes = projected_names(params)
-    if "grass" in cfg.optimizers:
+    if "grass" in cfg.optimizers or "grass_ref" in cfg.optimizers:
         d, name, m, n, side = min((ops.resolve_side(m, n, cfg.side)[1], name, m, n,
                                    ops.resolve_side(m, n, cfg.side)[0])
                                   for name, (m, n) in shapes)
@@ -427,7 +476,8 @@ class Run:
                 params, state = opt.step(params, grads, state)
                 return params, state, loss
         else:
-            opt = make_adamw(cfg) if name == "adamw" else make_galore(cfg, params, galore_rank)
+            opt = (make_adamw(cfg) if name == "adamw" else make_grass_ref(cfg)
+                   if name == "grass_ref" else make_galore(cfg, params, galore_rank))
 
             def step(params, state, windows):
                 loss, grads = jax.value_and_grad(
@@ -441,7 +491,8 @@ class Run:
         self.params = jax.tree_util.tree_map(lambda x: x.copy(), params)
         self.state = opt.init(self.params)
         self.progress = Progress()
-        self.rank = cfg.rank if name == "grass" else (galore_rank if name == "galore" else None)
+        self.rank = cfg.rank if name in ("grass", "grass_ref") else (
+            galore_rank if name == "galore" else None)
 
     # checkpoints
     def save(self, folder: Path):
@@ -589,8 +640,9 @@ def _bytes(n):
     return f"{n} B"
 
 
-def table(results, memory=False):
-    """Markdown table, one row per optimizer."""
+def table(results, memory=False, steps=None):
+    """Markdown table, one row per optimizer. A run that stopped before `steps` (the
+    schedule's length) says so in its val loss: its numbers are partial."""
     head = ["optimizer", "lr", "val loss", "bits/byte", "train loss", "optimizer state",
             "W-grad held", "tokens/s", "wall s"]
     if memory:
@@ -599,6 +651,8 @@ def table(results, memory=False):
     for r in results:
         val = f"{r['final_val_loss']:.4f}" if r["diverged_at"] is None else \
             f"diverged at {r['diverged_at']}"
+        if steps is not None and r["diverged_at"] is None and r["steps"] < steps:
+            val += f" (partial: step {r['steps']} of {steps})"
         name = r["optimizer"] + (f" r={r['rank']}" if r["rank"] else "")
         row = [name, f"{r['lr']:g}", val, f"{r['bits_per_byte']:.4f}",
                f"{r['train_loss']:.4f}", _bytes(r["state_bytes"]),
@@ -639,11 +693,19 @@ def plot(results, path: Path, title):
 
 # -- driver ----------------------------------------------------------------------------------
 
-def _writable_folder(path, what):
-    """Creates `path` if needed and checks that files can be written into it."""
+def _writable_folder(path, what, created):
+    """Creates `path` if needed and checks that files can be written into it. The folders it
+    makes are appended to `created` (deepest first), so that a run that fails before writing
+    anything can take them away again."""
     p = Path(path)
+    new = []
+    q = p.absolute()
+    while not q.exists() and q != q.parent:
+        new.append(q)
+        q = q.parent
     try:
         p.mkdir(parents=True, exist_ok=True)
+        created.extend(new)
         probe = tempfile.NamedTemporaryFile(dir=p, prefix=".write-test-", delete=True)
         probe.close()
     except OSError as e:
@@ -661,6 +723,9 @@ def _resume_config(folder: Path, given: dict) -> Config:
         raise UsageError(f"--resume {folder}: cannot read config.json ({e})")
     saved["optimizers"] = tuple(saved["optimizers"])
     base = Config(**saved)
+    if not any((folder / n / "progress.json").exists() for n in base.optimizers):
+        raise UsageError(f"--resume {folder}: no checkpoint there (the run stopped before "
+                         f"its first save): start it again with --save instead")
     cfg = make_config(given, base)
     for f in TRAINING_FIELDS:
         if getattr(cfg, f) != getattr(base, f):
@@ -691,6 +756,35 @@ def main(argv=None):
 
 
 def _main(argv):
+    created = []
+    try:
+        return _run(argv, created)
+    except BaseException:
+        # Nothing half-written: the folders this run made go again if they are still empty.
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def _check_text(corpus, cfg: Config):
+    """Refuses a --seq-len (or --batch / --eval-batches) that the text cannot fill."""
+    if cfg.seq_len + 1 >= corpus.train.size:
+        raise UsageError(f"--seq-len {cfg.seq_len} is longer than the training text "
+                         f"({corpus.train.size:,} bytes)")
+    n = cfg.eval_batches * cfg.batch
+    if corpus.valid.size - cfg.seq_len - 1 < n:
+        most = corpus.valid.size - n - 1
+        raise UsageError(
+            f"--seq-len {cfg.seq_len}: the validation text ({corpus.valid.size:,} bytes) is "
+            f"too short for --eval-batches {cfg.eval_batches} x --batch {cfg.batch} windows "
+            f"of {cfg.seq_len + 1} bytes"
+            + (f" (use --seq-len <= {most})" if most > 0 else ""))
+
+
+def _run(argv, created):
     parser = build_parser()
     given = vars(parser.parse_args(argv))
     run_only = {"out", "save", "save_every", "resume", "stop_at", "no_progress", "traceback"}
@@ -700,6 +794,10 @@ def _main(argv):
     else:
         resume = None
         cfg = make_config({k: v for k, v in given.items() if k not in run_only})
+    research = [k for k in ("residual", "residual_scale", "rank_alloc") if k in given]
+    if research and "grass_ref" not in cfg.optimizers:
+        raise UsageError(f"--{research[0].replace('_', '-')} applies to the research optimizer "
+                         f"grass_ref only (add it to --optimizers; grass has no such option)")
     try:
         cfg.model().check()
     except ValueError as e:
@@ -722,12 +820,13 @@ def _main(argv):
     from .data import load_corpus, valid_batches
     from .model import init_params
 
+    corpus = load_corpus()
+    _check_text(corpus, cfg)
     params0 = init_params(cfg.model(), jax.random.PRNGKey(cfg.seed))
     check_ranks(cfg, params0)
-    out = _writable_folder(given.get("out", "grass_train_out"), "--out")
+    out = _writable_folder(given.get("out", "grass_train_out"), "--out", created)
     save = given.get("save") or (str(resume) if resume is not None else None)
-    save_dir = _writable_folder(save, "--save") if save else None
-    corpus = load_corpus()
+    save_dir = _writable_folder(save, "--save", created) if save else None
     valid = [jax.numpy.asarray(b) for b in
              valid_batches(corpus, cfg.eval_batches, cfg.batch, cfg.seq_len)]
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params0))
@@ -763,16 +862,21 @@ def _main(argv):
         results.append(res)
         del run
 
-    text = table(results, memory)
-    print()
-    print(text)
+    text = table(results, memory, cfg.steps)
     title = (f"{n_params / 1e6:.2f}M-parameter byte LM on the Python standard library, "
              f"{cfg.steps} steps of {cfg.batch}x{cfg.seq_len} bytes")
+    partial = any(r["steps"] < cfg.steps and r["diverged_at"] is None for r in results)
+    if partial:
+        title += f" (PARTIAL: stopped at step {stop} of {cfg.steps})"
+    print()
+    if partial:
+        print(f"partial results: stopped at step {stop} of {cfg.steps} (--resume continues)")
+    print(text)
     summary = {"config": dataclasses.asdict(cfg), "parameters": n_params,
                "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
                "data": {"root": corpus.root, "train_bytes": int(corpus.train.size),
                         "valid_bytes": int(corpus.valid.size)},
-               "stopped_at": stop, "results": results}
+               "stopped_at": stop, "partial": partial, "results": results}
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     (out / "results.md").write_text(title + "\n\n" + text + "\n")
     plot(results, out / "curves.png", title)

@@ -108,6 +108,8 @@ def test_resumed_run_is_bit_identical(tmp_path, capsys):
     (["--heads", "3"], "d_model 32 is not a multiple of heads 3"),
     (["--stop-at", "99"], "--stop-at 99 is after the last step"),
     (["--resume", "/nonexistent/run"], "no config.json"),
+    (["--residual", "sign"], "--residual applies to the research optimizer grass_ref only"),
+    (["--seq-len", "100000000"], "--seq-len 100000000 is longer than the training text"),
 ])
 def test_bad_options_are_one_line(tmp_path, capsys, argv, says):
     out = tmp_path / "out"
@@ -139,3 +141,106 @@ def test_command_line_error_has_no_traceback():
     assert len(lines) == 1 and lines[0].startswith(
         "python -m grass_jax.train: error: argument --preset: invalid choice: 'tpu-huge'"), lines
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_short_run_scales_the_warmup(tmp_path, capsys):
+    """--steps 10 without --warmup: the preset's warm-up (a tenth of its steps) scales down
+    to one step instead of refusing the run; the schedule still reaches its peak."""
+    i = TINY.index("--warmup")
+    argv = TINY[:i] + TINY[i + 2:]
+    cfg = train.make_config({"steps": 10})
+    assert cfg.warmup == 1
+    assert train.make_config({"steps": 10, "preset": "long"}).warmup == 1
+    assert train.make_config({"preset": "long"}).warmup == 150
+    assert train.make_config({"steps": 10, "warmup": 3}).warmup == 3
+    lr = train.schedule_fn(cfg, 1.0)
+    assert float(lr(0)) == pytest.approx(1.0) and float(lr(9)) == pytest.approx(0.1)
+    code = train.main(argv + ["--optimizers", "adamw", "--steps", "10", "--eval-every", "5",
+                              "--out", str(tmp_path / "o")])
+    assert code == 0, capsys.readouterr().err
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["config"]["warmup"] == 1 and res["partial"] is False
+
+
+def test_long_preset_has_twenty_times_the_tokens():
+    tokens = lambda p: train.PRESETS[p]["steps"] * train.PRESETS[p]["batch"] * \
+        train.PRESETS[p]["seq_len"]
+    assert tokens("long") >= 20 * tokens("cpu")
+    assert train.make_config({"preset": "long"}).model() == train.make_config({}).model()._replace(
+        seq_len=128)
+
+
+def test_resume_without_a_checkpoint_is_refused(tmp_path, capsys):
+    """An empty folder, or one whose run stopped before its first save, is refused: the run
+    would silently start from step 0. Nothing is written."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, cap = run(["--resume", str(empty), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "no config.json" in cap.err
+    (empty / "config.json").write_text(json.dumps(
+        __import__("dataclasses").asdict(train.make_config({}))))
+    code, cap = run_resume(empty, tmp_path / "o", capsys)
+    assert code == 2
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 1 and "no checkpoint there" in lines[0], cap.err
+    assert not (tmp_path / "o").exists()
+
+
+def run_resume(folder, out, capsys):
+    code = train.main(["--resume", str(folder), "--no-progress", "--out", str(out)])
+    return code, capsys.readouterr()
+
+
+def test_refused_run_leaves_no_folder(tmp_path, capsys):
+    """A refusal after the output folders were made (here: --save cannot be written) takes
+    away the folders the run made, parents included."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    out = tmp_path / "new" / "out"
+    code, cap = run(["--steps", "4", "--out", str(out), "--save", str(blocker / "sub")], capsys)
+    assert code == 2 and "--save" in cap.err
+    assert not (tmp_path / "new").exists()
+
+
+def test_stopped_run_is_marked_partial(tmp_path, capsys):
+    out = tmp_path / "o"
+    code, cap = run(["--optimizers", "adamw", "--steps", "8", "--eval-every", "4",
+                     "--stop-at", "4", "--out", str(out)], capsys)
+    assert code == 0, cap.err
+    assert "(partial: step 4 of 8)" in cap.out and "stopped at step 4 of 8" in cap.out
+    assert "PARTIAL: stopped at step 4 of 8" in (out / "results.md").read_text()
+    assert "(partial: step 4 of 8)" in (out / "results.md").read_text()
+    assert json.loads((out / "results.json").read_text())["partial"] is True
+
+
+def test_seq_len_longer_than_the_validation_text(tmp_path, capsys):
+    from grass_jax.data import load_corpus
+    n = load_corpus().valid.size
+    out = tmp_path / "o"
+    code, cap = run(["--steps", "4", "--seq-len", str(n), "--out", str(out)], capsys)
+    assert code == 2
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 1 and f"--seq-len {n}: the validation text ({n:,} bytes) is too " \
+        f"short for --eval-batches 2 x --batch 8 windows" in lines[0], cap.err
+    assert f"(use --seq-len <= {n - 17})" in lines[0]
+    assert not out.exists()
+
+
+def test_research_twin_runs_beside_grass(tmp_path, capsys):
+    """grass_ref (the jnp twin) with no research option takes grass's steps: the same train
+    losses to f32 rounding and the same state bytes; with the signSGD residual it trains."""
+    out = tmp_path / "o"
+    common = ["--steps", "8", "--eval-every", "4", "--lr", "1e-2"]
+    code, cap = run(common + ["--optimizers", "grass,grass_ref", "--out", str(out)], capsys)
+    assert code == 0, cap.err
+    res = {r["optimizer"]: r for r in json.loads((out / "results.json").read_text())["results"]}
+    g, t = res["grass"], res["grass_ref"]
+    np.testing.assert_allclose(t["train_curve"], g["train_curve"], rtol=1e-4)
+    assert t["state_bytes"] == g["state_bytes"]
+    code, cap = run(common + ["--optimizers", "grass_ref", "--residual", "sign",
+                              "--residual-scale", "0.1", "--out", str(tmp_path / "r")], capsys)
+    assert code == 0, cap.err
+    r = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert r["config"]["residual"] == "sign"
+    curve = r["results"][0]["train_curve"]
+    assert np.mean(curve[-2:]) < np.mean(curve[:2]) - 0.3, curve

@@ -1,0 +1,445 @@
+"""Learning-rate sweep and levers on the trainer's long preset (`--preset long`: the cpu
+preset's model on 20x its tokens), every optimizer at the same optimizer-state bytes.
+
+    python bench/sweep_long.py                    # every phase, in order
+    python bench/sweep_long.py --phases lr        # some phases
+    python bench/sweep_long.py --list             # the rows (as far as they are known) and commands
+    python bench/sweep_long.py --table            # rewrite sweep.md from the rows run
+    python bench/sweep_long.py --preset cpu --phases centre,research   # the levers, 20x cheaper
+
+Each row is one single-optimizer run of the trainer. Its results are appended to
+<out>/rows.jsonl (one JSON line per finished run) as soon as it finishes, and rows already
+there are not run again; a run in progress checkpoints every 150 steps into
+<out>/runs/<n>/ckpt and a restarted sweep resumes it from there (bit-identically). So the
+sweep can be stopped at any time and continued with the same command. <out>/sweep.md is
+rewritten after every row: val loss, ratio to the best AdamW and the best GaLore run, state
+bytes and the command that reproduces the row.
+
+Every grass row names all of grass's options (the defaults at the time of the measurement),
+and every GaLore row its rank (26: the rank whose state bytes match grass's at rank 32, side
+cols, f32 moments; about 0.28x AdamW's), so each command reproduces its row whatever the
+defaults become.
+
+Phases (in priority order; rows of later phases depend on the best learning rates found):
+  lr      three learning rates per optimizer around the cpu preset's best (AdamW 2e-3,
+          GaLore 4e-2, grass 4e-2 at alpha 0.25), centre first
+  extend  one more learning rate where an optimizer's best is at the edge of its grid
+  levers  grass at its best learning rate: bf16 state at twice the rank (equal bytes),
+          refresh period and reset vs carry
+  seeds   seed 1 of each optimizer's best row and of the best lever (close calls)
+Phases run on request (--phases ...), mostly for the cpu screen (--preset cpu):
+  centre          the first row of each optimizer's grid (the cpu preset's best rates)
+  research        grass_ref (the jnp twin of grass in grass_jax.research): the twin itself,
+                  signSGD and Fira residuals, rank per layer, bf16 moments at twice the rank
+  research2       signSGD's scale from above; signSGD with bf16 moments at twice the rank
+  refresh         carry instead of reset at K 200 and 100 (current defaults)
+  research_seeds  seed 1 of AdamW, grass's defaults and the best research row
+  residual        the long preset's grass + signSGD residual (x0.1)
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from sweep_train import load_done  # noqa: E402
+
+PRESET = ["--preset", "long"]
+# grass's options as measured (grass_adamw's defaults at the time), named on every grass row.
+GRASS = dict(method="uniform_nr", scaling="none", alpha="0.25", side="cols", rank="32",
+             **{"refresh-every": "200", "refresh-mode": "reset", "state-dtype": "float32"})
+GALORE = {"galore-rank": "26", "galore-scale": "0.25", "galore-refresh-every": "200"}
+GRID = {"adamw": ["2e-3", "1e-3", "3e-3"], "galore": ["4e-2", "2e-2", "8e-2"],
+        "grass": ["4e-2", "2e-2", "3e-2"]}
+# The research twin (grass_jax.research via the trainer's grass_ref optimizer): the same
+# options as grass plus its own.
+SAVE_EVERY = "150"
+
+
+def argv_for(opt, lr, seed=0, **over):
+    """Trainer options of one row: the preset, the optimizer, its learning rate, and for grass
+    (and grass_ref) every selection option (`over` replaces some), for GaLore its rank."""
+    out = PRESET + ["--optimizers", opt, "--lr", lr]
+    if seed:
+        out += ["--seed", str(seed)]
+    if opt in ("grass", "grass_ref"):
+        opts = dict(GRASS, **over)
+        for k, v in opts.items():
+            out += [f"--{k}", v]
+    elif opt == "galore":
+        for k, v in dict(GALORE, **over).items():
+            out += [f"--{k}", v]
+    return out
+
+
+def command(argv):
+    return " ".join(["python -m grass_jax.train"] + argv)
+
+
+def best(done, opt, seed=0, where=lambda r: True):
+    rows = [r for r in done.values() if r["optimizer"] == opt and r["diverged_at"] is None
+            and r.get("seed", 0) == seed and where(r)]
+    return min(rows, key=lambda r: r["final_val_loss"], default=None)
+
+
+def lr_rows(done):
+    out = []
+    for i in range(3):
+        for opt in ("adamw", "grass", "galore"):
+            lr = GRID[opt][i]
+            out.append(("lr", f"{opt} lr {lr}", opt, argv_for(opt, lr)))
+    return out
+
+
+def _plain(r):
+    """A row of the learning-rate phases (no lever)."""
+    return r["phase"] in ("centre", "lr", "extend")
+
+
+def extend_rows(done):
+    """Where the best learning rate is the grid's smallest or largest, the next one out
+    (x0.5 or x2), once every grid point of that optimizer has run."""
+    out = []
+    for opt, grid in GRID.items():
+        lrs = sorted(float(x) for x in grid)
+        ran = [r for r in done.values() if r["optimizer"] == opt and _plain(r)
+               and r.get("seed", 0) == 0]
+        if len({r["lr"] for r in ran}) < len(lrs):
+            continue
+        b = best(done, opt, where=_plain)
+        if b is None:
+            continue
+        tried = sorted({r["lr"] for r in ran})
+        if math.isclose(b["lr"], tried[0]):
+            out.append(("extend", f"{opt} lr {tried[0] / 2:g}", opt,
+                        argv_for(opt, f"{tried[0] / 2:g}")))
+        elif math.isclose(b["lr"], tried[-1]):
+            out.append(("extend", f"{opt} lr {tried[-1] * 2:g}", opt,
+                        argv_for(opt, f"{tried[-1] * 2:g}")))
+    return out
+
+
+def grass_best_lr(done):
+    b = best(done, "grass", where=_plain)
+    return None if b is None else f"{b['lr']:g}"
+
+
+def lever_rows(done):
+    lr = grass_best_lr(done)
+    if lr is None:
+        return []
+    return [
+        ("levers", f"grass lr {lr}, bf16 state at rank 64 (equal bytes)", "grass",
+         argv_for("grass", lr, **{"state-dtype": "bfloat16", "rank": "64"})),
+        ("levers", f"grass lr {lr}, K 500 reset", "grass",
+         argv_for("grass", lr, **{"refresh-every": "500"})),
+        ("levers", f"grass lr {lr}, K 100 carry", "grass",
+         argv_for("grass", lr, **{"refresh-every": "100", "refresh-mode": "carry"})),
+        ("levers", f"grass lr {lr}, K 200 carry", "grass",
+         argv_for("grass", lr, **{"refresh-mode": "carry"})),
+    ]
+
+
+def centre_rows(done):
+    """Each optimizer at the centre of its grid (the cpu preset's best learning rate)."""
+    return lr_rows(done)[:3]
+
+
+def research_rows(done):
+    """The research twin (full gradients, the library's row selection): the twin itself (it
+    must match grass), then the residual rules, per-layer rank and bf16 state at twice the
+    rank, each at equal state bytes."""
+    lr = grass_best_lr(done) or "4e-2"
+    r = lambda rid, **over: ("research", f"grass_ref lr {lr}{rid}", "grass_ref",
+                             argv_for("grass_ref", lr, **over))
+    bf16 = {"state-dtype": "bfloat16", "rank": "64"}
+    return [
+        r(" (the twin of grass)"),
+        r(", signSGD residual x0.1", residual="sign", **{"residual-scale": "0.1"}),
+        r(", Fira residual", residual="fira"),
+        r(", rank by fraction of d", **{"rank-alloc": "fraction"}),
+        ("research", f"grass lr {lr}, bf16 state at rank 64 (equal bytes)", "grass",
+         argv_for("grass", lr, **bf16)),
+        r(", signSGD residual x0.03", residual="sign", **{"residual-scale": "0.03"}),
+        r(", Fira residual x0.3", residual="fira", **{"residual-scale": "0.3"}),
+        ("research", "galore lr 2e-2", "galore", argv_for("galore", "2e-2")),
+    ]
+
+
+def research2_rows(done):
+    """After the first screen: signSGD's scale bracketed from above, and signSGD on top of bf16
+    state at twice the rank (equal bytes)."""
+    lr = grass_best_lr(done) or "4e-2"
+    r = lambda rid, **over: ("research", f"grass_ref lr {lr}{rid}", "grass_ref",
+                             argv_for("grass_ref", lr, **over))
+    return [
+        r(", signSGD residual x0.3", residual="sign", **{"residual-scale": "0.3"}),
+        r(", bf16 rank 64, signSGD residual x0.1", residual="sign",
+          **{"residual-scale": "0.1", "state-dtype": "bfloat16", "rank": "64"}),
+    ]
+
+
+def refresh_rows(done):
+    """(b) at the current defaults (side cols): carry instead of reset, K 200 and 100."""
+    lr = grass_best_lr(done) or "4e-2"
+    return [("research", f"grass lr {lr}, K 200 carry", "grass",
+             argv_for("grass", lr, **{"refresh-mode": "carry"})),
+            ("research", f"grass lr {lr}, K 100 carry", "grass",
+             argv_for("grass", lr, **{"refresh-every": "100", "refresh-mode": "carry"}))]
+
+
+def residual_rows(done):
+    """The lever that the cpu screen (bench/results/sweep_cpu) found strongest: FRUGAL's
+    signSGD on the rows not selected, at grass's best learning rate so far."""
+    lr = grass_best_lr(done) or "4e-2"
+    return [("research", f"grass_ref lr {lr}, signSGD residual x0.1", "grass_ref",
+             argv_for("grass_ref", lr, residual="sign", **{"residual-scale": "0.1"}))]
+
+
+def seed_rows(done):
+    out = []
+    for opt in ("adamw", "galore", "grass"):
+        b = best(done, opt, where=_plain)
+        if b is not None:
+            out.append(("seeds", f"{b['id']}, seed 1", opt,
+                        b["argv"] + ["--seed", "1"]))
+    lev = best(done, "grass", where=lambda r: r["phase"] == "levers")
+    if lev is not None:
+        out.append(("seeds", f"{lev['id']}, seed 1", "grass", lev["argv"] + ["--seed", "1"]))
+    return out
+
+
+def research_seed_rows(done):
+    """Seed 1 of AdamW, grass's defaults and the best research row (the close calls)."""
+    out = []
+    for opt in ("adamw", "grass"):
+        b = best(done, opt, where=_plain)
+        if b is not None:
+            out.append(("seeds", f"{b['id']}, seed 1", opt, b["argv"] + ["--seed", "1"]))
+    b = min((r for r in done.values() if r["phase"] == "research" and r.get("seed", 0) == 0
+             and r["diverged_at"] is None), key=lambda r: r["final_val_loss"], default=None)
+    if b is not None:
+        out.append(("seeds", f"{b['id']}, seed 1", b["optimizer"], b["argv"] + ["--seed", "1"]))
+    return out
+
+
+PHASES = {"centre": centre_rows, "lr": lr_rows, "extend": extend_rows, "levers": lever_rows,
+          "research": research_rows, "residual": residual_rows, "research2": research2_rows, "refresh": refresh_rows,
+          "research_seeds": research_seed_rows, "seeds": seed_rows}
+
+
+def plan(phases, done):
+    rows, seen = [], set()
+    for ph in phases:
+        for phase, rid, opt, argv in PHASES[ph](done):
+            if command(argv) not in seen:
+                seen.add(command(argv))
+                rows.append((phase, rid, opt, argv, command(argv)))
+    return rows
+
+
+def write_table(out, done):
+    adamw = best(done, "adamw")
+    galore = best(done, "galore")
+    a = adamw["final_val_loss"] if adamw else float("nan")
+    g = galore["final_val_loss"] if galore else float("nan")
+    lines = ["| phase | configuration | seed | val loss | / best AdamW | / best GaLore | "
+             "train loss | optimizer state, bytes | wall s | command |", "|" + " --- |" * 10]
+    for r in done.values():
+        val = f"{r['final_val_loss']:.4f}" if r["diverged_at"] is None else \
+            f"diverged at {r['diverged_at']}"
+        lines.append(
+            f"| {r['phase']} | {r['id']} | {r.get('seed', 0)} | {val} | "
+            f"{r['final_val_loss'] / a:.4f} | {r['final_val_loss'] / g:.4f} | "
+            f"{r['train_loss']:.4f} | {r['state_bytes']:,} | {r['wall_s']:.0f} | "
+            f"`{r['command']}` |")
+    what = ("`--preset long`: 1500 steps x 32 x 128 bytes" if PRESET[1] == "long" else
+            "`--preset cpu`: 300 steps x 16 x 64 bytes")
+    head = (f"Sweep on the trainer's {what}, 0.85M parameters: {len(done)} runs. Ratios are to the best seed-0 AdamW "
+            f"({a:.4f}) and GaLore ({g:.4f}) rows.\n\n")
+    (out / "sweep.md").write_text(head + "\n".join(lines) + "\n")
+
+
+def headline(done):
+    """[(label, row)]: AdamW, GaLore and grass's defaults at their best learning rates, and
+    the best grass configuration of any phase (seed 0)."""
+    out = []
+    for label, opt in (("AdamW", "adamw"), ("GaLore", "galore"), ("grass defaults", "grass")):
+        b = best(done, opt, where=_plain)
+        if b is not None:
+            out.append((f"{label}, lr {b['lr']:g}", b))
+    b = min((r for r in done.values() if r["optimizer"] in ("grass", "grass_ref")
+             and r["diverged_at"] is None and r.get("seed", 0) == 0),
+            key=lambda r: r["final_val_loss"], default=None)
+    if b is not None and not _plain(b):
+        out.append((f"best grass: {b['id']}", b))
+    return out
+
+
+def in_progress(out, done):
+    """[(label, row)] of the runs started but not finished: their curves so far, from their
+    last checkpoint (every 150 steps)."""
+    ids = {cmd: rid for _, rid, _, _, cmd in plan(list(PHASES), done)}
+    rows = []
+    for folder in sorted((out / "runs").glob("*")):
+        try:
+            cmd = (folder / "command.txt").read_text().strip()
+        except OSError:
+            continue
+        if cmd in done:
+            continue
+        for prog in (folder / "ckpt").glob("*/progress.json"):
+            pr = json.loads(prog.read_text())
+            if pr["val"]:
+                rows.append((f"{ids.get(cmd, cmd)} (running: step {pr['step']})",
+                             {"train_curve": pr["train_loss"], "val_curve": pr["val"],
+                              "state_bytes": None, "step": pr["step"], "command": cmd}))
+    return rows
+
+
+def plot(done, path, title, running=()):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    fig, (ax_t, ax_v) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, r in list(headline(done)) + list(running):
+        y = np.asarray(r.get("train_curve", []), np.float64)
+        if y.size:
+            w = max(1, min(50, y.size // 10))
+            ax_t.plot(np.arange(w, y.size + 1), np.convolve(y, np.ones(w) / w, "valid"),
+                      label=label)
+        s_, v = zip(*r["val_curve"])
+        mib = "" if r["state_bytes"] is None else f" ({r['state_bytes'] / 2**20:.2f} MiB state)"
+        ax_v.plot(s_, v, marker="o", ms=3, label=label + mib,
+                  linestyle="--" if r["state_bytes"] is None else "-")
+    ax_t.set(title="train loss (moving average)", xlabel="step", ylabel="nats / byte")
+    ax_v.set(title="validation loss", xlabel="step", ylabel="nats / byte")
+    for ax in (ax_t, ax_v):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    lo = min((min(v for _, v in r["val_curve"]) for _, r in list(headline(done)) + list(running)),
+             default=None)
+    if lo is not None:
+        ax_v.set_ylim(lo - 0.05, lo + 0.6)
+        ax_t.set_ylim(lo - 0.15, lo + 0.6)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_folder(out, cmd):
+    return out / "runs" / hashlib.sha1(cmd.encode()).hexdigest()[:10]
+
+
+def claimed(out, cmd):
+    """Whether another live sweep process is running this row (its pid in runs/<n>/claim):
+    several sweep processes can share one plan."""
+    try:
+        pid = int((run_folder(out, cmd) / "claim").read_text())
+    except (OSError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def run_row(train, out, phase, rid, opt, argv, cmd):
+    folder = run_folder(out, cmd)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "claim").write_text(str(os.getpid()))
+    (folder / "command.txt").write_text(cmd + "\n")
+    ckpt = folder / "ckpt"
+    if any(ckpt.glob("*/progress.json")):  # a checkpoint to continue from
+        targs = ["--resume", str(ckpt)]
+    else:
+        targs = argv + ["--save", str(ckpt)]
+    targs += ["--save-every", SAVE_EVERY, "--no-progress", "--out", str(folder)]
+    t0 = time.time()
+    code = train.main(targs)
+    if code != 0:
+        print(f"  failed with status {code}", flush=True)
+        return None
+    res = json.loads((folder / "results.json").read_text())
+    r = res["results"][0]
+    return {"phase": phase, "id": rid, "command": cmd, "argv": argv, "optimizer": opt,
+            "seed": res["config"]["seed"],
+            **{k: r[k] for k in ("final_val_loss", "bits_per_byte", "train_loss",
+                                 "state_bytes", "weight_grad_bytes", "tokens_per_s",
+                                 "wall_s", "diverged_at", "rank", "lr")},
+            "val_curve": r["val_curve"],
+            "train_curve": [round(x, 4) for x in r["train_curve"]],
+            "seconds": time.time() - t0}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--phases", default="lr,extend,levers,seeds")
+    p.add_argument("--preset", default="long", choices=("long", "cpu"),
+                   help="the trainer's preset (cpu: a 20x cheaper screen of the levers)")
+    p.add_argument("--out", help="default: bench/results/sweep_<preset>")
+    p.add_argument("--list", action="store_true", help="print the rows known now and exit")
+    p.add_argument("--table", action="store_true", help="rewrite sweep.md, run nothing")
+    p.add_argument("--plot", help="write the curves of AdamW, GaLore, grass's defaults and the "
+                                  "best grass configuration (best learning rates) to this PNG")
+    args = p.parse_args()
+    PRESET[1] = args.preset
+    args.out = args.out or str(HERE / "results" / f"sweep_{args.preset}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "rows.jsonl"
+    done = load_done(log)
+    phases = args.phases.split(",")
+    if args.list:
+        for ph, rid, _, _, cmd in plan(phases, done):
+            print(f"{'done' if cmd in done else '    '} {ph:8s} {rid:50s} {cmd}")
+        return 0
+    if args.table or args.plot:
+        write_table(out, done)
+        print(f"wrote {out / 'sweep.md'}")
+        if args.plot:
+            running = in_progress(out, done)
+            plot(done, args.plot, f"0.85M-parameter byte LM, --preset {PRESET[1]}, equal "
+                                  f"optimizer-state bytes for grass and GaLore", running)
+            print(f"wrote {args.plot}")
+            for label, r in running:
+                print(f"running: {label}: val {r['val_curve']}")
+        return 0
+    from grass_jax import train
+    failed = set()
+    while True:  # the plan grows as rows finish (extend, levers and seeds depend on them)
+        done.update(load_done(log))  # rows other sweep processes finished
+        todo = [row for row in plan(phases, done) if row[4] not in done and row[4] not in failed
+                and not claimed(out, row[4])]
+        if not todo:
+            break
+        ph, rid, opt, argv, cmd = todo[0]
+        print(f"[{len(done) + 1}, {len(todo)} to go] {rid}: {cmd}", flush=True)
+        rec = run_row(train, out, ph, rid, opt, argv, cmd)
+        if rec is None:
+            failed.add(cmd)
+            continue
+        with log.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        done[cmd] = rec
+        write_table(out, done)
+        print(f"  val {rec['final_val_loss']:.4f} in {rec['seconds']:.0f} s", flush=True)
+    write_table(out, done)
+    print(f"wrote {out / 'sweep.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

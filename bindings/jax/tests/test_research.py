@@ -1,0 +1,125 @@
+"""grass_jax.research, the jnp twin of grass_adamw used to try levers: with no research option
+it takes the library's steps (same rows, same updates), and each residual rule moves the rows
+that are not selected as its numpy reference says."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import grass_jax as gj
+from grass_jax import ops
+from grass_jax.research import allocate_ranks, grass_reference
+import model
+
+
+def plain_step(opt):
+    @jax.jit
+    def step(p, s, ids, target):
+        loss, g = jax.value_and_grad(model.loss_fn)(p, None, ids, target)
+        u, s = opt.update(g, s, p)
+        return optax.apply_updates(p, u), s, loss
+    return step
+
+
+@pytest.mark.parametrize("refresh_mode, state_dtype", [("reset", jnp.float32),
+                                                       ("carry", jnp.bfloat16)])
+def test_twin_takes_the_library_steps(refresh_mode, state_dtype):
+    """12 steps with refreshes every 5 (reset or carry, f32 or bf16 moments, side "cols"):
+    the twin's weights equal grass_adamw's to f32 rounding (bf16: to one moment rounding)."""
+    params = model.init_params(jax.random.PRNGKey(3))
+    kw = dict(grass_mask=model.GRASS_MASK, rank=8, refresh_every=5, method="multinomial_nr",
+              scaling="none", side="cols", alpha=0.25, refresh_mode=refresh_mode, seed=7,
+              state_dtype=state_dtype)
+    lib = gj.grass_adamw(1e-2, dense=optax.adamw(1e-2), **kw)
+    ref = grass_reference(1e-2, dense=optax.adamw(1e-2), **kw)
+    p_lib, s_lib = jax.tree_util.tree_map(jnp.array, params), lib.init(params)
+    p_ref, s_ref = jax.tree_util.tree_map(jnp.array, params), ref.init(params)
+    step_lib, step_ref = model.make_step(lib), plain_step(ref)
+    for i in range(12):
+        ids, target = model.batch(jax.random.PRNGKey(50 + i), 32)
+        p_lib, s_lib, _ = step_lib(p_lib, s_lib, ids, target)
+        p_ref, s_ref, _ = step_ref(p_ref, s_ref, ids, target)
+    for name in ("up", "down"):
+        np.testing.assert_array_equal(s_lib.layers[name].indices, s_ref.layers[name].indices)
+    # f32: rounding of tiny gradients, amplified by Adam's normalisation, at ~lr·1e-3 per
+    # step; bf16: the moments' rounding, ~1% of a step of lr·alpha
+    atol = 1e-5 if state_dtype == jnp.float32 else 5e-4
+    for name in params:
+        np.testing.assert_allclose(p_ref[name], p_lib[name], rtol=0, atol=atol, err_msg=name)
+    moved = [float(jnp.max(jnp.abs(p_lib[n] - params[n]))) for n in ("up", "down")]
+    assert min(moved) > 1e-3  # the steps were real
+
+
+def numpy_step(w, g, idx, m, v, t, lr, alpha, residual, scale, prev_norm=0.0):
+    """One step of a weight whose rows `idx` are selected (side rows), fresh moments."""
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    gs = g[idx]
+    m = b1 * m + (1 - b1) * gs
+    v = b2 * v + (1 - b2) * gs * gs
+    u = (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+    res = g.copy()
+    res[idx] = 0
+    if residual == "sign":
+        s = np.sign(res)
+    elif residual == "fira":
+        s = np.linalg.norm(u) / np.linalg.norm(gs) * res
+        if prev_norm > 0 and np.linalg.norm(s) > 1.01 * prev_norm:
+            s *= 1.01 * prev_norm / np.linalg.norm(s)
+    else:
+        s = np.zeros_like(res)
+    out = w - lr * alpha * scale * s
+    out[idx] -= lr * alpha * u
+    return out
+
+
+@pytest.mark.parametrize("residual, scale", [("sign", 0.1), ("fira", 1.0), ("none", 1.0)])
+def test_residual_rules_match_numpy(residual, scale):
+    """Two steps on one 20 x 12 weight (side rows, rank 5, top_r on fixed scores): the first
+    selects and steps, the second reuses the rows; every row (selected or not) against numpy."""
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(20, 12)).astype(np.float32)
+    g1, g2 = (rng.normal(size=(20, 12)).astype(np.float32) for _ in range(2))
+    g1[3] *= 5  # top_r keeps the largest rows: make the choice unambiguous
+    opt = grass_reference(3e-2, grass_mask={"w": True}, rank=5, refresh_every=100,
+                          method="top_r", side="rows", alpha=0.5, residual=residual,
+                          residual_scale=scale)
+    p = {"w": jnp.asarray(w0)}
+    s = opt.init(p)
+    u, s = opt.update({"w": jnp.asarray(g1)}, s, p)
+    p1 = optax.apply_updates(p, u)
+    u, s = opt.update({"w": jnp.asarray(g2)}, s, p1)
+    p2 = optax.apply_updates(p1, u)
+    idx = np.sort(np.argsort(-np.linalg.norm(g1, axis=1))[:5])
+    np.testing.assert_array_equal(s.layers["w"].indices, idx)
+    m = np.zeros((5, 12))
+    v = np.zeros((5, 12))
+    ref1 = numpy_step(w0, g1, idx, m, v, 1, 3e-2, 0.5, residual, scale)
+    np.testing.assert_allclose(p1["w"], ref1, rtol=1e-5, atol=1e-6)
+    # second step: moments carried by hand in the reference
+    b1, b2 = 0.9, 0.999
+    m = (1 - b1) * g1[idx]
+    v = (1 - b2) * g1[idx] ** 2
+    prev = 0.0
+    if residual == "fira":
+        u1 = (m / (1 - b1)) / (np.sqrt(v / (1 - b2)) + 1e-8)
+        r1 = g1.copy()
+        r1[idx] = 0
+        prev = np.linalg.norm(np.linalg.norm(u1) / np.linalg.norm(g1[idx]) * r1)
+    ref2 = numpy_step(ref1, g2, idx, m, v, 2, 3e-2, 0.5, residual, scale, prev)
+    np.testing.assert_allclose(p2["w"], ref2, rtol=1e-5, atol=1e-6)
+
+
+def test_rank_by_fraction_keeps_the_state_bytes():
+    """The trainer's model (side cols): ranks proportional to d, the moments' bytes within
+    2% of the uniform rank's (rounding to whole rows)."""
+    shapes = [(128, 128)] * 4 + [(352, 128), (352, 128), (128, 352)]
+    uni = allocate_ranks(shapes, 32, "cols", "uniform")
+    frac = allocate_ranks(shapes, 32, "cols", "fraction")
+    assert [r for *_, r in uni] == [32] * 7
+    bytes_ = lambda a: sum(r * k for _, _, k, r in a)
+    assert abs(bytes_(frac) - bytes_(uni)) <= 0.02 * bytes_(uni)
+    ratio = [r / d for _, d, _, r in frac]
+    assert max(ratio) - min(ratio) < 0.01
+    assert [ops.resolve_side(m, n, "cols")[1] for m, n in shapes] == [d for _, d, _, _ in frac]

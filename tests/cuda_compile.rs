@@ -12,6 +12,9 @@ use std::process::Command;
 use grass::cuda::compile;
 use grass::cuda::libs::{self, Lib};
 
+mod common;
+use common::TempDir;
+
 /// The `lib` folders of the installed `nvidia.*` Python packages.
 fn python_nvidia_lib_dirs() -> Vec<PathBuf> {
     let python = std::env::var("GRASS_PYTHON").unwrap_or_else(|_| "python3".into());
@@ -171,30 +174,6 @@ fn launch_signatures_match_the_kernels_parameters() {
 
 use compile::{CacheKey, KernelCache};
 
-/// A fresh directory under the system's temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "grass-kernel-cache-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn images(cubins: &[compile::Cubin]) -> Vec<(&'static str, Vec<u8>)> {
     cubins.iter().map(|c| (c.name, c.image.clone())).collect()
 }
@@ -238,7 +217,7 @@ fn different_archs_have_different_keys_and_entries() {
         "the key is a function of its inputs"
     );
     assert_eq!(k90.nvrtc, compile::nvrtc_version().unwrap());
-    let dir = TempDir::new("archs");
+    let dir = TempDir::new("kernel-cache-archs");
     let cache = KernelCache::new(Some(dir.0.clone()));
     let a = cache.get(9, 0).unwrap();
     let b = cache.get(8, 0).unwrap();
@@ -253,7 +232,7 @@ fn the_disk_cache_serves_a_new_process_and_damaged_entries_are_rewritten() {
     if !nvrtc_or_skip() {
         return;
     }
-    let dir = TempDir::new("disk");
+    let dir = TempDir::new("kernel-cache-disk");
     let n = compile::MODULES.len() as u64;
     let writer = KernelCache::new(Some(dir.0.clone()));
     let compiled = images(&writer.get(9, 0).unwrap());
@@ -309,7 +288,7 @@ fn a_cache_directory_that_cannot_be_written_only_costs_the_disk_cache() {
     if !nvrtc_or_skip() {
         return;
     }
-    let dir = TempDir::new("blocked");
+    let dir = TempDir::new("kernel-cache-blocked");
     let blocked = dir.0.join("a-file-not-a-directory");
     std::fs::write(&blocked, b"").unwrap();
     let cache = KernelCache::new(Some(blocked.join("kernels")));

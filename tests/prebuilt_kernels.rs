@@ -5,33 +5,11 @@
 //! matching needs no NVRTC (the entries here hold stand-in ELF images); the round trip through
 //! `write_prebuilt` does, and skips without one unless GRASS_REQUIRE_NVRTC=1.
 
-use std::path::PathBuf;
-
 use grass::cuda::compile::{self, CacheKey, Cubin, KernelCache};
 use grass::cuda::libs::{self, Lib};
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "grass-prebuilt-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::TempDir;
 
 /// One stand-in module image per module: an ELF header and bytes that name the module and
 /// `tag`, so that a test can tell which entry was used.
@@ -51,7 +29,7 @@ fn images(cubins: &[Cubin]) -> Vec<Vec<u8>> {
 
 #[test]
 fn a_matching_entry_is_used_without_nvrtc_whichever_nvrtc_made_it() {
-    let dir = TempDir::new("match");
+    let dir = TempDir::new("prebuilt-match");
     // made by an NVRTC other than any this process may load
     let key = CacheKey::with_nvrtc(9, 0, (12, 4));
     compile::write_prebuilt_entry(&dir.0, &key, &stand_ins("ahead")).unwrap();
@@ -111,7 +89,7 @@ fn a_stale_foreign_or_damaged_entry_is_refused() {
         ),
     ];
     for (what, key, rename) in cases {
-        let dir = TempDir::new("stale");
+        let dir = TempDir::new("prebuilt-stale");
         let path = compile::write_prebuilt_entry(&dir.0, &key, &stand_ins("stale")).unwrap();
         if let Some(stem) = rename {
             let to = dir.0.join(format!("{stem}-{:016x}.bin", now.source_hash));
@@ -120,7 +98,7 @@ fn a_stale_foreign_or_damaged_entry_is_refused() {
         refused(&dir.0, what);
     }
     // a matching entry with one bit flipped (its checksum no longer holds)
-    let dir = TempDir::new("damaged");
+    let dir = TempDir::new("prebuilt-damaged");
     let path = compile::write_prebuilt_entry(&dir.0, &now, &stand_ins("stale")).unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
     let mid = bytes.len() / 2;
@@ -133,7 +111,7 @@ fn a_stale_foreign_or_damaged_entry_is_refused() {
 
 #[test]
 fn prebuilt_kernels_the_driver_refuses_are_compiled_instead() {
-    let dir = TempDir::new("refuse");
+    let dir = TempDir::new("prebuilt-refuse");
     let key = CacheKey::with_nvrtc(9, 0, (99, 9));
     compile::write_prebuilt_entry(&dir.0, &key, &stand_ins("ahead")).unwrap();
     let cache = KernelCache::with_prebuilt(None, Some(dir.0.clone()));
@@ -191,7 +169,7 @@ fn write_prebuilt_round_trips_what_nvrtc_compiles() {
     if !nvrtc_found() {
         return;
     }
-    let dir = TempDir::new("roundtrip");
+    let dir = TempDir::new("prebuilt-roundtrip");
     let path = compile::write_prebuilt(&dir.0, 9, 0).unwrap();
     assert_eq!(
         path.file_name().unwrap().to_string_lossy(),

@@ -40,20 +40,14 @@ fn model(ctx: &Ctx, rank: i64) -> Model {
         pc.rank = rank;
         pc.layer_id = l as u32;
         pc.refresh_every = 2;
-        let mut o = ptr::null_mut();
-        check(unsafe {
-            grass_optimizer_create_sparse(
-                ctx.0,
-                &pc,
-                &grass_adamw_config::defaults(),
-                m as i64,
-                n as i64,
-                B as i64,
-                GRASS_DTYPE_F32,
-                GRASS_DTYPE_F32,
-                &mut o,
-            )
-        })
+        let o = sparse_optimizer(
+            ctx,
+            &pc,
+            &grass_adamw_config::defaults(),
+            m as i64,
+            n as i64,
+            B as i64,
+        )
         .unwrap();
         opts.push(o);
         w.push(Rng(l as u64 + 1).vec(m * n));

@@ -93,21 +93,7 @@ fn create(
     m: i64,
     n: i64,
 ) -> Result<*mut grass_optimizer, (grass_status, String)> {
-    let mut o = ptr::null_mut();
-    check(unsafe {
-        grass_optimizer_create_sparse(
-            ctx.0,
-            pc,
-            &grass_adamw_config::defaults(),
-            m,
-            n,
-            4,
-            GRASS_DTYPE_F32,
-            GRASS_DTYPE_F32,
-            &mut o,
-        )
-    })?;
-    Ok(o)
+    sparse_optimizer(ctx, pc, &grass_adamw_config::defaults(), m, n, 4)
 }
 
 fn infos(o: *mut grass_optimizer) -> (grass_optimizer_info, grass_projection_info) {

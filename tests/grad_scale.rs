@@ -18,22 +18,7 @@ fn sparse(
     n: i64,
     b: i64,
 ) -> *mut grass_optimizer {
-    let mut o = ptr::null_mut();
-    check(unsafe {
-        grass_optimizer_create_sparse(
-            ctx.0,
-            pc,
-            ac,
-            m,
-            n,
-            b,
-            GRASS_DTYPE_F32,
-            GRASS_DTYPE_F32,
-            &mut o,
-        )
-    })
-    .unwrap();
-    o
+    sparse_optimizer(ctx, pc, ac, m, n, b).unwrap()
 }
 
 fn dense(

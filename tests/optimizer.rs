@@ -16,22 +16,7 @@ fn optimizer(
     pc: &grass_projection_config,
     ac: &grass_adamw_config,
 ) -> *mut grass_optimizer {
-    let mut o = ptr::null_mut();
-    check(unsafe {
-        grass_optimizer_create_sparse(
-            ctx.0,
-            pc,
-            ac,
-            m,
-            n,
-            b,
-            GRASS_DTYPE_F32,
-            GRASS_DTYPE_F32,
-            &mut o,
-        )
-    })
-    .unwrap();
-    o
+    sparse_optimizer(ctx, pc, ac, m, n, b).unwrap()
 }
 
 fn train(

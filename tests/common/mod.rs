@@ -51,6 +51,33 @@ pub fn check(s: grass_status) -> Result<(), (grass_status, String)> {
 
 pub struct Ctx(pub *mut grass_context);
 
+/// A GRASS-layer optimizer for an `m x n` f32 weight with f32 activations of at most `b`
+/// tokens per call.
+pub fn sparse_optimizer(
+    ctx: &Ctx,
+    pc: &grass_projection_config,
+    ac: &grass_adamw_config,
+    m: i64,
+    n: i64,
+    b: i64,
+) -> Result<*mut grass_optimizer, (grass_status, String)> {
+    let mut o = ptr::null_mut();
+    check(unsafe {
+        grass_optimizer_create_sparse(
+            ctx.0,
+            pc,
+            ac,
+            m,
+            n,
+            b,
+            GRASS_DTYPE_F32,
+            GRASS_DTYPE_F32,
+            &mut o,
+        )
+    })?;
+    Ok(o)
+}
+
 impl Ctx {
     pub fn cpu() -> Ctx {
         let mut c = ptr::null_mut();

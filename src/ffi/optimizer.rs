@@ -458,7 +458,7 @@ unsafe fn handle_set(
 
 unsafe fn path_arg(path: *const std::ffi::c_char) -> Result<std::path::PathBuf> {
     use std::os::unix::ffi::OsStrExt;
-    ensure!(!path.is_null(), NullPointer, "path is NULL");
+    req("path", path)?;
     let bytes = std::ffi::CStr::from_ptr(path).to_bytes();
     ensure!(!bytes.is_empty(), InvalidValue, "path is empty");
     Ok(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(bytes)))

@@ -39,15 +39,15 @@
 // Major version: changes only with an incompatible ABI change.
 #define GRASS_VERSION_MAJOR 0
 
-#define GRASS_VERSION_MINOR 4
+#define GRASS_VERSION_MINOR 5
 
 #define GRASS_VERSION_PATCH 0
 
 // ABI generation. A library implements its own generation and, where CHANGELOG.md says so,
-// the earlier ones it only adds to: ABI 4 adds to ABI 3, so a caller built against ABI 3
-// runs unchanged. Check `grass_abi_version() >= GRASS_ABI_VERSION` (grass.hpp's
+// the earlier ones it only adds to: ABI 5 adds to ABI 4, which adds to ABI 3, so a caller
+// built against ABI 3 or 4 runs unchanged. Check `grass_abi_version() >= GRASS_ABI_VERSION` (grass.hpp's
 // `grass::abi_compatible()`).
-#define GRASS_ABI_VERSION 4
+#define GRASS_ABI_VERSION 5
 
 // Result of every fallible call. Numbers are stable: 1–99 are mistakes of the caller,
 // 100–199 problems of the environment (device, driver, memory), 200+ faults inside grass.
@@ -604,6 +604,53 @@ grass_status grass_sparse_adamw_step(const struct grass_context *ctx,
                                      size_t workspace_bytes,
                                      void *stream);
 
+// Scratch bytes `grass_residual_step` needs for these shapes: those of `grass_row_scores`
+// (the same chunks of G), plus 16 bytes (and alignment) on CUDA.
+grass_status grass_residual_workspace_size(const struct grass_context *ctx,
+                                           int64_t m,
+                                           int64_t n,
+                                           int64_t b,
+                                           grass_side side,
+                                           grass_dtype dtype,
+                                           size_t *bytes_out);
+
+// The residual step (FRUGAL's state-free update of what the compressed step leaves out):
+// every row (side ROWS) or column (side COLS) u of W (m x n, `w_dtype`) whose index is not
+// in `indices` (r, sorted ascending within [0, d)) moves by
+// `-lr·lr_scale·α·residual_scale·sign(G_u)`, with G = dYᵀX from X (b x n) and dY (b x m) of
+// `dtype` and α = `config->alpha`. G is computed in chunks of rows (as `grass_row_scores`
+// does) and each chunk's update applied before the next: no m x n buffer. The selected rows
+// are left to `grass_sparse_adamw_step`; weight decay is not applied here. sign(0) = 0.
+// `residual_scale` must be finite and non-negative and `lr` finite and non-negative
+// (`GRASS_ERROR_INVALID_VALUE` otherwise, nothing written). `skipped` (may be NULL) is read
+// first: when it holds a skipped outcome (e.g. written by the compressed step just before,
+// on the same stream) nothing is done and it is left as it is; otherwise, when X or dY hold a
+// NaN or infinity or `lr * *lr_scale` is not finite and non-negative, it receives
+// `GRASS_STEP_SKIPPED_NONFINITE` and nothing is written; else it is left as it is (so zero it
+// before a call on its own). A CPU context rejects unsorted or out-of-range indices with
+// `GRASS_ERROR_INVALID_VALUE`; a CUDA context does not check them (the result is then
+// unspecified but stays within W).
+grass_status grass_residual_step(const struct grass_context *ctx,
+                                 const struct grass_adamw_config *config,
+                                 int64_t m,
+                                 int64_t n,
+                                 int64_t b,
+                                 grass_side side,
+                                 int64_t r,
+                                 grass_dtype dtype,
+                                 const void *x,
+                                 const void *dy,
+                                 grass_dtype w_dtype,
+                                 void *w,
+                                 const int32_t *indices,
+                                 float residual_scale,
+                                 float lr,
+                                 const float *lr_scale,
+                                 int32_t *skipped,
+                                 void *workspace,
+                                 size_t workspace_bytes,
+                                 void *stream);
+
 // Scratch bytes `grass_adamw_step` needs for `numel` elements (within the size limits): CPU 0,
 // CUDA 32 (plus alignment).
 grass_status grass_adamw_workspace_size(const struct grass_context *ctx,
@@ -739,6 +786,35 @@ grass_status grass_optimizer_step_scaled(struct grass_optimizer *optimizer,
                                          float lr,
                                          float grad_scale,
                                          void *stream);
+
+// `grass_optimizer_step_scaled` of a GRASS layer (`grad` NULL), then the residual step of
+// its weight (`grass_residual_step`): every row or column that the selection leaves out
+// moves by `-lr·α·residual_scale·sign(G_u)`, G = dYᵀX computed in chunks from X (b x n) and
+// dY (b x m, the handle's activation dtype, `b <= max_tokens`), so the m x n gradient is never
+// held. Pass the step's whole batch (the tokens of every micro-batch, concatenated): the
+// residual's sign is that of its gradient. Cost: one more weight-gradient GEMM (2·b·m·n flops)
+// per step, which the compressed step alone does not spend. A skipped compressed step skips
+// the residual too; a NaN or infinity in X or dY skips the residual
+// (`grass_optimizer_last_step_skipped` then reports `GRASS_STEP_SKIPPED_NONFINITE`; the
+// compressed step of a finite accumulated gradient has been applied). `grad_scale` 0 moves no
+// residual row (sign(0) = 0); other scales do not change a sign. `residual_scale` must be
+// finite and non-negative (`grass_default_residual_scale()` is the measured default), and
+// `lr` and `grad_scale` as for `grass_optimizer_step_scaled` (`GRASS_ERROR_INVALID_VALUE`
+// naming the argument otherwise, nothing written). Dense parameters:
+// `GRASS_ERROR_INVALID_STATE`.
+grass_status grass_optimizer_step_residual(struct grass_optimizer *optimizer,
+                                           void *w,
+                                           int64_t b,
+                                           const void *x,
+                                           const void *dy,
+                                           float lr,
+                                           float grad_scale,
+                                           float residual_scale,
+                                           void *stream);
+
+// The residual step's scale that the measurements support (0.1: the residual moves each
+// element by a tenth of the compressed step's nominal size `lr·α`); bindings read it here.
+float grass_default_residual_scale(void);
 
 // Writes to `sq_norm_out` (one float in context memory: a host pointer on a CPU context, a
 // device pointer on a CUDA context, where the reduction is enqueued on `stream` without

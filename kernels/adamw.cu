@@ -208,3 +208,84 @@ extern "C" __global__ void sq_norm(const void* __restrict__ g, i32 g_dt, i64 n, 
     }
     if (threadIdx.x == 0) out[0] = (float)part[0];
 }
+
+// ---- the residual step (grass_residual_step) ------------------------------------------------
+// The units of the projected-side gradient that are not selected move by signSGD:
+// W_u -= lr·lr_scale·alpha·residual_scale·sign(G_u). G comes chunk by chunk of its rows from a
+// cuBLAS GEMM into scratch (as for the row scores); per chunk `residual_apply` updates the
+// unselected rows of W. `residual_check` and `residual_prepare` decide the step on the
+// device first, as `step_check` and `step_prepare` do for the AdamW steps.
+
+struct ResidualHeader {
+    u32 bad;     // set by residual_check: X or dY holds a NaN or infinity
+    i32 skip;    // decided by residual_prepare
+    float step;  // lr * lr_scale * alpha * residual_scale
+};
+
+// Flags h->bad when one of the nx elements of x or the ndy of dy (dtype dt) is not finite.
+extern "C" __global__ void residual_check(const void* __restrict__ x,
+                                          const void* __restrict__ dy, i32 dt, i64 nx, i64 ndy,
+                                          ResidualHeader* h) {
+    bool bad = false;
+    for (u64 e = global_x(); e < (u64)nx; e += grid_x()) {
+        if (!finite_f32(load_as_f32(x, dt, e))) bad = true;
+    }
+    for (u64 e = global_x(); e < (u64)ndy; e += grid_x()) {
+        if (!finite_f32(load_as_f32(dy, dt, e))) bad = true;
+    }
+    if (bad) atomicOr(&h->bad, 1u);
+}
+
+// One thread decides: a step that skipped before (`*skipped` not STEP_APPLIED) gates this one
+// off and is left as it is; a bad batch or a learning rate that is not finite and
+// non-negative skips it and writes STEP_SKIPPED_NONFINITE. The step size is computed in the
+// order the host computes it.
+extern "C" __global__ void residual_prepare(ResidualHeader* h, float lr,
+                                            const float* __restrict__ lr_scale, float alpha,
+                                            float residual_scale, i32* skipped) {
+    if (global_x() != 0) return;
+    const float l = lr_scale != nullptr ? lr * lr_scale[0] : lr;
+    const float step = l * alpha * residual_scale;
+    i32 skip = 0;
+    if (skipped != nullptr && *skipped != STEP_APPLIED) {
+        skip = 1;
+    } else if (h->bad != 0 || !finite_f32(l) || !(l >= 0.0f) || !finite_f32(step)) {
+        skip = 1;
+        if (skipped != nullptr) *skipped = STEP_SKIPPED_NONFINITE;
+    }
+    h->skip = skip;
+    h->step = step;
+}
+
+// Rows i0 .. i0 + rows of G (`chunk`, rows x k f32): each unit u = i0 + i that is not among
+// the r sorted indices moves W's row u (cols == 0; W is m x n with n = k) or column u
+// (cols != 0; k = m) by -step·sign(G_u), in f32 rounded once to W's dtype. Blocks split the
+// rows in y and the k elements of a row in x.
+extern "C" __global__ void residual_apply(void* w, i32 w_dt, i64 n, i32 cols,
+                                          const float* __restrict__ chunk, i64 i0, i32 rows,
+                                          i64 k, const i32* __restrict__ idx, i32 r,
+                                          const ResidualHeader* h) {
+    if (h->skip) return;
+    const float step = h->step;
+    for (i64 i = blockIdx.y; i < rows; i += gridDim.y) {
+        const i64 u = i0 + i;
+        i32 lo = 0, hi = r;
+        while (lo < hi) {
+            const i32 mid = lo + (hi - lo) / 2;
+            if ((i64)idx[mid] < u) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        if (lo < r && (i64)idx[lo] == u) continue;
+        for (u64 c = global_x(); c < (u64)k; c += grid_x()) {
+            const float g = chunk[(u64)i * (u64)k + c];
+            const float s = g > 0.0f ? 1.0f : (g < 0.0f ? -1.0f : 0.0f);
+            if (s != 0.0f) {
+                const u64 e = cols ? c * (u64)n + (u64)u : (u64)u * (u64)n + c;
+                store_from_f32(w, w_dt, e, load_as_f32(w, w_dt, e) - step * s);
+            }
+        }
+    }
+}

@@ -145,6 +145,28 @@ pub struct SparseGradArgs {
     pub stream: usize,
 }
 
+/// The residual step: the units of [0, d) not in `indices` move by
+/// `-lr·lr_scale·alpha·residual_scale·sign(G_u)`, G from the batch in chunks.
+#[derive(Debug, Clone, Copy)]
+pub struct ResidualStepArgs {
+    pub p: Projected,
+    pub batch: Batch,
+    /// r indices, sorted
+    pub indices: Buf<i32>,
+    pub w: Tensor,
+    pub alpha: f32,
+    /// Finite and >= 0.
+    pub residual_scale: f32,
+    pub lr: f32,
+    /// Multiplies lr, or none.
+    pub lr_scale: Option<Buf<f32>>,
+    /// Read first: a nonzero outcome (a step that skipped before) makes the call do nothing;
+    /// receives `SkippedNonfinite` when X, dY or the learning rate are not finite.
+    pub skipped: Option<Buf<i32>>,
+    pub ws: Scratch,
+    pub stream: usize,
+}
+
 /// Buffers of one AdamW step shared by the sparse and the dense form.
 #[derive(Debug, Clone, Copy)]
 pub struct StepBuffers {

@@ -309,6 +309,27 @@ impl grass_context {
         }
     }
 
+    pub(crate) fn residual_step(&self, a: &ResidualStepArgs) -> Result<()> {
+        match &self.backend {
+            Backend::Cpu => cpu::ops::residual_step(a),
+            Backend::Cuda(d) => d.residual_step(a),
+        }
+    }
+
+    /// Scratch of a residual step: the row scores' chunks of G (plus, on CUDA, the finite
+    /// check's header).
+    pub(crate) fn residual_workspace_size(
+        &self,
+        p: &crate::core::shape::Projected,
+        b: usize,
+        dtype: crate::core::dtype::Dtype,
+    ) -> usize {
+        match &self.backend {
+            Backend::Cpu => crate::cpu::scores_workspace_size(p, b, dtype),
+            Backend::Cuda(d) => d.residual_workspace_size(p),
+        }
+    }
+
     pub(crate) fn adamw_step(&self, a: &AdamwStepArgs) -> Result<()> {
         match &self.backend {
             Backend::Cpu => cpu::ops::adamw_step(a),

@@ -422,9 +422,14 @@ impl Fuzz {
                 assert!(!v.to_bytes().is_empty());
                 self.done("grass_version", String::new(), grass_status::GRASS_OK);
             }
-            1 => {
+            1 if self.rng.chance(50) => {
                 assert!(grass_abi_version() > 0);
                 self.done("grass_abi_version", String::new(), grass_status::GRASS_OK);
+            }
+            1 => {
+                let s = grass_default_residual_scale();
+                assert!(s.is_finite() && s >= 0.0, "{s}");
+                self.done("grass_default_residual_scale", String::new(), grass_status::GRASS_OK);
             }
             2 => {
                 let code = self
@@ -538,10 +543,14 @@ impl Fuzz {
             &mut bytes
         };
         let args = format!("m {m}, n {n}, b {b}, r {r}, d {d}, side {side}, dtype {dt}");
-        match self.rng.below(7) {
+        match self.rng.below(8) {
             0 => {
                 let st = unsafe { grass_scores_workspace_size(ctx, m, n, b, side, dt, out) };
                 self.done("grass_scores_workspace_size", args, st);
+            }
+            7 => {
+                let st = unsafe { grass_residual_workspace_size(ctx, m, n, b, side, dt, out) };
+                self.done("grass_residual_workspace_size", args, st);
             }
             1 => {
                 let st = unsafe { grass_select_workspace_size(ctx, d, r, out) };
@@ -715,7 +724,7 @@ impl Fuzz {
         let ctx = self.ctx();
         let stream = self.stream();
         let args = format!("m {m}, n {n}, b {b}, side {side}, r {r}, dtype {dt}");
-        match self.rng.below(6) {
+        match self.rng.below(7) {
             0 => {
                 let mut need = 0usize;
                 let q = unsafe { grass_scores_workspace_size(ctx, m, n, b, side, dt, &mut need) };
@@ -884,6 +893,65 @@ impl Fuzz {
                     )
                 };
                 self.done("grass_sparse_adamw_step", format!("{args}, lr {lr}"), st);
+            }
+            6 => {
+                let cfg = self.acfg();
+                let wdt = self.rng.enum_value(3);
+                let mut need = 0usize;
+                let q = unsafe { grass_residual_workspace_size(ctx, m, n, b, side, dt, &mut need) };
+                let x = self.buf(elems(&[b, n]) * es);
+                let dy = self.buf(elems(&[b, m]) * es);
+                let w = self.buf(elems(&[m, n]) * bytes_of(wdt));
+                let idx = self.indices(r, d);
+                let lrs = if self.rng.chance(30) {
+                    self.buf(4)
+                } else {
+                    usize::MAX
+                };
+                let skipped = if self.rng.chance(70) {
+                    self.buf(4)
+                } else {
+                    usize::MAX
+                };
+                let (ws, wsb) = self.workspace((q == grass_status::GRASS_OK).then_some(need));
+                let (lr, scale) = (self.rng.lr(), self.rng.float());
+                let opt_p = |f: &Fuzz, i: usize| {
+                    if i == usize::MAX {
+                        ptr::null_mut()
+                    } else {
+                        f.p(i)
+                    }
+                };
+                let cfgp: *const grass_adamw_config = if self.rng.chance(5) {
+                    ptr::null()
+                } else {
+                    &cfg
+                };
+                let st = unsafe {
+                    grass_residual_step(
+                        ctx,
+                        cfgp,
+                        m,
+                        n,
+                        b,
+                        side,
+                        r,
+                        dt,
+                        self.p(x),
+                        self.p(dy),
+                        wdt,
+                        self.p(w),
+                        self.p(idx) as *const i32,
+                        scale,
+                        lr,
+                        opt_p(self, lrs) as *const f32,
+                        opt_p(self, skipped).cast(),
+                        self.p(ws),
+                        wsb,
+                        stream,
+                    )
+                };
+                self.done("grass_residual_step", format!("{args}, lr {lr}, scale {scale}"), st);
             }
             4 => {
                 let cfg = self.acfg();
@@ -1212,7 +1280,42 @@ impl Fuzz {
                 } else {
                     self.p(grad) as *const c_void
                 };
-                if self.rng.chance(50) {
+                if self.rng.chance(25) {
+                    let (b, es, mm, nn) = match layer {
+                        Some(l) => (
+                            if self.rng.chance(80) {
+                                1 + self.rng.below(l.max_tokens.clamp(1, 64) as u64) as i64
+                            } else {
+                                self.rng.dim()
+                            },
+                            bytes_of(l.act),
+                            l.m,
+                            l.n,
+                        ),
+                        None => (1, 4, 1, 1),
+                    };
+                    let x = self.buf(elems(&[b, nn]) * es);
+                    let dy = self.buf(elems(&[b, mm]) * es);
+                    let (scale, rs) = (self.rng.float(), self.rng.float());
+                    let st = unsafe {
+                        grass_optimizer_step_residual(
+                            hh,
+                            self.p(w),
+                            b,
+                            self.p(x),
+                            self.p(dy),
+                            lr,
+                            scale,
+                            rs,
+                            stream,
+                        )
+                    };
+                    self.done(
+                        "grass_optimizer_step_residual",
+                        format!("b {b} lr {lr} grad_scale {scale} residual_scale {rs}"),
+                        st,
+                    );
+                } else if self.rng.chance(50) {
                     let scale = self.rng.float();
                     let st = unsafe {
                         grass_optimizer_step_scaled(hh, self.p(w), gp, lr, scale, stream)

@@ -154,6 +154,11 @@ inline void check(grass_status status) {
   return r;
 }
 
+// The residual step's scale the measurements support (Optimizer::step_residual's default).
+[[nodiscard]] inline float default_residual_scale() noexcept {
+  return grass_default_residual_scale();
+}
+
 [[nodiscard]] inline const char* status_string(grass_status status) noexcept {
   return grass_status_string(static_cast<int32_t>(status));
 }
@@ -456,6 +461,28 @@ class Context {
                                   workspace_bytes, stream));
   }
 
+  [[nodiscard]] std::size_t residual_workspace_size(int64_t m, int64_t n, int64_t b, Side side,
+                                                    Dtype dtype) const {
+    std::size_t bytes = 0;
+    check(grass_residual_workspace_size(get(), m, n, b, static_cast<grass_side>(side),
+                                        static_cast<grass_dtype>(dtype), &bytes));
+    return bytes;
+  }
+
+  // The rows (or columns) of W not in `indices` move by -lr·alpha·residual_scale·sign(G_u),
+  // G = dYᵀX computed in chunks (no m x n buffer). `*skipped` is read first (a skipped outcome
+  // moves nothing) and receives GRASS_STEP_SKIPPED_NONFINITE for a non-finite X, dY or lr.
+  void residual_step(const AdamWConfig& config, int64_t m, int64_t n, int64_t b, Side side,
+                     int64_t r, Dtype dtype, const void* x, const void* dy, Dtype w_dtype,
+                     void* w, const int32_t* indices, float residual_scale, float lr,
+                     const float* lr_scale, int32_t* skipped, void* workspace,
+                     std::size_t workspace_bytes, Stream stream = nullptr) const {
+    check(grass_residual_step(get(), &config.raw(), m, n, b, static_cast<grass_side>(side), r,
+                              static_cast<grass_dtype>(dtype), x, dy,
+                              static_cast<grass_dtype>(w_dtype), w, indices, residual_scale,
+                              lr, lr_scale, skipped, workspace, workspace_bytes, stream));
+  }
+
   [[nodiscard]] std::size_t adamw_workspace_size(int64_t numel) const {
     std::size_t bytes = 0;
     check(grass_adamw_workspace_size(get(), numel, &bytes));
@@ -684,6 +711,17 @@ class Optimizer {
   void step_scaled(void* w, const void* grad, float lr, float grad_scale,
                    Stream stream = nullptr) {
     check(grass_optimizer_step_scaled(get(), w, grad, lr, grad_scale, stream));
+  }
+
+  // A GRASS layer's step_scaled, then the full-rank residual: every row (or column) the
+  // selection leaves out moves by -lr·alpha·residual_scale·sign(G_u), G from the step's whole
+  // batch of activations x (b x n) and output gradients dy (b x m). One more weight-gradient
+  // GEMM per step; not for micro-batches (the sign of a sum is not the sum of signs).
+  void step_residual(void* w, int64_t b, const void* x, const void* dy, float lr,
+                     float grad_scale = 1.0f, float residual_scale = default_residual_scale(),
+                     Stream stream = nullptr) {
+    check(grass_optimizer_step_residual(get(), w, b, x, dy, lr, grad_scale, residual_scale,
+                                        stream));
   }
 
   // The squared norm of the gradient the next step uses (before its grad_scale) into

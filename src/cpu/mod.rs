@@ -8,10 +8,12 @@ pub mod activations;
 pub mod adamw;
 pub mod gemm;
 pub(crate) mod ops;
+pub mod residual;
 pub mod row_scores;
 pub mod sparse_grad;
 
 pub use activations::Activations;
 pub use adamw::{adamw_step, sparse_adamw_step, state_refresh, StepOutcome};
+pub use residual::residual_step;
 pub use row_scores::{row_scores, scores_workspace_size};
 pub use sparse_grad::{sparse_grad, sparse_grad_workspace_size};

@@ -170,6 +170,31 @@ pub(crate) fn sparse_grad(a: &SparseGradArgs) -> Result<()> {
     }
 }
 
+/// The residual step (see [`ResidualStepArgs`]).
+pub(crate) fn residual_step(a: &ResidualStepArgs) -> Result<()> {
+    unsafe {
+        let idx = view(a.indices);
+        check_indices("indices", idx, a.p.d)?;
+        if a.skipped.is_some_and(|s| view(s)[0] != StepOutcome::Applied as i32) {
+            return Ok(());
+        }
+        let act = activations(&a.batch);
+        let lr = match a.lr_scale {
+            None => a.lr,
+            Some(s) => a.lr * view(s)[0],
+        };
+        let step = lr * a.alpha * a.residual_scale;
+        let finite = lr.is_finite() && lr >= 0.0 && step.is_finite();
+        if !(finite && act.x.all_finite() && act.dy.all_finite()) {
+            if let Some(out) = a.skipped {
+                view_mut(out)[0] = StepOutcome::SkippedNonfinite as i32;
+            }
+            return Ok(());
+        }
+        cpu::residual_step(&a.p, &act, idx, weights(a.w), step, scratch(a.ws))
+    }
+}
+
 unsafe fn effective_lr(b: &StepBuffers) -> f32 {
     match b.lr_scale {
         None => b.lr,

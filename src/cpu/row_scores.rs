@@ -47,13 +47,14 @@ pub fn scores_workspace_size(p: &Projected, b: usize, dtype: Dtype) -> usize {
     plan.size()
 }
 
-/// `scores[i] = ‖row i of the projected-side gradient‖₂` for all `d` rows: per chunk of rows,
-/// the chunk of G is summed over chunks of tokens.
-pub fn row_scores(
+/// Calls `f(i0, rows, chunk)` for consecutive chunks of the projected-side gradient's rows:
+/// `chunk` holds rows `i0..i0 + rows` of G (`rows x k`, f32), each summed over chunks of
+/// tokens into scratch, so no more than one chunk of G exists at a time.
+pub(crate) fn for_each_grad_chunk(
     p: &Projected,
     act: &Activations<'_>,
-    scores: &mut [f32],
     ws: &mut [u8],
+    mut f: impl FnMut(usize, usize, &[f32]),
 ) -> Result<()> {
     let (a, b) = act.operands(p);
     let (bt, d, k) = (act.b, p.d, p.k);
@@ -94,6 +95,22 @@ pub fn row_scores(
             );
             t0 += tn;
         }
+        f(i0, cn, &out[..cn * k]);
+        i0 += cn;
+    }
+    Ok(())
+}
+
+/// `scores[i] = ‖row i of the projected-side gradient‖₂` for all `d` rows: per chunk of rows,
+/// the chunk of G is summed over chunks of tokens.
+pub fn row_scores(
+    p: &Projected,
+    act: &Activations<'_>,
+    scores: &mut [f32],
+    ws: &mut [u8],
+) -> Result<()> {
+    let k = p.k;
+    for_each_grad_chunk(p, act, ws, |i0, cn, out| {
         for i in 0..cn {
             let s: f64 = out[i * k..(i + 1) * k]
                 .iter()
@@ -101,7 +118,5 @@ pub fn row_scores(
                 .sum();
             scores[i0 + i] = s.sqrt() as f32;
         }
-        i0 += cn;
-    }
-    Ok(())
+    })
 }

@@ -378,6 +378,12 @@ impl Device {
         plan.size()
     }
 
+    pub fn residual_workspace_size(&self, p: &Projected) -> usize {
+        let mut plan = Plan::sizing();
+        residual_layout(&mut plan, p);
+        plan.size()
+    }
+
     pub fn adamw_workspace_size(&self, _numel: usize) -> usize {
         let mut plan = Plan::sizing();
         step_layout(&mut plan, None);
@@ -447,6 +453,22 @@ pub(crate) fn scores_layout(plan: &mut Plan, p: &Projected) -> ScoresLayout {
         chunk: plan.take(bytes),
         blas: plan.take(blas::workspace_for(bytes)),
         blas_bytes: blas::workspace_for(bytes),
+    }
+}
+
+/// The residual step: its decision header (`ResidualHeader` in kernels/adamw.cu), then the
+/// row scores' chunks of G.
+pub(crate) struct ResidualLayout {
+    pub header: usize,
+    pub chunks: ScoresLayout,
+}
+
+pub(crate) const RESIDUAL_HEADER: usize = 16;
+
+pub(crate) fn residual_layout(plan: &mut Plan, p: &Projected) -> ResidualLayout {
+    ResidualLayout {
+        header: plan.take(RESIDUAL_HEADER),
+        chunks: scores_layout(plan, p),
     }
 }
 

@@ -13,7 +13,7 @@ use crate::cuda::launch::driver_error;
 
 /// (module, kernel, parameters): one letter per parameter, `p` an address, `i` an i32,
 /// `u` a u32, `l` an i64, `q` a u64, `f` an f32.
-pub const SIGNATURES: [(&str, &str, &str); 11] = [
+pub const SIGNATURES: [(&str, &str, &str); 14] = [
     ("row_scores.cu", "row_norms", "pilp"),
     ("select.cu", "select_rows", "piiiiiquuppppppppu"),
     ("sparse_grad.cu", "gather_cols", "pillpip"),
@@ -24,6 +24,9 @@ pub const SIGNATURES: [(&str, &str, &str); 11] = [
     ("adamw.cu", "sparse_adamw_step", "pilippipfppilffffipp"),
     ("adamw.cu", "adamw_step", "pipifppilfffip"),
     ("adamw.cu", "sq_norm", "pilp"),
+    ("adamw.cu", "residual_check", "ppillp"),
+    ("adamw.cu", "residual_prepare", "pfpffp"),
+    ("adamw.cu", "residual_apply", "piliplilpip"),
     ("state_refresh.cu", "carry_rows", "pppippil"),
 ];
 
@@ -47,6 +50,9 @@ pub(crate) struct Kernels {
     pub sparse_adamw_step: Kernel,
     pub adamw_step: Kernel,
     pub sq_norm: Kernel,
+    pub residual_check: Kernel,
+    pub residual_prepare: Kernel,
+    pub residual_apply: Kernel,
     pub carry_rows: Kernel,
 }
 
@@ -93,6 +99,9 @@ impl Modules {
             sparse_adamw_step: self.kernel("sparse_adamw_step")?,
             adamw_step: self.kernel("adamw_step")?,
             sq_norm: self.kernel("sq_norm")?,
+            residual_check: self.kernel("residual_check")?,
+            residual_prepare: self.kernel("residual_prepare")?,
+            residual_apply: self.kernel("residual_apply")?,
             carry_rows: self.kernel("carry_rows")?,
         })
     }

@@ -9,7 +9,7 @@ use crate::core::error::Result;
 use crate::core::scratch::Plan;
 use crate::cuda::blas::Gemm;
 use crate::cuda::device::{
-    fits_i32, scores_layout, select_layout, sparse_grad_layout, step_layout, Device, StepLayout,
+    fits_i32, residual_layout, scores_layout, RESIDUAL_HEADER, select_layout, sparse_grad_layout, step_layout, Device, StepLayout,
     STEP_HEADER,
 };
 use crate::cuda::launch::{self, launch, Arg, Shape};
@@ -298,6 +298,91 @@ impl Device {
                 ],
             )
         }
+    }
+
+    /// The residual step: the finite check and the decision on the device, then per chunk of
+    /// G's rows one GEMM into scratch and the sign update of the unselected rows of W.
+    pub fn residual_step(&self, a: &ResidualStepArgs) -> Result<()> {
+        let p = a.p;
+        let r = fits_i32("r", a.indices.len())?;
+        let mut plan = Plan::within(a.ws.addr, a.ws.bytes);
+        let l = residual_layout(&mut plan, &p);
+        plan.check()?;
+        let (amat, bmat) = operands(p.side, a.batch.x.addr(), a.batch.dy.addr());
+        let dtype = a.batch.dtype();
+        let _bound = self.bind()?;
+        launch::memset_zero(l.header, RESIDUAL_HEADER, a.stream)?;
+        let (nx, ndy) = (a.batch.x.len(), a.batch.dy.len());
+        // SAFETY: X and dY hold nx and ndy elements of `dtype`, the header RESIDUAL_HEADER
+        // bytes of scratch; lr_scale and skipped (when not 0) one value each.
+        unsafe {
+            launch(
+                &self.kernels.residual_check,
+                Shape::linear(nx.max(ndy) as u64, BLOCK, MAX_BLOCKS),
+                a.stream,
+                [
+                    Arg::Ptr(a.batch.x.addr()),
+                    Arg::Ptr(a.batch.dy.addr()),
+                    dt(dtype),
+                    Arg::I64(nx as i64),
+                    Arg::I64(ndy as i64),
+                    Arg::Ptr(l.header),
+                ],
+            )?;
+            launch(
+                &self.kernels.residual_prepare,
+                Shape::single(1),
+                a.stream,
+                [
+                    Arg::Ptr(l.header),
+                    Arg::F32(a.lr),
+                    Arg::Ptr(addr_or_null(a.lr_scale)),
+                    Arg::F32(a.alpha),
+                    Arg::F32(a.residual_scale),
+                    Arg::Ptr(addr_or_null(a.skipped)),
+                ],
+            )?;
+        }
+        let c = &l.chunks;
+        let mut i0 = 0;
+        while i0 < p.d {
+            let rows = c.rows.min(p.d - i0);
+            let g = Gemm {
+                dtype,
+                b: a.batch.b,
+                k: p.k,
+                n: rows,
+                bmat,
+                amat: amat + i0 * dtype.size(),
+                lda: p.d,
+                out: c.chunk,
+            };
+            self.blas.run(&g, c.blas, c.blas_bytes, a.stream)?;
+            // SAFETY: the chunk holds rows x k f32 written by the GEMM; W holds m x n elements
+            // of its dtype; indices r entries; the header was prepared above on the stream.
+            unsafe {
+                launch(
+                    &self.kernels.residual_apply,
+                    Shape::rows(p.k as u64, BLOCK, rows as u64),
+                    a.stream,
+                    [
+                        Arg::Ptr(a.w.addr()),
+                        dt(a.w.dtype()),
+                        Arg::I64(p.n as i64),
+                        Arg::I32((p.side == Side::Cols) as i32),
+                        Arg::Ptr(c.chunk),
+                        Arg::I64(i0 as i64),
+                        Arg::I32(rows as i32),
+                        Arg::I64(p.k as i64),
+                        Arg::Ptr(a.indices.addr()),
+                        Arg::I32(r),
+                        Arg::Ptr(l.header),
+                    ],
+                )?;
+            }
+            i0 += rows;
+        }
+        Ok(())
     }
 
     pub fn adamw_step(&self, a: &AdamwStepArgs) -> Result<()> {

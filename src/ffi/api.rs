@@ -12,13 +12,13 @@ use crate::ffi::types::*;
 
 /// Major version: changes only with an incompatible ABI change.
 pub const GRASS_VERSION_MAJOR: u32 = 0;
-pub const GRASS_VERSION_MINOR: u32 = 4;
+pub const GRASS_VERSION_MINOR: u32 = 5;
 pub const GRASS_VERSION_PATCH: u32 = 0;
 /// ABI generation. A library implements its own generation and, where CHANGELOG.md says so,
-/// the earlier ones it only adds to: ABI 4 adds to ABI 3, so a caller built against ABI 3
-/// runs unchanged. Check `grass_abi_version() >= GRASS_ABI_VERSION` (grass.hpp's
+/// the earlier ones it only adds to: ABI 5 adds to ABI 4, which adds to ABI 3, so a caller
+/// built against ABI 3 or 4 runs unchanged. Check `grass_abi_version() >= GRASS_ABI_VERSION` (grass.hpp's
 /// `grass::abi_compatible()`).
-pub const GRASS_ABI_VERSION: u32 = 4;
+pub const GRASS_ABI_VERSION: u32 = 5;
 
 /// The library version as "MAJOR.MINOR.PATCH" (static storage).
 #[no_mangle]

@@ -6,7 +6,7 @@ use std::ffi::c_void;
 
 use crate::backend::*;
 use crate::context::grass_context;
-use crate::core::config::check_lr;
+use crate::core::config::{check_lr, check_residual_scale};
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
 use crate::core::shape::{positive, product, Projected};
@@ -436,6 +436,104 @@ pub unsafe extern "C" fn grass_sparse_adamw_step(
             buf,
         };
         c.sparse_adamw_step(&a)
+    })
+}
+
+/// Scratch bytes `grass_residual_step` needs for these shapes: those of `grass_row_scores`
+/// (the same chunks of G), plus 16 bytes (and alignment) on CUDA.
+#[no_mangle]
+pub unsafe extern "C" fn grass_residual_workspace_size(
+    ctx: *const grass_context,
+    m: i64,
+    n: i64,
+    b: i64,
+    side: grass_side,
+    dtype: grass_dtype,
+    bytes_out: *mut usize,
+) -> grass_status {
+    guard("grass_residual_workspace_size", || {
+        let c = self::ctx(ctx)?;
+        let p = projected(m, n, side)?;
+        let b = tokens(b, &p)?;
+        let dt = self::dtype("dtype", dtype)?;
+        let out = req("bytes_out", bytes_out)?;
+        write(out, need(c.residual_workspace_size(&p, b, dt))?);
+        Ok(())
+    })
+}
+
+/// The residual step (FRUGAL's state-free update of what the compressed step leaves out):
+/// every row (side ROWS) or column (side COLS) u of W (m x n, `w_dtype`) whose index is not
+/// in `indices` (r, sorted ascending within [0, d)) moves by
+/// `-lr·lr_scale·α·residual_scale·sign(G_u)`, with G = dYᵀX from X (b x n) and dY (b x m) of
+/// `dtype` and α = `config->alpha`. G is computed in chunks of rows (as `grass_row_scores`
+/// does) and each chunk's update applied before the next: no m x n buffer. The selected rows
+/// are left to `grass_sparse_adamw_step`; weight decay is not applied here. sign(0) = 0.
+/// `residual_scale` must be finite and non-negative and `lr` finite and non-negative
+/// (`GRASS_ERROR_INVALID_VALUE` otherwise, nothing written). `skipped` (may be NULL) is read
+/// first: when it holds a skipped outcome (e.g. written by the compressed step just before,
+/// on the same stream) nothing is done and it is left as it is; otherwise, when X or dY hold a
+/// NaN or infinity or `lr * *lr_scale` is not finite and non-negative, it receives
+/// `GRASS_STEP_SKIPPED_NONFINITE` and nothing is written; else it is left as it is (so zero it
+/// before a call on its own). A CPU context rejects unsorted or out-of-range indices with
+/// `GRASS_ERROR_INVALID_VALUE`; a CUDA context does not check them (the result is then
+/// unspecified but stays within W).
+#[no_mangle]
+pub unsafe extern "C" fn grass_residual_step(
+    ctx: *const grass_context,
+    config: *const grass_adamw_config,
+    m: i64,
+    n: i64,
+    b: i64,
+    side: grass_side,
+    r: i64,
+    dtype: grass_dtype,
+    x: *const c_void,
+    dy: *const c_void,
+    w_dtype: grass_dtype,
+    w: *mut c_void,
+    indices: *const i32,
+    residual_scale: f32,
+    lr: f32,
+    lr_scale: *const f32,
+    skipped: *mut i32,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+    stream: *mut c_void,
+) -> grass_status {
+    guard("grass_residual_step", || {
+        let c = self::ctx(ctx)?;
+        let cfg = read_versioned("config", config)?.adamw()?;
+        let p = projected(m, n, side)?;
+        let b = tokens(b, &p)?;
+        let r = rank(r, &p)?;
+        let dt = self::dtype("dtype", dtype)?;
+        let wd = self::dtype("w_dtype", w_dtype)?;
+        check_lr(lr)?;
+        check_residual_scale(residual_scale)?;
+        let a = ResidualStepArgs {
+            p,
+            batch: Batch {
+                b,
+                x: tensor("x", x, dt, b * p.n)?,
+                dy: tensor("dy", dy, dt, b * p.m)?,
+            },
+            indices: req_buf("indices", indices, r)?,
+            w: tensor("w", w, wd, p.m * p.n)?,
+            alpha: cfg.alpha,
+            residual_scale,
+            lr,
+            lr_scale: opt_buf("lr_scale", lr_scale, 1)?,
+            skipped: opt_buf("skipped", skipped, 1)?,
+            ws: self::workspace(
+                workspace,
+                workspace_bytes,
+                c.residual_workspace_size(&p, b, dt),
+                "grass_residual_workspace_size",
+            )?,
+            stream: stream as usize,
+        };
+        c.residual_step(&a)
     })
 }
 

@@ -5,7 +5,7 @@ use std::ffi::c_void;
 
 use crate::backend::Tensor;
 use crate::context::grass_context;
-use crate::core::config::{check_grad_scale, check_lr};
+use crate::core::config::{check_grad_scale, check_lr, check_residual_scale};
 use crate::core::error::Result;
 use crate::core::shape::positive;
 use crate::ffi::args::{ctx, handle, handle_mut, req, req_buf, tensor, write};
@@ -228,6 +228,60 @@ pub unsafe extern "C" fn grass_optimizer_step_scaled(
     guard("grass_optimizer_step_scaled", || {
         step(optimizer, w, grad, lr, grad_scale, stream)
     })
+}
+
+/// `grass_optimizer_step_scaled` of a GRASS layer (`grad` NULL), then the residual step of
+/// its weight (`grass_residual_step`): every row or column that the selection leaves out
+/// moves by `-lr·α·residual_scale·sign(G_u)`, G = dYᵀX computed in chunks from X (b x n) and
+/// dY (b x m, the handle's activation dtype, `b <= max_tokens`), so the m x n gradient is never
+/// held. Pass the step's whole batch (the tokens of every micro-batch, concatenated): the
+/// residual's sign is that of its gradient. Cost: one more weight-gradient GEMM (2·b·m·n flops)
+/// per step, which the compressed step alone does not spend. A skipped compressed step skips
+/// the residual too; a NaN or infinity in X or dY skips the residual
+/// (`grass_optimizer_last_step_skipped` then reports `GRASS_STEP_SKIPPED_NONFINITE`; the
+/// compressed step of a finite accumulated gradient has been applied). `grad_scale` 0 moves no
+/// residual row (sign(0) = 0); other scales do not change a sign. `residual_scale` must be
+/// finite and non-negative (`grass_default_residual_scale()` is the measured default), and
+/// `lr` and `grad_scale` as for `grass_optimizer_step_scaled` (`GRASS_ERROR_INVALID_VALUE`
+/// naming the argument otherwise, nothing written). Dense parameters:
+/// `GRASS_ERROR_INVALID_STATE`.
+#[no_mangle]
+pub unsafe extern "C" fn grass_optimizer_step_residual(
+    optimizer: *mut grass_optimizer,
+    w: *mut c_void,
+    b: i64,
+    x: *const c_void,
+    dy: *const c_void,
+    lr: f32,
+    grad_scale: f32,
+    residual_scale: f32,
+    stream: *mut c_void,
+) -> grass_status {
+    guard("grass_optimizer_step_residual", || {
+        let o = handle_mut("optimizer", optimizer)?;
+        let Kind::Sparse { proj, .. } = &o.kind else {
+            bail!(BadState, "grass_optimizer_step_residual is for GRASS layers; a dense parameter steps with grass_optimizer_step");
+        };
+        check_lr(lr)?;
+        check_grad_scale(grad_scale)?;
+        check_residual_scale(residual_scale)?;
+        let batch = batch(proj, b, x, dy)?;
+        let w = tensor("w", w, o.w_dtype, o.weight_elements())?;
+        o.step_residual(
+            w,
+            &batch,
+            StepScalars { lr, grad_scale },
+            residual_scale,
+            stream as usize,
+        )
+    })
+}
+
+/// The residual step's scale that the measurements support (0.1: the residual moves each
+/// element by a tenth of the compressed step's nominal size `lr·α`); bindings read it here.
+#[no_mangle]
+pub extern "C" fn grass_default_residual_scale() -> f32 {
+    crate::core::config::defaults::RESIDUAL_SCALE
 }
 
 /// The checked gradient argument of a step or norm: none for a GRASS layer (`grad` must be

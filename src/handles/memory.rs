@@ -50,8 +50,8 @@ pub(crate) fn projection_workspace(
         .max(c.sparse_grad_workspace_size(p, b, r, dtype))
 }
 
-/// Workspace the calls of a GRASS optimizer need: its projection's, the state refresh's and
-/// the compressed step's.
+/// Workspace the calls of a GRASS optimizer need: its projection's, the state refresh's, the
+/// compressed step's and the residual step's.
 pub(crate) fn sparse_optimizer_workspace(
     c: &grass_context,
     p: &Projected,
@@ -62,6 +62,7 @@ pub(crate) fn sparse_optimizer_workspace(
     projection_workspace(c, p, b, r, dtype)
         .max(c.state_refresh_workspace_size())
         .max(c.sparse_adamw_workspace_size(p, r))
+        .max(c.residual_workspace_size(p, b, dtype))
 }
 
 /// Workspace the step of a dense optimizer needs.

@@ -246,6 +246,45 @@ impl grass_optimizer {
         Ok(())
     }
 
+    /// The compressed step of a GRASS layer, then the residual step of the rows it leaves out
+    /// from `batch` (see grass_optimizer_step_residual), gated on the first's outcome.
+    pub(crate) fn step_residual(
+        &mut self,
+        w: Tensor,
+        batch: &Batch,
+        step: StepScalars,
+        residual_scale: f32,
+        stream: usize,
+    ) -> Result<()> {
+        // SAFETY: the context outlives the optimizer (documented contract of the ABI).
+        let c = unsafe { &*self.ctx };
+        let (alpha, outcome) = (self.cfg.alpha, self.outcome());
+        c.with_workspace(stream, |ws| {
+            self.step_in(c, w, None, step, ws, stream)?;
+            let Kind::Sparse { proj, .. } = &self.kind else {
+                bail!(Internal, "grass_optimizer_step_residual: not a GRASS layer");
+            };
+            if step.grad_scale == 0.0 {
+                return Ok(());
+            }
+            c.residual_step(&ResidualStepArgs {
+                p: proj.p,
+                batch: *batch,
+                indices: proj.selection().0,
+                w,
+                alpha,
+                residual_scale,
+                lr: step.lr,
+                lr_scale: None,
+                skipped: Some(outcome),
+                ws,
+                stream,
+            })
+        })?;
+        self.steps += 1;
+        Ok(())
+    }
+
     fn step_in(
         &mut self,
         c: &grass_context,

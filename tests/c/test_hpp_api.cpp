@@ -584,6 +584,67 @@ void rank_rule_norm_and_scaled_step() {
   std::remove(path.c_str());
 }
 
+// The full-rank residual through the wrapper: Optimizer::step_residual equals step() plus
+// Context::residual_step on the handle's selection (bit for bit), and every column the
+// selection leaves out moved by -lr·alpha·s·sign(G) against a double reference.
+void residual_step() {
+  TK_CHECK(grass::default_residual_scale() == 0.1f);
+  auto ctx = grass::Context::cpu();
+  grass::AdamWConfig ac;
+  const int64_t m = 24, n = 40, b = 6;
+  auto a = grass::Optimizer::sparse(ctx, grass::ProjectionConfig().rank(8), ac, m, n, b,
+                                    grass::Dtype::F32, grass::Dtype::F32);
+  auto c = grass::Optimizer::sparse(ctx, grass::ProjectionConfig().rank(8), ac, m, n, b,
+                                    grass::Dtype::F32, grass::Dtype::F32);
+  tk_rng rng{23};
+  std::vector<float> x(static_cast<size_t>(b * n)), dy(static_cast<size_t>(b * m)),
+      w0(static_cast<size_t>(m * n));
+  for (auto& v : x) v = tk_nonzero(&rng);
+  for (auto& v : dy) v = tk_nonzero(&rng);
+  for (auto& v : w0) v = tk_nonzero(&rng);
+  auto wa = w0, wc = w0;
+  const float lr = 1e-2f, scale = 0.2f;
+  a.backward(b, x.data(), dy.data());
+  a.step_residual(wa.data(), b, x.data(), dy.data(), lr, 1.0f, scale);
+  c.backward(b, x.data(), dy.data());
+  c.step(wc.data(), lr);
+  const int32_t* idx = c.projection().selection().indices;
+  const int64_t r = c.projection().info().rank;
+  std::vector<int32_t> sel(idx, idx + r);
+  std::vector<unsigned char> ws(ctx.residual_workspace_size(m, n, b, grass::Side::Cols,
+                                                            grass::Dtype::F32));
+  int32_t skipped = 0;
+  ctx.residual_step(ac, m, n, b, grass::Side::Cols, r, grass::Dtype::F32, x.data(), dy.data(),
+                    grass::Dtype::F32, wc.data(), sel.data(), scale, lr, nullptr, &skipped,
+                    ws.data(), ws.size());
+  TK_CHECK(skipped == GRASS_STEP_APPLIED);
+  TK_SAME_BYTES(wa.data(), wc.data(), wa.size() * sizeof(float));
+  const float step = lr * ac.raw().alpha * scale;
+  int moved = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    if (std::find(sel.begin(), sel.end(), static_cast<int32_t>(j)) != sel.end()) continue;
+    for (int64_t i = 0; i < m; ++i) {
+      double g = 0.0, bound = 0.0;
+      for (int64_t t = 0; t < b; ++t) {
+        const double p = static_cast<double>(dy[static_cast<size_t>(t * m + i)]) *
+                         x[static_cast<size_t>(t * n + j)];
+        g += p;
+        bound += std::fabs(p);
+      }
+      ++moved;
+      if (std::fabs(g) <= 1e-5 * bound) continue;  // a sign f32 cannot decide
+      const float want = w0[static_cast<size_t>(i * n + j)] - step * static_cast<float>((g > 0) - (g < 0));
+      TK_CHECK(wa[static_cast<size_t>(i * n + j)] == want);
+    }
+  }
+  TK_CHECK(moved == m * (n - r));
+  TK_THROWS(a.step_residual(wa.data(), b, x.data(), dy.data(), lr, 1.0f, -1.0f),
+            GRASS_ERROR_INVALID_VALUE, "residual_scale");
+  auto d = grass::Optimizer::dense(ctx, ac, 10, grass::Dtype::F32, grass::Dtype::F32);
+  TK_THROWS(d.step_residual(wa.data(), b, x.data(), dy.data(), lr), GRASS_ERROR_INVALID_STATE,
+            "dense");
+}
+
 int main() {
   tk_run("versions", versions);
   tk_run("rank_rule_norm_and_scaled_step", rank_rule_norm_and_scaled_step);
@@ -596,5 +657,6 @@ int main() {
   tk_run("last_error_per_thread", last_error_per_thread);
   tk_run("concurrent_handles", concurrent_handles);
   tk_run("memory_plan", memory_plan);
+  tk_run("residual_step", residual_step);
   return tk_report("test_hpp_api");
 }

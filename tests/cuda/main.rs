@@ -9,6 +9,7 @@ mod gpu;
 mod graph;
 mod handles;
 mod memory;
+mod residual;
 mod row_scores;
 mod select;
 mod sparse_grad;

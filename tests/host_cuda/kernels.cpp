@@ -203,6 +203,9 @@ const host_cuda::KernelInfo kKernels[] = {
     info("sparse_adamw_step", &sparse_adamw_step, host_cuda::kMaxThreads),
     info("adamw_step", &adamw_step, host_cuda::kMaxThreads),
     info("sq_norm", &sq_norm, host_cuda::kMaxThreads),
+    info("residual_check", &residual_check, host_cuda::kMaxThreads),
+    info("residual_prepare", &residual_prepare, host_cuda::kMaxThreads),
+    info("residual_apply", &residual_apply, host_cuda::kMaxThreads),
     info("carry_rows", &carry_rows, CARRY_THREADS),
 };
 

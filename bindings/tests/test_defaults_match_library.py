@@ -98,3 +98,22 @@ def test_torch_states_no_defaults_of_its_own():
     lib = grass_torch.Lib(LIBGRASS)
     assert lib.defaults() == c_defaults()
     assert lib.default_rank(128) == 32
+
+
+def test_residual_scale_is_the_library_one():
+    """grass_default_residual_scale() (the core's defaults::RESIDUAL_SCALE) is what grass_jax's
+    grass_adamw and the trainer's --residual-scale default to; the residual itself is opt-in."""
+    lib = ctypes.CDLL(LIBGRASS)
+    lib.grass_default_residual_scale.restype = ctypes.c_float
+    want = lib.grass_default_residual_scale()
+    assert want == f32(0.1)
+    sys.path.insert(0, os.path.join(ROOT, "bindings", "jax"))
+    try:
+        from grass_jax import train
+        from grass_jax.optimizer import grass_adamw
+    finally:
+        sys.path.pop(0)
+    sig = inspect.signature(grass_adamw.__init__).parameters
+    assert f32(sig["residual_scale"].default) == want and sig["residual"].default == "none"
+    cfg = train.make_config({})
+    assert f32(cfg.residual_scale) == want and cfg.residual == "none"

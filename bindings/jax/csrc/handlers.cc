@@ -238,6 +238,55 @@ ffi::Error SparseAdamWStep(const Device& dev, ffi::AnyBuffer w, ffi::Buffer<ffi:
   return ffi::Error::Success();
 }
 
+// The residual step of a weight of shape (*stack, m, n): one grass_residual_step per layer
+// slice, in place, from that slice's X (*stack, b, n), dY (*stack, b, m) and indices
+// (*stack, r), gated on and reporting into that slice's outcome in `skipped` (*stack).
+ffi::Error ResidualStep(const Device& dev, ffi::AnyBuffer w, ffi::AnyBuffer x, ffi::AnyBuffer dy,
+                        ffi::Buffer<ffi::S32> indices, ffi::Buffer<ffi::F32> lr_scale,
+                        ffi::Buffer<ffi::S32> skipped, int32_t side, float alpha,
+                        float residual_scale, float lr, ffi::Result<ffi::AnyBuffer> w_out,
+                        ffi::Result<ffi::Buffer<ffi::S32>> skipped_out, U8Result ws) {
+  int64_t slices, m, n, xs, b, n2, ds, b2, m2;
+  grass_dtype wd, dt, dt2;
+  GRASS_TRY(StackedMatrix(w, "w", &slices, &m, &n));
+  GRASS_TRY(StackedMatrix(x, "x", &xs, &b, &n2));
+  GRASS_TRY(StackedMatrix(dy, "dy", &ds, &b2, &m2));
+  GRASS_TRY(DtypeOf(w, "w", &wd));
+  GRASS_TRY(DtypeOf(x, "x", &dt));
+  GRASS_TRY(DtypeOf(dy, "dy", &dt2));
+  if (xs != slices || ds != slices || b != b2 || n2 != n || m2 != m || dt != dt2) {
+    return ffi::Error::InvalidArgument(
+        "x must be (*stack, b, n) and dy (*stack, b, m) of one dtype for w (*stack, m, n)");
+  }
+  GRASS_TRY(SameBuffer(w.untyped_data(), w_out->untyped_data(), "w"));
+  GRASS_TRY(SameBuffer(skipped.untyped_data(), skipped_out->untyped_data(), "skipped"));
+  GRASS_TRY(CountOf(skipped, "skipped", slices, "int32 outcomes (one per layer slice)"));
+  GRASS_TRY(CountOf(lr_scale, "lr_scale", 1, "float32 (a scalar)"));
+  if (slices == 0) return ffi::Error::Success();
+  int64_t total = static_cast<int64_t>(indices.element_count());
+  int64_t r = total / slices;
+  if (r * slices != total) {
+    return ffi::Error::InvalidArgument("indices must hold rank entries per layer slice");
+  }
+  grass_adamw_config cfg;
+  GRASS_TRY(StatusError(grass_adamw_config_init(&cfg)));
+  cfg.alpha = alpha;
+  const size_t w_bytes = static_cast<size_t>(m * n) * grass_dtype_size(wd);
+  const size_t x_bytes = static_cast<size_t>(b * n) * grass_dtype_size(dt);
+  const size_t dy_bytes = static_cast<size_t>(b * m) * grass_dtype_size(dt);
+  char* w_at = static_cast<char*>(w_out->untyped_data());
+  const char* x_at = static_cast<const char*>(x.untyped_data());
+  const char* dy_at = static_cast<const char*>(dy.untyped_data());
+  for (int64_t s = 0; s < slices; ++s) {
+    GRASS_TRY(StatusError(grass_residual_step(
+        dev.ctx, &cfg, m, n, b, side, r, dt, x_at + s * x_bytes, dy_at + s * dy_bytes, wd,
+        w_at + s * w_bytes, indices.typed_data() + s * r, residual_scale, lr,
+        lr_scale.typed_data(), skipped_out->typed_data() + s, ws->untyped_data(),
+        ws->size_bytes(), dev.stream)));
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error StateRefresh(const Device& dev, ffi::Buffer<ffi::S32> old_indices,
                         ffi::Buffer<ffi::S32> new_indices, ffi::AnyBuffer m_state,
                         ffi::AnyBuffer v_state, ffi::Buffer<ffi::S32> row_steps,
@@ -408,6 +457,23 @@ auto StateRefreshArgs(B b) {
 }
 
 template <typename B>
+auto ResidualArgs(B b) {
+  return std::move(b).template Arg<ffi::AnyBuffer>()                   // w (*stack, m, n)
+      .template Arg<ffi::AnyBuffer>()                       // x (*stack, b, n)
+      .template Arg<ffi::AnyBuffer>()                       // dy (*stack, b, m)
+      .template Arg<ffi::Buffer<ffi::S32>>()                // indices (*stack, r)
+      .template Arg<ffi::Buffer<ffi::F32>>()                // lr_scale (scalar)
+      .template Arg<ffi::Buffer<ffi::S32>>()                // skipped (*stack): the gate
+      .template Attr<int32_t>("side")
+      .template Attr<float>("alpha")
+      .template Attr<float>("residual_scale")
+      .template Attr<float>("lr")
+      .template Ret<ffi::AnyBuffer>()                       // w, aliased
+      .template Ret<ffi::Buffer<ffi::S32>>()                // skipped, aliased
+      .template Ret<ffi::Buffer<ffi::U8>>();                // workspace
+}
+
+template <typename B>
 auto AdamWArgs(B b) {
   return std::move(b).template Arg<ffi::AnyBuffer>()                   // w
       .template Arg<ffi::AnyBuffer>()                       // grad
@@ -450,3 +516,4 @@ GRASS_JAX_HANDLERS(GrassSparseGrad, SparseGrad, SparseGradArgs)
 GRASS_JAX_HANDLERS(GrassSparseAdamWStep, SparseAdamWStep, SparseAdamWArgs)
 GRASS_JAX_HANDLERS(GrassStateRefresh, StateRefresh, StateRefreshArgs)
 GRASS_JAX_HANDLERS(GrassAdamWStep, AdamWStep, AdamWArgs)
+GRASS_JAX_HANDLERS(GrassResidualStep, ResidualStep, ResidualArgs)

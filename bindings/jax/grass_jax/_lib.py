@@ -23,7 +23,7 @@ REFRESH_MODES = {"reset": 0, "carry": 1}
 # What a step writes to `skipped` (GRASS_STEP_*).
 STEP_APPLIED, STEP_SKIPPED_NONFINITE, STEP_SKIPPED_BAD_INDICES, STEP_SKIPPED_BAD_STEP_COUNT = 0, 1, 2, 3
 SIDES = {"rows": SIDE_ROWS, "cols": SIDE_COLS, "auto": SIDE_AUTO}
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 # Target name -> handler symbol prefix in libgrass_jax_ffi.so (suffixed Cpu / Cuda).
 TARGETS = {
@@ -33,6 +33,7 @@ TARGETS = {
     "grass_sparse_adamw_step": "GrassSparseAdamWStep",
     "grass_state_refresh": "GrassStateRefresh",
     "grass_adamw_step": "GrassAdamWStep",
+    "grass_residual_step": "GrassResidualStep",
 }
 
 _c = ctypes
@@ -54,6 +55,9 @@ _PROTOTYPES = {
                                                 _c.POINTER(_sz)]),
     "grass_sparse_adamw_workspace_size": (_i32, [_p, _i64, _i64, _i32, _i64, _c.POINTER(_sz)]),
     "grass_adamw_workspace_size": (_i32, [_p, _i64, _c.POINTER(_sz)]),
+    "grass_residual_workspace_size": (_i32, [_p, _i64, _i64, _i64, _i32, _i32,
+                                             _c.POINTER(_sz)]),
+    "grass_default_residual_scale": (_c.c_float, []),
     "grass_state_refresh_workspace_size": (_i32, [_p, _i32, _i32, _i64, _i64,
                                                   _c.POINTER(_sz)]),
     "grass_adamw_config_init": (_i32, [_p]),
@@ -139,6 +143,7 @@ def defaults():
         "alpha": f32(a.alpha),
         "refresh_mode": _name(REFRESH_MODES, a.refresh_mode),
         "state_dtype": {DTYPE_F32: "float32", DTYPE_BF16: "bfloat16"}[a.state_dtype],
+        "residual_scale": f32(lib.grass_default_residual_scale()),
     }
 
 
@@ -259,6 +264,10 @@ def sparse_grad_workspace(m, n, b, side, r, dtype):
 
 def sparse_adamw_workspace(m, n, side, r):
     return _workspace("grass_sparse_adamw_workspace_size", m, n, side, r)
+
+
+def residual_workspace(m, n, b, side, dtype):
+    return _workspace("grass_residual_workspace_size", m, n, b, side, dtype)
 
 
 def adamw_workspace(numel):

@@ -114,18 +114,23 @@ class Projection:
     weight (`lax.scan(body, h, (w, proj))`), or take one slice with `proj[l]`.
     """
 
-    def __init__(self, indices, scales, sink, score_sink, refresh_index, refresh, config):
+    def __init__(self, indices, scales, sink, score_sink, refresh_index, refresh, config,
+                 x_sink=None, dy_sink=None):
         self.indices, self.scales = indices, scales
         self.sink, self.score_sink = sink, score_sink
         self.refresh_index, self.refresh = refresh_index, refresh
         self.config = config
+        # With grass_adamw(residual="sign"): (tokens, n) and (tokens, m) zeros whose gradients
+        # are this layer's X and dY, which the step's residual needs; None otherwise.
+        self.x_sink, self.dy_sink = x_sink, dy_sink
 
     @property
     def static_refresh(self) -> Optional[bool]:
         return self.refresh if isinstance(self.refresh, bool) else None
 
     def tree_flatten(self):
-        children = (self.indices, self.scales, self.sink, self.score_sink, self.refresh_index)
+        children = (self.indices, self.scales, self.sink, self.score_sink, self.refresh_index,
+                    self.x_sink, self.dy_sink)
         if isinstance(self.refresh, bool):
             return children, (self.config, self.refresh)
         return children + (self.refresh,), (self.config, None)
@@ -133,8 +138,8 @@ class Projection:
     @classmethod
     def tree_unflatten(cls, aux, children):
         config, static = aux
-        refresh = static if static is not None else children[5]
-        return cls(*children[:5], refresh, config)
+        refresh = static if static is not None else children[7]
+        return cls(*children[:5], refresh, config, children[5], children[6])
 
     def __getitem__(self, i):
         """The projection of slice `i` of a stacked weight (indexes every array's leading
@@ -143,7 +148,7 @@ class Projection:
             raise IndexError("this projection is for one 2-D weight, not a stack: nothing to "
                              "index")
         children, aux = self.tree_flatten()
-        return self.tree_unflatten(aux, [c[i] for c in children])
+        return self.tree_unflatten(aux, [None if c is None else c[i] for c in children])
 
     def __repr__(self):
         stack = f"{'x'.join(map(str, self.config.stack))} layers of " if self.config.stack \
@@ -247,7 +252,7 @@ def grass_linear(x, w, proj: Optional[Projection], layout: str = "out_in"):
     if static is not None:
         refresh = jnp.bool_(static)  # unused placeholder; the static flag decides
     return _linear(cfg, static, x, w, proj.indices, proj.scales, proj.sink, proj.score_sink,
-                   proj.refresh_index, refresh)
+                   proj.refresh_index, refresh, proj.x_sink, proj.dy_sink)
 
 
 def _oi(cfg, w, dtype):
@@ -257,17 +262,34 @@ def _oi(cfg, w, dtype):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _linear(cfg, static, x, w, indices, scales, sink, score_sink, refresh_index, refresh):
+def _linear(cfg, static, x, w, indices, scales, sink, score_sink, refresh_index, refresh,
+            x_sink, dy_sink):
     return x @ _oi(cfg, w, x.dtype).T
 
 
-def _linear_fwd(cfg, static, x, w, indices, scales, sink, score_sink, refresh_index, refresh):
+def _linear_fwd(cfg, static, x, w, indices, scales, sink, score_sink, refresh_index, refresh,
+                x_sink, dy_sink):
     # w itself is kept (a parameter, alive anyway), not its cast: the backward casts again.
-    return x @ _oi(cfg, w, x.dtype).T, (x, w, indices, scales, refresh_index, refresh)
+    # the sinks' token count and dtype travel as a zero-width slice (no bytes kept)
+    acts = None if x_sink is None else x_sink[..., :0]
+    return x @ _oi(cfg, w, x.dtype).T, (x, w, indices, scales, refresh_index, refresh, acts)
+
+
+def _handed_over(cfg, acts, x2, dy2):
+    """The cotangents of the activation sinks: this call's X and dY (the residual's input)."""
+    if acts is None:
+        return None, None
+    tokens, dtype = acts.shape[0], acts.dtype
+    if x2.shape[0] != tokens:
+        name = f"GRASS weight {cfg.name}" if cfg.name else "a GRASS weight"
+        raise ValueError(f"grass_linear: {name} sees {x2.shape[0]} tokens in this step but its "
+                         f"projection was made for tokens="
+                         f"{tokens} (opt.projections(params, state, tokens=...))")
+    return x2.astype(dtype), dy2.astype(dtype)
 
 
 def _linear_bwd(cfg, static, res, dy):
-    x, w, indices, scales, refresh_index, refresh = res
+    x, w, indices, scales, refresh_index, refresh, acts = res
     dx = (dy.astype(x.dtype) @ _oi(cfg, w, x.dtype)).astype(x.dtype)
     x2 = x.reshape(-1, cfg.n)
     dy2 = dy.reshape(-1, cfg.m).astype(x.dtype)
@@ -285,7 +307,8 @@ def _linear_bwd(cfg, static, res, dy):
     else:
         idx, sc, scores = fresh() if static else kept()
     g = ops.sparse_grad(x2, dy2, idx, sc, cfg.side)
-    return dx, None, None, None, g, scores, None, None
+    xs, dys = _handed_over(cfg, acts, x2, dy2)
+    return dx, None, None, None, g, scores, None, None, xs, dys
 
 
 _linear.defvjp(_linear_fwd, _linear_bwd)

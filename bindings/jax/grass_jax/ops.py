@@ -10,6 +10,8 @@ buffers to `jax.jit` to have the update happen without a copy.
 vmap: every op batches as a loop of calls, one per batch element (vmap_method="sequential").
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -215,6 +217,60 @@ def sparse_adamw_step(w, indices, scales, g, m_state, v_state, row_steps, lr, *,
       side=np.int32(s), alpha=np.float32(alpha), lr=np.float32(1.0),
       **_hyper(beta1, beta2, eps, weight_decay, decay_mode))
     return tuple(out[:5])
+
+
+def residual_step(w, x, dy, indices, lr, skipped=None, *, side="auto", alpha=1.0,
+                  residual_scale=0.1):
+    """The residual step, in place: returns (w, skipped).
+
+    Every row (side rows) or column (side cols) u of w (m x n) that is not in `indices`
+    (i32[r], sorted) moves by `-lr·alpha·residual_scale·sign(G_u)`, G = dyᵀx from x (b, n) and
+    dy (b, m), computed by libgrass in chunks of rows with each chunk's update applied before
+    the next: the m x n gradient is never formed. The selected rows are left to
+    `sparse_adamw_step`; weight decay is not applied here.
+
+    `skipped` (i32, shape `stack`; zeros when None) is read first: a slice whose outcome is
+    not STEP_APPLIED (a compressed step that skipped) does not move; a NaN or infinity in x or
+    dy, or a learning rate that is not finite and non-negative, skips the slice and sets its
+    outcome to STEP_SKIPPED_NONFINITE. A stacked w (*stack, m, n) takes x (*stack, b, n),
+    dy (*stack, b, m) and indices (*stack, r). w and skipped are aliased to the outputs: the
+    call is ordered after the compressed step by the w and skipped it returned."""
+    _lib.register()
+    if w.ndim < 2:
+        raise ValueError(f"w must be 2-D (or stacked: (*layers, m, n)), got {w.shape}")
+    stack, (m, n) = tuple(w.shape[:-2]), w.shape[-2:]
+    _dtype_code(w.dtype, "w")
+    if x.ndim != len(stack) + 2 or dy.ndim != len(stack) + 2 or x.shape[:-1] != dy.shape[:-1] \
+            or tuple(x.shape[:-2]) != stack or x.shape[-1] != n or dy.shape[-1] != m:
+        raise ValueError(f"residual_step: x must be {list(stack)} + [b, {n}] and dy "
+                         f"{list(stack)} + [b, {m}] for w {list(w.shape)}, got {list(x.shape)} "
+                         f"and {list(dy.shape)}")
+    if x.dtype != dy.dtype:
+        raise TypeError(f"residual_step: x and dy must have one dtype, got {x.dtype} and "
+                        f"{dy.dtype}")
+    dt = _dtype_code(x.dtype, "x")
+    b = x.shape[-2]
+    s, _, _ = _lib.resolve_side(m, n, _side_code(side))
+    r = indices.shape[-1] if indices.ndim else 0
+    if tuple(indices.shape) != stack + (r,):
+        raise ValueError(f"residual_step: indices must be {list(stack)} + [r] for w "
+                         f"{list(w.shape)}, got {list(indices.shape)}")
+    scale = float(residual_scale)
+    if not (math.isfinite(scale) and scale >= 0):
+        raise ValueError(f"residual_scale must be finite and non-negative, got {residual_scale}")
+    skipped = jnp.zeros(stack, jnp.int32) if skipped is None else \
+        jnp.asarray(skipped, jnp.int32).reshape(stack)
+    ws = _lib.residual_workspace(m, n, b, s, dt)
+    out = jax.ffi.ffi_call(
+        "grass_residual_step",
+        (jax.ShapeDtypeStruct(w.shape, w.dtype), jax.ShapeDtypeStruct(stack, jnp.int32),
+         _ws(ws)),
+        input_output_aliases={0: 0, 5: 1},
+        vmap_method=_VMAP,
+    )(w, x, dy, jnp.asarray(indices, jnp.int32), _lr(lr), skipped,
+      side=np.int32(s), alpha=np.float32(alpha), residual_scale=np.float32(scale),
+      lr=np.float32(1.0))
+    return out[0], out[1]
 
 
 def state_refresh(old_indices, new_indices, m_state, v_state, row_steps, *,

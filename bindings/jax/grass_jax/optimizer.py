@@ -314,6 +314,22 @@ class grass_adamw:
                     r / N of the selected rows (ZeRO-1, see grass_jax.sharding); pass the
                     state through shard_map with `state_specs(state)`.
 
+    residual        "none" (the default) or "sign": each step, the rows (or columns) of every
+                    GRASS weight that the selection leaves out move by FRUGAL's state-free
+                    signSGD, -lr·alpha·residual_scale·sign(G_u), so every step is full-rank while
+                    Adam's state stays r x k (docs/long-run.md: it beat grass alone and AdamW on
+                    the long preset). With `step`, G is computed by libgrass in chunks from each
+                    layer's X and dY, which the backward pass hands over: call
+                    `opt.projections(params, state, tokens=...)` with the tokens per step; the
+                    m x n gradient is never held, but X and dY of every GRASS layer are kept
+                    until the step, and the step costs one more weight-gradient GEMM per
+                    weight. With `update` it is taken from the full gradient. Not with
+                    axis_name (the sign of the mean gradient needs its m x n all-reduce) nor
+                    with micro-batch accumulation (the sign of each micro-batch is not the
+                    sign of their sum).
+    residual_scale  the residual step's size relative to lr·alpha (finite, >= 0; the
+                    library's default, grass_default_residual_scale: 0.1).
+
     layout          how each GRASS weight is stored: "out_in" ((out, in), y = x @ w.T) or
                     "in_out" ((in, out), y = x @ w: Flax kernels), a params-shaped tree of
                     those, or fn(path, leaf) -> layout. None: "out_in", except that a leaf
@@ -347,7 +363,7 @@ class grass_adamw:
                    "seed", "b1", "b2", "eps", "weight_decay", "decay_mode", "alpha",
                    "refresh_mode", "state_dtype", "dense", "axis_name", "dp_scores",
                    "dp_chunk_elems", "shard_state", "max_grad_norm", "cap_rank", "layout",
-                   "stacked")
+                   "stacked", "residual", "residual_scale")
 
     def __init__(self, learning_rate: Union[float, Callable], *, grass_mask, rank=_DEFAULTS["rank"],
                  refresh_every=_DEFAULTS["refresh_every"], method=_DEFAULTS["method"],
@@ -359,7 +375,8 @@ class grass_adamw:
                  state_dtype=jnp.dtype(_DEFAULTS["state_dtype"]), dense=None, axis_name=None,
                  dp_scores="exact",
                  dp_chunk_elems=1 << 22, shard_state=False, max_grad_norm=None,
-                 cap_rank=False, layout=None, stacked=None):
+                 cap_rank=False, layout=None, stacked=None, residual="none",
+                 residual_scale=_DEFAULTS["residual_scale"]):
         _refuse_traced_options(locals())
         if not callable(learning_rate) and not isinstance(learning_rate, jax.core.Tracer):
             _number(learning_rate, "learning_rate", 0.0)
@@ -394,6 +411,13 @@ class grass_adamw:
         _number(alpha, "alpha", 0.0, low_open=True)
         if max_grad_norm is not None:
             _number(max_grad_norm, "max_grad_norm", 0.0, low_open=True)
+        _choice(residual, {"none": 0, "sign": 1}, "residual")
+        _number(residual_scale, "residual_scale", 0.0)
+        if residual != "none" and axis_name is not None:
+            raise ValueError("grass_adamw: residual='sign' does not run data parallel "
+                             "(axis_name): the sign of the mean gradient of the rows left out "
+                             "needs an all-reduce of the m x n gradient; use residual='none'")
+        self.residual, self.residual_scale = residual, float(residual_scale)
         if dense is not None and not isinstance(dense, optax.GradientTransformation) and \
                 not callable(dense):
             raise ValueError("grass_adamw: dense must be None, an optax GradientTransformation "
@@ -573,15 +597,27 @@ class grass_adamw:
         starting with the first)."""
         return state.count % self.refresh_every == 0
 
-    def projections(self, params, state, refresh: Optional[bool] = None):
+    def projections(self, params, state, refresh: Optional[bool] = None, tokens=None,
+                    act_dtype=jnp.float32):
         """Params-shaped tree: a Projection for each GRASS leaf, None elsewhere. Pass it to the
         loss and use `grass_linear(x, w, proj[...])` for each GRASS weight (for a stacked
         weight: one slice at a time, scanning over weight and projection together).
 
         refresh=None decides on the device (`lax.cond`, one compiled step); True / False
         decides at trace time, for a loop that calls a refresh step every refresh_every steps
-        (`opt.refresh_due_host(step)`) and a plain one otherwise."""
+        (`opt.refresh_due_host(step)`) and a plain one otherwise.
+
+        With residual="sign", `tokens` (the rows of X and dY each GRASS layer sees per step,
+        e.g. batch x sequence) is required: the backward pass hands X and dY over to the step
+        through the projections (as `act_dtype`, float32 or bfloat16)."""
         leaves, treedef, configs = self.layer_configs(params)
+        if self.residual != "none":
+            tokens = _count(tokens, "tokens (projections: the rows of X and dY per step, "
+                                    "needed by residual='sign')")
+            act_dtype = jnp.dtype(act_dtype)
+            if act_dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+                raise ValueError(f"projections: act_dtype must be float32 or bfloat16, got "
+                                 f"{act_dtype}")
         layers = _aligned(state.layers, treedef, GrassLayerState)
         flag = self.refresh_due(state) if refresh is None else bool(refresh)
         out = []
@@ -590,10 +626,13 @@ class grass_adamw:
                 out.append(None)
                 continue
             f = flag if isinstance(flag, bool) else jnp.broadcast_to(flag, c.stack)
+            acts = (None, None) if self.residual == "none" else (
+                jnp.zeros(c.stack + (tokens, c.n), act_dtype),
+                jnp.zeros(c.stack + (tokens, c.m), act_dtype))
             out.append(Projection(ls.indices, ls.scales,
                                   jnp.zeros(c.stack + (c.rank, c.k), jnp.float32),
                                   jnp.zeros(c.stack + (c.d,), jnp.float32),
-                                  c.refresh_indices(ls.refresh_count), f, c))
+                                  c.refresh_indices(ls.refresh_count), f, c, *acts))
         return treedef.unflatten(out)
 
     def refresh_due_host(self, step: int) -> bool:
@@ -648,6 +687,7 @@ class grass_adamw:
 
         if not isinstance(grads, (tuple, list)) or len(grads) != 2:
             raise ValueError(_GRADS_HELP)
+        _refuse_residual_accumulation(projections)
         return jax.tree_util.tree_map(one, projections, grads[1],
                                       is_leaf=lambda x: isinstance(x, Projection) or x is None)
 
@@ -674,6 +714,7 @@ class grass_adamw:
                 return a if b is None or a is None else a + b
             return a if b is None else _replace_sink(a, a.sink + b.sink)
 
+        _refuse_residual_accumulation(grads[1])
         if acc is None:
             first = jax.tree_util.tree_map(param, grads[1], grads[0], is_leaf=is_node)
             return first, grads[1]
@@ -806,6 +847,8 @@ class grass_adamw:
                     ops.sparse_adamw_step, w, ls.indices, ls.scales, sinks[i], ls.m, ls.v,
                     ls.row_steps, lr, side=c.stored_side, alpha=self.alpha, after=after,
                     **self.adam)
+            if self.residual != "none":
+                w, skipped = self._residual_step(c, w, pct, ls.indices, lr, skipped)
             new_leaves[i] = w
             new_layers[i] = ls._replace(m=m, v=v, row_steps=row_steps, skipped=skipped)
         dense = self._dense_step(leaves, dense_idx, dense_grads, treedef, state, lr,
@@ -868,6 +911,9 @@ class grass_adamw:
             w_new, m, v, row_steps, skipped = _sharded_like(
                 ops.sparse_adamw_step, w, ls.indices, ls.scales, g, ls.m, ls.v, ls.row_steps,
                 lr, side=c.stored_side, alpha=self.alpha, **self.adam)
+            if self.residual != "none":
+                w_new = self._residual_update(c, w_new, gathered(gleaves[i]), ls.indices, lr,
+                                              skipped)
             new_leaves[i] = w_new
             new_layers[i] = ls._replace(m=m, v=v, row_steps=row_steps, skipped=skipped)
         dense = self._dense_step(leaves, dense_idx, dense_grads, treedef, state, lr,
@@ -876,6 +922,38 @@ class grass_adamw:
                for w, wn, g in zip(leaves, new_leaves, gleaves)]
         return (treedef.unflatten(out),
                 GrassState(state.count + 1, treedef.unflatten(new_layers), dense))
+
+    def _residual_step(self, c, w, pct, indices, lr, skipped):
+        """The residual step of GRASS weight `c` (libgrass, from the X and dY its backward
+        handed over), gated on the compressed step's outcome `skipped`."""
+        if pct.x_sink is None:
+            raise ValueError(f"grass_adamw(residual='sign'): the gradients of GRASS weight "
+                             f"{c.name} carry no activations: make the projections with "
+                             f"opt.projections(params, state, tokens=<tokens per step>)")
+        # a weight stored (in, out) is the transpose: its gradient is Xᵀ dY, not dYᵀ X
+        x, dy = (pct.x_sink, pct.dy_sink) if c.layout == "out_in" else \
+            (pct.dy_sink, pct.x_sink)
+        return _sharded_like(ops.residual_step, w, x, dy, indices, lr, skipped,
+                             side=c.stored_side, alpha=self.alpha,
+                             residual_scale=self.residual_scale)
+
+    def _residual_update(self, c, w_new, g, indices, lr, skipped):
+        """The residual step on a full gradient (the optax form): the rule of
+        `ops.residual_step`, in f32 rounded once, where the compressed step applied and g is
+        finite."""
+        rows = _selection_rows(c, g).astype(jnp.float32)          # (*stack, d, k)
+        keep = jnp.ones(rows.shape[:-1], jnp.float32)
+        keep = jnp.put_along_axis(keep, indices, 0.0, axis=-1, inplace=False)
+        step = (jnp.asarray(lr, jnp.float32) * jnp.float32(self.alpha)) * \
+            jnp.float32(self.residual_scale)
+        move = (step * jnp.sign(rows)) * keep[..., None]
+        if c.stored_side == "cols":
+            move = jnp.swapaxes(move, -1, -2)
+        ok = (skipped == ops.STEP_APPLIED) & jnp.all(jnp.isfinite(rows), axis=(-2, -1)) & \
+            jnp.isfinite(step) & (step >= 0)
+        ok = ok.reshape(ok.shape + (1, 1))
+        moved = (w_new.astype(jnp.float32) - move).astype(w_new.dtype)
+        return jnp.where(ok, moved, w_new)
 
     def _maybe_refresh(self, c, ls, scores, refresh):
         def fresh(ls):
@@ -1000,6 +1078,16 @@ def _norm(compressed, dense):
 def _clip_scale(norm, max_norm):
     scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30))
     return jnp.where(jnp.isfinite(norm), scale, 1.0).astype(jnp.float32)
+
+
+def _refuse_residual_accumulation(projections):
+    for p in jax.tree_util.tree_leaves(projections, is_leaf=lambda x: isinstance(x, Projection)):
+        if isinstance(p, Projection) and p.x_sink is not None:
+            raise ValueError(
+                "grass_adamw(residual='sign') does not accumulate micro-batches: the residual "
+                "moves by the sign of the step's gradient, which the micro-batches' own signs "
+                "do not give. Make one backward pass over the step's whole batch, or use "
+                "residual='none'")
 
 
 def _replace_sink(p, sink):

@@ -35,6 +35,9 @@ Phases run on request (--phases ...), mostly for the cpu screen (--preset cpu):
   refresh         carry instead of reset at K 200 and 100 (current defaults)
   research_seeds  seed 1 of AdamW, grass's defaults and the best research row
   residual        the long preset's grass + signSGD residual (x0.1)
+  defaults        grass's learning-rate grid, then seed 1 of grass's and AdamW's best rows
+  library         grass (the library) + signSGD residual x0.1 at 4e-2 and at grass's best
+                  rate, then seed 1 of the better
 """
 
 import argparse
@@ -162,7 +165,7 @@ def research_rows(done):
     return [
         r(" (the twin of grass)"),
         r(", signSGD residual x0.1", residual="sign", **{"residual-scale": "0.1"}),
-        r(", Fira residual", residual="fira"),
+        r(", Fira residual", residual="fira", **{"residual-scale": "1"}),
         r(", rank by fraction of d", **{"rank-alloc": "fraction"}),
         ("research", f"grass lr {lr}, bf16 state at rank 64 (equal bytes)", "grass",
          argv_for("grass", lr, **bf16)),
@@ -202,6 +205,21 @@ def residual_rows(done):
              argv_for("grass_ref", lr, residual="sign", **{"residual-scale": "0.1"}))]
 
 
+def library_rows(done):
+    """The signSGD residual in the library (grass --residual sign: X and dY handed over, the
+    residual's gradient computed in chunks by libgrass) at the twin's learning rate and at
+    grass's best, then seed 1 of the better one."""
+    rates = ["4e-2"] + [lr for lr in [grass_best_lr(done)] if lr and float(lr) != 4e-2]
+    res = {"residual": "sign", "residual-scale": "0.1"}
+    out = [("library", f"grass lr {lr}, signSGD residual x0.1", "grass",
+            argv_for("grass", lr, **res)) for lr in rates]
+    ran = [r for r in done.values() if r["phase"] == "library" and r.get("seed", 0) == 0]
+    if len(ran) == len(rates):
+        b = min(ran, key=lambda r: r["final_val_loss"])
+        out.append(("seeds", f"{b['id']}, seed 1", "grass", b["argv"] + ["--seed", "1"]))
+    return out
+
+
 def seed_rows(done):
     out = []
     for opt in ("adamw", "galore", "grass"):
@@ -212,6 +230,17 @@ def seed_rows(done):
     lev = best(done, "grass", where=lambda r: r["phase"] == "levers")
     if lev is not None:
         out.append(("seeds", f"{lev['id']}, seed 1", "grass", lev["argv"] + ["--seed", "1"]))
+    return out
+
+
+def defaults_rows(done):
+    """The defaults' goal first (cheap grass rows before the slow AdamW one): grass's grid,
+    then seed 1 of grass's and AdamW's best rows."""
+    out = [row for row in lr_rows(done) if row[2] == "grass"]
+    for opt in ("grass", "adamw"):
+        b = best(done, opt, where=_plain)
+        if b is not None:
+            out.append(("seeds", f"{b['id']}, seed 1", opt, b["argv"] + ["--seed", "1"]))
     return out
 
 
@@ -231,7 +260,8 @@ def research_seed_rows(done):
 
 PHASES = {"centre": centre_rows, "lr": lr_rows, "extend": extend_rows, "levers": lever_rows,
           "research": research_rows, "residual": residual_rows, "research2": research2_rows, "refresh": refresh_rows,
-          "research_seeds": research_seed_rows, "seeds": seed_rows}
+          "research_seeds": research_seed_rows, "defaults": defaults_rows,
+          "library": library_rows, "seeds": seed_rows}
 
 
 def plan(phases, done):

@@ -73,7 +73,7 @@ def _grass_defaults():
     from .optimizer import grass_adamw
     sig = inspect.signature(grass_adamw.__init__).parameters
     names = ("method", "power", "scaling", "side", "alpha", "refresh_mode", "refresh_every",
-             "state_dtype", "decay_mode")
+             "state_dtype", "decay_mode", "residual", "residual_scale")
     out = {n: sig[n].default for n in names}
     import jax.numpy as jnp
     out["state_dtype"] = jnp.dtype(out["state_dtype"]).name
@@ -113,13 +113,13 @@ class Config:
     refresh_every: int = 200
     state_dtype: str = "float32"
     decay_mode: str = "selected"
+    residual: str = "none"        # grass: none | sign (library); grass_ref: also sgd, fira
+    residual_scale: float = 0.1
     # galore
     galore_rank: int = 0          # 0: match grass's optimizer-state bytes
     galore_scale: float = 0.25
     galore_refresh_every: int = 0  # 0: grass's refresh_every
     # grass_ref (research twin) only
-    residual: str = "none"
-    residual_scale: float = 1.0
     rank_alloc: str = "uniform"
     memory: bool = False
 
@@ -238,6 +238,15 @@ def build_parser():
                    help=f"Adam moments ({g['state_dtype']})")
     s.add_argument("--decay-mode", choices=sorted(_lib.DECAY_MODES),
                    help=f"weight decay of GRASS weights ({g['decay_mode']})")
+    from .research import RANK_ALLOCS, RESIDUALS
+    s.add_argument("--residual", choices=RESIDUALS,
+                   help=f"update of the rows not selected: none (GRASS), sign (FRUGAL's "
+                        f"signSGD, in the library: one more weight-gradient GEMM per step); "
+                        f"grass_ref also: sgd, fira (Fira's norm-based scaling) "
+                        f"({g['residual']})")
+    s.add_argument("--residual-scale", type=_float(0, True),
+                   help=f"the residual step is lr·alpha·this x the rule "
+                        f"({g['residual_scale']:g})")
     q = p.add_argument_group("GaLore")
     q.add_argument("--galore-rank", type=_positive_int,
                    help="default: the rank whose optimizer state matches grass's in bytes")
@@ -247,12 +256,6 @@ def build_parser():
     x = p.add_argument_group(
         "research (the optimizer grass_ref only: grass_jax.research, a jnp twin of grass on "
         "full gradients)")
-    from .research import RANK_ALLOCS, RESIDUALS
-    x.add_argument("--residual", choices=RESIDUALS,
-                   help="update of the rows not selected: none (GRASS), sign (FRUGAL's "
-                        "signSGD), sgd, fira (Fira's norm-based scaling) (default none)")
-    x.add_argument("--residual-scale", type=_float(0, True),
-                   help="the residual step is lr·alpha·this x the rule (default 1)")
     x.add_argument("--rank-alloc", choices=RANK_ALLOCS,
                    help="uniform: --rank for every weight; fraction: ranks proportional to "
                         "the projected dimension at the same state bytes (default uniform)")
@@ -338,7 +341,8 @@ def make_grass(cfg: Config):
         method=cfg.method, power=cfg.power, scaling=cfg.scaling, side=cfg.side,
         seed=cfg.seed, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
         decay_mode=cfg.decay_mode, alpha=cfg.alpha, refresh_mode=cfg.refresh_mode,
-        state_dtype=jnp.dtype(cfg.state_dtype), dense=dense)
+        state_dtype=jnp.dtype(cfg.state_dtype), dense=dense, residual=cfg.residual,
+        residual_scale=cfg.residual_scale)
 
 
 def make_grass_ref(cfg: Config):
@@ -429,7 +433,8 @@ def check_ranks(cfg: Config, params):
 
 def weight_grad_bytes(cfg: Config, name, params):
     """Bytes of the attention and MLP weight gradients an optimizer's step holds: grass's
-    compressed r x k (f32) per weight; the others' m x n."""
+    compressed r x k (f32) per weight, and with the residual the X and dY (f32, one row per
+    token) each layer hands over to the step; the others' m x n."""
     from . import ops
     from .model import projected_names
     total = 0
@@ -437,6 +442,8 @@ def weight_grad_bytes(cfg: Config, name, params):
         if name == "grass":
             _, d, k = ops.resolve_side(m, n, cfg.side)
             total += min(cfg.rank, d) * k * 4
+            if cfg.residual != "none":
+                total += cfg.batch * cfg.seq_len * (m + n) * 4
         else:
             total += m * n * 4
     return total
@@ -468,9 +475,12 @@ class Run:
         mcfg = cfg.model()
         if name == "grass":
             opt = make_grass(cfg)
+            # with the residual, each GRASS layer hands its X and dY (one row per token) over
+            # to the step
+            tokens = cfg.batch * cfg.seq_len if cfg.residual != "none" else None
 
             def step(params, state, windows):
-                proj = opt.projections(params, state)
+                proj = opt.projections(params, state, tokens=tokens)
                 loss, grads = opt.value_and_grad(
                     lambda p, pr, w: loss_fn(mcfg, p, pr, w))(params, proj, windows)
                 params, state = opt.step(params, grads, state)
@@ -794,10 +804,13 @@ def _run(argv, created):
     else:
         resume = None
         cfg = make_config({k: v for k, v in given.items() if k not in run_only})
-    research = [k for k in ("residual", "residual_scale", "rank_alloc") if k in given]
-    if research and "grass_ref" not in cfg.optimizers:
-        raise UsageError(f"--{research[0].replace('_', '-')} applies to the research optimizer "
-                         f"grass_ref only (add it to --optimizers; grass has no such option)")
+    if "rank_alloc" in given and "grass_ref" not in cfg.optimizers:
+        raise UsageError("--rank-alloc applies to the research optimizer grass_ref only (add "
+                         "it to --optimizers; grass has no such option)")
+    if cfg.residual not in ("none", "sign") and "grass" in cfg.optimizers:
+        raise UsageError(f"--residual {cfg.residual}: grass (the library) has none and sign; "
+                         f"{cfg.residual} is a research rule of grass_ref only (--optimizers "
+                         f"grass_ref)")
     try:
         cfg.model().check()
     except ValueError as e:

@@ -108,7 +108,8 @@ def test_resumed_run_is_bit_identical(tmp_path, capsys):
     (["--heads", "3"], "d_model 32 is not a multiple of heads 3"),
     (["--stop-at", "99"], "--stop-at 99 is after the last step"),
     (["--resume", "/nonexistent/run"], "no config.json"),
-    (["--residual", "sign"], "--residual applies to the research optimizer grass_ref only"),
+    (["--residual", "fira"], "--residual fira: grass (the library) has none and sign"),
+    (["--rank-alloc", "fraction"], "--rank-alloc applies to the research optimizer grass_ref only"),
     (["--seq-len", "100000000"], "--seq-len 100000000 is longer than the training text"),
 ])
 def test_bad_options_are_one_line(tmp_path, capsys, argv, says):
@@ -244,3 +245,26 @@ def test_research_twin_runs_beside_grass(tmp_path, capsys):
     assert r["config"]["residual"] == "sign"
     curve = r["results"][0]["train_curve"]
     assert np.mean(curve[-2:]) < np.mean(curve[:2]) - 0.3, curve
+
+
+def test_library_residual_takes_the_twins_steps(tmp_path, capsys):
+    """--residual sign on grass (libgrass, X and dY handed over) and on grass_ref (the jnp twin
+    on full gradients) train alike: the same train losses to rounding, the same state bytes;
+    the library's run counts the X and dY it holds in "W-grad held"."""
+    out = tmp_path / "o"
+    common = ["--steps", "8", "--eval-every", "4", "--lr", "1e-2", "--residual", "sign"]
+    code, cap = run(common + ["--optimizers", "grass,grass_ref", "--out", str(out)], capsys)
+    assert code == 0, cap.err
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["config"]["residual"] == "sign" and doc["config"]["residual_scale"] == 0.1
+    res = {r["optimizer"]: r for r in doc["results"]}
+    g, t = res["grass"], res["grass_ref"]
+    np.testing.assert_allclose(t["train_curve"], g["train_curve"], rtol=1e-4)
+    assert t["state_bytes"] == g["state_bytes"]
+    tokens = doc["config"]["batch"] * doc["config"]["seq_len"]
+    code, cap = run(["--steps", "4", "--eval-every", "2", "--optimizers", "grass", "--out",
+                     str(tmp_path / "p")], capsys)
+    assert code == 0, cap.err
+    plain = json.loads((tmp_path / "p" / "results.json").read_text())["results"][0]
+    held = g["weight_grad_bytes"] - plain["weight_grad_bytes"]
+    assert held > 0 and held % (tokens * 4) == 0

@@ -36,8 +36,9 @@ Phases run on request (--phases ...), mostly for the cpu screen (--preset cpu):
   research_seeds  seed 1 of AdamW, grass's defaults and the best research row
   residual        the long preset's grass + signSGD residual (x0.1)
   defaults        grass's learning-rate grid, then seed 1 of grass's and AdamW's best rows
-  library         grass (the library) + signSGD residual x0.1 at 4e-2 and at grass's best
-                  rate, then seed 1 of the better
+  library         grass (the library) + signSGD residual x0.1 at 4e-2, at grass's best rate,
+                  then seed 1 at 4e-2
+  library_seed    that seed 1 alone (to run beside the library phase)
 """
 
 import argparse
@@ -207,17 +208,23 @@ def residual_rows(done):
 
 def library_rows(done):
     """The signSGD residual in the library (grass --residual sign: X and dY handed over, the
-    residual's gradient computed in chunks by libgrass) at the twin's learning rate and at
-    grass's best, then seed 1 of the better one."""
-    rates = ["4e-2"] + [lr for lr in [grass_best_lr(done)] if lr and float(lr) != 4e-2]
+    residual's gradient computed in chunks by libgrass) at the twin's learning rate, at grass's
+    best rate if that differs, then seed 1 at 4e-2 (the close call)."""
     res = {"residual": "sign", "residual-scale": "0.1"}
-    out = [("library", f"grass lr {lr}, signSGD residual x0.1", "grass",
-            argv_for("grass", lr, **res)) for lr in rates]
-    ran = [r for r in done.values() if r["phase"] == "library" and r.get("seed", 0) == 0]
-    if len(ran) == len(rates):
-        b = min(ran, key=lambda r: r["final_val_loss"])
-        out.append(("seeds", f"{b['id']}, seed 1", "grass", b["argv"] + ["--seed", "1"]))
-    return out
+    row = lambda lr: ("library", f"grass lr {lr}, signSGD residual x0.1", "grass",
+                      argv_for("grass", lr, **res))
+    out = [row("4e-2")]
+    lr = grass_best_lr(done)
+    if lr and float(lr) != 4e-2:
+        out.append(row(lr))
+    return out + library_seed_rows(done)
+
+
+def library_seed_rows(done):
+    """Seed 1 of the library's signSGD residual at 4e-2 (a phase of its own, so that it can
+    run beside the library phase)."""
+    return [("seeds", "grass lr 4e-2, signSGD residual x0.1, seed 1", "grass",
+             argv_for("grass", "4e-2", 1, residual="sign", **{"residual-scale": "0.1"}))]
 
 
 def seed_rows(done):
@@ -261,7 +268,7 @@ def research_seed_rows(done):
 PHASES = {"centre": centre_rows, "lr": lr_rows, "extend": extend_rows, "levers": lever_rows,
           "research": research_rows, "residual": residual_rows, "research2": research2_rows, "refresh": refresh_rows,
           "research_seeds": research_seed_rows, "defaults": defaults_rows,
-          "library": library_rows, "seeds": seed_rows}
+          "library": library_rows, "library_seed": library_seed_rows, "seeds": seed_rows}
 
 
 def plan(phases, done):

@@ -429,7 +429,11 @@ impl Fuzz {
             1 => {
                 let s = grass_default_residual_scale();
                 assert!(s.is_finite() && s >= 0.0, "{s}");
-                self.done("grass_default_residual_scale", String::new(), grass_status::GRASS_OK);
+                self.done(
+                    "grass_default_residual_scale",
+                    String::new(),
+                    grass_status::GRASS_OK,
+                );
             }
             2 => {
                 let code = self
@@ -951,7 +955,11 @@ impl Fuzz {
                         stream,
                     )
                 };
-                self.done("grass_residual_step", format!("{args}, lr {lr}, scale {scale}"), st);
+                self.done(
+                    "grass_residual_step",
+                    format!("{args}, lr {lr}, scale {scale}"),
+                    st,
+                );
             }
             4 => {
                 let cfg = self.acfg();

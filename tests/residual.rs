@@ -100,15 +100,24 @@ fn at(side: grass_side, n: usize, u: usize, c: usize) -> usize {
 
 /// W after the residual step, from G in f64: `None` where G is too close to 0 for the f32
 /// product to be sure of its sign (either outcome is then right).
-fn reference(p: &Problem, side: grass_side, idx: &[i32], w0: &[f32], step: f32) -> Vec<Option<f32>> {
-    let (d, k) = if side == GRASS_SIDE_COLS { (p.n, p.m) } else { (p.m, p.n) };
+fn reference(
+    p: &Problem,
+    side: grass_side,
+    idx: &[i32],
+    w0: &[f32],
+    step: f32,
+) -> Vec<Option<f32>> {
+    let (d, k) = if side == GRASS_SIDE_COLS {
+        (p.n, p.m)
+    } else {
+        (p.m, p.n)
+    };
     let mut want: Vec<Option<f32>> = w0.iter().map(|&v| Some(v)).collect();
     let tol = 1e-5 * (p.b as f64);
     for u in (0..d).filter(|u| !idx.contains(&(*u as i32))) {
         let row = projected_row(p, side, u);
-        for c in 0..k {
+        for (c, &g) in row.iter().enumerate().take(k) {
             let e = at(side, p.n, u, c);
-            let g = row[c];
             want[e] = if g.abs() < tol {
                 None
             } else {
@@ -123,11 +132,18 @@ fn check_against(want: &[Option<f32>], got: &[f32], what: &str) {
     let mut unsure = 0;
     for (e, (w, g)) in want.iter().zip(got).enumerate() {
         match w {
-            Some(w) => assert_eq!(w.to_bits(), g.to_bits(), "{what}: element {e}: want {w} got {g}"),
+            Some(w) => assert_eq!(
+                w.to_bits(),
+                g.to_bits(),
+                "{what}: element {e}: want {w} got {g}"
+            ),
             None => unsure += 1,
         }
     }
-    assert!(unsure * 100 < want.len(), "{what}: {unsure} elements of unsure sign");
+    assert!(
+        unsure * 100 < want.len(),
+        "{what}: {unsure} elements of unsure sign"
+    );
 }
 
 #[test]
@@ -146,8 +162,19 @@ fn unselected_rows_move_by_the_sign_of_their_gradient_on_both_sides() {
         let w0 = rng.vec(m * n);
         let mut w = f32_bytes(&w0);
         let mut skipped = 0;
-        residual(&ctx, &p, side, &idx, GRASS_DTYPE_F32, &mut w, SCALE, LR, None, &mut skipped)
-            .unwrap();
+        residual(
+            &ctx,
+            &p,
+            side,
+            &idx,
+            GRASS_DTYPE_F32,
+            &mut w,
+            SCALE,
+            LR,
+            None,
+            &mut skipped,
+        )
+        .unwrap();
         assert_eq!(skipped, 0);
         let step = LR * grass_adamw_config::defaults().alpha * SCALE;
         let want = reference(&p, side, &idx, &w0, step);
@@ -176,8 +203,19 @@ fn lr_scale_multiplies_the_step_and_bf16_weights_round_once() {
     let wb: Vec<bf16> = w0.iter().map(|&v| bf16::from_f32(v)).collect();
     let mut bytes: Vec<u8> = wb.iter().flat_map(|v| v.to_bits().to_ne_bytes()).collect();
     let mut skipped = 0;
-    residual(&ctx, &p, GRASS_SIDE_ROWS, &idx, GRASS_DTYPE_BF16, &mut bytes, SCALE, LR, Some(0.5), &mut skipped)
-        .unwrap();
+    residual(
+        &ctx,
+        &p,
+        GRASS_SIDE_ROWS,
+        &idx,
+        GRASS_DTYPE_BF16,
+        &mut bytes,
+        SCALE,
+        LR,
+        Some(0.5),
+        &mut skipped,
+    )
+    .unwrap();
     let step = (LR * 0.5) * grass_adamw_config::defaults().alpha * SCALE;
     let base: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
     let want = reference(&p, GRASS_SIDE_ROWS, &idx, &base, step);
@@ -202,12 +240,28 @@ fn a_skipped_step_before_gates_it_and_bad_batches_skip_it() {
     // a step that skipped before: nothing moves, the outcome stays
     let mut w = f32_bytes(&w0);
     let mut skipped = 2;
-    residual(&ctx, &p, GRASS_SIDE_ROWS, &idx, GRASS_DTYPE_F32, &mut w, SCALE, LR, None, &mut skipped)
-        .unwrap();
+    residual(
+        &ctx,
+        &p,
+        GRASS_SIDE_ROWS,
+        &idx,
+        GRASS_DTYPE_F32,
+        &mut w,
+        SCALE,
+        LR,
+        None,
+        &mut skipped,
+    )
+    .unwrap();
     assert_eq!((skipped, f32s(&w)), (2, w0.clone()));
     // a non-finite learning rate scale, then a NaN and an infinity in the batch: skipped
     for case in 0..3 {
-        let mut q = Problem { x: p.x.clone(), dy: p.dy.clone(), g: vec![], ..p };
+        let mut q = Problem {
+            x: p.x.clone(),
+            dy: p.dy.clone(),
+            g: vec![],
+            ..p
+        };
         let mut lr_scale = None;
         match case {
             0 => lr_scale = Some(f32::NAN),
@@ -216,8 +270,19 @@ fn a_skipped_step_before_gates_it_and_bad_batches_skip_it() {
         }
         let mut w = f32_bytes(&w0);
         let mut skipped = 0;
-        residual(&ctx, &q, GRASS_SIDE_ROWS, &idx, GRASS_DTYPE_F32, &mut w, SCALE, LR, lr_scale, &mut skipped)
-            .unwrap();
+        residual(
+            &ctx,
+            &q,
+            GRASS_SIDE_ROWS,
+            &idx,
+            GRASS_DTYPE_F32,
+            &mut w,
+            SCALE,
+            LR,
+            lr_scale,
+            &mut skipped,
+        )
+        .unwrap();
         assert_eq!(skipped, 1, "case {case}");
         assert_eq!(f32s(&w), w0, "case {case}: W must not move");
     }
@@ -241,9 +306,25 @@ fn bad_arguments_name_the_argument_and_write_nothing() {
     for (name, idx, scale, lr) in cases {
         let mut w = f32_bytes(&w0);
         let mut skipped = 0;
-        let err = residual(&ctx, &p, GRASS_SIDE_ROWS, &idx, GRASS_DTYPE_F32, &mut w, scale, lr, None, &mut skipped)
-            .unwrap_err();
-        assert_eq!(err.0, grass_status::GRASS_ERROR_INVALID_VALUE, "{name}: {}", err.1);
+        let err = residual(
+            &ctx,
+            &p,
+            GRASS_SIDE_ROWS,
+            &idx,
+            GRASS_DTYPE_F32,
+            &mut w,
+            scale,
+            lr,
+            None,
+            &mut skipped,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.0,
+            grass_status::GRASS_ERROR_INVALID_VALUE,
+            "{name}: {}",
+            err.1
+        );
         assert!(err.1.contains(name), "{name}: {}", err.1);
         assert_eq!((f32s(&w), skipped), (w0.clone(), 0), "{name}");
     }
@@ -254,10 +335,26 @@ fn bad_arguments_name_the_argument_and_write_nothing() {
     let mut w = f32_bytes(&w0);
     let st = unsafe {
         grass_residual_step(
-            ctx.0, &cfg, m as i64, n as i64, b as i64, GRASS_SIDE_ROWS, 4, GRASS_DTYPE_F32,
-            p.x.as_ptr() as *const _, p.dy.as_ptr() as *const _, GRASS_DTYPE_F32,
-            w.as_mut_ptr() as *mut _, good.as_ptr(), SCALE, LR, ptr::null(), ptr::null_mut(),
-            ws.as_mut_ptr() as *mut _, need - 1, ptr::null_mut(),
+            ctx.0,
+            &cfg,
+            m as i64,
+            n as i64,
+            b as i64,
+            GRASS_SIDE_ROWS,
+            4,
+            GRASS_DTYPE_F32,
+            p.x.as_ptr() as *const _,
+            p.dy.as_ptr() as *const _,
+            GRASS_DTYPE_F32,
+            w.as_mut_ptr() as *mut _,
+            good.as_ptr(),
+            SCALE,
+            LR,
+            ptr::null(),
+            ptr::null_mut(),
+            ws.as_mut_ptr() as *mut _,
+            need - 1,
+            ptr::null_mut(),
         )
     };
     let err = check(st).unwrap_err();
@@ -293,16 +390,42 @@ fn the_handle_step_is_the_compressed_step_then_the_residual() {
             let p = problem(m as usize, n as usize, b, 20 + step);
             for h in [a, o] {
                 check(unsafe {
-                    grass_optimizer_backward(h, b as i64, p.x.as_ptr() as *const _, p.dy.as_ptr() as *const _, ptr::null(), ptr::null_mut())
+                    grass_optimizer_backward(
+                        h,
+                        b as i64,
+                        p.x.as_ptr() as *const _,
+                        p.dy.as_ptr() as *const _,
+                        ptr::null(),
+                        ptr::null_mut(),
+                    )
                 })
                 .unwrap();
             }
             check(unsafe {
-                grass_optimizer_step_residual(a, w_a.as_mut_ptr() as *mut _, b as i64, p.x.as_ptr() as *const _, p.dy.as_ptr() as *const _, LR, 1.0, SCALE, ptr::null_mut())
+                grass_optimizer_step_residual(
+                    a,
+                    w_a.as_mut_ptr() as *mut _,
+                    b as i64,
+                    p.x.as_ptr() as *const _,
+                    p.dy.as_ptr() as *const _,
+                    LR,
+                    1.0,
+                    SCALE,
+                    ptr::null_mut(),
+                )
             })
             .unwrap();
             // the same by hand: the compressed step, then the residual on the selection
-            check(unsafe { grass_optimizer_step(o, w_o.as_mut_ptr() as *mut _, ptr::null(), LR, ptr::null_mut()) }).unwrap();
+            check(unsafe {
+                grass_optimizer_step(
+                    o,
+                    w_o.as_mut_ptr() as *mut _,
+                    ptr::null(),
+                    LR,
+                    ptr::null_mut(),
+                )
+            })
+            .unwrap();
             let mut proj = ptr::null_mut();
             check(unsafe { grass_optimizer_projection(o, &mut proj) }).unwrap();
             let (mut ip, mut sp) = (ptr::null(), ptr::null());
@@ -310,35 +433,118 @@ fn the_handle_step_is_the_compressed_step_then_the_residual() {
             let idx = unsafe { std::slice::from_raw_parts(ip, 8) }.to_vec();
             let mut bytes = f32_bytes(&w_o);
             let mut skipped = 0;
-            residual(&ctx, &p, side, &idx, GRASS_DTYPE_F32, &mut bytes, SCALE, LR, None, &mut skipped).unwrap();
+            residual(
+                &ctx,
+                &p,
+                side,
+                &idx,
+                GRASS_DTYPE_F32,
+                &mut bytes,
+                SCALE,
+                LR,
+                None,
+                &mut skipped,
+            )
+            .unwrap();
             w_o = f32s(&bytes);
             assert_eq!(w_a, w_o, "step {step}, side {side:?}");
         }
         // NaN in the batch: the compressed step of the finite accumulation applies, the
         // residual skips, and the outcome says so
         let p = problem(m as usize, n as usize, b, 40);
-        check(unsafe { grass_optimizer_backward(a, b as i64, p.x.as_ptr() as *const _, p.dy.as_ptr() as *const _, ptr::null(), ptr::null_mut()) }).unwrap();
+        check(unsafe {
+            grass_optimizer_backward(
+                a,
+                b as i64,
+                p.x.as_ptr() as *const _,
+                p.dy.as_ptr() as *const _,
+                ptr::null(),
+                ptr::null_mut(),
+            )
+        })
+        .unwrap();
         let mut bad = p.x.clone();
         bad[0] = f32::NAN;
         let before = w_a.clone();
-        check(unsafe { grass_optimizer_step_residual(a, w_a.as_mut_ptr() as *mut _, b as i64, bad.as_ptr() as *const _, p.dy.as_ptr() as *const _, LR, 1.0, SCALE, ptr::null_mut()) }).unwrap();
+        check(unsafe {
+            grass_optimizer_step_residual(
+                a,
+                w_a.as_mut_ptr() as *mut _,
+                b as i64,
+                bad.as_ptr() as *const _,
+                p.dy.as_ptr() as *const _,
+                LR,
+                1.0,
+                SCALE,
+                ptr::null_mut(),
+            )
+        })
+        .unwrap();
         let mut out = 0;
         check(unsafe { grass_optimizer_last_step_skipped(a, &mut out, ptr::null_mut()) }).unwrap();
         assert_eq!(out, 1);
         let moved = w_a.iter().zip(&before).filter(|(x, y)| x != y).count();
         let k = if side == GRASS_SIDE_COLS { m } else { n } as usize;
-        assert!(moved > 0 && moved <= 8 * k, "only the selected rows move: {moved}");
+        assert!(
+            moved > 0 && moved <= 8 * k,
+            "only the selected rows move: {moved}"
+        );
         // bad arguments: nothing written, the accumulation kept
-        check(unsafe { grass_optimizer_backward(a, b as i64, p.x.as_ptr() as *const _, p.dy.as_ptr() as *const _, ptr::null(), ptr::null_mut()) }).unwrap();
+        check(unsafe {
+            grass_optimizer_backward(
+                a,
+                b as i64,
+                p.x.as_ptr() as *const _,
+                p.dy.as_ptr() as *const _,
+                ptr::null(),
+                ptr::null_mut(),
+            )
+        })
+        .unwrap();
         let before = w_a.clone();
-        for (name, bb, scale, gs) in [("b", b as i64 + 1, SCALE, 1.0), ("residual_scale", b as i64, -1.0, 1.0), ("grad_scale", b as i64, SCALE, f32::NAN)] {
-            let err = check(unsafe { grass_optimizer_step_residual(a, w_a.as_mut_ptr() as *mut _, bb, p.x.as_ptr() as *const _, p.dy.as_ptr() as *const _, LR, gs, scale, ptr::null_mut()) }).unwrap_err();
-            assert_eq!(err.0, grass_status::GRASS_ERROR_INVALID_VALUE, "{name}: {}", err.1);
+        for (name, bb, scale, gs) in [
+            ("b", b as i64 + 1, SCALE, 1.0),
+            ("residual_scale", b as i64, -1.0, 1.0),
+            ("grad_scale", b as i64, SCALE, f32::NAN),
+        ] {
+            let err = check(unsafe {
+                grass_optimizer_step_residual(
+                    a,
+                    w_a.as_mut_ptr() as *mut _,
+                    bb,
+                    p.x.as_ptr() as *const _,
+                    p.dy.as_ptr() as *const _,
+                    LR,
+                    gs,
+                    scale,
+                    ptr::null_mut(),
+                )
+            })
+            .unwrap_err();
+            assert_eq!(
+                err.0,
+                grass_status::GRASS_ERROR_INVALID_VALUE,
+                "{name}: {}",
+                err.1
+            );
             assert!(err.1.contains(name), "{name}: {}", err.1);
             assert_eq!(w_a, before, "{name}");
         }
         // grad_scale 0: the compressed step runs on a zero gradient, no residual row moves
-        check(unsafe { grass_optimizer_step_residual(a, w_a.as_mut_ptr() as *mut _, b as i64, p.x.as_ptr() as *const _, p.dy.as_ptr() as *const _, LR, 0.0, SCALE, ptr::null_mut()) }).unwrap();
+        check(unsafe {
+            grass_optimizer_step_residual(
+                a,
+                w_a.as_mut_ptr() as *mut _,
+                b as i64,
+                p.x.as_ptr() as *const _,
+                p.dy.as_ptr() as *const _,
+                LR,
+                0.0,
+                SCALE,
+                ptr::null_mut(),
+            )
+        })
+        .unwrap();
         unsafe {
             grass_optimizer_destroy(a);
             grass_optimizer_destroy(o);
@@ -347,10 +553,26 @@ fn the_handle_step_is_the_compressed_step_then_the_residual() {
     // a dense parameter has no residual
     let ac = grass_adamw_config::defaults();
     let mut d = ptr::null_mut();
-    check(unsafe { grass_optimizer_create_dense(ctx.0, &ac, 10, GRASS_DTYPE_F32, GRASS_DTYPE_F32, &mut d) }).unwrap();
+    check(unsafe {
+        grass_optimizer_create_dense(ctx.0, &ac, 10, GRASS_DTYPE_F32, GRASS_DTYPE_F32, &mut d)
+    })
+    .unwrap();
     let mut w = vec![0f32; 10];
-    let x = vec![0f32; 10];
-    let err = check(unsafe { grass_optimizer_step_residual(d, w.as_mut_ptr() as *mut _, 1, x.as_ptr() as *const _, x.as_ptr() as *const _, LR, 1.0, SCALE, ptr::null_mut()) }).unwrap_err();
+    let x = [0f32; 10];
+    let err = check(unsafe {
+        grass_optimizer_step_residual(
+            d,
+            w.as_mut_ptr() as *mut _,
+            1,
+            x.as_ptr() as *const _,
+            x.as_ptr() as *const _,
+            LR,
+            1.0,
+            SCALE,
+            ptr::null_mut(),
+        )
+    })
+    .unwrap_err();
     assert_eq!(err.0, grass_status::GRASS_ERROR_INVALID_STATE, "{}", err.1);
     unsafe { grass_optimizer_destroy(d) };
 }

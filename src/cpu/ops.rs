@@ -175,7 +175,9 @@ pub(crate) fn residual_step(a: &ResidualStepArgs) -> Result<()> {
     unsafe {
         let idx = view(a.indices);
         check_indices("indices", idx, a.p.d)?;
-        if a.skipped.is_some_and(|s| view(s)[0] != StepOutcome::Applied as i32) {
+        if a.skipped
+            .is_some_and(|s| view(s)[0] != StepOutcome::Applied as i32)
+        {
             return Ok(());
         }
         let act = activations(&a.batch);

@@ -51,21 +51,41 @@ fn apply<E: Elem>(
 ) -> Result<()> {
     let (k, n, cols) = (p.k, p.n, p.side == Side::Cols);
     // the selected units, walked in step with the chunks (both ascending)
-    let mut next = 0;
+    let mut first = 0;
     for_each_grad_chunk(p, act, ws, |i0, rows, chunk| {
-        for i in 0..rows {
-            let u = i0 + i;
-            while next < indices.len() && (indices[next] as usize) < u {
-                next += 1;
+        while first < indices.len() && (indices[first] as usize) < i0 {
+            first += 1;
+        }
+        let moved = |u: usize, next: &mut usize| {
+            while *next < indices.len() && (indices[*next] as usize) < u {
+                *next += 1;
             }
-            if next < indices.len() && indices[next] as usize == u {
-                continue;
+            !(*next < indices.len() && indices[*next] as usize == u)
+        };
+        if cols {
+            // unit u is column u of W: walk W row by row (c), its columns i0.. contiguous
+            for c in 0..k {
+                let mut next = first;
+                let row = &mut w[c * n + i0..c * n + i0 + rows];
+                for (i, e) in row.iter_mut().enumerate() {
+                    let s = sign(chunk[i * k + c]);
+                    if s != 0.0 && moved(i0 + i, &mut next) {
+                        *e = E::from_f32(e.to_f32() - step * s);
+                    }
+                }
             }
-            for (c, &g) in chunk[i * k..(i + 1) * k].iter().enumerate() {
-                let s = sign(g);
-                if s != 0.0 {
-                    let e = if cols { c * n + u } else { u * n + c };
-                    w[e] = E::from_f32(w[e].to_f32() - step * s);
+        } else {
+            let mut next = first;
+            for i in 0..rows {
+                if !moved(i0 + i, &mut next) {
+                    continue;
+                }
+                let row = &mut w[(i0 + i) * n..(i0 + i + 1) * n];
+                for (e, &g) in row.iter_mut().zip(&chunk[i * k..(i + 1) * k]) {
+                    let s = sign(g);
+                    if s != 0.0 {
+                        *e = E::from_f32(e.to_f32() - step * s);
+                    }
                 }
             }
         }

@@ -77,18 +77,32 @@ pub(crate) fn for_each_grad_chunk(
         let mut t0 = 0;
         while t0 < bt {
             let tn = tc.min(bt - t0);
-            for t in 0..tn {
-                for i in 0..cn {
-                    cols[t * cn + i] = a.get((t0 + t) * d + i0 + i);
+            // A's columns i0..i0 + cn of these tokens: read in place when A is f32 (the GEMM
+            // packs strided operands itself), else gathered into f32 scratch
+            let a_chunk = match a {
+                Act::F32(s) => View {
+                    data: &s[t0 * d + i0..(t0 + tn - 1) * d + i0 + cn],
+                    rows: cn,
+                    cols: tn,
+                    rs: 1,
+                    cs: d,
+                },
+                _ => {
+                    for t in 0..tn {
+                        for i in 0..cn {
+                            cols[t * cn + i] = a.get((t0 + t) * d + i0 + i);
+                        }
+                    }
+                    View::transposed(&cols[..tn * cn], tn, cn)
                 }
-            }
+            };
             let bmat: &[f32] = match b {
                 Act::F32(s) => &s[t0 * k..(t0 + tn) * k],
                 _ if once => &conv[..bt * k],
                 _ => kept_f32(b, k, t0, tn, conv),
             };
             matmul(
-                View::transposed(&cols[..tn * cn], tn, cn),
+                a_chunk,
                 View::row_major(bmat, tn, k),
                 &mut out[..cn * k],
                 t0 > 0,

@@ -9,8 +9,8 @@ use crate::core::error::Result;
 use crate::core::scratch::Plan;
 use crate::cuda::blas::Gemm;
 use crate::cuda::device::{
-    fits_i32, residual_layout, scores_layout, RESIDUAL_HEADER, select_layout, sparse_grad_layout, step_layout, Device, StepLayout,
-    STEP_HEADER,
+    fits_i32, residual_layout, scores_layout, select_layout, sparse_grad_layout, step_layout,
+    Device, StepLayout, RESIDUAL_HEADER, STEP_HEADER,
 };
 use crate::cuda::launch::{self, launch, Arg, Shape};
 

@@ -9,10 +9,25 @@ use grass::ffi::*;
 use crate::gpu::*;
 use crate::row_scores::{activations, dims, SIDES};
 
-fn ws(ctx: *const grass_context, m: usize, n: usize, b: usize, side: grass_side, dt: Dtype) -> usize {
+fn ws(
+    ctx: *const grass_context,
+    m: usize,
+    n: usize,
+    b: usize,
+    side: grass_side,
+    dt: Dtype,
+) -> usize {
     let mut bytes = 0;
     ok(unsafe {
-        grass_residual_workspace_size(ctx, m as i64, n as i64, b as i64, side, code(dt), &mut bytes)
+        grass_residual_workspace_size(
+            ctx,
+            m as i64,
+            n as i64,
+            b as i64,
+            side,
+            code(dt),
+            &mut bytes,
+        )
     });
     bytes
 }
@@ -39,8 +54,25 @@ unsafe fn residual(
 ) {
     let cfg = grass_adamw_config::defaults();
     ok(grass_residual_step(
-        ctx, &cfg, m as i64, n as i64, b as i64, side, idx.1 as i64, code(dt), x.cast(), dy.cast(),
-        code(w_dt), w.cast(), idx.0, 0.1, 3e-2, lr_scale, skipped, workspace.0.cast(), workspace.1,
+        ctx,
+        &cfg,
+        m as i64,
+        n as i64,
+        b as i64,
+        side,
+        idx.1 as i64,
+        code(dt),
+        x.cast(),
+        dy.cast(),
+        code(w_dt),
+        w.cast(),
+        idx.0,
+        0.1,
+        3e-2,
+        lr_scale,
+        skipped,
+        workspace.0.cast(),
+        workspace.1,
         std::ptr::null_mut(),
     ));
 }
@@ -52,7 +84,12 @@ fn residual_steps_match_the_host() {
     let mut rng = Rng::new(7);
     // (500, 40000) needs several chunks of G on either side; the others have one token, a
     // kept dimension of 1 and sizes off every block multiple.
-    for &(m, n, b) in &[(96usize, 80usize, 33usize), (500, 4000, 8), (1, 37, 1), (257, 3, 300)] {
+    for &(m, n, b) in &[
+        (96usize, 80usize, 33usize),
+        (500, 4000, 8),
+        (1, 37, 1),
+        (257, 3, 300),
+    ] {
         for dt in DTYPES {
             for w_dt in [Dtype::F32, Dtype::Bf16] {
                 for side in SIDES {
@@ -66,21 +103,42 @@ fn residual_steps_match_the_host() {
                     let mut hws = vec![0u8; ws(g.cpu, m, n, b, side, dt)];
                     unsafe {
                         residual(
-                            g.cpu, (m, n, b), side, dt, x.as_ptr(), dy.as_ptr(), w_dt,
-                            want.as_mut_ptr(), (idx.as_ptr(), idx.len()), &lr_scale,
-                            &mut skipped_h, (hws.as_mut_ptr(), hws.len()),
+                            g.cpu,
+                            (m, n, b),
+                            side,
+                            dt,
+                            x.as_ptr(),
+                            dy.as_ptr(),
+                            w_dt,
+                            want.as_mut_ptr(),
+                            (idx.as_ptr(), idx.len()),
+                            &lr_scale,
+                            &mut skipped_h,
+                            (hws.as_mut_ptr(), hws.len()),
                         )
                     };
                     let wsb = ws(g.cuda, m, n, b, side, dt);
-                    let (dx, ddy, dw) =
-                        (DevBuf::from_bytes(&x), DevBuf::from_bytes(&dy), DevBuf::from_bytes(&w0));
+                    let (dx, ddy, dw) = (
+                        DevBuf::from_bytes(&x),
+                        DevBuf::from_bytes(&dy),
+                        DevBuf::from_bytes(&w0),
+                    );
                     let (didx, dls) = (DevBuf::from(&idx), DevBuf::from(&[lr_scale]));
                     let (dskip, dws) = (DevBuf::from(&[0i32]), DevBuf::poisoned(wsb));
                     unsafe {
                         residual(
-                            g.cuda, (m, n, b), side, dt, dx.void().cast(), ddy.void().cast(),
-                            w_dt, dw.void().cast(), (didx.ptr(), idx.len()), dls.ptr(),
-                            dskip.ptr(), (dws.void().cast(), wsb),
+                            g.cuda,
+                            (m, n, b),
+                            side,
+                            dt,
+                            dx.void().cast(),
+                            ddy.void().cast(),
+                            w_dt,
+                            dw.void().cast(),
+                            (didx.ptr(), idx.len()),
+                            dls.ptr(),
+                            dskip.ptr(),
+                            (dws.void().cast(), wsb),
                         )
                     };
                     sync();
@@ -93,7 +151,11 @@ fn residual_steps_match_the_host() {
                         .zip(want.chunks(size))
                         .filter(|(a, b)| a != b)
                         .count();
-                    assert!(differ * 1000 <= m * n, "{what}: {differ} of {} elements differ", m * n);
+                    assert!(
+                        differ * 1000 <= m * n,
+                        "{what}: {differ} of {} elements differ",
+                        m * n
+                    );
                     if idx.len() < d {
                         assert_ne!(got, w0, "{what}: nothing moved");
                     }
@@ -118,18 +180,38 @@ fn residual_skips_on_the_device() {
     // (x, skipped before, skipped after): a skipped step gates it off and stays; a NaN in X
     // skips it with STEP_SKIPPED_NONFINITE
     for (xs, before, after) in [(&x, 2i32, 2i32), (&bad, 0, 1)] {
-        let (dx, ddy, dw) =
-            (DevBuf::from_bytes(xs), DevBuf::from_bytes(&dy), DevBuf::from_bytes(&w0));
-        let (didx, dskip, dws) = (DevBuf::from(&idx), DevBuf::from(&[before]), DevBuf::poisoned(wsb));
+        let (dx, ddy, dw) = (
+            DevBuf::from_bytes(xs),
+            DevBuf::from_bytes(&dy),
+            DevBuf::from_bytes(&w0),
+        );
+        let (didx, dskip, dws) = (
+            DevBuf::from(&idx),
+            DevBuf::from(&[before]),
+            DevBuf::poisoned(wsb),
+        );
         unsafe {
             residual(
-                g.cuda, (m, n, b), GRASS_SIDE_ROWS, Dtype::F32, dx.void().cast(),
-                ddy.void().cast(), Dtype::F32, dw.void().cast(), (didx.ptr(), idx.len()),
-                std::ptr::null(), dskip.ptr(), (dws.void().cast(), wsb),
+                g.cuda,
+                (m, n, b),
+                GRASS_SIDE_ROWS,
+                Dtype::F32,
+                dx.void().cast(),
+                ddy.void().cast(),
+                Dtype::F32,
+                dw.void().cast(),
+                (didx.ptr(), idx.len()),
+                std::ptr::null(),
+                dskip.ptr(),
+                (dws.void().cast(), wsb),
             )
         };
         sync();
         assert_eq!(dskip.i32s()[0], after);
-        assert_eq!(dw.bytes(), w0, "W must not move (skipped {before} -> {after})");
+        assert_eq!(
+            dw.bytes(),
+            w0,
+            "W must not move (skipped {before} -> {after})"
+        );
     }
 }

@@ -38,16 +38,19 @@ def check_residual(got, w, want, undecided, dtype):
 
 
 @pytest.mark.parametrize("side", ["rows", "cols"])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_residual_step_matches_numpy(platform, side, dtype):
+@pytest.mark.parametrize("dtype, act", [(jnp.float32, jnp.float32), (jnp.bfloat16, jnp.float32),
+                                        (jnp.float32, jnp.bfloat16)])
+def test_residual_step_matches_numpy(platform, side, dtype, act):
+    """W of `dtype`, X and dY of `act` (bf16 activations take the library's converting path)."""
     k = jax.random.split(jax.random.PRNGKey(11), 4)
     m, n, b, r = 40, 24, 19, 7
     w = jax.random.normal(k[0], (m, n)).astype(dtype)
-    x, dy = jax.random.normal(k[1], (b, n)), jax.random.normal(k[2], (b, m))
+    x = jax.random.normal(k[1], (b, n)).astype(act)
+    dy = jax.random.normal(k[2], (b, m)).astype(act)
     d = m if side == "rows" else n
     idx = jnp.sort(jax.random.choice(k[3], d, (r,), replace=False)).astype(jnp.int32)
-    want, undecided = numpy_residual(np.asarray(w, np.float32), np.asarray(x), np.asarray(dy),
-                                     idx, 3e-2 * 0.5 * 0.2, side)
+    want, undecided = numpy_residual(np.asarray(w, np.float32), np.asarray(x, np.float32),
+                                     np.asarray(dy, np.float32), idx, 3e-2 * 0.5 * 0.2, side)
     got, skipped = jax.jit(lambda w: ops.residual_step(
         w, x, dy, idx, 3e-2, side=side, alpha=0.5, residual_scale=0.2))(jnp.array(w))
     assert int(skipped) == ops.STEP_APPLIED

@@ -420,6 +420,9 @@ typedef struct {
     float *grad;   /* the dense gradient; NULL for a grass layer (its gradient is inside opt) */
     size_t numel;
     int sparse;    /* 1: a projected weight (--grass-lr); 0: dense AdamW (--lr) */
+    /* a grass layer's X and dY of the last backward pass (in acts / grad_acts, alive until the
+     * step): the full-rank residual's input (--residual) */
+    const float *x, *dy;
 } Handle;
 
 typedef struct {
@@ -435,6 +438,7 @@ typedef struct {
     /* grass: the sparse optimizers of layer l's matrices are layer_opt[l][0..3] (qkv, attproj,
      * fc, fcproj); NULL in adamw mode. */
     grass_optimizer *(*layer_opt)[4];
+    Handle *(*layer_handle)[4]; /* the same optimizers' handles */
     Handle *handles;
     int num_handles;
 } GPT2;
@@ -529,9 +533,12 @@ static float gpt2_forward(GPT2 *m) {
 }
 
 /* Hands a projected weight's X (b x n) and dY (b x m) to its grass optimizer, which adds the
- * selected rows of dYᵀX to its accumulator. */
-static void grass_feed(grass_optimizer *opt, int BT, const float *x, const float *dy) {
-    grass_check(grass_optimizer_backward(opt, BT, x, dy, NULL, NULL), "grass_optimizer_backward");
+ * selected rows of dYᵀX to its accumulator; the handle remembers them for the residual. */
+static void grass_feed(Handle *h, int BT, const float *x, const float *dy) {
+    grass_check(grass_optimizer_backward(h->opt, BT, x, dy, NULL, NULL),
+                "grass_optimizer_backward");
+    h->x = x;
+    h->dy = dy;
 }
 
 /* Gradients of the mean loss of the last forward pass: into m->grad for the dense parameters
@@ -555,7 +562,7 @@ static void gpt2_backward(GPT2 *m) {
         float *dresidual = l == 0 ? da[A_ENCODED] : da[A_RESIDUAL3] + (size_t)(l - 1) * BT * C;
         const size_t lc = (size_t)l * C, lbt = (size_t)l * BT, lbtc = lbt * C;
         const size_t latt = (size_t)l * B * NH * T * T;
-        grass_optimizer **opt = m->layer_opt ? m->layer_opt[l] : NULL;
+        Handle **opt = m->layer_handle ? m->layer_handle[l] : NULL;
 #define W(P, size) p[P] + lc * (size)
 #define G(P, size) (g[P] ? g[P] + lc * (size) : NULL)
         /* residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))) */
@@ -595,6 +602,7 @@ static void gpt2_free(GPT2 *m) {
     for (int h = 0; h < m->num_handles; h++) grass_optimizer_destroy(m->handles[h].opt);
     free(m->handles);
     free(m->layer_opt);
+    free(m->layer_handle);
     free(m->params);
     free(m->grads);
     free(m->acts);
@@ -610,6 +618,7 @@ typedef struct {
     const char *data_path, *optimizer, *save, *resume;
     int steps, stop_at, B, T, val_every, val_batches, warmup, check_grad;
     float lr, grass_lr, min_lr_frac, weight_decay, clip, val_frac;
+    float residual_scale; /* > 0: the full-rank residual on the grass layers at this scale */
     int64_t rank, refresh_every;
     uint64_t seed;
     Config config;
@@ -632,7 +641,10 @@ static void make_optimizers(GPT2 *m, const Options *o, grass_context *ctx, int g
     pc.seed = o->seed;
 
     m->handles = xcalloc(NUM_PARAMS + 4 * (size_t)c->L, sizeof(Handle));
-    if (grass_mode) m->layer_opt = xcalloc(c->L, sizeof *m->layer_opt);
+    if (grass_mode) {
+        m->layer_opt = xcalloc(c->L, sizeof *m->layer_opt);
+        m->layer_handle = xcalloc(c->L, sizeof *m->layer_handle);
+    }
     for (int p = 0; p < NUM_PARAMS; p++) {
         const grass_adamw_config *ac =
             (p == P_WTE || p == P_WPE || is_matrix(p)) ? &decay : &no_decay;
@@ -655,6 +667,7 @@ static void make_optimizers(GPT2 *m, const Options *o, grass_context *ctx, int g
                 h->numel = (size_t)rows * cols;
                 h->sparse = 1;
                 m->layer_opt[l][which] = h->opt;
+                m->layer_handle[l][which] = h;
             }
         } else {
             Handle *h = &m->handles[m->num_handles++];
@@ -699,8 +712,15 @@ static float optimizer_step(GPT2 *m, const Options *o, int step) {
     for (int i = 0; i < m->num_handles; i++) {
         Handle *h = &m->handles[i];
         const float lr = (h->sparse ? o->grass_lr : o->lr) * mult;
-        grass_check(grass_optimizer_step_scaled(h->opt, h->w, h->grad, lr, scale, NULL),
-                    "grass_optimizer_step_scaled");
+        if (h->sparse && o->residual_scale > 0.0f) {
+            /* the rows the selection leaves out move by signSGD, from this step's X and dY */
+            grass_check(grass_optimizer_step_residual(h->opt, h->w, (int64_t)m->B * m->T, h->x,
+                                                      h->dy, lr, scale, o->residual_scale, NULL),
+                        "grass_optimizer_step_residual");
+        } else {
+            grass_check(grass_optimizer_step_scaled(h->opt, h->w, h->grad, lr, scale, NULL),
+                        "grass_optimizer_step_scaled");
+        }
     }
     return norm;
 }
@@ -1007,6 +1027,9 @@ static void print_help(void) {
         "  --warmup N (steps/20)   --min-lr-frac F (0.1)  cosine from lr to F*lr\n"
         "  --weight-decay X (0.1)  on matrices and embeddings   --clip X (1.0, 0 = off)\n"
         "  --rank R (0: grass_default_rank of each layer)   --refresh-every K (0: grass's)\n"
+        "  --residual              the full-rank residual: the rows grass does not select move\n"
+        "                          by signSGD each step (one more dW GEMM per matrix)\n"
+        "  --residual-scale X      its step, relative to grass-lr x alpha (the library's, 0.1)\n"
         "evaluation and checkpoints:\n"
         "  --val-every N (100)     --val-batches N (8)   --val-frac F (0.1, the file's tail)\n"
         "  --save PREFIX           write PREFIX.model and PREFIX.grass at the end\n"
@@ -1040,6 +1063,8 @@ static Options parse_args(int argc, char **argv) {
     o.lr = 1e-3f, o.grass_lr = 1e-2f, o.min_lr_frac = 0.1f, o.weight_decay = 0.1f;
     o.clip = 1.0f, o.val_frac = 0.1f, o.rank = 0, o.refresh_every = 0, o.seed = 1;
     o.config = (Config){256, 64, 4, 4, 128};
+    int residual = 0, scale_given = 0;
+    float residual_scale = grass_default_residual_scale();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -1048,6 +1073,10 @@ static Options parse_args(int argc, char **argv) {
         }
         if (!strcmp(a, "--check-grad")) {
             o.check_grad = 1;
+            continue;
+        }
+        if (!strcmp(a, "--residual")) {
+            residual = 1;
             continue;
         }
         if (strncmp(a, "--", 2) != 0) {
@@ -1071,6 +1100,10 @@ static Options parse_args(int argc, char **argv) {
         else if (!strcmp(a, "--min-lr-frac")) o.min_lr_frac = parse_float(a, v, 0.0f, 1.0f);
         else if (!strcmp(a, "--weight-decay")) o.weight_decay = parse_float(a, v, 0.0f, 10.0f);
         else if (!strcmp(a, "--clip")) o.clip = parse_float(a, v, 0.0f, 1e30f);
+        else if (!strcmp(a, "--residual-scale")) {
+            residual_scale = parse_float(a, v, 0.0f, 1e30f);
+            scale_given = 1;
+        }
         else if (!strcmp(a, "--rank")) o.rank = parse_int(a, v, 0, 0x7fffffffL);
         else if (!strcmp(a, "--refresh-every")) o.refresh_every = parse_int(a, v, 0, 0x7fffffffL);
         else if (!strcmp(a, "--val-every")) o.val_every = (int)parse_int(a, v, 1, 100000000);
@@ -1084,6 +1117,10 @@ static Options parse_args(int argc, char **argv) {
         else if (!strcmp(a, "--resume")) o.resume = v;
         else usage_error("unknown option '%s'", a);
     }
+    if (scale_given && !residual) usage_error("--residual-scale: add --residual to use it");
+    if (residual && strcmp(o.optimizer, "grass"))
+        usage_error("--residual: the full-rank residual is grass's (--optimizer grass)");
+    o.residual_scale = residual ? residual_scale : 0.0f;
     if (o.check_grad) return o;
     if (!o.data_path) usage_error("no text file given");
     if (o.config.C % o.config.NH)
@@ -1139,6 +1176,9 @@ int main(int argc, char **argv) {
            "grass-lr %g, warmup %d, weight decay %g, clip %g, batch %d, %d threads\n",
            o.optimizer, model.num_handles, grass_params, o.lr, o.grass_lr, o.warmup,
            o.weight_decay, o.clip, o.B, threads);
+    if (o.residual_scale > 0.0f)
+        printf("full-rank residual: the rows grass leaves out move by signSGD, scale %g\n",
+               o.residual_scale);
     printf("optimizer state: %zu bytes (grass_optimizer_state_size summed), handles hold %lld "
            "bytes\n", state_bytes, (long long)handle_bytes);
     if (grass_mode) { /* what the library made of layer 0's matrices (the others are alike) */

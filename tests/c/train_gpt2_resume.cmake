@@ -4,7 +4,9 @@
 # resume with another model shape or optimizer is refused (exit 2) and overwrites nothing.
 #
 #   cmake -DTRAINER=<grass_train_gpt2> -DOPTIMIZER=grass|adamw -DTEXT=<file> -DWORK_DIR=<dir>
-#         -P train_gpt2_resume.cmake
+#         [-DEXTRA=--residual] -P train_gpt2_resume.cmake
+# EXTRA: more trainer flags (--residual: the full-rank residual, whose signs must resume
+# exactly too).
 foreach(var TRAINER OPTIMIZER TEXT WORK_DIR)
   if(NOT DEFINED ${var})
     message(FATAL_ERROR "train_gpt2_resume.cmake: -D${var}=... is required")
@@ -14,7 +16,8 @@ file(REMOVE_RECURSE ${WORK_DIR})
 file(MAKE_DIRECTORY ${WORK_DIR})
 
 set(common ${TEXT} --optimizer ${OPTIMIZER} --layers 2 --channels 32 --heads 2 --seq-len 32
-           --batch 4 --steps 8 --warmup 2 --refresh-every 3 --val-every 4 --val-batches 2)
+           --batch 4 --steps 8 --warmup 2 --refresh-every 3 --val-every 4 --val-batches 2
+           ${EXTRA})
 
 function(run expect_rc name)
   execute_process(COMMAND ${TRAINER} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out
@@ -27,6 +30,9 @@ function(run expect_rc name)
 endfunction()
 
 run(0 "straight" ${common} --save ${WORK_DIR}/straight)
+if(EXTRA STREQUAL "--residual" AND NOT last_output MATCHES "full-rank residual: .* scale 0.1")
+  message(FATAL_ERROR "the run with --residual does not say it uses the residual")
+endif()
 run(0 "first half" ${common} --stop-at 4 --save ${WORK_DIR}/half)
 run(0 "resumed half" ${common} --resume ${WORK_DIR}/half --save ${WORK_DIR}/resumed)
 if(NOT last_output MATCHES "resumed from .* at step 4")
@@ -54,6 +60,7 @@ if(NOT last_output MATCHES "holds a model with .*C=32.*C=64")
   message(FATAL_ERROR "the shape mismatch is not named")
 endif()
 string(REPLACE "--optimizer;${OPTIMIZER}" "--optimizer;${other}" switched "${common}")
+list(REMOVE_ITEM switched --residual)
 run(2 "resume with the other optimizer" ${switched} --resume ${WORK_DIR}/half
     --save ${WORK_DIR}/bad2)
 if(NOT last_output MATCHES "was trained with --optimizer ${OPTIMIZER}")

@@ -17,7 +17,7 @@
 #      ctest_cuda   ctest's test_cuda (C++ through the C ABI) against the carried libgrass.so,
 #                   a plain build (no sanitizers) made in the background from the start
 #      torch_tests  bindings/torch/tests, the CUDA cases (-k cuda)
-#      jax_ops      the JAX GPU cases of the op, layer, precision and memory tests (-k gpu); a
+#      jax_ops      the JAX GPU cases of the op, layer, precision, memory and residual tests (-k gpu); a
 #                   GPU case that skips for want of a GPU fails the step
 #   2. bench (mandatory): bench_layer (the 8 reference configurations of docs/api.md against the floor, the
 #      peers and GaLore in the same process; rows written as measured) and jax_memory
@@ -74,7 +74,7 @@ START=$SECONDS
 #                              rust_cuda; the run repeats the op comparisons through the C ABI
 #                              (test_cuda_on_host, the CPU form: 11 s here)
 # torch_tests   1    25   10   torch import ~5 s, 2 CUDA cases (a layer trained in f32 and bf16)
-# jax_ops       1   110   40   the 60 GPU cases of test_ops/linear/precision/memory; their CPU
+# jax_ops       1   110   40   the 67 GPU cases of test_ops/linear/precision/memory/residual; their CPU
 #                              twins took 60 s of wall time on the busy 2-core machine here
 #                              (compile-bound; XLA's GPU compiles are slower than its CPU ones)
 #    part 1     -   255        (at most 5 minutes)
@@ -365,7 +365,7 @@ jax_gpu_cases() { # step files...: the GPU cases (test ids with "gpu") of the fi
     fi
 }
 J=bindings/jax/tests
-jax_ops() { jax_gpu_cases jax_ops $J/test_ops.py $J/test_linear.py $J/test_precision.py $J/test_memory.py; }
+jax_ops() { jax_gpu_cases jax_ops $J/test_ops.py $J/test_linear.py $J/test_precision.py $J/test_memory.py $J/test_residual.py; }
 jax_train() { jax_gpu_cases jax_train $J/test_train.py $J/test_stacked.py $J/test_api.py; }
 
 bench_layer() {

@@ -203,11 +203,17 @@ def test_residual_in_out_layout_matches_out_in():
         s = opt.init(p)
         proj = opt.projections(p, s, tokens=BATCH)
         _, grads = opt.value_and_grad(loss)(p, proj)
-        p, s = opt.step(p, grads, s)
-        res[layout] = p
+        res[layout] = opt.step(p, grads, s)[0]
+        # the optax form, from the full gradient of the plain product
+        g = jax.grad(lambda p: loss(p, {"up": None, "down": None}))(p)
+        u, _ = opt.update(g, s, p)
+        res[layout + " update"] = optax.apply_updates(p, u)
     for name in ("up", "down"):
-        np.testing.assert_allclose(res["in_out"][name].T, res["out_in"][name], rtol=0,
-                                   atol=1e-6, err_msg=name)
+        for form in ("", " update"):
+            np.testing.assert_allclose(res["in_out" + form][name].T, res["out_in" + form][name],
+                                       rtol=0, atol=1e-6, err_msg=name + form)
+        np.testing.assert_allclose(res["out_in update"][name], res["out_in"][name], rtol=0,
+                                   atol=1e-5, err_msg=name)
 
 
 def test_residual_refusals():

@@ -39,6 +39,7 @@ Phases run on request (--phases ...), mostly for the cpu screen (--preset cpu):
   library         grass (the library) + signSGD residual x0.1 at 4e-2, at grass's best rate,
                   then seed 1 at 4e-2
   library_seed    that seed 1 alone (to run beside the library phase)
+  library_rate    the library's residual at grass's best long rate, seeds 0 and 1
 """
 
 import argparse
@@ -220,6 +221,17 @@ def library_rows(done):
     return out + library_seed_rows(done)
 
 
+def library_rate_rows(done):
+    """The library's signSGD residual at grass's best long rate (3e-2), seeds 0 and 1 (two
+    sweep processes on this phase run them side by side)."""
+    res = {"residual": "sign", "residual-scale": "0.1"}
+    lr = grass_best_lr(done) or "3e-2"
+    return [("library", f"grass lr {lr}, signSGD residual x0.1", "grass",
+             argv_for("grass", lr, **res)),
+            ("seeds", f"grass lr {lr}, signSGD residual x0.1, seed 1", "grass",
+             argv_for("grass", lr, 1, **res))]
+
+
 def library_seed_rows(done):
     """Seed 1 of the library's signSGD residual at 4e-2 (a phase of its own, so that it can
     run beside the library phase)."""
@@ -268,7 +280,8 @@ def research_seed_rows(done):
 PHASES = {"centre": centre_rows, "lr": lr_rows, "extend": extend_rows, "levers": lever_rows,
           "research": research_rows, "residual": residual_rows, "research2": research2_rows, "refresh": refresh_rows,
           "research_seeds": research_seed_rows, "defaults": defaults_rows,
-          "library": library_rows, "library_seed": library_seed_rows, "seeds": seed_rows}
+          "library": library_rows, "library_seed": library_seed_rows,
+          "library_rate": library_rate_rows, "seeds": seed_rows}
 
 
 def plan(phases, done):
@@ -305,17 +318,21 @@ def write_table(out, done):
 
 def headline(done):
     """[(label, row)]: AdamW, GaLore and grass's defaults at their best learning rates, and
-    the best grass configuration of any phase (seed 0)."""
+    the best grass configuration of the other phases (seed 0)."""
     out = []
     for label, opt in (("AdamW", "adamw"), ("GaLore", "galore"), ("grass defaults", "grass")):
         b = best(done, opt, where=_plain)
         if b is not None:
             out.append((f"{label}, lr {b['lr']:g}", b))
-    b = min((r for r in done.values() if r["optimizer"] in ("grass", "grass_ref")
-             and r["diverged_at"] is None and r.get("seed", 0) == 0),
-            key=lambda r: r["final_val_loss"], default=None)
-    if b is not None and not _plain(b):
-        out.append((f"best grass: {b['id']}", b))
+    # the library's best configuration (the research twin's rows only where the library has
+    # none beyond its defaults)
+    for opts in (("grass",), ("grass", "grass_ref")):
+        b = min((r for r in done.values() if r["optimizer"] in opts and not _plain(r)
+                 and r["diverged_at"] is None and r.get("seed", 0) == 0),
+                key=lambda r: r["final_val_loss"], default=None)
+        if b is not None:
+            out.append((f"best grass: {b['id']}", b))
+            break
     return out
 
 

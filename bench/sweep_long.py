@@ -40,6 +40,7 @@ Phases run on request (--phases ...), mostly for the cpu screen (--preset cpu):
                   then seed 1 at 4e-2
   library_seed    that seed 1 alone (to run beside the library phase)
   library_rate    the library's residual at grass's best long rate, seeds 0 and 1
+  library_bf16    the library's residual on bf16 moments at rank 64 (equal bytes), seeds 0, 1
 """
 
 import argparse
@@ -232,6 +233,16 @@ def library_rate_rows(done):
              argv_for("grass", lr, 1, **res))]
 
 
+def library_bf16_rows(done):
+    """The library's residual on bf16 moments at twice the rank (equal bytes: the lever that
+    helped plain grass on the long preset) at 4e-2, seeds 0 and 1 side by side."""
+    over = {"residual": "sign", "residual-scale": "0.1", "state-dtype": "bfloat16",
+            "rank": "64"}
+    rid = "grass lr 4e-2, bf16 rank 64, signSGD residual x0.1"
+    return [("library", rid, "grass", argv_for("grass", "4e-2", **over)),
+            ("seeds", f"{rid}, seed 1", "grass", argv_for("grass", "4e-2", 1, **over))]
+
+
 def library_seed_rows(done):
     """Seed 1 of the library's signSGD residual at 4e-2 (a phase of its own, so that it can
     run beside the library phase)."""
@@ -281,7 +292,8 @@ PHASES = {"centre": centre_rows, "lr": lr_rows, "extend": extend_rows, "levers":
           "research": research_rows, "residual": residual_rows, "research2": research2_rows, "refresh": refresh_rows,
           "research_seeds": research_seed_rows, "defaults": defaults_rows,
           "library": library_rows, "library_seed": library_seed_rows,
-          "library_rate": library_rate_rows, "seeds": seed_rows}
+          "library_rate": library_rate_rows, "library_bf16": library_bf16_rows,
+          "seeds": seed_rows}
 
 
 def plan(phases, done):

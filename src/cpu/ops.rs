@@ -181,10 +181,7 @@ pub(crate) fn residual_step(a: &ResidualStepArgs) -> Result<()> {
             return Ok(());
         }
         let act = activations(&a.batch);
-        let lr = match a.lr_scale {
-            None => a.lr,
-            Some(s) => a.lr * view(s)[0],
-        };
+        let lr = effective_lr(a.lr, a.lr_scale);
         let step = lr * a.alpha * a.residual_scale;
         let finite = lr.is_finite() && lr >= 0.0 && step.is_finite();
         if !(finite && act.x.all_finite() && act.dy.all_finite()) {
@@ -197,10 +194,11 @@ pub(crate) fn residual_step(a: &ResidualStepArgs) -> Result<()> {
     }
 }
 
-unsafe fn effective_lr(b: &StepBuffers) -> f32 {
-    match b.lr_scale {
-        None => b.lr,
-        Some(s) => b.lr * view(s)[0],
+/// `lr · *lr_scale` (the learning rate a step applies), or `lr` without a scale.
+unsafe fn effective_lr(lr: f32, lr_scale: Option<Buf<f32>>) -> f32 {
+    match lr_scale {
+        None => lr,
+        Some(s) => lr * view(s)[0],
     }
 }
 
@@ -222,7 +220,7 @@ pub(crate) fn sparse_adamw_step(a: &SparseAdamwStepArgs) -> Result<()> {
         let b = &a.buf;
         let steps = view_mut(b.steps);
         check_counts("row_steps", steps)?;
-        let lr = effective_lr(b);
+        let lr = effective_lr(b.lr, b.lr_scale);
         if !(lr.is_finite() && lr >= 0.0) {
             report(b, true);
             return Ok(());
@@ -250,7 +248,7 @@ pub(crate) fn adamw_step(a: &AdamwStepArgs) -> Result<()> {
         let b = &a.buf;
         let step = view_mut(b.steps);
         check_counts("step", step)?;
-        let lr = effective_lr(b);
+        let lr = effective_lr(b.lr, b.lr_scale);
         if !(lr.is_finite() && lr >= 0.0) {
             report(b, true);
             return Ok(());

@@ -7,7 +7,7 @@ use grass::core::dtype::Dtype;
 use grass::ffi::*;
 
 use crate::gpu::*;
-use crate::row_scores::{activations, dims, SIDES};
+use crate::row_scores::{activations, chunk_ws, dims, SIDES};
 
 fn ws(
     ctx: *const grass_context,
@@ -17,19 +17,7 @@ fn ws(
     side: grass_side,
     dt: Dtype,
 ) -> usize {
-    let mut bytes = 0;
-    ok(unsafe {
-        grass_residual_workspace_size(
-            ctx,
-            m as i64,
-            n as i64,
-            b as i64,
-            side,
-            code(dt),
-            &mut bytes,
-        )
-    });
-    bytes
+    chunk_ws(grass_residual_workspace_size, ctx, m, n, b, side, dt)
 }
 
 /// Sorted, distinct: every fourth unit.
@@ -82,7 +70,7 @@ unsafe fn residual(
 fn residual_steps_match_the_host() {
     let g = gpu("residual_steps_match_the_host");
     let mut rng = Rng::new(7);
-    // (500, 40000) needs several chunks of G on either side; the others have one token, a
+    // (500, 4000) needs several chunks of G on either side; the others have one token, a
     // kept dimension of 1 and sizes off every block multiple.
     for &(m, n, b) in &[
         (96usize, 80usize, 33usize),

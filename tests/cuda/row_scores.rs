@@ -36,7 +36,20 @@ pub(crate) fn dims(m: usize, n: usize, side: grass_side) -> (usize, usize) {
     (d as usize, k as usize)
 }
 
-fn scores_ws(
+/// The signature of `grass_scores_workspace_size` and `grass_residual_workspace_size`.
+pub(crate) type ChunkWorkspaceQuery = unsafe extern "C" fn(
+    *const grass_context,
+    i64,
+    i64,
+    i64,
+    grass_side,
+    grass_dtype,
+    *mut usize,
+) -> grass_status;
+
+/// Scratch bytes of an op that walks G in the row scores' chunks, by its size query.
+pub(crate) fn chunk_ws(
+    query: ChunkWorkspaceQuery,
     ctx: *const grass_context,
     m: usize,
     n: usize,
@@ -46,7 +59,7 @@ fn scores_ws(
 ) -> usize {
     let mut bytes = 0;
     ok(unsafe {
-        grass_scores_workspace_size(
+        query(
             ctx,
             m as i64,
             n as i64,
@@ -57,6 +70,17 @@ fn scores_ws(
         )
     });
     bytes
+}
+
+fn scores_ws(
+    ctx: *const grass_context,
+    m: usize,
+    n: usize,
+    b: usize,
+    side: grass_side,
+    dt: Dtype,
+) -> usize {
+    chunk_ws(grass_scores_workspace_size, ctx, m, n, b, side, dt)
 }
 
 #[test]

@@ -9,7 +9,6 @@
 //! see one thread.
 
 use std::hint::black_box;
-use std::time::Instant;
 
 use half::bf16;
 
@@ -19,34 +18,9 @@ use grass::cpu::activations::Act;
 use grass::cpu::adamw::{State, Weights};
 use grass::cpu::{adamw_step, sparse_adamw_step};
 
-/// Deterministic values in [-1, 1).
-fn fill(seed: u64, out: &mut [f32]) {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for x in out.iter_mut() {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        *x = ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
-    }
-}
-
-fn vec_f32(seed: u64, n: usize) -> Vec<f32> {
-    let mut v = vec![0.0; n];
-    fill(seed, &mut v);
-    v
-}
-
-/// Minimum seconds of `reps` runs of `f` after one warm-up run.
-fn min_time(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
+#[path = "timing.rs"]
+mod timing;
+use timing::{min_time, vec_f32};
 
 /// Seconds for a memcpy that moves `bytes` in all (reads half, writes half).
 fn copy_floor(reps: usize, bytes: usize) -> f64 {

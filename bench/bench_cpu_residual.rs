@@ -10,7 +10,6 @@
 //! that GEMM (the same flops) plus one pass over W.
 
 use std::hint::black_box;
-use std::time::Instant;
 
 use grass::core::config::Side;
 use grass::core::dtype::Dtype;
@@ -23,28 +22,9 @@ use grass::cpu::{
     Activations,
 };
 
-fn fill(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn min_time(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
+#[path = "timing.rs"]
+mod timing;
+use timing::{min_time, vec_f32};
 
 fn case(reps: usize, m: usize, n: usize, b: usize) {
     let name = format!("{m}x{n} b={b}");
@@ -56,8 +36,8 @@ fn case(reps: usize, m: usize, n: usize, b: usize) {
     let p = Projected::new(m, n, Side::Cols);
     let (d, k) = (p.d, p.k);
     let r = (d / 4).max(1);
-    let x = fill(1, b * n);
-    let dy = fill(2, b * m);
+    let x = vec_f32(1, b * n);
+    let dy = vec_f32(2, b * m);
     let act = Activations {
         x: Act::F32(&x),
         dy: Act::F32(&dy),
@@ -65,7 +45,7 @@ fn case(reps: usize, m: usize, n: usize, b: usize) {
     };
     let indices: Vec<i32> = (0..r).map(|j| (j * d / r) as i32).collect();
     let scales = vec![1.0f32; r];
-    let mut w = fill(3, m * n);
+    let mut w = vec_f32(3, m * n);
 
     let mut dw = vec![0.0f32; m * n];
     let full = min_time(reps, || {

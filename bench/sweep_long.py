@@ -208,46 +208,39 @@ def residual_rows(done):
              argv_for("grass_ref", lr, residual="sign", **{"residual-scale": "0.1"}))]
 
 
+def library_residual(lr, seeds=(0, 1), **over):
+    """Rows of grass (the library) with the signSGD residual x0.1 at `lr`, one per seed (seed
+    0 in the library phase, the others as seeds); `over` changes more options (its rows are
+    named bf16 rank 64: the only such variant)."""
+    rid = f"grass lr {lr}, {'bf16 rank 64, ' if over else ''}signSGD residual x0.1"
+    opts = {"residual": "sign", "residual-scale": "0.1", **over}
+    return [("seeds" if seed else "library", rid + (f", seed {seed}" if seed else ""), "grass",
+             argv_for("grass", lr, seed, **opts)) for seed in seeds]
+
+
 def library_rows(done):
     """The signSGD residual in the library (grass --residual sign: X and dY handed over, the
     residual's gradient computed in chunks by libgrass) at the twin's learning rate, at grass's
     best rate if that differs, then seed 1 at 4e-2 (the close call)."""
-    res = {"residual": "sign", "residual-scale": "0.1"}
-    row = lambda lr: ("library", f"grass lr {lr}, signSGD residual x0.1", "grass",
-                      argv_for("grass", lr, **res))
-    out = [row("4e-2")]
     lr = grass_best_lr(done)
-    if lr and float(lr) != 4e-2:
-        out.append(row(lr))
-    return out + library_seed_rows(done)
+    rates = ["4e-2"] + ([lr] if lr and float(lr) != 4e-2 else [])
+    return [row for r in rates for row in library_residual(r, (0,))] + library_seed_rows(done)
 
 
 def library_rate_rows(done):
-    """The library's signSGD residual at grass's best long rate (3e-2), seeds 0 and 1 (two
-    sweep processes on this phase run them side by side)."""
-    res = {"residual": "sign", "residual-scale": "0.1"}
-    lr = grass_best_lr(done) or "3e-2"
-    return [("library", f"grass lr {lr}, signSGD residual x0.1", "grass",
-             argv_for("grass", lr, **res)),
-            ("seeds", f"grass lr {lr}, signSGD residual x0.1, seed 1", "grass",
-             argv_for("grass", lr, 1, **res))]
+    """The library's signSGD residual at grass's best long rate (3e-2), seeds 0 and 1."""
+    return library_residual(grass_best_lr(done) or "3e-2")
 
 
 def library_bf16_rows(done):
     """The library's residual on bf16 moments at twice the rank (equal bytes: the lever that
-    helped plain grass on the long preset) at 4e-2, seeds 0 and 1 side by side."""
-    over = {"residual": "sign", "residual-scale": "0.1", "state-dtype": "bfloat16",
-            "rank": "64"}
-    rid = "grass lr 4e-2, bf16 rank 64, signSGD residual x0.1"
-    return [("library", rid, "grass", argv_for("grass", "4e-2", **over)),
-            ("seeds", f"{rid}, seed 1", "grass", argv_for("grass", "4e-2", 1, **over))]
+    helped plain grass on the long preset) at 4e-2, seeds 0 and 1."""
+    return library_residual("4e-2", **{"state-dtype": "bfloat16", "rank": "64"})
 
 
 def library_seed_rows(done):
-    """Seed 1 of the library's signSGD residual at 4e-2 (a phase of its own, so that it can
-    run beside the library phase)."""
-    return [("seeds", "grass lr 4e-2, signSGD residual x0.1, seed 1", "grass",
-             argv_for("grass", "4e-2", 1, residual="sign", **{"residual-scale": "0.1"}))]
+    """Seed 1 of the library's signSGD residual at 4e-2."""
+    return library_residual("4e-2", (1,))
 
 
 def seed_rows(done):

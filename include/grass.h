@@ -39,15 +39,15 @@
 // Major version: changes only with an incompatible ABI change.
 #define GRASS_VERSION_MAJOR 0
 
-#define GRASS_VERSION_MINOR 5
+#define GRASS_VERSION_MINOR 6
 
 #define GRASS_VERSION_PATCH 0
 
 // ABI generation. A library implements its own generation and, where CHANGELOG.md says so,
-// the earlier ones it only adds to: ABI 5 adds to ABI 4, which adds to ABI 3, so a caller
-// built against ABI 3 or 4 runs unchanged. Check `grass_abi_version() >= GRASS_ABI_VERSION` (grass.hpp's
+// the earlier ones it only adds to: ABI 4, 5 and 6 each add to the one before, so a caller
+// built against ABI 3, 4 or 5 runs unchanged. Check `grass_abi_version() >= GRASS_ABI_VERSION` (grass.hpp's
 // `grass::abi_compatible()`).
-#define GRASS_ABI_VERSION 5
+#define GRASS_ABI_VERSION 6
 
 // Result of every fallible call. Numbers are stable: 1–99 are mistakes of the caller,
 // 100–199 problems of the environment (device, driver, memory), 200+ faults inside grass.
@@ -169,6 +169,11 @@ typedef struct grass_adamw_config {
   grass_refresh_mode refresh_mode;
   // `GRASS_DTYPE_F32` (default) or `GRASS_DTYPE_BF16`.
   grass_dtype state_dtype;
+  // Warm-up W of each state row's step after its moments were zeroed: the step of row j is
+  // scaled by min(1, t_j / W), t_j its step count since then (1 on its first step); 0 turns
+  // it off. Default 0. Since ABI 6 (an ABI 5 caller's smaller `struct_size` gets the
+  // default).
+  int32_t row_warmup;
 } grass_adamw_config;
 
 // Kind of a context's device: one of `GRASS_DEVICE_*`.
@@ -390,8 +395,20 @@ const char *grass_last_error_message(void);
 // Fills `config` with the documented defaults, including `struct_size`.
 grass_status grass_projection_config_init(struct grass_projection_config *config);
 
-// Fills `config` with the documented defaults, including `struct_size`.
+// The entry point of programs built against ABI 3-5, whose `grass_adamw_config` ends at
+// `state_dtype` (40 bytes): fills that release with the defaults, `struct_size` = 40 included,
+// and writes nothing past it. A program built against this header reaches
+// `grass_adamw_config_init_sized` instead: the macro `grass_adamw_config_init(config)` at the
+// end of grass.h passes `sizeof *config`. (A config filled here has `struct_size` 40: the
+// library gives the fields after `state_dtype` their defaults, whatever the caller sets.)
 grass_status grass_adamw_config_init(struct grass_adamw_config *config);
+
+// Fills the release of `grass_adamw_config` whose size is `struct_size` (the caller's
+// `sizeof`) with the documented defaults, `struct_size` included, and writes nothing past
+// it; an unknown size fails with `GRASS_ERROR_STRUCT_SIZE`. Call it through the macro
+// `grass_adamw_config_init(config)`; bindings without the header (ctypes) call it with their
+// struct's size.
+grass_status grass_adamw_config_init_sized(struct grass_adamw_config *config, size_t struct_size);
 
 // The rank rule: writes the rank a projection of projected dimension `d` gets when its
 // config's `rank` is 0 (the default): d/4 rounded to the nearest multiple of 8 (ties up), at
@@ -957,3 +974,9 @@ grass_status grass_projection_selection(const struct grass_projection *projectio
 #endif  // __cplusplus
 
 #endif  /* GRASS_H */
+
+/* grass_adamw_config grew in ABI 6 (row_warmup): the init call fills the release of the struct
+ * the caller was compiled with. Programs built against ABI 3-5 call the function
+ * grass_adamw_config_init (their 40-byte release); this header's callers reach
+ * grass_adamw_config_init_sized with their sizeof. */
+#define grass_adamw_config_init(config) grass_adamw_config_init_sized((config), sizeof *(config))

@@ -130,10 +130,17 @@ __device__ __forceinline__ float adam_direction(float beta1, float beta2, float 
     return (m / c1) / (sqrtf(v / c2) + eps);
 }
 
+// The warm-up factor min(1, t / row_warmup) of a state row at step count t >= 1 (1 when
+// row_warmup is 0), as AdamW::row_ramp computes it.
+__device__ __forceinline__ float row_ramp(i32 t, i32 row_warmup) {
+    return t >= row_warmup ? 1.0f : (float)t / (float)row_warmup;
+}
+
 // The compressed step and its scatter: thread (j, c) owns element c of projected index
 // idx[j] in W when j starts a run of equal indices, updates the M, V entries of the whole run
-// in order (state row j with the bias corrections coef[2j], coef[2j + 1] of its own step
-// count) and rounds W once. W is m x n; `cols` selects columns instead of rows.
+// in order (state row j with the bias corrections coef[2j], coef[2j + 1] and the warm-up
+// factor of its own step count steps[j], already advanced by step_prepare) and rounds W once.
+// W is m x n; `cols` selects columns instead of rows.
 extern "C" __global__ void sparse_adamw_step(void* w, i32 w_dt, i64 n, i32 cols,
                                         void* ms, void* vs, i32 s_dt,
                                         const float* __restrict__ g, float gscale,
@@ -141,6 +148,7 @@ extern "C" __global__ void sparse_adamw_step(void* w, i32 w_dt, i64 n, i32 cols,
                                         const float* __restrict__ scales, i32 r, i64 k,
                                         float beta1, float beta2, float eps, float alpha,
                                         i32 decay_rows, const float* __restrict__ coef,
+                                        const i32* __restrict__ steps, i32 row_warmup,
                                         const StepHeader* h) {
     if (h->skip) return;
     const float lr = h->lr;
@@ -160,7 +168,7 @@ extern "C" __global__ void sparse_adamw_step(void* w, i32 w_dt, i64 n, i32 cols,
                                          v, g[e] * gscale);
                 store_from_f32(ms, s_dt, e, m);
                 store_from_f32(vs, s_dt, e, v);
-                acc += (-lr * alpha * scales[j]) * u;
+                acc += (-lr * alpha * scales[j] * row_ramp(steps[j], row_warmup)) * u;
             }
             store_from_f32(w, w_dt, at, acc);
         }

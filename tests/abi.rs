@@ -270,7 +270,10 @@ fn config_init_and_struct_size() {
         (GRASS_METHOD_UNIFORM_NR, GRASS_SCALING_NONE, GRASS_SIDE_COLS)
     );
     let mut a: grass_adamw_config = unsafe { std::mem::zeroed() };
-    check(unsafe { grass_adamw_config_init(&mut a) }).unwrap();
+    check(unsafe {
+        grass_adamw_config_init_sized(&mut a, std::mem::size_of::<grass_adamw_config>())
+    })
+    .unwrap();
     assert_eq!(
         (a.beta1, a.beta2, a.eps, a.weight_decay, a.alpha),
         (0.9, 0.999, 1e-8, 0.0, 0.25)
@@ -635,7 +638,10 @@ fn workspace_queries_never_wrap() {
 fn host_lr_is_rejected_and_lr_scale_skips() {
     let ctx = Ctx::cpu();
     let mut cfg: grass_adamw_config = unsafe { std::mem::zeroed() };
-    check(unsafe { grass_adamw_config_init(&mut cfg) }).unwrap();
+    check(unsafe {
+        grass_adamw_config_init_sized(&mut cfg, std::mem::size_of::<grass_adamw_config>())
+    })
+    .unwrap();
     let (m, n, r) = (4usize, 3usize, 2usize);
     let mut w = vec![1.0f32; m * n];
     let idx = [0i32, 2];
@@ -755,7 +761,10 @@ fn host_lr_is_rejected_and_lr_scale_skips() {
 fn state_refresh_rejects_negative_counts_and_bad_indices() {
     let ctx = Ctx::cpu();
     let mut cfg: grass_adamw_config = unsafe { std::mem::zeroed() };
-    check(unsafe { grass_adamw_config_init(&mut cfg) }).unwrap();
+    check(unsafe {
+        grass_adamw_config_init_sized(&mut cfg, std::mem::size_of::<grass_adamw_config>())
+    })
+    .unwrap();
     cfg.refresh_mode = GRASS_REFRESH_CARRY;
     let (r, k) = (3usize, 2usize);
     let call = |old: &[i32], new: &[i32], steps: &mut [i32], ms: &mut [f32]| unsafe {
@@ -831,7 +840,10 @@ fn state_refresh_rejects_negative_counts_and_bad_indices() {
 fn sparse_step_rejects_non_finite_scales() {
     let ctx = Ctx::cpu();
     let mut cfg: grass_adamw_config = unsafe { std::mem::zeroed() };
-    check(unsafe { grass_adamw_config_init(&mut cfg) }).unwrap();
+    check(unsafe {
+        grass_adamw_config_init_sized(&mut cfg, std::mem::size_of::<grass_adamw_config>())
+    })
+    .unwrap();
     let (m, n) = (4usize, 3usize);
     let idx = [0i32, 2];
     let g = [0.5f32; 6];

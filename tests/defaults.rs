@@ -14,7 +14,10 @@ fn the_init_functions_return_the_measured_defaults() {
     let mut pc: grass_projection_config = unsafe { std::mem::zeroed() };
     let mut ac: grass_adamw_config = unsafe { std::mem::zeroed() };
     check(unsafe { grass_projection_config_init(&mut pc) }).unwrap();
-    check(unsafe { grass_adamw_config_init(&mut ac) }).unwrap();
+    check(unsafe {
+        grass_adamw_config_init_sized(&mut ac, std::mem::size_of::<grass_adamw_config>())
+    })
+    .unwrap();
     // the sweep's best configuration (bench/results/sweep_train/sweep.md)
     assert_eq!(
         pc.struct_size,
@@ -44,6 +47,84 @@ fn the_init_functions_return_the_measured_defaults() {
             GRASS_DTYPE_F32
         )
     );
+    assert_eq!(ac.row_warmup, 0);
+}
+
+/// `grass_adamw_config_init`, the symbol ABI 3-5 programs call, fills their 40-byte release
+/// (struct_size 40) and nothing past it; `grass_adamw_config_init_sized` fills the release of
+/// the size given (grass.h's macro passes sizeof) and refuses an unknown size, writing nothing.
+#[test]
+fn the_adamw_config_init_fills_the_callers_release() {
+    let size = std::mem::size_of::<grass_adamw_config>();
+    let mut words = [u64::MAX; 8];
+    check(unsafe { grass_adamw_config_init(words.as_mut_ptr().cast()) }).unwrap();
+    assert_eq!(words[0], 40);
+    assert_eq!(&words[5..], &[u64::MAX; 3], "nothing past ABI 5's struct");
+    let old: grass_adamw_config = unsafe { std::ptr::read(words.as_ptr().cast()) };
+    let new = grass_adamw_config::defaults();
+    assert_eq!(
+        (old.beta1, old.alpha, old.state_dtype),
+        (new.beta1, new.alpha, new.state_dtype)
+    );
+    for known in [40usize, size] {
+        let mut words = [u64::MAX; 8];
+        check(unsafe { grass_adamw_config_init_sized(words.as_mut_ptr().cast(), known) }).unwrap();
+        assert_eq!(words[0] as usize, known);
+        assert_eq!(
+            &words[known.div_ceil(8)..],
+            &vec![u64::MAX; 8 - known.div_ceil(8)][..]
+        );
+    }
+    let mut c = grass_adamw_config::defaults();
+    check(unsafe { grass_adamw_config_init_sized(&mut c, size) }).unwrap();
+    assert_eq!(c.row_warmup, grass_adamw_config::defaults().row_warmup);
+    for bad in [0usize, 8, 44, size + 8] {
+        let mut words = [u64::MAX; 8];
+        assert_eq!(
+            unsafe { grass_adamw_config_init_sized(words.as_mut_ptr().cast(), bad) },
+            grass_status::GRASS_ERROR_STRUCT_SIZE
+        );
+        assert!(
+            last_error().contains(&format!("(40, {size})")),
+            "{}",
+            last_error()
+        );
+        assert_eq!(words, [u64::MAX; 8], "nothing written for size {bad}");
+    }
+}
+
+/// A caller built against ABI 3-5 passes a 40-byte grass_adamw_config (ending at
+/// `state_dtype`): accepted, and `row_warmup`, which it lacks, takes its default; the bytes past
+/// its struct are never read (here -1, which the library would refuse as a warm-up).
+#[test]
+fn an_abi_5_adamw_config_gets_the_default_row_warmup() {
+    let ctx = Ctx::cpu();
+    let mut old = grass_adamw_config {
+        row_warmup: -1,
+        ..grass_adamw_config::defaults()
+    };
+    old.struct_size = 40;
+    assert_eq!(std::mem::offset_of!(grass_adamw_config, row_warmup), 40);
+    let (m, n) = (4usize, 3usize);
+    let (mut w, mut ms, mut vs, mut steps) =
+        (vec![1f32; m * n], vec![0f32; 6], vec![0f32; 6], vec![0; 2]);
+    sparse_adamw_step(
+        &ctx,
+        &old,
+        (m, n),
+        GRASS_SIDE_ROWS,
+        GRASS_DTYPE_F32,
+        w.as_mut_ptr().cast(),
+        &[0, 3],
+        &[1.0, 1.0],
+        &[0.5; 6],
+        (ms.as_mut_ptr().cast(), vs.as_mut_ptr().cast()),
+        &mut steps,
+        1e-2,
+        ptr::null_mut(),
+    );
+    assert_eq!(steps, vec![1, 1]);
+    assert_ne!(w, vec![1f32; m * n]);
 }
 
 /// An independent statement of the rule: the multiple of 8 nearest to d/4 (ties up), at least

@@ -320,7 +320,7 @@ impl Fuzz {
 
     fn acfg(&mut self) -> grass_adamw_config {
         let mut c: grass_adamw_config = unsafe { std::mem::zeroed() };
-        unsafe { grass_adamw_config_init(&mut c) };
+        unsafe { grass_adamw_config_init_sized(&mut c, std::mem::size_of::<grass_adamw_config>()) };
         if self.rng.chance(10) {
             c.beta1 = self.rng.float();
         }
@@ -339,8 +339,14 @@ impl Fuzz {
         if self.rng.chance(10) {
             c.alpha = self.rng.float();
         }
+        if self.rng.chance(10) {
+            c.row_warmup = self.rng.pick(&[1, 20, -1, i32::MIN, i32::MAX]);
+        }
         if self.rng.chance(5) {
-            c.struct_size = self.rng.pick(&[0, 8, c.struct_size - 4, c.struct_size + 4]);
+            // 40: ABI 5's release (no row_warmup), still accepted
+            c.struct_size = self
+                .rng
+                .pick(&[0, 8, 40, c.struct_size - 4, c.struct_size + 4]);
         }
         c
     }
@@ -606,6 +612,8 @@ impl Fuzz {
             self.done("grass_projection_config_init", "NULL".into(), st);
             let st = unsafe { grass_adamw_config_init(ptr::null_mut()) };
             self.done("grass_adamw_config_init", "NULL".into(), st);
+            let st = unsafe { grass_adamw_config_init_sized(ptr::null_mut(), 48) };
+            self.done("grass_adamw_config_init_sized", "NULL".into(), st);
         }
     }
 

@@ -559,6 +559,8 @@ type SparseFn = unsafe extern "C" fn(
     f32,
     i32,
     *const f32,
+    *const i32,
+    i32,
     *const Header,
 );
 type DenseFn = unsafe extern "C" fn(
@@ -582,12 +584,16 @@ type DenseFn = unsafe extern "C" fn(
 
 fn adamw(decay: i32, state_dt: i32) -> grass_adamw_config {
     let mut cfg = std::mem::MaybeUninit::<grass_adamw_config>::uninit();
-    ok(unsafe { grass_adamw_config_init(cfg.as_mut_ptr()) });
+    ok(unsafe {
+        grass_adamw_config_init_sized(cfg.as_mut_ptr(), std::mem::size_of::<grass_adamw_config>())
+    });
     let mut cfg = unsafe { cfg.assume_init() };
     cfg.decay_mode = decay;
     cfg.weight_decay = if decay == GRASS_DECAY_OFF { 0.0 } else { 0.1 };
     cfg.alpha = 0.25;
     cfg.state_dtype = state_dt;
+    // counts 1..12 over the steps: ramped rows, then rows past the warm-up (and none)
+    cfg.row_warmup = if decay == GRASS_DECAY_SELECTED { 0 } else { 6 };
     cfg
 }
 
@@ -739,6 +745,8 @@ fn sparse_adamw_step_kernels_match_the_host() {
                                     cfg.alpha,
                                     (decay == GRASS_DECAY_SELECTED) as i32,
                                     coef.as_ptr(),
+                                    ks.as_ptr(),
+                                    cfg.row_warmup,
                                     &h,
                                 );
                             }

@@ -376,3 +376,119 @@ fn bf16_and_f16_weights_and_bf16_state() {
         .unwrap();
     }
 }
+
+/// `row_warmup` W scales state row j's step by min(1, t_j / W), t_j its count after the
+/// increment: rows at different counts (as after a carry refresh) ramp independently, M and V
+/// are the same as without the ramp, and a negative W is refused with nothing written.
+#[test]
+fn row_warmup_scales_each_rows_step_by_its_count() {
+    let ctx = Ctx::cpu();
+    let (m, n) = (6usize, 5usize);
+    let idx = [0i32, 2, 4];
+    let sc = [1.0f32, 0.5, 2.0];
+    let mut rng = Rng(17);
+    let w0 = rng.vec(m * n);
+    let plain = grass_adamw_config {
+        row_warmup: 0,
+        ..adamw(0.0, GRASS_DECAY_OFF)
+    };
+    let ramped = grass_adamw_config {
+        row_warmup: 4,
+        ..plain
+    };
+    let len = idx.len() * n;
+    // (W, M, V, step counts) of the run without and with the ramp
+    type Run = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<i32>);
+    let mut runs: Vec<Run> = (0..2)
+        .map(|_| (w0.clone(), vec![0f32; len], vec![0f32; len], vec![0, 2, 9]))
+        .collect();
+    for step in 0..6 {
+        let g = rng.vec(len);
+        let before = runs[0].0.clone();
+        for (cfg, run) in [&plain, &ramped].into_iter().zip(runs.iter_mut()) {
+            let (w, ms, vs, steps) = run;
+            sparse_adamw_step(
+                &ctx,
+                cfg,
+                (m, n),
+                GRASS_SIDE_ROWS,
+                GRASS_DTYPE_F32,
+                w.as_mut_ptr().cast(),
+                &idx,
+                &sc,
+                &g,
+                (ms.as_mut_ptr().cast(), vs.as_mut_ptr().cast()),
+                steps,
+                1e-2,
+                ptr::null_mut(),
+            );
+        }
+        assert_eq!(
+            runs[0].1, runs[1].1,
+            "M does not depend on the ramp (step {step})"
+        );
+        assert_eq!(
+            runs[0].2, runs[1].2,
+            "V does not depend on the ramp (step {step})"
+        );
+        assert_eq!(runs[0].3, runs[1].3);
+        for (j, &i) in idx.iter().enumerate() {
+            let ramp = (runs[1].3[j] as f64 / 4.0).min(1.0);
+            for c in 0..n {
+                let e = i as usize * n + c;
+                let full = runs[0].0[e] as f64 - before[e] as f64;
+                let got = runs[1].0[e] as f64 - before[e] as f64;
+                // each run's W rounds once per step (2^-24 relative of |W| <= 8)
+                assert!(
+                    (got - ramp * full).abs() <= 2e-6,
+                    "step {step} row {i} (count {}): moved {got}, want {ramp} x {full}",
+                    runs[1].3[j]
+                );
+            }
+        }
+        // the next step starts both runs from the same W, so each step's ramp is seen alone
+        runs[1].0 = runs[0].0.clone();
+    }
+    assert_eq!(runs[1].3, vec![6, 8, 15]);
+
+    let bad = grass_adamw_config {
+        row_warmup: -1,
+        ..plain
+    };
+    let (mut w, mut ms, mut vs, mut steps) =
+        (w0.clone(), vec![0f32; len], vec![0f32; len], vec![0; 3]);
+    let status = unsafe {
+        grass_sparse_adamw_step(
+            ctx.0,
+            &bad,
+            m as i64,
+            n as i64,
+            GRASS_SIDE_ROWS,
+            3,
+            GRASS_DTYPE_F32,
+            w.as_mut_ptr().cast(),
+            idx.as_ptr(),
+            sc.as_ptr(),
+            rng.vec(len).as_ptr(),
+            ms.as_mut_ptr().cast(),
+            vs.as_mut_ptr().cast(),
+            steps.as_mut_ptr(),
+            1e-2,
+            ptr::null(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+            0,
+            ptr::null_mut(),
+        )
+    };
+    assert_eq!(status, grass_status::GRASS_ERROR_INVALID_VALUE);
+    assert!(
+        last_error().contains("config->row_warmup = -1"),
+        "{}",
+        last_error()
+    );
+    assert_eq!(
+        (w, ms, vs, steps),
+        (w0, vec![0f32; len], vec![0f32; len], vec![0; 3])
+    );
+}

@@ -90,6 +90,9 @@ pub mod defaults {
     pub(crate) const ALPHA: f32 = 0.25;
     pub(crate) const REFRESH_MODE: RefreshMode = RefreshMode::Reset;
     pub(crate) const STATE_DTYPE: Dtype = Dtype::F32;
+    /// Steps over which a state row's update ramps up after its moments were zeroed (the
+    /// step of row j is scaled by min(1, t_j / ROW_WARMUP), t_j its count; 0: no ramp).
+    pub(crate) const ROW_WARMUP: i32 = 0;
     /// The residual step (opt-in, `grass_optimizer_step_residual`) moves each element of the
     /// rows the selection leaves out by RESIDUAL_SCALE x the compressed step's `lr·alpha`
     /// (signSGD): 0.1 was best of 0.03 / 0.1 / 0.3 on the trainer's cpu preset and beat
@@ -158,6 +161,11 @@ pub struct AdamW {
     pub alpha: f32,
     pub refresh_mode: RefreshMode,
     pub state_dtype: Dtype,
+    /// W: the compressed step of state row j is scaled by min(1, t_j / W), t_j the steps the
+    /// row has taken since its moments were zeroed (1 on its first step); 0 turns it off.
+    /// A zeroed row's first Adam step is ±1 per element (m̂/√v̂ = sign(g) at t = 1), larger
+    /// than the steps of rows with a history; the ramp spreads that over W steps.
+    pub row_warmup: i32,
 }
 
 impl Default for AdamW {
@@ -171,6 +179,7 @@ impl Default for AdamW {
             alpha: defaults::ALPHA,
             refresh_mode: defaults::REFRESH_MODE,
             state_dtype: defaults::STATE_DTYPE,
+            row_warmup: defaults::ROW_WARMUP,
         }
     }
 }
@@ -212,7 +221,23 @@ impl AdamW {
             Dtype,
             "state_dtype = f16 is not supported (use f32 or bf16)"
         );
+        ensure!(
+            self.row_warmup >= 0,
+            InvalidValue,
+            "row_warmup = {} must be 0 (off) or a positive number of steps",
+            self.row_warmup
+        );
         Ok(())
+    }
+
+    /// The warm-up factor min(1, t / row_warmup) of a state row at its step count `t >= 1`
+    /// (1 when the warm-up is off), computed in f32 as every backend computes it.
+    pub fn row_ramp(&self, t: i32) -> f32 {
+        if t >= self.row_warmup {
+            1.0
+        } else {
+            t as f32 / self.row_warmup as f32
+        }
     }
 
     /// Bias corrections `(1 - β1^t, 1 - β2^t)` for step `t >= 1`, computed once per step in f64

@@ -473,7 +473,11 @@ fn sparse_rows<W: Lanes, S: Lanes, T: Lanes>(
     };
     let coefs = |j: usize| {
         let (c1, c2) = cfg.bias_corrections(row_steps[j]);
-        (c1, c2, -lr * cfg.alpha * scales[j])
+        (
+            c1,
+            c2,
+            -lr * cfg.alpha * scales[j] * cfg.row_ramp(row_steps[j]),
+        )
     };
     // Updates elements c0..c0 + len of the rows j0..j1 (one run, index i) and of W; `cache`
     // holds the rows' coefficients when the run is short, else is empty.
@@ -865,7 +869,12 @@ mod tests {
                     let u = adam_update(cfg, c1, c2, &mut mv, &mut vv, g[e]);
                     ms[e] = S::from_f32(mv);
                     vs[e] = T::from_f32(vv);
-                    acc += (-lr * cfg.alpha * scales[j]) * u;
+                    let ramp = if cfg.row_warmup > 0 {
+                        (row_steps[j] as f32 / cfg.row_warmup as f32).min(1.0)
+                    } else {
+                        1.0
+                    };
+                    acc += (-lr * cfg.alpha * scales[j] * ramp) * u;
                 }
                 w[at(i, c)] = W::from_f32(acc);
             }
@@ -1047,6 +1056,8 @@ mod tests {
                         weight_decay: 0.05,
                         decay_mode: modes[(wd + sd + s) % 3],
                         alpha: 0.5,
+                        // counts 1..38 and i32::MAX: ramped rows, rows at 1, and none ramped
+                        row_warmup: [0, 20, 1][(wd + sd) % 3],
                         ..AdamW::default()
                     };
                     let (mut w, mut m, mut v) =
@@ -1073,7 +1084,10 @@ mod tests {
                             reference_sparse(&cfg, &p, w, &indices, &scales, &g, m, v, &steps_r, 2e-3)
                         })));
                     }
-                    let what = format!("shape {s} w {wd} state {sd} {:?}", cfg.decay_mode);
+                    let what = format!(
+                        "shape {s} w {wd} state {sd} {:?} warm-up {}",
+                        cfg.decay_mode, cfg.row_warmup
+                    );
                     assert_eq!(steps, steps_r, "{what}");
                     assert!(w.bits() == wr.bits(), "W differs: {what}");
                     assert!(m.bits() == mr_.bits(), "M differs: {what}");

@@ -21,7 +21,7 @@ pub const SIGNATURES: [(&str, &str, &str); 14] = [
     ("adamw.cu", "step_check", "pilfppilpip"),
     ("adamw.cu", "step_prepare", "ppipfpfffp"),
     ("adamw.cu", "decay_all", "pilp"),
-    ("adamw.cu", "sparse_adamw_step", "pilippipfppilffffipp"),
+    ("adamw.cu", "sparse_adamw_step", "pilippipfppilffffippip"),
     ("adamw.cu", "adamw_step", "pipifppilfffip"),
     ("adamw.cu", "sq_norm", "pilp"),
     ("adamw.cu", "residual_check", "ppillp"),

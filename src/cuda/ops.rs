@@ -294,6 +294,8 @@ impl Device {
                     Arg::F32(b.cfg.alpha),
                     Arg::I32((decaying && b.cfg.decay_mode == DecayMode::Selected) as i32),
                     Arg::Ptr(l.coef),
+                    Arg::Ptr(b.steps.addr()),
+                    Arg::I32(b.cfg.row_warmup),
                     Arg::Ptr(header),
                 ],
             )

@@ -12,13 +12,13 @@ use crate::ffi::types::*;
 
 /// Major version: changes only with an incompatible ABI change.
 pub const GRASS_VERSION_MAJOR: u32 = 0;
-pub const GRASS_VERSION_MINOR: u32 = 5;
+pub const GRASS_VERSION_MINOR: u32 = 6;
 pub const GRASS_VERSION_PATCH: u32 = 0;
 /// ABI generation. A library implements its own generation and, where CHANGELOG.md says so,
-/// the earlier ones it only adds to: ABI 5 adds to ABI 4, which adds to ABI 3, so a caller
-/// built against ABI 3 or 4 runs unchanged. Check `grass_abi_version() >= GRASS_ABI_VERSION` (grass.hpp's
+/// the earlier ones it only adds to: ABI 4, 5 and 6 each add to the one before, so a caller
+/// built against ABI 3, 4 or 5 runs unchanged. Check `grass_abi_version() >= GRASS_ABI_VERSION` (grass.hpp's
 /// `grass::abi_compatible()`).
-pub const GRASS_ABI_VERSION: u32 = 5;
+pub const GRASS_ABI_VERSION: u32 = 6;
 
 /// The library version as "MAJOR.MINOR.PATCH" (static storage).
 #[no_mangle]
@@ -58,13 +58,31 @@ pub unsafe extern "C" fn grass_projection_config_init(
     })
 }
 
-/// Fills `config` with the documented defaults, including `struct_size`.
+/// The entry point of programs built against ABI 3-5, whose `grass_adamw_config` ends at
+/// `state_dtype` (40 bytes): fills that release with the defaults, `struct_size` = 40 included,
+/// and writes nothing past it. A program built against this header reaches
+/// `grass_adamw_config_init_sized` instead: the macro `grass_adamw_config_init(config)` at the
+/// end of grass.h passes `sizeof *config`. (A config filled here has `struct_size` 40: the
+/// library gives the fields after `state_dtype` their defaults, whatever the caller sets.)
 #[no_mangle]
 pub unsafe extern "C" fn grass_adamw_config_init(config: *mut grass_adamw_config) -> grass_status {
     guard("grass_adamw_config_init", || {
-        let out = req("config", config)?;
-        write(out, grass_adamw_config::defaults());
-        Ok(())
+        init_versioned("config", config, ABI5_ADAMW_CONFIG_SIZE)
+    })
+}
+
+/// Fills the release of `grass_adamw_config` whose size is `struct_size` (the caller's
+/// `sizeof`) with the documented defaults, `struct_size` included, and writes nothing past
+/// it; an unknown size fails with `GRASS_ERROR_STRUCT_SIZE`. Call it through the macro
+/// `grass_adamw_config_init(config)`; bindings without the header (ctypes) call it with their
+/// struct's size.
+#[no_mangle]
+pub unsafe extern "C" fn grass_adamw_config_init_sized(
+    config: *mut grass_adamw_config,
+    struct_size: usize,
+) -> grass_status {
+    guard("grass_adamw_config_init_sized", || {
+        init_versioned("config", config, struct_size)
     })
 }
 

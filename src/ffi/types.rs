@@ -204,6 +204,11 @@ pub struct grass_adamw_config {
     pub refresh_mode: grass_refresh_mode,
     /// `GRASS_DTYPE_F32` (default) or `GRASS_DTYPE_BF16`.
     pub state_dtype: grass_dtype,
+    /// Warm-up W of each state row's step after its moments were zeroed: the step of row j is
+    /// scaled by min(1, t_j / W), t_j its step count since then (1 on its first step); 0 turns
+    /// it off. Default 0. Since ABI 6 (an ABI 5 caller's smaller `struct_size` gets the
+    /// default).
+    pub row_warmup: i32,
 }
 
 /// A struct of the ABI that starts with `struct_size` and may grow at its end within an ABI
@@ -270,6 +275,22 @@ pub(crate) unsafe fn write_versioned<T: Versioned>(p: *mut T, bytes: usize, v: T
     );
 }
 
+/// Fills the release of a config struct whose `struct_size` is `size` with the defaults, that
+/// `struct_size` included; never writes past it.
+pub(crate) unsafe fn init_versioned<T: Versioned>(arg: &str, p: *mut T, size: usize) -> Result<()> {
+    crate::ffi::args::req(arg, p)?;
+    let bytes = known_size::<T>(arg, size)?;
+    let mut v = T::defaults();
+    // SAFETY: every release starts with the usize struct_size; T is plain data.
+    *(&mut v as *mut T as *mut usize) = size;
+    // SAFETY: the caller's struct of this release holds `bytes` bytes.
+    std::ptr::copy_nonoverlapping(&v as *const T as *const u8, p as *mut u8, bytes);
+    Ok(())
+}
+
+/// `sizeof(grass_adamw_config)` of ABI 3-5 (the release before `row_warmup`).
+pub(crate) const ABI5_ADAMW_CONFIG_SIZE: usize = 40;
+
 impl Versioned for grass_projection_config {
     const NAME: &'static str = "grass_projection_config";
     const VERSIONS: &'static [(usize, usize)] = &[(size_of::<Self>(), size_of::<Self>())];
@@ -310,7 +331,11 @@ impl Versioned for crate::ffi::memory::grass_memory_report {
 
 impl Versioned for grass_adamw_config {
     const NAME: &'static str = "grass_adamw_config";
-    const VERSIONS: &'static [(usize, usize)] = &[(size_of::<Self>(), size_of::<Self>())];
+    /// ABI 3-5's release ends at `state_dtype` (40 bytes); ABI 6 added `row_warmup`.
+    const VERSIONS: &'static [(usize, usize)] = &[
+        (ABI5_ADAMW_CONFIG_SIZE, ABI5_ADAMW_CONFIG_SIZE),
+        (size_of::<Self>(), 44),
+    ];
     fn defaults() -> Self {
         Self::defaults()
     }
@@ -382,6 +407,7 @@ impl grass_adamw_config {
             alpha: d.alpha,
             refresh_mode: d.refresh_mode.code(),
             state_dtype: d.state_dtype.code(),
+            row_warmup: d.row_warmup,
         }
     }
 
@@ -398,6 +424,7 @@ impl grass_adamw_config {
             alpha: self.alpha,
             refresh_mode,
             state_dtype,
+            row_warmup: self.row_warmup,
         };
         a.validate()
             .map_err(|e| crate::Error::new(e.kind, format!("config->{}", e.message)))?;

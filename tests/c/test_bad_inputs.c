@@ -138,8 +138,16 @@ static void teardown(void) {
 static void library_functions(void) {
   const char* f = "grass_projection_config_init";
   BAD(grass_projection_config_init(NULL), GRASS_ERROR_NULL_POINTER, f, "config");
-  BAD(grass_adamw_config_init(NULL), GRASS_ERROR_NULL_POINTER, "grass_adamw_config_init",
+  /* the ABI 3-5 symbol (parenthesized: not grass.h's macro) and the sized one */
+  BAD((grass_adamw_config_init)(NULL), GRASS_ERROR_NULL_POINTER, "grass_adamw_config_init",
       "config");
+  BAD(grass_adamw_config_init_sized(NULL, sizeof(grass_adamw_config)), GRASS_ERROR_NULL_POINTER,
+      "grass_adamw_config_init_sized", "config");
+  grass_adamw_config unsized;
+  memset(&unsized, 0xAB, sizeof unsized);
+  BAD(grass_adamw_config_init_sized(&unsized, sizeof unsized + 8), GRASS_ERROR_STRUCT_SIZE,
+      "grass_adamw_config_init_sized", "config->struct_size");
+  TK_CHECK(unsized.struct_size == (size_t)0xABABABABABABABABull);
   BAD(grass_context_create_cpu(NULL), GRASS_ERROR_NULL_POINTER, "grass_context_create_cpu",
       "ctx_out");
   grass_device_kind kind = 77;

@@ -79,6 +79,7 @@ void configs() {
   TK_CHECK(a.weight_decay() == 0.0f && a.alpha() == 0.25f);
   TK_CHECK(a.decay_mode() == grass::DecayMode::Selected);
   TK_CHECK(a.refresh_mode() == grass::RefreshMode::Reset && a.state_dtype() == grass::Dtype::F32);
+  TK_CHECK(a.row_warmup() == 0);
   a.beta1(0.8f)
       .beta2(0.9f)
       .eps(1e-6f)
@@ -86,7 +87,9 @@ void configs() {
       .decay_mode(grass::DecayMode::Dense)
       .alpha(0.25f)
       .refresh_mode(grass::RefreshMode::Carry)
-      .state_dtype(grass::Dtype::Bf16);
+      .state_dtype(grass::Dtype::Bf16)
+      .row_warmup(20);
+  TK_CHECK(a.row_warmup() == 20);
   TK_CHECK(a.beta1() == 0.8f && a.beta2() == 0.9f && a.eps() == 1e-6f);
   TK_CHECK(a.weight_decay() == 0.1f && a.decay_mode() == grass::DecayMode::Dense);
   TK_CHECK(a.alpha() == 0.25f && a.refresh_mode() == grass::RefreshMode::Carry);
@@ -118,6 +121,9 @@ void errors_and_ownership() {
   TK_THROWS(grass::Optimizer::dense(ctx, grass::AdamWConfig().state_dtype(grass::Dtype::F16), 4,
                                     grass::Dtype::F32, grass::Dtype::F32),
             GRASS_ERROR_DTYPE, "state_dtype");
+  TK_THROWS(grass::Optimizer::dense(ctx, grass::AdamWConfig().row_warmup(-5), 4, grass::Dtype::F32,
+                                    grass::Dtype::F32),
+            GRASS_ERROR_INVALID_VALUE, "row_warmup = -5");
   TK_THROWS(grass::Projection::create(ctx, grass::ProjectionConfig().rank(3), 8, 8, 4,
                                       static_cast<grass::Dtype>(7)),
             GRASS_ERROR_INVALID_ENUM, "dtype");

@@ -76,6 +76,17 @@ static void configs(grass_context* ctx) {
   memcpy(&abi3_elems, abi3 + offsetof(grass_optimizer_info, state_elements), sizeof abi3_elems);
   TK_CHECK(abi3_elems == 10);
   free(abi3);
+  /* ABI 3-5's grass_adamw_config ends at state_dtype (40 bytes): accepted in a buffer of that
+   * size (row_warmup, which it lacks, takes its default) */
+  TK_CHECK(offsetof(grass_adamw_config, row_warmup) == 40);
+  unsigned char* abi5 = exact(40);
+  memcpy(abi5, ac, 40);
+  memcpy(abi5, &(size_t){40}, sizeof(size_t));
+  grass_optimizer* abi5_opt = NULL;
+  TK_OK(grass_optimizer_create_dense(ctx, (const grass_adamw_config*)(const void*)abi5, 10,
+                                     GRASS_DTYPE_F32, GRASS_DTYPE_F32, &abi5_opt));
+  grass_optimizer_destroy(abi5_opt);
+  free(abi5);
   TK_CHECK(offsetof(grass_projection_info, full_rank) == 88);
   TK_CHECK(offsetof(grass_optimizer_info, full_rank) == 48);
 

@@ -14,7 +14,9 @@ pub fn adamw_config(
     refresh: grass_refresh_mode,
 ) -> grass_adamw_config {
     let mut cfg = std::mem::MaybeUninit::<grass_adamw_config>::uninit();
-    ok(unsafe { grass_adamw_config_init(cfg.as_mut_ptr()) });
+    ok(unsafe {
+        grass_adamw_config_init_sized(cfg.as_mut_ptr(), std::mem::size_of::<grass_adamw_config>())
+    });
     let mut cfg = unsafe { cfg.assume_init() };
     cfg.decay_mode = decay;
     cfg.weight_decay = if decay == GRASS_DECAY_OFF { 0.0 } else { 0.1 };
@@ -214,7 +216,11 @@ fn sparse_adamw_step_matches_the_host_bit_for_bit() {
         for w_dt in DTYPES {
             for s_dt in STATES {
                 for decay in [GRASS_DECAY_OFF, GRASS_DECAY_SELECTED, GRASS_DECAY_DENSE] {
-                    let cfg = adamw_config(decay, s_dt, GRASS_REFRESH_RESET);
+                    // counts 1..7 over the steps: rows ramping and rows past a warm-up of 5
+                    let cfg = grass_adamw_config {
+                        row_warmup: if decay == GRASS_DECAY_SELECTED { 0 } else { 5 },
+                        ..adamw_config(decay, s_dt, GRASS_REFRESH_RESET)
+                    };
                     let w0 = encode(&rng.normals(m * n), w_dt);
                     let idx = rng.sorted_indices(r, d); // repeats allowed: one run per row
                     let scales: Vec<f32> = (0..r).map(|_| 0.5 + rng.unit() as f32).collect();

@@ -50,7 +50,9 @@ fn handles_on_two_streams_share_the_workspace() {
     // uniform rows: the host and the device select the same ones whatever their scores
     let pc = projection_config(GRASS_METHOD_UNIFORM_NR, r as i64, 2);
     let mut ac = std::mem::MaybeUninit::<grass_adamw_config>::uninit();
-    ok(unsafe { grass_adamw_config_init(ac.as_mut_ptr()) });
+    ok(unsafe {
+        grass_adamw_config_init_sized(ac.as_mut_ptr(), std::mem::size_of::<grass_adamw_config>())
+    });
     let ac = unsafe { ac.assume_init() };
     let streams = [Stream::new(), Stream::new()];
     let mut rng = Rng::new(5);

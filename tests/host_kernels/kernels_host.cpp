@@ -66,10 +66,10 @@ extern "C" void host_sparse_adamw_step(unsigned gx, unsigned gy, unsigned bx, vo
                                   const float* g, float gscale, const i32* idx,
                                   const float* scales, i32 r, i64 k, float beta1, float beta2,
                                   float eps, float alpha, i32 decay_rows, const float* coef,
-                                  const StepHeader* h) {
+                                  const i32* steps, i32 row_warmup, const StepHeader* h) {
     host_grid(gx, gy, bx, [&] {
         sparse_adamw_step(w, w_dt, n, cols, ms, vs, s_dt, g, gscale, idx, scales, r, k, beta1,
-                          beta2, eps, alpha, decay_rows, coef, h);
+                          beta2, eps, alpha, decay_rows, coef, steps, row_warmup, h);
     });
 }
 

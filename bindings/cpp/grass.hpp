@@ -140,8 +140,8 @@ inline void check(grass_status status) {
 [[nodiscard]] inline uint32_t abi_version() noexcept { return grass_abi_version(); }
 
 // True when the loaded library implements the ABI this header was written for: its own
-// generation or a later one that only adds to it (ABI 4 adds to ABI 3; CHANGELOG.md says which
-// generations are additive).
+// generation or a later one that only adds to it (ABI 4, 5 and 6 each add to the one
+// before; CHANGELOG.md says which generations are additive).
 [[nodiscard]] inline bool abi_compatible() noexcept {
   return grass_abi_version() >= GRASS_ABI_VERSION;
 }
@@ -296,6 +296,12 @@ class AdamWConfig {
     c_.state_dtype = static_cast<grass_dtype>(v);
     return *this;
   }
+  // Steps W over which a state row's update ramps up (x min(1, t/W)) after a refresh zeroed
+  // its moments; 0 turns it off.
+  AdamWConfig& row_warmup(int32_t v) noexcept {
+    c_.row_warmup = v;
+    return *this;
+  }
 
   [[nodiscard]] float beta1() const noexcept { return c_.beta1; }
   [[nodiscard]] float beta2() const noexcept { return c_.beta2; }
@@ -309,6 +315,7 @@ class AdamWConfig {
     return static_cast<RefreshMode>(c_.refresh_mode);
   }
   [[nodiscard]] Dtype state_dtype() const noexcept { return static_cast<Dtype>(c_.state_dtype); }
+  [[nodiscard]] int32_t row_warmup() const noexcept { return c_.row_warmup; }
 
   [[nodiscard]] const grass_adamw_config& raw() const noexcept { return c_; }
   [[nodiscard]] grass_adamw_config& raw() noexcept { return c_; }

@@ -51,6 +51,8 @@ handlers = Extension(
     "grass_jax._ffi",
     sources=[str(p.relative_to(HERE)) for p in sorted((HERE / "csrc").glob("*.cc"))],
     include_dirs=[str(INCLUDE_DIR), "csrc"],
+    # rebuilt when the C header changes (a struct or a macro of grass.h), not only the sources
+    depends=[str(INCLUDE_DIR / "grass.h")] + [str(p) for p in sorted((HERE / "csrc").glob("*.h"))],
     library_dirs=[str(LIB_DIR)],
     libraries=["grass"],
     language="c++",

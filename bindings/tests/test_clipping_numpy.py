@@ -22,7 +22,7 @@ LIB = ctypes.CDLL(os.environ.get("GRASS_LIB", os.path.join(ROOT, "target", "rele
 for name, args in {
     "grass_context_create_cpu": [ctypes.POINTER(P)],
     "grass_projection_config_init": [ctypes.POINTER(gt.ProjectionConfig)],
-    "grass_adamw_config_init": [ctypes.POINTER(gt.AdamWConfig)],
+    "grass_adamw_config_init_sized": [ctypes.POINTER(gt.AdamWConfig), ctypes.c_size_t],
     "grass_optimizer_create_sparse": [P, ctypes.POINTER(gt.ProjectionConfig),
                                       ctypes.POINTER(gt.AdamWConfig), I64, I64, I64, I32, I32,
                                       ctypes.POINTER(P)],
@@ -57,7 +57,7 @@ ok(LIB.grass_context_create_cpu(ctypes.byref(CTX)))
 def configs(**proj):
     pc, ac = gt.ProjectionConfig(), gt.AdamWConfig()
     ok(LIB.grass_projection_config_init(ctypes.byref(pc)))
-    ok(LIB.grass_adamw_config_init(ctypes.byref(ac)))
+    ok(LIB.grass_adamw_config_init_sized(ctypes.byref(ac), ctypes.sizeof(ac)))
     for k, v in proj.items():
         setattr(pc, k, v)
     return pc, ac

@@ -24,7 +24,7 @@ def c_defaults():
     lib = ctypes.CDLL(LIBGRASS)
     p, a = grass_torch.ProjectionConfig(), grass_torch.AdamWConfig()
     assert lib.grass_projection_config_init(ctypes.byref(p)) == 0
-    assert lib.grass_adamw_config_init(ctypes.byref(a)) == 0
+    assert lib.grass_adamw_config_init_sized(ctypes.byref(a), ctypes.sizeof(a)) == 0
     out = {k: getattr(p, k) for k, _ in p._fields_ if k != "struct_size"}
     out.update({k: getattr(a, k) for k, _ in a._fields_ if k != "struct_size"})
     return out
@@ -47,7 +47,7 @@ def jax_signature_defaults():
                weight_decay=sig["weight_decay"], alpha=sig["alpha"],
                state_dtype={jnp.dtype(jnp.float32): _lib.DTYPE_F32,
                             jnp.dtype(jnp.bfloat16): _lib.DTYPE_BF16}[jnp.dtype(sig["state_dtype"])],
-               rank=sig["rank"])
+               rank=sig["rank"], row_warmup=sig["row_warmup"])
     return out
 
 
@@ -64,7 +64,7 @@ def test_c_defaults_are_the_measured_ones():
 
 @pytest.mark.parametrize("name", ["method", "scaling", "side", "refresh_every", "power", "seed",
                                   "beta1", "beta2", "eps", "weight_decay", "decay_mode", "alpha",
-                                  "refresh_mode", "state_dtype"])
+                                  "refresh_mode", "state_dtype", "row_warmup"])
 def test_jax_defaults_are_the_c_ones(name):
     c, j = c_defaults(), jax_signature_defaults()
     want, got = c[name], j[name]
@@ -117,3 +117,13 @@ def test_residual_scale_is_the_library_one():
     assert f32(sig["residual_scale"].default) == want and sig["residual"].default == "none"
     cfg = train.make_config({})
     assert f32(cfg.residual_scale) == want and cfg.residual == "none"
+
+
+def test_the_trainer_takes_the_library_row_warmup():
+    """The trainer's grass runs grass as shipped: its --row-warmup default is the library's."""
+    sys.path.insert(0, os.path.join(ROOT, "bindings", "jax"))
+    try:
+        from grass_jax import train
+    finally:
+        sys.path.pop(0)
+    assert train.make_config({}).row_warmup == c_defaults()["row_warmup"]

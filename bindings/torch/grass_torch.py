@@ -36,7 +36,7 @@ class ProjectionConfig(ctypes.Structure):
 class AdamWConfig(ctypes.Structure):
     _fields_ = [("struct_size", c_size_t), ("beta1", c_float), ("beta2", c_float), ("eps", c_float),
                 ("weight_decay", c_float), ("decay_mode", c_int32), ("alpha", c_float), ("refresh_mode", c_int32),
-                ("state_dtype", c_int32)]
+                ("state_dtype", c_int32), ("row_warmup", c_int32)]
 
 
 P = c_void_p
@@ -46,7 +46,7 @@ _SIGNATURES = {
     "grass_context_create_cuda": [c_int32, POINTER(P)],
     "grass_cuda_available": [POINTER(c_int32), c_char_p, SZ],
     "grass_projection_config_init": [POINTER(ProjectionConfig)],
-    "grass_adamw_config_init": [POINTER(AdamWConfig)],
+    "grass_adamw_config_init_sized": [POINTER(AdamWConfig), SZ],
     "grass_resolve_side": [I64, I64, c_int32, POINTER(c_int32), POINTER(I64), POINTER(I64)],
     "grass_default_rank": [I64, POINTER(I64)],
     "grass_scores_workspace_size": [P, I64, I64, I64, c_int32, c_int32, POINTER(SZ)],
@@ -131,7 +131,7 @@ class Lib:
 
     def adamw_config(self, **kw):
         c = AdamWConfig()
-        self.call("grass_adamw_config_init", ctypes.byref(c))
+        self.call("grass_adamw_config_init_sized", ctypes.byref(c), ctypes.sizeof(c))
         for k, v in kw.items():
             if k == "decay_mode":
                 v = DECAY[v] if isinstance(v, str) else v

@@ -187,8 +187,8 @@ ffi::Error SparseAdamWStep(const Device& dev, ffi::AnyBuffer w, ffi::Buffer<ffi:
                            ffi::Buffer<ffi::S32> row_steps, ffi::Buffer<ffi::F32> lr_scale,
                            ffi::AnyBuffer /*after: orders the call, never read*/,
                            int32_t side, float beta1, float beta2, float eps,
-                           float weight_decay, int32_t decay_mode, float alpha, float lr,
-                           ffi::Result<ffi::AnyBuffer> w_out,
+                           float weight_decay, int32_t decay_mode, float alpha,
+                           int32_t row_warmup, float lr, ffi::Result<ffi::AnyBuffer> w_out,
                            ffi::Result<ffi::AnyBuffer> m_out,
                            ffi::Result<ffi::AnyBuffer> v_out,
                            ffi::Result<ffi::Buffer<ffi::S32>> row_steps_out,
@@ -222,6 +222,7 @@ ffi::Error SparseAdamWStep(const Device& dev, ffi::AnyBuffer w, ffi::Buffer<ffi:
   grass_adamw_config cfg;
   GRASS_TRY(AdamWConfig({beta1, beta2, eps, weight_decay, alpha, decay_mode}, m_state, v_state,
                         &cfg));
+  cfg.row_warmup = row_warmup;
   const size_t w_bytes = static_cast<size_t>(m * n) * grass_dtype_size(wd);
   const size_t state_bytes = static_cast<size_t>(r * k) * grass_dtype_size(cfg.state_dtype);
   char* w_at = static_cast<char*>(w_out->untyped_data());
@@ -433,6 +434,7 @@ auto SparseAdamWArgs(B b) {
       .template Attr<float>("weight_decay")
       .template Attr<int32_t>("decay_mode")
       .template Attr<float>("alpha")
+      .template Attr<int32_t>("row_warmup")
       .template Attr<float>("lr")
       .template Ret<ffi::AnyBuffer>()                       // w, aliased
       .template Ret<ffi::AnyBuffer>()                       // M, aliased

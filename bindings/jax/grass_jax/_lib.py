@@ -23,7 +23,7 @@ REFRESH_MODES = {"reset": 0, "carry": 1}
 # What a step writes to `skipped` (GRASS_STEP_*).
 STEP_APPLIED, STEP_SKIPPED_NONFINITE, STEP_SKIPPED_BAD_INDICES, STEP_SKIPPED_BAD_STEP_COUNT = 0, 1, 2, 3
 SIDES = {"rows": SIDE_ROWS, "cols": SIDE_COLS, "auto": SIDE_AUTO}
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 # Target name -> handler symbol prefix in libgrass_jax_ffi.so (suffixed Cpu / Cuda).
 TARGETS = {
@@ -60,7 +60,7 @@ _PROTOTYPES = {
     "grass_default_residual_scale": (_c.c_float, []),
     "grass_state_refresh_workspace_size": (_i32, [_p, _i32, _i32, _i64, _i64,
                                                   _c.POINTER(_sz)]),
-    "grass_adamw_config_init": (_i32, [_p]),
+    "grass_adamw_config_init_sized": (_i32, [_p, _sz]),
     "grass_projection_config_init": (_i32, [_p]),
     "grass_default_rank": (_i32, [_i64, _c.POINTER(_i64)]),
     "grass_memory_plan": (_i32, [_p, _p, _p, _sz, _i64, _p]),
@@ -84,6 +84,7 @@ class _AdamWConfig(ctypes.Structure):
         ("struct_size", _sz), ("beta1", _c.c_float), ("beta2", _c.c_float),
         ("eps", _c.c_float), ("weight_decay", _c.c_float), ("decay_mode", _i32),
         ("alpha", _c.c_float), ("refresh_mode", _i32), ("state_dtype", _i32),
+        ("row_warmup", _i32),
     ]
 
 
@@ -100,8 +101,8 @@ def libgrass():
     for name, (res, args) in _PROTOTYPES.items():
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = res, args
-    # A library implements its ABI and the earlier generations it only adds to (ABI 4 adds
-    # to ABI 3): an older one lacks functions this package calls.
+    # A library implements its ABI and the earlier generations it only adds to (ABI 4, 5 and 6
+    # each add to the one before): an older one lacks functions and fields this package uses.
     if lib.grass_abi_version() < ABI_VERSION:
         raise ImportError(
             f"{path} implements grass ABI {lib.grass_abi_version()}, this package needs "
@@ -122,7 +123,8 @@ def defaults():
     lib = libgrass()
     p, a = _ProjectionConfig(), _AdamWConfig()
     check(lib.grass_projection_config_init(ctypes.byref(p)), "grass_projection_config_init")
-    check(lib.grass_adamw_config_init(ctypes.byref(a)), "grass_adamw_config_init")
+    check(lib.grass_adamw_config_init_sized(ctypes.byref(a), ctypes.sizeof(a)),
+          "grass_adamw_config_init_sized")
     import numpy as np
 
     def f32(x):  # the shortest decimal of the library's f32 (1e-08, not 9.99999993922529e-09)
@@ -143,6 +145,7 @@ def defaults():
         "alpha": f32(a.alpha),
         "refresh_mode": _name(REFRESH_MODES, a.refresh_mode),
         "state_dtype": {DTYPE_F32: "float32", DTYPE_BF16: "bfloat16"}[a.state_dtype],
+        "row_warmup": int(a.row_warmup),
         "residual_scale": f32(lib.grass_default_residual_scale()),
     }
 

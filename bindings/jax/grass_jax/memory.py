@@ -188,7 +188,8 @@ def plan(model, rank=None, device="cpu"):
     lib = _lib.libgrass()
     ctx = _lib._context("cuda" if device == "cuda" else "cpu")
     cfg = _lib._AdamWConfig()
-    _lib.check(lib.grass_adamw_config_init(ctypes.byref(cfg)), "grass_adamw_config_init")
+    _lib.check(lib.grass_adamw_config_init_sized(ctypes.byref(cfg), ctypes.sizeof(cfg)),
+               "grass_adamw_config_init_sized")
     cfg.state_dtype = state
     rep = MemoryReport()
     rep.struct_size = ctypes.sizeof(MemoryReport)

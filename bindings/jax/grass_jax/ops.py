@@ -161,7 +161,7 @@ def _row_steps(row_steps, r, what, stack=()):
 
 def sparse_adamw_step(w, indices, scales, g, m_state, v_state, row_steps, lr, *, side="auto",
                       beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                      decay_mode="selected", alpha=1.0, after=None):
+                      decay_mode="selected", alpha=1.0, row_warmup=0, after=None):
     """The compressed AdamW step, in place: returns (w, m_state, v_state, row_steps, skipped).
 
     w (m x n) gets `-lr·α·ρ_j·u_j` added into row / column indices[j]; M and V (r x k, f32 or
@@ -169,6 +169,8 @@ def sparse_adamw_step(w, indices, scales, g, m_state, v_state, row_steps, lr, *,
     zeroed: every count is incremented and row j uses its own bias corrections
     1 - β1^t_j and 1 - β2^t_j (t_j = row_steps[j] + 1), so rows that entered the selection at
     different refreshes (refresh_mode "carry") each start like a fresh Adam parameter.
+    `row_warmup` W > 0 scales row j's step by min(1, t_j / W) (0: no ramp; grass_adamw passes
+    the library's default).
 
     A stacked weight w (*stack, m, n) steps each layer slice with its own selection: indices,
     scales and row_steps are then (*stack, r), g, M and V (*stack, r, k) and `skipped` has
@@ -214,8 +216,8 @@ def sparse_adamw_step(w, indices, scales, g, m_state, v_state, row_steps, lr, *,
     )(w, jnp.asarray(indices, jnp.int32), jnp.asarray(scales, jnp.float32),
       jnp.asarray(g, jnp.float32).reshape(stack + (r, k)), m_state, v_state, row_steps, _lr(lr),
       jnp.zeros((), jnp.float32) if after is None else after,
-      side=np.int32(s), alpha=np.float32(alpha), lr=np.float32(1.0),
-      **_hyper(beta1, beta2, eps, weight_decay, decay_mode))
+      side=np.int32(s), alpha=np.float32(alpha), row_warmup=np.int32(row_warmup),
+      lr=np.float32(1.0), **_hyper(beta1, beta2, eps, weight_decay, decay_mode))
     return tuple(out[:5])
 
 

@@ -291,6 +291,10 @@ class grass_adamw:
     refresh_mode ("reset" | "carry"), state_dtype (float32 | bfloat16): the compressed AdamW.
                     "carry" keeps the moments and step counts of rows that stay selected;
                     entering rows start from zero moments and a zero step count.
+    row_warmup      W >= 0: state row j's step is scaled by min(1, t_j / W), t_j its step count
+                    (1 on the first step after a refresh zeroed it), so zeroed rows ramp up
+                    instead of taking a full-size first step; 0 turns it off. Default: the
+                    library's (grass_adamw_config_init; docs/long-run.md measures it).
     dense           the optimizer of the other leaves: None (grass's own in-place AdamW with
                     the same hyper-parameters and learning rate), any optax
                     GradientTransformation (e.g. optax.chain(...)), or a function
@@ -363,7 +367,7 @@ class grass_adamw:
                    "seed", "b1", "b2", "eps", "weight_decay", "decay_mode", "alpha",
                    "refresh_mode", "state_dtype", "dense", "axis_name", "dp_scores",
                    "dp_chunk_elems", "shard_state", "max_grad_norm", "cap_rank", "layout",
-                   "stacked", "residual", "residual_scale")
+                   "stacked", "residual", "residual_scale", "row_warmup")
 
     def __init__(self, learning_rate: Union[float, Callable], *, grass_mask, rank=_DEFAULTS["rank"],
                  refresh_every=_DEFAULTS["refresh_every"], method=_DEFAULTS["method"],
@@ -376,7 +380,8 @@ class grass_adamw:
                  dp_scores="exact",
                  dp_chunk_elems=1 << 22, shard_state=False, max_grad_norm=None,
                  cap_rank=False, layout=None, stacked=None, residual="none",
-                 residual_scale=_DEFAULTS["residual_scale"]):
+                 residual_scale=_DEFAULTS["residual_scale"],
+                 row_warmup=_DEFAULTS["row_warmup"]):
         _refuse_traced_options(locals())
         if not callable(learning_rate) and not isinstance(learning_rate, jax.core.Tracer):
             _number(learning_rate, "learning_rate", 0.0)
@@ -436,6 +441,9 @@ class grass_adamw:
         self.adam = dict(beta1=b1, beta2=b2, eps=eps, weight_decay=weight_decay,
                          decay_mode=decay_mode)
         self.alpha, self.refresh_mode = alpha, refresh_mode
+        self.row_warmup = _count(row_warmup, "row_warmup", 0)
+        if self.row_warmup >= 1 << 31:
+            raise ValueError(f"grass_adamw: row_warmup must fit in int32, got {row_warmup}")
         self.state_dtype = state_dtype
         self.dense = dense
         self.axis_name, self.dp_scores = axis_name, dp_scores
@@ -841,12 +849,12 @@ class grass_adamw:
                 w, m, v, row_steps, skipped = sharding.sparse_adamw_step(
                     w, ls.indices, ls.scales, sinks[i], ls.m, ls.v, ls.row_steps, lr,
                     axis_name=self.axis_name, side=c.stored_side, rank=c.rank, alpha=self.alpha,
-                    adam=self.adam, after=after)
+                    row_warmup=self.row_warmup, adam=self.adam, after=after)
             else:
                 w, m, v, row_steps, skipped = _sharded_like(
                     ops.sparse_adamw_step, w, ls.indices, ls.scales, sinks[i], ls.m, ls.v,
-                    ls.row_steps, lr, side=c.stored_side, alpha=self.alpha, after=after,
-                    **self.adam)
+                    ls.row_steps, lr, side=c.stored_side, alpha=self.alpha,
+                    row_warmup=self.row_warmup, after=after, **self.adam)
             if self.residual != "none":
                 w, skipped = self._residual_step(c, w, pct, ls.indices, lr, skipped)
             new_leaves[i] = w
@@ -910,7 +918,8 @@ class grass_adamw:
             c, ls, w = configs[i], new_layers[i], leaves[i]
             w_new, m, v, row_steps, skipped = _sharded_like(
                 ops.sparse_adamw_step, w, ls.indices, ls.scales, g, ls.m, ls.v, ls.row_steps,
-                lr, side=c.stored_side, alpha=self.alpha, **self.adam)
+                lr, side=c.stored_side, alpha=self.alpha, row_warmup=self.row_warmup,
+                **self.adam)
             if self.residual != "none":
                 w_new = self._residual_update(c, w_new, gathered(gleaves[i]), ls.indices, lr,
                                               skipped)

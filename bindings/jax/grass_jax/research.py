@@ -20,6 +20,10 @@ library does not have yet:
   rank_alloc      "uniform": rank r for every weight (grass_adamw's rule);
                   "fraction": r_l proportional to the weight's projected dimension d_l, scaled
                   so that the moments take as many bytes as uniform rank r (Σ r_l·k_l fixed).
+  row_warmup      W >= 0: the step of state row j is scaled by min(1, t_j / W), t_j its Adam
+                  steps since the row was zeroed (1 on its first step), so a row whose moments
+                  a refresh zeroed ramps up over W steps instead of taking a full-size step
+                  (m̂/√v̂ = ±1 per element at t = 1); 0: no warm-up (grass_adamw's step).
 
 The state keeps what the library keeps (indices, scales, M, V, per-row step counts, refresh
 count) plus, for "fira", one f32 per weight; its bytes count the same way as grass's. Weight
@@ -71,7 +75,9 @@ def grass_reference(learning_rate, *, grass_mask, rank, refresh_every=200,
                     method="uniform_nr", power=2, scaling="none", side="cols", seed=0,
                     b1=0.9, b2=0.999, eps=1e-8, alpha=0.25, refresh_mode="reset",
                     state_dtype=jnp.float32, dense=None, residual="none", residual_scale=1.0,
-                    rank_alloc="uniform"):
+                    rank_alloc="uniform", row_warmup=0):
+    if row_warmup < 0:
+        raise ValueError(f"row_warmup must be >= 0, got {row_warmup}")
     if residual not in RESIDUALS:
         raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
     if refresh_mode not in ("reset", "carry"):
@@ -138,7 +144,8 @@ def grass_reference(learning_rate, *, grass_mask, rank, refresh_every=200,
         v = b2 * ls.v.astype(jnp.float32) + (1 - b2) * gs * gs
         u = (m / (1 - b1 ** t)) / (jnp.sqrt(v / (1 - b2 ** t)) + eps)
         step = lr * alpha
-        upd_sel = -step * ls.scales[:, None] * u
+        ramp = jnp.minimum(1.0, t / row_warmup) if row_warmup > 0 else 1.0
+        upd_sel = -step * ls.scales[:, None] * ramp * u
         res_norm = ls.residual_norm
         if residual == "none":
             upd = jnp.zeros_like(gt)

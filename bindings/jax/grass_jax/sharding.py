@@ -78,7 +78,7 @@ def own(x, axis_name, per):
 
 
 def sparse_adamw_step(w, indices, scales, g, m_state, v_state, row_steps, lr, *, axis_name,
-                      side, rank, alpha, adam, after=None):
+                      side, rank, alpha, adam, row_warmup=0, after=None):
     """The sharded compressed AdamW step (module doc): returns (w, m_state, v_state, row_steps,
     skipped) with W whole and replicated, and M, V, row_steps this device's share."""
     n_dev, per, _ = _shares(axis_name, rank, m_state.shape[0], "M")
@@ -93,7 +93,7 @@ def sparse_adamw_step(w, indices, scales, g, m_state, v_state, row_steps, lr, *,
     local = jnp.arange(per, dtype=jnp.int32)
     w_own, m_state, v_state, row_steps, skipped = ops.sparse_adamw_step(
         w_own, local, sc_own, g_own, m_state, v_state, row_steps, lr, side=side, alpha=alpha,
-        after=after, **adam)
+        row_warmup=row_warmup, after=after, **adam)
     rows = lax.all_gather(w_own, axis_name, axis=rows_axis, tiled=True)
     if rows_axis == 0:
         w = w.at[indices].set(rows, unique_indices=True, indices_are_sorted=True)

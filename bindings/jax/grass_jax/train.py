@@ -73,7 +73,7 @@ def _grass_defaults():
     from .optimizer import grass_adamw
     sig = inspect.signature(grass_adamw.__init__).parameters
     names = ("method", "power", "scaling", "side", "alpha", "refresh_mode", "refresh_every",
-             "state_dtype", "decay_mode", "residual", "residual_scale")
+             "state_dtype", "decay_mode", "residual", "residual_scale", "row_warmup")
     out = {n: sig[n].default for n in names}
     import jax.numpy as jnp
     out["state_dtype"] = jnp.dtype(out["state_dtype"]).name
@@ -115,6 +115,7 @@ class Config:
     decay_mode: str = "selected"
     residual: str = "none"        # grass: none | sign (library); grass_ref: also sgd, fira
     residual_scale: float = 0.1
+    row_warmup: int = 0           # a run saved before the option existed had none
     # galore
     galore_rank: int = 0          # 0: match grass's optimizer-state bytes
     galore_scale: float = 0.25
@@ -238,6 +239,9 @@ def build_parser():
                    help=f"Adam moments ({g['state_dtype']})")
     s.add_argument("--decay-mode", choices=sorted(_lib.DECAY_MODES),
                    help=f"weight decay of GRASS weights ({g['decay_mode']})")
+    s.add_argument("--row-warmup", type=_nonneg_int,
+                   help=f"W: a state row's step is scaled by min(1, t/W), t its Adam steps "
+                        f"since a refresh zeroed it; 0: off ({g['row_warmup']})")
     from .research import RANK_ALLOCS, RESIDUALS
     s.add_argument("--residual", choices=RESIDUALS,
                    help=f"update of the rows not selected: none (GRASS), sign (FRUGAL's "
@@ -342,7 +346,7 @@ def make_grass(cfg: Config):
         seed=cfg.seed, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
         decay_mode=cfg.decay_mode, alpha=cfg.alpha, refresh_mode=cfg.refresh_mode,
         state_dtype=jnp.dtype(cfg.state_dtype), dense=dense, residual=cfg.residual,
-        residual_scale=cfg.residual_scale)
+        residual_scale=cfg.residual_scale, row_warmup=cfg.row_warmup)
 
 
 def make_grass_ref(cfg: Config):
@@ -359,7 +363,8 @@ def make_grass_ref(cfg: Config):
         method=cfg.method, power=cfg.power, scaling=cfg.scaling, side=cfg.side, seed=cfg.seed,
         b1=cfg.b1, b2=cfg.b2, alpha=cfg.alpha, refresh_mode=cfg.refresh_mode,
         state_dtype=jnp.dtype(cfg.state_dtype), dense=dense, residual=cfg.residual,
-        residual_scale=cfg.residual_scale, rank_alloc=cfg.rank_alloc)
+        residual_scale=cfg.residual_scale, rank_alloc=cfg.rank_alloc,
+        row_warmup=cfg.row_warmup)
 
 
 def make_adamw(cfg: Config):

@@ -92,9 +92,11 @@ def adam_reference(g, m, v, row_steps, b1, b2, eps):
 @pytest.mark.parametrize("w_dtype", DTYPES)
 @pytest.mark.parametrize("side", ["rows", "cols"])
 @pytest.mark.parametrize("decay_mode", ["selected", "dense"])
-def test_sparse_adamw_step(platform, w_dtype, side, decay_mode):
+@pytest.mark.parametrize("row_warmup", [0, 6])
+def test_sparse_adamw_step(platform, w_dtype, side, decay_mode, row_warmup):
     """Rows at different step counts (as after carry refreshes): row j's update uses its own
-    bias corrections 1 - β^(t_j + 1), and every count advances by one."""
+    bias corrections 1 - β^(t_j + 1), and every count advances by one; with a row warm-up W,
+    row j's step is scaled by min(1, (t_j + 1) / W)."""
     k = keys(6, 6)
     mm, nn, r = 20, 12, 5
     d, kk = (mm, nn) if side == "rows" else (nn, mm)
@@ -109,9 +111,11 @@ def test_sparse_adamw_step(platform, w_dtype, side, decay_mode):
     lr, wd, alpha, b1, b2, eps = 0.01, 0.1, 0.5, 0.9, 0.99, 1e-6
     f = jax.jit(lambda *a: ops.sparse_adamw_step(
         *a, side=side, beta1=b1, beta2=b2, eps=eps, weight_decay=wd, decay_mode=decay_mode,
-        alpha=alpha))
+        alpha=alpha, row_warmup=row_warmup))
     w1, m1, v1, steps1, skipped = f(w, idx, sc, g, m0, v0, steps0, lr)
     mr, vr, u = adam_reference(g, m0, v0, steps0, b1, b2, eps)
+    if row_warmup:
+        u = u * jnp.minimum(1.0, (steps0 + 1) / row_warmup)[:, None]
     wf = w.astype(jnp.float32)
     wp = projected_rows(wf, side)
     if decay_mode == "dense":

@@ -23,15 +23,17 @@ def plain_step(opt):
     return step
 
 
-@pytest.mark.parametrize("refresh_mode, state_dtype", [("reset", jnp.float32),
-                                                       ("carry", jnp.bfloat16)])
-def test_twin_takes_the_library_steps(refresh_mode, state_dtype):
-    """12 steps with refreshes every 5 (reset or carry, f32 or bf16 moments, side "cols"):
-    the twin's weights equal grass_adamw's to f32 rounding (bf16: to one moment rounding)."""
+@pytest.mark.parametrize("refresh_mode, state_dtype, row_warmup", [
+    ("reset", jnp.float32, 0), ("carry", jnp.bfloat16, 0), ("reset", jnp.float32, 3),
+    ("carry", jnp.float32, 4)])
+def test_twin_takes_the_library_steps(refresh_mode, state_dtype, row_warmup):
+    """12 steps with refreshes every 5 (reset or carry, f32 or bf16 moments, side "cols",
+    with and without a row warm-up): the twin's weights equal grass_adamw's to f32 rounding
+    (bf16: to one moment rounding)."""
     params = model.init_params(jax.random.PRNGKey(3))
     kw = dict(grass_mask=model.GRASS_MASK, rank=8, refresh_every=5, method="multinomial_nr",
               scaling="none", side="cols", alpha=0.25, refresh_mode=refresh_mode, seed=7,
-              state_dtype=state_dtype)
+              state_dtype=state_dtype, row_warmup=row_warmup)
     lib = gj.grass_adamw(1e-2, dense=optax.adamw(1e-2), **kw)
     ref = grass_reference(1e-2, dense=optax.adamw(1e-2), **kw)
     p_lib, s_lib = jax.tree_util.tree_map(jnp.array, params), lib.init(params)

@@ -619,6 +619,7 @@ typedef struct {
     int steps, stop_at, B, T, val_every, val_batches, warmup, check_grad;
     float lr, grass_lr, min_lr_frac, weight_decay, clip, val_frac;
     float residual_scale; /* > 0: the full-rank residual on the grass layers at this scale */
+    int row_warmup;       /* >= 0: the grass layers' row warm-up; -1: the library's default */
     int64_t rank, refresh_every;
     uint64_t seed;
     Config config;
@@ -632,6 +633,7 @@ static void make_optimizers(GPT2 *m, const Options *o, grass_context *ctx, int g
     grass_adamw_config decay, no_decay;
     grass_check(grass_adamw_config_init(&decay), "grass_adamw_config_init");
     decay.weight_decay = o->weight_decay;
+    if (o->row_warmup >= 0) decay.row_warmup = o->row_warmup; /* grass layers only */
     no_decay = decay;
     no_decay.weight_decay = 0.0f;
     grass_projection_config pc;
@@ -1030,6 +1032,8 @@ static void print_help(void) {
         "  --residual              the full-rank residual: the rows grass does not select move\n"
         "                          by signSGD each step (one more dW GEMM per matrix)\n"
         "  --residual-scale X      its step, relative to grass-lr x alpha (the library's, 0.1)\n"
+        "  --row-warmup N          a grass row's step ramps by min(1, t/N) after a refresh\n"
+        "                          zeroed its moments (the library's default: 0, off)\n"
         "evaluation and checkpoints:\n"
         "  --val-every N (100)     --val-batches N (8)   --val-frac F (0.1, the file's tail)\n"
         "  --save PREFIX           write PREFIX.model and PREFIX.grass at the end\n"
@@ -1062,6 +1066,7 @@ static Options parse_args(int argc, char **argv) {
     o.steps = 1000, o.B = 8, o.T = 64, o.val_every = 100, o.val_batches = 8, o.warmup = -1;
     o.lr = 1e-3f, o.grass_lr = 1e-2f, o.min_lr_frac = 0.1f, o.weight_decay = 0.1f;
     o.clip = 1.0f, o.val_frac = 0.1f, o.rank = 0, o.refresh_every = 0, o.seed = 1;
+    o.row_warmup = -1;
     o.config = (Config){256, 64, 4, 4, 128};
     int residual = 0, scale_given = 0;
     float residual_scale = grass_default_residual_scale();
@@ -1105,6 +1110,7 @@ static Options parse_args(int argc, char **argv) {
             scale_given = 1;
         }
         else if (!strcmp(a, "--rank")) o.rank = parse_int(a, v, 0, 0x7fffffffL);
+        else if (!strcmp(a, "--row-warmup")) o.row_warmup = (int)parse_int(a, v, 0, 0x7fffffffL);
         else if (!strcmp(a, "--refresh-every")) o.refresh_every = parse_int(a, v, 0, 0x7fffffffL);
         else if (!strcmp(a, "--val-every")) o.val_every = (int)parse_int(a, v, 1, 100000000);
         else if (!strcmp(a, "--val-batches")) o.val_batches = (int)parse_int(a, v, 1, 100000);
@@ -1179,6 +1185,9 @@ int main(int argc, char **argv) {
     if (o.residual_scale > 0.0f)
         printf("full-rank residual: the rows grass leaves out move by signSGD, scale %g\n",
                o.residual_scale);
+    if (o.row_warmup > 0)
+        printf("row warm-up: a grass row's step ramps over %d steps after a refresh\n",
+               o.row_warmup);
     printf("optimizer state: %zu bytes (grass_optimizer_state_size summed), handles hold %lld "
            "bytes\n", state_bytes, (long long)handle_bytes);
     if (grass_mode) { /* what the library made of layer 0's matrices (the others are alike) */

@@ -25,6 +25,7 @@ set(cases
   "--residual-scale: add --residual to use it|${TEXT},--residual-scale,0.2"
   "--residual: the full-rank residual is grass's|${TEXT},--optimizer,adamw,--residual"
   "--residual-scale: expected a number in \\[0, 1e\\+30\\], got '-1'|${TEXT},--residual,--residual-scale,-1"
+  "--row-warmup: expected an integer in \\[0, 2147483647\\], got '-3'|${TEXT},--row-warmup,-3"
   "--batch needs a value|${TEXT},--batch"
   "--stop-at 5 is past --steps 2|${TEXT},${small},--stop-at,5"
   "--resume: cannot open '${WORK_DIR}/none.model'|${TEXT},${small},--resume,${WORK_DIR}/none"

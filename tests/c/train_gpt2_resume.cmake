@@ -4,9 +4,10 @@
 # resume with another model shape or optimizer is refused (exit 2) and overwrites nothing.
 #
 #   cmake -DTRAINER=<grass_train_gpt2> -DOPTIMIZER=grass|adamw -DTEXT=<file> -DWORK_DIR=<dir>
-#         [-DEXTRA=--residual] -P train_gpt2_resume.cmake
+#         [-DEXTRA="--residual;--row-warmup;3"] -P train_gpt2_resume.cmake
 # EXTRA: more trainer flags (--residual: the full-rank residual, whose signs must resume
-# exactly too).
+# exactly too; --row-warmup: the ramp, which reads the checkpointed step counts).
+cmake_policy(SET CMP0057 NEW)  # if(... IN_LIST ...) in script mode
 foreach(var TRAINER OPTIMIZER TEXT WORK_DIR)
   if(NOT DEFINED ${var})
     message(FATAL_ERROR "train_gpt2_resume.cmake: -D${var}=... is required")
@@ -30,8 +31,11 @@ function(run expect_rc name)
 endfunction()
 
 run(0 "straight" ${common} --save ${WORK_DIR}/straight)
-if(EXTRA STREQUAL "--residual" AND NOT last_output MATCHES "full-rank residual: .* scale 0.1")
+if("--residual" IN_LIST EXTRA AND NOT last_output MATCHES "full-rank residual: .* scale 0.1")
   message(FATAL_ERROR "the run with --residual does not say it uses the residual")
+endif()
+if("--row-warmup" IN_LIST EXTRA AND NOT last_output MATCHES "row warm-up: .* over 3 steps")
+  message(FATAL_ERROR "the run with --row-warmup 3 does not say it uses the warm-up")
 endif()
 run(0 "first half" ${common} --stop-at 4 --save ${WORK_DIR}/half)
 run(0 "resumed half" ${common} --resume ${WORK_DIR}/half --save ${WORK_DIR}/resumed)

@@ -110,6 +110,7 @@ def test_resumed_run_is_bit_identical(tmp_path, capsys):
     (["--resume", "/nonexistent/run"], "no config.json"),
     (["--residual", "fira"], "--residual fira: grass (the library) has none and sign"),
     (["--rank-alloc", "fraction"], "--rank-alloc applies to the research optimizer grass_ref only"),
+    (["--row-warmup", "-2"], "--row-warmup"),
     (["--seq-len", "100000000"], "--seq-len 100000000 is longer than the training text"),
 ])
 def test_bad_options_are_one_line(tmp_path, capsys, argv, says):
@@ -268,3 +269,23 @@ def test_library_residual_takes_the_twins_steps(tmp_path, capsys):
     plain = json.loads((tmp_path / "p" / "results.json").read_text())["results"][0]
     held = g["weight_grad_bytes"] - plain["weight_grad_bytes"]
     assert held > 0 and held % (tokens * 4) == 0
+
+
+def test_row_warmup_reaches_the_library_and_the_twin(tmp_path, capsys):
+    """--row-warmup on grass (libgrass) and grass_ref (the twin) trains alike, is recorded in
+    the results, and changes the run against no warm-up (the default, the library's 0)."""
+    common = ["--steps", "8", "--eval-every", "4", "--lr", "1e-2", "--refresh-every", "4"]
+    out = tmp_path / "w"
+    code, cap = run(common + ["--row-warmup", "3", "--optimizers", "grass,grass_ref", "--out",
+                              str(out)], capsys)
+    assert code == 0, cap.err
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["config"]["row_warmup"] == 3
+    res = {r["optimizer"]: r for r in doc["results"]}
+    np.testing.assert_allclose(res["grass_ref"]["train_curve"], res["grass"]["train_curve"],
+                               rtol=1e-4)
+    code, cap = run(common + ["--optimizers", "grass", "--out", str(tmp_path / "p")], capsys)
+    assert code == 0, cap.err
+    plain = json.loads((tmp_path / "p" / "results.json").read_text())
+    assert plain["config"]["row_warmup"] == 0
+    assert plain["results"][0]["train_curve"][-1] != res["grass"]["train_curve"][-1]

@@ -1033,7 +1033,7 @@ static void print_help(void) {
         "                          by signSGD each step (one more dW GEMM per matrix)\n"
         "  --residual-scale X      its step, relative to grass-lr x alpha (the library's, 0.1)\n"
         "  --row-warmup N          a grass row's step ramps by min(1, t/N) after a refresh\n"
-        "                          zeroed its moments (the library's default: 0, off)\n"
+        "                          zeroed its moments (the library's default: 10; 0: off)\n"
         "evaluation and checkpoints:\n"
         "  --val-every N (100)     --val-batches N (8)   --val-frac F (0.1, the file's tail)\n"
         "  --save PREFIX           write PREFIX.model and PREFIX.grass at the end\n"

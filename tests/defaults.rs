@@ -47,7 +47,7 @@ fn the_init_functions_return_the_measured_defaults() {
             GRASS_DTYPE_F32
         )
     );
-    assert_eq!(ac.row_warmup, 0);
+    assert_eq!(ac.row_warmup, 10);
 }
 
 /// `grass_adamw_config_init`, the symbol ABI 3-5 programs call, fills their 40-byte release

@@ -20,9 +20,10 @@ fn full_rank_top_r_equals_adamw_for_50_steps() {
         (0.1, GRASS_DECAY_SELECTED),
         (0.1, GRASS_DECAY_DENSE),
     ] {
-        // alpha 1: the full-rank update is AdamW's
+        // alpha 1 and no row warm-up: the full-rank update is AdamW's
         let cfg = grass_adamw_config {
             alpha: 1.0,
+            row_warmup: 0,
             ..adamw(wd, mode)
         };
         let w0 = rng.vec(m * n);
@@ -84,7 +85,8 @@ fn cols_side_updates_columns_and_duplicates_add() {
     let idx = [2i32, 2, 7];
     let sc = [1.0f32, 0.5, 2.0];
     let cfg = grass_adamw_config {
-        alpha: 1.0, // the reference below leaves alpha out
+        alpha: 1.0,    // the reference below leaves alpha out
+        row_warmup: 0, // and the row warm-up's ramp (row_warmup_scales_each_rows_step_...)
         ..adamw(0.0, GRASS_DECAY_OFF)
     };
     let mut w = w0.clone();

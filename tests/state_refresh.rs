@@ -135,6 +135,9 @@ fn carry_runs_each_row_as_its_own_adam() {
         cfg.eps as f64,
         cfg.alpha as f64,
     );
+    // the default row warm-up ramps each row by its own count, as the bias corrections do
+    let warmup = cfg.row_warmup as f64;
+    assert!(warmup > 0.0);
     let sc = vec![1.0f32; r];
     let lr = 1e-2f32;
     let selections: [[i32; 4]; 4] = [[0, 3, 5, 9], [3, 5, 7, 11], [0, 3, 7, 9], [0, 3, 7, 9]];
@@ -184,7 +187,7 @@ fn carry_runs_each_row_as_its_own_adam() {
                     ref_v[e] = b2 * ref_v[e] + (1.0 - b2) * gv * gv;
                     let u = (ref_m[e] / (1.0 - b1.powi(t)))
                         / ((ref_v[e] / (1.0 - b2.powi(t))).sqrt() + eps);
-                    want_w[e] -= lr as f64 * alpha * u;
+                    want_w[e] -= lr as f64 * alpha * (t as f64 / warmup).min(1.0) * u;
                 }
             }
         }

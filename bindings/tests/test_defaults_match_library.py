@@ -60,6 +60,7 @@ def test_c_defaults_are_the_measured_ones():
     assert (c["method"], c["scaling"], c["side"], c["rank"]) == (
         grass_torch.METHODS["uniform_nr"], 1, grass_torch.SIDE_COLS, 0)
     assert c["alpha"] == f32(0.25)
+    assert c["row_warmup"] == 10
 
 
 @pytest.mark.parametrize("name", ["method", "scaling", "side", "refresh_every", "power", "seed",

@@ -1220,7 +1220,12 @@ mod split_tests {
                     let u = adam_update(cfg, c1, c2, &mut mv, &mut vv, g[e]);
                     ms[e] = mv;
                     vs[e] = bf16::from_f32(vv);
-                    acc += (-lr * cfg.alpha * scales[j]) * u;
+                    let ramp = if cfg.row_warmup > 0 {
+                        (row_steps[j] as f32 / cfg.row_warmup as f32).min(1.0)
+                    } else {
+                        1.0
+                    };
+                    acc += (-lr * cfg.alpha * scales[j] * ramp) * u;
                 }
                 w[at(i, c)] = bf16::from_f32(acc);
             }

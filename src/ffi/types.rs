@@ -206,7 +206,7 @@ pub struct grass_adamw_config {
     pub state_dtype: grass_dtype,
     /// Warm-up W of each state row's step after its moments were zeroed: the step of row j is
     /// scaled by min(1, t_j / W), t_j its step count since then (1 on its first step); 0 turns
-    /// it off. Default 0. Since ABI 6 (an ABI 5 caller's smaller `struct_size` gets the
+    /// it off. Default 10. Since ABI 6 (an ABI 5 caller's smaller `struct_size` gets the
     /// default).
     pub row_warmup: i32,
 }

@@ -133,7 +133,11 @@ static void check_sparse_adamw_step(grass_context* ctx, int64_t m, int64_t n, gr
         double u = adam(h, want_steps[j], m0, v0, g[e], &ref_m[e], &ref_v[e]);
         mag_m[e] = h->beta1 * fabs(m0) + (1.0 - h->beta1) * fabs(g[e]);
         mag_v[e] = fabs(ref_v[e]);
-        double upd = -lr * h->alpha * scales[j] * u;
+        /* the row warm-up (the library's default unless the config changes it) */
+        double ramp = cfg.row_warmup > 0 && want_steps[j] < cfg.row_warmup
+                          ? (double)want_steps[j] / cfg.row_warmup
+                          : 1.0;
+        double upd = -lr * h->alpha * scales[j] * ramp * u;
         size_t at = (size_t)(rs == GRASS_SIDE_ROWS ? idx[j] * n + c : c * n + idx[j]);
         ref_w[at] += upd;
         mag_w[at] += fabs(upd);
@@ -355,6 +359,7 @@ static void check_carry_then_step(grass_context* ctx) {
   const int32_t new_idx[R] = {1, 5, 7, 11}; /* 1 and 11 enter; 5 and 7 stay */
   hyper h = {0.9f, 0.999f, 1e-12f, 0.0f, 1.0f, 0.01f, 0.0f, GRASS_DECAY_OFF};
   grass_adamw_config cfg = make_config(&h, GRASS_DTYPE_F32);
+  cfg.row_warmup = 0; /* Adam's own first step, without the row warm-up's ramp */
   cfg.refresh_mode = GRASS_REFRESH_CARRY;
   tk_rng rng = {777};
   float* w = (float*)tk_random_tensor(&rng, GRASS_DTYPE_F32, M * N, 1.0f, NULL);
@@ -433,6 +438,7 @@ static void check_full_rank_is_adamw(grass_context* ctx, grass_decay_mode decay)
   tk_rng rng = {9090};
   hyper h = {0.9f, 0.95f, 1e-6f, 0.1f, 1.0f, 0.01f, 0.0f, decay};
   grass_adamw_config cfg = make_config(&h, GRASS_DTYPE_F32);
+  cfg.row_warmup = 0; /* plain AdamW: no row warm-up */
   float* x = (float*)tk_random_tensor(&rng, GRASS_DTYPE_F32, (size_t)(b * n), 1.0f, NULL);
   float* dy = (float*)tk_random_tensor(&rng, GRASS_DTYPE_F32, (size_t)(b * m), 1.0f, NULL);
   float* w_sparse = (float*)tk_random_tensor(&rng, GRASS_DTYPE_F32, (size_t)(m * n), 1.0f, NULL);
@@ -501,6 +507,7 @@ static void check_rows_are_dense_adamw(grass_context* ctx, grass_dtype s_dtype) 
   const int32_t start[R] = {0, 3, 10, 1000};
   hyper h = {0.9f, 0.95f, 1e-6f, 0.1f, 1.0f, 0.01f, 0.0f, GRASS_DECAY_SELECTED};
   grass_adamw_config cfg = make_config(&h, s_dtype);
+  cfg.row_warmup = 0; /* plain AdamW: no row warm-up */
   tk_rng rng = {9191};
   const size_t es = tk_size(s_dtype);
   float* w_sparse = (float*)tk_random_tensor(&rng, GRASS_DTYPE_F32, M * N, 1.0f, NULL);

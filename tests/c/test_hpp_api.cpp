@@ -79,7 +79,7 @@ void configs() {
   TK_CHECK(a.weight_decay() == 0.0f && a.alpha() == 0.25f);
   TK_CHECK(a.decay_mode() == grass::DecayMode::Selected);
   TK_CHECK(a.refresh_mode() == grass::RefreshMode::Reset && a.state_dtype() == grass::Dtype::F32);
-  TK_CHECK(a.row_warmup() == 0);
+  TK_CHECK(a.row_warmup() == 10);
   a.beta1(0.8f)
       .beta2(0.9f)
       .eps(1e-6f)

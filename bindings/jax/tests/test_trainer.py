@@ -273,7 +273,7 @@ def test_library_residual_takes_the_twins_steps(tmp_path, capsys):
 
 def test_row_warmup_reaches_the_library_and_the_twin(tmp_path, capsys):
     """--row-warmup on grass (libgrass) and grass_ref (the twin) trains alike, is recorded in
-    the results, and changes the run against no warm-up (the default, the library's 0)."""
+    the results, and changes the run against the default (the library's 10)."""
     common = ["--steps", "8", "--eval-every", "4", "--lr", "1e-2", "--refresh-every", "4"]
     out = tmp_path / "w"
     code, cap = run(common + ["--row-warmup", "3", "--optimizers", "grass,grass_ref", "--out",
@@ -287,5 +287,5 @@ def test_row_warmup_reaches_the_library_and_the_twin(tmp_path, capsys):
     code, cap = run(common + ["--optimizers", "grass", "--out", str(tmp_path / "p")], capsys)
     assert code == 0, cap.err
     plain = json.loads((tmp_path / "p" / "results.json").read_text())
-    assert plain["config"]["row_warmup"] == 0
+    assert plain["config"]["row_warmup"] == 10
     assert plain["results"][0]["train_curve"][-1] != res["grass"]["train_curve"][-1]

@@ -23,7 +23,8 @@ library does not have yet:
   row_warmup      W >= 0: the step of state row j is scaled by min(1, t_j / W), t_j its Adam
                   steps since the row was zeroed (1 on its first step), so a row whose moments
                   a refresh zeroed ramps up over W steps instead of taking a full-size step
-                  (m̂/√v̂ = ±1 per element at t = 1); 0: no warm-up (grass_adamw's step).
+                  (m̂/√v̂ = ±1 per element at t = 1); 0: no warm-up; None: the library's
+                  default, grass_adamw's.
 
 The state keeps what the library keeps (indices, scales, M, V, per-row step counts, refresh
 count) plus, for "fira", one f32 per weight; its bytes count the same way as grass's. Weight
@@ -36,7 +37,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from . import ops
+from . import _lib, ops
 
 RESIDUALS = ("none", "sign", "sgd", "fira")
 RANK_ALLOCS = ("uniform", "fraction")
@@ -75,7 +76,8 @@ def grass_reference(learning_rate, *, grass_mask, rank, refresh_every=200,
                     method="uniform_nr", power=2, scaling="none", side="cols", seed=0,
                     b1=0.9, b2=0.999, eps=1e-8, alpha=0.25, refresh_mode="reset",
                     state_dtype=jnp.float32, dense=None, residual="none", residual_scale=1.0,
-                    rank_alloc="uniform", row_warmup=0):
+                    rank_alloc="uniform", row_warmup=None):
+    row_warmup = _lib.defaults()["row_warmup"] if row_warmup is None else row_warmup
     if row_warmup < 0:
         raise ValueError(f"row_warmup must be >= 0, got {row_warmup}")
     if residual not in RESIDUALS:

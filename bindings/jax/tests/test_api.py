@@ -257,15 +257,15 @@ def test_global_norm_covers_compressed_and_dense_gradients():
 
 
 def test_max_grad_norm_full_rank_equals_clipped_adamw(platform):
-    """At full rank (top_r, no scaling, alpha 1, side "auto" so that rank 48 is every row of
-    "up" and every column of "down") the compressed gradient is the whole gradient, so grass
+    """At full rank (top_r, no scaling, alpha 1, no row warm-up, side "auto" so that rank 48
+    is every row of "up" and every column of "down") the compressed gradient is the whole gradient, so grass
     with max_grad_norm is optax.chain(clip_by_global_norm, adamw) on the whole model; the
     threshold is well below the gradient norm, so every step clips."""
     params = model.init_params(jax.random.PRNGKey(1))
     lr, c = 1e-2, 0.05
     opt = gj.grass_adamw(lr, grass_mask=model.GRASS_MASK, rank=48, method="top_r",
                          scaling="none", side="auto", alpha=1.0, refresh_every=10_000,
-                         max_grad_norm=c,
+                         max_grad_norm=c, row_warmup=0,
                          dense=lambda lr: optax.adam(lr))
     ref = optax.chain(optax.clip_by_global_norm(c), optax.adam(lr))
     p_ref, s_ref = copy(params), ref.init(params)

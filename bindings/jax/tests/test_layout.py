@@ -13,7 +13,9 @@ import grass_jax as gj
 
 N, R, LR, ALPHA, EPS = 16, 5, 1e-2, 0.25, 1e-8
 # top_r with no scaling: the reference picks the same rows from the dense gradient itself.
-KW = dict(rank=R, method="top_r", scaling="none", alpha=ALPHA, eps=EPS, refresh_every=10)
+# row_warmup 0: the reference below is Adam's own first step
+KW = dict(rank=R, method="top_r", scaling="none", alpha=ALPHA, eps=EPS, refresh_every=10,
+          row_warmup=0)
 
 
 def problem():

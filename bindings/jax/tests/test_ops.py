@@ -237,7 +237,7 @@ def test_handlers_check_the_row_steps_length():
             w, idx, jnp.ones(r), g, z, z, short, jnp.float32(0.1), jnp.float32(0), side=np.int32(0),
             beta1=np.float32(0.9), beta2=np.float32(0.999), eps=np.float32(1e-8),
             weight_decay=np.float32(0), decay_mode=np.int32(1), alpha=np.float32(1),
-            lr=np.float32(1)),
+            row_warmup=np.int32(0), lr=np.float32(1)),
         lambda: jax.ffi.ffi_call("grass_state_refresh", refresh_results,
                                  input_output_aliases={2: 0, 3: 1, 4: 2})(
             idx, idx, z, z, short, refresh_mode=np.int32(1)),

@@ -36,13 +36,14 @@ def test_small_model_trains(platform):
 
 def test_full_rank_top_r_equals_adamw(platform):
     """r = d (side "auto": the 48 rows of "up", the 48 columns of "down"), top_r, no scaling,
-    alpha 1 and one refresh: every row is selected, so the compressed step is plain AdamW (the
+    alpha 1, no row warm-up and one refresh: every row is selected, so the compressed step is
+    plain AdamW (the
     built-in dense AdamW serves the other leaves)."""
     params = model.init_params(jax.random.PRNGKey(1))
     lr = 1e-2
     opt = gj.grass_adamw(lr, grass_mask=model.GRASS_MASK, rank=model.HIDDEN, method="top_r",
                          scaling="none", side="auto", alpha=1.0, refresh_every=10_000,
-                         weight_decay=0.01,
+                         weight_decay=0.01, row_warmup=0,
                          decay_mode="selected")
     ref = optax.adamw(lr, weight_decay=0.01)
     p_ref, s_ref = copy(params), ref.init(params)
@@ -200,8 +201,9 @@ def test_row_steps_follow_the_rows(platform, refresh_mode):
     applied steps since the last refresh. A skipped (non-finite) step counts for no row. The
     model trains either way."""
     K = 4
+    # row_warmup 0: with K = 4 < W a reset row would never reach a full step
     opt = gj.grass_adamw(1e-2, grass_mask=model.GRASS_MASK, rank=12, refresh_every=K,
-                         refresh_mode=refresh_mode)
+                         refresh_mode=refresh_mode, row_warmup=0)
     params = model.init_params(jax.random.PRNGKey(8))
     state = opt.init(params)
     step = model.make_step(opt, donate=False)

@@ -59,7 +59,8 @@ from sweep_train import load_done  # noqa: E402
 PRESET = ["--preset", "long"]
 # grass's options as measured (grass_adamw's defaults at the time), named on every grass row.
 GRASS = dict(method="uniform_nr", scaling="none", alpha="0.25", side="cols", rank="32",
-             **{"refresh-every": "200", "refresh-mode": "reset", "state-dtype": "float32"})
+             **{"refresh-every": "200", "refresh-mode": "reset", "state-dtype": "float32",
+                "row-warmup": "0"})
 GALORE = {"galore-rank": "26", "galore-scale": "0.25", "galore-refresh-every": "200"}
 GRID = {"adamw": ["2e-3", "1e-3", "3e-3"], "galore": ["4e-2", "2e-2", "8e-2"],
         "grass": ["4e-2", "2e-2", "3e-2"]}
@@ -82,6 +83,17 @@ def argv_for(opt, lr, seed=0, **over):
         for k, v in dict(GALORE, **over).items():
             out += [f"--{k}", v]
     return out
+
+
+def canonical(argv):
+    """`argv` with its options in one order (the preset, optimizer, rate and seed, then
+    grass's options in GRASS's order, then the rest as given), so that a row is one command
+    however it was put together."""
+    pairs = list(zip(argv[::2], argv[1::2]))
+    first = ["--preset", "--optimizers", "--lr", "--seed"] + [f"--{k}" for k in GRASS]
+    rank = {flag: i for i, flag in enumerate(first)}
+    pairs.sort(key=lambda kv: rank.get(kv[0], len(first)))  # stable: the rest keep their order
+    return [x for kv in pairs for x in kv]
 
 
 def command(argv):
@@ -281,18 +293,76 @@ def research_seed_rows(done):
     return out
 
 
+def warmup_rows(done):
+    """A per-row warm-up of the Adam step after a refresh (grass_ref --row-warmup W: row j's
+    step scaled by min(1, t_j / W)), at grass's best plain rate: the train loss jumps after a
+    reset refresh, when every zeroed row takes a full-size first step."""
+    lr = grass_best_lr(done) or "3e-2"
+    return [("warmup", f"grass_ref lr {lr}, row warm-up {w}", "grass_ref",
+             argv_for("grass_ref", lr, **{"row-warmup": str(w)})) for w in (20, 100)]
+
+
+def seeded(phase, rid, lr, seeds, **over):
+    """Rows of grass (the library) at `lr` with options `over`, one per seed (seed 0 in
+    `phase`, the others in the seeds phase)."""
+    return [("seeds" if seed else phase, rid + (f", seed {seed}" if seed else ""), "grass",
+             argv_for("grass", lr, seed, **over)) for seed in seeds]
+
+
+def library_warmup_rows(done):
+    """The row warm-up W = 20 in the library: on top of the best residual configuration
+    (bf16 moments at rank 64 + signSGD x0.1, 4e-2) and on grass's plain configuration at its
+    best rate (3e-2), then with bf16 moments at rank 64; two seeds each."""
+    lr = grass_best_lr(done) or "3e-2"
+    w = {"row-warmup": "20"}
+    bf16 = {"state-dtype": "bfloat16", "rank": "64"}
+    res = {"residual": "sign", "residual-scale": "0.1"}
+    best = lambda seeds: seeded("warmup", "grass lr 4e-2, bf16 rank 64, signSGD residual x0.1, "
+                                "row warm-up 20", "4e-2", seeds, **bf16, **res, **w)
+    plain = lambda seeds: seeded("warmup", f"grass lr {lr}, row warm-up 20", lr, seeds, **w)
+    return (best((0,)) + plain((1, 0)) + best((1,)) +
+            seeded("warmup", f"grass lr {lr}, bf16 rank 64, row warm-up 20", lr, (0, 1),
+                   **bf16, **w))
+
+
+def warmup_plain_rows(done, widths=(20,)):
+    """The row warm-up W on grass's plain configuration at its best rate, seeds 0 and 1 (the
+    check before a W may become a default)."""
+    lr = grass_best_lr(done) or "4e-2"
+    return [row for w in widths for row in seeded("warmup", f"grass lr {lr}, row warm-up {w}",
+                                                   lr, (0, 1), **{"row-warmup": str(w)})]
+
+
+def warmup_short_rows(done):
+    """Shorter warm-ups, W = 10 and 5, as warmup_plain (W = 20 did not help the cpu preset);
+    on the long preset W = 10 only (W = 5 did not help the cpu preset either)."""
+    return warmup_plain_rows(done, (10, 5) if PRESET[1] == "cpu" else (10,))
+
+
+def warmup_residual_rows(done):
+    """The library's signSGD residual (x0.1, f32 moments at rank 32) at 4e-2 without and with
+    the row warm-up W = 20, seeds 0 and 1 (the cpu preset's check of the residual's warm-up)."""
+    res = {"residual": "sign", "residual-scale": "0.1"}
+    return (seeded("warmup", "grass lr 4e-2, signSGD residual x0.1", "4e-2", (0, 1), **res) +
+            seeded("warmup", "grass lr 4e-2, signSGD residual x0.1, row warm-up 20", "4e-2",
+                   (0, 1), **res, **{"row-warmup": "20"}))
+
+
 PHASES = {"centre": centre_rows, "lr": lr_rows, "extend": extend_rows, "levers": lever_rows,
           "research": research_rows, "residual": residual_rows, "research2": research2_rows, "refresh": refresh_rows,
           "research_seeds": research_seed_rows, "defaults": defaults_rows,
           "library": library_rows, "library_seed": library_seed_rows,
           "library_rate": library_rate_rows, "library_bf16": library_bf16_rows,
-          "seeds": seed_rows}
+          "seeds": seed_rows, "warmup": warmup_rows, "library_warmup": library_warmup_rows,
+          "warmup_plain": warmup_plain_rows, "warmup_residual": warmup_residual_rows,
+          "warmup_short": warmup_short_rows}
 
 
 def plan(phases, done):
     rows, seen = [], set()
     for ph in phases:
         for phase, rid, opt, argv in PHASES[ph](done):
+            argv = canonical(argv)
             if command(argv) not in seen:
                 seen.add(command(argv))
                 rows.append((phase, rid, opt, argv, command(argv)))
@@ -321,12 +391,22 @@ def write_table(out, done):
     (out / "sweep.md").write_text(head + "\n".join(lines) + "\n")
 
 
+def _defaults(r):
+    """A row of grass as shipped since 0.6 (the row warm-up 10, every other option grass's
+    measured default)."""
+    opts = dict(zip(r["argv"][::2], r["argv"][1::2]))
+    return (r["optimizer"] == "grass" and opts.get("--row-warmup") == "10"
+            and all(opts.get(f"--{k}") == v for k, v in GRASS.items() if k != "row-warmup")
+            and "--residual" not in opts)
+
+
 def headline(done):
-    """[(label, row)]: AdamW, GaLore and grass's defaults at their best learning rates, and
-    the best grass configuration of the other phases (seed 0)."""
+    """[(label, row)]: AdamW, GaLore and grass's defaults at their best learning rates (grass
+    without the row warm-up where no run of the current defaults exists), and the best grass
+    configuration of the other phases (seed 0)."""
     out = []
     for label, opt in (("AdamW", "adamw"), ("GaLore", "galore"), ("grass defaults", "grass")):
-        b = best(done, opt, where=_plain)
+        b = (opt == "grass" and best(done, opt, where=_defaults)) or best(done, opt, where=_plain)
         if b is not None:
             out.append((f"{label}, lr {b['lr']:g}", b))
     # the library's best configuration (the research twin's rows only where the library has
@@ -341,6 +421,16 @@ def headline(done):
     return out
 
 
+def _as_planned(cmd):
+    """A run folder's command as the plan writes it now: options in canonical order, and the
+    row warm-up 0 that grass's rows ran with before the option existed."""
+    argv = cmd.split()[3:]
+    if argv[argv.index("--optimizers") + 1] in ("grass", "grass_ref") and \
+            "--row-warmup" not in argv:
+        argv += ["--row-warmup", "0"]
+    return command(canonical(argv))
+
+
 def in_progress(out, done):
     """[(label, row)] of the runs started but not finished: their curves so far, from their
     last checkpoint (every 150 steps)."""
@@ -351,7 +441,7 @@ def in_progress(out, done):
             cmd = (folder / "command.txt").read_text().strip()
         except OSError:
             continue
-        if cmd in done:
+        if cmd in done or _as_planned(cmd) in done:
             continue
         for prog in (folder / "ckpt").glob("*/progress.json"):
             pr = json.loads(prog.read_text())

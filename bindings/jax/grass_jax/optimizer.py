@@ -294,7 +294,8 @@ class grass_adamw:
     row_warmup      W >= 0: state row j's step is scaled by min(1, t_j / W), t_j its step count
                     (1 on the first step after a refresh zeroed it), so zeroed rows ramp up
                     instead of taking a full-size first step; 0 turns it off. Default: the
-                    library's (grass_adamw_config_init; docs/long-run.md measures it).
+                    library's, 10 (docs/long-run.md measures it). Keep W well below
+                    refresh_every with "reset": each refresh restarts every row.
     dense           the optimizer of the other leaves: None (grass's own in-place AdamW with
                     the same hyper-parameters and learning rate), any optax
                     GradientTransformation (e.g. optax.chain(...)), or a function

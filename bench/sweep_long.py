@@ -41,6 +41,13 @@ Phases run on request (--phases ...), mostly for the cpu screen (--preset cpu):
   library_seed    that seed 1 alone (to run beside the library phase)
   library_rate    the library's residual at grass's best long rate, seeds 0 and 1
   library_bf16    the library's residual on bf16 moments at rank 64 (equal bytes), seeds 0, 1
+  warmup          the research twin with a row warm-up of 20 and 100 steps
+  library_warmup  the library's row warm-up 20: on the best residual configuration and on
+                  plain grass (then with bf16 moments at rank 64), seeds 0 and 1
+  warmup_plain    the row warm-up 20 on plain grass, seeds 0 and 1 (the cpu preset's check)
+  warmup_short    the row warm-up 10 (and, on the cpu preset, 5) on plain grass, seeds 0, 1
+  warmup_residual the library's residual at 4e-2 without and with the row warm-up 20 (cpu)
+  warmup_default_best  the best residual configuration at the default row warm-up, 10
 """
 
 import argparse
@@ -348,6 +355,15 @@ def warmup_residual_rows(done):
                    (0, 1), **res, **{"row-warmup": "20"}))
 
 
+def warmup_default_best_rows(done):
+    """The best configuration (bf16 moments at rank 64 + signSGD residual x0.1, 4e-2) at the
+    default row warm-up 10 instead of 20, seeds 0 and 1."""
+    return seeded("warmup", "grass lr 4e-2, bf16 rank 64, signSGD residual x0.1, row warm-up 10",
+                  "4e-2", (0, 1), **{"state-dtype": "bfloat16", "rank": "64",
+                                     "residual": "sign", "residual-scale": "0.1",
+                                     "row-warmup": "10"})
+
+
 PHASES = {"centre": centre_rows, "lr": lr_rows, "extend": extend_rows, "levers": lever_rows,
           "research": research_rows, "residual": residual_rows, "research2": research2_rows, "refresh": refresh_rows,
           "research_seeds": research_seed_rows, "defaults": defaults_rows,
@@ -355,7 +371,7 @@ PHASES = {"centre": centre_rows, "lr": lr_rows, "extend": extend_rows, "levers":
           "library_rate": library_rate_rows, "library_bf16": library_bf16_rows,
           "seeds": seed_rows, "warmup": warmup_rows, "library_warmup": library_warmup_rows,
           "warmup_plain": warmup_plain_rows, "warmup_residual": warmup_residual_rows,
-          "warmup_short": warmup_short_rows}
+          "warmup_short": warmup_short_rows, "warmup_default_best": warmup_default_best_rows}
 
 
 def plan(phases, done):

@@ -459,30 +459,21 @@ fn row_warmup_scales_each_rows_step_by_its_count() {
     };
     let (mut w, mut ms, mut vs, mut steps) =
         (w0.clone(), vec![0f32; len], vec![0f32; len], vec![0; 3]);
-    let status = unsafe {
-        grass_sparse_adamw_step(
-            ctx.0,
-            &bad,
-            m as i64,
-            n as i64,
-            GRASS_SIDE_ROWS,
-            3,
-            GRASS_DTYPE_F32,
-            w.as_mut_ptr().cast(),
-            idx.as_ptr(),
-            sc.as_ptr(),
-            rng.vec(len).as_ptr(),
-            ms.as_mut_ptr().cast(),
-            vs.as_mut_ptr().cast(),
-            steps.as_mut_ptr(),
-            1e-2,
-            ptr::null(),
-            ptr::null_mut(),
-            ptr::null_mut(),
-            0,
-            ptr::null_mut(),
-        )
-    };
+    let status = try_sparse_adamw_step(
+        &ctx,
+        &bad,
+        (m, n),
+        GRASS_SIDE_ROWS,
+        GRASS_DTYPE_F32,
+        w.as_mut_ptr().cast(),
+        &idx,
+        &sc,
+        &rng.vec(len),
+        (ms.as_mut_ptr().cast(), vs.as_mut_ptr().cast()),
+        &mut steps,
+        1e-2,
+        ptr::null_mut(),
+    );
     assert_eq!(status, grass_status::GRASS_ERROR_INVALID_VALUE);
     assert!(
         last_error().contains("config->row_warmup = -1"),

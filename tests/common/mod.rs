@@ -306,6 +306,29 @@ pub fn compare(what: &str, want: &[f64], got: &[f32], tol: f64) -> Result<(), St
 pub fn sparse_adamw_step(
     ctx: &Ctx,
     cfg: &grass_adamw_config,
+    mn: (usize, usize),
+    side: grass_side,
+    w_dtype: grass_dtype,
+    w: *mut std::ffi::c_void,
+    idx: &[i32],
+    sc: &[f32],
+    g: &[f32],
+    mv: (*mut std::ffi::c_void, *mut std::ffi::c_void),
+    row_steps: &mut [i32],
+    lr: f32,
+    skipped: *mut i32,
+) {
+    check(try_sparse_adamw_step(
+        ctx, cfg, mn, side, w_dtype, w, idx, sc, g, mv, row_steps, lr, skipped,
+    ))
+    .unwrap();
+}
+
+/// `sparse_adamw_step` returning the call's status instead of requiring success.
+#[allow(clippy::too_many_arguments)]
+pub fn try_sparse_adamw_step(
+    ctx: &Ctx,
+    cfg: &grass_adamw_config,
     (m, n): (usize, usize),
     side: grass_side,
     w_dtype: grass_dtype,
@@ -317,9 +340,9 @@ pub fn sparse_adamw_step(
     row_steps: &mut [i32],
     lr: f32,
     skipped: *mut i32,
-) {
+) -> grass_status {
     assert_eq!(row_steps.len(), idx.len(), "one step count per state row");
-    check(unsafe {
+    unsafe {
         grass_sparse_adamw_step(
             ctx.0,
             cfg,
@@ -342,8 +365,7 @@ pub fn sparse_adamw_step(
             0,
             ptr::null_mut(),
         )
-    })
-    .unwrap();
+    }
 }
 
 /// One state refresh of f32 states on host buffers (the refresh needs no workspace), from

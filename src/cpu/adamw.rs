@@ -819,6 +819,16 @@ mod tests {
         }
     }
 
+    /// The row warm-up's factor written out apart from `AdamW::row_ramp`: min(1, t / W), or 1
+    /// without a warm-up (both scalar references use it).
+    pub(super) fn reference_ramp(cfg: &AdamW, t: i32) -> f32 {
+        if cfg.row_warmup > 0 {
+            (t as f32 / cfg.row_warmup as f32).min(1.0)
+        } else {
+            1.0
+        }
+    }
+
     /// The scalar compressed step (after the finiteness check and the step-count increment).
     #[allow(clippy::too_many_arguments)]
     fn reference_sparse<W: Elem, S: Elem, T: Elem>(
@@ -869,11 +879,7 @@ mod tests {
                     let u = adam_update(cfg, c1, c2, &mut mv, &mut vv, g[e]);
                     ms[e] = S::from_f32(mv);
                     vs[e] = T::from_f32(vv);
-                    let ramp = if cfg.row_warmup > 0 {
-                        (row_steps[j] as f32 / cfg.row_warmup as f32).min(1.0)
-                    } else {
-                        1.0
-                    };
+                    let ramp = reference_ramp(cfg, row_steps[j]);
                     acc += (-lr * cfg.alpha * scales[j] * ramp) * u;
                 }
                 w[at(i, c)] = W::from_f32(acc);
@@ -1164,6 +1170,7 @@ mod tests {
 /// threads, against a scalar loop written out here.
 #[cfg(test)]
 mod split_tests {
+    use super::tests::reference_ramp;
     use super::*;
     use crate::core::config::Side;
 
@@ -1220,11 +1227,7 @@ mod split_tests {
                     let u = adam_update(cfg, c1, c2, &mut mv, &mut vv, g[e]);
                     ms[e] = mv;
                     vs[e] = bf16::from_f32(vv);
-                    let ramp = if cfg.row_warmup > 0 {
-                        (row_steps[j] as f32 / cfg.row_warmup as f32).min(1.0)
-                    } else {
-                        1.0
-                    };
+                    let ramp = reference_ramp(cfg, row_steps[j]);
                     acc += (-lr * cfg.alpha * scales[j] * ramp) * u;
                 }
                 w[at(i, c)] = bf16::from_f32(acc);

@@ -9,17 +9,6 @@ use grass::ffi::*;
 use crate::gpu::*;
 use crate::row_scores::{activations, chunk_ws, dims, SIDES};
 
-fn ws(
-    ctx: *const grass_context,
-    m: usize,
-    n: usize,
-    b: usize,
-    side: grass_side,
-    dt: Dtype,
-) -> usize {
-    chunk_ws(grass_residual_workspace_size, ctx, m, n, b, side, dt)
-}
-
 /// Sorted, distinct: every fourth unit.
 fn every_fourth(d: usize) -> Vec<i32> {
     (0..d as i32).step_by(4).collect()
@@ -88,7 +77,11 @@ fn residual_steps_match_the_host() {
                     let lr_scale = 0.5f32;
                     let mut want = w0.clone();
                     let mut skipped_h = 0i32;
-                    let mut hws = vec![0u8; ws(g.cpu, m, n, b, side, dt)];
+                    let mut hws =
+                        vec![
+                            0u8;
+                            chunk_ws(grass_residual_workspace_size, g.cpu, m, n, b, side, dt)
+                        ];
                     unsafe {
                         residual(
                             g.cpu,
@@ -105,7 +98,7 @@ fn residual_steps_match_the_host() {
                             (hws.as_mut_ptr(), hws.len()),
                         )
                     };
-                    let wsb = ws(g.cuda, m, n, b, side, dt);
+                    let wsb = chunk_ws(grass_residual_workspace_size, g.cuda, m, n, b, side, dt);
                     let (dx, ddy, dw) = (
                         DevBuf::from_bytes(&x),
                         DevBuf::from_bytes(&dy),
@@ -162,7 +155,15 @@ fn residual_skips_on_the_device() {
     let (x, dy) = activations(&mut rng, m, n, b, Dtype::F32);
     let idx = every_fourth(m);
     let w0 = encode(&rng.normals(m * n), Dtype::F32);
-    let wsb = ws(g.cuda, m, n, b, GRASS_SIDE_ROWS, Dtype::F32);
+    let wsb = chunk_ws(
+        grass_residual_workspace_size,
+        g.cuda,
+        m,
+        n,
+        b,
+        GRASS_SIDE_ROWS,
+        Dtype::F32,
+    );
     let mut bad = x.clone();
     bad[4..8].copy_from_slice(&f32::NAN.to_ne_bytes());
     // (x, skipped before, skipped after): a skipped step gates it off and stays; a NaN in X

@@ -72,17 +72,6 @@ pub(crate) fn chunk_ws(
     bytes
 }
 
-fn scores_ws(
-    ctx: *const grass_context,
-    m: usize,
-    n: usize,
-    b: usize,
-    side: grass_side,
-    dt: Dtype,
-) -> usize {
-    chunk_ws(grass_scores_workspace_size, ctx, m, n, b, side, dt)
-}
-
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn row_scores_match_the_host() {
@@ -102,7 +91,8 @@ fn row_scores_match_the_host() {
                 let (x, dy) = activations(&mut rng, m, n, b, dt);
                 let (d, _) = dims(m, n, side);
                 let mut want = vec![0f32; d];
-                let mut ws = vec![0u8; scores_ws(g.cpu, m, n, b, side, dt)];
+                let mut ws =
+                    vec![0u8; chunk_ws(grass_scores_workspace_size, g.cpu, m, n, b, side, dt)];
                 ok(unsafe {
                     grass_row_scores(
                         g.cpu,
@@ -119,7 +109,7 @@ fn row_scores_match_the_host() {
                         std::ptr::null_mut(),
                     )
                 });
-                let wsb = scores_ws(g.cuda, m, n, b, side, dt);
+                let wsb = chunk_ws(grass_scores_workspace_size, g.cuda, m, n, b, side, dt);
                 let (dx, ddy) = (DevBuf::from_bytes(&x), DevBuf::from_bytes(&dy));
                 let (out, dws) = (DevBuf::poisoned(d * 4), DevBuf::poisoned(wsb));
                 ok(unsafe {

@@ -75,9 +75,15 @@ fn the_adamw_config_init_fills_the_callers_release() {
             &vec![u64::MAX; 8 - known.div_ceil(8)][..]
         );
     }
-    let mut c = grass_adamw_config::defaults();
+    // a struct holding other values first, so the init must write every field
+    let mut c = grass_adamw_config {
+        row_warmup: -7,
+        alpha: 9.0,
+        ..grass_adamw_config::defaults()
+    };
     check(unsafe { grass_adamw_config_init_sized(&mut c, size) }).unwrap();
-    assert_eq!(c.row_warmup, grass_adamw_config::defaults().row_warmup);
+    let d = grass_adamw_config::defaults();
+    assert_eq!((c.row_warmup, c.alpha), (d.row_warmup, d.alpha));
     for bad in [0usize, 8, 44, size + 8] {
         let mut words = [u64::MAX; 8];
         assert_eq!(

@@ -227,14 +227,19 @@ def residual_rows(done):
              argv_for("grass_ref", lr, residual="sign", **{"residual-scale": "0.1"}))]
 
 
+def seeded(phase, rid, lr, seeds, **over):
+    """Rows of grass (the library) at `lr` with options `over`, one per seed (seed 0 in
+    `phase`, the others in the seeds phase)."""
+    return [("seeds" if seed else phase, rid + (f", seed {seed}" if seed else ""), "grass",
+             argv_for("grass", lr, seed, **over)) for seed in seeds]
+
+
 def library_residual(lr, seeds=(0, 1), **over):
     """Rows of grass (the library) with the signSGD residual x0.1 at `lr`, one per seed (seed
     0 in the library phase, the others as seeds); `over` changes more options (its rows are
     named bf16 rank 64: the only such variant)."""
     rid = f"grass lr {lr}, {'bf16 rank 64, ' if over else ''}signSGD residual x0.1"
-    opts = {"residual": "sign", "residual-scale": "0.1", **over}
-    return [("seeds" if seed else "library", rid + (f", seed {seed}" if seed else ""), "grass",
-             argv_for("grass", lr, seed, **opts)) for seed in seeds]
+    return seeded("library", rid, lr, seeds, residual="sign", **{"residual-scale": "0.1"}, **over)
 
 
 def library_rows(done):
@@ -307,13 +312,6 @@ def warmup_rows(done):
     lr = grass_best_lr(done) or "3e-2"
     return [("warmup", f"grass_ref lr {lr}, row warm-up {w}", "grass_ref",
              argv_for("grass_ref", lr, **{"row-warmup": str(w)})) for w in (20, 100)]
-
-
-def seeded(phase, rid, lr, seeds, **over):
-    """Rows of grass (the library) at `lr` with options `over`, one per seed (seed 0 in
-    `phase`, the others in the seeds phase)."""
-    return [("seeds" if seed else phase, rid + (f", seed {seed}" if seed else ""), "grass",
-             argv_for("grass", lr, seed, **over)) for seed in seeds]
 
 
 def library_warmup_rows(done):

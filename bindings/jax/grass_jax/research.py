@@ -25,6 +25,10 @@ library does not have yet:
                   a refresh zeroed ramps up over W steps instead of taking a full-size step
                   (m̂/√v̂ = ±1 per element at t = 1); 0: no warm-up; None: the library's
                   default, grass_adamw's.
+  state_rounding  how f32 moments become bf16 ones (bf16 state only): "nearest" (round to
+                  nearest even, the library's) or "stochastic" (up or down with the
+                  probabilities that make the rounding unbiased), so V's decay by β2 = 0.999,
+                  a change below half a bf16 ulp, still happens on average.
 
 The state keeps what the library keeps (indices, scales, M, V, per-row step counts, refresh
 count) plus, for "fira", one f32 per weight; its bytes count the same way as grass's. Weight
@@ -41,6 +45,7 @@ from . import _lib, ops
 
 RESIDUALS = ("none", "sign", "sgd", "fira")
 RANK_ALLOCS = ("uniform", "fraction")
+STATE_ROUNDINGS = ("nearest", "stochastic")
 FIRA_LIMIT = 1.01
 
 
@@ -76,17 +81,29 @@ def grass_reference(learning_rate, *, grass_mask, rank, refresh_every=200,
                     method="uniform_nr", power=2, scaling="none", side="cols", seed=0,
                     b1=0.9, b2=0.999, eps=1e-8, alpha=0.25, refresh_mode="reset",
                     state_dtype=jnp.float32, dense=None, residual="none", residual_scale=1.0,
-                    rank_alloc="uniform", row_warmup=None):
+                    rank_alloc="uniform", row_warmup=None, state_rounding="nearest"):
     row_warmup = _lib.defaults()["row_warmup"] if row_warmup is None else row_warmup
     if row_warmup < 0:
         raise ValueError(f"row_warmup must be >= 0, got {row_warmup}")
     if residual not in RESIDUALS:
         raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
+    if state_rounding not in STATE_ROUNDINGS:
+        raise ValueError(f"state_rounding must be one of {STATE_ROUNDINGS}, "
+                         f"got {state_rounding!r}")
     if refresh_mode not in ("reset", "carry"):
         raise ValueError(f"refresh_mode must be 'reset' or 'carry', got {refresh_mode!r}")
     sched = learning_rate if callable(learning_rate) else (lambda c: learning_rate)
     dense = dense if dense is not None else optax.adamw(learning_rate, b1=b1, b2=b2)
     sdt = jnp.dtype(state_dtype)
+
+    def to_state(x, key):
+        """f32 -> the moments' dtype; stochastic rounding for bf16 when asked."""
+        if sdt != jnp.bfloat16 or state_rounding == "nearest":
+            return x.astype(sdt)
+        bits = lax.bitcast_convert_type(x, jnp.uint32)
+        noise = jax.random.bits(key, x.shape, jnp.uint32) & jnp.uint32(0xFFFF)
+        up = lax.bitcast_convert_type((bits + noise) & jnp.uint32(0xFFFF0000), jnp.float32)
+        return jnp.where(jnp.isfinite(x), up, x).astype(sdt)
 
     def split(params):
         leaves_p, treedef = jax.tree_util.tree_flatten_with_path(params)
@@ -167,7 +184,9 @@ def grass_reference(learning_rate, *, grass_mask, rank, refresh_every=200,
                 res_norm = jnp.minimum(n, cap)
             upd = -step * residual_scale * s
         upd = upd.at[ls.indices].add(upd_sel)
-        ls = ls._replace(m=m.astype(sdt), v=v.astype(sdt), row_steps=ls.row_steps + 1,
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), layer_id), count)
+        km, kv = jax.random.split(key)
+        ls = ls._replace(m=to_state(m, km), v=to_state(v, kv), row_steps=ls.row_steps + 1,
                          residual_norm=res_norm)
         return upd, ls
 

@@ -122,6 +122,7 @@ class Config:
     galore_refresh_every: int = 0  # 0: grass's refresh_every
     # grass_ref (research twin) only
     rank_alloc: str = "uniform"
+    state_rounding: str = "nearest"
     memory: bool = False
 
     def model(self):
@@ -242,7 +243,7 @@ def build_parser():
     s.add_argument("--row-warmup", type=_nonneg_int,
                    help=f"W: a state row's step is scaled by min(1, t/W), t its Adam steps "
                         f"since a refresh zeroed it; 0: off ({g['row_warmup']})")
-    from .research import RANK_ALLOCS, RESIDUALS
+    from .research import RANK_ALLOCS, RESIDUALS, STATE_ROUNDINGS
     s.add_argument("--residual", choices=RESIDUALS,
                    help=f"update of the rows not selected: none (GRASS), sign (FRUGAL's "
                         f"signSGD, in the library: one more weight-gradient GEMM per step); "
@@ -263,6 +264,9 @@ def build_parser():
     x.add_argument("--rank-alloc", choices=RANK_ALLOCS,
                    help="uniform: --rank for every weight; fraction: ranks proportional to "
                         "the projected dimension at the same state bytes (default uniform)")
+    x.add_argument("--state-rounding", choices=STATE_ROUNDINGS,
+                   help="f32 -> bf16 moments (--state-dtype bfloat16): nearest, or stochastic "
+                        "(unbiased) rounding (default nearest)")
     r = p.add_argument_group("output and checkpoints")
     r.add_argument("--out", help="folder for results.json, results.md, curves.png "
                                  "(default grass_train_out)")
@@ -364,7 +368,7 @@ def make_grass_ref(cfg: Config):
         b1=cfg.b1, b2=cfg.b2, alpha=cfg.alpha, refresh_mode=cfg.refresh_mode,
         state_dtype=jnp.dtype(cfg.state_dtype), dense=dense, residual=cfg.residual,
         residual_scale=cfg.residual_scale, rank_alloc=cfg.rank_alloc,
-        row_warmup=cfg.row_warmup)
+        row_warmup=cfg.row_warmup, state_rounding=cfg.state_rounding)
 
 
 def make_adamw(cfg: Config):
@@ -809,6 +813,9 @@ def _run(argv, created):
     else:
         resume = None
         cfg = make_config({k: v for k, v in given.items() if k not in run_only})
+    if "state_rounding" in given and "grass_ref" not in cfg.optimizers:
+        raise UsageError("--state-rounding applies to the research optimizer grass_ref only "
+                         "(add it to --optimizers; grass rounds to nearest)")
     if "rank_alloc" in given and "grass_ref" not in cfg.optimizers:
         raise UsageError("--rank-alloc applies to the research optimizer grass_ref only (add "
                          "it to --optimizers; grass has no such option)")

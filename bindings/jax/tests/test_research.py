@@ -125,3 +125,31 @@ def test_rank_by_fraction_keeps_the_state_bytes():
     ratio = [r / d for _, d, _, r in frac]
     assert max(ratio) - min(ratio) < 0.01
     assert [ops.resolve_side(m, n, "cols")[1] for m, n in shapes] == [d for _, d, _, _ in frac]
+
+
+@pytest.mark.parametrize("state_rounding", ["nearest", "stochastic"])
+def test_stochastic_rounding_keeps_the_second_moment_decaying(state_rounding):
+    """bf16 moments, one gradient and then 200 zero gradients: V should decay by
+    beta2^200 = 0.819. Rounded to nearest it never moves (each decay of 0.1% is below half a
+    bf16 ulp); rounded stochastically its mean follows the f32 decay."""
+    rng = np.random.default_rng(1)
+    g = jnp.asarray(rng.normal(size=(64, 256)).astype(np.float32))
+    opt = grass_reference(1e-3, grass_mask={"w": True}, rank=64, refresh_every=1000,
+                          row_warmup=0, method="top_r", side="rows", seed=3,
+                          state_dtype=jnp.bfloat16, state_rounding=state_rounding)
+    p = {"w": jnp.zeros((64, 256), jnp.float32)}
+    update = jax.jit(opt.update)
+    _, s = update({"w": g}, opt.init(p), p)
+    v0 = np.asarray(s.layers["w"].v, np.float64)
+    zero = {"w": jnp.zeros_like(g)}
+    for _ in range(200):
+        _, s = update(zero, s, p)
+    v = np.asarray(s.layers["w"].v, np.float64)
+    ratio = v.sum() / v0.sum()
+    if state_rounding == "nearest":
+        np.testing.assert_array_equal(v, v0)
+    else:
+        assert abs(ratio - 0.999 ** 200) < 0.01, ratio
+        assert np.mean(v != v0) > 0.99
+    with pytest.raises(ValueError, match="state_rounding"):
+        grass_reference(1e-3, grass_mask={"w": True}, rank=8, state_rounding="up")

@@ -110,6 +110,8 @@ def test_resumed_run_is_bit_identical(tmp_path, capsys):
     (["--resume", "/nonexistent/run"], "no config.json"),
     (["--residual", "fira"], "--residual fira: grass (the library) has none and sign"),
     (["--rank-alloc", "fraction"], "--rank-alloc applies to the research optimizer grass_ref only"),
+    (["--state-rounding", "stochastic"],
+     "--state-rounding applies to the research optimizer grass_ref only"),
     (["--row-warmup", "-2"], "--row-warmup"),
     (["--seq-len", "100000000"], "--seq-len 100000000 is longer than the training text"),
 ])

@@ -48,6 +48,12 @@ Phases run on request (--phases ...), mostly for the cpu screen (--preset cpu):
   warmup_short    the row warm-up 10 (and, on the cpu preset, 5) on plain grass, seeds 0, 1
   warmup_residual the library's residual at 4e-2 without and with the row warm-up 20 (cpu)
   warmup_default_best  the best residual configuration at the default row warm-up, 10
+  rounding        bf16 moments at twice the rank in the research twin, rounded to nearest
+                  (the library's) and stochastically, at the default row warm-up, seeds 0, 1
+  refresh_warmup  the refresh period and carry again, now that the row warm-up removes the
+                  jump after a refresh: K 100, 50 and 25 with reset, K 100 and 50 with carry,
+                  seeds 0, 1 (long: K 50 reset on seeds 0, 1, then K 100 reset and K 50
+                  carry on seed 0)
 """
 
 import argparse
@@ -362,6 +368,31 @@ def warmup_default_best_rows(done):
                                      "row-warmup": "10"})
 
 
+def rounding_rows(done):
+    """bf16 moments at rank 64 (grass's f32 bytes at rank 32) in the research twin, rounded
+    to nearest and stochastically: nearest rounding loses V's decay by beta2 = 0.999 (a change
+    below half a bf16 ulp), which may be what bf16 moments cost on the cpu preset."""
+    lr = "4e-2" if PRESET[1] == "cpu" else (grass_best_lr(done) or "3e-2")
+    over = {"state-dtype": "bfloat16", "rank": "64", "row-warmup": "10"}
+    return [("seeds" if seed else "rounding",
+             f"grass_ref lr {lr}, bf16 rank 64, row warm-up 10, {how} rounding"
+             + (f", seed {seed}" if seed else ""), "grass_ref",
+             argv_for("grass_ref", lr, seed, **over) + ["--state-rounding", how])
+            for seed in (0, 1) for how in ("stochastic", "nearest")]
+
+
+def refresh_warmup_rows(done):
+    """The refresh period and carry at the default row warm-up 10 (grass, the library)."""
+    lr = "4e-2" if PRESET[1] == "cpu" else (grass_best_lr(done) or "3e-2")
+    row = lambda k, mode, seeds: seeded(
+        "refresh_warmup", f"grass lr {lr}, row warm-up 10, K {k} {mode}", lr, seeds,
+        **{"row-warmup": "10", "refresh-every": k, "refresh-mode": mode})
+    if PRESET[1] == "long":  # the cpu screen's best first, on two seeds
+        return row("50", "reset", (0, 1)) + row("100", "reset", (0,)) + row("50", "carry", (0,))
+    return [r for k, mode in (("100", "reset"), ("50", "reset"), ("100", "carry"),
+                              ("25", "reset"), ("50", "carry")) for r in row(k, mode, (0, 1))]
+
+
 PHASES = {"centre": centre_rows, "lr": lr_rows, "extend": extend_rows, "levers": lever_rows,
           "research": research_rows, "residual": residual_rows, "research2": research2_rows, "refresh": refresh_rows,
           "research_seeds": research_seed_rows, "defaults": defaults_rows,
@@ -369,7 +400,8 @@ PHASES = {"centre": centre_rows, "lr": lr_rows, "extend": extend_rows, "levers":
           "library_rate": library_rate_rows, "library_bf16": library_bf16_rows,
           "seeds": seed_rows, "warmup": warmup_rows, "library_warmup": library_warmup_rows,
           "warmup_plain": warmup_plain_rows, "warmup_residual": warmup_residual_rows,
-          "warmup_short": warmup_short_rows, "warmup_default_best": warmup_default_best_rows}
+          "warmup_short": warmup_short_rows, "warmup_default_best": warmup_default_best_rows,
+          "rounding": rounding_rows, "refresh_warmup": refresh_warmup_rows}
 
 
 def plan(phases, done):

@@ -52,8 +52,16 @@ Phases run on request (--phases ...), mostly for the cpu screen (--preset cpu):
                   (the library's) and stochastically, at the default row warm-up, seeds 0, 1
   refresh_warmup  the refresh period and carry again, now that the row warm-up removes the
                   jump after a refresh: K 100, 50 and 25 with reset, K 100 and 50 with carry,
-                  seeds 0, 1 (long: K 50 reset on seeds 0, 1, then K 100 reset and K 50
-                  carry on seed 0)
+                  seeds 0, 1 (long: K 50 reset at 3e-2 and 4e-2 on seeds 0, 1, then K 100
+                  reset on seed 0)
+  k50_best        the best configuration at K 50, seeds 0, 1
+  select_warmup   the norm-weighted selections (multinomial_nr, top_r) at K 50 and the row
+                  warm-up 10, seeds 0, 1
+  rate_warmup     learning rates at the row warm-up 10 (cpu): bf16 moments at rank 64 at 2e-2
+                  and 3e-2 with K 50 and 200 (and 4e-2 with K 50); f32 rank 32 with K 50 at 3e-2 and 6e-2; seeds 0, 1
+  warmup_k50      the row warm-up 5 and 20 at K 50, seeds 0, 1
+  alpha_k50       alpha 0.5 at half the rate and 0.125 at twice it (the same projected step,
+                  the dense parameters' rate halved or doubled) at K 50, seeds 0, 1
 """
 
 import argparse
@@ -384,13 +392,69 @@ def rounding_rows(done):
 def refresh_warmup_rows(done):
     """The refresh period and carry at the default row warm-up 10 (grass, the library)."""
     lr = "4e-2" if PRESET[1] == "cpu" else (grass_best_lr(done) or "3e-2")
-    row = lambda k, mode, seeds: seeded(
+    row = lambda k, mode, seeds, lr=lr: seeded(
         "refresh_warmup", f"grass lr {lr}, row warm-up 10, K {k} {mode}", lr, seeds,
         **{"row-warmup": "10", "refresh-every": k, "refresh-mode": mode})
-    if PRESET[1] == "long":  # the cpu screen's best first, on two seeds
-        return row("50", "reset", (0, 1)) + row("100", "reset", (0,)) + row("50", "carry", (0,))
+    if PRESET[1] == "long":  # the cpu screen's best first, on two seeds; then its rate
+        return row("50", "reset", (0, 1)) + row("50", "reset", (0, 1), "4e-2") + \
+            row("100", "reset", (0,))
     return [r for k, mode in (("100", "reset"), ("50", "reset"), ("100", "carry"),
                               ("25", "reset"), ("50", "carry")) for r in row(k, mode, (0, 1))]
+
+
+def select_warmup_rows(done):
+    """The selection rule again at K 50 and the row warm-up 10 (uniform_nr was the best of
+    five on the cpu preset at side auto, K 200, no warm-up): the norm-weighted ones, seeds 0, 1."""
+    lr = "4e-2" if PRESET[1] == "cpu" else (grass_best_lr(done) or "3e-2")
+    return [r for method in ("multinomial_nr", "top_r")
+            for r in seeded("select_warmup", f"grass lr {lr}, row warm-up 10, K 50 reset, {method}",
+                            lr, (0, 1), method=method, **{"row-warmup": "10",
+                                                          "refresh-every": "50"})]
+
+
+def rate_warmup_rows(done):
+    """Each configuration at its own best learning rate, at the row warm-up 10 (cpu preset):
+    bf16 moments at rank 64 (equal bytes) were measured at rank 32's rate only, and twice the
+    rank moves twice the columns per step; and K 50 (f32, rank 32) around 4e-2."""
+    w = {"row-warmup": "10"}
+    bf16 = {"state-dtype": "bfloat16", "rank": "64", **w}
+    out = []
+    for k, rates in (("50", ("2e-2", "3e-2", "4e-2")), ("200", ("2e-2", "3e-2"))):
+        for lr in rates:
+            out += seeded("rate_warmup", f"grass lr {lr}, bf16 rank 64, row warm-up 10, K {k}",
+                          lr, (0, 1), **bf16, **{"refresh-every": k})
+    for lr in ("3e-2", "6e-2"):
+        out += seeded("rate_warmup", f"grass lr {lr}, row warm-up 10, K 50 reset", lr, (0, 1),
+                      **w, **{"refresh-every": "50"})
+    return out
+
+
+def warmup_k50_rows(done):
+    """The row warm-up's length again at K 50 (chosen at K 200): W 5 and 20, seeds 0, 1."""
+    lr = "4e-2" if PRESET[1] == "cpu" else (grass_best_lr(done) or "3e-2")
+    return [r for w in ("5", "20")
+            for r in seeded("warmup_k50", f"grass lr {lr}, row warm-up {w}, K 50 reset", lr,
+                            (0, 1), **{"row-warmup": w, "refresh-every": "50"})]
+
+
+def alpha_k50_rows(done):
+    """The dense parameters' rate against the projected ones' at K 50 and the row warm-up 10:
+    alpha 0.5 at half the rate and 0.125 at twice it (the projected step lr·alpha unchanged,
+    the embedding, head and norms at half or twice the rate), seeds 0, 1."""
+    lr = 4e-2 if PRESET[1] == "cpu" else float(grass_best_lr(done) or "3e-2")
+    return [r for alpha, f in (("0.5", 0.5), ("0.125", 2.0))
+            for r in seeded("alpha_k50", f"grass lr {lr * f:g}, alpha {alpha}, row warm-up 10, "
+                            f"K 50 reset", f"{lr * f:g}", (0, 1), alpha=alpha,
+                            **{"row-warmup": "10", "refresh-every": "50"})]
+
+
+def k50_best_rows(done):
+    """The best configuration (bf16 moments at rank 64 + signSGD residual x0.1, row warm-up
+    10, 4e-2) at the refresh period K 50 of 0.7's defaults, seeds 0, 1."""
+    return seeded("refresh_warmup", "grass lr 4e-2, bf16 rank 64, signSGD residual x0.1, "
+                  "row warm-up 10, K 50", "4e-2", (0, 1),
+                  **{"state-dtype": "bfloat16", "rank": "64", "residual": "sign",
+                     "residual-scale": "0.1", "row-warmup": "10", "refresh-every": "50"})
 
 
 PHASES = {"centre": centre_rows, "lr": lr_rows, "extend": extend_rows, "levers": lever_rows,
@@ -401,7 +465,10 @@ PHASES = {"centre": centre_rows, "lr": lr_rows, "extend": extend_rows, "levers":
           "seeds": seed_rows, "warmup": warmup_rows, "library_warmup": library_warmup_rows,
           "warmup_plain": warmup_plain_rows, "warmup_residual": warmup_residual_rows,
           "warmup_short": warmup_short_rows, "warmup_default_best": warmup_default_best_rows,
-          "rounding": rounding_rows, "refresh_warmup": refresh_warmup_rows}
+          "rounding": rounding_rows, "refresh_warmup": refresh_warmup_rows,
+          "select_warmup": select_warmup_rows, "rate_warmup": rate_warmup_rows,
+          "warmup_k50": warmup_k50_rows, "alpha_k50": alpha_k50_rows,
+          "k50_best": k50_best_rows}
 
 
 def plan(phases, done):

@@ -39,7 +39,7 @@
 // Major version: changes only with an incompatible ABI change.
 #define GRASS_VERSION_MAJOR 0
 
-#define GRASS_VERSION_MINOR 6
+#define GRASS_VERSION_MINOR 7
 
 #define GRASS_VERSION_PATCH 0
 

@@ -264,7 +264,7 @@ fn config_init_and_struct_size() {
         cfg.struct_size,
         std::mem::size_of::<grass_projection_config>()
     );
-    assert_eq!((cfg.rank, cfg.refresh_every, cfg.power), (0, 200, 2));
+    assert_eq!((cfg.rank, cfg.refresh_every, cfg.power), (0, 50, 2));
     assert_eq!(
         (cfg.method, cfg.scaling, cfg.side),
         (GRASS_METHOD_UNIFORM_NR, GRASS_SCALING_NONE, GRASS_SIDE_COLS)

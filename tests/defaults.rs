@@ -33,7 +33,7 @@ fn the_init_functions_return_the_measured_defaults() {
             GRASS_SCALING_NONE
         )
     );
-    assert_eq!((pc.refresh_every, pc.seed, pc.layer_id), (200, 0, 0));
+    assert_eq!((pc.refresh_every, pc.seed, pc.layer_id), (50, 0, 0));
     assert_eq!(
         (ac.beta1, ac.beta2, ac.eps, ac.weight_decay),
         (0.9, 0.999, 1e-8, 0.0)

@@ -12,7 +12,7 @@ use crate::ffi::types::*;
 
 /// Major version: changes only with an incompatible ABI change.
 pub const GRASS_VERSION_MAJOR: u32 = 0;
-pub const GRASS_VERSION_MINOR: u32 = 6;
+pub const GRASS_VERSION_MINOR: u32 = 7;
 pub const GRASS_VERSION_PATCH: u32 = 0;
 /// ABI generation. A library implements its own generation and, where CHANGELOG.md says so,
 /// the earlier ones it only adds to: ABI 4, 5 and 6 each add to the one before, so a caller

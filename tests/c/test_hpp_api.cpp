@@ -60,7 +60,7 @@ void configs() {
   // the library's defaults (rank 0: the rank rule)
   TK_CHECK(p.side() == grass::Side::Cols && p.rank() == 0 && p.power() == 2);
   TK_CHECK(p.method() == grass::Method::UniformNr && p.scaling() == grass::Scaling::None);
-  TK_CHECK(p.refresh_every() == 200 && p.seed() == 0 && p.layer_id() == 0);
+  TK_CHECK(p.refresh_every() == 50 && p.seed() == 0 && p.layer_id() == 0);
   p.side(grass::Side::Rows)
       .rank(5)
       .method(grass::Method::TopR)

@@ -119,7 +119,7 @@ class Config:
     # galore
     galore_rank: int = 0          # 0: match grass's optimizer-state bytes
     galore_scale: float = 0.25
-    galore_refresh_every: int = 0  # 0: grass's refresh_every
+    galore_refresh_every: int = 200  # optax's; 0 (a run saved by 0.6 or older): grass's K
     # grass_ref (research twin) only
     rank_alloc: str = "uniform"
     state_rounding: str = "nearest"
@@ -257,7 +257,8 @@ def build_parser():
                    help="default: the rank whose optimizer state matches grass's in bytes")
     q.add_argument("--galore-scale", type=_float(0, True), help="update scale (default 0.25)")
     q.add_argument("--galore-refresh-every", type=_positive_int,
-                   help="steps between SVDs (default: grass's --refresh-every)")
+                   help="steps between SVDs (default 200: optax.contrib.galore's, where "
+                        "GaLore was measured)")
     x = p.add_argument_group(
         "research (the optimizer grass_ref only: grass_jax.research, a jnp twin of grass on "
         "full gradients)")
@@ -377,6 +378,12 @@ def make_adamw(cfg: Config):
                        weight_decay=cfg.weight_decay)
 
 
+def galore_refresh_every(cfg: Config):
+    """Steps between GaLore's SVDs: its own period (200 unless --galore-refresh-every), or
+    grass's K for a run saved by 0.6 or older, which stored 0 for "grass's"."""
+    return cfg.galore_refresh_every or cfg.refresh_every
+
+
 def make_galore(cfg: Config, params, rank):
     import jax
     import optax
@@ -385,7 +392,7 @@ def make_galore(cfg: Config, params, rank):
     dims = jax.tree_util.tree_map_with_path(
         lambda path, leaf: GaLoreDimensionNumbers() if is_projected(path) else None, params)
     return galore(schedule_fn(cfg, cfg.lr["galore"]), rank=rank,
-                  update_proj_gap=cfg.galore_refresh_every or cfg.refresh_every,
+                  update_proj_gap=galore_refresh_every(cfg),
                   scale=cfg.galore_scale, weight_decay=cfg.weight_decay,
                   base_optimizer=optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2),
                   weight_dimension_numbers=dims)

@@ -147,6 +147,20 @@ def test_command_line_error_has_no_traceback():
     assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
+def test_galore_keeps_its_own_refresh_period():
+    """grass's K is the library's (50 since 0.7); GaLore's SVD period stays optax's 200 unless
+    given, and a config saved by 0.6 (0: "grass's") still gets grass's K."""
+    import dataclasses
+    from grass_jax import _lib
+    cfg = train.make_config({})
+    assert cfg.refresh_every == _lib.defaults()["refresh_every"] == 50
+    assert train.galore_refresh_every(cfg) == 200
+    assert train.galore_refresh_every(train.make_config({"galore_refresh_every": 30})) == 30
+    old = dataclasses.replace(cfg, galore_refresh_every=0, refresh_every=200)
+    assert train.galore_refresh_every(old) == 200
+    assert train.galore_refresh_every(dataclasses.replace(old, refresh_every=70)) == 70
+
+
 def test_short_run_scales_the_warmup(tmp_path, capsys):
     """--steps 10 without --warmup: the preset's warm-up (a tenth of its steps) scales down
     to one step instead of refusing the run; the schedule still reaches its peak."""

@@ -1024,7 +1024,7 @@ static void print_help(void) {
         "                                    sparse optimizers; adamw: everything dense AdamW\n"
         "  --steps N (1000)        --batch B (8)         --seed S (1)\n"
         "  --lr X (1e-3)           dense AdamW learning rate (every parameter with adamw)\n"
-        "  --grass-lr X (1e-2)     learning rate of the grass-projected matrices\n"
+        "  --grass-lr X (2e-2)     learning rate of the grass-projected matrices\n"
         "                          (both the best of a sweep: examples/README.md)\n"
         "  --warmup N (steps/20)   --min-lr-frac F (0.1)  cosine from lr to F*lr\n"
         "  --weight-decay X (0.1)  on matrices and embeddings   --clip X (1.0, 0 = off)\n"
@@ -1064,7 +1064,7 @@ static Options parse_args(int argc, char **argv) {
     Options o = {0};
     o.optimizer = "grass";
     o.steps = 1000, o.B = 8, o.T = 64, o.val_every = 100, o.val_batches = 8, o.warmup = -1;
-    o.lr = 1e-3f, o.grass_lr = 1e-2f, o.min_lr_frac = 0.1f, o.weight_decay = 0.1f;
+    o.lr = 1e-3f, o.grass_lr = 2e-2f, o.min_lr_frac = 0.1f, o.weight_decay = 0.1f;
     o.clip = 1.0f, o.val_frac = 0.1f, o.rank = 0, o.refresh_every = 0, o.seed = 1;
     o.row_warmup = -1;
     o.config = (Config){256, 64, 4, 4, 128};

@@ -388,11 +388,17 @@ def warmup_default_best_rows(done):
                                      "row-warmup": "10"})
 
 
+def screen_lr(done):
+    """grass's rate for the screens at the row warm-up: 4e-2 on the cpu preset, grass's best
+    plain rate on the long one."""
+    return "4e-2" if PRESET[1] == "cpu" else (grass_best_lr(done) or "3e-2")
+
+
 def rounding_rows(done):
     """bf16 moments at rank 64 (grass's f32 bytes at rank 32) in the research twin, rounded
     to nearest and stochastically: nearest rounding loses V's decay by beta2 = 0.999 (a change
     below half a bf16 ulp), which may be what bf16 moments cost on the cpu preset."""
-    lr = "4e-2" if PRESET[1] == "cpu" else (grass_best_lr(done) or "3e-2")
+    lr = screen_lr(done)
     over = {"state-dtype": "bfloat16", "rank": "64", "row-warmup": "10"}
     return [("seeds" if seed else "rounding",
              f"grass_ref lr {lr}, bf16 rank 64, row warm-up 10, {how} rounding"
@@ -403,7 +409,7 @@ def rounding_rows(done):
 
 def refresh_warmup_rows(done):
     """The refresh period and carry at the default row warm-up 10 (grass, the library)."""
-    lr = "4e-2" if PRESET[1] == "cpu" else (grass_best_lr(done) or "3e-2")
+    lr = screen_lr(done)
     row = lambda k, mode, seeds, lr=lr: seeded(
         "refresh_warmup", f"grass lr {lr}, row warm-up 10, K {k} {mode}", lr, seeds,
         **{"row-warmup": "10", "refresh-every": k, "refresh-mode": mode})
@@ -417,7 +423,7 @@ def refresh_warmup_rows(done):
 def select_warmup_rows(done):
     """The selection rule again at K 50 and the row warm-up 10 (uniform_nr was the best of
     five on the cpu preset at side auto, K 200, no warm-up): the norm-weighted ones, seeds 0, 1."""
-    lr = "4e-2" if PRESET[1] == "cpu" else (grass_best_lr(done) or "3e-2")
+    lr = screen_lr(done)
     return [r for method in ("multinomial_nr", "top_r")
             for r in seeded("select_warmup", f"grass lr {lr}, row warm-up 10, K 50 reset, {method}",
                             lr, (0, 1), method=method, **{"row-warmup": "10",
@@ -443,7 +449,7 @@ def rate_warmup_rows(done):
 
 def warmup_k50_rows(done):
     """The row warm-up's length again at K 50 (chosen at K 200): W 5 and 20, seeds 0, 1."""
-    lr = "4e-2" if PRESET[1] == "cpu" else (grass_best_lr(done) or "3e-2")
+    lr = screen_lr(done)
     return [r for w in ("5", "20")
             for r in seeded("warmup_k50", f"grass lr {lr}, row warm-up {w}, K 50 reset", lr,
                             (0, 1), **{"row-warmup": w, "refresh-every": "50"})]
@@ -453,7 +459,7 @@ def alpha_k50_rows(done):
     """The dense parameters' rate against the projected ones' at K 50 and the row warm-up 10:
     alpha 0.5 at half the rate and 0.125 at twice it (the projected step lr·alpha unchanged,
     the embedding, head and norms at half or twice the rate), seeds 0, 1."""
-    lr = 4e-2 if PRESET[1] == "cpu" else float(grass_best_lr(done) or "3e-2")
+    lr = float(screen_lr(done))
     return [r for alpha, f in (("0.5", 0.5), ("0.125", 2.0))
             for r in seeded("alpha_k50", f"grass lr {lr * f:g}, alpha {alpha}, row warm-up 10, "
                             f"K 50 reset", f"{lr * f:g}", (0, 1), alpha=alpha,

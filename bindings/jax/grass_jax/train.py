@@ -820,12 +820,11 @@ def _run(argv, created):
     else:
         resume = None
         cfg = make_config({k: v for k, v in given.items() if k not in run_only})
-    if "state_rounding" in given and "grass_ref" not in cfg.optimizers:
-        raise UsageError("--state-rounding applies to the research optimizer grass_ref only "
-                         "(add it to --optimizers; grass rounds to nearest)")
-    if "rank_alloc" in given and "grass_ref" not in cfg.optimizers:
-        raise UsageError("--rank-alloc applies to the research optimizer grass_ref only (add "
-                         "it to --optimizers; grass has no such option)")
+    for option in ("rank_alloc", "state_rounding"):  # the research group's options
+        if option in given and "grass_ref" not in cfg.optimizers:
+            flag = "--" + option.replace("_", "-")
+            raise UsageError(f"{flag} applies to the research optimizer grass_ref only (add "
+                             f"it to --optimizers; grass has no such option)")
     if cfg.residual not in ("none", "sign") and "grass" in cfg.optimizers:
         raise UsageError(f"--residual {cfg.residual}: grass (the library) has none and sign; "
                          f"{cfg.residual} is a research rule of grass_ref only (--optimizers "

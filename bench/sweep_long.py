@@ -62,6 +62,14 @@ Phases run on request (--phases ...), mostly for the cpu screen (--preset cpu):
   warmup_k50      the row warm-up 5 and 20 at K 50, seeds 0, 1
   alpha_k50       alpha 0.5 at half the rate and 0.125 at twice it (the same projected step,
                   the dense parameters' rate halved or doubled) at K 50, seeds 0, 1
+  second_moment   the twin with a lighter V at rank 64: one per selected row (Adam-mini) or
+                  Adafactor's factors, seeds 0, 1 (cpu)
+  cyclic          the twin's random reshuffling of the units (every unit once per cycle) at
+                  K 50 (cpu: also 25, 100), seeds 0, 1
+  moment_bytes    f32 moments at rank 64 (2x bytes, a diagnosis) and the twin's bf16 M beside
+                  f32 V at rank 42 (equal bytes), seeds 0, 1 (cpu)
+  rank_alpha      bf16 moments at rank 64 with alpha 0.177 (= 0.25/sqrt 2: rank 32's update
+                  norm) at the defaults' rate (cpu: and alpha 0.125; long: then 5e-2), seeds 0, 1
 """
 
 import argparse
@@ -475,6 +483,68 @@ def k50_best_rows(done):
                      "residual-scale": "0.1", "row-warmup": "10", "refresh-every": "50"})
 
 
+def second_moment_rows(done):
+    """A lighter second moment in the research twin (grass_ref --second-moment): one v per
+    selected row (Adam-mini-style) or Adafactor's factors, at rank 64 (the bytes of full f32
+    moments at rank 32, plus 4 bytes per row or column), at 0.7's defaults otherwise; the twin
+    at the defaults beside them; seeds 0, 1. Rates: the defaults' and a notch below (twice the
+    rank moves twice the rows per step)."""
+    lr = screen_lr(done)
+    k50 = {"row-warmup": "10", "refresh-every": "50"}
+    ref = lambda rid, rate, seeds, **over: [
+        ("seeds" if seed else "second_moment", f"grass_ref lr {rate}, K 50, W 10{rid}"
+         + (f", seed {seed}" if seed else ""), "grass_ref",
+         argv_for("grass_ref", rate, seed, **k50, **{k: v for k, v in over.items() if k != "sm"})
+         + (["--second-moment", over["sm"]] if "sm" in over else [])) for seed in seeds]
+    lower = {"4e-2": "3e-2", "3e-2": "2e-2"}.get(lr, f"{float(lr) * 0.75:g}")
+    return (ref(", rank 64, v per row", lr, (0, 1), rank="64", sm="row") +
+            ref(" (the twin of the defaults)", lr, (0, 1)) +
+            ref(", rank 64, v per row", lower, (0, 1), rank="64", sm="row") +
+            ref(", rank 64, factored v", lr, (0, 1), rank="64", sm="factored"))
+
+
+def cyclic_rows(done):
+    """Random reshuffling instead of independent refreshes (grass_ref --method cyclic: every
+    unit once per ceil(d/r) refreshes) at 0.7's defaults otherwise, seeds 0, 1; the twin at the
+    defaults (second_moment's rows) is the baseline. On the cpu preset also K 25 and 100."""
+    lr = screen_lr(done)
+    ks = ("50", "25", "100") if PRESET[1] == "cpu" else ("50",)
+    return [("seeds" if seed else "cyclic", f"grass_ref lr {lr}, K {k}, W 10, cyclic"
+             + (f", seed {seed}" if seed else ""), "grass_ref",
+             argv_for("grass_ref", lr, seed, method="cyclic",
+                      **{"row-warmup": "10", "refresh-every": k}))
+            for k in ks for seed in (0, 1)]
+
+
+def moment_bytes_rows(done):
+    """Where bf16 moments lose on the cpu preset: f32 moments at rank 64 (twice the bytes: a
+    diagnosis, not a candidate) against bf16 M beside f32 V at rank 42 (the twin; 6 bytes
+    per element: rank 32's bytes), at 0.7's defaults otherwise, seeds 0, 1."""
+    lr = screen_lr(done)
+    k50 = {"row-warmup": "10", "refresh-every": "50"}
+    return (seeded("moment_bytes", f"grass lr {lr}, K 50, W 10, f32 rank 64 (2x bytes)", lr,
+                   (0, 1), rank="64", **k50) +
+            [("seeds" if seed else "moment_bytes", f"grass_ref lr {lr}, K 50, W 10, rank 42, "
+              f"bf16 M, f32 V" + (f", seed {seed}" if seed else ""), "grass_ref",
+              argv_for("grass_ref", lr, seed, rank="42", **k50)
+              + ["--first-moment-dtype", "bfloat16"]) for seed in (0, 1)])
+
+
+def rank_alpha_rows(done):
+    """bf16 moments at rank 64 (equal bytes) with the projected step scaled down by alpha
+    instead of the learning rate: on the cpu preset f32 at rank 64 loses to rank 32 like
+    bf16 at rank 64 does (so it is the rank, not the precision), and a lower rate also slows
+    the dense parameters, whose rate is at its optimum (alpha_k50). alpha 0.125 and 0.177
+    (0.25 / sqrt 2: the projected update's norm of rank 32) at the defaults' rate, K 50, W 10,
+    seeds 0, 1 (long: alpha 0.177 at 4e-2, the defaults' best rate at K 50, then at 5e-2)."""
+    grid = [(screen_lr(done), "0.177"), (screen_lr(done), "0.125")] if PRESET[1] == "cpu" \
+        else [("4e-2", "0.177"), ("5e-2", "0.177")]
+    return [r for lr, a in grid for r in seeded(
+        "rank_alpha", f"grass lr {lr}, K 50, W 10, bf16 rank 64, alpha {a}", lr, (0, 1),
+        alpha=a, rank="64", **{"state-dtype": "bfloat16", "row-warmup": "10",
+                               "refresh-every": "50"})]
+
+
 PHASES = {"centre": centre_rows, "lr": lr_rows, "extend": extend_rows, "levers": lever_rows,
           "research": research_rows, "residual": residual_rows, "research2": research2_rows, "refresh": refresh_rows,
           "research_seeds": research_seed_rows, "defaults": defaults_rows,
@@ -486,7 +556,9 @@ PHASES = {"centre": centre_rows, "lr": lr_rows, "extend": extend_rows, "levers":
           "rounding": rounding_rows, "refresh_warmup": refresh_warmup_rows,
           "select_warmup": select_warmup_rows, "rate_warmup": rate_warmup_rows,
           "warmup_k50": warmup_k50_rows, "alpha_k50": alpha_k50_rows,
-          "k50_best": k50_best_rows}
+          "k50_best": k50_best_rows, "second_moment": second_moment_rows,
+          "cyclic": cyclic_rows, "moment_bytes": moment_bytes_rows,
+          "rank_alpha": rank_alpha_rows}
 
 
 def plan(phases, done):

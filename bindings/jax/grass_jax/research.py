@@ -25,6 +25,22 @@ library does not have yet:
                   a refresh zeroed ramps up over W steps instead of taking a full-size step
                   (m̂/√v̂ = ±1 per element at t = 1); 0: no warm-up; None: the library's
                   default, grass_adamw's.
+  method          the library's selection rules, and one of the twin's own:
+                  "cyclic" random reshuffling: each refresh takes the next r units of a random
+                         permutation of the d units (one permutation per ceil(d/r) refreshes,
+                         the last block wrapping to the permutation's start), so every unit
+                         is selected once per cycle instead of at random (uniform_nr leaves
+                         a unit out of 4 refreshes running with probability (1 - r/d)^4).
+  first_moment_dtype  M's dtype when it differs from V's (state_dtype): bf16 M beside f32 V
+                  takes 6 bytes per element instead of 8, a third more rank for the bytes.
+  second_moment   what V keeps for a selected row (a unit: a row, or a column on side cols):
+                  "full" one second moment per element (Adam's, the library's);
+                  "row"  one per selected unit, the EMA of its squared gradient's mean
+                         (Adam-mini's block-wise v, a unit being the block): V is r x 1
+                         instead of r x k, so the bytes of full V buy about twice the rank;
+                  "factored" Adafactor's rank-1 factors of the selected rows' v: an EMA of
+                         each unit's mean square (r) and of each column's mean square over
+                         the selected units (k), v ≈ row·col / mean(row).
   state_rounding  how f32 moments become bf16 ones (bf16 state only): "nearest" (round to
                   nearest even, the library's) or "stochastic" (up or down with the
                   probabilities that make the rounding unbiased), so V's decay by β2 = 0.999,
@@ -46,6 +62,19 @@ from . import _lib, ops
 RESIDUALS = ("none", "sign", "sgd", "fira")
 RANK_ALLOCS = ("uniform", "fraction")
 STATE_ROUNDINGS = ("nearest", "stochastic")
+SECOND_MOMENTS = ("full", "row", "factored")
+RESEARCH_METHODS = ("cyclic",)
+
+
+def cyclic_select(d, r, refresh_index, seed, layer_id):
+    """The r units of refresh `refresh_index` under "cyclic" (sorted, scales 1)."""
+    blocks = -(-d // r)
+    epoch = refresh_index // jnp.uint32(blocks)
+    slot = (refresh_index % jnp.uint32(blocks)).astype(jnp.int32)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), layer_id), epoch)
+    perm = jax.random.permutation(key, d)
+    idx = perm[(slot * r + jnp.arange(r, dtype=jnp.int32)) % d]
+    return jnp.sort(idx).astype(jnp.int32), jnp.ones((r,), jnp.float32)
 FIRA_LIMIT = 1.01
 
 
@@ -53,7 +82,7 @@ class RefLayerState(NamedTuple):
     indices: jax.Array        # i32[r]
     scales: jax.Array         # f32[r]
     m: jax.Array              # [r, k]
-    v: jax.Array              # [r, k]
+    v: jax.Array              # [r, k]; [r, 1] for second_moment "row", [r + k, 1] "factored"
     row_steps: jax.Array      # i32[r]
     refresh_count: jax.Array  # u32[]
     residual_norm: jax.Array  # f32[], the last residual step's norm (fira's limiter)
@@ -81,7 +110,8 @@ def grass_reference(learning_rate, *, grass_mask, rank, refresh_every=200,
                     method="uniform_nr", power=2, scaling="none", side="cols", seed=0,
                     b1=0.9, b2=0.999, eps=1e-8, alpha=0.25, refresh_mode="reset",
                     state_dtype=jnp.float32, dense=None, residual="none", residual_scale=1.0,
-                    rank_alloc="uniform", row_warmup=None, state_rounding="nearest"):
+                    rank_alloc="uniform", row_warmup=None, state_rounding="nearest",
+                    second_moment="full", first_moment_dtype=None):
     row_warmup = _lib.defaults()["row_warmup"] if row_warmup is None else row_warmup
     if row_warmup < 0:
         raise ValueError(f"row_warmup must be >= 0, got {row_warmup}")
@@ -90,20 +120,27 @@ def grass_reference(learning_rate, *, grass_mask, rank, refresh_every=200,
     if state_rounding not in STATE_ROUNDINGS:
         raise ValueError(f"state_rounding must be one of {STATE_ROUNDINGS}, "
                          f"got {state_rounding!r}")
+    if second_moment not in SECOND_MOMENTS:
+        raise ValueError(f"second_moment must be one of {SECOND_MOMENTS}, "
+                         f"got {second_moment!r}")
+    if second_moment == "factored" and refresh_mode == "carry":
+        raise ValueError("second_moment 'factored' keeps one column factor for all selected "
+                         "rows: refresh_mode must be 'reset'")
     if refresh_mode not in ("reset", "carry"):
         raise ValueError(f"refresh_mode must be 'reset' or 'carry', got {refresh_mode!r}")
     sched = learning_rate if callable(learning_rate) else (lambda c: learning_rate)
     dense = dense if dense is not None else optax.adamw(learning_rate, b1=b1, b2=b2)
     sdt = jnp.dtype(state_dtype)
+    mdt = sdt if first_moment_dtype is None else jnp.dtype(first_moment_dtype)
 
-    def to_state(x, key):
+    def to_state(x, key, dt=sdt):
         """f32 -> the moments' dtype; stochastic rounding for bf16 when asked."""
-        if sdt != jnp.bfloat16 or state_rounding == "nearest":
-            return x.astype(sdt)
+        if dt != jnp.bfloat16 or state_rounding == "nearest":
+            return x.astype(dt)
         bits = lax.bitcast_convert_type(x, jnp.uint32)
         noise = jax.random.bits(key, x.shape, jnp.uint32) & jnp.uint32(0xFFFF)
         up = lax.bitcast_convert_type((bits + noise) & jnp.uint32(0xFFFF0000), jnp.float32)
-        return jnp.where(jnp.isfinite(x), up, x).astype(sdt)
+        return jnp.where(jnp.isfinite(x), up, x).astype(dt)
 
     def split(params):
         leaves_p, treedef = jax.tree_util.tree_flatten_with_path(params)
@@ -120,6 +157,25 @@ def grass_reference(learning_rate, *, grass_mask, rank, refresh_every=200,
     def dense_view(tree_leaves, treedef, mask):
         return treedef.unflatten([None if g else x for x, g in zip(tree_leaves, mask)])
 
+    def v_shape(r, k):
+        # "factored": the r row factors, then the k column factors
+        return {"full": (r, k), "row": (r, 1), "factored": (r + k, 1)}[second_moment]
+
+    def second(v_old, gs):
+        """(new V in f32, v̂ before bias correction as an r x k or r x 1 array)."""
+        if second_moment == "full":
+            v = b2 * v_old + (1 - b2) * gs * gs
+            return v, v
+        if second_moment == "row":
+            v = b2 * v_old + (1 - b2) * jnp.mean(gs * gs, axis=1, keepdims=True)
+            return v, v
+        r = gs.shape[0]
+        sq = gs * gs
+        row = b2 * v_old[:r] + (1 - b2) * jnp.mean(sq, axis=1, keepdims=True)
+        col = b2 * v_old[r:, 0] + (1 - b2) * jnp.mean(sq, axis=0)
+        v = jnp.concatenate([row, col[:, None]], axis=0)
+        return v, row * col[None, :] / jnp.maximum(jnp.mean(row), 1e-30)
+
     def init(params):
         leaves, treedef, mask = split(params)
         geo = geometry(leaves, mask)
@@ -131,7 +187,8 @@ def grass_reference(learning_rate, *, grass_mask, rank, refresh_every=200,
             _, d, k, r = next(geo)
             layers.append(RefLayerState(
                 jnp.arange(r, dtype=jnp.int32), jnp.ones((r,), jnp.float32),
-                jnp.zeros((r, k), sdt), jnp.zeros((r, k), sdt), jnp.zeros((r,), jnp.int32),
+                jnp.zeros((r, k), mdt), jnp.zeros(v_shape(r, k), sdt),
+                jnp.zeros((r,), jnp.int32),
                 jnp.zeros((), jnp.uint32), jnp.zeros((), jnp.float32)))
         return RefState(jnp.zeros((), jnp.int32), treedef.unflatten(layers),
                         dense.init(dense_view(leaves, treedef, mask)))
@@ -142,15 +199,19 @@ def grass_reference(learning_rate, *, grass_mask, rank, refresh_every=200,
 
         def fresh(ls):
             scores = jnp.sqrt(jnp.sum(gt * gt, axis=1)).astype(jnp.float32)
-            idx, sc = ops.select(scores, ls.refresh_count, rank=r, method=method,
-                                 power=power, scaling=scaling, seed=seed, layer_id=layer_id)
+            if method == "cyclic":
+                idx, sc = cyclic_select(gt.shape[0], r, ls.refresh_count, seed, layer_id)
+            else:
+                idx, sc = ops.select(scores, ls.refresh_count, rank=r, method=method,
+                                     power=power, scaling=scaling, seed=seed,
+                                     layer_id=layer_id)
             if refresh_mode == "reset":
                 m = jnp.zeros_like(ls.m)
                 v = jnp.zeros_like(ls.v)
                 steps = jnp.zeros_like(ls.row_steps)
             else:  # carry the rows that stay selected, with their counts
                 match = (idx[:, None] == ls.indices[None, :]).astype(jnp.float32)
-                m = (match @ ls.m.astype(jnp.float32)).astype(sdt)
+                m = (match @ ls.m.astype(jnp.float32)).astype(mdt)
                 v = (match @ ls.v.astype(jnp.float32)).astype(sdt)
                 steps = jnp.round(match @ ls.row_steps.astype(jnp.float32)).astype(jnp.int32)
             return ls._replace(indices=idx, scales=sc, m=m, v=v, row_steps=steps,
@@ -160,8 +221,8 @@ def grass_reference(learning_rate, *, grass_mask, rank, refresh_every=200,
         gs = gt[ls.indices]
         t = (ls.row_steps + 1).astype(jnp.float32)[:, None]
         m = b1 * ls.m.astype(jnp.float32) + (1 - b1) * gs
-        v = b2 * ls.v.astype(jnp.float32) + (1 - b2) * gs * gs
-        u = (m / (1 - b1 ** t)) / (jnp.sqrt(v / (1 - b2 ** t)) + eps)
+        v, vhat = second(ls.v.astype(jnp.float32), gs)
+        u = (m / (1 - b1 ** t)) / (jnp.sqrt(vhat / (1 - b2 ** t)) + eps)
         step = lr * alpha
         ramp = jnp.minimum(1.0, t / row_warmup) if row_warmup > 0 else 1.0
         upd_sel = -step * ls.scales[:, None] * ramp * u
@@ -186,7 +247,7 @@ def grass_reference(learning_rate, *, grass_mask, rank, refresh_every=200,
         upd = upd.at[ls.indices].add(upd_sel)
         key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), layer_id), count)
         km, kv = jax.random.split(key)
-        ls = ls._replace(m=to_state(m, km), v=to_state(v, kv), row_steps=ls.row_steps + 1,
+        ls = ls._replace(m=to_state(m, km, mdt), v=to_state(v, kv), row_steps=ls.row_steps + 1,
                          residual_norm=res_norm)
         return upd, ls
 

@@ -123,6 +123,8 @@ class Config:
     # grass_ref (research twin) only
     rank_alloc: str = "uniform"
     state_rounding: str = "nearest"
+    second_moment: str = "full"
+    first_moment_dtype: str = ""  # "": the moments' --state-dtype
     memory: bool = False
 
     def model(self):
@@ -225,9 +227,12 @@ def build_parser():
     o.add_argument("--weight-decay", type=_float(0), help="decoupled weight decay (default 0)")
     o.add_argument("--b1", type=_float(0, False, 1, True), help="Adam beta1 (default 0.9)")
     o.add_argument("--b2", type=_float(0, False, 1, True), help="Adam beta2 (default 0.999)")
+    from .research import (RANK_ALLOCS, RESEARCH_METHODS, RESIDUALS, SECOND_MOMENTS,
+                           STATE_ROUNDINGS)
     s = p.add_argument_group("grass (defaults: grass_adamw's own)")
     s.add_argument("--rank", type=_positive_int, help="rows kept per weight, r (preset)")
-    s.add_argument("--method", choices=sorted(_lib.METHODS), help=f"row selection ({g['method']})")
+    s.add_argument("--method", choices=sorted(_lib.METHODS) + list(RESEARCH_METHODS),
+                   help=f"row selection ({g['method']}; cyclic: grass_ref only)")
     s.add_argument("--power", type=int, choices=(1, 2), help=f"score power p ({g['power']})")
     s.add_argument("--scaling", choices=sorted(_lib.SCALINGS), help=f"({g['scaling']})")
     s.add_argument("--side", choices=sorted(_lib.SIDES), help=f"projected side ({g['side']})")
@@ -243,7 +248,6 @@ def build_parser():
     s.add_argument("--row-warmup", type=_nonneg_int,
                    help=f"W: a state row's step is scaled by min(1, t/W), t its Adam steps "
                         f"since a refresh zeroed it; 0: off ({g['row_warmup']})")
-    from .research import RANK_ALLOCS, RESIDUALS, STATE_ROUNDINGS
     s.add_argument("--residual", choices=RESIDUALS,
                    help=f"update of the rows not selected: none (GRASS), sign (FRUGAL's "
                         f"signSGD, in the library: one more weight-gradient GEMM per step); "
@@ -268,6 +272,13 @@ def build_parser():
     x.add_argument("--state-rounding", choices=STATE_ROUNDINGS,
                    help="f32 -> bf16 moments (--state-dtype bfloat16): nearest, or stochastic "
                         "(unbiased) rounding (default nearest)")
+    x.add_argument("--second-moment", choices=SECOND_MOMENTS,
+                   help="Adam's v for the selected rows: full (one per element), row (one per "
+                        "selected row, Adam-mini-style: about twice the rank for the same "
+                        "bytes) or factored (Adafactor's row and column factors) "
+                        "(default full)")
+    x.add_argument("--first-moment-dtype", choices=("float32", "bfloat16"),
+                   help="M's dtype when it differs from V's (default: --state-dtype)")
     r = p.add_argument_group("output and checkpoints")
     r.add_argument("--out", help="folder for results.json, results.md, curves.png "
                                  "(default grass_train_out)")
@@ -369,7 +380,8 @@ def make_grass_ref(cfg: Config):
         b1=cfg.b1, b2=cfg.b2, alpha=cfg.alpha, refresh_mode=cfg.refresh_mode,
         state_dtype=jnp.dtype(cfg.state_dtype), dense=dense, residual=cfg.residual,
         residual_scale=cfg.residual_scale, rank_alloc=cfg.rank_alloc,
-        row_warmup=cfg.row_warmup, state_rounding=cfg.state_rounding)
+        row_warmup=cfg.row_warmup, state_rounding=cfg.state_rounding,
+        second_moment=cfg.second_moment, first_moment_dtype=cfg.first_moment_dtype or None)
 
 
 def make_adamw(cfg: Config):
@@ -820,11 +832,15 @@ def _run(argv, created):
     else:
         resume = None
         cfg = make_config({k: v for k, v in given.items() if k not in run_only})
-    for option in ("rank_alloc", "state_rounding"):  # the research group's options
+    for option in ("rank_alloc", "state_rounding", "second_moment", "first_moment_dtype"):
         if option in given and "grass_ref" not in cfg.optimizers:
             flag = "--" + option.replace("_", "-")
             raise UsageError(f"{flag} applies to the research optimizer grass_ref only (add "
                              f"it to --optimizers; grass has no such option)")
+    from .research import RESEARCH_METHODS
+    if cfg.method in RESEARCH_METHODS and "grass" in cfg.optimizers:
+        raise UsageError(f"--method {cfg.method} is a research rule of grass_ref only "
+                         f"(--optimizers grass_ref)")
     if cfg.residual not in ("none", "sign") and "grass" in cfg.optimizers:
         raise UsageError(f"--residual {cfg.residual}: grass (the library) has none and sign; "
                          f"{cfg.residual} is a research rule of grass_ref only (--optimizers "
@@ -868,7 +884,10 @@ def _run(argv, created):
           f"{cfg.heads} heads, SwiGLU {cfg.ffn}, {cfg.seq_len}-byte sequences, batch "
           f"{cfg.batch}, {cfg.steps} steps on {jax.devices()[0].platform}", flush=True)
 
-    grass_bytes = state_bytes(make_grass(cfg).init, params0)
+    # grass's bytes do not depend on the selection rule (a research one is the twin's alone)
+    grass_bytes = state_bytes(make_grass(dataclasses.replace(
+        cfg, method=cfg.method if cfg.method not in RESEARCH_METHODS else "uniform_nr")).init,
+        params0)
     galore_rank = cfg.galore_rank
     if "galore" in cfg.optimizers:
         if not galore_rank:

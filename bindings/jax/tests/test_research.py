@@ -10,7 +10,7 @@ import pytest
 
 import grass_jax as gj
 from grass_jax import ops
-from grass_jax.research import allocate_ranks, grass_reference
+from grass_jax.research import allocate_ranks, cyclic_select, grass_reference
 import model
 
 
@@ -153,3 +153,68 @@ def test_stochastic_rounding_keeps_the_second_moment_decaying(state_rounding):
         assert np.mean(v != v0) > 0.99
     with pytest.raises(ValueError, match="state_rounding"):
         grass_reference(1e-3, grass_mask={"w": True}, rank=8, state_rounding="up")
+
+
+@pytest.mark.parametrize("second_moment", ["full", "row", "factored"])
+def test_second_moment_rules_match_numpy(second_moment):
+    """Two steps of one weight, every row selected (side rows, top_r, no warm-up): the update
+    is -lr·alpha·m̂/(√v̂ + eps) with v̂ Adam's per element, one per row (the mean square of the
+    row's gradient) or Adafactor's row x column / mean(row); V holds r x k, r x 1 or r + k
+    numbers."""
+    rng = np.random.default_rng(4)
+    r, k, lr, alpha, b1, b2, eps = 6, 10, 1e-2, 0.25, 0.9, 0.999, 1e-8
+    gs = [rng.normal(size=(r, k)) * rng.uniform(0.1, 3.0, size=(r, 1)) for _ in range(2)]
+    opt = grass_reference(lr, grass_mask={"w": True}, rank=r, refresh_every=100, row_warmup=0,
+                          method="top_r", side="rows", alpha=alpha, second_moment=second_moment)
+    p = {"w": jnp.zeros((r, k), jnp.float32)}
+    s = opt.init(p)
+    assert s.layers["w"].v.shape == {"full": (r, k), "row": (r, 1),
+                                     "factored": (r + k, 1)}[second_moment]
+    m = np.zeros((r, k))
+    v = np.zeros((r, k)) if second_moment == "full" else None
+    row, col = np.zeros((r, 1)), np.zeros((1, k))
+    for t, g in enumerate(gs, 1):
+        u, s = opt.update({"w": jnp.asarray(g, jnp.float32)}, s, p)
+        m = b1 * m + (1 - b1) * g
+        if second_moment == "full":
+            v = b2 * v + (1 - b2) * g * g
+            vhat = v
+        else:
+            row = b2 * row + (1 - b2) * np.mean(g * g, axis=1, keepdims=True)
+            col = b2 * col + (1 - b2) * np.mean(g * g, axis=0, keepdims=True)
+            vhat = row if second_moment == "row" else row * col / row.mean()
+        want = -lr * alpha * (m / (1 - b1 ** t)) / (np.sqrt(vhat / (1 - b2 ** t)) + eps)
+        np.testing.assert_allclose(np.asarray(u["w"]), want, rtol=2e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="second_moment"):
+        grass_reference(1e-3, grass_mask={"w": True}, rank=8, second_moment="diag")
+    with pytest.raises(ValueError, match="refresh_mode must be 'reset'"):
+        grass_reference(1e-3, grass_mask={"w": True}, rank=8, second_moment="factored",
+                        refresh_mode="carry")
+
+
+@pytest.mark.parametrize("d, r", [(12, 4), (10, 4), (7, 7)])
+def test_cyclic_selects_every_unit_once_per_cycle(d, r):
+    """Each refresh takes r distinct sorted units; over a cycle of ceil(d/r) refreshes every
+    unit is taken (exactly once when r divides d), and the next cycle draws a new order."""
+    blocks = -(-d // r)
+    cycles = []
+    for c in range(2):
+        seen = []
+        for slot in range(blocks):
+            idx, sc = cyclic_select(d, r, jnp.uint32(c * blocks + slot), 5, 2)
+            idx = np.asarray(idx)
+            assert len(set(idx)) == r and np.all(np.diff(idx) > 0) and np.all(sc == 1)
+            seen += list(idx)
+        assert set(seen) == set(range(d))
+        if d % r == 0:
+            assert sorted(seen) == list(range(d))
+        cycles.append(seen)
+    if r < d:
+        assert cycles[0] != cycles[1]
+
+
+def test_first_moment_dtype_keeps_m_in_bf16_beside_f32_v():
+    opt = grass_reference(1e-3, grass_mask={"w": True}, rank=4, side="rows",
+                          first_moment_dtype=jnp.bfloat16)
+    s = opt.init({"w": jnp.zeros((8, 16), jnp.float32)})
+    assert s.layers["w"].m.dtype == jnp.bfloat16 and s.layers["w"].v.dtype == jnp.float32

@@ -112,6 +112,11 @@ def test_resumed_run_is_bit_identical(tmp_path, capsys):
     (["--rank-alloc", "fraction"], "--rank-alloc applies to the research optimizer grass_ref only"),
     (["--state-rounding", "stochastic"],
      "--state-rounding applies to the research optimizer grass_ref only"),
+    (["--second-moment", "row"],
+     "--second-moment applies to the research optimizer grass_ref only"),
+    (["--first-moment-dtype", "bfloat16"],
+     "--first-moment-dtype applies to the research optimizer grass_ref only"),
+    (["--method", "cyclic"], "--method cyclic is a research rule of grass_ref only"),
     (["--row-warmup", "-2"], "--row-warmup"),
     (["--seq-len", "100000000"], "--seq-len 100000000 is longer than the training text"),
 ])

@@ -1,7 +1,9 @@
 """Saving and restoring optimizer state (or any pytree of arrays) with numpy's .npz format.
 
 The file holds the leaves in flattened order; the structure comes from `like` (e.g. a fresh
-`opt.init(params)`) on load, and every leaf's shape and dtype are checked against it."""
+`opt.init(params)`) on load, and every leaf's shape and dtype are checked against it. numpy
+has no bfloat16: .npz stores a bf16 leaf's bits as 2-byte void, read back as bf16 where `like`
+has bf16."""
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +25,8 @@ def load_state(path, like):
         for i, ref in enumerate(leaves):
             a = f[f"leaf_{i:05d}"]
             want = jnp.asarray(ref).dtype
+            if want == jnp.bfloat16 and a.dtype.kind == "V" and a.dtype.itemsize == 2:
+                a = a.view(jnp.bfloat16)  # .npz keeps bf16's bits under numpy's void type
             if a.shape != jnp.shape(ref) or a.dtype != want:
                 hint = ""
                 if a.shape == () and a.dtype == np.int32 and want == jnp.int32 and \

@@ -76,9 +76,8 @@ using example::Rng;
 constexpr int kVocab = 256, kEmbed = 64, kHidden = 256;
 constexpr int64_t kRank1 = 16, kRank2 = 32;
 constexpr float kLr = 0.01f;
-// The projected layers' step is scaled by the library's default alpha (0.25), so they take a
-// learning rate 4x the dense one: the same step size as AdamW's at kLr.
-constexpr float kGrassLr = 0.04f;
+// The projected layers' step is scaled by the library's alpha (default 0.177), so they take
+// the learning rate kLr / alpha: the same step size as AdamW's at kLr.
 
 // ---- data ------------------------------------------------------------------------------------
 
@@ -516,7 +515,7 @@ class Trainer {
       ctx_.sparse_adamw_step(adamw_, layer->m, layer->n, layer->side.side, layer->r(),
                              grass::Dtype::F32, layer->w->get(), sel.indices, sel.scales,
                              layer->g.get(), layer->m_state.get(), layer->v_state.get(),
-                             layer->row_steps.get(), kGrassLr, nullptr, nullptr,
+                             layer->row_steps.get(), kLr / adamw_.alpha(), nullptr, nullptr,
                              layer->workspace.get(), layer->workspace.size(), stream_);
       layer->projection.advance();
     }

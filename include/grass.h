@@ -39,15 +39,15 @@
 // Major version: changes only with an incompatible ABI change.
 #define GRASS_VERSION_MAJOR 0
 
-#define GRASS_VERSION_MINOR 7
+#define GRASS_VERSION_MINOR 8
 
 #define GRASS_VERSION_PATCH 0
 
 // ABI generation. A library implements its own generation and, where CHANGELOG.md says so,
-// the earlier ones it only adds to: ABI 4, 5 and 6 each add to the one before, so a caller
-// built against ABI 3, 4 or 5 runs unchanged. Check `grass_abi_version() >= GRASS_ABI_VERSION` (grass.hpp's
+// the earlier ones it only adds to: ABI 4, 5, 6 and 7 each add to the one before, so a caller
+// built against ABI 3, 4, 5 or 6 runs unchanged. Check `grass_abi_version() >= GRASS_ABI_VERSION` (grass.hpp's
 // `grass::abi_compatible()`).
-#define GRASS_ABI_VERSION 6
+#define GRASS_ABI_VERSION 7
 
 // Result of every fallible call. Numbers are stable: 1–99 are mistakes of the caller,
 // 100–199 problems of the environment (device, driver, memory), 200+ faults inside grass.
@@ -122,7 +122,7 @@ typedef struct grass_projection_config {
   // Default `GRASS_SIDE_COLS`.
   grass_side side;
   // Projection rank r, 1 <= r <= projected dimension d; 0 (the default) picks the rank
-  // rule's r for the layer's d (`grass_default_rank`: d/4 rounded to a multiple of 8).
+  // rule's r for the layer's d (`grass_default_rank`: d/2 rounded to a multiple of 8).
   int64_t rank;
   // Default `GRASS_METHOD_UNIFORM_NR`.
   grass_method method;
@@ -163,17 +163,26 @@ typedef struct grass_adamw_config {
   // Default `GRASS_DECAY_SELECTED` (the dense step decays every element unless OFF).
   grass_decay_mode decay_mode;
   // Scale α of the projected update (multiplies the step of every selected row). Default
-  // 0.25, which wants a learning rate about 10-20x AdamW's (docs/api.md).
+  // 0.177 (0.25 until 0.8), which wants a learning rate about 10-20x AdamW's (docs/api.md).
   float alpha;
   // Default `GRASS_REFRESH_RESET`.
   grass_refresh_mode refresh_mode;
-  // `GRASS_DTYPE_F32` (default) or `GRASS_DTYPE_BF16`.
+  // The GRASS layers' moments (M and V of a sparse optimizer): `GRASS_DTYPE_BF16` (default
+  // since 0.8: at the rank rule's d/2 they take the bytes of f32 moments at d/4) or
+  // `GRASS_DTYPE_F32`. Dense optimizers use `dense_state_dtype`.
   grass_dtype state_dtype;
   // Warm-up W of each state row's step after its moments were zeroed: the step of row j is
   // scaled by min(1, t_j / W), t_j its step count since then (1 on its first step); 0 turns
   // it off. Default 10. Since ABI 6 (an ABI 5 caller's smaller `struct_size` gets the
   // default).
   int32_t row_warmup;
+  // The moments' dtype of a dense optimizer (`grass_optimizer_create_dense`, and the AdamW
+  // and GaLore states of `grass_memory_plan`): `GRASS_DTYPE_F32` (default) or
+  // `GRASS_DTYPE_BF16`; `state_dtype` is the GRASS layers'. Since ABI 7: an older caller's
+  // smaller `struct_size` keeps its rule, dense moments of `state_dtype`.
+  grass_dtype dense_state_dtype;
+  // Must be 0 (room for a later field).
+  int32_t reserved;
 } grass_adamw_config;
 
 // Kind of a context's device: one of `GRASS_DEVICE_*`.
@@ -411,7 +420,7 @@ grass_status grass_adamw_config_init(struct grass_adamw_config *config);
 grass_status grass_adamw_config_init_sized(struct grass_adamw_config *config, size_t struct_size);
 
 // The rank rule: writes the rank a projection of projected dimension `d` gets when its
-// config's `rank` is 0 (the default): d/4 rounded to the nearest multiple of 8 (ties up), at
+// config's `rank` is 0 (the default): d/2 rounded to the nearest multiple of 8 (ties up), at
 // least 8 and never above d (so d <= 8 gives d itself, a projection without memory saving).
 // `d` within the size limits. Bindings and `grass_memory_plan` callers use it to state the
 // rank they will get.
@@ -451,7 +460,9 @@ grass_status grass_context_reserve_workspace(const struct grass_context *ctx, si
 
 // Plans the memory of training a model on this context before any handle exists: `layers`
 // (`layer_count` descriptions) with X and dY of at most `max_tokens` rows per backward call,
-// the optimizer states at `adamw_config->state_dtype`. GRASS's numbers are what this
+// GRASS layers' moments at `adamw_config->state_dtype`, dense parameters' and AdamW's and
+// GaLore's at `adamw_config->dense_state_dtype` (`state_dtype` for an ABI 6 or older caller's
+// config, which has no such field). GRASS's numbers are what this
 // library's handles would hold on this context (`grass_handle_bytes` equals the sum of their
 // `memory_bytes`, `grass_workspace_bytes` what the context's shared workspace grows to);
 // AdamW's and GaLore's are computed from their definitions, counted the same way (see
@@ -743,7 +754,8 @@ grass_status grass_optimizer_create_sparse(const struct grass_context *ctx,
                                            grass_dtype w_dtype,
                                            struct grass_optimizer **optimizer_out);
 
-// Creates a plain AdamW optimizer for a dense parameter of `numel` elements.
+// Creates a plain AdamW optimizer for a dense parameter of `numel` elements (moments of
+// `adamw_config->dense_state_dtype`).
 grass_status grass_optimizer_create_dense(const struct grass_context *ctx,
                                           const struct grass_adamw_config *adamw_config,
                                           int64_t numel,
@@ -975,7 +987,8 @@ grass_status grass_projection_selection(const struct grass_projection *projectio
 
 #endif  /* GRASS_H */
 
-/* grass_adamw_config grew in ABI 6 (row_warmup): the init call fills the release of the struct
+/* grass_adamw_config grew in ABI 6 (row_warmup) and ABI 7 (dense_state_dtype, reserved): the
+ * init call fills the release of the struct
  * the caller was compiled with. Programs built against ABI 3-5 call the function
  * grass_adamw_config_init (their 40-byte release); this header's callers reach
  * grass_adamw_config_init_sized with their sizeof. */

@@ -276,7 +276,7 @@ fn config_init_and_struct_size() {
     .unwrap();
     assert_eq!(
         (a.beta1, a.beta2, a.eps, a.weight_decay, a.alpha),
-        (0.9, 0.999, 1e-8, 0.0, 0.25)
+        (0.9, 0.999, 1e-8, 0.0, 0.177)
     );
     let scores = [1.0f32; 8];
     let (mut idx, mut sc, mut ws) = (vec![-1i32; 4], vec![0f32; 4], vec![0u8; 1 << 16]);

@@ -42,9 +42,9 @@ fn the_init_functions_return_the_measured_defaults() {
         (ac.decay_mode, ac.alpha, ac.refresh_mode, ac.state_dtype),
         (
             GRASS_DECAY_SELECTED,
-            0.25,
+            0.177,
             GRASS_REFRESH_RESET,
-            GRASS_DTYPE_F32
+            GRASS_DTYPE_BF16
         )
     );
     assert_eq!(ac.row_warmup, 10);
@@ -66,7 +66,8 @@ fn the_adamw_config_init_fills_the_callers_release() {
         (old.beta1, old.alpha, old.state_dtype),
         (new.beta1, new.alpha, new.state_dtype)
     );
-    for known in [40usize, size] {
+    assert_eq!(size, 56, "ABI 7's release");
+    for known in [40usize, 48, size] {
         let mut words = [u64::MAX; 8];
         check(unsafe { grass_adamw_config_init_sized(words.as_mut_ptr().cast(), known) }).unwrap();
         assert_eq!(words[0] as usize, known);
@@ -84,14 +85,14 @@ fn the_adamw_config_init_fills_the_callers_release() {
     check(unsafe { grass_adamw_config_init_sized(&mut c, size) }).unwrap();
     let d = grass_adamw_config::defaults();
     assert_eq!((c.row_warmup, c.alpha), (d.row_warmup, d.alpha));
-    for bad in [0usize, 8, 44, size + 8] {
+    for bad in [0usize, 8, 44, 52, size + 8] {
         let mut words = [u64::MAX; 8];
         assert_eq!(
             unsafe { grass_adamw_config_init_sized(words.as_mut_ptr().cast(), bad) },
             grass_status::GRASS_ERROR_STRUCT_SIZE
         );
         assert!(
-            last_error().contains(&format!("(40, {size})")),
+            last_error().contains(&format!("(40, 48, {size})")),
             "{}",
             last_error()
         );
@@ -133,15 +134,15 @@ fn an_abi_5_adamw_config_gets_the_default_row_warmup() {
     assert_ne!(w, vec![1f32; m * n]);
 }
 
-/// An independent statement of the rule: the multiple of 8 nearest to d/4 (ties up), at least
+/// An independent statement of the rule: the multiple of 8 nearest to d/2 (ties up), at least
 /// 8, at most d.
 fn rule(d: i64) -> i64 {
-    let r = ((d as f64 / 32.0) + 0.5).floor() as i64 * 8;
+    let r = ((d as f64 / 16.0) + 0.5).floor() as i64 * 8;
     r.max(8).min(d)
 }
 
 #[test]
-fn default_rank_is_a_quarter_of_d_in_multiples_of_8() {
+fn default_rank_is_half_of_d_in_multiples_of_8() {
     for d in (1..3000).chain([4096, 5120, 11008, 13824, i32::MAX as i64]) {
         let mut r = -1;
         check(unsafe { grass_default_rank(d, &mut r) }).unwrap();
@@ -149,7 +150,7 @@ fn default_rank_is_a_quarter_of_d_in_multiples_of_8() {
     }
     let mut r = -1;
     check(unsafe { grass_default_rank(128, &mut r) }).unwrap();
-    assert_eq!(r, 32, "the trainer's cpu preset: r = 32 on d = 128");
+    assert_eq!(r, 64, "the trainer's cpu preset: r = 64 on d = 128");
     for d in [0i64, -3, i32::MAX as i64 + 1] {
         let mut r = -1;
         assert_eq!(
@@ -286,4 +287,59 @@ fn abi_3_info_structs_are_still_accepted() {
         assert!(last_error().contains("(48, 56)"), "{}", last_error());
     }
     unsafe { grass_optimizer_destroy(o) };
+}
+
+/// ABI 7: a dense optimizer keeps the moments of `dense_state_dtype` (f32 by default, while the
+/// GRASS layers' `state_dtype` defaults to bf16); an ABI 6 caller's 48-byte config, which has
+/// no such field, keeps its rule (dense moments of `state_dtype`) whatever its padding holds;
+/// a bad `dense_state_dtype` or a nonzero `reserved` is refused, naming the field.
+#[test]
+fn dense_optimizers_keep_the_moments_of_dense_state_dtype() {
+    let ctx = Ctx::cpu();
+    let d = grass_adamw_config::defaults();
+    assert_eq!((d.state_dtype, d.dense_state_dtype, d.reserved), (GRASS_DTYPE_BF16, GRASS_DTYPE_F32, 0));
+    let dense_bytes = |cfg: &grass_adamw_config| -> Result<usize, String> {
+        let mut o = ptr::null_mut();
+        let st = unsafe {
+            grass_optimizer_create_dense(ctx.0, cfg, 10, GRASS_DTYPE_F32, GRASS_DTYPE_F32, &mut o)
+        };
+        if st != grass_status::GRASS_OK {
+            assert!(o.is_null());
+            return Err(last_error());
+        }
+        let mut bytes = 0usize;
+        check(unsafe { grass_optimizer_state_size(o, &mut bytes) }).unwrap();
+        unsafe { grass_optimizer_destroy(o) };
+        Ok(bytes)
+    };
+    let f32_bytes = dense_bytes(&d).unwrap();
+    let bf16 = grass_adamw_config { dense_state_dtype: GRASS_DTYPE_BF16, ..d };
+    assert_eq!(f32_bytes - dense_bytes(&bf16).unwrap(), 2 * 10 * 2);
+    // ABI 6: 48 bytes, the padding after row_warmup (where dense_state_dtype now is) garbage
+    let abi6 = grass_adamw_config {
+        struct_size: 48,
+        state_dtype: GRASS_DTYPE_BF16,
+        dense_state_dtype: 0x7777,
+        reserved: 0x7777,
+        ..d
+    };
+    assert_eq!(dense_bytes(&abi6).unwrap(), dense_bytes(&bf16).unwrap());
+    let abi6_f32 = grass_adamw_config { state_dtype: GRASS_DTYPE_F32, ..abi6 };
+    assert_eq!(dense_bytes(&abi6_f32).unwrap(), f32_bytes);
+    let f16 = grass_adamw_config { dense_state_dtype: GRASS_DTYPE_F16, ..d };
+    let msg = dense_bytes(&f16).unwrap_err();
+    assert!(msg.contains("dense_state_dtype = f16"), "{msg}");
+    let reserved = grass_adamw_config { reserved: 3, ..d };
+    let msg = dense_bytes(&reserved).unwrap_err();
+    assert!(msg.contains("config->reserved = 3 must be 0"), "{msg}");
+    // the GRASS layers keep state_dtype's moments whatever dense_state_dtype says
+    let pc = grass_projection_config { rank: 8, ..grass_projection_config::defaults() };
+    let sparse = |cfg: &grass_adamw_config| {
+        let o = sparse_optimizer(&ctx, &pc, cfg, 16, 32, 4).unwrap();
+        let mut bytes = 0usize;
+        check(unsafe { grass_optimizer_state_size(o, &mut bytes) }).unwrap();
+        unsafe { grass_optimizer_destroy(o) };
+        bytes
+    };
+    assert_eq!(sparse(&d), sparse(&bf16));
 }

@@ -240,7 +240,7 @@ fn sparse_opt(
 
 fn dense_opt(ctx: *const grass_context, numel: i64, state: grass_dtype) -> Opt {
     let mut ac = adamw();
-    ac.state_dtype = state;
+    ac.dense_state_dtype = state;
     let mut o = ptr::null_mut();
     check(unsafe {
         grass_optimizer_create_dense(ctx, &ac, numel, GRASS_DTYPE_F32, GRASS_DTYPE_F32, &mut o)
@@ -311,7 +311,14 @@ fn a_handle_holds_its_state_and_at_most_1_mib_more() {
 /// The plan of a scaled-down model equals what its handles hold plus the context's workspace.
 #[test]
 fn memory_plan_adds_up_to_the_handles_and_the_workspace() {
-    for state in [GRASS_DTYPE_F32, GRASS_DTYPE_BF16] {
+    // (GRASS layers' state_dtype, dense_state_dtype: dense parameters', AdamW's and GaLore's)
+    let dtypes = [
+        (GRASS_DTYPE_F32, GRASS_DTYPE_F32),
+        (GRASS_DTYPE_BF16, GRASS_DTYPE_BF16),
+        (GRASS_DTYPE_BF16, GRASS_DTYPE_F32),
+        (GRASS_DTYPE_F32, GRASS_DTYPE_BF16),
+    ];
+    for (state, dense) in dtypes {
         let ctx = Ctx::cpu();
         let b = 96i64;
         // (m, n, rank, side, count); rank 0 = dense parameter of m x n elements
@@ -337,6 +344,7 @@ fn memory_plan_adds_up_to_the_handles_and_the_workspace() {
             .collect();
         let mut ac = adamw();
         ac.state_dtype = state;
+        ac.dense_state_dtype = dense;
         let mut rep = grass_memory_report {
             struct_size: std::mem::size_of::<grass_memory_report>(),
             ..Default::default()
@@ -348,7 +356,7 @@ fn memory_plan_adds_up_to_the_handles_and_the_workspace() {
         for &(m, n, rank, side, count) in &model {
             for _ in 0..count {
                 handles.push(if rank == 0 {
-                    dense_opt(ctx.0, m * n, state)
+                    dense_opt(ctx.0, m * n, dense)
                 } else {
                     sparse_opt(ctx.0, m, n, rank, side, b, GRASS_DTYPE_BF16, state)
                 });
@@ -356,8 +364,8 @@ fn memory_plan_adds_up_to_the_handles_and_the_workspace() {
         }
         let held: i64 = handles.iter().map(|o| info(o).memory_bytes).sum();
         let ws = workspace_bytes(&ctx) as i64;
-        assert_eq!(rep.grass_handle_bytes, held, "state {state}");
-        assert_eq!(rep.grass_workspace_bytes, ws, "state {state}");
+        assert_eq!(rep.grass_handle_bytes, held, "state {state}, dense {dense}");
+        assert_eq!(rep.grass_workspace_bytes, ws, "state {state}, dense {dense}");
         assert_eq!(
             rep.grass_state_bytes + rep.grass_selection_bytes + rep.grass_gradient_bytes
                 - rep.grass_handle_bytes,
@@ -366,7 +374,7 @@ fn memory_plan_adds_up_to_the_handles_and_the_workspace() {
         );
         let weights: i64 = model.iter().map(|&(m, n, _, _, c)| 2 * m * n * c).sum();
         assert_eq!(rep.weight_bytes, weights);
-        let s = if state == GRASS_DTYPE_F32 { 4 } else { 2 };
+        let s = if dense == GRASS_DTYPE_F32 { 4 } else { 2 };
         assert_eq!(rep.adamw_state_bytes, weights / 2 * 2 * s);
         assert_eq!(rep.adamw_gradient_bytes, weights);
         assert_eq!(
@@ -384,7 +392,18 @@ fn memory_plan_adds_up_to_the_handles_and_the_workspace() {
             .map(|&(m, n, r, side, c)| resolve(m, n, side).0 as i64 * r * 2 * c)
             .sum();
         assert_eq!(rep.galore_projection_bytes, galore_proj);
-        assert!(rep.grass_total_bytes < rep.galore_total_bytes);
+        // GaLore's moments: 2 r k per projected weight, 2 numel per dense one, at dense's dtype
+        let galore_states: i64 = model
+            .iter()
+            .map(|&(m, n, r, side, c)| {
+                2 * c * s * if r > 0 { r * resolve(m, n, side).1 as i64 } else { m * n }
+            })
+            .sum();
+        assert_eq!(rep.galore_state_bytes, galore_states, "state {state}, dense {dense}");
+        if !(state == GRASS_DTYPE_F32 && dense == GRASS_DTYPE_BF16) {
+            // (f32 GRASS moments against bf16 GaLore ones at the same rank can hold more)
+            assert!(rep.grass_total_bytes < rep.galore_total_bytes);
+        }
         assert!(rep.galore_total_bytes < rep.adamw_total_bytes);
     }
 }

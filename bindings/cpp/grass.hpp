@@ -147,7 +147,7 @@ inline void check(grass_status status) {
 }
 
 // The rank rule: the rank a projection of projected dimension `d` gets when its config's rank
-// is 0 (the default): d/4 rounded to the nearest multiple of 8, at least 8, at most d.
+// is 0 (the default): d/2 rounded to the nearest multiple of 8, at least 8, at most d.
 [[nodiscard]] inline int64_t default_rank(int64_t d) {
   int64_t r = 0;
   check(grass_default_rank(d, &r));
@@ -258,7 +258,7 @@ class ProjectionConfig {
 };
 
 // grass_adamw_config with the library's defaults (grass_adamw_config_init) and chainable
-// setters. The default alpha 0.25 wants a learning rate about 10-20x AdamW's (docs/api.md).
+// setters. The default alpha 0.177 wants a learning rate about 10-20x AdamW's (docs/api.md).
 class AdamWConfig {
  public:
   AdamWConfig() { check(grass_adamw_config_init(&c_)); }
@@ -292,8 +292,14 @@ class AdamWConfig {
     c_.refresh_mode = static_cast<grass_refresh_mode>(v);
     return *this;
   }
+  // The GRASS layers' moments (default bf16).
   AdamWConfig& state_dtype(Dtype v) noexcept {
     c_.state_dtype = static_cast<grass_dtype>(v);
+    return *this;
+  }
+  // The moments of dense optimizers (Optimizer::dense; default f32).
+  AdamWConfig& dense_state_dtype(Dtype v) noexcept {
+    c_.dense_state_dtype = static_cast<grass_dtype>(v);
     return *this;
   }
   // Steps W over which a state row's update ramps up (x min(1, t/W)) after a refresh zeroed
@@ -315,6 +321,9 @@ class AdamWConfig {
     return static_cast<RefreshMode>(c_.refresh_mode);
   }
   [[nodiscard]] Dtype state_dtype() const noexcept { return static_cast<Dtype>(c_.state_dtype); }
+  [[nodiscard]] Dtype dense_state_dtype() const noexcept {
+    return static_cast<Dtype>(c_.dense_state_dtype);
+  }
   [[nodiscard]] int32_t row_warmup() const noexcept { return c_.row_warmup; }
 
   [[nodiscard]] const grass_adamw_config& raw() const noexcept { return c_; }

@@ -47,6 +47,9 @@ def jax_signature_defaults():
                weight_decay=sig["weight_decay"], alpha=sig["alpha"],
                state_dtype={jnp.dtype(jnp.float32): _lib.DTYPE_F32,
                             jnp.dtype(jnp.bfloat16): _lib.DTYPE_BF16}[jnp.dtype(sig["state_dtype"])],
+               dense_state_dtype={jnp.dtype(jnp.float32): _lib.DTYPE_F32,
+                                  jnp.dtype(jnp.bfloat16): _lib.DTYPE_BF16}[
+                   jnp.dtype(sig["dense_state_dtype"])],
                rank=sig["rank"], row_warmup=sig["row_warmup"])
     return out
 
@@ -59,13 +62,16 @@ def test_c_defaults_are_the_measured_ones():
     c = c_defaults()
     assert (c["method"], c["scaling"], c["side"], c["rank"]) == (
         grass_torch.METHODS["uniform_nr"], 1, grass_torch.SIDE_COLS, 0)
-    assert c["alpha"] == f32(0.25)
+    assert c["alpha"] == f32(0.177)
     assert c["row_warmup"] == 10
+    assert (c["state_dtype"], c["dense_state_dtype"], c["reserved"]) == (
+        grass_torch.DTYPE["bfloat16"], grass_torch.DTYPE["float32"], 0)
 
 
 @pytest.mark.parametrize("name", ["method", "scaling", "side", "refresh_every", "power", "seed",
                                   "beta1", "beta2", "eps", "weight_decay", "decay_mode", "alpha",
-                                  "refresh_mode", "state_dtype", "row_warmup"])
+                                  "refresh_mode", "state_dtype", "dense_state_dtype",
+                                  "row_warmup"])
 def test_jax_defaults_are_the_c_ones(name):
     c, j = c_defaults(), jax_signature_defaults()
     want, got = c[name], j[name]
@@ -98,7 +104,7 @@ def test_torch_states_no_defaults_of_its_own():
         assert sig[name].default is None, f"GrassLayer({name}=...) restates a default"
     lib = grass_torch.Lib(LIBGRASS)
     assert lib.defaults() == c_defaults()
-    assert lib.default_rank(128) == 32
+    assert lib.default_rank(128) == 64
 
 
 def test_residual_scale_is_the_library_one():

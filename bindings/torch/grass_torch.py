@@ -36,7 +36,8 @@ class ProjectionConfig(ctypes.Structure):
 class AdamWConfig(ctypes.Structure):
     _fields_ = [("struct_size", c_size_t), ("beta1", c_float), ("beta2", c_float), ("eps", c_float),
                 ("weight_decay", c_float), ("decay_mode", c_int32), ("alpha", c_float), ("refresh_mode", c_int32),
-                ("state_dtype", c_int32), ("row_warmup", c_int32)]
+                ("state_dtype", c_int32), ("row_warmup", c_int32),
+                ("dense_state_dtype", c_int32), ("reserved", c_int32)]
 
 
 P = c_void_p
@@ -137,7 +138,7 @@ class Lib:
                 v = DECAY[v] if isinstance(v, str) else v
             elif k == "refresh_mode":
                 v = REFRESH[v] if isinstance(v, str) else v
-            elif k == "state_dtype":
+            elif k in ("state_dtype", "dense_state_dtype"):
                 v = DTYPE[v] if isinstance(v, str) else v
             setattr(c, k, v)
         return c

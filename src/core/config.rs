@@ -65,8 +65,10 @@ code_enum! {
 /// validation loss of the grass configurations (below AdamW's best, at its best learning rate
 /// of about 4e-2, 20x AdamW's 2e-3); the former defaults (multinomial_nr, unbiased, alpha 1,
 /// side auto) measured worst. That preset trained at rank 32 on a projected dimension of 128:
-/// the rank rule's fraction 1/4. (`pub(crate)`: C sees them only through the init functions,
-/// and cbindgen emits no macros for them.)
+/// the rank rule's fraction 1/4 then. Since 0.8 the same bytes hold bf16 moments at twice the
+/// rank with alpha 0.177 (0.25/√2, the update norm of half the rank), which lowered the
+/// validation loss on both of the trainer's presets (docs/long-run.md). (`pub(crate)`: C sees
+/// them only through the init functions, and cbindgen emits no macros for them.)
 pub mod defaults {
     use super::{DecayMode, Method, RefreshMode, Scaling, Side};
     use crate::core::dtype::Dtype;
@@ -91,9 +93,15 @@ pub mod defaults {
     pub(crate) const WEIGHT_DECAY: f32 = 0.0;
     pub(crate) const DECAY_MODE: DecayMode = DecayMode::Selected;
     /// Scale of the projected update: the learning rate it wants is about 10-20x AdamW's.
-    pub(crate) const ALPHA: f32 = 0.25;
+    /// 0.177 = 0.25/√2: at the rank rule's d/2 the update has the norm that 0.25 gave at d/4
+    /// (0.25 and 0.125 at d/2 were worse on the cpu preset, docs/long-run.md).
+    pub(crate) const ALPHA: f32 = 0.177;
     pub(crate) const REFRESH_MODE: RefreshMode = RefreshMode::Reset;
-    pub(crate) const STATE_DTYPE: Dtype = Dtype::F32;
+    /// bf16 moments: at the rank rule's d/2 they take the bytes of f32 moments at d/4, and
+    /// twice the rank trained better on both of the trainer's presets (docs/long-run.md).
+    pub(crate) const STATE_DTYPE: Dtype = Dtype::Bf16;
+    /// The moments of dense parameters (embeddings, norms, AdamW itself): f32, as measured.
+    pub(crate) const DENSE_STATE_DTYPE: Dtype = Dtype::F32;
     /// Steps over which a state row's update ramps up after its moments were zeroed (the
     /// step of row j is scaled by min(1, t_j / ROW_WARMUP), t_j its count; 0: no ramp). 10
     /// lowered the validation loss on both of the trainer's presets (means of two seeds; 20
@@ -107,14 +115,15 @@ pub mod defaults {
 
     /// The rank rule: r = d * RANK_FRACTION.0 / RANK_FRACTION.1 of the projected dimension d,
     /// rounded to the nearest multiple of RANK_MULTIPLE (ties up), at least RANK_MULTIPLE and
-    /// never above d.
-    pub(crate) const RANK_FRACTION: (u64, u64) = (1, 4);
+    /// never above d. 1/2 with the default bf16 moments: the bytes of d/4 rows of f32 moments
+    /// (with f32 moments, a rank of d/4 keeps those bytes).
+    pub(crate) const RANK_FRACTION: (u64, u64) = (1, 2);
     pub(crate) const RANK_MULTIPLE: u64 = 8;
 }
 
-/// The default rank of a projected dimension `d >= 1` (see [`defaults::RANK_FRACTION`]): d/4
-/// rounded to the nearest multiple of 8 (ties up), at least 8, at most d. d = 128 gives 32,
-/// 768 gives 192, 4096 gives 1024; d <= 8 gives d itself (no memory saving).
+/// The default rank of a projected dimension `d >= 1` (see [`defaults::RANK_FRACTION`]): d/2
+/// rounded to the nearest multiple of 8 (ties up), at least 8, at most d. d = 128 gives 64,
+/// 768 gives 384, 4096 gives 2048; d <= 8 gives d itself (no memory saving).
 pub fn default_rank(d: usize) -> usize {
     let (num, den) = defaults::RANK_FRACTION;
     let q = defaults::RANK_MULTIPLE;
@@ -289,11 +298,11 @@ pub fn check_lr(lr: f32) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// An independent statement of the rule: the multiple of 8 nearest to d/4 (ties up),
+    /// An independent statement of the rule: the multiple of 8 nearest to d/2 (ties up),
     /// clamped to [min(8, d), d].
     fn rule(d: usize) -> usize {
-        let quarter = d as f64 / 4.0;
-        let r = ((quarter / 8.0) + 0.5).floor() as usize * 8;
+        let half = d as f64 / 2.0;
+        let r = ((half / 8.0) + 0.5).floor() as usize * 8;
         r.max(8).min(d)
     }
 
@@ -304,16 +313,17 @@ mod tests {
             (7, 7),
             (8, 8),
             (16, 8),
-            (48, 16),
-            (64, 16),
-            (100, 24),
-            (128, 32),
-            (144, 40),
-            (768, 192),
-            (3072, 768),
-            (4096, 1024),
-            (5120, 1280),
-            (13824, 3456),
+            (24, 16),
+            (48, 24),
+            (64, 32),
+            (100, 48),
+            (128, 64),
+            (144, 72),
+            (768, 384),
+            (3072, 1536),
+            (4096, 2048),
+            (5120, 2560),
+            (13824, 6912),
         ] {
             assert_eq!(default_rank(d), r, "d = {d}");
         }

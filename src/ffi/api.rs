@@ -12,13 +12,13 @@ use crate::ffi::types::*;
 
 /// Major version: changes only with an incompatible ABI change.
 pub const GRASS_VERSION_MAJOR: u32 = 0;
-pub const GRASS_VERSION_MINOR: u32 = 7;
+pub const GRASS_VERSION_MINOR: u32 = 8;
 pub const GRASS_VERSION_PATCH: u32 = 0;
 /// ABI generation. A library implements its own generation and, where CHANGELOG.md says so,
-/// the earlier ones it only adds to: ABI 4, 5 and 6 each add to the one before, so a caller
-/// built against ABI 3, 4 or 5 runs unchanged. Check `grass_abi_version() >= GRASS_ABI_VERSION` (grass.hpp's
+/// the earlier ones it only adds to: ABI 4, 5, 6 and 7 each add to the one before, so a caller
+/// built against ABI 3, 4, 5 or 6 runs unchanged. Check `grass_abi_version() >= GRASS_ABI_VERSION` (grass.hpp's
 /// `grass::abi_compatible()`).
-pub const GRASS_ABI_VERSION: u32 = 6;
+pub const GRASS_ABI_VERSION: u32 = 7;
 
 /// The library version as "MAJOR.MINOR.PATCH" (static storage).
 #[no_mangle]
@@ -87,7 +87,7 @@ pub unsafe extern "C" fn grass_adamw_config_init_sized(
 }
 
 /// The rank rule: writes the rank a projection of projected dimension `d` gets when its
-/// config's `rank` is 0 (the default): d/4 rounded to the nearest multiple of 8 (ties up), at
+/// config's `rank` is 0 (the default): d/2 rounded to the nearest multiple of 8 (ties up), at
 /// least 8 and never above d (so d <= 8 gives d itself, a projection without memory saving).
 /// `d` within the size limits. Bindings and `grass_memory_plan` callers use it to state the
 /// rank they will get.

@@ -133,12 +133,20 @@ fn side_of(name: &str, v: grass_side) -> Result<Side> {
     side(v).map_err(|e| crate::Error::new(e.kind, format!("{name}: {}", e.message)))
 }
 
+/// The moments' dtypes of a plan: GRASS layers' (`state_dtype`) and dense ones' (`dense_state_dtype`:
+/// a dense parameter's, and every AdamW and GaLore state).
+#[derive(Clone, Copy)]
+struct States {
+    grass: Dtype,
+    dense: Dtype,
+}
+
 fn add_layer(
     c: &grass_context,
     i: usize,
     l: &grass_memory_layer,
     b: usize,
-    state: Dtype,
+    state: States,
     s: &mut Sums,
 ) -> Result<()> {
     let at = |f: &str| format!("layers[{i}].{f}");
@@ -163,7 +171,7 @@ fn add_layer(
     let numel = m as u128 * n as u128;
     s.weight += count * numel * wd.size() as u128;
     s.gradient += count * numel * wd.size() as u128;
-    s.adamw_state += count * 2 * numel * state.size() as u128;
+    s.adamw_state += count * 2 * numel * state.dense.size() as u128;
     if l.rank == 0 {
         let numel = usize::try_from(numel)
             .ok()
@@ -176,9 +184,9 @@ fn add_layer(
                 l.n
             );
         };
-        s.grass_state += count * dense_held(c, numel, state) as u128;
+        s.grass_state += count * dense_held(c, numel, state.dense) as u128;
         s.dense_gradient += count * (numel * wd.size()) as u128;
-        s.galore_state += count * 2 * (numel * state.size()) as u128;
+        s.galore_state += count * 2 * (numel * state.dense.size()) as u128;
         if l.count > 0 {
             s.workspace = s.workspace.max(dense_optimizer_workspace(c, numel));
         }
@@ -195,11 +203,11 @@ fn add_layer(
     let r = l.rank as usize;
     let ad = dtype(&at("act_dtype"), l.act_dtype)?;
     crate::core::shape::product("max_tokens * max(m, n)", &[b, m.max(n), 4])?;
-    let (st, acc, sel) = sparse_held(c, &sparse_buffers(&p, r, state));
+    let (st, acc, sel) = sparse_held(c, &sparse_buffers(&p, r, state.grass));
     s.grass_state += count * st as u128;
     s.grass_gradient += count * acc as u128;
     s.grass_selection += count * sel as u128;
-    s.galore_state += count * 2 * (r * p.k * state.size()) as u128;
+    s.galore_state += count * 2 * (r * p.k * state.dense.size()) as u128;
     s.galore_projection += count * (p.d * r * wd.size()) as u128;
     if l.count > 0 {
         s.workspace = s.workspace.max(sparse_optimizer_workspace(c, &p, b, r, ad));
@@ -218,7 +226,9 @@ fn bytes(name: &str, v: u128) -> Result<i64> {
 
 /// Plans the memory of training a model on this context before any handle exists: `layers`
 /// (`layer_count` descriptions) with X and dY of at most `max_tokens` rows per backward call,
-/// the optimizer states at `adamw_config->state_dtype`. GRASS's numbers are what this
+/// GRASS layers' moments at `adamw_config->state_dtype`, dense parameters' and AdamW's and
+/// GaLore's at `adamw_config->dense_state_dtype` (`state_dtype` for an ABI 6 or older caller's
+/// config, which has no such field). GRASS's numbers are what this
 /// library's handles would hold on this context (`grass_handle_bytes` equals the sum of their
 /// `memory_bytes`, `grass_workspace_bytes` what the context's shared workspace grows to);
 /// AdamW's and GaLore's are computed from their definitions, counted the same way (see
@@ -234,9 +244,11 @@ pub unsafe extern "C" fn grass_memory_plan(
 ) -> grass_status {
     guard("grass_memory_plan", || {
         let c = self::ctx(ctx)?;
-        let state = read_versioned("adamw_config", adamw_config)?
-            .adamw()?
-            .state_dtype;
+        let acfg = read_versioned("adamw_config", adamw_config)?;
+        let state = States {
+            grass: acfg.adamw()?.state_dtype,
+            dense: acfg.dense_adamw()?.state_dtype,
+        };
         ensure!(
             layer_count <= 1 << 20,
             InvalidValue,

@@ -82,7 +82,8 @@ pub unsafe extern "C" fn grass_optimizer_create_sparse(
     })
 }
 
-/// Creates a plain AdamW optimizer for a dense parameter of `numel` elements.
+/// Creates a plain AdamW optimizer for a dense parameter of `numel` elements (moments of
+/// `adamw_config->dense_state_dtype`).
 #[no_mangle]
 pub unsafe extern "C" fn grass_optimizer_create_dense(
     ctx: *const grass_context,
@@ -94,7 +95,7 @@ pub unsafe extern "C" fn grass_optimizer_create_dense(
 ) -> grass_status {
     guard("grass_optimizer_create_dense", || {
         let c = self::ctx(ctx)?;
-        let acfg = read_versioned("adamw_config", adamw_config)?.adamw()?;
+        let acfg = read_versioned("adamw_config", adamw_config)?.dense_adamw()?;
         let numel = positive("numel", numel)?;
         let wd = self::dtype("w_dtype", w_dtype)?;
         let gd = self::dtype("grad_dtype", grad_dtype)?;

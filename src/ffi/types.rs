@@ -4,7 +4,7 @@
 //! constants below repeat them as literals only because cbindgen emits nothing else, and
 //! are asserted equal to them at compile time.
 
-use crate::bail;
+use crate::{bail, ensure};
 use crate::core::codes::{Code, DeviceKind, StepOutcome};
 use crate::core::config::{
     defaults, AdamW, DecayMode, Method, RefreshMode, Scaling, Selection, Side,
@@ -164,7 +164,7 @@ pub struct grass_projection_config {
     /// Default `GRASS_SIDE_COLS`.
     pub side: grass_side,
     /// Projection rank r, 1 <= r <= projected dimension d; 0 (the default) picks the rank
-    /// rule's r for the layer's d (`grass_default_rank`: d/4 rounded to a multiple of 8).
+    /// rule's r for the layer's d (`grass_default_rank`: d/2 rounded to a multiple of 8).
     pub rank: i64,
     /// Default `GRASS_METHOD_UNIFORM_NR`.
     pub method: grass_method,
@@ -198,17 +198,26 @@ pub struct grass_adamw_config {
     /// Default `GRASS_DECAY_SELECTED` (the dense step decays every element unless OFF).
     pub decay_mode: grass_decay_mode,
     /// Scale α of the projected update (multiplies the step of every selected row). Default
-    /// 0.25, which wants a learning rate about 10-20x AdamW's (docs/api.md).
+    /// 0.177 (0.25 until 0.8), which wants a learning rate about 10-20x AdamW's (docs/api.md).
     pub alpha: f32,
     /// Default `GRASS_REFRESH_RESET`.
     pub refresh_mode: grass_refresh_mode,
-    /// `GRASS_DTYPE_F32` (default) or `GRASS_DTYPE_BF16`.
+    /// The GRASS layers' moments (M and V of a sparse optimizer): `GRASS_DTYPE_BF16` (default
+    /// since 0.8: at the rank rule's d/2 they take the bytes of f32 moments at d/4) or
+    /// `GRASS_DTYPE_F32`. Dense optimizers use `dense_state_dtype`.
     pub state_dtype: grass_dtype,
     /// Warm-up W of each state row's step after its moments were zeroed: the step of row j is
     /// scaled by min(1, t_j / W), t_j its step count since then (1 on its first step); 0 turns
     /// it off. Default 10. Since ABI 6 (an ABI 5 caller's smaller `struct_size` gets the
     /// default).
     pub row_warmup: i32,
+    /// The moments' dtype of a dense optimizer (`grass_optimizer_create_dense`, and the AdamW
+    /// and GaLore states of `grass_memory_plan`): `GRASS_DTYPE_F32` (default) or
+    /// `GRASS_DTYPE_BF16`; `state_dtype` is the GRASS layers'. Since ABI 7: an older caller's
+    /// smaller `struct_size` keeps its rule, dense moments of `state_dtype`.
+    pub dense_state_dtype: grass_dtype,
+    /// Must be 0 (room for a later field).
+    pub reserved: i32,
 }
 
 /// A struct of the ABI that starts with `struct_size` and may grow at its end within an ABI
@@ -290,6 +299,9 @@ pub(crate) unsafe fn init_versioned<T: Versioned>(arg: &str, p: *mut T, size: us
 
 /// `sizeof(grass_adamw_config)` of ABI 3-5 (the release before `row_warmup`).
 pub(crate) const ABI5_ADAMW_CONFIG_SIZE: usize = 40;
+/// `sizeof(grass_adamw_config)` of ABI 6 (44 bytes of fields, the release before
+/// `dense_state_dtype`).
+pub(crate) const ABI6_ADAMW_CONFIG_SIZE: usize = 48;
 
 impl Versioned for grass_projection_config {
     const NAME: &'static str = "grass_projection_config";
@@ -331,10 +343,12 @@ impl Versioned for crate::ffi::memory::grass_memory_report {
 
 impl Versioned for grass_adamw_config {
     const NAME: &'static str = "grass_adamw_config";
-    /// ABI 3-5's release ends at `state_dtype` (40 bytes); ABI 6 added `row_warmup`.
+    /// ABI 3-5's release ends at `state_dtype` (40 bytes); ABI 6 added `row_warmup`, ABI 7
+    /// `dense_state_dtype` and `reserved`.
     const VERSIONS: &'static [(usize, usize)] = &[
         (ABI5_ADAMW_CONFIG_SIZE, ABI5_ADAMW_CONFIG_SIZE),
-        (size_of::<Self>(), 44),
+        (ABI6_ADAMW_CONFIG_SIZE, 44),
+        (size_of::<Self>(), size_of::<Self>()),
     ];
     fn defaults() -> Self {
         Self::defaults()
@@ -408,6 +422,8 @@ impl grass_adamw_config {
             refresh_mode: d.refresh_mode.code(),
             state_dtype: d.state_dtype.code(),
             row_warmup: d.row_warmup,
+            dense_state_dtype: crate::core::config::defaults::DENSE_STATE_DTYPE.code(),
+            reserved: 0,
         }
     }
 
@@ -428,6 +444,22 @@ impl grass_adamw_config {
         };
         a.validate()
             .map_err(|e| crate::Error::new(e.kind, format!("config->{}", e.message)))?;
+        ensure!(
+            self.reserved == 0,
+            InvalidValue,
+            "config->reserved = {} must be 0",
+            self.reserved
+        );
+        Ok(a)
+    }
+
+    /// The AdamW of a dense optimizer: `adamw()` with the moments of `dense_state_dtype` (of
+    /// `state_dtype` for a caller of ABI 6 or older, whose release has no such field).
+    pub(crate) fn dense_adamw(&self) -> Result<AdamW> {
+        let mut a = self.adamw()?;
+        if self.struct_size > ABI6_ADAMW_CONFIG_SIZE {
+            a.state_dtype = state_dtype("config->dense_state_dtype", self.dense_state_dtype)?;
+        }
         Ok(a)
     }
 }

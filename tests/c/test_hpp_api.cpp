@@ -76,9 +76,10 @@ void configs() {
   grass::AdamWConfig a;
   TK_CHECK(a.raw().struct_size == sizeof(grass_adamw_config));
   TK_CHECK(a.beta1() == 0.9f && a.beta2() == 0.999f && a.eps() == 1e-8f);
-  TK_CHECK(a.weight_decay() == 0.0f && a.alpha() == 0.25f);
+  TK_CHECK(a.weight_decay() == 0.0f && a.alpha() == 0.177f);
   TK_CHECK(a.decay_mode() == grass::DecayMode::Selected);
-  TK_CHECK(a.refresh_mode() == grass::RefreshMode::Reset && a.state_dtype() == grass::Dtype::F32);
+  TK_CHECK(a.refresh_mode() == grass::RefreshMode::Reset && a.state_dtype() == grass::Dtype::Bf16);
+  TK_CHECK(a.dense_state_dtype() == grass::Dtype::F32);
   TK_CHECK(a.row_warmup() == 10);
   a.beta1(0.8f)
       .beta2(0.9f)
@@ -87,15 +88,16 @@ void configs() {
       .decay_mode(grass::DecayMode::Dense)
       .alpha(0.25f)
       .refresh_mode(grass::RefreshMode::Carry)
-      .state_dtype(grass::Dtype::Bf16)
+      .state_dtype(grass::Dtype::F32)
+      .dense_state_dtype(grass::Dtype::Bf16)
       .row_warmup(20);
   TK_CHECK(a.row_warmup() == 20);
   TK_CHECK(a.beta1() == 0.8f && a.beta2() == 0.9f && a.eps() == 1e-6f);
   TK_CHECK(a.weight_decay() == 0.1f && a.decay_mode() == grass::DecayMode::Dense);
   TK_CHECK(a.alpha() == 0.25f && a.refresh_mode() == grass::RefreshMode::Carry);
-  TK_CHECK(a.state_dtype() == grass::Dtype::Bf16);
+  TK_CHECK(a.state_dtype() == grass::Dtype::F32 && a.dense_state_dtype() == grass::Dtype::Bf16);
   grass::AdamWConfig copy(a.raw());
-  TK_CHECK(copy.alpha() == 0.25f);
+  TK_CHECK(copy.alpha() == 0.25f && copy.dense_state_dtype() == grass::Dtype::Bf16);
 }
 
 void errors_and_ownership() {
@@ -121,6 +123,9 @@ void errors_and_ownership() {
   TK_THROWS(grass::Optimizer::dense(ctx, grass::AdamWConfig().state_dtype(grass::Dtype::F16), 4,
                                     grass::Dtype::F32, grass::Dtype::F32),
             GRASS_ERROR_DTYPE, "state_dtype");
+  TK_THROWS(grass::Optimizer::dense(ctx, grass::AdamWConfig().dense_state_dtype(grass::Dtype::F16),
+                                    4, grass::Dtype::F32, grass::Dtype::F32),
+            GRASS_ERROR_DTYPE, "dense_state_dtype");
   TK_THROWS(grass::Optimizer::dense(ctx, grass::AdamWConfig().row_warmup(-5), 4, grass::Dtype::F32,
                                     grass::Dtype::F32),
             GRASS_ERROR_INVALID_VALUE, "row_warmup = -5");
@@ -533,7 +538,7 @@ void memory_plan() {
 // The rank rule, full_rank, the squared norm and the scaled step through the wrapper: a dense
 // parameter's norm against a double sum, and step_scaled(s) against step() on s * g.
 void rank_rule_norm_and_scaled_step() {
-  TK_CHECK(grass::default_rank(128) == 32 && grass::default_rank(768) == 192);
+  TK_CHECK(grass::default_rank(128) == 64 && grass::default_rank(768) == 384);
   TK_CHECK(grass::default_rank(6) == 6);
   TK_THROWS((void)grass::default_rank(0), GRASS_ERROR_INVALID_VALUE, "d = 0");
   auto ctx = grass::Context::cpu();

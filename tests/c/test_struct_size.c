@@ -87,6 +87,23 @@ static void configs(grass_context* ctx) {
                                      GRASS_DTYPE_F32, GRASS_DTYPE_F32, &abi5_opt));
   grass_optimizer_destroy(abi5_opt);
   free(abi5);
+  /* ABI 6's release ends at row_warmup (44 bytes of fields in 48): accepted in a buffer of that
+   * size whatever its padding holds, and its dense optimizers keep the moments of state_dtype
+   * (ABI 7's dense_state_dtype, which it lacks, is f32 by default) */
+  TK_CHECK(offsetof(grass_adamw_config, dense_state_dtype) == 44 && sizeof *ac == 56);
+  TK_CHECK(ac->state_dtype == GRASS_DTYPE_BF16 && ac->dense_state_dtype == GRASS_DTYPE_F32);
+  unsigned char* abi6 = exact(48);
+  memcpy(abi6, ac, 44);
+  memcpy(abi6, &(size_t){48}, sizeof(size_t));
+  grass_optimizer* abi6_opt = NULL;
+  TK_OK(grass_optimizer_create_dense(ctx, (const grass_adamw_config*)(const void*)abi6, 10,
+                                     GRASS_DTYPE_F32, GRASS_DTYPE_F32, &abi6_opt));
+  size_t abi6_bytes = 0, abi7_bytes = 0;
+  TK_OK(grass_optimizer_state_size(abi6_opt, &abi6_bytes));
+  TK_OK(grass_optimizer_state_size(opt, &abi7_bytes));
+  TK_CHECK(abi7_bytes - abi6_bytes == 2 * 10 * 2); /* M and V of 10 elements: f32 vs bf16 */
+  grass_optimizer_destroy(abi6_opt);
+  free(abi6);
   TK_CHECK(offsetof(grass_projection_info, full_rank) == 88);
   TK_CHECK(offsetof(grass_optimizer_info, full_rank) == 48);
 

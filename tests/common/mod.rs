@@ -477,10 +477,13 @@ pub fn projected_row(p: &Problem, side: grass_side, i: usize) -> Vec<f64> {
 }
 
 /// AdamW defaults with weight decay `wd` in decay mode `mode`.
+/// The default AdamW config with weight decay `wd` under `mode`, and f32 moments (the library's
+/// default is bf16): the tests' state buffers are f32 slices; bf16 moments have their own tests.
 pub fn adamw(wd: f32, mode: grass_decay_mode) -> grass_adamw_config {
     let mut a = grass_adamw_config::defaults();
     a.weight_decay = wd;
     a.decay_mode = mode;
+    a.state_dtype = GRASS_DTYPE_F32;
     a
 }
 

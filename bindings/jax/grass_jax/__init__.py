@@ -22,4 +22,4 @@ __all__ = [
     "ProcessMismatchError", "Projection", "cuda_available", "grass_adamw", "grass_linear",
     "load_state", "ops", "save_state", "version",
 ]
-__version__ = "0.7.0"
+__version__ = "0.8.0"

@@ -23,7 +23,7 @@ REFRESH_MODES = {"reset": 0, "carry": 1}
 # What a step writes to `skipped` (GRASS_STEP_*).
 STEP_APPLIED, STEP_SKIPPED_NONFINITE, STEP_SKIPPED_BAD_INDICES, STEP_SKIPPED_BAD_STEP_COUNT = 0, 1, 2, 3
 SIDES = {"rows": SIDE_ROWS, "cols": SIDE_COLS, "auto": SIDE_AUTO}
-ABI_VERSION = 6
+ABI_VERSION = 7
 
 # Target name -> handler symbol prefix in libgrass_jax_ffi.so (suffixed Cpu / Cuda).
 TARGETS = {
@@ -84,7 +84,7 @@ class _AdamWConfig(ctypes.Structure):
         ("struct_size", _sz), ("beta1", _c.c_float), ("beta2", _c.c_float),
         ("eps", _c.c_float), ("weight_decay", _c.c_float), ("decay_mode", _i32),
         ("alpha", _c.c_float), ("refresh_mode", _i32), ("state_dtype", _i32),
-        ("row_warmup", _i32),
+        ("row_warmup", _i32), ("dense_state_dtype", _i32), ("reserved", _i32),
     ]
 
 
@@ -145,6 +145,7 @@ def defaults():
         "alpha": f32(a.alpha),
         "refresh_mode": _name(REFRESH_MODES, a.refresh_mode),
         "state_dtype": {DTYPE_F32: "float32", DTYPE_BF16: "bfloat16"}[a.state_dtype],
+        "dense_state_dtype": {DTYPE_F32: "float32", DTYPE_BF16: "bfloat16"}[a.dense_state_dtype],
         "row_warmup": int(a.row_warmup),
         "residual_scale": f32(lib.grass_default_residual_scale()),
     }

@@ -50,7 +50,7 @@ def fingerprint(opt, params, state=None):
     fp = [len(layers), _hash(shapes), rank, _small(sel["seed"]), opt.refresh_every,
           _hash(sel["method"], sel["power"], sel["scaling"], opt.side),
           _hash(sorted(opt.adam.items()), opt.alpha, opt.refresh_mode, str(opt.state_dtype),
-                opt.max_grad_norm, opt.row_warmup),
+                opt.max_grad_norm, opt.row_warmup, str(opt.dense_state_dtype)),
           _hash(opt.axis_name, opt.dp_scores, opt.dp_chunk_elems,
                 getattr(opt, "shard_state", False)),
           -1, -1]

@@ -77,7 +77,7 @@ class LayerConfig:
     @staticmethod
     def make(m, n, rank=None, side="auto", **kw):
         """The config of an m x n weight; `rank` is capped at the projected dimension d.
-        rank None is the library's rank rule for d (`_lib.default_rank(d)`: d/4 rounded to
+        rank None is the library's rank rule for d (`_lib.default_rank(d)`: d/2 rounded to
         the nearest multiple of 8, at least 8, at most d)."""
         side, d, k = ops.resolve_side(m, n, side)
         r = _lib.default_rank(d) if rank is None else min(int(rank), d)

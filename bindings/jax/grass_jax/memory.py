@@ -16,7 +16,10 @@ Model file (JSON; every key but "matrices" is optional):
       "max_tokens": 8192,        tokens per backward call (X and dY rows)
       "act_dtype": "bf16",       dtype of X and dY: "f32" | "bf16" | "f16"
       "w_dtype": "bf16",         default dtype of the weights
-      "state_dtype": "f32",      dtype of the optimizer states M and V: "f32" | "bf16"
+      "state_dtype": "bf16",     dtype of the GRASS matrices' M and V: "f32" | "bf16"
+                                 (default: the library's, grass_adamw's state_dtype)
+      "dense_state_dtype": "f32", dtype of the dense parameters' M and V, and of AdamW's and
+                                 GaLore's states (default: the library's, f32)
       "rank": 1024,              default r of the projected matrices; absent or null: the
                                  rank rule (grass_default_rank of each matrix's d)
       "side": "auto",            default projected side: "rows" | "cols" | "auto"
@@ -32,9 +35,9 @@ Model file (JSON; every key but "matrices" is optional):
 What each column counts (per model, in GiB):
     weights      every matrix and dense parameter at its w_dtype (the same for every method)
     states       grass: M and V (r x k at state_dtype) and the step counts of each GRASS matrix,
-                 M and V of each dense parameter; AdamW: M and V of every parameter (2 x numel
-                 at state_dtype); GaLore: M and V (r x k) of each projected matrix, 2 x numel for
-                 the dense parameters
+                 M and V of each dense parameter (at dense_state_dtype); AdamW: M and V of every
+                 parameter (2 x numel at dense_state_dtype); GaLore: M and V (r x k) of each
+                 projected matrix, 2 x numel for the dense parameters (at dense_state_dtype)
     gradients    what exists at once after the backward pass: grass: the f32 compressed
                  gradient (r x k) of each GRASS matrix plus the dense parameters' gradients;
                  AdamW and GaLore: the full gradient of every parameter at its w_dtype
@@ -137,14 +140,19 @@ def _keys(where, d, allowed):
 
 
 def layers_of(model, rank=None):
-    """(ctypes array of grass_memory_layer, max_tokens, state dtype code) of a model dict."""
-    _keys("model", model, {"name", "max_tokens", "act_dtype", "w_dtype", "state_dtype", "rank",
-                           "side", "matrices", "dense"})
+    """(ctypes array of grass_memory_layer, max_tokens, (GRASS, dense) state dtype codes) of a
+    model dict."""
+    _keys("model", model, {"name", "max_tokens", "act_dtype", "w_dtype", "state_dtype",
+                           "dense_state_dtype", "rank", "side", "matrices", "dense"})
     max_tokens = _int("max_tokens", model.get("max_tokens", 8192))
     act = _choice("act_dtype", model.get("act_dtype", "bf16"), DTYPES)
     w_default = model.get("w_dtype", "bf16")
     _choice("w_dtype", w_default, DTYPES)
-    state = _choice("state_dtype", model.get("state_dtype", "f32"), STATE_DTYPES)
+    lib_default = {"float32": "f32", "bfloat16": "bf16"}
+    state = (_choice("state_dtype", model.get(
+        "state_dtype", lib_default[_lib.defaults()["state_dtype"]]), STATE_DTYPES),
+        _choice("dense_state_dtype", model.get(
+            "dense_state_dtype", lib_default[_lib.defaults()["dense_state_dtype"]]), STATE_DTYPES))
     rank_default = rank if rank is not None else model.get("rank")
     side_default = model.get("side", "auto")
     _choice("side", side_default, _lib.SIDES)
@@ -190,7 +198,7 @@ def plan(model, rank=None, device="cpu"):
     cfg = _lib._AdamWConfig()
     _lib.check(lib.grass_adamw_config_init_sized(ctypes.byref(cfg), ctypes.sizeof(cfg)),
                "grass_adamw_config_init_sized")
-    cfg.state_dtype = state
+    cfg.state_dtype, cfg.dense_state_dtype = state
     rep = MemoryReport()
     rep.struct_size = ctypes.sizeof(MemoryReport)
     _lib.check(lib.grass_memory_plan(ctx, ctypes.byref(cfg), layers, len(layers), max_tokens,
@@ -201,8 +209,8 @@ def plan(model, rank=None, device="cpu"):
 def model_of(opt, params, max_tokens=8192, act_dtype="bf16"):
     """The model dict (as `plan` takes) of a grass_adamw and its params: one matrix per GRASS
     weight at the rank, side and slice count it gets (`opt.layer_configs`), one dense entry
-    per other leaf, the weights' dtypes and opt.state_dtype. The dense states count as grass's
-    own AdamW (dense=None); another optax `dense` holds what it holds."""
+    per other leaf, the weights' dtypes, opt.state_dtype and opt.dense_state_dtype. The dense
+    states count as grass's own AdamW (dense=None); another optax `dense` holds what it holds."""
     names = {jnp.dtype(jnp.float32): "f32", jnp.dtype(jnp.bfloat16): "bf16",
              jnp.dtype(jnp.float16): "f16"}
 
@@ -213,8 +221,8 @@ def model_of(opt, params, max_tokens=8192, act_dtype="bf16"):
         return names[dt]
 
     leaves, treedef, configs = opt.layer_configs(params)
-    state = {jnp.dtype(jnp.float32): "f32", jnp.dtype(jnp.bfloat16): "bf16"}[
-        jnp.dtype(opt.state_dtype)]
+    name = {jnp.dtype(jnp.float32): "f32", jnp.dtype(jnp.bfloat16): "bf16"}
+    state, dense_state = name[jnp.dtype(opt.state_dtype)], name[jnp.dtype(opt.dense_state_dtype)]
     matrices, dense = [], []
     for leaf, c in zip(leaves, configs):
         if c is None:
@@ -227,7 +235,7 @@ def model_of(opt, params, max_tokens=8192, act_dtype="bf16"):
     if not matrices:
         raise ModelError("the optimizer has no GRASS weight in these params (grass_mask)")
     return {"max_tokens": int(max_tokens), "act_dtype": act_dtype, "state_dtype": state,
-            "matrices": matrices, "dense": dense}
+            "dense_state_dtype": dense_state, "matrices": matrices, "dense": dense}
 
 
 def table(rep):

@@ -156,6 +156,17 @@ def _choice(value, table, what):
     raise ValueError(f"grass_adamw: {what} must be one of {sorted(table)}, got {value!r}")
 
 
+def _state_dtype(value, what):
+    """float32 or bfloat16 as a jnp dtype, else a ValueError naming `what`."""
+    try:
+        dt = jnp.dtype(value)
+    except TypeError:
+        dt = None
+    if dt not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+        raise ValueError(f"grass_adamw: {what} must be float32 or bfloat16, got {value!r}")
+    return dt
+
+
 def _number(value, what, low, high=math.inf, low_open=False, high_open=False):
     try:
         x = float(value)
@@ -275,7 +286,7 @@ class grass_adamw:
                     (*layers, m, n) for `lax.scan`: each layer slice is projected on its own
     rank            None (the default): each GRASS weight gets the library's rank rule on
                     its projected dimension d (n, the input features, for the default side
-                    "cols"; m for "rows"; max(m, n) for "auto"): r = d/4 rounded to the
+                    "cols"; m for "rows"; max(m, n) for "auto"): r = d/2 rounded to the
                     nearest multiple of 8, at least 8, at most d (`_lib.default_rank(d)`,
                     grass_default_rank in C), so weights of different d get different ranks.
                     An int r >= 1: every GRASS weight uses r, which must be at most its d:
@@ -284,11 +295,16 @@ class grass_adamw:
                     the rule); `opt.layer_ranks(params)` gives each weight's resolved rank.
     refresh_every   K >= 1
     method, power, scaling, side, seed: the row selection (see grass.h). The defaults
-                    (uniform_nr, scaling none, side cols, alpha 0.25) are the configuration
-                    that trained best in the measured sweep (bench/results/sweep_train/):
-                    every paper method stays available by name.
+                    (uniform_nr, scaling none, side cols) are the configuration that trained
+                    best in the measured sweep (bench/results/sweep_train/), and bf16
+                    moments at twice the rank with alpha 0.177 on the long runs
+                    (docs/long-run.md): every paper method stays available by name.
     b1, b2, eps, weight_decay, decay_mode ("off" | "selected" | "dense"), alpha,
     refresh_mode ("reset" | "carry"), state_dtype (float32 | bfloat16): the compressed AdamW.
+                    state_dtype is the GRASS weights' moments (default bfloat16: at the rank
+                    rule's d/2 they take the bytes of f32 moments at d/4);
+    dense_state_dtype (float32 | bfloat16): the moments of the dense leaves when dense is None
+                    (grass's own AdamW; default float32).
                     "carry" keeps the moments and step counts of rows that stay selected;
                     entering rows start from zero moments and a zero step count.
     row_warmup      W >= 0: state row j's step is scaled by min(1, t_j / W), t_j its step count
@@ -366,7 +382,8 @@ class grass_adamw:
     # static_args=grass_adamw.STATIC_ARGS) keeps them static.
     STATIC_ARGS = ("grass_mask", "rank", "refresh_every", "method", "power", "scaling", "side",
                    "seed", "b1", "b2", "eps", "weight_decay", "decay_mode", "alpha",
-                   "refresh_mode", "state_dtype", "dense", "axis_name", "dp_scores",
+                   "refresh_mode", "state_dtype", "dense_state_dtype", "dense", "axis_name",
+                   "dp_scores",
                    "dp_chunk_elems", "shard_state", "max_grad_norm", "cap_rank", "layout",
                    "stacked", "residual", "residual_scale", "row_warmup")
 
@@ -377,7 +394,9 @@ class grass_adamw:
                  eps=_DEFAULTS["eps"], weight_decay=_DEFAULTS["weight_decay"],
                  decay_mode=_DEFAULTS["decay_mode"], alpha=_DEFAULTS["alpha"],
                  refresh_mode=_DEFAULTS["refresh_mode"],
-                 state_dtype=jnp.dtype(_DEFAULTS["state_dtype"]), dense=None, axis_name=None,
+                 state_dtype=jnp.dtype(_DEFAULTS["state_dtype"]),
+                 dense_state_dtype=jnp.dtype(_DEFAULTS["dense_state_dtype"]), dense=None,
+                 axis_name=None,
                  dp_scores="exact",
                  dp_chunk_elems=1 << 22, shard_state=False, max_grad_norm=None,
                  cap_rank=False, layout=None, stacked=None, residual="none",
@@ -403,13 +422,8 @@ class grass_adamw:
         decay_mode = _choice(decay_mode, _lib.DECAY_MODES, "decay_mode")
         refresh_mode = _choice(refresh_mode, _lib.REFRESH_MODES, "refresh_mode")
         dp_scores = _choice(dp_scores, {"exact": 0, "sum_sq": 1}, "dp_scores")
-        try:
-            state_dtype = jnp.dtype(state_dtype)
-        except TypeError:
-            state_dtype = None
-        if state_dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
-            raise ValueError(f"grass_adamw: state_dtype must be float32 or bfloat16, got "
-                             f"{state_dtype!r}")
+        state_dtype = _state_dtype(state_dtype, "state_dtype")
+        dense_state_dtype = _state_dtype(dense_state_dtype, "dense_state_dtype")
         _number(b1, "b1", 0.0, 1.0, high_open=True)
         _number(b2, "b2", 0.0, 1.0, high_open=True)
         _number(eps, "eps", 0.0, low_open=True)
@@ -446,6 +460,7 @@ class grass_adamw:
         if self.row_warmup >= 1 << 31:
             raise ValueError(f"grass_adamw: row_warmup must fit in int32, got {row_warmup}")
         self.state_dtype = state_dtype
+        self.dense_state_dtype = dense_state_dtype
         self.dense = dense
         self.axis_name, self.dp_scores = axis_name, dp_scores
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
@@ -588,8 +603,8 @@ class grass_adamw:
         dense_params = self._dense_params(leaves, treedef, configs)
         if self.dense is None:
             dense = jax.tree_util.tree_map(
-                lambda p: DenseAdamWState(jnp.zeros(p.shape, self.state_dtype),
-                                          jnp.zeros(p.shape, self.state_dtype),
+                lambda p: DenseAdamWState(jnp.zeros(p.shape, self.dense_state_dtype),
+                                          jnp.zeros(p.shape, self.dense_state_dtype),
                                           jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)),
                 dense_params)
         else:

@@ -24,7 +24,7 @@ library does not have yet:
                   steps since the row was zeroed (1 on its first step), so a row whose moments
                   a refresh zeroed ramps up over W steps instead of taking a full-size step
                   (m̂/√v̂ = ±1 per element at t = 1); 0: no warm-up; None: the library's
-                  default, grass_adamw's.
+                  default, grass_adamw's (as for refresh_every, alpha and state_dtype).
   method          the library's selection rules, and one of the twin's own:
                   "cyclic" random reshuffling: each refresh takes the next r units of a random
                          permutation of the d units (one permutation per ceil(d/r) refreshes,
@@ -106,13 +106,17 @@ def allocate_ranks(shapes, rank, side, rank_alloc):
     return [(s, d, k, int(min(d, max(1, round(frac * d))))) for s, d, k in geo]
 
 
-def grass_reference(learning_rate, *, grass_mask, rank, refresh_every=200,
+def grass_reference(learning_rate, *, grass_mask, rank, refresh_every=None,
                     method="uniform_nr", power=2, scaling="none", side="cols", seed=0,
-                    b1=0.9, b2=0.999, eps=1e-8, alpha=0.25, refresh_mode="reset",
-                    state_dtype=jnp.float32, dense=None, residual="none", residual_scale=1.0,
+                    b1=0.9, b2=0.999, eps=1e-8, alpha=None, refresh_mode="reset",
+                    state_dtype=None, dense=None, residual="none", residual_scale=1.0,
                     rank_alloc="uniform", row_warmup=None, state_rounding="nearest",
                     second_moment="full", first_moment_dtype=None):
-    row_warmup = _lib.defaults()["row_warmup"] if row_warmup is None else row_warmup
+    lib = _lib.defaults()  # None: the library's default, grass_adamw's
+    row_warmup = lib["row_warmup"] if row_warmup is None else row_warmup
+    refresh_every = lib["refresh_every"] if refresh_every is None else refresh_every
+    alpha = lib["alpha"] if alpha is None else alpha
+    state_dtype = lib["state_dtype"] if state_dtype is None else state_dtype
     if row_warmup < 0:
         raise ValueError(f"row_warmup must be >= 0, got {row_warmup}")
     if residual not in RESIDUALS:

@@ -166,7 +166,8 @@ def test_rank_above_the_projected_dimension():
 # -- the rank rule (rank=None, the default) ---------------------------------------------------
 
 # (m, n) weights used as y = x @ w.T, side "cols": d = n = 96, 40, 6, 200, 72 gives the rule's
-# 24, 8 (10 rounds to 8), 6 (at most d), 48, 16 (18 rounds to 16).
+# (d/2 to a multiple of 8) 48, 24 (20 rounds up to 24), 6 (at most d), 104, 40 (36 rounds up
+# to 40).
 RULE_SHAPES = {"a": (40, 96), "b": (16, 40), "c": (24, 6), "e": (8, 200), "f": (12, 72)}
 
 
@@ -195,7 +196,7 @@ def test_default_rank_is_the_library_rule_per_weight():
     assert opt.rank is None  # the rule; each weight's rank is in layer_ranks
     ranks = opt.layer_ranks(params)
     want = {k: _lib.default_rank(n) for k, (_, n) in RULE_SHAPES.items()}
-    assert want == {"a": 24, "b": 8, "c": 6, "e": 48, "f": 16}  # the documented rule
+    assert want == {"a": 48, "b": 24, "c": 6, "e": 104, "f": 40}  # the documented rule
     assert ranks == {**want, "bias": None}
     state = opt.init(params)
     for k, (m, n) in RULE_SHAPES.items():
@@ -228,7 +229,7 @@ def test_default_rank_is_the_library_rule_per_weight():
 def test_explicit_rank_none_and_bad_ranks():
     params, _, _ = rule_problem(jax.random.PRNGKey(12))
     mask = {k: k != "bias" for k in params}
-    assert gj.grass_adamw(1e-2, grass_mask=mask, rank=None).layer_ranks(params)["e"] == 48
+    assert gj.grass_adamw(1e-2, grass_mask=mask, rank=None).layer_ranks(params)["e"] == 104
     for bad in (0, -8, 2.5, "auto", True):
         with pytest.raises(ValueError, match=r"rank \(the number of selected rows"):
             gj.grass_adamw(1e-2, grass_mask=mask, rank=bad)
@@ -265,7 +266,7 @@ def test_max_grad_norm_full_rank_equals_clipped_adamw(platform):
     lr, c = 1e-2, 0.05
     opt = gj.grass_adamw(lr, grass_mask=model.GRASS_MASK, rank=48, method="top_r",
                          scaling="none", side="auto", alpha=1.0, refresh_every=10_000,
-                         max_grad_norm=c, row_warmup=0,
+                         max_grad_norm=c, row_warmup=0, state_dtype=jnp.float32,
                          dense=lambda lr: optax.adam(lr))
     ref = optax.chain(optax.clip_by_global_norm(c), optax.adam(lr))
     p_ref, s_ref = copy(params), ref.init(params)

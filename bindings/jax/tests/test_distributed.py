@@ -118,11 +118,13 @@ def test_sharded_state_equals_replicated(single):
     ref, got = single[False], single[True]
     assert int(got["refresh_count_up"]) == 3
     assert differences(got, ref) == {}, "the sharded optimizer state changed the training"
-    # Optimizer memory per device falls by the 4 devices: M, V (f32) and row_steps (i32)
-    # of r / 4 rows on each device instead of r. The default side "cols" projects the input
-    # columns, so k = m: 48 for "up" (48 x 24), 8 for "down" (8 x 48).
+    # Optimizer memory per device falls by the 4 devices: M, V (the default state dtype) and
+    # row_steps (i32) of r / 4 rows on each device instead of r. The default side "cols"
+    # projects the input columns, so k = m: 48 for "up" (48 x 24), 8 for "down" (8 x 48).
+    from grass_jax import _lib
+    size = {"float32": 4, "bfloat16": 2}[_lib.defaults()["state_dtype"]]
     for name, k in (("up", 48), ("down", 8)):
-        full = 8 * (2 * k * 4 + 4)
+        full = 8 * (2 * k * size + 4)
         assert ref[f"state_bytes_{name}"].tolist() == [full] * 4
         assert got[f"state_bytes_{name}"].tolist() == [full // 4] * 4
 

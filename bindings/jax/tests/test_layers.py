@@ -204,7 +204,8 @@ class Wide(nn.Module):
 
 def test_flax_layers_default_to_the_rank_rule():
     """flax_options() without a rank: each kernel gets the library's rule on its input features
-    (linen GrassDense 96 -> 64 and 64 -> 8; nnx GrassLinear 200 -> 8), and trains."""
+    (linen GrassDense 96 -> 64 and 64 -> 8; nnx GrassLinear 200 -> 8: d/2 to a multiple of 8),
+    and trains."""
     from grass_jax import _lib
     x = jax.random.normal(jax.random.PRNGKey(5), (32, 96))
     y = jax.random.normal(jax.random.PRNGKey(6), (32, 8))
@@ -212,8 +213,8 @@ def test_flax_layers_default_to_the_rank_rule():
     params = model.init(jax.random.PRNGKey(7), x)["params"]
     opt = gj.grass_adamw(1e-2, **gl.flax_options(refresh_every=3))
     ranks = opt.layer_ranks(params)
-    assert ranks["GrassDense_0"]["kernel"] == _lib.default_rank(96) == 24
-    assert ranks["GrassDense_1"]["kernel"] == _lib.default_rank(64) == 16
+    assert ranks["GrassDense_0"]["kernel"] == _lib.default_rank(96) == 48
+    assert ranks["GrassDense_1"]["kernel"] == _lib.default_rank(64) == 32
     assert ranks["GrassDense_0"]["bias"] is None
 
     def loss(params, proj):
@@ -231,12 +232,12 @@ def test_flax_layers_default_to_the_rank_rule():
         p, s, value = step(p, s)
         losses.append(float(value))
     assert losses[-1] < losses[0]
-    assert s.layers["GrassDense_0"]["kernel"].m.shape == (24, 64)
+    assert s.layers["GrassDense_0"]["kernel"].m.shape == (48, 64)
 
     lin = gl.GrassLinear(200, 8, rngs=nnx.Rngs(1))
     tx = gj.grass_adamw(1e-2, **gl.flax_options())
     optimizer = nnx.Optimizer(lin, tx, wrt=nnx.Param)
-    assert tx.layer_ranks(nnx.as_pure(nnx.state(lin, nnx.Param)))["kernel"] == 48
+    assert tx.layer_ranks(nnx.as_pure(nnx.state(lin, nnx.Param)))["kernel"] == 104
     xs = jax.random.normal(jax.random.PRNGKey(8), (16, 200))
 
     @nnx.jit

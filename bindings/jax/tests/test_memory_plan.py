@@ -47,7 +47,8 @@ def test_rank_changes_the_grass_state():
 
 
 def test_json_file(tmp_path):
-    model = {"name": "tiny", "max_tokens": 64, "state_dtype": "bf16", "rank": 8,
+    model = {"name": "tiny", "max_tokens": 64, "state_dtype": "bf16",
+             "dense_state_dtype": "bf16", "rank": 8,
              "matrices": [{"m": 64, "n": 32, "count": 3}, {"m": 32, "n": 96, "rank": 16,
                                                            "side": "rows", "w_dtype": "f32"}],
              "dense": [{"name": "embed", "numel": 1000, "count": 2}]}
@@ -61,6 +62,11 @@ def test_json_file(tmp_path):
     assert rep["weight_bytes"] == 2 * 64 * 32 * 3 + 4 * 32 * 96 + 2 * 1000 * 2
     # GaLore: bf16 M and V (r x k) per projected matrix, 2 x numel for the dense ones
     assert rep["galore_state_bytes"] == 2 * 2 * (8 * 32 * 3 + 16 * 96) + 2 * 2 * 2000
+    # without dense_state_dtype: the library's, f32, for GaLore, AdamW and the dense parameters
+    f32 = memory.plan({k: v for k, v in model.items() if k != "dense_state_dtype"})
+    assert f32["galore_state_bytes"] == 2 * rep["galore_state_bytes"]
+    assert f32["adamw_state_bytes"] == 2 * rep["adamw_state_bytes"]
+    assert f32["grass_state_bytes"] > rep["grass_state_bytes"]
 
 
 @pytest.mark.parametrize("content,says", [
@@ -97,7 +103,7 @@ def test_rank_rule_is_the_default_of_a_model_file():
     base = {"max_tokens": 64, "matrices": [{"m": 64, "n": 200, "side": "cols"}]}
     rule = memory.plan(base)
     explicit = memory.plan({**base, "rank": _lib.default_rank(200)})
-    assert _lib.default_rank(200) == 48
+    assert _lib.default_rank(200) == 104
     assert rule == explicit
     assert memory.plan({**base, "rank": 8})["grass_state_bytes"] < rule["grass_state_bytes"]
 
@@ -123,7 +129,7 @@ def test_optimizer_state_bytes_match_the_planner(state_dtype):
                          leaf.ndim > 2 else 0, state_dtype=jnp.dtype(state_dtype))
     model = memory.model_of(opt, params, max_tokens=32, act_dtype="f32")
     assert {m["name"]: (m["rank"], m["count"]) for m in model["matrices"]} == {
-        "['a']": (24, 1), "['b']": (8, 1), "['c']": (6, 1), "['stack']": (48, 3)}
+        "['a']": (48, 1), "['b']": (24, 1), "['c']": (6, 1), "['stack']": (104, 3)}
     state = opt.init(params)
     held = lambda b: -(-int(b) // 8) * 8  # noqa: E731  (a CPU context's allocation unit)
     want = 0

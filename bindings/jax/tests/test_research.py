@@ -86,7 +86,7 @@ def test_residual_rules_match_numpy(residual, scale):
     g1[3] *= 5  # top_r keeps the largest rows: make the choice unambiguous
     opt = grass_reference(3e-2, grass_mask={"w": True}, rank=5, refresh_every=100,
                           row_warmup=0, method="top_r", side="rows", alpha=0.5, residual=residual,
-                          residual_scale=scale)
+                          residual_scale=scale, state_dtype=jnp.float32)
     p = {"w": jnp.asarray(w0)}
     s = opt.init(p)
     u, s = opt.update({"w": jnp.asarray(g1)}, s, p)
@@ -165,7 +165,8 @@ def test_second_moment_rules_match_numpy(second_moment):
     r, k, lr, alpha, b1, b2, eps = 6, 10, 1e-2, 0.25, 0.9, 0.999, 1e-8
     gs = [rng.normal(size=(r, k)) * rng.uniform(0.1, 3.0, size=(r, 1)) for _ in range(2)]
     opt = grass_reference(lr, grass_mask={"w": True}, rank=r, refresh_every=100, row_warmup=0,
-                          method="top_r", side="rows", alpha=alpha, second_moment=second_moment)
+                          method="top_r", side="rows", alpha=alpha, second_moment=second_moment,
+                          state_dtype=jnp.float32)
     p = {"w": jnp.zeros((r, k), jnp.float32)}
     s = opt.init(p)
     assert s.layers["w"].v.shape == {"full": (r, k), "row": (r, 1),
@@ -215,6 +216,6 @@ def test_cyclic_selects_every_unit_once_per_cycle(d, r):
 
 def test_first_moment_dtype_keeps_m_in_bf16_beside_f32_v():
     opt = grass_reference(1e-3, grass_mask={"w": True}, rank=4, side="rows",
-                          first_moment_dtype=jnp.bfloat16)
+                          state_dtype=jnp.float32, first_moment_dtype=jnp.bfloat16)
     s = opt.init({"w": jnp.zeros((8, 16), jnp.float32)})
     assert s.layers["w"].m.dtype == jnp.bfloat16 and s.layers["w"].v.dtype == jnp.float32

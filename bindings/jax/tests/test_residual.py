@@ -101,7 +101,7 @@ def test_residual_step_refuses_bad_arguments():
 
 
 KW = dict(grass_mask=model.GRASS_MASK, rank=8, refresh_every=5, method="multinomial_nr",
-          scaling="none", side="cols", alpha=0.25, seed=7)
+          scaling="none", side="cols", alpha=0.25, seed=7, state_dtype=jnp.float32)
 BATCH = 32
 
 

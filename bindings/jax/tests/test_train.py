@@ -43,7 +43,7 @@ def test_full_rank_top_r_equals_adamw(platform):
     lr = 1e-2
     opt = gj.grass_adamw(lr, grass_mask=model.GRASS_MASK, rank=model.HIDDEN, method="top_r",
                          scaling="none", side="auto", alpha=1.0, refresh_every=10_000,
-                         weight_decay=0.01, row_warmup=0,
+                         weight_decay=0.01, row_warmup=0, state_dtype=jnp.float32,
                          decay_mode="selected")
     ref = optax.adamw(lr, weight_decay=0.01)
     p_ref, s_ref = copy(params), ref.init(params)

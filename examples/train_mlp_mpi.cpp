@@ -463,7 +463,13 @@ class Trainer {
           const Settings& s, grass::Stream stream)
       : ctx_(ctx), cuda_(std::move(cuda)), comm_(comm), s_(s), stream_(stream),
         local_batch_(s.global_batch / comm.size()), model_(cuda_, local_batch_),
-        adamw_(grass::AdamWConfig().weight_decay(0.0f).refresh_mode(s.refresh)) {
+        // f32 moments (the library's default is bf16): the check against one process holds
+        // the weights to 1e-4, and bf16 moments round the same sums, added by the all-reduce
+        // in another order, to different neighbours
+        adamw_(grass::AdamWConfig()
+                   .weight_decay(0.0f)
+                   .refresh_mode(s.refresh)
+                   .state_dtype(grass::Dtype::F32)) {
     const bool faulty = comm.rank() == 1;
     auto rows = [&](int64_t rank, uint32_t layer) {
       auto cfg = grass::ProjectionConfig()

@@ -176,8 +176,8 @@ typedef struct grass_adamw_config {
   // it off. Default 10. Since ABI 6 (an ABI 5 caller's smaller `struct_size` gets the
   // default).
   int32_t row_warmup;
-  // The moments' dtype of a dense optimizer (`grass_optimizer_create_dense`, and the AdamW
-  // and GaLore states of `grass_memory_plan`): `GRASS_DTYPE_F32` (default) or
+  // The moments' dtype of a dense parameter (`grass_optimizer_create_dense`,
+  // `grass_adamw_step`, and the AdamW and GaLore states of `grass_memory_plan`): `GRASS_DTYPE_F32` (default) or
   // `GRASS_DTYPE_BF16`; `state_dtype` is the GRASS layers'. Since ABI 7: an older caller's
   // smaller `struct_size` keeps its rule, dense moments of `state_dtype`.
   grass_dtype dense_state_dtype;
@@ -685,7 +685,8 @@ grass_status grass_adamw_workspace_size(const struct grass_context *ctx,
                                         int64_t numel,
                                         size_t *bytes_out);
 
-// Plain AdamW on a dense parameter of `numel` elements (embeddings, norms, biases): `*step`
+// Plain AdamW on a dense parameter of `numel` elements (embeddings, norms, biases), its M and V
+// of `config->dense_state_dtype` (ABI 7; `state_dtype` for an older caller's config): `*step`
 // (the Adam step so far) is read and incremented, and the rest of the contract is
 // `grass_sparse_adamw_step`'s (skip on a non-finite gradient); weight decay applies to every
 // element unless `config->decay_mode` is `GRASS_DECAY_OFF`.

@@ -336,6 +336,7 @@ impl Fuzz {
         c.decay_mode = self.rng.enum_value(3);
         c.refresh_mode = self.rng.enum_value(2);
         c.state_dtype = self.rng.enum_value(2);
+        c.dense_state_dtype = self.rng.enum_value(2);
         if self.rng.chance(10) {
             c.alpha = self.rng.float();
         }
@@ -343,10 +344,10 @@ impl Fuzz {
             c.row_warmup = self.rng.pick(&[1, 20, -1, i32::MIN, i32::MAX]);
         }
         if self.rng.chance(5) {
-            // 40: ABI 5's release (no row_warmup), still accepted
+            // 40, 48: ABI 5 and 6 releases (no row_warmup; no dense_state_dtype), still accepted
             c.struct_size = self
                 .rng
-                .pick(&[0, 8, 40, c.struct_size - 4, c.struct_size + 4]);
+                .pick(&[0, 8, 40, 48, c.struct_size - 4, c.struct_size + 4]);
         }
         c
     }
@@ -971,7 +972,13 @@ impl Fuzz {
             }
             4 => {
                 let cfg = self.acfg();
-                let sdt = bytes_of(cfg.state_dtype);
+                // a dense parameter's moments: dense_state_dtype, or state_dtype in a config of
+                // ABI 6 or older (struct_size 48 or 40), which has no such field
+                let sdt = bytes_of(if cfg.struct_size > 48 {
+                    cfg.dense_state_dtype
+                } else {
+                    cfg.state_dtype
+                });
                 let numel = if self.rng.chance(50) {
                     m
                 } else {

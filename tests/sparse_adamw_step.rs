@@ -304,6 +304,7 @@ fn bf16_and_f16_weights_and_bf16_state() {
     ] {
         let mut cfg = adamw(0.0, GRASS_DECAY_OFF);
         cfg.state_dtype = state;
+        cfg.dense_state_dtype = state; // grass_adamw_step's moments
         let to16 = |v: f32| {
             if wcode == GRASS_DTYPE_BF16 {
                 half::bf16::from_f32(v).to_bits()

@@ -347,10 +347,11 @@ class Torch:
                       v_state.data_ptr(), row_steps.data_ptr(), ws.data_ptr(), ws.numel(), stream)
 
     def adamw_step(self, config, w, grad, m_state, v_state, step, lr, lr_scale=None, skipped=None):
-        """Dense AdamW; ``step`` is int32[1], the parameter's Adam step."""
+        """Dense AdamW; ``step`` is int32[1], the parameter's Adam step; ``m_state`` and
+        ``v_state`` of ``config.dense_state_dtype``."""
         dev = _describe(w)[3]
         numel = _numel(_check("w", w, ACT_DTYPES, (None,) * len(_describe(w)[1]), dev))
-        sdt = tuple(k for k, v in DTYPE.items() if v == config.state_dtype) or STATE_DTYPES
+        sdt = tuple(k for k, v in DTYPE.items() if v == config.dense_state_dtype) or STATE_DTYPES
         for name, t, dtypes in (("grad", grad, ACT_DTYPES), ("m_state", m_state, sdt), ("v_state", v_state, sdt)):
             got = _check(name, t, dtypes, (None,) * len(_describe(t)[1]), dev)
             if _numel(got) != numel:

@@ -317,6 +317,7 @@ pub unsafe extern "C" fn grass_sparse_grad(
 #[allow(clippy::too_many_arguments)]
 unsafe fn step_buffers(
     config: *const grass_adamw_config,
+    dense: bool,
     w_dtype: grass_dtype,
     w: (*mut c_void, usize),
     m_state: *mut c_void,
@@ -328,7 +329,13 @@ unsafe fn step_buffers(
     skipped: *mut i32,
     stream: *mut c_void,
 ) -> Result<StepBuffers> {
-    let cfg = read_versioned("config", config)?.adamw()?;
+    // a dense parameter's moments are of dense_state_dtype, a GRASS layer's of state_dtype
+    let config = read_versioned("config", config)?;
+    let cfg = if dense {
+        config.dense_adamw()?
+    } else {
+        config.adamw()?
+    };
     let wd = self::dtype("w_dtype", w_dtype)?;
     check_lr(lr)?;
     Ok(StepBuffers {
@@ -411,6 +418,7 @@ pub unsafe extern "C" fn grass_sparse_adamw_step(
         let r = rank(r, &p)?;
         let mut buf = step_buffers(
             config,
+            false,
             w_dtype,
             (w, p.m * p.n),
             m_state,
@@ -554,7 +562,8 @@ pub unsafe extern "C" fn grass_adamw_workspace_size(
     })
 }
 
-/// Plain AdamW on a dense parameter of `numel` elements (embeddings, norms, biases): `*step`
+/// Plain AdamW on a dense parameter of `numel` elements (embeddings, norms, biases), its M and V
+/// of `config->dense_state_dtype` (ABI 7; `state_dtype` for an older caller's config): `*step`
 /// (the Adam step so far) is read and incremented, and the rest of the contract is
 /// `grass_sparse_adamw_step`'s (skip on a non-finite gradient); weight decay applies to every
 /// element unless `config->decay_mode` is `GRASS_DECAY_OFF`.
@@ -582,6 +591,7 @@ pub unsafe extern "C" fn grass_adamw_step(
         let numel = positive("numel", numel)?;
         let mut buf = step_buffers(
             config,
+            true,
             w_dtype,
             (w, numel),
             m_state,

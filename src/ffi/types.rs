@@ -211,8 +211,8 @@ pub struct grass_adamw_config {
     /// it off. Default 10. Since ABI 6 (an ABI 5 caller's smaller `struct_size` gets the
     /// default).
     pub row_warmup: i32,
-    /// The moments' dtype of a dense optimizer (`grass_optimizer_create_dense`, and the AdamW
-    /// and GaLore states of `grass_memory_plan`): `GRASS_DTYPE_F32` (default) or
+    /// The moments' dtype of a dense parameter (`grass_optimizer_create_dense`,
+    /// `grass_adamw_step`, and the AdamW and GaLore states of `grass_memory_plan`): `GRASS_DTYPE_F32` (default) or
     /// `GRASS_DTYPE_BF16`; `state_dtype` is the GRASS layers'. Since ABI 7: an older caller's
     /// smaller `struct_size` keeps its rule, dense moments of `state_dtype`.
     pub dense_state_dtype: grass_dtype,

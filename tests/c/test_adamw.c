@@ -26,7 +26,8 @@ static grass_adamw_config make_config(const hyper* h, grass_dtype state_dtype) {
   cfg.weight_decay = h->weight_decay;
   cfg.decay_mode = h->decay;
   cfg.alpha = h->alpha;
-  cfg.state_dtype = state_dtype;
+  cfg.state_dtype = state_dtype;       /* a GRASS layer's moments (grass_sparse_adamw_step) */
+  cfg.dense_state_dtype = state_dtype; /* a dense parameter's (grass_adamw_step) */
   return cfg;
 }
 

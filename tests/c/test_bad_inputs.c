@@ -888,7 +888,7 @@ static void optimizer_handle(void) {
   TK_CHECK(rank == -5);
   BAD(grass_default_rank(128, NULL), GRASS_ERROR_NULL_POINTER, "grass_default_rank", "rank_out");
   TK_OK(grass_default_rank(128, &rank));
-  TK_CHECK(rank == 32);
+  TK_CHECK(rank == 64);
 
   grass_optimizer_info info;
   memset(&info, 0x22, sizeof info);

@@ -226,7 +226,9 @@ void counters() {
   {
     const auto blob = ps[0].opt.export_state();
     const size_t r = 5;
-    const size_t state_bytes = static_cast<size_t>(ps[0].opt.info().state_elements) * 4;
+    const size_t state_bytes =
+        static_cast<size_t>(ps[0].opt.info().state_elements) *
+        grass_dtype_size(static_cast<grass_dtype>(grass::AdamWConfig().state_dtype()));
     const size_t idx_at = count_at(r) + 2 * state_bytes;
     const auto sel = ps[0].opt.projection().selection();
     std::vector<int32_t> now(r), prev(r);
@@ -296,12 +298,15 @@ void rejected_blobs() {
   TK_CHECK(other.size() == before.size());
   TK_THROWS(target.opt.import_state(other), GRASS_ERROR_BAD_CHECKPOINT, "m differs");
   unchanged(__LINE__);
-  // another dtype of the states
-  auto bf16_states = grass::Optimizer::sparse(
+  // another dtype of the states (the target's are the default's)
+  const grass::Dtype other_dtype = grass::AdamWConfig().state_dtype() == grass::Dtype::Bf16
+                                       ? grass::Dtype::F32
+                                       : grass::Dtype::Bf16;
+  auto other_states = grass::Optimizer::sparse(
       ctx, grass::ProjectionConfig().side(grass::Side::Rows).rank(5),
-      grass::AdamWConfig().state_dtype(grass::Dtype::Bf16), 16, 8, kTokens, grass::Dtype::F32,
+      grass::AdamWConfig().state_dtype(other_dtype), 16, 8, kTokens, grass::Dtype::F32,
       grass::Dtype::F32);
-  TK_THROWS(target.opt.import_state(bf16_states.export_state()), GRASS_ERROR_BAD_CHECKPOINT,
+  TK_THROWS(target.opt.import_state(other_states.export_state()), GRASS_ERROR_BAD_CHECKPOINT,
             nullptr);
   unchanged(__LINE__);
 
@@ -309,7 +314,9 @@ void rejected_blobs() {
   // (see kFormat).
   TK_CHECK(read_u64(before, 8) == kFormat);
   const size_t r = 5;
-  const size_t state_bytes = static_cast<size_t>(target.opt.info().state_elements) * 4;
+  const size_t state_bytes =
+      static_cast<size_t>(target.opt.info().state_elements) *
+      grass_dtype_size(static_cast<grass_dtype>(grass::AdamWConfig().state_dtype()));
   const size_t idx_at = count_at(r) + 2 * state_bytes;  // after the counters, M and V
   {  // an index past d
     auto forged = before;

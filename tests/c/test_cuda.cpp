@@ -696,7 +696,8 @@ grass_adamw_config adamw_config(grass_decay_mode decay, grass_dtype state,
   c.decay_mode = decay;
   c.weight_decay = decay == GRASS_DECAY_OFF ? 0.0f : 0.1f;
   c.alpha = 0.25f;
-  c.state_dtype = state;
+  c.state_dtype = state;        // a GRASS layer's moments
+  c.dense_state_dtype = state;  // a dense parameter's (grass_adamw_step)
   c.refresh_mode = refresh;
   return c;
 }

@@ -545,7 +545,7 @@ void rank_rule_norm_and_scaled_step() {
   grass::AdamWConfig ac;
   auto layer = grass::Optimizer::sparse(ctx, grass::ProjectionConfig(), ac, 24, 64, 8,
                                         grass::Dtype::F32, grass::Dtype::F32);
-  TK_CHECK(layer.projection().info().rank == 16 && layer.info().full_rank == 0);
+  TK_CHECK(layer.projection().info().rank == 32 && layer.info().full_rank == 0);
   auto full = grass::Optimizer::sparse(ctx, grass::ProjectionConfig().rank(64), ac, 24, 64, 8,
                                        grass::Dtype::F32, grass::Dtype::F32);
   TK_CHECK(full.info().full_rank == 1 && full.projection().info().full_rank == 1);

@@ -15,6 +15,24 @@ static void* exact(size_t bytes) {
   return p;
 }
 
+/* The state size of a dense optimizer of 10 elements created from an older release of
+ * grass_adamw_config: `fields` bytes of `ac` in a buffer of exactly `size` bytes (the rest
+ * 0xAB), its struct_size `size`. */
+static size_t older_dense_state_size(grass_context* ctx, const grass_adamw_config* ac,
+                                     size_t size, size_t fields) {
+  unsigned char* old = exact(size);
+  memcpy(old, ac, fields);
+  memcpy(old, &size, sizeof(size_t));
+  grass_optimizer* opt = NULL;
+  TK_OK(grass_optimizer_create_dense(ctx, (const grass_adamw_config*)(const void*)old, 10,
+                                     GRASS_DTYPE_F32, GRASS_DTYPE_F32, &opt));
+  size_t bytes = 0;
+  TK_OK(grass_optimizer_state_size(opt, &bytes));
+  grass_optimizer_destroy(opt);
+  free(old);
+  return bytes;
+}
+
 static void configs(grass_context* ctx) {
   grass_projection_config* pc = exact(sizeof *pc);
   grass_adamw_config* ac = exact(sizeof *ac);
@@ -79,31 +97,17 @@ static void configs(grass_context* ctx) {
   /* ABI 3-5's grass_adamw_config ends at state_dtype (40 bytes): accepted in a buffer of that
    * size (row_warmup, which it lacks, takes its default) */
   TK_CHECK(offsetof(grass_adamw_config, row_warmup) == 40);
-  unsigned char* abi5 = exact(40);
-  memcpy(abi5, ac, 40);
-  memcpy(abi5, &(size_t){40}, sizeof(size_t));
-  grass_optimizer* abi5_opt = NULL;
-  TK_OK(grass_optimizer_create_dense(ctx, (const grass_adamw_config*)(const void*)abi5, 10,
-                                     GRASS_DTYPE_F32, GRASS_DTYPE_F32, &abi5_opt));
-  grass_optimizer_destroy(abi5_opt);
-  free(abi5);
+  const size_t abi5_bytes = older_dense_state_size(ctx, ac, 40, 40);
   /* ABI 6's release ends at row_warmup (44 bytes of fields in 48): accepted in a buffer of that
    * size whatever its padding holds, and its dense optimizers keep the moments of state_dtype
    * (ABI 7's dense_state_dtype, which it lacks, is f32 by default) */
   TK_CHECK(offsetof(grass_adamw_config, dense_state_dtype) == 44 && sizeof *ac == 56);
   TK_CHECK(ac->state_dtype == GRASS_DTYPE_BF16 && ac->dense_state_dtype == GRASS_DTYPE_F32);
-  unsigned char* abi6 = exact(48);
-  memcpy(abi6, ac, 44);
-  memcpy(abi6, &(size_t){48}, sizeof(size_t));
-  grass_optimizer* abi6_opt = NULL;
-  TK_OK(grass_optimizer_create_dense(ctx, (const grass_adamw_config*)(const void*)abi6, 10,
-                                     GRASS_DTYPE_F32, GRASS_DTYPE_F32, &abi6_opt));
-  size_t abi6_bytes = 0, abi7_bytes = 0;
-  TK_OK(grass_optimizer_state_size(abi6_opt, &abi6_bytes));
+  const size_t abi6_bytes = older_dense_state_size(ctx, ac, 48, 44);
+  size_t abi7_bytes = 0;
   TK_OK(grass_optimizer_state_size(opt, &abi7_bytes));
   TK_CHECK(abi7_bytes - abi6_bytes == 2 * 10 * 2); /* M and V of 10 elements: f32 vs bf16 */
-  grass_optimizer_destroy(abi6_opt);
-  free(abi6);
+  TK_CHECK(abi5_bytes == abi6_bytes);
   TK_CHECK(offsetof(grass_projection_info, full_rank) == 88);
   TK_CHECK(offsetof(grass_optimizer_info, full_rank) == 48);
 

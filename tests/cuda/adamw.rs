@@ -22,6 +22,7 @@ pub fn adamw_config(
     cfg.weight_decay = if decay == GRASS_DECAY_OFF { 0.0 } else { 0.1 };
     cfg.alpha = 0.25;
     cfg.state_dtype = code(state);
+    cfg.dense_state_dtype = code(state); // grass_adamw_step's moments
     cfg.refresh_mode = refresh;
     cfg
 }

@@ -158,7 +158,10 @@ ffi::Error AdamWConfig(const AdamWAttrs& a, const ffi::AnyBuffer& m_state,
   cfg->weight_decay = a.weight_decay;
   cfg->alpha = a.alpha;
   cfg->decay_mode = a.decay_mode;
-  return StateDtype(m_state, v_state, &cfg->state_dtype);
+  GRASS_TRY(StateDtype(m_state, v_state, &cfg->state_dtype));
+  // the same buffers' dtype for a dense parameter's step (grass_adamw_step reads this one)
+  cfg->dense_state_dtype = cfg->state_dtype;
+  return ffi::Error::Success();
 }
 
 // A weight of shape (*stack, m, n): `slices` = prod(stack) (1 for a 2-D weight).

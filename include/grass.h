@@ -177,8 +177,8 @@ typedef struct grass_adamw_config {
   // default).
   int32_t row_warmup;
   // The moments' dtype of a dense parameter (`grass_optimizer_create_dense`,
-  // `grass_adamw_step`, and the AdamW and GaLore states of `grass_memory_plan`): `GRASS_DTYPE_F32` (default) or
-  // `GRASS_DTYPE_BF16`; `state_dtype` is the GRASS layers'. Since ABI 7: an older caller's
+  // `grass_adamw_step`, and the AdamW and GaLore states of `grass_memory_plan`):
+  // `GRASS_DTYPE_F32` (default) or `GRASS_DTYPE_BF16`; `state_dtype` is the GRASS layers'. Since ABI 7: an older caller's
   // smaller `struct_size` keeps its rule, dense moments of `state_dtype`.
   grass_dtype dense_state_dtype;
   // Must be 0 (room for a later field).

@@ -297,7 +297,10 @@ fn abi_3_info_structs_are_still_accepted() {
 fn dense_optimizers_keep_the_moments_of_dense_state_dtype() {
     let ctx = Ctx::cpu();
     let d = grass_adamw_config::defaults();
-    assert_eq!((d.state_dtype, d.dense_state_dtype, d.reserved), (GRASS_DTYPE_BF16, GRASS_DTYPE_F32, 0));
+    assert_eq!(
+        (d.state_dtype, d.dense_state_dtype, d.reserved),
+        (GRASS_DTYPE_BF16, GRASS_DTYPE_F32, 0)
+    );
     let dense_bytes = |cfg: &grass_adamw_config| -> Result<usize, String> {
         let mut o = ptr::null_mut();
         let st = unsafe {
@@ -313,7 +316,10 @@ fn dense_optimizers_keep_the_moments_of_dense_state_dtype() {
         Ok(bytes)
     };
     let f32_bytes = dense_bytes(&d).unwrap();
-    let bf16 = grass_adamw_config { dense_state_dtype: GRASS_DTYPE_BF16, ..d };
+    let bf16 = grass_adamw_config {
+        dense_state_dtype: GRASS_DTYPE_BF16,
+        ..d
+    };
     assert_eq!(f32_bytes - dense_bytes(&bf16).unwrap(), 2 * 10 * 2);
     // ABI 6: 48 bytes, the padding after row_warmup (where dense_state_dtype now is) garbage
     let abi6 = grass_adamw_config {
@@ -324,16 +330,25 @@ fn dense_optimizers_keep_the_moments_of_dense_state_dtype() {
         ..d
     };
     assert_eq!(dense_bytes(&abi6).unwrap(), dense_bytes(&bf16).unwrap());
-    let abi6_f32 = grass_adamw_config { state_dtype: GRASS_DTYPE_F32, ..abi6 };
+    let abi6_f32 = grass_adamw_config {
+        state_dtype: GRASS_DTYPE_F32,
+        ..abi6
+    };
     assert_eq!(dense_bytes(&abi6_f32).unwrap(), f32_bytes);
-    let f16 = grass_adamw_config { dense_state_dtype: GRASS_DTYPE_F16, ..d };
+    let f16 = grass_adamw_config {
+        dense_state_dtype: GRASS_DTYPE_F16,
+        ..d
+    };
     let msg = dense_bytes(&f16).unwrap_err();
     assert!(msg.contains("dense_state_dtype = f16"), "{msg}");
     let reserved = grass_adamw_config { reserved: 3, ..d };
     let msg = dense_bytes(&reserved).unwrap_err();
     assert!(msg.contains("config->reserved = 3 must be 0"), "{msg}");
     // the GRASS layers keep state_dtype's moments whatever dense_state_dtype says
-    let pc = grass_projection_config { rank: 8, ..grass_projection_config::defaults() };
+    let pc = grass_projection_config {
+        rank: 8,
+        ..grass_projection_config::defaults()
+    };
     let sparse = |cfg: &grass_adamw_config| {
         let o = sparse_optimizer(&ctx, &pc, cfg, 16, 32, 4).unwrap();
         let mut bytes = 0usize;

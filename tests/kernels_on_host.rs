@@ -592,7 +592,8 @@ fn adamw(decay: i32, state_dt: i32) -> grass_adamw_config {
     cfg.weight_decay = if decay == GRASS_DECAY_OFF { 0.0 } else { 0.1 };
     cfg.alpha = 0.25;
     cfg.state_dtype = state_dt;
-    cfg.dense_state_dtype = state_dt; // grass_adamw_step's moments
+    // grass_adamw_step's moments
+    cfg.dense_state_dtype = state_dt;
     // counts 1..12 over the steps: ramped rows, then rows past the warm-up (and none)
     cfg.row_warmup = if decay == GRASS_DECAY_SELECTED { 0 } else { 6 };
     cfg

@@ -365,7 +365,10 @@ fn memory_plan_adds_up_to_the_handles_and_the_workspace() {
         let held: i64 = handles.iter().map(|o| info(o).memory_bytes).sum();
         let ws = workspace_bytes(&ctx) as i64;
         assert_eq!(rep.grass_handle_bytes, held, "state {state}, dense {dense}");
-        assert_eq!(rep.grass_workspace_bytes, ws, "state {state}, dense {dense}");
+        assert_eq!(
+            rep.grass_workspace_bytes, ws,
+            "state {state}, dense {dense}"
+        );
         assert_eq!(
             rep.grass_state_bytes + rep.grass_selection_bytes + rep.grass_gradient_bytes
                 - rep.grass_handle_bytes,
@@ -396,10 +399,19 @@ fn memory_plan_adds_up_to_the_handles_and_the_workspace() {
         let galore_states: i64 = model
             .iter()
             .map(|&(m, n, r, side, c)| {
-                2 * c * s * if r > 0 { r * resolve(m, n, side).1 as i64 } else { m * n }
+                2 * c
+                    * s
+                    * if r > 0 {
+                        r * resolve(m, n, side).1 as i64
+                    } else {
+                        m * n
+                    }
             })
             .sum();
-        assert_eq!(rep.galore_state_bytes, galore_states, "state {state}, dense {dense}");
+        assert_eq!(
+            rep.galore_state_bytes, galore_states,
+            "state {state}, dense {dense}"
+        );
         if !(state == GRASS_DTYPE_F32 && dense == GRASS_DTYPE_BF16) {
             // (f32 GRASS moments against bf16 GaLore ones at the same rank can hold more)
             assert!(rep.grass_total_bytes < rep.galore_total_bytes);

@@ -133,8 +133,8 @@ fn side_of(name: &str, v: grass_side) -> Result<Side> {
     side(v).map_err(|e| crate::Error::new(e.kind, format!("{name}: {}", e.message)))
 }
 
-/// The moments' dtypes of a plan: GRASS layers' (`state_dtype`) and dense ones' (`dense_state_dtype`:
-/// a dense parameter's, and every AdamW and GaLore state).
+/// The moments' dtypes of a plan: GRASS layers' (`state_dtype`) and dense ones'
+/// (`dense_state_dtype`: a dense parameter's, and every AdamW and GaLore state).
 #[derive(Clone, Copy)]
 struct States {
     grass: Dtype,
@@ -245,9 +245,10 @@ pub unsafe extern "C" fn grass_memory_plan(
     guard("grass_memory_plan", || {
         let c = self::ctx(ctx)?;
         let acfg = read_versioned("adamw_config", adamw_config)?;
+        let grass = acfg.adamw()?.state_dtype;
         let state = States {
-            grass: acfg.adamw()?.state_dtype,
-            dense: acfg.dense_adamw()?.state_dtype,
+            grass,
+            dense: acfg.dense_state_dtype(grass)?,
         };
         ensure!(
             layer_count <= 1 << 20,

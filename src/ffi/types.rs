@@ -4,13 +4,13 @@
 //! constants below repeat them as literals only because cbindgen emits nothing else, and
 //! are asserted equal to them at compile time.
 
-use crate::{bail, ensure};
 use crate::core::codes::{Code, DeviceKind, StepOutcome};
 use crate::core::config::{
     defaults, AdamW, DecayMode, Method, RefreshMode, Scaling, Selection, Side,
 };
 use crate::core::dtype::Dtype;
 use crate::core::error::Result;
+use crate::{bail, ensure};
 use std::mem::size_of;
 
 /// Element type of a tensor: one of `GRASS_DTYPE_*`.
@@ -212,8 +212,8 @@ pub struct grass_adamw_config {
     /// default).
     pub row_warmup: i32,
     /// The moments' dtype of a dense parameter (`grass_optimizer_create_dense`,
-    /// `grass_adamw_step`, and the AdamW and GaLore states of `grass_memory_plan`): `GRASS_DTYPE_F32` (default) or
-    /// `GRASS_DTYPE_BF16`; `state_dtype` is the GRASS layers'. Since ABI 7: an older caller's
+    /// `grass_adamw_step`, and the AdamW and GaLore states of `grass_memory_plan`):
+    /// `GRASS_DTYPE_F32` (default) or `GRASS_DTYPE_BF16`; `state_dtype` is the GRASS layers'. Since ABI 7: an older caller's
     /// smaller `struct_size` keeps its rule, dense moments of `state_dtype`.
     pub dense_state_dtype: grass_dtype,
     /// Must be 0 (room for a later field).
@@ -453,14 +453,23 @@ impl grass_adamw_config {
         Ok(a)
     }
 
-    /// The AdamW of a dense optimizer: `adamw()` with the moments of `dense_state_dtype` (of
-    /// `state_dtype` for a caller of ABI 6 or older, whose release has no such field).
+    /// The AdamW of a dense optimizer: `adamw()` with the moments of a dense parameter.
     pub(crate) fn dense_adamw(&self) -> Result<AdamW> {
-        let mut a = self.adamw()?;
+        let a = self.adamw()?;
+        Ok(AdamW {
+            state_dtype: self.dense_state_dtype(a.state_dtype)?,
+            ..a
+        })
+    }
+
+    /// A dense parameter's moments: `dense_state_dtype`, or `state` (the checked
+    /// `state_dtype`) for a caller of ABI 6 or older, whose release has no such field.
+    pub(crate) fn dense_state_dtype(&self, state: Dtype) -> Result<Dtype> {
         if self.struct_size > ABI6_ADAMW_CONFIG_SIZE {
-            a.state_dtype = state_dtype("config->dense_state_dtype", self.dense_state_dtype)?;
+            state_dtype("config->dense_state_dtype", self.dense_state_dtype)
+        } else {
+            Ok(state)
         }
-        Ok(a)
     }
 }
 

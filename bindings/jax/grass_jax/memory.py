@@ -148,11 +148,10 @@ def layers_of(model, rank=None):
     act = _choice("act_dtype", model.get("act_dtype", "bf16"), DTYPES)
     w_default = model.get("w_dtype", "bf16")
     _choice("w_dtype", w_default, DTYPES)
-    lib_default = {"float32": "f32", "bfloat16": "bf16"}
-    state = (_choice("state_dtype", model.get(
-        "state_dtype", lib_default[_lib.defaults()["state_dtype"]]), STATE_DTYPES),
-        _choice("dense_state_dtype", model.get(
-            "dense_state_dtype", lib_default[_lib.defaults()["dense_state_dtype"]]), STATE_DTYPES))
+    lib = _lib.defaults()
+    short = {"float32": "f32", "bfloat16": "bf16"}
+    state = tuple(_choice(key, model.get(key, short[lib[key]]), STATE_DTYPES)
+                  for key in ("state_dtype", "dense_state_dtype"))
     rank_default = rank if rank is not None else model.get("rank")
     side_default = model.get("side", "auto")
     _choice("side", side_default, _lib.SIDES)

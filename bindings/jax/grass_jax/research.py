@@ -167,14 +167,12 @@ def grass_reference(learning_rate, *, grass_mask, rank, refresh_every=None,
 
     def second(v_old, gs):
         """(new V in f32, v̂ before bias correction as an r x k or r x 1 array)."""
-        if second_moment == "full":
-            v = b2 * v_old + (1 - b2) * gs * gs
-            return v, v
-        if second_moment == "row":
-            v = b2 * v_old + (1 - b2) * jnp.mean(gs * gs, axis=1, keepdims=True)
+        sq = gs * gs
+        if second_moment != "factored":
+            new = sq if second_moment == "full" else jnp.mean(sq, axis=1, keepdims=True)
+            v = b2 * v_old + (1 - b2) * new
             return v, v
         r = gs.shape[0]
-        sq = gs * gs
         row = b2 * v_old[:r] + (1 - b2) * jnp.mean(sq, axis=1, keepdims=True)
         col = b2 * v_old[r:, 0] + (1 - b2) * jnp.mean(sq, axis=0)
         v = jnp.concatenate([row, col[:, None]], axis=0)

@@ -263,11 +263,11 @@ def residual_rows(done):
              argv_for("grass_ref", lr, residual="sign", **{"residual-scale": "0.1"}))]
 
 
-def seeded(phase, rid, lr, seeds, **over):
-    """Rows of grass (the library) at `lr` with options `over`, one per seed (seed 0 in
-    `phase`, the others in the seeds phase)."""
-    return [("seeds" if seed else phase, rid + (f", seed {seed}" if seed else ""), "grass",
-             argv_for("grass", lr, seed, **over)) for seed in seeds]
+def seeded(phase, rid, lr, seeds, opt="grass", **over):
+    """Rows of `opt` (grass, the library, or grass_ref, its research twin) at `lr` with
+    options `over`, one per seed (seed 0 in `phase`, the others in the seeds phase)."""
+    return [("seeds" if seed else phase, rid + (f", seed {seed}" if seed else ""), opt,
+             argv_for(opt, lr, seed, **over)) for seed in seeds]
 
 
 def library_residual(lr, seeds=(0, 1), **over):
@@ -410,11 +410,9 @@ def rounding_rows(done):
     below half a bf16 ulp), which may be what bf16 moments cost on the cpu preset."""
     lr = screen_lr(done)
     over = {"state-dtype": "bfloat16", "rank": "64", "row-warmup": "10"}
-    return [("seeds" if seed else "rounding",
-             f"grass_ref lr {lr}, bf16 rank 64, row warm-up 10, {how} rounding"
-             + (f", seed {seed}" if seed else ""), "grass_ref",
-             argv_for("grass_ref", lr, seed, **over) + ["--state-rounding", how])
-            for seed in (0, 1) for how in ("stochastic", "nearest")]
+    return [r for how in ("stochastic", "nearest") for r in seeded(
+        "rounding", f"grass_ref lr {lr}, bf16 rank 64, row warm-up 10, {how} rounding", lr,
+        (0, 1), "grass_ref", **over, **{"state-rounding": how})]
 
 
 def refresh_warmup_rows(done):
@@ -493,16 +491,15 @@ def second_moment_rows(done):
     rank moves twice the rows per step)."""
     lr = screen_lr(done)
     k50 = {"row-warmup": "10", "refresh-every": "50"}
-    ref = lambda rid, rate, seeds, **over: [
-        ("seeds" if seed else "second_moment", f"grass_ref lr {rate}, K 50, W 10{rid}"
-         + (f", seed {seed}" if seed else ""), "grass_ref",
-         argv_for("grass_ref", rate, seed, **k50, **{k: v for k, v in over.items() if k != "sm"})
-         + (["--second-moment", over["sm"]] if "sm" in over else [])) for seed in seeds]
+    ref = lambda rid, rate, **over: seeded(
+        "second_moment", f"grass_ref lr {rate}, K 50, W 10{rid}", rate, (0, 1), "grass_ref",
+        **k50, **over)
     lower = {"4e-2": "3e-2", "3e-2": "2e-2"}.get(lr, f"{float(lr) * 0.75:g}")
-    return (ref(", rank 64, v per row", lr, (0, 1), rank="64", sm="row") +
-            ref(" (the twin of the defaults)", lr, (0, 1)) +
-            ref(", rank 64, v per row", lower, (0, 1), rank="64", sm="row") +
-            ref(", rank 64, factored v", lr, (0, 1), rank="64", sm="factored"))
+    row, factored = ({"rank": "64", "second-moment": sm} for sm in ("row", "factored"))
+    return (ref(", rank 64, v per row", lr, **row) +
+            ref(" (the twin of the defaults)", lr) +
+            ref(", rank 64, v per row", lower, **row) +
+            ref(", rank 64, factored v", lr, **factored))
 
 
 def cyclic_rows(done):
@@ -511,11 +508,9 @@ def cyclic_rows(done):
     defaults (second_moment's rows) is the baseline. On the cpu preset also K 25 and 100."""
     lr = screen_lr(done)
     ks = ("50", "25", "100") if PRESET[1] == "cpu" else ("50",)
-    return [("seeds" if seed else "cyclic", f"grass_ref lr {lr}, K {k}, W 10, cyclic"
-             + (f", seed {seed}" if seed else ""), "grass_ref",
-             argv_for("grass_ref", lr, seed, method="cyclic",
-                      **{"row-warmup": "10", "refresh-every": k}))
-            for k in ks for seed in (0, 1)]
+    return [r for k in ks for r in seeded(
+        "cyclic", f"grass_ref lr {lr}, K {k}, W 10, cyclic", lr, (0, 1), "grass_ref",
+        method="cyclic", **{"row-warmup": "10", "refresh-every": k})]
 
 
 def moment_bytes_rows(done):
@@ -526,10 +521,9 @@ def moment_bytes_rows(done):
     k50 = {"row-warmup": "10", "refresh-every": "50"}
     return (seeded("moment_bytes", f"grass lr {lr}, K 50, W 10, f32 rank 64 (2x bytes)", lr,
                    (0, 1), rank="64", **k50) +
-            [("seeds" if seed else "moment_bytes", f"grass_ref lr {lr}, K 50, W 10, rank 42, "
-              f"bf16 M, f32 V" + (f", seed {seed}" if seed else ""), "grass_ref",
-              argv_for("grass_ref", lr, seed, rank="42", **k50)
-              + ["--first-moment-dtype", "bfloat16"]) for seed in (0, 1)])
+            seeded("moment_bytes", f"grass_ref lr {lr}, K 50, W 10, rank 42, bf16 M, f32 V", lr,
+                   (0, 1), "grass_ref", rank="42", **k50,
+                   **{"first-moment-dtype": "bfloat16"}))
 
 
 def rank_alpha_rows(done):
